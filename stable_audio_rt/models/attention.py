@@ -1,0 +1,70 @@
+"""Attention maths of the DiT: partial half-split RoPE and the swappable attention functions.
+
+Layouts: q is (B, H, T, Dh); self-attention k, v are (B, H, T, Dh); cross-attention
+k, v are (B, Hkv, S, Dh) with query head h reading KV head h // (H / Hkv).
+The Triton kernels issue replaces these functions with fused ones of the same signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def rope_tables(
+    num_positions: int, rotary_dim: int, base: float, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (T, rotary_dim // 2), in fp32 (reference-spec §2.6).
+
+    inv_freq_j = base^(-2j / rotary_dim); position 0 is the prepended global token.
+    """
+    inv_freq = base ** (-torch.arange(0, rotary_dim, 2, dtype=torch.float32, device=device) / rotary_dim)
+    positions = torch.arange(num_positions, dtype=torch.float32, device=device)
+    angles = torch.outer(positions, inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2·cos.shape[-1] dims of x (..., T, Dh) half-split; the rest pass through.
+
+    Half-split: dim j pairs with dim j + half (not interleaved pairs). Computed in fp32.
+    """
+    half = cos.shape[-1]
+    x32 = x.float()
+    x1, x2, rest = x32[..., :half], x32[..., half : 2 * half], x32[..., 2 * half :]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    return rotated.to(x.dtype)
+
+
+SelfAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+CrossAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sdpa_self_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """Self-attention with partial RoPE on q and k, no mask, scale 1/sqrt(Dh)."""
+    return F.scaled_dot_product_attention(apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin), v)
+
+
+def sdpa_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """GQA cross-attention, no mask (padded context tokens take part with logit 0, §2.7)."""
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@dataclass(frozen=True)
+class AttentionFunctions:
+    """The pair of attention functions a DiT calls; swap both to change the implementation."""
+
+    self_attention: SelfAttentionFn = sdpa_self_attention
+    cross_attention: CrossAttentionFn = sdpa_cross_attention
+
+
+SDPA = AttentionFunctions()

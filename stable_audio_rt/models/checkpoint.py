@@ -1,0 +1,165 @@
+"""Locating a checkpoint (local folder, single file, or Hugging Face repo) and reading its tensors.
+
+Hub access goes through huggingface_hub, so the user's token (`HF_TOKEN` or `hf auth login`),
+cache and `HF_HUB_OFFLINE` apply as they do everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from stable_audio_rt.errors import CheckpointError, ModelAccessError
+
+DEFAULT_REPO = "stabilityai/stable-audio-open-1.0"
+Layout = Literal["auto", "diffusers", "single_file"]
+
+DIFFUSERS_INDEX = "model_index.json"
+SINGLE_FILE_WEIGHTS = "model.safetensors"
+SINGLE_FILE_CONFIG = "model_config.json"
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# What a diffusers StableAudioPipeline needs; the scheduler is ours, not the checkpoint's.
+DIFFUSERS_PATTERNS = [
+    DIFFUSERS_INDEX,
+    "transformer/*",
+    "vae/*",
+    "projection_model/*",
+    "text_encoder/*",
+    "tokenizer/*",
+]
+SINGLE_FILE_PATTERNS = [SINGLE_FILE_WEIGHTS, SINGLE_FILE_CONFIG, "text_encoder/*", "tokenizer/*"]
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    root: Path
+    layout: Literal["diffusers", "single_file"]
+
+
+def _detect_layout(root: Path, layout: Layout) -> CheckpointLocation:
+    has_diffusers = (root / DIFFUSERS_INDEX).is_file()
+    has_single = (root / SINGLE_FILE_CONFIG).is_file()
+    if layout == "auto":
+        if has_diffusers:
+            return CheckpointLocation(root, "diffusers")
+        if has_single:
+            return CheckpointLocation(root, "single_file")
+        raise CheckpointError(
+            f"{root} holds neither {DIFFUSERS_INDEX} (diffusers layout) nor {SINGLE_FILE_CONFIG} "
+            f"(single-file layout); point at a Stable Audio checkpoint folder"
+        )
+    marker = DIFFUSERS_INDEX if layout == "diffusers" else SINGLE_FILE_CONFIG
+    if not (root / marker).is_file():
+        raise CheckpointError(f"{root} has no {marker}, so it is not in the {layout} layout")
+    return CheckpointLocation(root, layout)
+
+
+def _download(repo_id: str, layout: Layout, token: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, token=token))
+    except GatedRepoError as e:
+        raise ModelAccessError(
+            f"{repo_id} is gated: accept its licence on its Hugging Face page, then log in with "
+            f"`hf auth login` or set HF_TOKEN"
+        ) from e
+    except RepositoryNotFoundError as e:
+        raise ModelAccessError(
+            f"{repo_id} was not found on the Hugging Face Hub (or your token cannot see it); "
+            f"check the name, or pass a local folder"
+        ) from e
+    except LocalEntryNotFoundError as e:
+        raise ModelAccessError(
+            f"{repo_id} is not in the local cache and the Hub cannot be reached (offline, or "
+            f"HF_HUB_OFFLINE=1); download it once with network access, or pass a local folder"
+        ) from e
+
+
+def locate_checkpoint(
+    source: str | Path = DEFAULT_REPO, layout: Layout = "auto", token: str | None = None
+) -> CheckpointLocation:
+    """A local folder, a `model_config.json`/`model.safetensors` file, or a Hub repo id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _detect_layout(path.parent, "single_file" if layout == "auto" else layout)
+    if path.is_dir():
+        return _detect_layout(path, layout)
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        return _detect_layout(_download(text, layout, token), layout)
+    raise CheckpointError(f"{source} is neither an existing file or folder nor a Hub repo id (owner/name)")
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (download it again)")
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({e}); it is probably truncated or corrupt: "
+            f"delete it and download it again"
+        ) from e
+
+
+class TensorSource:
+    """Lazy, keyed access to the tensors of one or more safetensors files.
+
+    Tensors are read one at a time on request, so a load never holds a second full copy of
+    the checkpoint. Keys that were read are recorded, so unused keys can be reported.
+    """
+
+    def __init__(self, files: Sequence[Path], prefix: str = "") -> None:
+        """All tensors of `files` whose key starts with `prefix` (keys keep their full name)."""
+        self._where: dict[str, tuple[Path, object]] = {}
+        for path in files:
+            handle = _open(path)
+            for key in handle.keys():
+                if key.startswith(prefix):
+                    self._where[key] = (path, handle)
+        if not self._where:
+            raise CheckpointError(
+                f"no tensors{f' under {prefix!r}' if prefix else ''} in {', '.join(map(str, files))}: "
+                f"not a Stable Audio checkpoint"
+            )
+        self.used: set[str] = set()
+
+    @classmethod
+    def for_component(cls, folder: Path, weights: str = DIFFUSERS_WEIGHTS) -> TensorSource:
+        """A diffusers component folder: one safetensors file, or shards listed in an index."""
+        index = folder / f"{weights}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return cls([folder / s for s in shards])
+        return cls([folder / weights])
+
+    def keys(self) -> set[str]:
+        return set(self._where)
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self._where:
+            files = sorted({str(p) for p, _ in self._where.values()})
+            raise CheckpointError(
+                f"missing key {key!r} in {', '.join(files) or 'the checkpoint'}: the checkpoint is "
+                f"incomplete or was not saved from this model"
+            )
+        path, handle = self._where[key]
+        try:
+            tensor = handle.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"cannot read {key!r} from {path} ({e}); the file is corrupt") from e
+        self.used.add(key)
+        return tensor

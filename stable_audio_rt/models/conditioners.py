@@ -1,0 +1,115 @@
+"""Conditioning (reference-spec §6): T5 prompt tokens, number conditioners, and their assembly
+into the DiT's cross-attention context (B, S, cond_dim) and global condition (B, global_dim).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.config import ConditioningConfig, NumberConditionerConfig
+
+PROMPT_ID = "prompt"
+
+
+class NumberConditioner(nn.Module):
+    """A number → one token: clamp, normalise to [0, 1], features [n, sin 2πnw, cos 2πnw] → Linear."""
+
+    def __init__(self, config: NumberConditionerConfig, features_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.min_value = config.min_value
+        self.max_value = config.max_value
+        self.freqs = nn.Parameter(torch.empty(features_dim // 2))
+        self.proj = nn.Linear(features_dim + 1, out_dim)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """(B,) → (B, 1, out_dim)."""
+        values = values.to(self.freqs.dtype).clamp(self.min_value, self.max_value)
+        n = ((values - self.min_value) / (self.max_value - self.min_value))[:, None]
+        angles = 2 * math.pi * n * self.freqs[None, :]
+        return self.proj(torch.cat((n, angles.sin(), angles.cos()), dim=-1)).unsqueeze(1)
+
+
+class NumberConditioners(nn.ModuleDict):
+    """One NumberConditioner per configured id (e.g. seconds_start, seconds_total)."""
+
+    def __init__(self, config: ConditioningConfig) -> None:
+        super().__init__(
+            {n.id: NumberConditioner(n, config.number_features_dim, config.cond_dim) for n in config.numbers}
+        )
+
+
+class T5TextEncoder(nn.Module):
+    """transformers' T5 encoder; padded positions of the output are exact zeros (output × mask)."""
+
+    def __init__(self, t5_encoder: nn.Module) -> None:
+        super().__init__()
+        self.t5 = t5_encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.t5(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+
+
+def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded, truncated."""
+    batch = tokenizer(
+        list(prompts),
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def assemble_conditioning(
+    config: ConditioningConfig, tokens: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-condition tokens → (context (B, S, D), global (B, len(global_ids)·D)).
+
+    `tokens` maps each id to (B, n, D): the masked T5 output for "prompt", one token per number.
+    """
+    missing = [i for i in (*config.cross_attention_ids, *config.global_ids) if i not in tokens]
+    if missing:
+        raise ConfigError(f"conditioning is missing {missing}; give a value for each")
+    context = torch.cat([tokens[i] for i in config.cross_attention_ids], dim=1)
+    global_cond = torch.cat([tokens[i][:, 0] for i in config.global_ids], dim=-1)
+    return context, global_cond
+
+
+class Conditioner(nn.Module):
+    """Prompts and numbers → (context, global condition), as the reference conditions the DiT."""
+
+    def __init__(
+        self,
+        config: ConditioningConfig,
+        numbers: NumberConditioners,
+        text_encoder: T5TextEncoder,
+        tokenizer,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.numbers = numbers
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return tokenize(self.tokenizer, prompts, self.config.t5_max_length)
+
+    def number_tokens(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {i: self.numbers[i](values[i]) for i in self.numbers if i in values}
+
+    def forward(
+        self, prompts: Sequence[str], values: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = next(self.numbers.parameters()).device
+        input_ids, attention_mask = (t.to(device) for t in self.tokenize(prompts))
+        tokens = self.number_tokens({i: v.to(device) for i, v in values.items()})
+        text = self.text_encoder(input_ids, attention_mask)
+        tokens[PROMPT_ID] = text.to(next(self.numbers.parameters()).dtype)
+        return assemble_conditioning(self.config, tokens)

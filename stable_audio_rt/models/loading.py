@@ -1,0 +1,195 @@
+"""Build the models from a checkpoint in either layout, straight into the requested dtype/device.
+
+Each module is built on the meta device; its tensors are read one by one from the checkpoint,
+converted, checked and assigned (`load_state_dict(assign=True)`), so there is no randomly
+initialised copy and no second full copy of the weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stable_audio_rt.errors import CheckpointError
+from stable_audio_rt.models import key_mapping as km
+from stable_audio_rt.models.checkpoint import (
+    DEFAULT_REPO,
+    SINGLE_FILE_CONFIG,
+    SINGLE_FILE_WEIGHTS,
+    CheckpointLocation,
+    Layout,
+    TensorSource,
+    locate_checkpoint,
+)
+from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.config_io import config_from_diffusers, config_from_sat, read_json
+from stable_audio_rt.models.dit import DiT
+from stable_audio_rt.models.vae import OobleckVAE
+
+# Where the single-file layout's T5 comes from when the folder has no text_encoder/ (§1).
+FALLBACK_T5 = "google-t5/t5-base"
+
+
+def _keeps_fp32(module: nn.Module, key: str) -> bool:
+    owner_path, _, name = key.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    return name in getattr(owner, "fp32_parameters", ())
+
+
+def load_state(
+    module: nn.Module,
+    source: TensorSource,
+    rule_for: Callable[[str], km.Rule],
+    dtype: torch.dtype,
+    device: torch.device | str,
+    ignored: re.Pattern[str] | None = None,
+) -> nn.Module:
+    """Fill a meta-device `module` from `source`; every key checked for presence and shape."""
+    state: dict[str, torch.Tensor] = {}
+    for key, expected in module.state_dict().items():
+        rule = rule_for(key)
+        value = rule.combine([source.get(s) for s in rule.sources])
+        if value.shape != expected.shape:
+            raise CheckpointError(
+                f"{' + '.join(rule.sources)} has shape {tuple(value.shape)} but this model's config "
+                f"needs {tuple(expected.shape)} for {key}: the weights do not match the config"
+            )
+        target = torch.float32 if _keeps_fp32(module, key) else dtype
+        state[key] = value.to(device=device, dtype=target)
+    unexpected = sorted(k for k in source.keys() - source.used if not (ignored and ignored.search(k)))
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise CheckpointError(
+            f"{len(unexpected)} unexpected keys ({shown}): these weights belong to a different model "
+            f"or config"
+        )
+    module.load_state_dict(state, assign=True, strict=True)
+    return module.eval().requires_grad_(False)
+
+
+@dataclass
+class StableAudioModel:
+    """The loaded model family member: config, DiT, VAE and conditioner."""
+
+    config: StableAudioConfig
+    dit: DiT
+    vae: OobleckVAE
+    conditioner: Conditioner
+
+
+def _meta(factory: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return factory()
+
+
+def _load_text_encoder(folder: str | Path, dtype: torch.dtype, device: torch.device | str) -> T5TextEncoder:
+    from transformers import T5EncoderModel
+
+    try:
+        t5 = T5EncoderModel.from_pretrained(folder, dtype=dtype)
+    except OSError as e:
+        raise CheckpointError(f"cannot load the T5 encoder from {folder}: {e}") from e
+    return T5TextEncoder(t5.to(device).eval().requires_grad_(False))
+
+
+def _load_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load the T5 tokenizer from {folder}: {e}") from e
+
+
+def _load_diffusers(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
+    config = config_from_diffusers(root)
+    dit = load_state(
+        _meta(lambda: DiT(config.dit)),
+        TensorSource.for_component(root / "transformer"),
+        km.dit_rule_diffusers,
+        dtype,
+        device,
+    )
+    vae = load_state(
+        _meta(lambda: OobleckVAE(config.vae)),
+        TensorSource.for_component(root / "vae"),
+        km.vae_rule_diffusers,
+        dtype,
+        device,
+    )
+    numbers = load_state(
+        _meta(lambda: NumberConditioners(config.conditioning)),
+        TensorSource.for_component(root / "projection_model"),
+        km.numbers_rule_diffusers,
+        dtype,
+        device,
+    )
+    conditioner = Conditioner(
+        config.conditioning,
+        numbers,
+        _load_text_encoder(root / "text_encoder", dtype, device),
+        _load_tokenizer(root / "tokenizer"),
+    )
+    return StableAudioModel(config, dit, vae, conditioner)
+
+
+def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
+    config = config_from_sat(read_json(root / SINGLE_FILE_CONFIG))
+    weights = root / SINGLE_FILE_WEIGHTS
+    num_blocks = len(config.vae.strides)
+    # One file holds all three parts; each part gets its own view so unused keys are per part.
+    dit = load_state(
+        _meta(lambda: DiT(config.dit)),
+        TensorSource([weights], km.SAT_DIT_PREFIX),
+        km.dit_rule_sat,
+        dtype,
+        device,
+        km.SAT_DIT_IGNORED,
+    )
+    vae = load_state(
+        _meta(lambda: OobleckVAE(config.vae)),
+        TensorSource([weights], km.SAT_VAE_PREFIX),
+        lambda key: km.vae_rule_sat(key, num_blocks),
+        dtype,
+        device,
+    )
+    numbers = load_state(
+        _meta(lambda: NumberConditioners(config.conditioning)),
+        TensorSource([weights], km.SAT_CONDITIONER_PREFIX),
+        km.numbers_rule_sat,
+        dtype,
+        device,
+    )
+    t5_folder = root / "text_encoder"
+    tokenizer_folder = root / "tokenizer"
+    conditioner = Conditioner(
+        config.conditioning,
+        numbers,
+        _load_text_encoder(t5_folder if t5_folder.is_dir() else FALLBACK_T5, dtype, device),
+        _load_tokenizer(tokenizer_folder if tokenizer_folder.is_dir() else FALLBACK_T5),
+    )
+    return StableAudioModel(config, dit, vae, conditioner)
+
+
+def load_stable_audio(
+    source: str | Path = DEFAULT_REPO,
+    *,
+    layout: Layout = "auto",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    token: str | None = None,
+) -> StableAudioModel:
+    """Load a Stable Audio model from a Hub repo id, a local folder or a `model_config.json`.
+
+    `layout` picks between a folder's diffusers files and its single-file checkpoint when it
+    holds both ("auto" prefers diffusers). T5 is loaded with transformers in `dtype` too.
+    """
+    location: CheckpointLocation = locate_checkpoint(source, layout, token)
+    loader = _load_diffusers if location.layout == "diffusers" else _load_single_file
+    return loader(location.root, dtype, device)

@@ -1,0 +1,156 @@
+"""Oobleck VAE: encoder, VAE bottleneck and decoder (reference-spec §5).
+
+Convolutions are plain: weight norm is folded into them when weights are loaded.
+Snake's parameters stay fp32 and its maths runs in fp32 whatever the activation dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stable_audio_rt.models.config import OobleckConfig
+
+# reference-spec §5: Snake's 1/(e^β + 1e-9) and the bottleneck's softplus(scale) + 1e-4.
+SNAKE_EPS = 1e-9
+BOTTLENECK_STD_FLOOR = 1e-4
+RES_UNIT_DILATIONS = (1, 3, 9)
+RES_UNIT_KERNEL = 7
+
+
+class Snake(nn.Module):
+    """x + 1/(e^β + 1e-9) · sin²(e^α · x), α and β per channel, log-scale."""
+
+    fp32_parameters = ("alpha", "beta")
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
+        self.beta = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha.float().exp()[:, None]
+        inv_beta = 1.0 / (self.beta.float().exp()[:, None] + SNAKE_EPS)
+        x32 = x.float()
+        return (x32 + inv_beta * torch.sin(alpha * x32).pow(2)).to(x.dtype)
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.snake1 = Snake(channels)
+        self.conv1 = nn.Conv1d(
+            channels,
+            channels,
+            RES_UNIT_KERNEL,
+            dilation=dilation,
+            padding=dilation * (RES_UNIT_KERNEL - 1) // 2,
+        )
+        self.snake2 = Snake(channels)
+        self.conv2 = nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+
+
+def _res_units(channels: int) -> list[ResidualUnit]:
+    return [ResidualUnit(channels, d) for d in RES_UNIT_DILATIONS]
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.res_unit1, self.res_unit2, self.res_unit3 = _res_units(c_in)
+        self.snake1 = Snake(c_in)
+        self.conv1 = nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
+        return self.conv1(self.snake1(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.snake1 = Snake(c_in)
+        self.conv_t1 = nn.ConvTranspose1d(
+            c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2)
+        )
+        self.res_unit1, self.res_unit2, self.res_unit3 = _res_units(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_t1(self.snake1(x))
+        return self.res_unit3(self.res_unit2(self.res_unit1(x)))
+
+
+def _widths(config: OobleckConfig) -> list[int]:
+    """Channel widths from the audio end inwards: channels × [1, *channel_multiples]."""
+    return [config.channels * m for m in (1, *config.channel_multiples)]
+
+
+class OobleckEncoder(nn.Module):
+    """Audio (B, audio_channels, L) → bottleneck parameters (B, 2·latent_dim, L / ratio)."""
+
+    def __init__(self, config: OobleckConfig) -> None:
+        super().__init__()
+        widths = _widths(config)
+        self.conv1 = nn.Conv1d(config.audio_channels, widths[0], 7, padding=3)
+        self.block = nn.ModuleList(
+            EncoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(config.strides)
+        )
+        self.snake1 = Snake(widths[-1])
+        self.conv2 = nn.Conv1d(widths[-1], 2 * config.latent_dim, 3, padding=1)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(audio)
+        for block in self.block:
+            x = block(x)
+        return self.conv2(self.snake1(x))
+
+
+class OobleckDecoder(nn.Module):
+    """Latents (B, latent_dim, T) → audio (B, audio_channels, T · ratio). No final tanh."""
+
+    def __init__(self, config: OobleckConfig) -> None:
+        super().__init__()
+        widths = _widths(config)[::-1]
+        self.conv1 = nn.Conv1d(config.latent_dim, widths[0], 7, padding=3)
+        self.block = nn.ModuleList(
+            DecoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(reversed(config.strides))
+        )
+        self.snake1 = Snake(widths[-1])
+        self.conv2 = nn.Conv1d(widths[-1], config.audio_channels, 7, padding=3, bias=False)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(latents)
+        for block in self.block:
+            x = block(x)
+        return self.conv2(self.snake1(x))
+
+
+def bottleneck_moments(encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output → (mean, std), each (B, latent_dim, T); std = softplus(scale) + 1e-4."""
+    mean, scale = encoded.chunk(2, dim=1)
+    return mean, F.softplus(scale) + BOTTLENECK_STD_FLOOR
+
+
+def bottleneck_sample(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The VAE posterior sample with caller-given noise (the caller owns the random draw)."""
+    return mean + std * noise
+
+
+class OobleckVAE(nn.Module):
+    def __init__(self, config: OobleckConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = OobleckEncoder(config)
+        self.decoder = OobleckDecoder(config)
+
+    def encode_moments(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return bottleneck_moments(self.encoder(audio))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)

@@ -1,0 +1,39 @@
+"""Shared fixtures: one fresh random seed per run (printed, and settable with SA_TEST_SEED),
+and random-weight tiny checkpoints in both layouts built from one set of reference modules."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+import torch
+from checkpoints import build_reference, write_diffusers_checkpoint, write_single_file_checkpoint
+
+from stable_audio_rt.models.config import TINY
+
+SEED = int(os.environ.get("SA_TEST_SEED", secrets.randbelow(2**31)))
+
+
+def pytest_report_header() -> str:
+    return f"stable-audio-rt test seed: {SEED} (rerun with SA_TEST_SEED={SEED})"
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    return build_reference(TINY, torch.Generator().manual_seed(SEED + 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_dir(tiny_reference, tmp_path_factory):
+    return write_diffusers_checkpoint(tiny_reference, tmp_path_factory.mktemp("diffusers"))
+
+
+@pytest.fixture(scope="session")
+def tiny_single_file_dir(tiny_reference, tmp_path_factory):
+    return write_single_file_checkpoint(tiny_reference, TINY, tmp_path_factory.mktemp("single_file"))
