@@ -37,3 +37,12 @@ def tiny_diffusers_dir(tiny_reference, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_single_file_dir(tiny_reference, tmp_path_factory):
     return write_single_file_checkpoint(tiny_reference, TINY, tmp_path_factory.mktemp("single_file"))
+
+
+@pytest.fixture(scope="session", params=["diffusers", "single_file"])
+def tiny_model(request, tiny_diffusers_dir, tiny_single_file_dir):
+    """Our model loaded from each layout of the same random weights."""
+    from stable_audio_rt.models.loading import load_stable_audio
+
+    folder = tiny_diffusers_dir if request.param == "diffusers" else tiny_single_file_dir
+    return load_stable_audio(folder)

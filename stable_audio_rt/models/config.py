@@ -35,7 +35,9 @@ class DiTConfig:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads:
-            raise ConfigError(f"DiT embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(
+                f"DiT embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
         if self.context_dim % self.head_dim:
             raise ConfigError(
                 f"DiT context width {self.context_dim} is not a multiple of the head dim {self.head_dim}"

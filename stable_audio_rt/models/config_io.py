@@ -138,7 +138,9 @@ def _sat_conditioning(conditioning: dict[str, Any], diffusion: dict[str, Any]) -
 def config_from_sat(model_config: dict[str, Any]) -> StableAudioConfig:
     """From stable-audio-tools' `model_config.json` (already parsed)."""
     if model_config.get("model_type") != "diffusion_cond":
-        raise ConfigError(f"model_type {model_config.get('model_type')!r} is not supported ('diffusion_cond')")
+        raise ConfigError(
+            f"model_type {model_config.get('model_type')!r} is not supported ('diffusion_cond')"
+        )
     model = _require(model_config, "model", "model_config.json")
     diffusion = _require(model, "diffusion", "model")
     return StableAudioConfig(
@@ -151,7 +153,10 @@ def config_from_sat(model_config: dict[str, Any]) -> StableAudioConfig:
 
 
 # The diffusers port names the two number conditioners of Stable Audio Open 1.0 this way.
-DIFFUSERS_NUMBER_IDS = {"seconds_start": "start_number_conditioner", "seconds_total": "end_number_conditioner"}
+DIFFUSERS_NUMBER_IDS = {
+    "seconds_start": "start_number_conditioner",
+    "seconds_total": "end_number_conditioner",
+}
 
 
 def config_from_diffusers(root: Path) -> StableAudioConfig:
@@ -175,7 +180,10 @@ def config_from_diffusers(root: Path) -> StableAudioConfig:
         project_cond_tokens=tr["cross_attention_dim"] != tr["cross_attention_input_dim"],
         timestep_features_dim=tr["time_proj_dim"],
     )
-    if dit.context_dim != tr["cross_attention_dim"] or dit.num_kv_heads != tr["num_key_value_attention_heads"]:
+    if (
+        dit.context_dim != tr["cross_attention_dim"]
+        or dit.num_kv_heads != tr["num_key_value_attention_heads"]
+    ):
         raise ConfigError(
             f"transformer cross_attention_dim {tr['cross_attention_dim']} with "
             f"{tr['num_key_value_attention_heads']} KV heads is not a Stable Audio geometry"

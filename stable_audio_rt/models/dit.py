@@ -95,7 +95,9 @@ class DiTBlock(nn.Module):
 
 
 def _mlp(dim_in: int, dim_out: int, bias: bool) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim_in, dim_out, bias=bias), nn.SiLU(), nn.Linear(dim_out, dim_out, bias=bias))
+    return nn.Sequential(
+        nn.Linear(dim_in, dim_out, bias=bias), nn.SiLU(), nn.Linear(dim_out, dim_out, bias=bias)
+    )
 
 
 class DiT(nn.Module):

@@ -32,10 +32,12 @@ class Snake(nn.Module):
         self.beta = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha.float().exp()[:, None]
-        inv_beta = 1.0 / (self.beta.float().exp()[:, None] + SNAKE_EPS)
-        x32 = x.float()
-        return (x32 + inv_beta * torch.sin(alpha * x32).pow(2)).to(x.dtype)
+        # At least fp32: fp16's 1e-9 underflows and 1/e^β can overflow (reference-spec §5).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        alpha = self.alpha.to(dtype).exp()[:, None]
+        inv_beta = 1.0 / (self.beta.to(dtype).exp()[:, None] + SNAKE_EPS)
+        xw = x.to(dtype)
+        return (xw + inv_beta * torch.sin(alpha * xw).pow(2)).to(x.dtype)
 
 
 class ResidualUnit(nn.Module):

@@ -1,0 +1,56 @@
+"""Conditioning against diffusers: number conditioners vs StableAudioProjectionModel, and the
+assembled context/global condition vs StableAudioPipeline's encode_prompt/encode_duration."""
+
+import pytest
+import torch
+from numerics import FP32_REL_TOL, rel_error
+
+
+@torch.no_grad()
+def test_number_conditioners_match_projection_model(tiny_model, tiny_reference, generator):
+    # Values outside [0, 512] check the clamp; fractional values the continuous embedding.
+    start = torch.rand(6, generator=generator) * 700 - 100
+    total = torch.rand(6, generator=generator) * 700 - 100
+    reference = tiny_reference.projection_model(start_seconds=start, end_seconds=total)
+    ours = tiny_model.conditioner.number_tokens({"seconds_start": start, "seconds_total": total})
+    assert rel_error(ours["seconds_start"], reference.seconds_start_hidden_states) <= FP32_REL_TOL
+    assert rel_error(ours["seconds_total"], reference.seconds_end_hidden_states) <= FP32_REL_TOL
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        ["warm analog synth pad"],
+        ["rain on a tin roof, distant thunder", "x" * 200],  # the second one is truncated
+    ],
+)
+@torch.no_grad()
+def test_context_and_global_match_diffusers_pipeline(tiny_model, tiny_reference, prompts, generator):
+    batch = len(prompts)
+    start = (torch.rand(batch, generator=generator) * 10).tolist()
+    total = [
+        s + 1 + 30 * r for s, r in zip(start, torch.rand(batch, generator=generator).tolist(), strict=True)
+    ]
+    pipe = tiny_reference.pipeline()
+    text = pipe.encode_prompt(prompts, "cpu", do_classifier_free_guidance=False)
+    start_tok, total_tok = pipe.encode_duration(start, total, "cpu", False, batch)
+    reference_context = torch.cat([text, start_tok, total_tok], dim=1)
+    reference_global = torch.cat([start_tok, total_tok], dim=2).squeeze(1)
+
+    context, global_cond = tiny_model.conditioner(
+        prompts, {"seconds_start": torch.tensor(start), "seconds_total": torch.tensor(total)}
+    )
+    cond = tiny_model.config.conditioning
+    assert context.shape == (batch, cond.context_tokens, cond.cond_dim)
+    assert global_cond.shape == (batch, cond.global_dim)
+    assert rel_error(context, reference_context) <= FP32_REL_TOL
+    assert rel_error(global_cond, reference_global) <= FP32_REL_TOL
+
+
+@torch.no_grad()
+def test_padded_prompt_tokens_are_exact_zeros(tiny_model):
+    ids, mask = tiny_model.conditioner.tokenize(["rain"])
+    assert mask.sum() < mask.numel(), "the prompt should leave padding"
+    text = tiny_model.conditioner.text_encoder(ids, mask)
+    assert torch.all(text[mask == 0] == 0)
+    assert torch.all(text[mask == 1].abs().sum(-1) > 0)
