@@ -1,0 +1,1 @@
+"""Triton kernels (attention with fused partial RoPE, GQA cross-attention, Snake) and their ops."""
