@@ -19,15 +19,29 @@ from stable_audio_rt.models.config import (
     StableAudioConfig,
 )
 
-# stable-audio-tools DiT options that we accept only at these (default) values.
+# stable-audio-tools 0.0.20 DiffusionTransformer / ContinuousTransformer options that we
+# accept only at these (its default) values; any other option is refused by name.
 _SAT_DIT_DEFAULTS: dict[str, Any] = {
     "patch_size": 1,
-    "global_cond_type": "prepend",
-    "transformer_type": "continuous_transformer",
+    "project_global_cond": True,
     "input_concat_dim": 0,
     "prepend_cond_dim": 0,
+    "transformer_type": "continuous_transformer",
+    "global_cond_type": "prepend",
     "timestep_cond_type": "global",
+    "timestep_embed_dim": None,
+    "timestep_features_type": "learned",
+    "timestep_features_logsnr": False,
+    "modular_local_cond_configs": None,
     "attn_kwargs": {},
+    "rotary_pos_emb": True,
+    "cross_attn_rotary_pos_emb": False,
+    "causal": False,
+    "conformer": False,
+    "use_sinusoidal_emb": False,
+    "use_abs_pos_emb": False,
+    "num_memory_tokens": 0,
+    "sliding_window": None,
 }
 _SAT_DIT_FIELDS = {
     "io_channels",
@@ -37,7 +51,11 @@ _SAT_DIT_FIELDS = {
     "cond_token_dim",
     "global_cond_dim",
     "project_cond_tokens",
+    "timestep_features_dim",
 }
+# Conditioner options accepted only at their defaults (stable-audio-tools 0.0.20 conditioners.py).
+_SAT_T5_DEFAULTS: dict[str, Any] = {"enable_grad": False, "project_out": False, "padding_mode": "zero"}
+_SAT_NUMBER_DEFAULTS: dict[str, Any] = {"fourier_features_type": "learned"}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -55,19 +73,24 @@ def _require(section: dict[str, Any], key: str, where: str) -> Any:
     return section[key]
 
 
+def _check_defaults(options: dict[str, Any], defaults: dict[str, Any], fields: set[str], what: str) -> None:
+    for key, value in options.items():
+        if key in fields:
+            continue
+        if key not in defaults:
+            raise ConfigError(f"{what} option {key!r} is not supported by stable-audio-rt")
+        if value != defaults[key]:
+            raise ConfigError(f"{what} option {key}={value!r} is not supported (only {defaults[key]!r})")
+
+
 def _sat_dit(diffusion: dict[str, Any]) -> DiTConfig:
     if diffusion.get("type") != "dit":
         raise ConfigError(f"diffusion type {diffusion.get('type')!r} is not supported (only 'dit')")
+    objective = diffusion.get("diffusion_objective", "v")
+    if objective != "v":
+        raise ConfigError(f"diffusion_objective {objective!r} is not supported yet (only 'v')")
     cfg = _require(diffusion, "config", "model.diffusion")
-    for key, value in cfg.items():
-        if key in _SAT_DIT_FIELDS:
-            continue
-        if key not in _SAT_DIT_DEFAULTS:
-            raise ConfigError(f"DiT option {key!r} is not supported by stable-audio-rt")
-        if value != _SAT_DIT_DEFAULTS[key]:
-            raise ConfigError(
-                f"DiT option {key}={value!r} is not supported (only {_SAT_DIT_DEFAULTS[key]!r})"
-            )
+    _check_defaults(cfg, _SAT_DIT_DEFAULTS, _SAT_DIT_FIELDS, "DiT")
     return DiTConfig(
         io_channels=_require(cfg, "io_channels", "diffusion.config"),
         embed_dim=_require(cfg, "embed_dim", "diffusion.config"),
@@ -76,6 +99,7 @@ def _sat_dit(diffusion: dict[str, Any]) -> DiTConfig:
         cond_token_dim=_require(cfg, "cond_token_dim", "diffusion.config"),
         global_cond_dim=_require(cfg, "global_cond_dim", "diffusion.config"),
         project_cond_tokens=cfg.get("project_cond_tokens", True),
+        timestep_features_dim=cfg.get("timestep_features_dim", 256),
     )
 
 
@@ -89,6 +113,11 @@ def _sat_vae(pretransform: dict[str, Any]) -> OobleckConfig:
             raise ConfigError("only the Oobleck autoencoder with Snake activations is supported")
     if dec["config"].get("final_tanh", True):
         raise ConfigError("an Oobleck decoder with final_tanh is not supported")
+    for option in ("antialias_activation", "use_nearest_upsample"):
+        if enc["config"].get(option, False) or dec["config"].get(option, False):
+            raise ConfigError(f"an Oobleck autoencoder with {option} is not supported")
+    if pretransform.get("scale", 1.0) != 1.0:
+        raise ConfigError(f"a latent scale of {pretransform['scale']} is not supported (only 1.0)")
     if cfg.get("bottleneck", {}).get("type") != "vae":
         raise ConfigError(f"bottleneck {cfg.get('bottleneck')!r} is not supported (only 'vae')")
     d, e = dec["config"], enc["config"]
@@ -118,9 +147,12 @@ def _sat_conditioning(conditioning: dict[str, Any], diffusion: dict[str, Any]) -
         if kind == "t5":
             if entry["id"] != "prompt":
                 raise ConfigError(f"the T5 conditioner must have id 'prompt', got {entry['id']!r}")
+            _check_defaults(cfg, _SAT_T5_DEFAULTS, {"t5_model_name", "max_length", "model_path"}, "T5")
             t5_name, t5_length = cfg.get("t5_model_name", "t5-base"), cfg.get("max_length", 128)
         elif kind == "number":
-            numbers.append(NumberConditionerConfig(entry["id"], cfg["min_val"], cfg["max_val"]))
+            _check_defaults(cfg, _SAT_NUMBER_DEFAULTS, {"min_val", "max_val"}, "number conditioner")
+            # stable-audio-tools' NumberConditioner defaults: min_val 0, max_val 1.
+            numbers.append(NumberConditionerConfig(entry["id"], cfg.get("min_val", 0), cfg.get("max_val", 1)))
         else:
             raise ConfigError(f"conditioner type {kind!r} (id {entry['id']!r}) is not supported")
     if t5_name is None:

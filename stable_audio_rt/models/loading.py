@@ -32,9 +32,6 @@ from stable_audio_rt.models.config_io import config_from_diffusers, config_from_
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.vae import OobleckVAE
 
-# Where the single-file layout's T5 comes from when the folder has no text_encoder/ (§1).
-FALLBACK_T5 = "google-t5/t5-base"
-
 
 def _keeps_fp32(module: nn.Module, key: str) -> bool:
     owner_path, _, name = key.rpartition(".")
@@ -166,13 +163,15 @@ def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str
         dtype,
         device,
     )
-    t5_folder = root / "text_encoder"
-    tokenizer_folder = root / "tokenizer"
+    # T5 is not in the single file: take the repo's diffusers subfolders when present, else the
+    # model the config names (e.g. "t5-base") from the Hub.
+    t5_folder, tokenizer_folder = root / "text_encoder", root / "tokenizer"
+    t5_name = config.conditioning.t5_model_name
     conditioner = Conditioner(
         config.conditioning,
         numbers,
-        _load_text_encoder(t5_folder if t5_folder.is_dir() else FALLBACK_T5, dtype, device),
-        _load_tokenizer(tokenizer_folder if tokenizer_folder.is_dir() else FALLBACK_T5),
+        _load_text_encoder(t5_folder if t5_folder.is_dir() else t5_name, dtype, device),
+        _load_tokenizer(tokenizer_folder if tokenizer_folder.is_dir() else t5_name),
     )
     return StableAudioModel(config, dit, vae, conditioner)
 
