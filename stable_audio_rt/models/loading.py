@@ -104,76 +104,70 @@ def _load_tokenizer(folder: str | Path):
         raise CheckpointError(f"cannot load the T5 tokenizer from {folder}: {e}") from e
 
 
-def _load_diffusers(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
-    config = config_from_diffusers(root)
-    dit = load_state(
-        _meta(lambda: DiT(config.dit)),
-        TensorSource.for_component(root / "transformer"),
-        km.dit_rule_diffusers,
-        dtype,
-        device,
+@dataclass(frozen=True)
+class _Part:
+    """Where one layout keeps a module's tensors, and how our keys map onto them."""
+
+    source: TensorSource
+    rule_for: Callable[[str], km.Rule]
+    ignored: re.Pattern[str] | None = None
+
+
+def _assemble(
+    config: StableAudioConfig,
+    parts: tuple[_Part, _Part, _Part],
+    t5_from: str | Path,
+    tokenizer_from: str | Path,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> StableAudioModel:
+    """Load the DiT, VAE and number conditioners from `parts` (in that order), then T5."""
+    factories = (
+        lambda: DiT(config.dit),
+        lambda: OobleckVAE(config.vae),
+        lambda: NumberConditioners(config.conditioning),
     )
-    vae = load_state(
-        _meta(lambda: OobleckVAE(config.vae)),
-        TensorSource.for_component(root / "vae"),
-        km.vae_rule_diffusers,
-        dtype,
-        device,
+    dit, vae, numbers = (
+        load_state(_meta(factory), part.source, part.rule_for, dtype, device, part.ignored)
+        for factory, part in zip(factories, parts, strict=True)
     )
-    numbers = load_state(
-        _meta(lambda: NumberConditioners(config.conditioning)),
-        TensorSource.for_component(root / "projection_model"),
-        km.numbers_rule_diffusers,
-        dtype,
-        device,
-    )
-    conditioner = Conditioner(
-        config.conditioning,
-        numbers,
-        _load_text_encoder(root / "text_encoder", dtype, device),
-        _load_tokenizer(root / "tokenizer"),
-    )
+    text_encoder = _load_text_encoder(t5_from, dtype, device)
+    conditioner = Conditioner(config.conditioning, numbers, text_encoder, _load_tokenizer(tokenizer_from))
     return StableAudioModel(config, dit, vae, conditioner)
+
+
+def _load_diffusers(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
+    parts = (
+        _Part(TensorSource.for_component(root / "transformer"), km.dit_rule_diffusers),
+        _Part(TensorSource.for_component(root / "vae"), km.vae_rule_diffusers),
+        _Part(TensorSource.for_component(root / "projection_model"), km.numbers_rule_diffusers),
+    )
+    config = config_from_diffusers(root)
+    return _assemble(config, parts, root / "text_encoder", root / "tokenizer", dtype, device)
 
 
 def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
     config = config_from_sat(read_json(root / SINGLE_FILE_CONFIG))
-    weights = root / SINGLE_FILE_WEIGHTS
+    weights = [root / SINGLE_FILE_WEIGHTS]
     num_blocks = len(config.vae.strides)
-    # One file holds all three parts; each part gets its own view so unused keys are per part.
-    dit = load_state(
-        _meta(lambda: DiT(config.dit)),
-        TensorSource([weights], km.SAT_DIT_PREFIX),
-        km.dit_rule_sat,
-        dtype,
-        device,
-        km.SAT_DIT_IGNORED,
-    )
-    vae = load_state(
-        _meta(lambda: OobleckVAE(config.vae)),
-        TensorSource([weights], km.SAT_VAE_PREFIX),
-        lambda key: km.vae_rule_sat(key, num_blocks),
-        dtype,
-        device,
-    )
-    numbers = load_state(
-        _meta(lambda: NumberConditioners(config.conditioning)),
-        TensorSource([weights], km.SAT_CONDITIONER_PREFIX),
-        km.numbers_rule_sat,
-        dtype,
-        device,
+    # One file holds all three parts; each gets its own view so unused keys are found per part.
+    parts = (
+        _Part(TensorSource(weights, km.SAT_DIT_PREFIX), km.dit_rule_sat, km.SAT_DIT_IGNORED),
+        _Part(TensorSource(weights, km.SAT_VAE_PREFIX), lambda key: km.vae_rule_sat(key, num_blocks)),
+        _Part(TensorSource(weights, km.SAT_CONDITIONER_PREFIX), km.numbers_rule_sat),
     )
     # T5 is not in the single file: take the repo's diffusers subfolders when present, else the
     # model the config names (e.g. "t5-base") from the Hub.
     t5_folder, tokenizer_folder = root / "text_encoder", root / "tokenizer"
     t5_name = config.conditioning.t5_model_name
-    conditioner = Conditioner(
-        config.conditioning,
-        numbers,
-        _load_text_encoder(t5_folder if t5_folder.is_dir() else t5_name, dtype, device),
-        _load_tokenizer(tokenizer_folder if tokenizer_folder.is_dir() else t5_name),
+    return _assemble(
+        config,
+        parts,
+        t5_folder if t5_folder.is_dir() else t5_name,
+        tokenizer_folder if tokenizer_folder.is_dir() else t5_name,
+        dtype,
+        device,
     )
-    return StableAudioModel(config, dit, vae, conditioner)
 
 
 def load_stable_audio(
