@@ -7,13 +7,11 @@ through reference-spec §8's table, transcribed here independently of the librar
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import sentencepiece as spm
 import torch
 from diffusers import (
     AutoencoderOobleck,
@@ -26,35 +24,7 @@ from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
 from stable_audio_rt.models.config import StableAudioConfig
-
-TOKENIZER_SENTENCES = [
-    "warm analog synth pad with slow attack",
-    "drum loop 120 bpm, punchy kick and crisp snare",
-    "field recording of rain on a tin roof",
-    "solo acoustic guitar fingerpicking in a minor key",
-    "ambient drone, deep sub bass, evolving textures",
-    "bird song at dawn in a quiet forest",
-]
-
-
-def build_tokenizer(max_length: int) -> T5Tokenizer:
-    """A T5 tokenizer (pad 0, eos 1, unk 2, as t5-base) trained with sentencepiece at test time."""
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TOKENIZER_SENTENCES * 5),
-        model_writer=proto,
-        vocab_size=64,
-        model_type="unigram",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
-    vocab = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+from stable_audio_rt.models.random_init import TOKENIZER_VOCAB_SIZE, build_tokenizer
 
 
 def rerandomize(module: torch.nn.Module, generator: torch.Generator) -> None:
@@ -133,7 +103,7 @@ def build_reference(config: StableAudioConfig, generator: torch.Generator) -> Re
         ),
         text_encoder=T5EncoderModel(
             T5Config(
-                vocab_size=64,
+                vocab_size=TOKENIZER_VOCAB_SIZE,
                 d_model=cond.cond_dim,
                 d_kv=32,
                 d_ff=2 * cond.cond_dim,

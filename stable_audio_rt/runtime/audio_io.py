@@ -1,0 +1,105 @@
+"""Reading reference audio and writing results: soundfile for files, soxr for resampling.
+
+Writes are atomic: a temporary file in the destination folder, renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from stable_audio_rt.errors import StableAudioError
+
+# Output formats by extension, with the soundfile subtype for each sample format.
+OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+SUBTYPES = {
+    ("WAV", "pcm16"): "PCM_16",
+    ("WAV", "float"): "FLOAT",
+    ("FLAC", "pcm16"): "PCM_16",
+    ("FLAC", "float"): "PCM_24",  # FLAC has no float samples; 24-bit is its finest
+}
+SampleFormat = Literal["pcm16", "float"]
+
+
+class AudioFileError(StableAudioError):
+    """An audio file cannot be read or written as asked."""
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Refuse, before any work, an output path we could not write."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise AudioFileError(
+            f"cannot write {path}: unsupported extension {path.suffix!r} (use {', '.join(OUTPUT_FORMATS)})"
+        )
+    if not path.parent.is_dir():
+        raise AudioFileError(f"cannot write {path}: folder {path.parent} does not exist (create it first)")
+    return path
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Any format soundfile reads → (channels, samples) float32 and its sample rate."""
+    path = Path(path)
+    if not path.is_file():
+        raise AudioFileError(f"audio file {path} does not exist")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise AudioFileError(f"cannot read {path} as audio ({e}); give a WAV, FLAC, OGG or MP3 file") from e
+    if data.shape[0] == 0:
+        raise AudioFileError(f"audio file {path} is empty")
+    return data.T.copy(), rate
+
+
+def to_model_audio(audio: np.ndarray, rate: int, target_rate: int, length: int) -> torch.Tensor:
+    """(channels, samples) at `rate` → (2, length) float32 at `target_rate`: resampled with soxr,
+    mono duplicated to stereo, zero-padded or cropped at the end."""
+    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
+        raise AudioFileError(f"audio has shape {audio.shape}; give mono or stereo (channels, samples)")
+    if rate != target_rate:
+        audio = soxr.resample(audio.T, rate, target_rate).T
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    out = np.zeros((2, length), dtype=np.float32)
+    n = min(length, audio.shape[1])
+    out[:, :n] = audio[:, :n]
+    return torch.from_numpy(out)
+
+
+def write_audio(
+    path: str | Path,
+    audio: torch.Tensor,
+    rate: int,
+    sample_format: SampleFormat = "pcm16",
+    clip: bool = True,
+    normalize: bool = False,
+) -> Path:
+    """Write (channels, samples) audio to WAV or FLAC by extension, atomically.
+
+    `normalize` scales the peak to full scale first; `clip` then limits samples to [−1, 1].
+    """
+    path = check_output_path(path)
+    data = audio.detach().float().cpu().numpy().T
+    if normalize:
+        peak = float(np.abs(data).max())
+        if peak > 0:
+            data = data / peak
+    if clip:
+        data = np.clip(data, -1.0, 1.0)
+    file_format = OUTPUT_FORMATS[path.suffix.lower()]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, data, rate, subtype=SUBTYPES[file_format, sample_format], format=file_format)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
