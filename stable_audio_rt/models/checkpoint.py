@@ -34,6 +34,8 @@ DIFFUSERS_PATTERNS = [
     "tokenizer/*",
 ]
 SINGLE_FILE_PATTERNS = [SINGLE_FILE_WEIGHTS, SINGLE_FILE_CONFIG, "text_encoder/*", "tokenizer/*"]
+# Just what the config parsers read: lets requests be checked before weights are fetched.
+CONFIG_PATTERNS = [DIFFUSERS_INDEX, SINGLE_FILE_CONFIG, "*/config.json", "tokenizer/tokenizer_config.json"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def _detect_layout(root: Path, layout: Layout) -> CheckpointLocation:
     return CheckpointLocation(root, layout)
 
 
-def _download(repo_id: str, layout: Layout, token: str | None) -> Path:
+def _download(repo_id: str, patterns: list[str], token: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -68,7 +70,6 @@ def _download(repo_id: str, layout: Layout, token: str | None) -> Path:
         RepositoryNotFoundError,
     )
 
-    patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, token=token))
     except GatedRepoError as e:
@@ -89,9 +90,15 @@ def _download(repo_id: str, layout: Layout, token: str | None) -> Path:
 
 
 def locate_checkpoint(
-    source: str | Path = DEFAULT_REPO, layout: Layout = "auto", token: str | None = None
+    source: str | Path = DEFAULT_REPO,
+    layout: Layout = "auto",
+    token: str | None = None,
+    configs_only: bool = False,
 ) -> CheckpointLocation:
-    """A local folder, a `model_config.json`/`model.safetensors` file, or a Hub repo id."""
+    """A local folder, a `model_config.json`/`model.safetensors` file, or a Hub repo id.
+
+    `configs_only` fetches only the config files of a Hub repo (for checks before a download).
+    """
     path = Path(source).expanduser()
     if path.is_file():
         return _detect_layout(path.parent, "single_file" if layout == "auto" else layout)
@@ -99,7 +106,11 @@ def locate_checkpoint(
         return _detect_layout(path, layout)
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        return _detect_layout(_download(text, layout, token), layout)
+        if configs_only:
+            patterns = CONFIG_PATTERNS
+        else:
+            patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
+        return _detect_layout(_download(text, patterns, token), layout)
     raise CheckpointError(f"{source} is neither an existing file or folder nor a Hub repo id (owner/name)")
 
 

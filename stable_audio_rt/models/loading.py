@@ -170,6 +170,16 @@ def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str
     )
 
 
+def load_config(
+    source: str | Path = DEFAULT_REPO, *, layout: Layout = "auto", token: str | None = None
+) -> StableAudioConfig:
+    """The model's config alone, read from its config files (no weights are fetched)."""
+    location = locate_checkpoint(source, layout, token, configs_only=True)
+    if location.layout == "diffusers":
+        return config_from_diffusers(location.root)
+    return config_from_sat(read_json(location.root / SINGLE_FILE_CONFIG))
+
+
 def load_stable_audio(
     source: str | Path = DEFAULT_REPO,
     *,

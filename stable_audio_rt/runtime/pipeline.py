@@ -1,0 +1,195 @@
+"""The Python API: `StableAudio.from_pretrained(...)` and `generate(...)` (torch backend).
+
+A request is resolved (checked, made concrete), conditioned, planned into static buffers,
+sampled by the step function, decoded and cropped. Text-to-audio, audio-to-audio and RePaint
+inpainting share that path; they differ only in the plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
+from stable_audio_rt.models.loading import StableAudioModel, load_stable_audio
+from stable_audio_rt.models.random_init import TINY_RANDOM, random_model
+from stable_audio_rt.models.vae import bottleneck_sample
+from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
+from stable_audio_rt.runtime.noise import RequestRandomness, brownian_step_noise, gaussian_step_noise
+from stable_audio_rt.runtime.plan import InpaintPlan, RequestPlan, build_plan
+from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
+from stable_audio_rt.runtime.sampler import run_plan
+from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
+
+Backend = Literal["torch"]
+
+
+@dataclass
+class GenerationResult:
+    audio: torch.Tensor  # (B, channels, samples) float32 on the CPU
+    sample_rate: int
+    seed: int
+    latents: torch.Tensor  # (B, C, frames) float32: the denoised window before decoding
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def paths(self, path: str | Path) -> list[Path]:
+        """Where `save(path)` writes: `path` itself for one clip, else name_0, name_1, …"""
+        path = Path(path)
+        if self.audio.shape[0] == 1:
+            return [path]
+        return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(self.audio.shape[0])]
+
+    def save(
+        self,
+        path: str | Path,
+        sample_format: SampleFormat = "pcm16",
+        clip: bool = True,
+        normalize: bool = False,
+    ) -> list[Path]:
+        check_output_path(path)
+        return [
+            write_audio(p, clip_audio, self.sample_rate, sample_format, clip, normalize)
+            for p, clip_audio in zip(self.paths(path), self.audio, strict=True)
+        ]
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    timings[name] = time.perf_counter() - start
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class StableAudio:
+    """A loaded model and the pipeline that samples it."""
+
+    def __init__(self, model: StableAudioModel) -> None:
+        self.model = model
+        param = next(model.dit.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path = DEFAULT_REPO,
+        backend: Backend = "torch",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        token: str | None = None,
+        layout: Layout = "auto",
+    ) -> StableAudio:
+        """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights)."""
+        if backend != "torch":
+            raise ConfigError(f"backend {backend!r} is not available yet; use backend='torch'")
+        device = torch.device(device) if device is not None else default_device()
+        if str(model) == TINY_RANDOM:
+            return cls(random_model(dtype=dtype, device=device))
+        return cls(load_stable_audio(model, layout=layout, dtype=dtype, device=device, token=token))
+
+    def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
+        """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
+        cfg_scale, seed, negative_prompt, num_outputs, init_audio, inpaint_audio, ...)."""
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        return self.run(GenerationRequest(prompts=prompts, **options), progress=progress)
+
+    def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
+        resolved = resolve_request(request, self.config)
+        timings: dict[str, float] = {}
+        with torch.no_grad():
+            with _stage(timings, "conditioning", self.device):
+                context, global_cond = self._condition(resolved)
+            with _stage(timings, "plan", self.device):
+                plan = self._plan(resolved, context, global_cond)
+            with _stage(timings, "sampling", self.device):
+                bar = tqdm(total=plan.steps, desc="sampling", unit="step", disable=not progress)
+                latents = run_plan(self.model.dit, plan, on_step=lambda _: bar.update())
+                bar.close()
+            with _stage(timings, "decode", self.device):
+                audio = self.model.vae.decode(latents.to(self.dtype))
+            with _stage(timings, "postprocess", self.device):
+                audio = audio[:, :, resolved.clip(self.config.sample_rate)].float().cpu()
+        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents.float().cpu(), timings)
+
+    def _condition(self, resolved: ResolvedRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, S, D) context and (R, G) global: rows [cond; uncond] when CFG is on."""
+        request, batch = resolved.request, resolved.batch
+        prompts = [p for p in request.prompts for _ in range(request.num_outputs)]
+        values = {
+            "seconds_start": torch.full((batch,), float(request.seconds_start)),
+            "seconds_total": torch.full((batch,), float(resolved.seconds_total)),
+        }
+        conditioner = self.model.conditioner
+        context, global_cond = conditioner(prompts, values)
+        if request.cfg_scale == 1.0:
+            return context, global_cond
+        if request.negative_prompt is not None:
+            negative, _ = conditioner([request.negative_prompt] * batch, values)
+        else:
+            negative = torch.zeros_like(context)
+        # The global condition is the positive one in both halves (reference-spec §3).
+        return torch.cat((context, negative)), torch.cat((global_cond, global_cond))
+
+    def _encode_reference(self, audio: torch.Tensor, randomness: RequestRandomness) -> torch.Tensor:
+        """One posterior sample of the reference's latents (1, C, frames), noise drawn next."""
+        mean, std = self.model.vae.encode_moments(audio[None].to(self.device, self.dtype))
+        mean, std = mean.float(), std.float()
+        return bottleneck_sample(mean, std, randomness.randn(*mean.shape))
+
+    def _plan(
+        self, resolved: ResolvedRequest, context: torch.Tensor, global_cond: torch.Tensor
+    ) -> RequestPlan:
+        request = resolved.request
+        shape = (resolved.batch, self.config.dit.io_channels, resolved.frames)
+        sigmas = polyexponential_sigmas(request.steps, request.sigma_min, resolved.sigma_max)
+        randomness = RequestRandomness(resolved.seed, self.device)
+
+        x0 = randomness.randn(*shape) * sigmas[0].to(self.device)
+        reference = None
+        if resolved.init_audio is not None:
+            x0 = x0 + self._encode_reference(resolved.init_audio, randomness).expand(shape)
+        elif resolved.inpaint_audio is not None:
+            reference = self._encode_reference(resolved.inpaint_audio, randomness).expand(shape).contiguous()
+
+        if request.noise == "brownian":
+            step_noise = brownian_step_noise(sigmas, shape, randomness.brownian_seed(), self.device)
+        else:
+            step_noise = gaussian_step_noise(randomness, request.steps, shape)
+
+        inpaint = None
+        if reference is not None:
+            inpaint = InpaintPlan(
+                keep=resolved.inpaint_keep.to(self.device).view(1, 1, -1),
+                reference=reference,
+                renoise=randomness.randn(request.steps, *shape),
+            )
+        return build_plan(
+            self.model.dit,
+            x0,
+            sigmas,
+            step_table(sigmas),
+            context,
+            global_cond,
+            step_noise,
+            request.cfg_scale,
+            inpaint,
+        )

@@ -1,0 +1,195 @@
+"""A generation request, and its checks: every bad input is refused here, before any model work.
+
+`resolve_request` turns a request into concrete numbers (seed, clip length, window, reference
+audio at the model's rate, the keep mask) using only the model's config, so the CLI can run it
+before loading weights.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
+from stable_audio_rt.runtime.noise import NOISE_KINDS, NoiseKind
+from stable_audio_rt.runtime.schedule import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_INIT_NOISE_LEVEL,
+    DEFAULT_SIGMA_MAX,
+    DEFAULT_SIGMA_MIN,
+    DEFAULT_STEPS,
+)
+
+Window = Literal["full", "trim"]
+WINDOWS: tuple[Window, ...] = ("full", "trim")
+# A file path, or (samples, sample_rate) with samples (channels, n) or (n,).
+AudioInput = str | Path | tuple[np.ndarray | torch.Tensor, int]
+# stable-audio-tools draws seeds in [0, 2**32 − 1).
+SEED_HIGH = 2**32 - 1
+
+
+class RequestError(StableAudioError):
+    """A generation request asks for something impossible; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompts: tuple[str, ...]
+    negative_prompt: str | None = None
+    seconds_total: float | None = None  # default: the reference audio's length, else the maximum
+    seconds_start: float = 0.0
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG_SCALE
+    seed: int | None = None
+    num_outputs: int = 1
+    init_audio: AudioInput | None = None
+    init_noise_level: float = DEFAULT_INIT_NOISE_LEVEL
+    inpaint_audio: AudioInput | None = None
+    inpaint_mask: np.ndarray | torch.Tensor | None = None  # at the model rate, 1 = keep
+    window: Window = "full"
+    noise: NoiseKind = "gaussian"
+    sigma_min: float = DEFAULT_SIGMA_MIN
+    sigma_max: float = DEFAULT_SIGMA_MAX
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    request: GenerationRequest
+    seed: int
+    batch: int
+    seconds_total: float
+    frames: int  # latent frames of the denoised window
+    sigma_max: float  # init_noise_level for audio-to-audio
+    init_audio: torch.Tensor | None  # (2, frames · ratio) at the model rate
+    inpaint_audio: torch.Tensor | None  # (2, frames · ratio)
+    inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
+
+    def clip(self, sample_rate: int) -> slice:
+        """The output's samples within the window: [start, total) as diffusers crops."""
+        return slice(int(self.request.seconds_start * sample_rate), int(self.seconds_total * sample_rate))
+
+
+def _audio(value: AudioInput, what: str) -> tuple[np.ndarray, int]:
+    if isinstance(value, (str, Path)):
+        return read_audio(value)
+    samples, rate = value
+    samples = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, np.float32)
+    samples = samples[None] if samples.ndim == 1 else samples
+    if samples.ndim != 2 or samples.shape[-1] == 0:
+        raise RequestError(f"{what} must be (channels, samples) or (samples,) with samples > 0")
+    return samples, int(rate)
+
+
+def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
+    """(frames · ratio,) audio-rate keep mask → (frames,): a latent frame is kept only if every
+    one of its samples is, so any frame touching a regenerated sample is regenerated."""
+    return keep.view(-1, ratio).all(dim=1)
+
+
+def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
+    if not request.prompts or any(not isinstance(p, str) for p in request.prompts):
+        raise RequestError("give at least one text prompt")
+    if request.steps < 1:
+        raise RequestError(f"steps must be at least 1, got {request.steps}")
+    if request.cfg_scale < 0:
+        raise RequestError(f"cfg_scale must be ≥ 0, got {request.cfg_scale}")
+    if request.num_outputs < 1:
+        raise RequestError(f"num_outputs must be at least 1, got {request.num_outputs}")
+    if request.seed is not None and not 0 <= request.seed < 2**63:
+        raise RequestError(f"seed must be in [0, 2**63), got {request.seed}")
+    if request.window not in WINDOWS:
+        raise RequestError(f"window must be one of {WINDOWS}, got {request.window!r}")
+    if request.noise not in NOISE_KINDS:
+        raise RequestError(f"noise must be one of {NOISE_KINDS}, got {request.noise!r}")
+    if request.seconds_start < 0:
+        raise RequestError(f"seconds_start must be ≥ 0, got {request.seconds_start}")
+    total = request.seconds_total
+    if total is not None and not 0 < total <= max_seconds:
+        raise RequestError(f"seconds_total must be in (0, {max_seconds:.2f}] for this model, got {total}")
+    if total is not None and request.seconds_start >= total:
+        raise RequestError(
+            f"seconds_start ({request.seconds_start}) must be less than seconds_total ({total})"
+        )
+    if request.init_audio is not None and request.inpaint_audio is not None:
+        raise RequestError("give init_audio (audio-to-audio) or inpaint_audio (inpainting), not both")
+    if (request.inpaint_audio is None) != (request.inpaint_mask is None):
+        raise RequestError("inpainting needs both inpaint_audio and inpaint_mask")
+    sigma_max = request.init_noise_level if request.init_audio is not None else request.sigma_max
+    name = "init_noise_level" if request.init_audio is not None else "sigma_max"
+    if not sigma_max > request.sigma_min > 0:
+        raise RequestError(
+            f"{name} ({sigma_max}) must be greater than sigma_min ({request.sigma_min}) > 0: "
+            f"with σmax ≤ σmin the schedule has no steps to take"
+        )
+
+
+def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: int) -> torch.Tensor:
+    keep = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask)
+    if keep.dim() != 1 or keep.shape[0] != length:
+        raise RequestError(
+            f"inpaint_mask must be 1-D with one value per sample of inpaint_audio at the model rate "
+            f"({length}), got shape {tuple(keep.shape)}"
+        )
+    if not torch.all((keep == 0) | (keep == 1)):
+        raise RequestError("inpaint_mask values must be 0 (regenerate) or 1 (keep)")
+    out = torch.zeros(window_samples, dtype=torch.bool)
+    n = min(length, window_samples)
+    out[:n] = keep[:n].bool()
+    return out
+
+
+def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
+    """Check `request` against the model's limits and make every quantity concrete."""
+    rate, ratio = config.sample_rate, config.vae.downsampling_ratio
+    max_seconds = config.sample_size / rate
+    _check_ranges(request, max_seconds)
+
+    reference, reference_seconds = None, None
+    source = request.init_audio if request.init_audio is not None else request.inpaint_audio
+    if source is not None:
+        what = "init_audio" if request.init_audio is not None else "inpaint_audio"
+        samples, in_rate = _audio(source, what)
+        reference = (samples, in_rate)
+        reference_seconds = samples.shape[-1] / in_rate
+
+    total = request.seconds_total
+    if total is None:
+        total = min(reference_seconds, max_seconds) if reference_seconds else max_seconds
+        if request.seconds_start >= total:
+            raise RequestError(
+                f"seconds_start ({request.seconds_start}) must be less than the clip ({total:.2f} s)"
+            )
+    frames = config.latent_frames if request.window == "full" else math.ceil(total * rate / ratio)
+    window_samples = frames * ratio
+
+    init_audio = inpaint_audio = inpaint_keep = None
+    if reference is not None:
+        audio = to_model_audio(*reference, rate, window_samples)
+        if request.init_audio is not None:
+            init_audio = audio
+        else:
+            inpaint_audio = audio
+            length = round(reference[0].shape[-1] * rate / reference[1])
+            inpaint_keep = keep_mask_to_latent(
+                _resolve_mask(request.inpaint_mask, length, window_samples), ratio
+            )
+
+    return ResolvedRequest(
+        request=request,
+        seed=request.seed if request.seed is not None else secrets.randbelow(SEED_HIGH),
+        batch=len(request.prompts) * request.num_outputs,
+        seconds_total=total,
+        frames=frames,
+        sigma_max=request.init_noise_level if request.init_audio is not None else request.sigma_max,
+        init_audio=init_audio,
+        inpaint_audio=inpaint_audio,
+        inpaint_keep=inpaint_keep,
+    )
