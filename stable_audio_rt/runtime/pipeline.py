@@ -72,8 +72,19 @@ def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterat
     timings[name] = time.perf_counter() - start
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to run on (default: CUDA when available), refused clearly if unusable."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine; use device 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device} is not supported; use cpu or cuda")
+    return device
 
 
 class StableAudio:
@@ -101,7 +112,7 @@ class StableAudio:
         """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights)."""
         if backend != "torch":
             raise ConfigError(f"backend {backend!r} is not available yet; use backend='torch'")
-        device = torch.device(device) if device is not None else default_device()
+        device = resolve_device(device)
         if str(model) == TINY_RANDOM:
             return cls(random_model(dtype=dtype, device=device))
         return cls(load_stable_audio(model, layout=layout, dtype=dtype, device=device, token=token))
