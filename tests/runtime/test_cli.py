@@ -1,0 +1,125 @@
+"""sa-run: bad input is refused with a clear message before any model loads, writing nothing;
+good input writes the clip."""
+
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from stable_audio_rt.models.config import TINY
+from stable_audio_rt.runtime import cli
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
+
+RATE = 44100
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    t = np.arange(RATE) / RATE
+    sf.write(folder / "tone.wav", 0.3 * np.sin(2 * np.pi * 330 * t), RATE)
+    sf.write(folder / "empty.wav", np.zeros((0, 2)), RATE)
+    (folder / "text.wav").write_text("not audio")
+    return folder
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model must not be loaded for bad input")
+
+    monkeypatch.setattr(StableAudio, "from_pretrained", refuse)
+
+
+BAD_ARGUMENTS = [
+    (["--seconds", "0"], r"seconds_total must be in \(0, 2\.97\]"),
+    (["--seconds", "99"], r"seconds_total must be in \(0, 2\.97\] for this model, got 99"),
+    (["--start", "2", "--seconds", "1"], r"seconds_start \(2\.0\) must be less than seconds_total"),
+    (["--steps", "0"], r"steps must be at least 1"),
+    (["--cfg-scale", "-1"], r"cfg_scale must be ≥ 0"),
+    (["--sigma-max", "0.3"], r"sigma_max \(0\.3\) must be greater than sigma_min \(0\.3\)"),
+    (
+        ["--init-audio", "{in}/tone.wav", "--init-noise-level", "0.2"],
+        r"init_noise_level \(0\.2\) must be greater",
+    ),
+    (
+        ["--inpaint-audio", "{in}/tone.wav", "--keep-range", "0.5,5"],
+        r"range 0\.5,5\.0 is outside .*tone\.wav",
+    ),
+    (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range or --inpaint-range"),
+    (["--keep-range", "0,1"], r"--keep-range/--inpaint-range need --inpaint-audio"),
+    (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
+    (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
+    (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
+    (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
+    (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
+    (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
+]
+
+
+@pytest.mark.parametrize("arguments,message", BAD_ARGUMENTS, ids=[m for _, m in BAD_ARGUMENTS])
+def test_bad_input_is_refused_before_loading(arguments, message, inputs, tmp_path, capsys, no_model_load):
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["a prompt", "--model", "tiny-random", "-o", str(out / "clip.wav")]
+    argv += [a.format(**{"in": inputs, "out": out}) for a in arguments]
+    assert cli.main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert list(out.rglob("*")) == [], "nothing may be written"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
+def test_cuda_requested_without_cuda(tmp_path, capsys, no_model_load):
+    assert cli.main(["x", "--model", "tiny-random", "--device", "cuda", "-o", str(tmp_path / "a.wav")]) == 2
+    assert "CUDA is not available on this machine" in capsys.readouterr().err
+
+
+def test_unknown_model_id(tmp_path, monkeypatch, capsys, no_model_load):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert cli.main(["x", "--model", "someone/no-such-model", "-o", str(tmp_path / "a.wav")]) == 2
+    assert "someone/no-such-model is not in the local cache" in capsys.readouterr().err
+    assert not (tmp_path / "a.wav").exists()
+
+
+@pytest.mark.parametrize(
+    "mask,message",
+    [
+        (np.ones(100), r"inpaint_mask must be 1-D with one value per sample .*\(44100\)"),
+        (np.full(RATE, 0.5), r"inpaint_mask values must be 0 \(regenerate\) or 1 \(keep\)"),
+        (np.ones((2, RATE)), r"inpaint_mask must be 1-D"),
+    ],
+)
+def test_bad_inpaint_masks(mask, message):
+    audio = np.zeros((2, RATE), np.float32)
+    request = GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=mask)
+    with pytest.raises(RequestError, match=message):
+        resolve_request(request, TINY)
+
+
+def test_runs_end_to_end_and_prints_the_seed(tmp_path, capsys):
+    out = tmp_path / "noise.flac"
+    argv = [
+        "rain",
+        "--model",
+        "tiny-random",
+        "--seconds",
+        "1",
+        "--steps",
+        "3",
+        "--num-outputs",
+        "2",
+        "-o",
+        str(out),
+    ]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr()
+    assert re.match(r"seed \d+: 2 clip\(s\) of 1\.00 s", printed.out)
+    assert "random weights" in printed.err
+    for k in range(2):
+        info = sf.info(str(tmp_path / f"noise_{k}.flac"))
+        assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE)
