@@ -189,12 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request(request, config)
         check_output_path(args.output)
-        # The seed is fixed now, so the run below reproduces exactly what is printed.
-        request = GenerationRequest(**{**request.__dict__, "seed": resolved.seed})
         if args.model == TINY_RANDOM:
             print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
         pipe = StableAudio.from_pretrained(args.model, device=device, dtype=DTYPES[args.dtype])
-        result: GenerationResult = pipe.run(request, progress=True)
+        result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
     except StableAudioError as e:
         print(f"sa-run: error: {e}", file=sys.stderr)

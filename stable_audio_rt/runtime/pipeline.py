@@ -124,7 +124,10 @@ class StableAudio:
         return self.run(GenerationRequest(prompts=prompts, **options), progress=progress)
 
     def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
-        resolved = resolve_request(request, self.config)
+        return self.run_resolved(resolve_request(request, self.config), progress)
+
+    def run_resolved(self, resolved: ResolvedRequest, progress: bool = False) -> GenerationResult:
+        """Run a request already checked against this model's config (see `resolve_request`)."""
         timings: dict[str, float] = {}
         with torch.no_grad():
             with _stage(timings, "conditioning", self.device):
