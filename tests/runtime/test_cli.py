@@ -123,3 +123,14 @@ def test_runs_end_to_end_and_prints_the_seed(tmp_path, capsys):
     for k in range(2):
         info = sf.info(str(tmp_path / f"noise_{k}.flac"))
         assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, 47.56])
+def test_seconds_bound_of_the_real_model(seconds):
+    from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
+
+    with pytest.raises(RequestError, match=r"seconds_total must be in \(0, 47\.55\]"):
+        resolve_request(GenerationRequest(("x",), seconds_total=seconds), STABLE_AUDIO_OPEN_1_0)
+    assert (
+        resolve_request(GenerationRequest(("x",), seconds_total=47.55), STABLE_AUDIO_OPEN_1_0).frames == 1024
+    )
