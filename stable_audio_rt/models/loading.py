@@ -85,14 +85,26 @@ def _meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def _load_text_encoder(folder: str | Path, dtype: torch.dtype, device: torch.device | str) -> T5TextEncoder:
+@dataclass(frozen=True)
+class Placement:
+    """Where the weights go: the model's dtype and device, and T5's own dtype."""
+
+    dtype: torch.dtype
+    device: torch.device | str
+    # fp32 by default: more accurate than stable-audio-tools' fp16 T5, which overflows on some
+    # prompts. torch.float16 reproduces the reference's T5 (every weight cast, as it does).
+    t5_dtype: torch.dtype = torch.float32
+
+
+def _load_text_encoder(folder: str | Path, placement: Placement) -> T5TextEncoder:
     from transformers import T5EncoderModel
 
     try:
-        t5 = T5EncoderModel.from_pretrained(folder, dtype=dtype)
+        t5 = T5EncoderModel.from_pretrained(folder, dtype=torch.float32)
     except OSError as e:
         raise CheckpointError(f"cannot load the T5 encoder from {folder}: {e}") from e
-    return T5TextEncoder(t5.to(device).eval().requires_grad_(False))
+    t5 = t5.to(placement.device, placement.t5_dtype)
+    return T5TextEncoder(t5.eval().requires_grad_(False))
 
 
 def _load_tokenizer(folder: str | Path):
@@ -118,8 +130,7 @@ def _assemble(
     parts: tuple[_Part, _Part, _Part],
     t5_from: str | Path,
     tokenizer_from: str | Path,
-    dtype: torch.dtype,
-    device: torch.device | str,
+    placement: Placement,
 ) -> StableAudioModel:
     """Load the DiT, VAE and number conditioners from `parts` (in that order), then T5."""
     factories = (
@@ -128,25 +139,27 @@ def _assemble(
         lambda: NumberConditioners(config.conditioning),
     )
     dit, vae, numbers = (
-        load_state(_meta(factory), part.source, part.rule_for, dtype, device, part.ignored)
+        load_state(
+            _meta(factory), part.source, part.rule_for, placement.dtype, placement.device, part.ignored
+        )
         for factory, part in zip(factories, parts, strict=True)
     )
-    text_encoder = _load_text_encoder(t5_from, dtype, device)
+    text_encoder = _load_text_encoder(t5_from, placement)
     conditioner = Conditioner(config.conditioning, numbers, text_encoder, _load_tokenizer(tokenizer_from))
     return StableAudioModel(config, dit, vae, conditioner)
 
 
-def _load_diffusers(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
+def _load_diffusers(root: Path, placement: Placement) -> StableAudioModel:
     parts = (
         _Part(TensorSource.for_component(root / "transformer"), km.dit_rule_diffusers),
         _Part(TensorSource.for_component(root / "vae"), km.vae_rule_diffusers),
         _Part(TensorSource.for_component(root / "projection_model"), km.numbers_rule_diffusers),
     )
     config = config_from_diffusers(root)
-    return _assemble(config, parts, root / "text_encoder", root / "tokenizer", dtype, device)
+    return _assemble(config, parts, root / "text_encoder", root / "tokenizer", placement)
 
 
-def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str) -> StableAudioModel:
+def _load_single_file(root: Path, placement: Placement) -> StableAudioModel:
     config = config_from_sat(read_json(root / SINGLE_FILE_CONFIG))
     weights = [root / SINGLE_FILE_WEIGHTS]
     num_blocks = len(config.vae.strides)
@@ -165,8 +178,7 @@ def _load_single_file(root: Path, dtype: torch.dtype, device: torch.device | str
         parts,
         t5_folder if t5_folder.is_dir() else t5_name,
         tokenizer_folder if tokenizer_folder.is_dir() else t5_name,
-        dtype,
-        device,
+        placement,
     )
 
 
@@ -186,13 +198,14 @@ def load_stable_audio(
     layout: Layout = "auto",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    t5_dtype: torch.dtype = torch.float32,
     token: str | None = None,
 ) -> StableAudioModel:
     """Load a Stable Audio model from a Hub repo id, a local folder or a `model_config.json`.
 
     `layout` picks between a folder's diffusers files and its single-file checkpoint when it
-    holds both ("auto" prefers diffusers). T5 is loaded with transformers in `dtype` too.
+    holds both ("auto" prefers diffusers). T5 runs in `t5_dtype` (see `Placement`).
     """
     location: CheckpointLocation = locate_checkpoint(source, layout, token)
     loader = _load_diffusers if location.layout == "diffusers" else _load_single_file
-    return loader(location.root, dtype, device)
+    return loader(location.root, Placement(dtype, device, t5_dtype))

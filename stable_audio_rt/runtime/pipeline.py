@@ -106,16 +106,25 @@ class StableAudio:
         backend: Backend = "torch",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        t5_dtype: torch.dtype = torch.float32,
         token: str | None = None,
         layout: Layout = "auto",
     ) -> StableAudio:
-        """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights)."""
+        """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights).
+
+        T5 runs in fp32 by default whatever `dtype` is; `t5_dtype=torch.float16` casts it as
+        stable-audio-tools does, to reproduce its conditioning exactly.
+        """
         if backend != "torch":
             raise ConfigError(f"backend {backend!r} is not available yet; use backend='torch'")
         device = resolve_device(device)
         if str(model) == TINY_RANDOM:
             return cls(random_model(dtype=dtype, device=device))
-        return cls(load_stable_audio(model, layout=layout, dtype=dtype, device=device, token=token))
+        return cls(
+            load_stable_audio(
+                model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
+            )
+        )
 
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
@@ -174,10 +183,12 @@ class StableAudio:
     ) -> RequestPlan:
         request = resolved.request
         shape = (resolved.batch, self.config.dit.io_channels, resolved.frames)
-        sigmas = polyexponential_sigmas(request.steps, request.sigma_min, resolved.sigma_max)
+        sigmas = polyexponential_sigmas(
+            request.steps, request.sigma_min, resolved.sigma_max, device=self.device
+        )
         randomness = RequestRandomness(resolved.seed, self.device)
 
-        x0 = randomness.randn(*shape) * sigmas[0].to(self.device)
+        x0 = randomness.randn(*shape) * sigmas[0]
         reference = None
         if resolved.init_audio is not None:
             x0 = x0 + self._encode_reference(resolved.init_audio, randomness).expand(shape)
@@ -205,5 +216,6 @@ class StableAudio:
             global_cond,
             step_noise,
             request.cfg_scale,
+            request.guidance_settings,
             inpaint,
         )

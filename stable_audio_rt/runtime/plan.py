@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from stable_audio_rt.models.dit import DiT
+from stable_audio_rt.runtime.guidance import CFG, Guidance
 from stable_audio_rt.runtime.schedule import sigma_to_t
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
@@ -38,6 +39,7 @@ class RequestPlan:
     step_noise: torch.Tensor  # (N, B, C, T)
     cfg_scale: torch.Tensor  # 0-d float32
     uses_cfg: bool
+    guidance: Guidance = CFG
     inpaint: InpaintPlan | None = None
 
     @property
@@ -63,6 +65,7 @@ def build_plan(
     global_cond: torch.Tensor,
     step_noise: torch.Tensor,
     cfg_scale: float,
+    guidance: Guidance = CFG,
     inpaint: InpaintPlan | None = None,
 ) -> RequestPlan:
     """Allocate and fill the buffers of one request.
@@ -96,5 +99,6 @@ def build_plan(
         step_noise=step_noise.to(device, torch.float32),
         cfg_scale=torch.tensor(cfg_scale, device=device, dtype=torch.float32),
         uses_cfg=uses_cfg,
+        guidance=guidance,
         inpaint=inpaint,
     )

@@ -19,6 +19,13 @@ import torch
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
+from stable_audio_rt.runtime.guidance import (
+    DEFAULT_APG_SCALE,
+    DEFAULT_CFG_NORM_THRESHOLD,
+    GUIDANCE_KINDS,
+    Guidance,
+    GuidanceKind,
+)
 from stable_audio_rt.runtime.noise import NOISE_KINDS, NoiseKind
 from stable_audio_rt.runtime.schedule import (
     DEFAULT_CFG_SCALE,
@@ -55,9 +62,19 @@ class GenerationRequest:
     inpaint_audio: AudioInput | None = None
     inpaint_mask: np.ndarray | torch.Tensor | None = None  # at the model rate, 1 = keep
     window: Window = "full"
+    # An explicit window instead: latent frames, or samples as stable-audio-tools' sample_size.
+    frames: int | None = None
+    sample_size: int | None = None
     noise: NoiseKind = "gaussian"
     sigma_min: float = DEFAULT_SIGMA_MIN
     sigma_max: float = DEFAULT_SIGMA_MAX
+    guidance: GuidanceKind = "cfg"
+    apg_scale: float = DEFAULT_APG_SCALE
+    cfg_norm_threshold: float = DEFAULT_CFG_NORM_THRESHOLD
+
+    @property
+    def guidance_settings(self) -> Guidance:
+        return Guidance(self.guidance, self.apg_scale, self.cfg_norm_threshold)
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,19 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError(f"window must be one of {WINDOWS}, got {request.window!r}")
     if request.noise not in NOISE_KINDS:
         raise RequestError(f"noise must be one of {NOISE_KINDS}, got {request.noise!r}")
+    if request.guidance not in GUIDANCE_KINDS:
+        raise RequestError(f"guidance must be one of {GUIDANCE_KINDS}, got {request.guidance!r}")
+    if not 0 <= request.apg_scale <= 1:
+        raise RequestError(
+            f"apg_scale must be in [0, 1] (0 = plain CFG, 1 = full APG), got {request.apg_scale}"
+        )
+    if request.cfg_norm_threshold < 0:
+        raise RequestError(f"cfg_norm_threshold must be ≥ 0 (0 = off), got {request.cfg_norm_threshold}")
+    explicit = [name for name in ("frames", "sample_size") if getattr(request, name) is not None]
+    if len(explicit) > 1 or (explicit and request.window != "full"):
+        raise RequestError(
+            f"give one window: window={request.window!r} or frames or sample_size, not several"
+        )
     if request.seconds_start < 0:
         raise RequestError(f"seconds_start must be ≥ 0, got {request.seconds_start}")
     total = request.seconds_total
@@ -146,6 +176,22 @@ def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: 
     return out
 
 
+def _window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
+    ratio = config.vae.downsampling_ratio
+    if request.sample_size is not None:
+        frames = request.sample_size // ratio  # stable-audio-tools rounds down
+        if frames < 1:
+            raise RequestError(f"sample_size must be at least {ratio} samples (one latent frame)")
+        return frames
+    if request.frames is not None:
+        if request.frames < 1:
+            raise RequestError(f"frames must be at least 1, got {request.frames}")
+        return request.frames
+    if request.window == "full":
+        return config.latent_frames
+    return math.ceil(seconds_total * config.sample_rate / ratio)
+
+
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
     """Check `request` against the model's limits and make every quantity concrete."""
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
@@ -167,8 +213,13 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             raise RequestError(
                 f"seconds_start ({request.seconds_start}) must be less than the clip ({total:.2f} s)"
             )
-    frames = config.latent_frames if request.window == "full" else math.ceil(total * rate / ratio)
+    frames = _window_frames(request, total, config)
     window_samples = frames * ratio
+    if total * rate > window_samples:
+        raise RequestError(
+            f"the window of {frames} latent frames ({window_samples / rate:.2f} s) is shorter than the "
+            f"clip ({total:.2f} s): give more frames or fewer seconds"
+        )
 
     init_audio = inpaint_audio = inpaint_keep = None
     if reference is not None:

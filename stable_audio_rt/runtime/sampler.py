@@ -11,19 +11,13 @@ from collections.abc import Callable
 import torch
 
 from stable_audio_rt.models.dit import DiT
+from stable_audio_rt.runtime.guidance import guide
 from stable_audio_rt.runtime.plan import HISTORY, RequestPlan
 from stable_audio_rt.runtime.schedule import Col
 
 
-def guided_v(v: torch.Tensor, batch: int, plan: RequestPlan) -> torch.Tensor:
-    """CFG on the model output: v_u + s·(v_c − v_u), rows ordered [cond; uncond]."""
-    if not plan.uses_cfg:
-        return v.float()
-    return torch.lerp(v[batch:].float(), v[:batch].float(), plan.cfg_scale)
-
-
 def sampler_step(dit: DiT, plan: RequestPlan, i: int) -> None:
-    """Step i: denoise x at σ_i with CFG, then the linear dpmpp-3m-sde update (and RePaint)."""
+    """Step i: denoise x at σ_i with guidance, then the linear dpmpp-3m-sde update (and RePaint)."""
     s = plan.scalars[i]
     x = plan.x
     batch = x.shape[0]
@@ -35,7 +29,13 @@ def sampler_step(dit: DiT, plan: RequestPlan, i: int) -> None:
 
     denoised = plan.denoised[i % HISTORY]
     prev, prev2 = plan.denoised[(i - 1) % HISTORY], plan.denoised[(i - 2) % HISTORY]
-    torch.add(x * s[Col.C_SKIP], guided_v(v, batch, plan) * s[Col.C_OUT], out=denoised)
+    # v-objective denoiser: D = c_skip·x + c_out·v, per half of the [cond; uncond] batch.
+    if plan.uses_cfg:
+        d_cond = x * s[Col.C_SKIP] + v[:batch].float() * s[Col.C_OUT]
+        d_uncond = x * s[Col.C_SKIP] + v[batch:].float() * s[Col.C_OUT]
+        denoised.copy_(guide(d_cond, d_uncond, plan.cfg_scale, plan.guidance))
+    else:
+        torch.add(x * s[Col.C_SKIP], v.float() * s[Col.C_OUT], out=denoised)
 
     # x ← a·x + b·D_i + A·(D_i − D_{i−1}) + B·(D_{i−1} − D_{i−2}) + g·z_i
     update = denoised * s[Col.B] + (denoised - prev) * s[Col.D1] + (prev - prev2) * s[Col.D2]

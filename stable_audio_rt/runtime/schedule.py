@@ -36,13 +36,19 @@ class SamplerSettings:
     s_noise: float = 1.0
 
 
-def polyexponential_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+def polyexponential_sigmas(
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float = 1.0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """N + 1 σ's: exp(ramp·(ln σmax − ln σmin) + ln σmin), ramp = linspace(1, 0, N)^ρ, then 0.
 
-    Computed in float32 on the CPU exactly as k-diffusion's get_sigmas_polyexponential does, so
-    the schedule is bit-identical to the reference's.
+    Computed in float32 on `device` exactly as k-diffusion's get_sigmas_polyexponential does
+    there, so the schedule is bit-identical to the reference's on the same device.
     """
-    ramp = torch.linspace(1, 0, steps) ** rho
+    ramp = torch.linspace(1, 0, steps, device=device) ** rho
     sigmas = torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min))
     return torch.cat((sigmas, sigmas.new_zeros(1)))
 
@@ -68,7 +74,7 @@ class Col(IntEnum):
 
 def step_table(sigmas: torch.Tensor, eta: float = 1.0, s_noise: float = 1.0) -> torch.Tensor:
     """(N, len(Col)) float32 table of every per-step scalar for dpmpp-3m-sde on `sigmas`."""
-    s = sigmas.double()
+    s = sigmas.double().cpu()
     n = len(s) - 1
     table = torch.zeros(n, len(Col), dtype=torch.float64)
     table[:, Col.C_IN] = 1 / (s[:-1] ** 2 + 1).sqrt()
