@@ -76,6 +76,7 @@ def random_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    t5_dtype: torch.dtype = torch.float32,
 ) -> StableAudioModel:
     """A model of `config`'s geometry with seeded random weights and a random small T5."""
     from transformers import T5Config, T5EncoderModel
@@ -96,6 +97,7 @@ def random_model(
     )
     parts = [DiT(config.dit), OobleckVAE(config.vae), NumberConditioners(config.conditioning), t5]
     dit, vae, numbers, t5 = (randomize_(m, generator).to(device, dtype) for m in parts)
+    t5 = t5.to(dtype=t5_dtype)
     for snake_owner in vae.modules():
         for name in getattr(snake_owner, "fp32_parameters", ()):
             getattr(snake_owner, name).data = getattr(snake_owner, name).data.float()

@@ -19,6 +19,7 @@ from stable_audio_rt.models.config import TINY, StableAudioConfig
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.random_init import TINY_RANDOM
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
+from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
 from stable_audio_rt.runtime.noise import NOISE_KINDS
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, resolve_device
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, RequestError, resolve_request
@@ -118,15 +119,45 @@ def build_parser() -> argparse.ArgumentParser:
         "trim: only the frames the clip needs (faster, but changes the output)",
     )
     p.add_argument(
+        "--frames", type=int, help="explicit window in latent frames (2048 samples each), instead of --window"
+    )
+    p.add_argument(
         "--noise",
         choices=NOISE_KINDS,
         default="gaussian",
-        help="gaussian: fast seeded noise (default); brownian: the reference's Brownian tree",
+        help="gaussian: fast seeded i.i.d. noise (default); brownian: reference-exact, the same draws "
+        "as stable-audio-tools for the same seed (slower to prepare)",
+    )
+    p.add_argument(
+        "--guidance",
+        choices=GUIDANCE_KINDS,
+        default="cfg",
+        help="cfg: classifier-free guidance (default, as the SAO 1.0 release and diffusers); "
+        "apg: adaptive projected guidance, stable-audio-tools 0.0.20's default",
+    )
+    p.add_argument(
+        "--apg-scale",
+        type=float,
+        default=DEFAULT_APG_SCALE,
+        help=f"with --guidance apg: 0 = plain CFG … 1 = full APG (default: {DEFAULT_APG_SCALE})",
+    )
+    p.add_argument(
+        "--cfg-norm-threshold",
+        type=float,
+        default=DEFAULT_CFG_NORM_THRESHOLD,
+        help="clip the guidance difference to this per-clip L2 norm (default: 0 = off)",
     )
     p.add_argument("--sigma-min", type=float, default=DEFAULT_SIGMA_MIN, help=argparse.SUPPRESS)
     p.add_argument("--sigma-max", type=float, default=DEFAULT_SIGMA_MAX, help=argparse.SUPPRESS)
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model precision (default: fp32)")
+    p.add_argument(
+        "--t5-dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="T5 precision (default: fp32, the most accurate; fp16 casts T5 as "
+        "stable-audio-tools does, for reference-exact runs)",
+    )
     p.add_argument(
         "--format",
         choices=("pcm16", "float"),
@@ -183,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             inpaint_audio=args.inpaint_audio,
             inpaint_mask=_inpaint_mask(args, config.sample_rate),
             window=args.window,
+            frames=args.frames,
             noise=args.noise,
+            guidance=args.guidance,
+            apg_scale=args.apg_scale,
+            cfg_norm_threshold=args.cfg_norm_threshold,
             sigma_min=args.sigma_min,
             sigma_max=args.sigma_max,
         )
@@ -191,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_path(args.output)
         if args.model == TINY_RANDOM:
             print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
-        pipe = StableAudio.from_pretrained(args.model, device=device, dtype=DTYPES[args.dtype])
+        pipe = StableAudio.from_pretrained(
+            args.model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype]
+        )
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
     except StableAudioError as e:

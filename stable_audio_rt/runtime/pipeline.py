@@ -119,7 +119,7 @@ class StableAudio:
             raise ConfigError(f"backend {backend!r} is not available yet; use backend='torch'")
         device = resolve_device(device)
         if str(model) == TINY_RANDOM:
-            return cls(random_model(dtype=dtype, device=device))
+            return cls(random_model(dtype=dtype, device=device, t5_dtype=t5_dtype))
         return cls(
             load_stable_audio(
                 model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
