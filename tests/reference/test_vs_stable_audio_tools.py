@@ -1,7 +1,7 @@
 """Same seed, same latents as stable-audio-tools 0.0.20 itself, on a random-weight single-file
 checkpoint (CPU, fp32, T5 in fp16 as the reference runs it).
 
-Optional: skipped unless stable-audio-tools 0.0.20 is importable. To run it:
+Skipped unless stable-audio-tools 0.0.20 is importable; `bash scripts/test` installs it. By hand:
 
     .venv/bin/pip install --no-deps --ignore-requires-python stable-audio-tools==0.0.20 \\
         alias-free-torch einops-exts vector-quantize-pytorch dill importlib-resources
