@@ -136,7 +136,12 @@ class _StepWatch(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def test_step_only_writes_its_state_in_place_and_never_syncs(pipe):
+@pytest.mark.parametrize(
+    "guidance",
+    [{}, {"guidance": "apg", "apg_scale": 0.5, "cfg_norm_threshold": 1.0}],
+    ids=["cfg", "apg+threshold"],
+)
+def test_step_only_writes_its_state_in_place_and_never_syncs(pipe, guidance):
     request = GenerationRequest(
         ("x", "y"),
         seconds_total=1.0,
@@ -144,6 +149,7 @@ def test_step_only_writes_its_state_in_place_and_never_syncs(pipe):
         seed=9,
         inpaint_audio=(_tone(1.0), RATE),
         inpaint_mask=np.ones(RATE),
+        **guidance,
     )
     resolved = resolve_request(request, pipe.config)
     with torch.no_grad():
@@ -155,6 +161,7 @@ def test_step_only_writes_its_state_in_place_and_never_syncs(pipe):
                 sampler_step(pipe.model.dit, plan, i)
             assert watch.written <= allowed, f"step {i} wrote outside the plan's state"
             names = {str(op) for op in watch.ops}
+            assert "aten.mm.default" in names or "aten.addmm.default" in names, "the DiT ran in the watch"
             assert not names & {
                 "aten._local_scalar_dense.default",
                 "aten.item.default",
