@@ -19,6 +19,8 @@ SNAKE_EPS = 1e-9
 BOTTLENECK_STD_FLOOR = 1e-4
 RES_UNIT_DILATIONS = (1, 3, 9)
 RES_UNIT_KERNEL = 7
+# The convolutions at each end of the encoder and decoder (the encoder's last one is k3).
+OUTER_KERNEL = 7
 
 
 class Snake(nn.Module):
@@ -99,7 +101,7 @@ class OobleckEncoder(nn.Module):
     def __init__(self, config: OobleckConfig) -> None:
         super().__init__()
         widths = _widths(config)
-        self.conv1 = nn.Conv1d(config.audio_channels, widths[0], 7, padding=3)
+        self.conv1 = nn.Conv1d(config.audio_channels, widths[0], OUTER_KERNEL, padding=OUTER_KERNEL // 2)
         self.block = nn.ModuleList(
             EncoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(config.strides)
         )
@@ -119,18 +121,47 @@ class OobleckDecoder(nn.Module):
     def __init__(self, config: OobleckConfig) -> None:
         super().__init__()
         widths = _widths(config)[::-1]
-        self.conv1 = nn.Conv1d(config.latent_dim, widths[0], 7, padding=3)
+        self.conv1 = nn.Conv1d(config.latent_dim, widths[0], OUTER_KERNEL, padding=OUTER_KERNEL // 2)
         self.block = nn.ModuleList(
             DecoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(reversed(config.strides))
         )
         self.snake1 = Snake(widths[-1])
-        self.conv2 = nn.Conv1d(widths[-1], config.audio_channels, 7, padding=3, bias=False)
+        self.conv2 = nn.Conv1d(
+            widths[-1], config.audio_channels, OUTER_KERNEL, padding=OUTER_KERNEL // 2, bias=False
+        )
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         x = self.conv1(latents)
         for block in self.block:
             x = block(x)
         return self.conv2(self.snake1(x))
+
+
+def decoder_receptive_frames(config: OobleckConfig) -> int:
+    """How many latent frames on each side of a frame can change its decoded audio.
+
+    Follows the span of samples one latent frame reaches through each decoder layer (a conv
+    of kernel k, dilation d, padding p maps inputs [a, b] to outputs [a + p − (k−1)d, b + p];
+    a transposed conv of stride s, kernel 2s, padding p to [a·s − p, b·s − p + 2s − 1]), then
+    rounds the reach up to whole frames. For Stable Audio Open's decoder this is 10 (9.27).
+    """
+    ratio = config.downsampling_ratio
+    frame = 0
+    lo = hi = frame
+
+    def conv(lo: int, hi: int, kernel: int, dilation: int = 1) -> tuple[int, int]:
+        pad = dilation * (kernel - 1) // 2
+        return lo + pad - (kernel - 1) * dilation, hi + pad
+
+    lo, hi = conv(lo, hi, OUTER_KERNEL)
+    for stride in reversed(config.strides):
+        pad = math.ceil(stride / 2)
+        lo, hi = lo * stride - pad, hi * stride - pad + 2 * stride - 1
+        for dilation in RES_UNIT_DILATIONS:
+            lo, hi = conv(lo, hi, RES_UNIT_KERNEL, dilation)
+    lo, hi = conv(lo, hi, OUTER_KERNEL)
+    reach = max(frame * ratio - lo, hi - ((frame + 1) * ratio - 1))
+    return math.ceil(reach / ratio)
 
 
 def bottleneck_moments(encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

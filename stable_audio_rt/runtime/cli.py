@@ -50,6 +50,17 @@ def _range(text: str) -> tuple[float, float]:
     return start, end
 
 
+def _vae_chunk(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of latent frames, 'auto' or 'none', got {text!r}"
+        ) from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sa-run",
@@ -149,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sigma-min", type=float, default=DEFAULT_SIGMA_MIN, help=argparse.SUPPRESS)
     p.add_argument("--sigma-max", type=float, default=DEFAULT_SIGMA_MAX, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--vae-chunk",
+        type=_vae_chunk,
+        default="auto",
+        metavar="N|auto|none",
+        help="decode the VAE in chunks of N latent frames: same audio, bounded memory (default: auto, "
+        "sized from free GPU memory; one call on the CPU)",
+    )
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model precision (default: fp32)")
     p.add_argument(
@@ -219,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance=args.guidance,
             apg_scale=args.apg_scale,
             cfg_norm_threshold=args.cfg_norm_threshold,
+            vae_chunk=args.vae_chunk,
             sigma_min=args.sigma_min,
             sigma_max=args.sigma_max,
         )

@@ -21,13 +21,22 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.loading import StableAudioModel, load_stable_audio
 from stable_audio_rt.models.random_init import TINY_RANDOM, random_model
-from stable_audio_rt.models.vae import bottleneck_sample
+from stable_audio_rt.models.vae import bottleneck_sample, decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
 from stable_audio_rt.runtime.noise import RequestRandomness, brownian_step_noise, gaussian_step_noise
 from stable_audio_rt.runtime.plan import InpaintPlan, RequestPlan, build_plan
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
+from stable_audio_rt.runtime.vae_decode import (
+    auto_chunk_frames,
+    check_chunking,
+    decode_chunks,
+    decode_latents,
+)
+
+# Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
+DEFAULT_STREAM_CHUNK_FRAMES = 64
 
 Backend = Literal["torch"]
 
@@ -138,6 +147,38 @@ class StableAudio:
     def run_resolved(self, resolved: ResolvedRequest, progress: bool = False) -> GenerationResult:
         """Run a request already checked against this model's config (see `resolve_request`)."""
         timings: dict[str, float] = {}
+        latents = self._sample(resolved, timings, progress)
+        with torch.no_grad(), _stage(timings, "decode", self.device):
+            chunk, overlap = self._vae_chunking(resolved)
+            audio = decode_latents(self._decode, latents, self.config.vae, chunk, overlap)
+        with _stage(timings, "postprocess", self.device):
+            audio = audio[:, :, resolved.clip(self.config.sample_rate)].float().cpu()
+        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents.float().cpu(), timings)
+
+    def generate_stream(self, prompt: str | Sequence[str], **options) -> Iterator[torch.Tensor]:
+        """Like `generate`, but yields the clip's audio (B, channels, n) float32 on the CPU in
+        consecutive pieces as the VAE decodes them, so playback can start before the decode ends.
+        The pieces concatenate to `generate(...).audio` (within float error)."""
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
+        latents = self._sample(resolved, {}, progress=False)
+        chunk, overlap = self._vae_chunking(resolved)
+        chunk = chunk if chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
+        overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
+        check_chunking(self.config.vae, chunk, overlap)
+        clip = resolved.clip(self.config.sample_rate)
+        position = 0
+        with torch.no_grad():
+            for piece in decode_chunks(
+                self._decode, latents, self.config.vae.downsampling_ratio, chunk, overlap
+            ):
+                lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
+                if lo < hi:
+                    yield piece[..., lo - position : hi - position].float().cpu()
+                position += piece.shape[-1]
+
+    def _sample(self, resolved: ResolvedRequest, timings: dict[str, float], progress: bool) -> torch.Tensor:
+        """Conditioning, plan and sampling: the request's final latents (B, C, frames)."""
         with torch.no_grad():
             with _stage(timings, "conditioning", self.device):
                 context, global_cond = self._condition(resolved)
@@ -147,11 +188,16 @@ class StableAudio:
                 bar = tqdm(total=plan.steps, desc="sampling", unit="step", disable=not progress)
                 latents = run_plan(self.model.dit, plan, on_step=lambda _: bar.update())
                 bar.close()
-            with _stage(timings, "decode", self.device):
-                audio = self.model.vae.decode(latents.to(self.dtype))
-            with _stage(timings, "postprocess", self.device):
-                audio = audio[:, :, resolved.clip(self.config.sample_rate)].float().cpu()
-        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents.float().cpu(), timings)
+        return latents
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.vae.decode(latents.to(self.dtype))
+
+    def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
+        chunk = resolved.request.vae_chunk
+        if chunk == "auto":
+            chunk = auto_chunk_frames(self.config.vae, self.device, self.dtype)
+        return chunk, resolved.request.vae_overlap
 
     def _condition(self, resolved: ResolvedRequest) -> tuple[torch.Tensor, torch.Tensor]:
         """(R, S, D) context and (R, G) global: rows [cond; uncond] when CFG is on."""

@@ -18,6 +18,7 @@ import torch
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
 from stable_audio_rt.runtime.guidance import (
     DEFAULT_APG_SCALE,
@@ -34,6 +35,7 @@ from stable_audio_rt.runtime.schedule import (
     DEFAULT_SIGMA_MIN,
     DEFAULT_STEPS,
 )
+from stable_audio_rt.runtime.vae_decode import check_chunking
 
 Window = Literal["full", "trim"]
 WINDOWS: tuple[Window, ...] = ("full", "trim")
@@ -71,6 +73,10 @@ class GenerationRequest:
     guidance: GuidanceKind = "cfg"
     apg_scale: float = DEFAULT_APG_SCALE
     cfg_norm_threshold: float = DEFAULT_CFG_NORM_THRESHOLD
+    # VAE decode in chunks of this many latent frames (same audio, bounded memory): an int,
+    # "auto" (sized from free GPU memory; one call on the CPU) or None (one call).
+    vae_chunk: int | Literal["auto"] | None = "auto"
+    vae_overlap: int | None = None  # default: the decoder's receptive field
 
     @property
     def guidance_settings(self) -> Guidance:
@@ -176,6 +182,18 @@ def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: 
     return out
 
 
+def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -> None:
+    chunk = request.vae_chunk
+    if chunk is None or chunk == "auto":
+        if request.vae_overlap is not None:
+            check_chunking(config.vae, 2 * request.vae_overlap + 1, request.vae_overlap)
+        return
+    if not isinstance(chunk, int) or isinstance(chunk, bool):
+        raise RequestError(f"vae_chunk must be a number of latent frames, 'auto' or None, got {chunk!r}")
+    overlap = decoder_receptive_frames(config.vae) if request.vae_overlap is None else request.vae_overlap
+    check_chunking(config.vae, chunk, overlap)
+
+
 def _window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
     ratio = config.vae.downsampling_ratio
     if request.sample_size is not None:
@@ -197,6 +215,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
     max_seconds = config.sample_size / rate
     _check_ranges(request, max_seconds)
+    _check_vae_chunking(request, config)
 
     reference, reference_seconds = None, None
     source = request.init_audio if request.init_audio is not None else request.inpaint_audio

@@ -1,0 +1,105 @@
+"""Chunked, streamable VAE decoding that equals the full decode.
+
+The Oobleck decoder's audio for a latent frame depends only on the frames within its receptive
+field (`decoder_receptive_frames`), so windows of `chunk_frames` frames that overlap by at least
+twice that field, cut at the middle of each overlap, give exactly the full decode's samples.
+Every window has the same shape (the last is anchored at the end), so a fixed-shape backend
+decodes any length with one small buffer set; only a clip shorter than one window is decoded
+in one call at its own length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.config import OobleckConfig
+from stable_audio_rt.models.vae import decoder_receptive_frames
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+# Decoder activations per latent frame, in units of (top width × ratio × dtype bytes): a few
+# live activations plus Snake's fp32 temporaries. Used only to size `auto` chunks on a GPU.
+ACTIVATIONS_PER_FRAME = 8
+# Fraction of free GPU memory an `auto` chunk may use.
+AUTO_MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first latent frame given to the decoder
+    keep_from: int  # first latent frame whose audio is kept
+    keep_to: int  # one past the last
+
+
+def plan_windows(frames: int, chunk_frames: int, overlap_frames: int) -> list[Window]:
+    """Windows of `chunk_frames` frames covering [0, frames), cut at the middle of each overlap."""
+    if frames <= chunk_frames:
+        return [Window(0, 0, frames)]
+    stride = chunk_frames - 2 * overlap_frames
+    starts = list(range(0, frames - chunk_frames, stride)) + [frames - chunk_frames]
+    cuts = [(nxt + cur + chunk_frames) // 2 for cur, nxt in pairwise(starts)]
+    bounds = [0, *cuts, frames]
+    return [Window(s, bounds[k], bounds[k + 1]) for k, s in enumerate(starts)]
+
+
+def check_chunking(config: OobleckConfig, chunk_frames: int, overlap_frames: int) -> None:
+    """Refuse chunking that would not equal the full decode."""
+    field = decoder_receptive_frames(config)
+    if overlap_frames < field:
+        raise ConfigError(
+            f"overlap_frames={overlap_frames} is below the decoder's receptive field of {field} latent "
+            f"frames (computed from its strides and kernels); chunks would not equal the full decode: "
+            f"use overlap_frames ≥ {field}"
+        )
+    if chunk_frames <= 2 * overlap_frames:
+        raise ConfigError(
+            f"chunk_frames={chunk_frames} must exceed twice the overlap ({2 * overlap_frames}) so that "
+            f"each chunk adds new frames; use chunk_frames ≥ {2 * overlap_frames + 1}"
+        )
+
+
+def decode_chunks(
+    decode: Decoder,
+    latents: torch.Tensor,
+    ratio: int,
+    chunk_frames: int,
+    overlap_frames: int,
+) -> Iterator[torch.Tensor]:
+    """Audio (B, channels, n) for consecutive stretches of the clip, in order, as decoded."""
+    for window in plan_windows(latents.shape[-1], chunk_frames, overlap_frames):
+        size = min(chunk_frames, latents.shape[-1])
+        audio = decode(latents[..., window.start : window.start + size])
+        lo, hi = (window.keep_from - window.start) * ratio, (window.keep_to - window.start) * ratio
+        yield audio[..., lo:hi]
+
+
+def decode_latents(
+    decode: Decoder,
+    latents: torch.Tensor,
+    config: OobleckConfig,
+    chunk_frames: int | None = None,
+    overlap_frames: int | None = None,
+) -> torch.Tensor:
+    """The full decode, in one call or in chunks (equal within float error)."""
+    if chunk_frames is None:
+        return decode(latents)
+    overlap = decoder_receptive_frames(config) if overlap_frames is None else overlap_frames
+    check_chunking(config, chunk_frames, overlap)
+    return torch.cat(
+        list(decode_chunks(decode, latents, config.downsampling_ratio, chunk_frames, overlap)), -1
+    )
+
+
+def auto_chunk_frames(config: OobleckConfig, device: torch.device, dtype: torch.dtype) -> int | None:
+    """A chunk that fits in half the free GPU memory; None (one call) on the CPU."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    top_width = config.channels
+    bytes_per_frame = ACTIVATIONS_PER_FRAME * top_width * config.downsampling_ratio * max(4, dtype.itemsize)
+    minimum = 2 * decoder_receptive_frames(config) + 1
+    return max(minimum, int(free * AUTO_MEMORY_FRACTION // bytes_per_frame))

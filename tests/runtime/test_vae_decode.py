@@ -1,0 +1,103 @@
+"""Chunked VAE decoding equals the full decode (CPU, random weights, tiny and real geometry),
+and streamed pieces concatenate to the full output."""
+
+import pytest
+import torch
+from numerics import rel_error
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0, TINY
+from stable_audio_rt.models.random_init import randomize_
+from stable_audio_rt.models.vae import OobleckVAE, decoder_receptive_frames
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.vae_decode import decode_chunks, decode_latents, plan_windows
+
+# Chunks run the same convolutions on the same samples as the full decode; only the lengths
+# handed to the kernels differ, which can change their summation order: ~1e-7 relative.
+CHUNK_REL_TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    return randomize_(OobleckVAE(TINY.vae), torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def real_vae():
+    return randomize_(OobleckVAE(STABLE_AUDIO_OPEN_1_0.vae), torch.Generator().manual_seed(4))
+
+
+def test_receptive_field_is_ten_frames_for_the_oobleck_geometry():
+    assert decoder_receptive_frames(STABLE_AUDIO_OPEN_1_0.vae) == 10
+    assert decoder_receptive_frames(TINY.vae) == 10
+
+
+def test_receptive_field_bounds_the_real_influence(tiny_vae, generator):
+    """Changing one latent frame changes audio no further than the computed field."""
+    frames, ratio, f = 41, TINY.vae.downsampling_ratio, 20
+    z = torch.randn(1, TINY.vae.latent_dim, frames, generator=generator, dtype=torch.float64)
+    vae = OobleckVAE(TINY.vae).double()
+    vae.load_state_dict(tiny_vae.state_dict())
+    with torch.no_grad():
+        bumped = z.clone()
+        bumped[..., f] += 1
+        changed = (vae.decode(z) - vae.decode(bumped)).abs().sum(1)[0].nonzero().flatten()
+    reach = max(f * ratio - changed.min().item(), changed.max().item() - ((f + 1) * ratio - 1)) / ratio
+    field = decoder_receptive_frames(TINY.vae)
+    assert field - 1 < reach <= field  # the bound is the reach rounded up (9.27 → 10)
+
+
+@pytest.mark.parametrize("frames", [64, 50, 37, 21])
+@pytest.mark.parametrize("chunk", [21, 25, 32])
+def test_chunked_equals_full_tiny(tiny_vae, generator, frames, chunk):
+    z = torch.randn(2, TINY.vae.latent_dim, frames, generator=generator)
+    with torch.no_grad():
+        full = tiny_vae.decode(z)
+        chunked = decode_latents(tiny_vae.decode, z, TINY.vae, chunk_frames=chunk)
+    assert chunked.shape == full.shape
+    assert rel_error(chunked, full) <= CHUNK_REL_TOL
+
+
+def test_single_short_chunk(tiny_vae, generator):
+    z = torch.randn(1, TINY.vae.latent_dim, 5, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(decode_latents(tiny_vae.decode, z, TINY.vae, chunk_frames=32), tiny_vae.decode(z))
+
+
+def test_chunked_equals_full_real_geometry(real_vae, generator):
+    z = torch.randn(1, STABLE_AUDIO_OPEN_1_0.vae.latent_dim, 45, generator=generator)
+    with torch.no_grad():
+        full = real_vae.decode(z)
+        chunked = decode_latents(real_vae.decode, z, STABLE_AUDIO_OPEN_1_0.vae, chunk_frames=24)
+    assert rel_error(chunked, full) <= CHUNK_REL_TOL
+
+
+def test_overlap_below_the_receptive_field_is_refused_and_would_be_wrong(tiny_vae, generator):
+    with pytest.raises(ConfigError, match="below the decoder's receptive field of 10 latent frames"):
+        decode_latents(tiny_vae.decode, torch.zeros(1, 8, 40), TINY.vae, chunk_frames=25, overlap_frames=6)
+    with pytest.raises(ConfigError, match="must exceed twice the overlap"):
+        decode_latents(tiny_vae.decode, torch.zeros(1, 8, 40), TINY.vae, chunk_frames=20)
+    # What the check prevents: too small an overlap changes the audio at the seams.
+    z = torch.randn(1, TINY.vae.latent_dim, 40, generator=generator)
+    with torch.no_grad():
+        short = torch.cat(list(decode_chunks(tiny_vae.decode, z, TINY.vae.downsampling_ratio, 25, 3)), -1)
+        assert rel_error(short, tiny_vae.decode(z)) > 1e-3
+
+
+@pytest.mark.parametrize("frames,chunk,overlap", [(64, 21, 10), (100, 33, 10), (37, 36, 12), (1000, 128, 10)])
+def test_windows_have_one_shape_and_cut_inside_both_valid_regions(frames, chunk, overlap):
+    windows = plan_windows(frames, chunk, overlap)
+    assert windows[0].keep_from == 0 and windows[-1].keep_to == frames
+    assert all(w.start + chunk <= frames for w in windows) and windows[-1].start + chunk == frames
+    for left, right in zip(windows, windows[1:], strict=False):
+        assert left.keep_to == right.keep_from
+        assert right.keep_from >= right.start + overlap and left.keep_to <= left.start + chunk - overlap
+
+
+def test_stream_concatenates_to_the_full_output():
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu")
+    options = dict(seconds_total=2.5, seconds_start=0.3, steps=3, seed=8, num_outputs=2, vae_chunk=24)
+    pieces = list(pipe.generate_stream("x", **options))
+    assert len(pieces) > 1
+    full = pipe.generate("x", **{**options, "vae_chunk": None}).audio
+    assert rel_error(torch.cat(pieces, -1), full) <= CHUNK_REL_TOL
