@@ -120,9 +120,12 @@ class DiT(nn.Module):
         self.attention = attention
 
     def timestep_features(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) → (B, timestep_features_dim): [cos 2π t w, sin 2π t w], cos first (§2.1)."""
-        angles = 2 * math.pi * t.to(self.timestep_freqs.dtype)[:, None] * self.timestep_freqs[None, :]
-        return torch.cat((angles.cos(), angles.sin()), dim=-1)
+        """(B,) → (B, timestep_features_dim): [cos 2π t w, sin 2π t w], cos first (§2.1).
+
+        Computed in fp32 whatever the model's dtype (a σ-dependent quantity, reference-spec §3).
+        """
+        angles = 2 * math.pi * t.float()[:, None] * self.timestep_freqs.float()[None, :]
+        return torch.cat((angles.cos(), angles.sin()), dim=-1).to(self.timestep_freqs.dtype)
 
     def global_token(self, t: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
         """The prepended token (B, 1, D): global embedding + timestep embedding. Depends only on σ."""

@@ -1,0 +1,230 @@
+"""Build an engine folder: ONNX graphs per component, verified, with the manifest and the small
+pieces the runtime needs besides the graphs (tokenizer, number conditioners).
+
+The folder is assembled in a temporary sibling and swapped in at the end, so a failed or
+interrupted export never leaves a half-written folder. Components whose inputs (weights, config,
+precision, profile, opset, tool versions) are unchanged are reused from the existing folder.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.export.onnx_export import (
+    DEFAULT_OPSET,
+    PRECISIONS,
+    ExportError,
+    Profile,
+    export_component,
+    verify_component,
+)
+from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
+from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
+from stable_audio_rt.models.loading import StableAudioModel, load_stable_audio
+from stable_audio_rt.models.manifest import (
+    NUMBERS_FILE,
+    TOKENIZER_DIR,
+    ComponentEntry,
+    Manifest,
+    config_to_dict,
+    file_record,
+    weights_fingerprint,
+)
+
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "stable-audio-rt")
+# Latent frames and batch of the verification inputs: odd sizes inside every profile.
+VERIFY_FRAMES = 7
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    precision: str = "fp32"
+    components: tuple[str, ...] = COMPONENTS
+    max_batch: int = 1
+    frames: tuple[int, int, int] | None = None  # default: 1, the window, the window
+    opset: int = DEFAULT_OPSET
+    force: bool = False
+
+    def check(self, latent_frames: int) -> None:
+        if self.precision not in PRECISIONS:
+            raise ExportError(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}")
+        unknown = sorted(set(self.components) - set(COMPONENTS))
+        if unknown or not self.components:
+            raise ExportError(
+                f"unknown component(s) {unknown or '(none given)'}; choose from {', '.join(COMPONENTS)}"
+            )
+        if self.max_batch < 1:
+            raise ExportError(f"max batch must be at least 1, got {self.max_batch}")
+        low, opt, high = self.frame_range(latent_frames)
+        if not 1 <= low <= opt <= high:
+            raise ExportError(f"frames {low}:{opt}:{high} must satisfy 1 ≤ min ≤ opt ≤ max")
+
+    def frame_range(self, latent_frames: int) -> tuple[int, int, int]:
+        return self.frames or (1, latent_frames, latent_frames)
+
+    def profile(self, rows_per_clip: int, latent_frames: int) -> Profile:
+        rows = rows_per_clip * self.max_batch
+        return Profile(batch=(1, rows, rows), frames=self.frame_range(latent_frames))
+
+
+def tool_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in TOOLS}
+
+
+def _reusable(old: Manifest | None, folder: Path, name: str, new: Manifest, precision: str, profile: Profile):
+    if old is None or name not in old.components:
+        return None
+
+    def key(m: Manifest) -> str:
+        return json.dumps([m.weights_sha256, m.config, m.opset, m.tools], sort_keys=True)
+
+    same = key(old) == key(new)
+    entry = old.components[name]
+    if not same or entry.requested_precision != precision:
+        return None
+    if (entry.batch, entry.frames) != (list(profile.batch), list(profile.frames)):
+        return None
+    try:
+        old.check_files(folder, name)
+    except StableAudioError:
+        return None
+    return entry
+
+
+def _place(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _export_one(
+    model: StableAudioModel, name: str, precision: str, profile: Profile, folder: Path, opset: int
+):
+    spec = component_specs(model.config)[name]
+    module = component_module(model, name)
+    files = export_component(module, spec, precision, profile, model.config, folder / f"{name}.onnx", opset)
+    frames = min(max(VERIFY_FRAMES, profile.frames[0]), profile.frames[2])
+    sizes = axis_sizes(model.config, batch=min(2, profile.batch[2]), frames=frames)
+    seed = secrets.randbelow(2**31)
+    if precision == "bf16":
+        verification = {
+            "status": "skipped",
+            "reason": "onnxruntime's CPU provider cannot feed bf16 from numpy",
+        }
+    else:
+        result = verify_component(module, spec, precision, files[0], model.config, sizes, seed)
+        verification = {
+            "status": "passed" if result.passed else "failed",
+            "max_abs": result.max_abs,
+            "max_rel": result.max_rel,
+            "tolerance": result.tolerance,
+            "finite": result.finite,
+            "input_shapes": result.shapes,
+            "seed": seed,
+        }
+    return spec, files, verification
+
+
+def export_engines(
+    source: str | Path,
+    out: Path,
+    settings: ExportSettings,
+    layout: Layout = "auto",
+    token: str | None = None,
+    on_component: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Export `settings.components` of the checkpoint at `source` into the folder `out`."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
+    location = locate_checkpoint(source, layout, token)
+    model = load_stable_audio(location.root, layout=location.layout)
+    settings.check(model.config.latent_frames)
+    manifest = Manifest(
+        source=str(source),
+        weights_sha256=weights_fingerprint(location.root),
+        config=config_to_dict(model.config),
+        opset=settings.opset,
+        tools=tool_versions(),
+    )
+    try:
+        old = None if settings.force or not out.is_dir() else Manifest.read(out)
+    except StableAudioError:
+        old = None
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in settings.components:
+            if on_component is not None:
+                on_component(name)
+            rows = component_specs(model.config)[name].rows_per_clip
+            profile = settings.profile(rows, model.config.latent_frames)
+            entry = _reusable(old, out, name, manifest, settings.precision, profile)
+            if entry is not None:
+                for file in entry.files:
+                    _place(out / file, tmp / file)
+            else:
+                entry = _build_entry(model, name, settings, profile, tmp)
+            manifest.components[name] = entry
+        model.conditioner.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
+        save_file(numbers, tmp / NUMBERS_FILE)
+        manifest.write(tmp)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build_entry(
+    model: StableAudioModel, name: str, settings: ExportSettings, profile: Profile, folder: Path
+):
+    precision, note = settings.precision, ""
+    spec, files, verification = _export_one(model, name, precision, profile, folder, settings.opset)
+    if verification["status"] == "failed" and name == "t5" and precision == "fp16":
+        # reference-spec §6: fp16 T5 has overflow hazards; keep it in fp32 where it fails.
+        note = f"fp16 T5 failed verification (max rel {verification['max_rel']:.3g}); kept in fp32"
+        for f in files:
+            f.unlink()
+        precision = "fp32"
+        spec, files, verification = _export_one(model, name, precision, profile, folder, settings.opset)
+    if verification["status"] == "failed":
+        raise ExportError(
+            f"{name} at {precision}: onnxruntime differs from torch by {verification['max_rel']:.3g} "
+            f"relative (tolerance {verification['tolerance']:.0e}, finite: {verification['finite']}); "
+            f"not exported"
+        )
+    return ComponentEntry(
+        file=files[0].name,
+        precision=precision,
+        requested_precision=settings.precision,
+        batch=list(profile.batch),
+        frames=list(profile.frames),
+        inputs=[{"name": t.name, "axes": list(t.axes), "kind": t.kind} for t in spec.inputs],
+        outputs=[{"name": t.name, "axes": list(t.axes), "kind": t.kind} for t in spec.outputs],
+        files={f.name: file_record(f) for f in files},
+        verification=verification,
+        note=note,
+    )
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)

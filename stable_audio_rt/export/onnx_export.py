@@ -1,0 +1,165 @@
+"""torch → ONNX for one component at one precision, and its verification with onnxruntime.
+
+Opset 18 (not 23): every runtime we target runs it (onnxruntime's CPU and CUDA providers,
+TensorRT 10.x from its first release, polygraphy), the partial RoPE sits outside the attention
+op anyway, and the TensorRT path replaces attention with our own kernels' plugins. Opset 23
+(the fused ONNX `Attention` op, which TensorRT ≥ 10.14 maps to its fused kernel) is available
+with `opset=23`.
+
+Precision: the ONNX carries the types (TensorRT 11 has no precision flags). The fp32 islands
+live in the models themselves, so they appear as casts in the graph: Snake's parameters and
+maths, RoPE, timestep features; LayerNormalization keeps fp32 statistics (stash_type 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
+
+DEFAULT_OPSET = 18
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Verification bounds on max|ort − torch fp32| / max|torch fp32|: fp32 graphs differ only in
+# summation order (~1e-6); fp16 keeps ~3 significant digits through deep stacks (measured
+# ≈ 1e-3 DiT, 5e-3 VAE on random weights); bf16 keeps ~2.
+TOLERANCES = {"fp32": 1e-4, "fp16": 3e-2, "bf16": 1e-1}
+# Components whose weights exceed protobuf's 2 GB at real size keep them in one external file.
+EXTERNAL_DATA = {"dit"}
+
+
+class ExportError(StableAudioError):
+    """A component could not be exported, or its graph does not match the model."""
+
+
+def cast_for_export(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `module` in `dtype`, with the parameters it keeps in fp32 restored to fp32."""
+    module = copy.deepcopy(module).to(dtype).eval()
+    for owner in module.modules():
+        for name in getattr(owner, "fp32_parameters", ()):
+            getattr(owner, name).data = getattr(owner, name).data.float()
+    return module
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Shape ranges an engine must accept: batch and latent frames (min, opt, max)."""
+
+    batch: tuple[int, int, int]
+    frames: tuple[int, int, int]
+
+    def axis_range(self, axis: str) -> tuple[int, int, int]:
+        return self.batch if axis == "batch" else self.frames
+
+
+def export_component(
+    module: nn.Module,
+    spec: ComponentSpec,
+    precision: str,
+    profile: Profile,
+    config,
+    path: Path,
+    opset: int = DEFAULT_OPSET,
+) -> list[Path]:
+    """Write `path` (and `path`.data for external weights); returns the files written."""
+    dtype = PRECISIONS[precision]
+    graph = cast_for_export(module, dtype)
+    low, opt, high = profile.frames
+    static_frames = low == high
+    trace_frames = high if static_frames else min(max(2, low, opt // 8), high)
+    sizes = axis_sizes(config, batch=2, frames=trace_frames)
+    args = sample_inputs(spec, sizes, dtype, torch.Generator().manual_seed(0), vocab_size=2)
+    # The graph's batch stays dynamic (tracing needs two rows); the profile bounds it at run time.
+    dims = {"batch": torch.export.Dim("batch", min=1, max=max(2, profile.batch[2]))}
+    if not static_frames:
+        frames = torch.export.Dim("frames", min=low, max=high)
+        dims |= {"frames": frames, "samples": frames * config.vae.downsampling_ratio}
+    dynamic = {
+        t.name: {i: dims[a] for i, a in enumerate(t.axes) if isinstance(a, str) and a in dims}
+        for t in spec.inputs
+    }
+    external = spec.name in EXTERNAL_DATA
+    # The exporter logs a warning per optional torchvision op it cannot register: noise here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and opset versions
+        try:
+            torch.onnx.export(
+                graph,
+                args,
+                str(path),
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                dynamo=True,
+                external_data=external,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many kinds; name the component
+            raise ExportError(f"exporting {spec.name} at {precision} failed: {e}") from e
+    files = [path]
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        files.append(data)
+    return files
+
+
+@dataclass(frozen=True)
+class Verification:
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    shapes: dict[str, list[int]]
+    finite: bool
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.max_rel <= self.tolerance
+
+
+def verify_component(
+    module: nn.Module,
+    spec: ComponentSpec,
+    precision: str,
+    path: Path,
+    config,
+    sizes: dict[str, int],
+    seed: int,
+) -> Verification:
+    """Run the graph with onnxruntime's CPU provider on fresh random inputs against the fp32
+    torch module; the worst output decides."""
+    import onnxruntime as ort
+
+    dtype = PRECISIONS[precision]
+    vocab = config_vocab(module)
+    inputs = sample_inputs(spec, sizes, dtype, torch.Generator().manual_seed(seed), vocab)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs, strict=True)})
+    with torch.no_grad():
+        expected = module(*(x.float() if x.is_floating_point() else x for x in inputs))
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    worst_abs = worst_rel = 0.0
+    finite = True
+    for out, ref in zip(got, expected, strict=True):
+        out, ref = np.asarray(out, dtype=np.float64), ref.double().numpy()
+        finite &= bool(np.isfinite(out).all())
+        diff = float(np.abs(out - ref).max())
+        worst_abs = max(worst_abs, diff)
+        worst_rel = max(worst_rel, diff / max(float(np.abs(ref).max()), 1e-12))
+    shapes = {t.name: list(x.shape) for t, x in zip(spec.inputs, inputs, strict=True)}
+    return Verification(worst_abs, worst_rel, TOLERANCES[precision], shapes, finite)
+
+
+def config_vocab(module: nn.Module) -> int:
+    """Token ids for T5 inputs come from its vocabulary; other components ignore it."""
+    t5 = getattr(module, "t5", None)
+    return t5.config.vocab_size if t5 is not None else 2

@@ -1,0 +1,150 @@
+"""The engine folder's `manifest.json`: what was exported, from which weights, how it checked out.
+
+Written by sa-export, read by every engine backend (which never import the exporter). A folder
+whose files, weights or tools no longer match its manifest is refused with the fix named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stable_audio_rt.errors import CheckpointError
+from stable_audio_rt.models.config import (
+    ConditioningConfig,
+    DiTConfig,
+    NumberConditionerConfig,
+    OobleckConfig,
+    StableAudioConfig,
+)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+TOKENIZER_DIR = "tokenizer"
+NUMBERS_FILE = "number_conditioners.safetensors"
+HASH_BLOCK = 1 << 24
+# Files above this size are checked by size at load time, not re-hashed (a 4 GB DiT would
+# take seconds on every start); sa-export still records their hash.
+REHASH_LIMIT = 1 << 28
+
+
+class EngineFolderError(CheckpointError):
+    """An engine folder is missing, incomplete, edited or built from other weights."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(root: Path) -> str:
+    """sha256 over every safetensors file of a checkpoint folder (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.safetensors")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def config_to_dict(config: StableAudioConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> StableAudioConfig:
+    vae = dict(data["vae"])
+    vae["channel_multiples"], vae["strides"] = tuple(vae["channel_multiples"]), tuple(vae["strides"])
+    cond = dict(data["conditioning"])
+    cond["numbers"] = tuple(NumberConditionerConfig(**n) for n in cond["numbers"])
+    cond["cross_attention_ids"] = tuple(cond["cross_attention_ids"])
+    cond["global_ids"] = tuple(cond["global_ids"])
+    return StableAudioConfig(
+        sample_rate=data["sample_rate"],
+        sample_size=data["sample_size"],
+        dit=DiTConfig(**data["dit"]),
+        vae=OobleckConfig(**vae),
+        conditioning=ConditioningConfig(**cond),
+    )
+
+
+@dataclass
+class ComponentEntry:
+    file: str
+    precision: str  # what the graph carries
+    requested_precision: str  # what was asked for (T5 may stay fp32 where fp16 overflows)
+    batch: list[int]  # min, opt, max
+    frames: list[int]  # min, opt, max
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    files: dict[str, dict[str, Any]]  # every file of the component → {"sha256", "bytes"}
+    verification: dict[str, Any]
+    note: str = ""
+
+
+@dataclass
+class Manifest:
+    source: str
+    weights_sha256: str
+    config: dict[str, Any]
+    opset: int
+    tools: dict[str, str]
+    components: dict[str, ComponentEntry] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def write(self, folder: Path) -> None:
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        tmp.replace(folder / MANIFEST)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise EngineFolderError(f"{folder} has no {MANIFEST}: build it with `sa-export --out {folder}`")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != FORMAT_VERSION:
+                raise EngineFolderError(
+                    f"{path} is format {data.get('format')}, this version reads {FORMAT_VERSION}: rebuild "
+                    f"with `sa-export`"
+                )
+            data["components"] = {k: ComponentEntry(**v) for k, v in data["components"].items()}
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise EngineFolderError(f"{path} is not a valid manifest ({e}); rebuild with `sa-export`") from e
+
+    @property
+    def model_config(self) -> StableAudioConfig:
+        return config_from_dict(self.config)
+
+    def check_files(self, folder: Path, component: str) -> ComponentEntry:
+        """The component's entry, after checking each of its files against its hash."""
+        if component not in self.components:
+            raise EngineFolderError(
+                f"{folder} has no {component!r} engine (it has {sorted(self.components)}); export it with "
+                f"`sa-export --components {component}`"
+            )
+        entry = self.components[component]
+        for name, expected in entry.files.items():
+            path = folder / name
+            if not path.is_file():
+                raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
+            size = path.stat().st_size
+            if size != expected["bytes"] or (
+                size <= REHASH_LIMIT and sha256_file(path) != expected["sha256"]
+            ):
+                raise EngineFolderError(
+                    f"{path} does not match {MANIFEST} (edited, truncated or replaced): rebuild the engines "
+                    f"with `sa-export`"
+                )
+        return entry
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
