@@ -31,7 +31,7 @@ from stable_audio_rt.export.onnx_export import (
 )
 from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
-from stable_audio_rt.models.loading import StableAudioModel, load_stable_audio
+from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
 from stable_audio_rt.models.manifest import (
     NUMBERS_FILE,
     TOKENIZER_DIR,
@@ -150,8 +150,8 @@ def export_engines(
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
     location = locate_checkpoint(source, layout, token)
+    settings.check(load_config(location.root, layout=location.layout).latent_frames)
     model = load_stable_audio(location.root, layout=location.layout)
-    settings.check(model.config.latent_frames)
     manifest = Manifest(
         source=str(source),
         weights_sha256=weights_fingerprint(location.root),

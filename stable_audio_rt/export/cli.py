@@ -1,0 +1,115 @@
+"""sa-export: turn a Stable Audio checkpoint into an engine folder (ONNX graphs + manifest).
+
+Every argument is checked before the model loads; the folder is written atomically, and
+components whose inputs did not change are reused from an existing folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.export.onnx_export import DEFAULT_OPSET
+from stable_audio_rt.models.checkpoint import DEFAULT_REPO
+from stable_audio_rt.models.io_spec import COMPONENTS
+
+EXAMPLES = """examples:
+  sa-export --out engines/sao-fp16 --fp16
+  sa-export --model ./stable-audio-open-1.0 --out engines/sao-fp32 --components dit,vae_decoder
+  sa-export --out engines/short --fp16 --frames 1:256:512 --max-batch 2
+"""
+
+
+def _frames(text: str) -> tuple[int, int, int]:
+    try:
+        low, opt, high = (int(v) for v in text.split(":"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected MIN:OPT:MAX latent frames, got {text!r}") from e
+    return low, opt, high
+
+
+def _components(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sa-export",
+        description="Export Stable Audio Open to an engine folder: one ONNX graph per component, each "
+        "verified against PyTorch with onnxruntime, and a manifest.json.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_REPO, help=f"Hub repo id or local folder (default: {DEFAULT_REPO})"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the engine folder to write")
+    precision = p.add_mutually_exclusive_group()
+    for name in ("fp32", "fp16", "bf16"):
+        p_help = f"graphs in {name}" + (" (default)" if name == "fp32" else "") + "; fp32 islands are kept"
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name, help=p_help)
+    p.add_argument(
+        "--components",
+        type=_components,
+        default=COMPONENTS,
+        help=f"comma-separated subset of {','.join(COMPONENTS)} (default: all)",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=1, help="clips per request the engines accept (default: 1)"
+    )
+    p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--force", action="store_true", help="re-export components even when they could be reused")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = ExportSettings(
+        precision=args.precision or "fp32",
+        components=args.components,
+        max_batch=args.max_batch,
+        frames=args.frames,
+        opset=args.opset,
+        force=args.force,
+    )
+    bar = tqdm(total=len(settings.components), desc="export", unit="component")
+    started: list[str] = []
+
+    def on_component(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_description(f"export {name}")
+
+    try:
+        manifest = export_engines(args.model, args.out, settings, on_component=on_component)
+    except StableAudioError as e:
+        bar.close()
+        print(f"sa-export: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        bar.close()
+        print("sa-export: interrupted; the engine folder was left as it was", file=sys.stderr)
+        return 130
+    bar.update(1)
+    bar.close()
+    for name, entry in manifest.components.items():
+        check = entry.verification
+        detail = (
+            f"max rel {check['max_rel']:.2e} ≤ {check['tolerance']:.0e}"
+            if "max_rel" in check
+            else check["reason"]
+        )
+        print(f"{name:12s} {entry.precision:5s} {check['status']:8s} {detail} {entry.note}".rstrip())
+    print(f"wrote {args.out} (ONNX only: TensorRT engine builds are not implemented yet)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
