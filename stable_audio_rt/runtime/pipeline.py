@@ -19,15 +19,17 @@ from tqdm.auto import tqdm
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
-from stable_audio_rt.models.loading import StableAudioModel, load_stable_audio
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.loading import load_stable_audio
 from stable_audio_rt.models.random_init import TINY_RANDOM, random_model
 from stable_audio_rt.models.vae import bottleneck_sample, decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
+from stable_audio_rt.runtime.components import Components, TorchComponents
 from stable_audio_rt.runtime.noise import RequestRandomness, brownian_step_noise, gaussian_step_noise
 from stable_audio_rt.runtime.plan import InpaintPlan, RequestPlan, build_plan
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampler import run_plan
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
+from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
 from stable_audio_rt.runtime.vae_decode import (
     auto_chunk_frames,
     check_chunking,
@@ -39,6 +41,7 @@ from stable_audio_rt.runtime.vae_decode import (
 DEFAULT_STREAM_CHUNK_FRAMES = 64
 
 Backend = Literal["torch"]
+EngineBackend = Literal["onnxruntime"]
 
 
 @dataclass
@@ -97,16 +100,15 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 class StableAudio:
-    """A loaded model and the pipeline that samples it."""
+    """A loaded model (through any backend's components) and the pipeline that samples it."""
 
-    def __init__(self, model: StableAudioModel) -> None:
-        self.model = model
-        param = next(model.dit.parameters())
-        self.device, self.dtype = param.device, param.dtype
+    def __init__(self, components: Components) -> None:
+        self.components = components
+        self.device, self.dtype = components.device, components.dtype
 
     @property
-    def config(self):
-        return self.model.config
+    def config(self) -> StableAudioConfig:
+        return self.components.config
 
     @classmethod
     def from_pretrained(
@@ -125,15 +127,33 @@ class StableAudio:
         stable-audio-tools does, to reproduce its conditioning exactly.
         """
         if backend != "torch":
-            raise ConfigError(f"backend {backend!r} is not available yet; use backend='torch'")
+            raise ConfigError(
+                f"backend {backend!r} runs exported engines: use "
+                f"StableAudio.from_engines(folder, backend={backend!r})"
+            )
         device = resolve_device(device)
         if str(model) == TINY_RANDOM:
-            return cls(random_model(dtype=dtype, device=device, t5_dtype=t5_dtype))
-        return cls(
-            load_stable_audio(
-                model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
-            )
+            return cls(TorchComponents(random_model(dtype=dtype, device=device, t5_dtype=t5_dtype)))
+        loaded = load_stable_audio(
+            model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
         )
+        return cls(TorchComponents(loaded))
+
+    @classmethod
+    def from_engines(
+        cls,
+        folder: str | Path,
+        backend: EngineBackend = "onnxruntime",
+        device: torch.device | str | None = "cpu",
+        model: str | Path | None = None,
+    ) -> StableAudio:
+        """Run an engine folder written by sa-export. With `model`, the folder must have been
+        built from that checkpoint's weights (checked by fingerprint)."""
+        if backend != "onnxruntime":
+            raise ConfigError(f"engine backend {backend!r} is not available yet; use 'onnxruntime'")
+        from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+
+        return cls(OrtComponents(Path(folder), resolve_device(device), model))
 
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
@@ -186,12 +206,12 @@ class StableAudio:
                 plan = self._plan(resolved, context, global_cond)
             with _stage(timings, "sampling", self.device):
                 bar = tqdm(total=plan.steps, desc="sampling", unit="step", disable=not progress)
-                latents = run_plan(self.model.dit, plan, on_step=lambda _: bar.update())
+                latents = run_plan(plan, on_step=lambda _: bar.update())
                 bar.close()
         return latents
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.model.vae.decode(latents.to(self.dtype))
+        return self.components.decode(latents)
 
     def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
         chunk = resolved.request.vae_chunk
@@ -207,7 +227,7 @@ class StableAudio:
             "seconds_start": torch.full((batch,), float(request.seconds_start)),
             "seconds_total": torch.full((batch,), float(resolved.seconds_total)),
         }
-        conditioner = self.model.conditioner
+        conditioner = self.components.conditioner
         context, global_cond = conditioner(prompts, values)
         if request.cfg_scale == 1.0:
             return context, global_cond
@@ -220,8 +240,7 @@ class StableAudio:
 
     def _encode_reference(self, audio: torch.Tensor, randomness: RequestRandomness) -> torch.Tensor:
         """One posterior sample of the reference's latents (1, C, frames), noise drawn next."""
-        mean, std = self.model.vae.encode_moments(audio[None].to(self.device, self.dtype))
-        mean, std = mean.float(), std.float()
+        mean, std = self.components.encode_moments(audio[None])
         return bottleneck_sample(mean, std, randomness.randn(*mean.shape))
 
     def _plan(
@@ -253,15 +272,16 @@ class StableAudio:
                 reference=reference,
                 renoise=randomness.randn(request.steps, *shape),
             )
+        uses_cfg = context.shape[0] == 2 * resolved.batch
+        denoiser = self.components.step_model(sigma_to_t(sigmas[:-1]), context, global_cond)
         return build_plan(
-            self.model.dit,
+            denoiser,
             x0,
-            sigmas,
             step_table(sigmas),
-            context,
-            global_cond,
             step_noise,
             request.cfg_scale,
+            uses_cfg,
+            self.dtype,
             request.guidance_settings,
             inpaint,
         )

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from stable_audio_rt.models.dit import DiT
+from stable_audio_rt.runtime.components import StepModel
 from stable_audio_rt.runtime.guidance import CFG, Guidance
-from stable_audio_rt.runtime.schedule import sigma_to_t
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
 HISTORY = 3
@@ -34,8 +33,7 @@ class RequestPlan:
     model_input: torch.Tensor  # (R, C, T) DiT input in the model dtype; R = 2B with CFG, else B
     denoised: torch.Tensor  # (HISTORY, B, C, T) ring of denoised estimates, float32
     scalars: torch.Tensor  # (N, len(Col)) per-step scalars, float32
-    global_tokens: torch.Tensor  # (N, R, 1, D) prepended DiT token per step
-    context_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block, constant over steps
+    denoiser: StepModel  # the DiT bound to this request's conditioning and σ's
     step_noise: torch.Tensor  # (N, B, C, T)
     cfg_scale: torch.Tensor  # 0-d float32
     uses_cfg: bool
@@ -48,54 +46,34 @@ class RequestPlan:
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor the loop touches (for checks that nothing is reallocated)."""
-        tensors = [self.x, self.model_input, self.denoised, self.scalars, self.global_tokens]
-        tensors += [self.step_noise, self.cfg_scale]
-        tensors += [t for kv in self.context_kv for t in kv]
+        tensors = [self.x, self.model_input, self.denoised, self.scalars, self.step_noise, self.cfg_scale]
+        tensors += self.denoiser.buffers()
         if self.inpaint is not None:
             tensors += [self.inpaint.keep, self.inpaint.reference, self.inpaint.renoise]
         return tensors
 
 
 def build_plan(
-    dit: DiT,
+    denoiser: StepModel,
     x0: torch.Tensor,
-    sigmas: torch.Tensor,
     scalars: torch.Tensor,
-    context: torch.Tensor,
-    global_cond: torch.Tensor,
     step_noise: torch.Tensor,
     cfg_scale: float,
+    uses_cfg: bool,
+    model_dtype: torch.dtype,
     guidance: Guidance = CFG,
     inpaint: InpaintPlan | None = None,
 ) -> RequestPlan:
-    """Allocate and fill the buffers of one request.
-
-    `context`/`global_cond` hold R rows: [cond; uncond] (2B) with CFG, else B. `x0` is the
-    initial state (B, C, T) at σ_0.
-    """
-    param = next(dit.parameters())
-    device, dtype = param.device, param.dtype
-    rows = context.shape[0]
-    batch = x0.shape[0]
-    uses_cfg = rows == 2 * batch
-    if not uses_cfg and rows != batch:
-        raise ValueError(f"context has {rows} rows for a batch of {batch}: expected {batch} or {2 * batch}")
-    steps = scalars.shape[0]
-    with torch.no_grad():
-        t = sigma_to_t(sigmas[:-1].double()).float().to(device)
-        # (N·R,) time × (N·R, G) global → (N, R, 1, D): the token depends only on σ and the condition.
-        tokens = dit.global_token(
-            t.repeat_interleave(rows).to(dtype), global_cond.to(device, dtype).repeat(steps, 1)
-        )
-        global_tokens = tokens.view(steps, rows, 1, -1).contiguous()
-        context_kv = [(k.contiguous(), v.contiguous()) for k, v in dit.context_kv(context.to(device, dtype))]
+    """Allocate and fill the buffers of one request. `x0` is the initial state (B, C, T) at σ_0
+    on the run's device; the DiT sees 2B rows [cond; uncond] with CFG, else B."""
+    device = x0.device
+    rows = x0.shape[0] * (2 if uses_cfg else 1)
     return RequestPlan(
-        x=x0.to(device, torch.float32).clone(),
-        model_input=torch.zeros((rows, *x0.shape[1:]), device=device, dtype=dtype),
+        x=x0.to(torch.float32).clone(),
+        model_input=torch.zeros((rows, *x0.shape[1:]), device=device, dtype=model_dtype),
         denoised=torch.zeros((HISTORY, *x0.shape), device=device),
         scalars=scalars.to(device, torch.float32),
-        global_tokens=global_tokens,
-        context_kv=context_kv,
+        denoiser=denoiser,
         step_noise=step_noise.to(device, torch.float32),
         cfg_scale=torch.tensor(cfg_scale, device=device, dtype=torch.float32),
         uses_cfg=uses_cfg,

@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 import torch
 
-from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.runtime.guidance import guide
 from stable_audio_rt.runtime.plan import HISTORY, RequestPlan
 from stable_audio_rt.runtime.schedule import Col
 
 
-def sampler_step(dit: DiT, plan: RequestPlan, i: int) -> None:
+def sampler_step(plan: RequestPlan, i: int) -> None:
     """Step i: denoise x at σ_i with guidance, then the linear dpmpp-3m-sde update (and RePaint)."""
     s = plan.scalars[i]
     x = plan.x
@@ -25,7 +24,7 @@ def sampler_step(dit: DiT, plan: RequestPlan, i: int) -> None:
     inp[:batch].copy_(x * s[Col.C_IN])
     if plan.uses_cfg:
         inp[batch:].copy_(inp[:batch])
-    v = dit.forward_with_context_kv(inp, plan.global_tokens[i], plan.context_kv)
+    v = plan.denoiser(inp, i)
 
     denoised = plan.denoised[i % HISTORY]
     prev, prev2 = plan.denoised[(i - 1) % HISTORY], plan.denoised[(i - 2) % HISTORY]
@@ -49,11 +48,11 @@ def sampler_step(dit: DiT, plan: RequestPlan, i: int) -> None:
         torch.where(ip.keep, kept, x, out=x)
 
 
-def run_plan(dit: DiT, plan: RequestPlan, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+def run_plan(plan: RequestPlan, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """All steps, eagerly; returns the final latents (plan.x)."""
     with torch.no_grad():
         for i in range(plan.steps):
-            sampler_step(dit, plan, i)
+            sampler_step(plan, i)
             if on_step is not None:
                 on_step(i)
     return plan.x

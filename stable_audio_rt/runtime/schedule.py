@@ -54,8 +54,8 @@ def polyexponential_sigmas(
 
 
 def sigma_to_t(sigma: torch.Tensor) -> torch.Tensor:
-    """The DiT's time input for a v-model: t = atan(σ)·2/π."""
-    return sigma.atan() * (2 / math.pi)
+    """The DiT's time input for a v-model: t = atan(σ)·2/π, in k-diffusion's operation order."""
+    return sigma.atan() / math.pi * 2
 
 
 class Col(IntEnum):

@@ -79,9 +79,9 @@ def test_audio_to_audio_at_small_noise_is_the_vae_round_trip(pipe):
     generator = torch.Generator().manual_seed(seed)
     torch.randn(result.latents.shape, generator=generator)
     with torch.no_grad():
-        mean, std = pipe.model.vae.encode_moments(resolved.init_audio[None])
+        mean, std = pipe.components.model.vae.encode_moments(resolved.init_audio[None])
         reference = bottleneck_sample(mean, std, torch.randn(mean.shape, generator=generator))
-        round_trip = pipe.model.vae.decode(reference)[:, :, : result.audio.shape[-1]]
+        round_trip = pipe.components.model.vae.decode(reference)[:, :, : result.audio.shape[-1]]
     # At σ ≤ 2e-4 the denoiser is ≈ the identity (c_out ≈ −σ), so the result departs from the
     # round trip linearly in σ: measured ≈ 5σ (latents) and ≈ 28σ (audio) relative here.
     assert (result.latents - reference).abs().max() <= 0.005 * reference.abs().max()
@@ -99,7 +99,7 @@ def test_inpainting_keeps_the_reference_latents_exactly(pipe):
     generator = torch.Generator().manual_seed(seed)
     torch.randn(result.latents.shape, generator=generator)
     with torch.no_grad():
-        mean, std = pipe.model.vae.encode_moments(resolved.inpaint_audio[None])
+        mean, std = pipe.components.model.vae.encode_moments(resolved.inpaint_audio[None])
         reference = bottleneck_sample(mean, std, torch.randn(mean.shape, generator=generator))
     assert torch.equal(resolved.inpaint_keep[:30], torch.ones(30, dtype=torch.bool))
     assert not resolved.inpaint_keep[30:].any()
@@ -158,7 +158,7 @@ def test_step_only_writes_its_state_in_place_and_never_syncs(pipe, guidance):
         allowed = {t.untyped_storage().data_ptr() for t in (plan.x, plan.model_input, plan.denoised)}
         for i in range(plan.steps):
             with _StepWatch() as watch:
-                sampler_step(pipe.model.dit, plan, i)
+                sampler_step(plan, i)
             assert watch.written <= allowed, f"step {i} wrote outside the plan's state"
             names = {str(op) for op in watch.ops}
             assert "aten.mm.default" in names or "aten.addmm.default" in names, "the DiT ran in the watch"

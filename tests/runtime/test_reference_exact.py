@@ -52,7 +52,7 @@ def test_draws_follow_the_reference_order(pipe, generator, audio_to_audio):
         x = noise * sigmas[0]
         if audio_to_audio:
             with torch.no_grad():
-                mean, std = pipe.model.vae.encode_moments(resolved.init_audio[None])
+                mean, std = pipe.components.model.vae.encode_moments(resolved.init_audio[None])
             init = (torch.randn_like(mean) * std + mean).repeat(batch, 1, 1)
             x = init + x
         tree_seed = torch.randint(0, 2**63 - 1, []).item()

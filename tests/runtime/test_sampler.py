@@ -10,10 +10,11 @@ import torchsde
 from numerics import rel_error
 
 from stable_audio_rt.models.random_init import random_model
+from stable_audio_rt.runtime.components import TorchDiTStep
 from stable_audio_rt.runtime.noise import brownian_step_noise
 from stable_audio_rt.runtime.plan import build_plan
 from stable_audio_rt.runtime.sampler import run_plan
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
+from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
 
 # The loop and the linear form are the same maths in a different summation order; in fp32
 # over a chaotic random DiT that differs by ~1e-6 relative.
@@ -101,10 +102,9 @@ def test_linear_form_equals_k_diffusion_loop(tiny_dit, generator, noise_kind, st
         expected = reference_dpmpp_3m_sde(
             cfg_v_denoiser(tiny_dit, context, global_cond, cfg_scale), x0, sigmas, noise_at
         )
-        plan = build_plan(
-            tiny_dit, x0, sigmas, step_table(sigmas), context, global_cond, step_noise, cfg_scale
-        )
-        ours = run_plan(tiny_dit, plan)
+        denoiser = TorchDiTStep(tiny_dit, sigma_to_t(sigmas[:-1]), context, global_cond)
+        plan = build_plan(denoiser, x0, step_table(sigmas), step_noise, cfg_scale, True, torch.float32)
+        ours = run_plan(plan)
     assert rel_error(ours, expected) <= SAMPLER_REL_TOL
 
 

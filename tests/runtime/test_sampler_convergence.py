@@ -8,7 +8,6 @@ ODE sampler's (η = 0) convergence order can be checked exactly.
 import math
 
 import torch
-from torch import nn
 
 from stable_audio_rt.runtime.plan import build_plan
 from stable_audio_rt.runtime.sampler import run_plan
@@ -18,45 +17,37 @@ MEAN, STD = 0.7, 0.4
 SIGMA_MIN, SIGMA_MAX = 0.3, 500.0
 
 
-class GaussianDataDenoiser(nn.Module):
-    """Stands in for the DiT: returns the v that makes the v-denoiser exact for Gaussian data.
+class GaussianDataDenoiser:
+    """Stands in for the DiT bound to a request: returns the v that makes the v-denoiser exact
+    for Gaussian data at step i's σ."""
 
-    Its "global token" carries t, from which it recovers σ = tan(t·π/2).
-    """
+    def __init__(self, sigmas: torch.Tensor) -> None:
+        self.sigmas = sigmas.double()
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(1))  # device and dtype for the plan
-
-    def global_token(self, t, global_cond):
-        return t[:, None]
-
-    def context_kv(self, context):
-        return []
-
-    def forward_with_context_kv(self, model_input, token, context_kv):
-        sigma = torch.tan(token.view(-1, 1, 1).double() * math.pi / 2)
+    def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
+        sigma = self.sigmas[i]
         c_in, c_skip, c_out = 1 / (sigma**2 + 1).sqrt(), 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1).sqrt()
         x = model_input.double() / c_in
         denoised = (STD**2 * x + sigma**2 * MEAN) / (STD**2 + sigma**2)
         return ((denoised - c_skip * x) / c_out).float()
 
+    def buffers(self) -> list[torch.Tensor]:
+        return []
+
 
 def _sample(steps, x0_noise, step_noise, eta):
-    model = GaussianDataDenoiser()
     sigmas = polyexponential_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
     plan = build_plan(
-        model,
+        GaussianDataDenoiser(sigmas),
         x0_noise * sigmas[0],
-        sigmas,
         step_table(sigmas, eta=eta),
-        torch.zeros(1, 1, 1),
-        torch.zeros(1, 1),
         step_noise,
         cfg_scale=1.0,
+        uses_cfg=False,
+        model_dtype=torch.float32,
     )
     with torch.no_grad():
-        return run_plan(model, plan), sigmas
+        return run_plan(plan), sigmas
 
 
 def test_sde_samples_have_the_data_statistics(generator):
