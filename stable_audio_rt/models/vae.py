@@ -164,10 +164,15 @@ def decoder_receptive_frames(config: OobleckConfig) -> int:
     return math.ceil(reach / ratio)
 
 
+def posterior_std(scale: torch.Tensor) -> torch.Tensor:
+    """The VAE bottleneck's std from the encoder's scale half: softplus(scale) + 1e-4."""
+    return F.softplus(scale) + BOTTLENECK_STD_FLOOR
+
+
 def bottleneck_moments(encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder output → (mean, std), each (B, latent_dim, T); std = softplus(scale) + 1e-4."""
+    """Encoder output → (mean, std), each (B, latent_dim, T)."""
     mean, scale = encoded.chunk(2, dim=1)
-    return mean, F.softplus(scale) + BOTTLENECK_STD_FLOOR
+    return mean, posterior_std(scale)
 
 
 def bottleneck_sample(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,12 @@ class Components(Protocol):
     dtype: torch.dtype  # of the DiT's and the VAE's inputs
     conditioner: Conditioner
 
+    def check_request(
+        self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
+    ) -> None:
+        """Raise, before any work, if this backend cannot run such a request (shape profiles)."""
+        ...
+
     def step_model(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> StepModel:
         """t: (N,) diffusion time per step; context (R, S, D) and global (R, G) per DiT row."""
         ...
@@ -69,6 +75,11 @@ class TorchComponents:
         self.conditioner = model.conditioner
         param = next(model.dit.parameters())
         self.device, self.dtype = param.device, param.dtype
+
+    def check_request(
+        self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
+    ) -> None:
+        """PyTorch runs any shape."""
 
     def step_model(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> TorchDiTStep:
         return TorchDiTStep(self.model.dit, t, context, global_cond)

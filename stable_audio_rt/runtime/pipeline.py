@@ -167,9 +167,10 @@ class StableAudio:
     def run_resolved(self, resolved: ResolvedRequest, progress: bool = False) -> GenerationResult:
         """Run a request already checked against this model's config (see `resolve_request`)."""
         timings: dict[str, float] = {}
+        chunk, overlap = self._vae_chunking(resolved)
+        self._check(resolved, chunk)
         latents = self._sample(resolved, timings, progress)
         with torch.no_grad(), _stage(timings, "decode", self.device):
-            chunk, overlap = self._vae_chunking(resolved)
             audio = decode_latents(self._decode, latents, self.config.vae, chunk, overlap)
         with _stage(timings, "postprocess", self.device):
             audio = audio[:, :, resolved.clip(self.config.sample_rate)].float().cpu()
@@ -181,11 +182,12 @@ class StableAudio:
         The pieces concatenate to `generate(...).audio` (within float error)."""
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
-        latents = self._sample(resolved, {}, progress=False)
         chunk, overlap = self._vae_chunking(resolved)
         chunk = chunk if chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
+        self._check(resolved, chunk)
+        latents = self._sample(resolved, {}, progress=False)
         clip = resolved.clip(self.config.sample_rate)
         position = 0
         with torch.no_grad():
@@ -209,6 +211,16 @@ class StableAudio:
                 latents = run_plan(plan, on_step=lambda _: bar.update())
                 bar.close()
         return latents
+
+    def _check(self, resolved: ResolvedRequest, chunk: int | None) -> None:
+        request = resolved.request
+        self.components.check_request(
+            batch=resolved.batch,
+            uses_cfg=request.cfg_scale != 1.0,
+            frames=resolved.frames,
+            decode_frames=min(chunk or resolved.frames, resolved.frames),
+            encodes=request.init_audio is not None or request.inpaint_audio is not None,
+        )
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.components.decode(latents)
