@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import TINY, StableAudioConfig
 from stable_audio_rt.models.loading import load_config
+from stable_audio_rt.models.manifest import Manifest
 from stable_audio_rt.models.random_init import TINY_RANDOM
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
@@ -76,8 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="WAV or FLAC path (default: output.wav); with several clips, name_0.wav, name_1.wav, ...",
     )
     p.add_argument(
+        "--backend",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="torch: the PyTorch models (default); onnxruntime: an engine folder from sa-export (--engines)",
+    )
+    p.add_argument(
+        "--engines", type=Path, help="engine folder written by sa-export (for --backend onnxruntime)"
+    )
+    p.add_argument(
         "--model",
-        default=DEFAULT_REPO,
+        default=None,
         help=f"Hub repo id, local folder, or {TINY_RANDOM!r} (default: {DEFAULT_REPO})",
     )
     p.add_argument(
@@ -210,15 +220,38 @@ def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | No
     return mask
 
 
-def _config_for(model: str) -> StableAudioConfig:
+def _config_for(args: argparse.Namespace) -> StableAudioConfig:
+    """The model's config, read without loading weights (from the engine folder's manifest)."""
+    if args.backend == "onnxruntime":
+        if args.engines is None:
+            raise ConfigError(
+                "--backend onnxruntime runs an engine folder: give --engines DIR (see sa-export)"
+            )
+        if args.model == TINY_RANDOM:
+            raise ConfigError(f"{TINY_RANDOM} has no engines; export a checkpoint with sa-export")
+        return Manifest.read(args.engines).model_config
+    if args.engines is not None:
+        raise ConfigError("--engines needs --backend onnxruntime")
+    model = args.model or DEFAULT_REPO
     return TINY if model == TINY_RANDOM else load_config(model)
+
+
+def _load(args: argparse.Namespace, device) -> StableAudio:
+    if args.backend == "onnxruntime":
+        return StableAudio.from_engines(args.engines, backend="onnxruntime", device=device, model=args.model)
+    model = args.model or DEFAULT_REPO
+    if model == TINY_RANDOM:
+        print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
+    return StableAudio.from_pretrained(
+        model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        device = resolve_device(args.device)
-        config = _config_for(args.model)
+        device = resolve_device(args.device if args.backend == "torch" else args.device or "cpu")
+        config = _config_for(args)
         request = GenerationRequest(
             prompts=tuple(args.prompt),
             negative_prompt=args.negative_prompt,
@@ -244,11 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request(request, config)
         check_output_path(args.output)
-        if args.model == TINY_RANDOM:
-            print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
-        pipe = StableAudio.from_pretrained(
-            args.model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype]
-        )
+        pipe = _load(args, device)
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
     except StableAudioError as e:
