@@ -1,0 +1,115 @@
+"""sa-export on the tiny model: every component's graph against the PyTorch model on fresh
+random inputs with onnxruntime, the manifest, reuse, and the CLI."""
+
+import json
+import os
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from stable_audio_rt.export import cli
+from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.models.io_spec import (
+    COMPONENTS,
+    axis_sizes,
+    component_module,
+    component_specs,
+    sample_inputs,
+)
+from stable_audio_rt.models.loading import load_stable_audio
+from stable_audio_rt.models.manifest import Manifest, sha256_file
+
+# max |ort − torch fp32| / max |torch fp32|: fp32 graphs differ by summation order only
+# (measured ~1e-6); fp16 graphs keep ~3 significant digits through the stacks (measured
+# 1e-3–5e-3 on these random weights).
+TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_diffusers_dir):
+    return load_stable_audio(tiny_diffusers_dir)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("batch,frames", [(1, 1), (2, 13), (1, 64)])
+def test_graph_matches_torch(engines, model, generator, precision, component, batch, frames):
+    folder, manifest = engines[precision]
+    entry = manifest.components[component]
+    spec = component_specs(model.config)[component]
+    rows = batch * spec.rows_per_clip
+    dtype = torch.float16 if entry.precision == "fp16" else torch.float32
+    vocab = model.conditioner.text_encoder.t5.config.vocab_size
+    inputs = sample_inputs(spec, axis_sizes(model.config, rows, frames), dtype, generator, vocab)
+    session = ort.InferenceSession(str(folder / entry.file), providers=["CPUExecutionProvider"])
+    got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs, strict=True)})
+    with torch.no_grad():
+        expected = component_module(model, component)(
+            *(x.float() if x.is_floating_point() else x for x in inputs)
+        )
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for out, ref in zip(got, expected, strict=True):
+        assert out.shape == tuple(ref.shape)
+        error = np.abs(out.astype(np.float64) - ref.double().numpy()).max() / ref.abs().max().item()
+        assert error <= TOLERANCE[precision], (component, error)
+
+
+def test_manifest_records_everything(engines, model):
+    folder, manifest = engines["fp16"]
+    data = json.loads((folder / "manifest.json").read_text())
+    assert data["format"] == 1 and data["opset"] == 18
+    assert set(data["tools"]) == {"torch", "onnx", "onnxscript", "onnxruntime", "stable-audio-rt"}
+    assert Manifest.read(folder).model_config == model.config
+    assert set(manifest.components) == set(COMPONENTS)
+    for name, entry in manifest.components.items():
+        assert entry.verification["status"] == "passed" and entry.verification["max_rel"] <= 3e-2, name
+        assert entry.requested_precision == "fp16"
+        assert entry.batch == ([1, 4, 4] if name in ("dit", "t5") else [1, 2, 2])
+        assert entry.frames == [1, 16, 64]
+        assert [i["name"] for i in entry.inputs] == [
+            t.name for t in component_specs(model.config)[name].inputs
+        ]
+        for file, record in entry.files.items():
+            assert record == {"sha256": sha256_file(folder / file), "bytes": (folder / file).stat().st_size}
+    assert "dit.onnx.data" in manifest.components["dit"].files  # weights in one external file
+
+
+def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
+    folder, manifest = engines["fp32"]
+    inode = os.stat(folder / "dit.onnx.data").st_ino
+    exported = []
+    again = export_engines(
+        tiny_diffusers_dir,
+        folder,
+        ExportSettings("fp32", max_batch=2, frames=(1, 16, 64)),
+        on_component=exported.append,
+    )
+    assert exported == list(COMPONENTS)
+    assert os.stat(folder / "dit.onnx.data").st_ino == inode, (
+        "the unchanged graph must be reused, not rebuilt"
+    )
+    assert again.components["dit"].files == manifest.components["dit"].files
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--components", "dit,unet"], r"unknown component\(s\) \['unet'\]"),
+        (["--frames", "64:16:1"], r"frames 64:16:1 must satisfy 1 ≤ min ≤ opt ≤ max"),
+        (["--max-batch", "0"], r"max batch must be at least 1"),
+        (["--fp16", "--components", ""], r"unknown component\(s\) \(none given\)"),
+    ],
+)
+def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, arguments, message):
+    out = tmp_path / "engines"
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(out), *arguments]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_missing_output_folder(tiny_diffusers_dir, tmp_path, capsys):
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(tmp_path / "a" / "b")]) == 2
+    assert "folder" in capsys.readouterr().err and not (tmp_path / "a").exists()
