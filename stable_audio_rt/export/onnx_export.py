@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 
@@ -106,6 +107,12 @@ def export_component(
             )
         except Exception as e:  # the exporter raises many kinds; name the component
             raise ExportError(f"exporting {spec.name} at {precision} failed: {e}") from e
+    try:
+        # By path, so models past protobuf's 2 GB (external data) are checked too; full_check
+        # runs ONNX shape inference over the whole graph.
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"the exported {spec.name} graph is not valid ONNX: {e}") from e
     files = [path]
     data = path.with_name(path.name + ".data")
     if data.exists():

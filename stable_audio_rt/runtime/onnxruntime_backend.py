@@ -1,4 +1,7 @@
-"""The onnxruntime backend: runs an engine folder written by sa-export (CPU execution provider).
+"""The onnxruntime backend: runs an engine folder written by sa-export.
+
+The CPU provider everywhere; the CUDA provider when onnxruntime-gpu is installed and the device
+is CUDA (the same IOBinding code, exercised here only on the CPU: no GPU has run it yet).
 
 It replaces only the component calls; the plan, the sampler and the guidance are the same code
 as with the torch backend. The number conditioners (two tiny MLPs) stay in PyTorch, loaded from
@@ -25,29 +28,35 @@ from stable_audio_rt.models.manifest import (
 )
 from stable_audio_rt.models.vae import posterior_std
 
-NUMPY_TYPES = {"fp32": np.float32, "fp16": np.float16}
+FLOAT_TYPES = {"fp32": torch.float32, "fp16": torch.float16}
+NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 REQUIRED = ("t5", "dit", "vae_decoder")
 
 
 class OrtGraph:
-    """One exported component: an onnxruntime session plus its profile from the manifest."""
+    """One exported component: an onnxruntime session plus its profile from the manifest.
 
-    def __init__(self, folder: Path, manifest: Manifest, name: str) -> None:
+    Inputs and outputs are torch tensors bound by address (IOBinding) on the run's device, so
+    on CUDA no tensor crosses to the host; on the CPU the same binding code runs.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest, name: str, device: torch.device) -> None:
         import onnxruntime as ort
 
         entry = manifest.check_files(folder, name)
-        if entry.precision not in NUMPY_TYPES:
+        if entry.precision not in FLOAT_TYPES:
             raise EngineFolderError(
-                f"{name} is {entry.precision}, which onnxruntime's CPU provider cannot be fed from "
-                f"here; export with --fp32 or --fp16 for this backend"
+                f"{name} is {entry.precision}, which this backend cannot feed; export with --fp32 or --fp16 "
+                f"for onnxruntime (bf16 is for TensorRT)"
             )
-        self.name, self.entry = name, entry
-        self.float_type = NUMPY_TYPES[entry.precision]
+        self.name, self.entry, self.device = name, entry, device
+        self.float_type = FLOAT_TYPES[entry.precision]
+        self.ratio = manifest.model_config.vae.downsampling_ratio
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(folder / entry.file), options, providers=["CPUExecutionProvider"]
+                str(folder / entry.file), options, providers=[_provider(device)]
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise EngineFolderError(
@@ -68,14 +77,56 @@ class OrtGraph:
                 f"re-export with --frames covering {frames}, or choose a window inside it"
             )
 
+    def _dtype(self, kind: str) -> torch.dtype:
+        return {"int64": torch.int64, "float32": torch.float32}.get(kind, self.float_type)
+
     def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        feeds = {}
+        """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
+        binding = self.session.io_binding()
+        device_type, device_id = self.device.type, self.device.index or 0
+        sizes: dict[str, int] = {}
+        bound = []  # keep converted inputs alive until the run ends
         for spec in self.entry.inputs:
-            value = inputs[spec["name"]].detach().cpu()
-            kind = spec["kind"]
-            dtype = np.int64 if kind == "int64" else np.float32 if kind == "float32" else self.float_type
-            feeds[spec["name"]] = value.numpy().astype(dtype, copy=False)
-        return [torch.from_numpy(np.asarray(out, dtype=np.float32)) for out in self.session.run(None, feeds)]
+            value = inputs[spec["name"]].to(self.device, self._dtype(spec["kind"])).contiguous()
+            bound.append(value)
+            sizes |= {a: n for a, n in zip(spec["axes"], value.shape, strict=True) if isinstance(a, str)}
+            binding.bind_input(
+                spec["name"],
+                device_type,
+                device_id,
+                NUMPY_TYPES[value.dtype],
+                list(value.shape),
+                value.data_ptr(),
+            )
+        if "frames" in sizes:
+            sizes.setdefault("samples", sizes["frames"] * self.ratio)
+        elif "samples" in sizes:
+            sizes["frames"] = sizes["samples"] // self.ratio
+        outputs = []
+        for spec in self.entry.outputs:
+            shape = [a if isinstance(a, int) else sizes[a] for a in spec["axes"]]
+            out = torch.empty(shape, dtype=self._dtype(spec["kind"]), device=self.device)
+            binding.bind_output(
+                spec["name"], device_type, device_id, NUMPY_TYPES[out.dtype], shape, out.data_ptr()
+            )
+            outputs.append(out)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
+        self.session.run_with_iobinding(binding)
+        return [out.float() for out in outputs]
+
+
+def _provider(device: torch.device) -> str:
+    import onnxruntime as ort
+
+    if device.type == "cpu":
+        return "CPUExecutionProvider"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ConfigError(
+            "onnxruntime has no CUDA provider here: install onnxruntime-gpu (pip install "
+            "'stable-audio-rt[gpu]'), or run the onnxruntime backend on device 'cpu'"
+        )
+    return "CUDAExecutionProvider"
 
 
 class OrtTextEncoder:
@@ -95,8 +146,9 @@ class OrtDiTStep:
     ) -> None:
         self.graph = graph
         rows = context.shape[0]
-        self.t = t.float().cpu()[:, None].expand(-1, rows).contiguous()  # (N, R)
-        self.context, self.global_cond = context.float().cpu(), global_cond.float().cpu()
+        device, dtype = graph.device, graph.float_type
+        self.t = t.to(device, torch.float32)[:, None].expand(-1, rows).contiguous()  # (N, R)
+        self.context, self.global_cond = context.to(device, dtype), global_cond.to(device, dtype)
 
     def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
         self.graph.check_shape(model_input.shape[0], model_input.shape[-1])
@@ -111,11 +163,6 @@ class OrtComponents:
     """Everything the pipeline needs, from an engine folder."""
 
     def __init__(self, folder: Path, device: torch.device, model: str | Path | None = None) -> None:
-        if device.type != "cpu":
-            raise ConfigError(
-                "the onnxruntime backend runs on the CPU provider only for now; use device 'cpu', or "
-                "backend 'torch' on a GPU"
-            )
         if not folder.is_dir():
             raise EngineFolderError(
                 f"engine folder {folder} does not exist: build it with `sa-export --out {folder}`"
@@ -135,10 +182,12 @@ class OrtComponents:
             )
         self.config = manifest.model_config
         self.device, self.dtype = device, torch.float32
-        self.graphs = {c: OrtGraph(folder, manifest, c) for c in COMPONENTS if c in manifest.components}
+        self.graphs = {
+            c: OrtGraph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
+        }
         self.conditioner = Conditioner(
             self.config.conditioning,
-            _load_numbers(folder, self.config),
+            _load_numbers(folder, self.config, device),
             OrtTextEncoder(self.graphs["t5"]),
             _load_tokenizer(folder),
         )
@@ -176,7 +225,7 @@ class OrtComponents:
         return mean, posterior_std(scale)
 
 
-def _load_numbers(folder: Path, config) -> NumberConditioners:
+def _load_numbers(folder: Path, config, device: torch.device) -> NumberConditioners:
     from safetensors.torch import load_file
 
     numbers = NumberConditioners(config.conditioning)
@@ -184,7 +233,7 @@ def _load_numbers(folder: Path, config) -> NumberConditioners:
     if not path.is_file():
         raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
     numbers.load_state_dict(load_file(path))
-    return numbers.eval().requires_grad_(False)
+    return numbers.to(device).eval().requires_grad_(False)
 
 
 def _load_tokenizer(folder: Path):
