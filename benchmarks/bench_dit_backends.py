@@ -9,16 +9,13 @@ once to --onnx-dir (fp32, external data) and reused on later runs.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import emit, header
 
 from stable_audio_rt.export.onnx_export import Profile, export_component
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
@@ -88,20 +85,14 @@ def main() -> None:
             f"frames {frames:5d}: torch {torch_s:7.3f} s  onnxruntime {ort_s:7.3f} s  ×{torch_s / ort_s:.2f}"
         )
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": f"CPU {platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
+        **header(torch.device("cpu")),
         "onnxruntime": ort.__version__,
         "batch_rows": CFG_ROWS,
         "precision": "fp32",
         "weights": "random (real geometry)",
         "steps": rows,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(args.json)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

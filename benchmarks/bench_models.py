@@ -12,10 +12,6 @@ pipeline; this script measures the building blocks that bound it.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import resource
 import statistics
 import time
@@ -23,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from report import emit, header
 
 from stable_audio_rt.models import STABLE_AUDIO_OPEN_1_0, DiT, OobleckVAE, load_stable_audio
 
@@ -103,13 +100,7 @@ def main() -> None:
     audio_seconds = args.frames * config.vae.downsampling_ratio / config.sample_rate
     request_ms = DEFAULT_STEPS * results["dit_step_cfg"]["p50_ms"] + results["vae_decode"]["p50_ms"]
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"CPU {platform.machine()}, {os.cpu_count()} cores"
-        ),
-        "torch": torch.__version__,
+        **header(device),
         "dtype": args.dtype,
         "weights": args.model or "random (real geometry)",
         "batch": args.batch,
@@ -124,13 +115,7 @@ def main() -> None:
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         ),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.json)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ memory do not depend on the values.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import multiprocessing as mp
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from report import emit, header
 
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.random_init import randomize_
@@ -108,13 +105,7 @@ def main() -> None:
         process.join()
     device = torch.device(args.device)
     report = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"CPU {platform.machine()}, {os.cpu_count()} cores"
-        ),
-        "torch": torch.__version__,
+        **header(device),
         "dtype": args.dtype,
         "frames": args.frames,
         "audio_seconds": args.frames
@@ -125,13 +116,7 @@ def main() -> None:
         "memory": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
         "modes": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.json)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":
