@@ -26,6 +26,7 @@ from torch import nn
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
+from stable_audio_rt.models.vae import restore_fp32_parameters_
 
 DEFAULT_OPSET = 18
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -43,11 +44,7 @@ class ExportError(StableAudioError):
 
 def cast_for_export(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `module` in `dtype`, with the parameters it keeps in fp32 restored to fp32."""
-    module = copy.deepcopy(module).to(dtype).eval()
-    for owner in module.modules():
-        for name in getattr(owner, "fp32_parameters", ()):
-            getattr(owner, name).data = getattr(owner, name).data.float()
-    return module
+    return restore_fp32_parameters_(copy.deepcopy(module).to(dtype).eval())
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,6 @@ class ComponentSpec:
     # The batch a request needs per clip: the DiT and T5 see [cond; uncond] rows (CFG).
     rows_per_clip: int = 1
 
-    @property
-    def axes(self) -> set[str]:
-        return {a for t in (*self.inputs, *self.outputs) for a in t.axes if isinstance(a, str)}
-
 
 class VAEEncoderMoments(nn.Module):
     """The encoder as exported: audio → (mean, scale); the posterior sample stays outside."""

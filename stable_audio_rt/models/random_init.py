@@ -14,7 +14,7 @@ from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners,
 from stable_audio_rt.models.config import TINY, StableAudioConfig
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
-from stable_audio_rt.models.vae import OobleckVAE
+from stable_audio_rt.models.vae import OobleckVAE, restore_fp32_parameters_
 
 TINY_RANDOM = "tiny-random"
 # Small enough to train in milliseconds; the ids of t5-base's specials (pad 0, eos 1, unk 2).
@@ -98,8 +98,6 @@ def random_model(
     parts = [DiT(config.dit), OobleckVAE(config.vae), NumberConditioners(config.conditioning), t5]
     dit, vae, numbers, t5 = (randomize_(m, generator).to(device, dtype) for m in parts)
     t5 = t5.to(dtype=t5_dtype)
-    for snake_owner in vae.modules():
-        for name in getattr(snake_owner, "fp32_parameters", ()):
-            getattr(snake_owner, name).data = getattr(snake_owner, name).data.float()
+    restore_fp32_parameters_(vae)
     conditioner = Conditioner(cond, numbers, T5TextEncoder(t5), build_tokenizer(cond.t5_max_length))
     return StableAudioModel(config, dit, vae, conditioner)

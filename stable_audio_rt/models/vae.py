@@ -42,6 +42,15 @@ class Snake(nn.Module):
         return (xw + inv_beta * torch.sin(alpha * xw).pow(2)).to(x.dtype)
 
 
+def restore_fp32_parameters_(module: nn.Module) -> nn.Module:
+    """After casting `module` to a lower precision, put back in fp32 the parameters its
+    submodules keep in fp32 (`fp32_parameters`, e.g. Snake's α and β); in place."""
+    for owner in module.modules():
+        for name in getattr(owner, "fp32_parameters", ()):
+            getattr(owner, name).data = getattr(owner, name).data.float()
+    return module
+
+
 class ResidualUnit(nn.Module):
     def __init__(self, channels: int, dilation: int) -> None:
         super().__init__()
