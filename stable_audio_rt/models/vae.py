@@ -7,6 +7,7 @@ Snake's parameters stay fp32 and its maths runs in fp32 whatever the activation 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,17 @@ RES_UNIT_KERNEL = 7
 OUTER_KERNEL = 7
 
 
+SnakeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def snake_eager(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
+    """x + inv_beta·sin²(alpha·x) for x (B, C, T) and per-channel alpha, inv_beta (C,), in at
+    least fp32 (the Triton kernel `stable_audio_rt::snake` computes the same)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    xw = x.to(dtype)
+    return (xw + inv_beta.to(dtype)[:, None] * torch.sin(alpha.to(dtype)[:, None] * xw).pow(2)).to(x.dtype)
+
+
 class Snake(nn.Module):
     """x + 1/(e^β + 1e-9) · sin²(e^α · x), α and β per channel, log-scale."""
 
@@ -32,14 +44,14 @@ class Snake(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
         self.beta = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
+        self.activation: SnakeFn = snake_eager
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # At least fp32: fp16's 1e-9 underflows and 1/e^β can overflow (reference-spec §5).
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        alpha = self.alpha.to(dtype).exp()[:, None]
-        inv_beta = 1.0 / (self.beta.to(dtype).exp()[:, None] + SNAKE_EPS)
-        xw = x.to(dtype)
-        return (xw + inv_beta * torch.sin(alpha * xw).pow(2)).to(x.dtype)
+        # fp32 at least: fp16's 1e-9 underflows and 1/e^β can overflow (reference-spec §5).
+        dtype = torch.promote_types(torch.promote_types(x.dtype, self.alpha.dtype), torch.float32)
+        alpha = self.alpha.to(dtype).exp()
+        inv_beta = 1.0 / (self.beta.to(dtype).exp() + SNAKE_EPS)
+        return self.activation(x, alpha, inv_beta)
 
 
 def restore_fp32_parameters_(module: nn.Module) -> nn.Module:
@@ -201,3 +213,9 @@ class OobleckVAE(nn.Module):
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decoder(latents)
+
+    def set_snake(self, activation: SnakeFn) -> None:
+        """Swap every Snake's maths (eager by default; the Triton op on GPU)."""
+        for module in self.modules():
+            if isinstance(module, Snake):
+                module.activation = activation

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from stable_audio_rt.errors import ConfigError, StableAudioError
+from stable_audio_rt.kernels.switch import KERNEL_CHOICES, resolve_kernels
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import TINY, StableAudioConfig
 from stable_audio_rt.models.loading import load_config
@@ -181,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model precision (default: fp32)")
     p.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        default="auto",
+        help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), torch "
+        "(SDPA and eager), or auto (default: triton on CUDA, torch on the CPU)",
+    )
+    p.add_argument(
         "--t5-dtype",
         choices=DTYPES,
         default="fp32",
@@ -243,7 +251,7 @@ def _load(args: argparse.Namespace, device) -> StableAudio:
     if model == TINY_RANDOM:
         print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
     return StableAudio.from_pretrained(
-        model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype]
+        model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype], kernels=args.kernels
     )
 
 
@@ -251,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         device = resolve_device(args.device if args.backend == "torch" else args.device or "cpu")
+        if args.backend == "torch":
+            resolve_kernels(args.kernels, device)
+        elif args.kernels == "triton":
+            raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
         config = _config_for(args)
         request = GenerationRequest(
             prompts=tuple(args.prompt),

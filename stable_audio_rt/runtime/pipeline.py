@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_stable_audio
@@ -120,11 +121,14 @@ class StableAudio:
         t5_dtype: torch.dtype = torch.float32,
         token: str | None = None,
         layout: Layout = "auto",
+        kernels: KernelChoice = "auto",
     ) -> StableAudio:
         """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights).
 
         T5 runs in fp32 by default whatever `dtype` is; `t5_dtype=torch.float16` casts it as
-        stable-audio-tools does, to reproduce its conditioning exactly.
+        stable-audio-tools does, to reproduce its conditioning exactly. `kernels` picks the
+        DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch elsewhere), "triton"
+        or "torch".
         """
         if backend != "torch":
             raise ConfigError(
@@ -132,11 +136,14 @@ class StableAudio:
                 f"StableAudio.from_engines(folder, backend={backend!r})"
             )
         device = resolve_device(device)
+        chosen = resolve_kernels(kernels, device)
         if str(model) == TINY_RANDOM:
-            return cls(TorchComponents(random_model(dtype=dtype, device=device, t5_dtype=t5_dtype)))
-        loaded = load_stable_audio(
-            model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
-        )
+            loaded = random_model(dtype=dtype, device=device, t5_dtype=t5_dtype)
+        else:
+            loaded = load_stable_audio(
+                model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
+            )
+        use_kernels(chosen, loaded.dit, loaded.vae)
         return cls(TorchComponents(loaded))
 
     @classmethod

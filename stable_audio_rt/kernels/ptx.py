@@ -1,0 +1,89 @@
+"""Compile a kernel spec to PTX and cubin for a chosen GPU target, no GPU needed.
+
+Used by the TensorRT plugins (PTX for the build machine's GPU) and by the AOT library
+build (cubins for sm_80/sm_89/sm_90). Triton's hidden scratch buffers must be empty: neither
+TensorRT's AOT plugins nor the AOT launchers pass them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+from stable_audio_rt.kernels.specs import SHARED_MEMORY_LIMITS, KernelSpec, Tactic
+
+# Triton targets are (backend, compute capability, warp size).
+WARP_SIZE = 32
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A kernel compiled for one target: entry name, PTX text, cubin bytes, launch resources."""
+
+    name: str
+    ptx: str
+    cubin: bytes
+    shared_bytes: int
+    num_warps: int
+    arch: int
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel could not be compiled ahead of time."""
+
+
+def jit_function(spec: KernelSpec):
+    """The spec's @triton.jit kernel; refuses interpreted kernels, which cannot be compiled."""
+    from triton.runtime.jit import JITFunction
+
+    kernel = getattr(importlib.import_module(spec.module), spec.function)
+    if not isinstance(kernel, JITFunction):
+        raise KernelCompileError(
+            f"{spec.function} was imported under TRITON_INTERPRET=1 and cannot be compiled to PTX; "
+            "run the compilation in a process without TRITON_INTERPRET"
+        )
+    return kernel
+
+
+def compile_kernel(
+    spec: KernelSpec,
+    dtype: torch.dtype,
+    constexprs: dict[str, int | float],
+    tactic: Tactic,
+    arch: int | None = None,
+) -> CompiledKernel:
+    """Compile for sm_`arch` (the current GPU when None)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    source = ASTSource(
+        fn=jit_function(spec), signature=spec.signature(dtype, constexprs), constexprs=constexprs
+    )
+    target = GPUTarget("cuda", arch, WARP_SIZE) if arch is not None else None
+    compiled = triton.compile(
+        source, target=target, options={"num_warps": tactic.num_warps, "num_stages": tactic.num_stages}
+    )
+    metadata = compiled.metadata
+    for scratch in ("global_scratch_size", "profile_scratch_size"):
+        if getattr(metadata, scratch, 0):
+            raise KernelCompileError(
+                f"{spec.name} tactic {tactic.id} needs Triton {scratch} = {getattr(metadata, scratch)}; "
+                "AOT launches pass no scratch buffer"
+            )
+    limit = SHARED_MEMORY_LIMITS.get(metadata.target.arch)
+    if limit is not None and metadata.shared > limit:
+        raise KernelCompileError(
+            f"{spec.name} tactic {tactic.id} ({dtype}) needs {metadata.shared} bytes of shared memory; "
+            f"sm_{metadata.target.arch} has {limit}"
+        )
+    return CompiledKernel(
+        name=metadata.name,
+        ptx=compiled.asm["ptx"],
+        cubin=compiled.asm["cubin"],
+        shared_bytes=metadata.shared,
+        num_warps=metadata.num_warps,
+        arch=metadata.target.arch,
+    )
