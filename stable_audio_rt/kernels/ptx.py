@@ -8,6 +8,7 @@ TensorRT's AOT plugins nor the AOT launchers pass them.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,9 @@ from stable_audio_rt.kernels.specs import SHARED_MEMORY_LIMITS, KernelSpec, Tact
 
 # Triton targets are (backend, compute capability, warp size).
 WARP_SIZE = 32
+# Triton appends two pointer parameters to every kernel (global and profile scratch); launches
+# that do not come from Triton's own launcher pass null for them.
+HIDDEN_PARAMETERS = 2
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,10 @@ def compile_kernel(
     )
     target = GPUTarget("cuda", arch, WARP_SIZE) if arch is not None else None
     compiled = triton.compile(
-        source, target=target, options={"num_warps": tactic.num_warps, "num_stages": tactic.num_stages}
+        source,
+        target=target,
+        # FMA contraction on, as Triton has defaulted to so far; said explicitly so it stays.
+        options={"num_warps": tactic.num_warps, "num_stages": tactic.num_stages, "enable_fp_fusion": True},
     )
     metadata = compiled.metadata
     for scratch in ("global_scratch_size", "profile_scratch_size"):
@@ -87,3 +94,11 @@ def compile_kernel(
         num_warps=metadata.num_warps,
         arch=metadata.target.arch,
     )
+
+
+def ptx_entry_parameters(ptx: str, entry: str) -> int:
+    """How many parameters the PTX entry point `entry` declares."""
+    match = re.search(rf"\.entry\s+{re.escape(entry)}\s*\((.*?)\)", ptx, re.S)
+    if match is None:
+        raise KernelCompileError(f"no .entry {entry} in the PTX")
+    return len(re.findall(r"\.param\s", match.group(1)))

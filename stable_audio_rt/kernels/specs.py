@@ -122,3 +122,12 @@ def attention_constexprs(head_dim: int, rope_half: int | None, tactic: Tactic) -
 
 def snake_constexprs(tactic: Tactic) -> dict[str, int | float]:
     return dict(tactic.blocks)
+
+
+def spec_constexprs(
+    spec: KernelSpec, tactic: Tactic, head_dim: int, rope_half: int
+) -> dict[str, int | float]:
+    """A kernel's constexprs for a DiT of `head_dim` whose RoPE rotates 2·`rope_half` dims."""
+    if spec is SNAKE:
+        return snake_constexprs(tactic)
+    return attention_constexprs(head_dim, rope_half if spec is ROPE_SELF_ATTENTION else None, tactic)
