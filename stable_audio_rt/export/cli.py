@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--force", action="store_true", help="re-export components even when they could be reused")
+    p.add_argument(
+        "--trt-plugins",
+        action="store_true",
+        help="emit attention and Snake as stable_audio_rt TensorRT plugin nodes (the fused Triton kernels) "
+        "instead of standard ONNX ops; such graphs run in TensorRT only, not onnxruntime",
+    )
     return p
 
 
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         frames=args.frames,
         opset=args.opset,
         force=args.force,
+        trt_plugins=args.trt_plugins,
     )
     bar = tqdm(total=len(settings.components), desc="export", unit="component")
     started: list[str] = []

@@ -27,8 +27,10 @@ from stable_audio_rt.export.onnx_export import (
     ExportError,
     Profile,
     export_component,
+    plugin_ops,
     verify_component,
 )
+from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
 from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
@@ -55,6 +57,8 @@ class ExportSettings:
     frames: tuple[int, int, int] | None = None  # default: 1, the window, the window
     opset: int = DEFAULT_OPSET
     force: bool = False
+    # Emit the Triton kernels as TensorRT plugin nodes (graphs then run in TensorRT only).
+    trt_plugins: bool = False
 
     def check(self, latent_frames: int) -> None:
         if self.precision not in PRECISIONS:
@@ -82,7 +86,10 @@ def tool_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in TOOLS}
 
 
-def _reusable(old: Manifest | None, folder: Path, name: str, new: Manifest, precision: str, profile: Profile):
+def _reusable(
+    old: Manifest | None, folder: Path, name: str, new: Manifest, settings: ExportSettings, profile: Profile
+):
+    precision = settings.precision
     if old is None or name not in old.components:
         return None
 
@@ -91,7 +98,7 @@ def _reusable(old: Manifest | None, folder: Path, name: str, new: Manifest, prec
 
     same = key(old) == key(new)
     entry = old.components[name]
-    if not same or entry.requested_precision != precision:
+    if not same or entry.requested_precision != precision or bool(entry.plugins) != settings.trt_plugins:
         return None
     if (entry.batch, entry.frames) != (list(profile.batch), list(profile.frames)):
         return None
@@ -110,15 +117,32 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def _export_one(
-    model: StableAudioModel, name: str, precision: str, profile: Profile, folder: Path, opset: int
+    model: StableAudioModel,
+    name: str,
+    precision: str,
+    profile: Profile,
+    folder: Path,
+    opset: int,
+    plugins: bool = False,
 ):
     spec = component_specs(model.config)[name]
     module = component_module(model, name)
-    files = export_component(module, spec, precision, profile, model.config, folder / f"{name}.onnx", opset)
+    path = folder / f"{name}.onnx"
+    if plugins:
+        use_kernels("triton", model.dit, model.vae)
+    try:
+        files = export_component(module, spec, precision, profile, model.config, path, opset, plugins)
+    finally:
+        use_kernels("torch", model.dit, model.vae)
     frames = min(max(VERIFY_FRAMES, profile.frames[0]), profile.frames[2])
     sizes = axis_sizes(model.config, batch=min(2, profile.batch[2]), frames=frames)
     seed = secrets.randbelow(2**31)
-    if precision == "bf16":
+    if plugin_ops(path):
+        verification = {
+            "status": "skipped",
+            "reason": "TensorRT plugin nodes: onnxruntime cannot run them; TensorRT builds check them",
+        }
+    elif precision == "bf16":
         verification = {
             "status": "skipped",
             "reason": "onnxruntime's CPU provider cannot feed bf16 from numpy",
@@ -170,7 +194,7 @@ def export_engines(
                 on_component(name)
             rows = component_specs(model.config)[name].rows_per_clip
             profile = settings.profile(rows, model.config.latent_frames)
-            entry = _reusable(old, out, name, manifest, settings.precision, profile)
+            entry = _reusable(old, out, name, manifest, settings, profile)
             if entry is not None:
                 for file in entry.files:
                     _place(out / file, tmp / file)
@@ -192,7 +216,9 @@ def _build_entry(
     model: StableAudioModel, name: str, settings: ExportSettings, profile: Profile, folder: Path
 ):
     precision, note = settings.precision, ""
-    spec, files, verification = _export_one(model, name, precision, profile, folder, settings.opset)
+    spec, files, verification = _export_one(
+        model, name, precision, profile, folder, settings.opset, settings.trt_plugins
+    )
     if verification["status"] == "failed" and name == "t5" and precision == "fp16":
         # reference-spec §6: fp16 T5 has overflow hazards; keep it in fp32 where it fails.
         note = f"fp16 T5 failed verification (max rel {verification['max_rel']:.3g}); kept in fp32"
@@ -217,6 +243,7 @@ def _build_entry(
         files={f.name: file_record(f) for f in files},
         verification=verification,
         note=note,
+        plugins=plugin_ops(files[0]),
     )
 
 

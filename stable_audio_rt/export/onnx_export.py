@@ -66,8 +66,12 @@ def export_component(
     config,
     path: Path,
     opset: int = DEFAULT_OPSET,
+    plugins: bool = False,
 ) -> list[Path]:
-    """Write `path` (and `path`.data for external weights); returns the files written."""
+    """Write `path` (and `path`.data for external weights); returns the files written.
+
+    With `plugins`, the kernel ops the module calls (switched on by the caller) become TensorRT
+    plugin nodes (`stable_audio_rt.kernels.onnx_plugins`) instead of standard ONNX ops."""
     dtype = PRECISIONS[precision]
     graph = cast_for_export(module, dtype)
     low, opt, high = profile.frames
@@ -101,6 +105,7 @@ def export_component(
                 dynamo=True,
                 external_data=external,
                 verbose=False,
+                custom_translation_table=_plugin_table() if plugins else None,
             )
         except Exception as e:  # the exporter raises many kinds; name the component
             raise ExportError(f"exporting {spec.name} at {precision} failed: {e}") from e
@@ -115,6 +120,20 @@ def export_component(
     if data.exists():
         files.append(data)
     return files
+
+
+def _plugin_table() -> dict:
+    from stable_audio_rt.kernels.onnx_plugins import plugin_translation_table
+
+    return plugin_translation_table()
+
+
+def plugin_ops(path: Path) -> list[str]:
+    """The TensorRT plugin ops ("namespace::name") an exported graph calls, sorted."""
+    from stable_audio_rt.kernels.onnx_plugins import PLUGIN_DOMAIN
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain == PLUGIN_DOMAIN})
 
 
 @dataclass(frozen=True)

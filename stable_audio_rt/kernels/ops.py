@@ -221,3 +221,19 @@ def launch_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, y
 @snake.register_fake
 def _(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+# Plain functions over the registered ops for the models to hold: a module holding the custom
+# op objects themselves could not be deep-copied (as the ONNX export does).
+def triton_self_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    return torch.ops.stable_audio_rt.rope_self_attention(q, k, v, cos, sin)
+
+
+def triton_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.ops.stable_audio_rt.gqa_cross_attention(q, k, v)
+
+
+def triton_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
+    return torch.ops.stable_audio_rt.snake(x, alpha, inv_beta)

@@ -24,7 +24,9 @@ def triton_attention() -> AttentionFunctions:
     """The DiT's attention pair backed by the Triton ops."""
     from stable_audio_rt.kernels import ops
 
-    return AttentionFunctions(self_attention=ops.rope_self_attention, cross_attention=ops.gqa_cross_attention)
+    return AttentionFunctions(
+        self_attention=ops.triton_self_attention, cross_attention=ops.triton_cross_attention
+    )
 
 
 def resolve_kernels(choice: KernelChoice, device: torch.device) -> Literal["triton", "torch"]:
@@ -55,7 +57,7 @@ def use_kernels(kernels: Literal["triton", "torch"], dit: DiT, vae: OobleckVAE) 
         from stable_audio_rt.kernels import ops
 
         dit.set_attention(triton_attention())
-        vae.set_snake(ops.snake)
+        vae.set_snake(ops.triton_snake)
     else:
         dit.set_attention(SDPA)
         vae.set_snake(snake_eager)

@@ -85,6 +85,8 @@ class ComponentEntry:
     files: dict[str, dict[str, Any]]  # every file of the component → {"sha256", "bytes"}
     verification: dict[str, Any]
     note: str = ""
+    # TensorRT plugin ops the graph calls ("namespace::name"); empty for standard ONNX.
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass

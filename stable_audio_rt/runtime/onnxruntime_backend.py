@@ -49,6 +49,11 @@ class OrtGraph:
                 f"{name} is {entry.precision}, which this backend cannot feed; export with --fp32 or --fp16 "
                 f"for onnxruntime (bf16 is for TensorRT)"
             )
+        if entry.plugins:
+            raise EngineFolderError(
+                f"{name} calls TensorRT plugins ({', '.join(entry.plugins)}), which onnxruntime cannot run; "
+                f"re-export without --trt-plugins for --backend onnxruntime"
+            )
         self.name, self.entry, self.device = name, entry, device
         self.float_type = FLOAT_TYPES[entry.precision]
         self.ratio = manifest.model_config.vae.downsampling_ratio
