@@ -1,0 +1,84 @@
+"""Run in a process without TRITON_INTERPRET, with tests/fakes first on sys.path: register our
+TensorRT plugins against the contract stand-in of `tensorrt.plugin`, call each plugin's
+autotune and aot_impl at SAO shapes for every tactic, and print one JSON line per call with
+what TensorRT would receive next to what the torch op launches for the same tensors."""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "fakes"))
+
+import tensorrt as trt  # noqa: E402  (the contract stand-in)
+import tensorrt.plugin as trtp  # noqa: E402
+import torch  # noqa: E402
+
+from stable_audio_rt.kernels import trt_plugins  # noqa: E402
+from stable_audio_rt.kernels.ptx import ptx_entry_parameters  # noqa: E402
+from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTION, SNAKE  # noqa: E402
+
+assert trt.CONTRACT_STAND_IN
+ARCH = int(sys.argv[1])
+trt_plugins.build_arch = lambda: ARCH  # no GPU here: compile for a named target instead
+ids = trt_plugins.register_plugins()
+
+TRT_DTYPES = {torch.float32: trt.float32, torch.float16: trt.float16, torch.bfloat16: trt.bfloat16}
+
+
+def desc(t: torch.Tensor, dynamic: tuple[int, ...]):
+    # Batch and sequence axes are dynamic in our engines; the rest are build-time constants.
+    exprs = [trtp.ShapeExpr(n, constant=i not in dynamic) for i, n in enumerate(t.shape)]
+    return trtp.TensorDesc(TRT_DTYPES.get(t.dtype, t.dtype), exprs)
+
+
+def strides(*tensors):
+    return [s for t in tensors for s in t.stride()[:3]]
+
+
+B, H, HKV, T, S, D, HALF, C, N = 2, 24, 12, 1025, 130, 64, 16, 128, 70001
+cases = []
+for dtype in TRT_DTYPES:
+    q = torch.empty(B, H, T, D, dtype=dtype)
+    cos = torch.empty(T, HALF)
+    ctx = torch.empty(B, HKV, S, D, dtype=dtype)
+    x = torch.empty(B, C, N, dtype=dtype)
+    vec = torch.empty(C)
+    cases += [
+        (ROPE_SELF_ATTENTION, [(q, (0, 2))] * 3 + [(cos, (0,))] * 2, q,
+         [H, T, *strides(q, q, q, q)], lambda block: [-(-T // block), B * H]),
+        (GQA_CROSS_ATTENTION, [(q, (0, 2)), (ctx, (0,)), (ctx, (0,))], q,
+         [H, HKV, T, S, *strides(q, ctx, ctx, q)], lambda block: [-(-T // block), B * H]),
+        (SNAKE, [(x, (0, 2)), (vec, ()), (vec, ())], x,
+         [B * C, C, N], lambda block: [B * C, -(-N // block)]),
+    ]  # fmt: skip
+
+for spec, inputs, output, torch_extras, torch_grid in cases:
+    plugin = trtp.REGISTRY[f"stable_audio_rt::{spec.name}"]
+    descs = [desc(t, dyn) for t, dyn in inputs]
+    out_desc = plugin["register"](*descs)
+    tune = plugin["autotune"](*descs, (out_desc,))
+    for tactic in tune[0].tactic_ids:
+        name, ptx, launch, extras = plugin["aot_impl"](*descs, (out_desc,), tactic)
+        blocks = spec.tactic(tactic).blocks
+        block = blocks.get("BLOCK_M", blocks.get("BLOCK"))
+        record = {
+            "plugin": spec.name,
+            "dtype": str(output.dtype),
+            "tactic": tactic,
+            "ids": list(ids),
+            "positions": {str(k): v for k, v in tune[0].positions.items()},
+            "n_inputs": len(inputs),
+            "out_shape": [e.value for e in out_desc.shape_expr],
+            "entry": name.decode(),
+            "ptx_has_entry": f".entry {name.decode()}(" in ptx.decode(),
+            "ptx_parameters": ptx_entry_parameters(ptx.decode(), name.decode()),
+            "spec_parameters": len(spec.parameters),
+            "extras": [e.value for e in extras],
+            "torch_extras": torch_extras,
+            "grid": [launch.grid_x.value, launch.grid_y.value],
+            "torch_grid": torch_grid(block),
+            "threads": launch.block_x,
+            "warps": spec.tactic(tactic).num_warps,
+            "shared_mem": launch.shared_mem,
+        }
+        print(json.dumps(record), flush=True)
