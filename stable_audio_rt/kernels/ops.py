@@ -138,11 +138,17 @@ def rope_self_attention(
 
 
 def launch_rope_self_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor,
+    tactic_id: int = DEFAULT_TACTIC,
 ) -> None:
     """Launch on checked inputs, writing every element of `out` (B, H, T, Dh)."""
     seq_len, head_dim, half = q.shape[2], q.shape[3], cos.shape[1]
-    tactic = ROPE_SELF_ATTENTION.tactic(DEFAULT_TACTIC)
+    tactic = ROPE_SELF_ATTENTION.tactic(tactic_id)
     constexprs = attention_constexprs(head_dim, half, tactic)
     grid = (cdiv(seq_len, constexprs["BLOCK_M"]), q.shape[0] * q.shape[1])
     _kernel(ROPE_SELF_ATTENTION)[grid](
@@ -169,10 +175,12 @@ def gqa_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     return out
 
 
-def launch_gqa_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> None:
+def launch_gqa_cross_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tactic_id: int = DEFAULT_TACTIC
+) -> None:
     """Launch on checked inputs, writing every element of `out` (B, H, T, Dh)."""
     batch, heads, q_len, head_dim = q.shape
-    tactic = GQA_CROSS_ATTENTION.tactic(DEFAULT_TACTIC)
+    tactic = GQA_CROSS_ATTENTION.tactic(tactic_id)
     constexprs = attention_constexprs(head_dim, None, tactic)
     grid = (cdiv(q_len, constexprs["BLOCK_M"]), batch * heads)
     _kernel(GQA_CROSS_ATTENTION)[grid](
@@ -205,10 +213,16 @@ def snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch
     return y
 
 
-def launch_snake(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor, y: torch.Tensor) -> None:
+def launch_snake(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    inv_beta: torch.Tensor,
+    y: torch.Tensor,
+    tactic_id: int = DEFAULT_TACTIC,
+) -> None:
     """Launch on checked inputs, writing every element of `y` (B, C, T)."""
     channels, length = x.shape[1], x.shape[2]
-    tactic = SNAKE.tactic(DEFAULT_TACTIC)
+    tactic = SNAKE.tactic(tactic_id)
     constexprs = snake_constexprs(tactic)
     rows = x.shape[0] * channels
     if y.numel():

@@ -6,6 +6,7 @@ import torch
 from numerics import rel_error
 
 from stable_audio_rt.kernels import ops
+from stable_audio_rt.kernels.specs import ROPE_SELF_ATTENTION
 from stable_audio_rt.models.attention import rope_tables, sdpa_cross_attention, sdpa_self_attention
 
 # Same inputs, fp32 maths in both: only summation order differs (~1e-7 measured).
@@ -66,16 +67,18 @@ def test_gqa_head_mapping_is_h_over_group(generator):
     assert out[:, :2].abs().max() == 0 and out[:, 2:].abs().min(dim=-1).values.gt(0).any()
 
 
+@pytest.mark.parametrize("tactic", [t.id for t in ROPE_SELF_ATTENTION.tactics])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_attention_overwrites_a_poisoned_output(dtype, generator):
-    q, k, v = _qkv(2, 3, 67, 64, dtype, generator)
-    cos, sin = rope_tables(67, 32, ROPE_BASE)
-    out = torch.full((2, 67, 3, 64), float("nan"), dtype=dtype).transpose(1, 2)
-    ops.launch_rope_self_attention(q, k, v, cos, sin, out)
+def test_attention_overwrites_a_poisoned_output(dtype, tactic, generator):
+    q, k, v = _qkv(2, 3, 131, 64, dtype, generator)
+    cos, sin = rope_tables(131, 32, ROPE_BASE)
+    out = torch.full((2, 131, 3, 64), float("nan"), dtype=dtype).transpose(1, 2)
+    ops.launch_rope_self_attention(q, k, v, cos, sin, out, tactic)
     assert torch.isfinite(out).all()
     assert rel_error(out.float(), sdpa_self_attention(q.float(), k.float(), v.float(), cos, sin)) <= FP16_TOL
 
     kv = torch.randn(2, 2, 3, 131, 64, generator=generator).to(dtype).unbind(0)
     out = torch.full_like(q, float("nan"))
-    ops.launch_gqa_cross_attention(q, *kv, out)
+    ops.launch_gqa_cross_attention(q, *kv, out, tactic)
     assert torch.isfinite(out).all()
+    assert rel_error(out.float(), sdpa_cross_attention(q.float(), kv[0].float(), kv[1].float())) <= FP16_TOL

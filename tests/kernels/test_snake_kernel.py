@@ -5,6 +5,7 @@ import torch
 from numerics import rel_error
 
 from stable_audio_rt.kernels import ops
+from stable_audio_rt.kernels.specs import SNAKE
 from stable_audio_rt.models.vae import SNAKE_EPS, snake_eager
 
 # fp32 in both; sin's last ulp may differ (~3e-8 measured).
@@ -40,9 +41,10 @@ def test_snake_bf16_within_one_ulp(generator):
     assert ((y - reference).abs() <= ulp).all()
 
 
-def test_snake_overwrites_a_poisoned_output(generator):
-    x = torch.randn(2, 3, 2500, generator=generator)
+@pytest.mark.parametrize("tactic", [t.id for t in SNAKE.tactics])
+def test_snake_overwrites_a_poisoned_output(tactic, generator):
+    x = torch.randn(2, 3, 4100, generator=generator)
     alpha, inv_beta = _parameters(3, generator)
     y = torch.full_like(x, float("nan"))
-    ops.launch_snake(x, alpha, inv_beta, y)
+    ops.launch_snake(x, alpha, inv_beta, y, tactic)
     assert rel_error(y, snake_eager(x, alpha, inv_beta)) <= FP32_TOL
