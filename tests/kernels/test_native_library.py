@@ -28,18 +28,36 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def native_build(tmp_path_factory):
+    """(build folder, CMake's configure output) of the project's CMakeLists.txt."""
     build = tmp_path_factory.mktemp("native")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     configure = subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(build), f"-DPython3_EXECUTABLE={sys.executable}"],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
-    assert configure.returncode == 0, configure.stdout + configure.stderr
-    if "sa_kernels: skipped" in configure.stdout + configure.stderr:
+    said = configure.stdout + configure.stderr
+    assert configure.returncode == 0, said
+    if "sa_kernels: skipped" in said:
         pytest.skip("no cuda.h for the native build")
     done = subprocess.run(["cmake", "--build", str(build), "-j2"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return build, said
+
+
+def test_trt_plugin_library_is_built_or_its_skip_is_said(native_build):
+    build, said = native_build
+    if "sa_trt_plugins: skipped" in said:
+        pytest.skip(next(line for line in said.splitlines() if "sa_trt_plugins: skipped" in line).strip("- "))
+    symbols = subprocess.run(
+        ["nm", "-D", str(build / "libsa_trt_plugins.so")], capture_output=True, text=True
+    )
+    assert " T getCreators" in symbols.stdout
+
+
+@pytest.fixture(scope="module")
+def harness(native_build):
+    build, _ = native_build
     include = [f"-I{ROOT / 'csrc'}"] + [
         f"-I{line.split('=', 1)[1]}" for line in (build / "CMakeCache.txt").read_text().splitlines()
         if line.startswith("SA_CUDA_INCLUDE")
