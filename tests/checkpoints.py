@@ -275,6 +275,7 @@ def sat_model_config(config: StableAudioConfig) -> dict:
                 "cross_attention_cond_ids": list(cond.cross_attention_ids),
                 "global_cond_ids": list(cond.global_ids),
                 "type": "dit",
+                "diffusion_objective": config.objective,
                 "config": {
                     "io_channels": dit.io_channels,
                     "embed_dim": dit.embed_dim,
@@ -284,6 +285,7 @@ def sat_model_config(config: StableAudioConfig) -> dict:
                     "global_cond_dim": dit.global_cond_dim,
                     "project_cond_tokens": dit.project_cond_tokens,
                     "transformer_type": "continuous_transformer",
+                    **({"attn_kwargs": {"qk_norm": "ln"}} if dit.qk_norm else {}),
                 },
             },
             "io_channels": dit.io_channels,

@@ -22,6 +22,8 @@ Layout = Literal["auto", "diffusers", "single_file"]
 
 DIFFUSERS_INDEX = "model_index.json"
 SINGLE_FILE_WEIGHTS = "model.safetensors"
+# The same weights as a Lightning checkpoint; read with torch.load(weights_only=True).
+SINGLE_FILE_CKPT = "model.ckpt"
 SINGLE_FILE_CONFIG = "model_config.json"
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 # What a diffusers StableAudioPipeline needs; the scheduler is ours, not the checkpoint's.
@@ -107,14 +109,50 @@ def locate_checkpoint(
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
         if configs_only:
-            patterns = CONFIG_PATTERNS
-        else:
-            patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
+            return _detect_layout(_download(text, CONFIG_PATTERNS, token), layout)
+        if layout == "auto":
+            # The config files say which layout the repo has (1.0 has both, Small only the
+            # single file); then only that layout's files are fetched.
+            layout = _detect_layout(_download(text, CONFIG_PATTERNS, token), "auto").layout
+        patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
         return _detect_layout(_download(text, patterns, token), layout)
     raise CheckpointError(f"{source} is neither an existing file or folder nor a Hub repo id (owner/name)")
 
 
+def single_file_weights(root: Path) -> Path:
+    """model.safetensors, else model.ckpt (both layouts of stable-audio-tools' repos)."""
+    safetensors = root / SINGLE_FILE_WEIGHTS
+    if safetensors.is_file() or not (root / SINGLE_FILE_CKPT).is_file():
+        return safetensors
+    return root / SINGLE_FILE_CKPT
+
+
+class _TorchCheckpoint:
+    """A `model.ckpt` seen like a safetensors handle. torch.load with weights_only=True never
+    runs pickled code, and mmap=True leaves the tensors on disk until they are read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises several kinds for unreadable or unsafe pickles
+            raise CheckpointError(
+                f"{path} cannot be read as a weights-only torch checkpoint ({e}); use model.safetensors"
+            ) from e
+        state = data.get("state_dict", data) if isinstance(data, dict) else None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path} holds no state_dict of tensors; not a Stable Audio checkpoint")
+        self._state = state
+
+    def keys(self):
+        return self._state.keys()
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        return self._state[key]
+
+
 def _open(path: Path):
+    if path.suffix == ".ckpt":
+        return _TorchCheckpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (download it again)")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from stable_audio_rt.errors import ConfigError
 
@@ -28,6 +29,8 @@ class DiTConfig:
     global_cond_dim: int = 1536
     # When true, context tokens are projected to embed_dim (Stable Audio Open Small does this).
     project_cond_tokens: bool = False
+    # LayerNorm on each head's queries and keys before RoPE (Small's attn_kwargs qk_norm "ln").
+    qk_norm: bool = False
     timestep_features_dim: int = 256
     ff_mult: int = 4
     rope_base: float = 10000.0
@@ -142,15 +145,25 @@ class ConditioningConfig:
         return self.cond_dim * len(self.global_ids)
 
 
+Objective = Literal["v", "rf_denoiser"]
+OBJECTIVES: tuple[Objective, ...] = ("v", "rf_denoiser")
+
+
 @dataclass(frozen=True)
 class StableAudioConfig:
-    """A whole model of the family: DiT, VAE and conditioning."""
+    """A whole model of the family: DiT, VAE, conditioning and the diffusion objective.
+
+    "v" (1.0): v-prediction on the k-diffusion σ scale, sampled with dpmpp-3m-sde.
+    "rf_denoiser" (Small): rectified flow x_t = (1−t)·x0 + t·ε, v = ε − x0, sampled with
+    pingpong on a LogSNR-shifted schedule.
+    """
 
     sample_rate: int = 44100
     sample_size: int = 2_097_152
     dit: DiTConfig = field(default_factory=DiTConfig)
     vae: OobleckConfig = field(default_factory=OobleckConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    objective: Objective = "v"
 
     def __post_init__(self) -> None:
         if self.dit.io_channels != self.vae.latent_dim:
@@ -172,6 +185,8 @@ class StableAudioConfig:
                 f"sample_size {self.sample_size} is not a multiple of the VAE ratio "
                 f"{self.vae.downsampling_ratio}"
             )
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"diffusion objective {self.objective!r} is not one of {OBJECTIVES}")
 
     @property
     def latent_frames(self) -> int:
@@ -192,7 +207,51 @@ TINY = StableAudioConfig(
     conditioning=ConditioningConfig(cond_dim=128, t5_max_length=32),
 )
 
+# Stable Audio Open Small, as secondary sources and the issue describe its model_config.json
+# (not checked against the gated file): a 1.0-shaped VAE, a 16-block 1024-wide DiT with
+# qk-norm and projected context tokens, T5 (64 tokens) + seconds_total, 256 latent frames.
+_SMALL_NUMBERS = (NumberConditionerConfig("seconds_total", 0.0, 256.0),)
+STABLE_AUDIO_OPEN_SMALL = StableAudioConfig(
+    sample_size=524_288,
+    dit=DiTConfig(
+        embed_dim=1024, depth=16, num_heads=8, global_cond_dim=768, project_cond_tokens=True, qk_norm=True
+    ),
+    conditioning=ConditioningConfig(
+        t5_max_length=64,
+        numbers=_SMALL_NUMBERS,
+        cross_attention_ids=("prompt", "seconds_total"),
+        global_ids=("seconds_total",),
+    ),
+    objective="rf_denoiser",
+)
+
+# Small's structure (qk-norm, projected context, seconds_total only, rf objective) at TINY's size.
+TINY_SMALL = StableAudioConfig(
+    sample_size=64 * 2048,
+    dit=DiTConfig(
+        io_channels=8,
+        embed_dim=256,
+        depth=2,
+        num_heads=4,
+        cond_token_dim=128,
+        global_cond_dim=128,
+        project_cond_tokens=True,
+        qk_norm=True,
+    ),
+    vae=OobleckConfig(channels=16, latent_dim=8),
+    conditioning=ConditioningConfig(
+        cond_dim=128,
+        t5_max_length=32,
+        numbers=_SMALL_NUMBERS,
+        cross_attention_ids=("prompt", "seconds_total"),
+        global_ids=("seconds_total",),
+    ),
+    objective="rf_denoiser",
+)
+
 PRESETS: dict[str, StableAudioConfig] = {
     "stable-audio-open-1.0": STABLE_AUDIO_OPEN_1_0,
+    "stable-audio-open-small": STABLE_AUDIO_OPEN_SMALL,
     "tiny": TINY,
+    "tiny-small": TINY_SMALL,
 }

@@ -12,6 +12,7 @@ from typing import Any
 
 from stable_audio_rt.errors import CheckpointError, ConfigError
 from stable_audio_rt.models.config import (
+    OBJECTIVES,
     ConditioningConfig,
     DiTConfig,
     NumberConditionerConfig,
@@ -33,7 +34,6 @@ _SAT_DIT_DEFAULTS: dict[str, Any] = {
     "timestep_features_type": "learned",
     "timestep_features_logsnr": False,
     "modular_local_cond_configs": None,
-    "attn_kwargs": {},
     "rotary_pos_emb": True,
     "cross_attn_rotary_pos_emb": False,
     "causal": False,
@@ -83,13 +83,34 @@ def _check_defaults(options: dict[str, Any], defaults: dict[str, Any], fields: s
             raise ConfigError(f"{what} option {key}={value!r} is not supported (only {defaults[key]!r})")
 
 
+def _sat_qk_norm(attn_kwargs: dict[str, Any]) -> bool:
+    """attn_kwargs: only qk_norm "ln" (Small) or "none" (1.0, the default) is implemented."""
+    unknown = sorted(set(attn_kwargs) - {"qk_norm"})
+    if unknown:
+        raise ConfigError(f"DiT attn_kwargs {unknown} are not supported by stable-audio-rt")
+    qk_norm = attn_kwargs.get("qk_norm", "none")
+    if qk_norm not in ("ln", "none"):
+        raise ConfigError(f"DiT attn_kwargs qk_norm={qk_norm!r} is not supported (only 'ln' or 'none')")
+    return qk_norm == "ln"
+
+
+def _sat_objective(diffusion: dict[str, Any]) -> str:
+    objective = diffusion.get("diffusion_objective", "v")
+    if objective not in OBJECTIVES:
+        raise ConfigError(
+            f"diffusion_objective {objective!r} is not supported (only {', '.join(OBJECTIVES)})"
+        )
+    if diffusion.get("sampling_distribution_shift_options") is not None:
+        # Absent, the reference falls back to LogSNRShift(rate=0, -6.2, 2.0): the one we implement.
+        raise ConfigError("sampling_distribution_shift_options is not supported (only the default shift)")
+    return objective
+
+
 def _sat_dit(diffusion: dict[str, Any]) -> DiTConfig:
     if diffusion.get("type") != "dit":
         raise ConfigError(f"diffusion type {diffusion.get('type')!r} is not supported (only 'dit')")
-    objective = diffusion.get("diffusion_objective", "v")
-    if objective != "v":
-        raise ConfigError(f"diffusion_objective {objective!r} is not supported yet (only 'v')")
-    cfg = _require(diffusion, "config", "model.diffusion")
+    cfg = dict(_require(diffusion, "config", "model.diffusion"))
+    qk_norm = _sat_qk_norm(cfg.pop("attn_kwargs", {}))
     _check_defaults(cfg, _SAT_DIT_DEFAULTS, _SAT_DIT_FIELDS, "DiT")
     return DiTConfig(
         io_channels=_require(cfg, "io_channels", "diffusion.config"),
@@ -99,6 +120,7 @@ def _sat_dit(diffusion: dict[str, Any]) -> DiTConfig:
         cond_token_dim=_require(cfg, "cond_token_dim", "diffusion.config"),
         global_cond_dim=_require(cfg, "global_cond_dim", "diffusion.config"),
         project_cond_tokens=cfg.get("project_cond_tokens", True),
+        qk_norm=qk_norm,
         timestep_features_dim=cfg.get("timestep_features_dim", 256),
     )
 
@@ -181,6 +203,7 @@ def config_from_sat(model_config: dict[str, Any]) -> StableAudioConfig:
         dit=_sat_dit(diffusion),
         vae=_sat_vae(_require(model, "pretransform", "model")),
         conditioning=_sat_conditioning(_require(model, "conditioning", "model"), diffusion),
+        objective=_sat_objective(diffusion),
     )
 
 

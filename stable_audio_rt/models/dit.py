@@ -15,13 +15,30 @@ from torch import nn
 from stable_audio_rt.models.attention import SDPA, AttentionFunctions, rope_tables
 from stable_audio_rt.models.config import DiTConfig
 
+# stable-audio-tools' Attention(qk_norm_eps=1e-6), the LayerNorm eps of qk_norm "ln".
+QK_NORM_EPS = 1e-6
+
+
+class QKNorm(nn.Module):
+    """LayerNorm over the head dim of queries and keys, before RoPE (Stable Audio Open Small's
+    qk_norm "ln"; stable-audio-tools' Attention, eps QK_NORM_EPS), back in the input dtype."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.q_norm = nn.LayerNorm(head_dim, eps=QK_NORM_EPS)
+        self.k_norm = nn.LayerNorm(head_dim, eps=QK_NORM_EPS)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q_norm(q).to(q.dtype), self.k_norm(k).to(k.dtype)
+
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
+        self.qk_norm = QKNorm(dim // num_heads) if qk_norm else None
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFunctions
@@ -29,23 +46,30 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         # (B, T, 3D) → 3 × (B, H, T, Dh)
         q, k, v = self.to_qkv(x).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         out = attention.self_attention(q, k, v, cos, sin)
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, dim: int, context_dim: int, num_heads: int, num_kv_heads: int) -> None:
+    def __init__(
+        self, dim: int, context_dim: int, num_heads: int, num_kv_heads: int, qk_norm: bool = False
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_kv = nn.Linear(context_dim, 2 * context_dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
+        self.qk_norm = QKNorm(dim // num_heads) if qk_norm else None
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V of the context, each (B, Hkv, S, Dh). Constant over sampling steps."""
+        """K and V of the context, each (B, Hkv, S, Dh), keys normed. Constant over sampling steps."""
         b, s, _ = context.shape
         k, v = self.to_kv(context).view(b, s, 2, self.num_kv_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.qk_norm is not None:
+            k = self.qk_norm.k_norm(k).to(v.dtype)
         return k, v
 
     def forward(
@@ -53,6 +77,8 @@ class CrossAttention(nn.Module):
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.to_q(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+        if self.qk_norm is not None:
+            q = self.qk_norm.q_norm(q).to(q.dtype)
         out = attention.cross_attention(q, *kv)
         return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -75,9 +101,11 @@ class DiTBlock(nn.Module):
         super().__init__()
         dim = config.embed_dim
         self.self_attn_norm = nn.LayerNorm(dim, eps=config.norm_eps)
-        self.self_attn = SelfAttention(dim, config.num_heads)
+        self.self_attn = SelfAttention(dim, config.num_heads, config.qk_norm)
         self.cross_attn_norm = nn.LayerNorm(dim, eps=config.norm_eps)
-        self.cross_attn = CrossAttention(dim, config.context_dim, config.num_heads, config.num_kv_heads)
+        self.cross_attn = CrossAttention(
+            dim, config.context_dim, config.num_heads, config.num_kv_heads, config.qk_norm
+        )
         self.ff_norm = nn.LayerNorm(dim, eps=config.norm_eps)
         self.ff = SwiGLU(dim, config.ff_inner_dim)
 

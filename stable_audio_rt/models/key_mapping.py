@@ -86,7 +86,7 @@ def dit_rule_diffusers(key: str) -> Rule:
 
 
 SAT_DIT_PREFIX = "model.model."
-_DIT_SAT = (
+_DIT_SAT_NAMES = (
     (r"^timestep_freqs$", "timestep_features.weight"),
     (r"^timestep_embed\.", "to_timestep_embed."),
     (r"^cond_embed\.", "to_cond_embed."),
@@ -95,17 +95,21 @@ _DIT_SAT = (
     (r"^blocks\.", "transformer.layers."),
     (r"\.self_attn_norm\.", ".pre_norm."),
     (r"\.cross_attn_norm\.", ".cross_attend_norm."),
-    (r"_norm\.weight$", "_norm.gamma"),
-    (r"_norm\.bias$", "_norm.beta"),
     (r"\.ff\.proj_in\.", ".ff.ff.0.proj."),
     (r"\.ff\.proj_out\.", ".ff.ff.2."),
+    (r"\.qk_norm\.", "."),
 )
+# stable-audio-tools' own LayerNorm (block norms) names its affine gamma/beta; the qk-norm
+# LayerNorms are torch's (weight/bias).
+_DIT_SAT_GAMMA_BETA = ((r"_norm\.weight$", "_norm.gamma"), (r"_norm\.bias$", "_norm.beta"))
+_QK_NORM = re.compile(r"\.qk_norm\.")
 # Derived from the config at load time; not a weight.
 SAT_DIT_IGNORED = re.compile(r"rotary_pos_emb\.inv_freq$")
 
 
 def dit_rule_sat(key: str) -> Rule:
-    name = SAT_DIT_PREFIX + _sub(key, _DIT_SAT)
+    table = _DIT_SAT_NAMES if _QK_NORM.search(key) else _DIT_SAT_NAMES + _DIT_SAT_GAMMA_BETA
+    name = SAT_DIT_PREFIX + _sub(key, table)
     return Rule((name,), _flatten if key == "timestep_freqs" else _only)
 
 

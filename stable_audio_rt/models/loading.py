@@ -20,11 +20,11 @@ from stable_audio_rt.models import key_mapping as km
 from stable_audio_rt.models.checkpoint import (
     DEFAULT_REPO,
     SINGLE_FILE_CONFIG,
-    SINGLE_FILE_WEIGHTS,
     CheckpointLocation,
     Layout,
     TensorSource,
     locate_checkpoint,
+    single_file_weights,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
 from stable_audio_rt.models.config import StableAudioConfig
@@ -161,7 +161,7 @@ def _load_diffusers(root: Path, placement: Placement) -> StableAudioModel:
 
 def _load_single_file(root: Path, placement: Placement) -> StableAudioModel:
     config = config_from_sat(read_json(root / SINGLE_FILE_CONFIG))
-    weights = [root / SINGLE_FILE_WEIGHTS]
+    weights = [single_file_weights(root)]
     num_blocks = len(config.vae.strides)
     # One file holds all three parts; each gets its own view so unused keys are found per part.
     parts = (

@@ -45,9 +45,9 @@ def sha256_file(path: Path) -> str:
 
 
 def weights_fingerprint(root: Path) -> str:
-    """sha256 over every safetensors file of a checkpoint folder (names and contents)."""
+    """sha256 over every weights file of a checkpoint folder (names and contents)."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.safetensors")):
+    for path in sorted([*root.rglob("*.safetensors"), *root.glob("*.ckpt")]):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()
@@ -70,6 +70,7 @@ def config_from_dict(data: dict[str, Any]) -> StableAudioConfig:
         dit=DiTConfig(**data["dit"]),
         vae=OobleckConfig(**vae),
         conditioning=ConditioningConfig(**cond),
+        objective=data.get("objective", "v"),
     )
 
 

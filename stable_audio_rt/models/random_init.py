@@ -1,4 +1,5 @@
-"""Seeded random-weight models: the `tiny-random` smoke-test model needs no download.
+"""Seeded random-weight models: the `tiny-random` (SAO 1.0's structure) and `tiny-random-small`
+(SAO Small's) smoke-test models need no download.
 
 Its audio is noise; it exists so the whole pipeline can run anywhere in seconds.
 """
@@ -11,12 +12,13 @@ import torch
 from torch import nn
 
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
-from stable_audio_rt.models.config import TINY, StableAudioConfig
+from stable_audio_rt.models.config import TINY, TINY_SMALL, StableAudioConfig
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
 from stable_audio_rt.models.vae import OobleckVAE, restore_fp32_parameters_
 
 TINY_RANDOM = "tiny-random"
+TINY_RANDOM_SMALL = "tiny-random-small"
 # Small enough to train in milliseconds; the ids of t5-base's specials (pad 0, eos 1, unk 2).
 TOKENIZER_VOCAB_SIZE = 64
 TOKENIZER_SENTENCES = (
@@ -101,3 +103,7 @@ def random_model(
     restore_fp32_parameters_(vae)
     conditioner = Conditioner(cond, numbers, T5TextEncoder(t5), build_tokenizer(cond.t5_max_length))
     return StableAudioModel(config, dit, vae, conditioner)
+
+
+# The seeded random models by name, and the config each one has.
+RANDOM_MODELS: dict[str, StableAudioConfig] = {TINY_RANDOM: TINY, TINY_RANDOM_SMALL: TINY_SMALL}

@@ -16,10 +16,10 @@ import torch
 from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES, resolve_kernels
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
-from stable_audio_rt.models.config import TINY, StableAudioConfig
+from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.manifest import Manifest
-from stable_audio_rt.models.random_init import TINY_RANDOM
+from stable_audio_rt.models.random_init import RANDOM_MODELS
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
 from stable_audio_rt.runtime.noise import NOISE_KINDS
@@ -31,6 +31,8 @@ from stable_audio_rt.runtime.schedule import (
     DEFAULT_SIGMA_MAX,
     DEFAULT_SIGMA_MIN,
     DEFAULT_STEPS,
+    RF_DEFAULT_CFG_SCALE,
+    RF_DEFAULT_STEPS,
 )
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,6 +42,7 @@ EXAMPLES = """examples:
   sa-run "rain on a tin roof" --negative-prompt "music" --seed 42 --num-outputs 2 -o rain.flac
   sa-run "jazz drums" --init-audio loop.wav --init-noise-level 3 -o variation.wav
   sa-run "guitar solo" --inpaint-audio song.wav --inpaint-range 4,8 -o fixed.wav
+  sa-run "128 bpm techno loop" --model stabilityai/stable-audio-open-small -o loop.wav  # 8 steps
   sa-run "smoke test" --model tiny-random -o noise.wav      # no download; makes noise
 """
 
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help=f"Hub repo id, local folder, or {TINY_RANDOM!r} (default: {DEFAULT_REPO})",
+        help=f"Hub repo id (e.g. stabilityai/stable-audio-open-small), local folder, or "
+        f"{' / '.join(RANDOM_MODELS)} (default: {DEFAULT_REPO})",
     )
     p.add_argument(
         "--negative-prompt", help="what to steer away from (replaces the empty unconditional input)"
@@ -101,13 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--start", type=float, default=0.0, help="seconds_start conditioning (default: 0)")
     p.add_argument(
-        "--steps", type=int, default=DEFAULT_STEPS, help=f"sampler steps (default: {DEFAULT_STEPS})"
+        "--steps",
+        type=int,
+        help=f"sampler steps (default: the model's: {DEFAULT_STEPS} for SAO 1.0, "
+        f"{RF_DEFAULT_STEPS} for Small)",
     )
     p.add_argument(
         "--cfg-scale",
         type=float,
-        default=DEFAULT_CFG_SCALE,
-        help=f"classifier-free guidance scale; 1 disables it (default: {DEFAULT_CFG_SCALE})",
+        help="classifier-free guidance scale; 1 disables it (default: the model's: "
+        f"{DEFAULT_CFG_SCALE:g} for SAO 1.0, {RF_DEFAULT_CFG_SCALE:g} for Small)",
     )
     p.add_argument("--seed", type=int, help="random seed (default: random, printed)")
     p.add_argument("--num-outputs", "--batch", type=int, default=1, help="clips per prompt (default: 1)")
@@ -116,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-noise-level",
         type=float,
         default=DEFAULT_INIT_NOISE_LEVEL,
-        help=f"audio-to-audio σmax: higher departs further (default: {DEFAULT_INIT_NOISE_LEVEL})",
+        help="audio-to-audio starting noise: σmax for SAO 1.0, the time t in (0, 1] for Small; higher "
+        f"departs further (default: {DEFAULT_INIT_NOISE_LEVEL})",
     )
     p.add_argument("--inpaint-audio", type=Path, help="inpainting: the audio to repair or extend")
     p.add_argument(
@@ -235,21 +243,21 @@ def _config_for(args: argparse.Namespace) -> StableAudioConfig:
             raise ConfigError(
                 "--backend onnxruntime runs an engine folder: give --engines DIR (see sa-export)"
             )
-        if args.model == TINY_RANDOM:
-            raise ConfigError(f"{TINY_RANDOM} has no engines; export a checkpoint with sa-export")
+        if args.model in RANDOM_MODELS:
+            raise ConfigError(f"{args.model} has no engines; export a checkpoint with sa-export")
         return Manifest.read(args.engines).model_config
     if args.engines is not None:
         raise ConfigError("--engines needs --backend onnxruntime")
     model = args.model or DEFAULT_REPO
-    return TINY if model == TINY_RANDOM else load_config(model)
+    return RANDOM_MODELS[model] if model in RANDOM_MODELS else load_config(model)
 
 
 def _load(args: argparse.Namespace, device) -> StableAudio:
     if args.backend == "onnxruntime":
         return StableAudio.from_engines(args.engines, backend="onnxruntime", device=device, model=args.model)
     model = args.model or DEFAULT_REPO
-    if model == TINY_RANDOM:
-        print(f"{TINY_RANDOM}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
+    if model in RANDOM_MODELS:
+        print(f"{model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
     return StableAudio.from_pretrained(
         model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype], kernels=args.kernels
     )

@@ -9,6 +9,9 @@ touched):
      fresh CPU generator seeded with the seed, as torch.manual_seed leaves it);
      `gaussian`: the N − 1 step noises, randn([N − 1, B, C, T]) on the device;
   4. inpainting only: the fresh noise that re-noises the kept region after each step.
+
+The pingpong sampler (rf models) draws 1–2, then one randn([B, C, T]) per step, the last one
+included (stable-audio-tools' randn_like after every step).
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def gaussian_step_noise(randomness: RequestRandomness, steps: int, shape: tuple[
     noise = torch.zeros((steps, *shape), device=randomness.device)
     noise[:-1] = randomness.randn(steps - 1, *shape)
     return noise
+
+
+def pingpong_step_noise(randomness: RequestRandomness, steps: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """(N, *shape): one draw per step, made one step at a time as the reference makes them (a
+    single (N, ...) draw would not give the same numbers on CUDA)."""
+    return torch.stack([randomness.randn(*shape) for _ in range(steps)])
 
 
 def brownian_step_noise(

@@ -22,15 +22,26 @@ from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_ke
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_stable_audio
-from stable_audio_rt.models.random_init import TINY_RANDOM, random_model
+from stable_audio_rt.models.random_init import RANDOM_MODELS, random_model
 from stable_audio_rt.models.vae import bottleneck_sample, decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
-from stable_audio_rt.runtime.components import Components, TorchComponents
-from stable_audio_rt.runtime.noise import RequestRandomness, brownian_step_noise, gaussian_step_noise
+from stable_audio_rt.runtime.components import Components, StepModel, TorchComponents
+from stable_audio_rt.runtime.noise import (
+    RequestRandomness,
+    brownian_step_noise,
+    gaussian_step_noise,
+    pingpong_step_noise,
+)
 from stable_audio_rt.runtime.plan import InpaintPlan, RequestPlan, build_plan
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampler import run_plan
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
+from stable_audio_rt.runtime.schedule import (
+    logsnr_shifted_times,
+    pingpong_table,
+    polyexponential_sigmas,
+    sigma_to_t,
+    step_table,
+)
 from stable_audio_rt.runtime.vae_decode import (
     auto_chunk_frames,
     check_chunking,
@@ -123,7 +134,8 @@ class StableAudio:
         layout: Layout = "auto",
         kernels: KernelChoice = "auto",
     ) -> StableAudio:
-        """Load from a Hub repo id, a local folder, or "tiny-random" (seeded random weights).
+        """Load from a Hub repo id, a local folder, or "tiny-random" / "tiny-random-small" (seeded
+        random weights of SAO 1.0's or Small's structure).
 
         T5 runs in fp32 by default whatever `dtype` is; `t5_dtype=torch.float16` casts it as
         stable-audio-tools does, to reproduce its conditioning exactly. `kernels` picks the
@@ -137,8 +149,8 @@ class StableAudio:
             )
         device = resolve_device(device)
         chosen = resolve_kernels(kernels, device)
-        if str(model) == TINY_RANDOM:
-            loaded = random_model(dtype=dtype, device=device, t5_dtype=t5_dtype)
+        if str(model) in RANDOM_MODELS:
+            loaded = random_model(RANDOM_MODELS[str(model)], dtype=dtype, device=device, t5_dtype=t5_dtype)
         else:
             loaded = load_stable_audio(
                 model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
@@ -267,10 +279,12 @@ class StableAudio:
     ) -> RequestPlan:
         request = resolved.request
         shape = (resolved.batch, self.config.dit.io_channels, resolved.frames)
+        randomness = RequestRandomness(resolved.seed, self.device)
+        if self.config.objective == "rf_denoiser":
+            return self._plan_rf(resolved, context, global_cond, shape, randomness)
         sigmas = polyexponential_sigmas(
             request.steps, request.sigma_min, resolved.sigma_max, device=self.device
         )
-        randomness = RequestRandomness(resolved.seed, self.device)
 
         x0 = randomness.randn(*shape) * sigmas[0]
         reference = None
@@ -291,12 +305,45 @@ class StableAudio:
                 reference=reference,
                 renoise=randomness.randn(request.steps, *shape),
             )
-        uses_cfg = context.shape[0] == 2 * resolved.batch
         denoiser = self.components.step_model(sigma_to_t(sigmas[:-1]), context, global_cond)
+        return self._build(resolved, denoiser, x0, step_table(sigmas), step_noise, context, inpaint)
+
+    def _plan_rf(
+        self,
+        resolved: ResolvedRequest,
+        context: torch.Tensor,
+        global_cond: torch.Tensor,
+        shape: tuple[int, int, int],
+        randomness: RequestRandomness,
+    ) -> RequestPlan:
+        """Pingpong on the rf objective: the DiT sees the raw time t; audio-to-audio starts from
+        (1 − t0)·z_ref + t0·ε as stable-audio-tools mixes it."""
+        steps, t0 = resolved.request.steps, resolved.sigma_max
+        times = logsnr_shifted_times(steps, t0, device=self.device)
+        x0 = randomness.randn(*shape)
+        if resolved.init_audio is not None:
+            reference = self._encode_reference(resolved.init_audio, randomness).expand(shape)
+            x0 = reference * (1 - t0) + x0 * t0
+        step_noise = pingpong_step_noise(randomness, steps, shape)
+        denoiser = self.components.step_model(times[:-1], context, global_cond)
+        return self._build(resolved, denoiser, x0, pingpong_table(times), step_noise, context, None)
+
+    def _build(
+        self,
+        resolved: ResolvedRequest,
+        denoiser: StepModel,
+        x0: torch.Tensor,
+        table: torch.Tensor,
+        step_noise: torch.Tensor,
+        context: torch.Tensor,
+        inpaint: InpaintPlan | None,
+    ) -> RequestPlan:
+        request = resolved.request
+        uses_cfg = context.shape[0] == 2 * resolved.batch
         return build_plan(
             denoiser,
             x0,
-            step_table(sigmas),
+            table,
             step_noise,
             request.cfg_scale,
             uses_cfg,

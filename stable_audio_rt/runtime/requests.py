@@ -7,6 +7,7 @@ before loading weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from stable_audio_rt.runtime.schedule import (
     DEFAULT_SIGMA_MAX,
     DEFAULT_SIGMA_MIN,
     DEFAULT_STEPS,
+    RF_DEFAULT_CFG_SCALE,
+    RF_DEFAULT_STEPS,
 )
 from stable_audio_rt.runtime.vae_decode import check_chunking
 
@@ -55,8 +58,9 @@ class GenerationRequest:
     negative_prompt: str | None = None
     seconds_total: float | None = None  # default: the reference audio's length, else the maximum
     seconds_start: float = 0.0
-    steps: int = DEFAULT_STEPS
-    cfg_scale: float = DEFAULT_CFG_SCALE
+    # None: the model's default (SAO 1.0: 100 steps, CFG 7; SAO Small: 8 steps, no CFG).
+    steps: int | None = None
+    cfg_scale: float | None = None
     seed: int | None = None
     num_outputs: int = 1
     init_audio: AudioInput | None = None
@@ -90,7 +94,7 @@ class ResolvedRequest:
     batch: int
     seconds_total: float
     frames: int  # latent frames of the denoised window
-    sigma_max: float  # init_noise_level for audio-to-audio
+    sigma_max: float  # σmax (v) or the starting time (rf); init_noise_level for audio-to-audio
     init_audio: torch.Tensor | None  # (2, frames · ratio) at the model rate
     inpaint_audio: torch.Tensor | None  # (2, frames · ratio)
     inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
@@ -115,6 +119,37 @@ def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
     """(frames · ratio,) audio-rate keep mask → (frames,): a latent frame is kept only if every
     one of its samples is, so any frame touching a regenerated sample is regenerated."""
     return keep.view(-1, ratio).all(dim=1)
+
+
+def with_model_defaults(request: GenerationRequest, config: StableAudioConfig) -> GenerationRequest:
+    """Fill the steps and CFG scale the request left to the model."""
+    rf = config.objective == "rf_denoiser"
+    steps = request.steps if request.steps is not None else (RF_DEFAULT_STEPS if rf else DEFAULT_STEPS)
+    cfg = request.cfg_scale
+    if cfg is None:
+        cfg = RF_DEFAULT_CFG_SCALE if rf else DEFAULT_CFG_SCALE
+    return dataclasses.replace(request, steps=steps, cfg_scale=cfg)
+
+
+def _check_model_support(request: GenerationRequest, config: StableAudioConfig) -> None:
+    """What this model's conditioning and objective cannot do, refused by name."""
+    numbers = {n.id for n in config.conditioning.numbers}
+    if request.seconds_start and "seconds_start" not in numbers:
+        raise RequestError("this model has no seconds_start conditioning: leave seconds_start at 0")
+    if config.objective != "rf_denoiser":
+        return
+    if request.noise != "gaussian":
+        raise RequestError(
+            "this model's pingpong sampler draws fresh Gaussian noise each step: use noise='gaussian'"
+        )
+    if request.inpaint_audio is not None:
+        raise RequestError(
+            "inpainting is not supported for this model (stable-audio-tools inpaints only models "
+            "trained with inpainting conditioning); audio-to-audio (init_audio) is"
+        )
+    if request.init_audio is not None and not 0 < request.init_noise_level <= 1:
+        level = request.init_noise_level
+        raise RequestError(f"init_noise_level is the starting time t in (0, 1] for this model, got {level}")
 
 
 def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
@@ -158,6 +193,9 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError("give init_audio (audio-to-audio) or inpaint_audio (inpainting), not both")
     if (request.inpaint_audio is None) != (request.inpaint_mask is None):
         raise RequestError("inpainting needs both inpaint_audio and inpaint_mask")
+
+
+def _check_sigmas(request: GenerationRequest) -> None:
     sigma_max = request.init_noise_level if request.init_audio is not None else request.sigma_max
     name = "init_noise_level" if request.init_audio is not None else "sigma_max"
     if not sigma_max > request.sigma_min > 0:
@@ -210,11 +248,22 @@ def _window_frames(request: GenerationRequest, seconds_total: float, config: Sta
     return math.ceil(seconds_total * config.sample_rate / ratio)
 
 
+def _start_level(request: GenerationRequest, config: StableAudioConfig) -> float:
+    """σmax of the v schedule, or the rf schedule's first time (1 = pure noise)."""
+    if request.init_audio is not None:
+        return request.init_noise_level
+    return request.sigma_max if config.objective == "v" else 1.0
+
+
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
     """Check `request` against the model's limits and make every quantity concrete."""
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
     max_seconds = config.sample_size / rate
+    request = with_model_defaults(request, config)
     _check_ranges(request, max_seconds)
+    _check_model_support(request, config)
+    if config.objective == "v":
+        _check_sigmas(request)
     _check_vae_chunking(request, config)
 
     reference, reference_seconds = None, None
@@ -258,7 +307,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
         batch=len(request.prompts) * request.num_outputs,
         seconds_total=total,
         frames=frames,
-        sigma_max=request.init_noise_level if request.init_audio is not None else request.sigma_max,
+        sigma_max=_start_level(request, config),
         init_audio=init_audio,
         inpaint_audio=inpaint_audio,
         inpaint_keep=inpaint_keep,

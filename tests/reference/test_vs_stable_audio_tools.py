@@ -55,6 +55,9 @@ def _import_reference():
         transforms = types.ModuleType("torchaudio.transforms")
 
         def placeholder(name):
+            # Dunder lookups (inspect reads __file__ of every module) must fail as on a module.
+            if name.startswith("__"):
+                raise AttributeError(name)
             return type(name, (), {"__init__": lambda self, *a, **k: None})
 
         transforms.__getattr__ = placeholder

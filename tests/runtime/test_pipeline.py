@@ -168,3 +168,25 @@ def test_step_only_writes_its_state_in_place_and_never_syncs(pipe, guidance):
                 "aten.nonzero.default",
             }
     assert {id(t): t.untyped_storage().data_ptr() for t in plan.buffers()} == buffers
+
+
+def test_pingpong_step_only_writes_its_state_in_place_and_never_syncs():
+    # Stable Audio Open Small's structure: the same plan and step, with the pingpong table.
+    small = StableAudio.from_pretrained("tiny-random-small", device="cpu")
+    request = GenerationRequest(("x", "y"), seconds_total=1.0, cfg_scale=3.0, seed=9, frames=24)
+    resolved = resolve_request(request, small.config)
+    with torch.no_grad():
+        plan = small._plan(resolved, *small._condition(resolved))
+        assert plan.steps == 8 and plan.uses_cfg
+        allowed = {t.untyped_storage().data_ptr() for t in (plan.x, plan.model_input, plan.denoised)}
+        op_sequences = []
+        for i in range(plan.steps):
+            with _StepWatch() as watch:
+                sampler_step(plan, i)
+            assert watch.written <= allowed, f"step {i} wrote outside the plan's state"
+            assert not {str(op) for op in watch.ops} & {
+                "aten._local_scalar_dense.default",
+                "aten.item.default",
+            }
+            op_sequences.append([str(op) for op in watch.ops])
+    assert all(ops == op_sequences[0] for ops in op_sequences), "steps must run one op sequence"

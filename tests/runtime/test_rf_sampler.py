@@ -1,0 +1,127 @@
+"""Stable Audio Open Small's sampling: the LogSNR-shifted time schedule against the reference's
+formula, the planned pingpong loop against a plain loop written out here, and the requests
+that this model refuses or defaults differently."""
+
+import math
+
+import pytest
+import torch
+from numerics import rel_error
+
+from stable_audio_rt.models.config import TINY, TINY_SMALL
+from stable_audio_rt.models.random_init import random_model
+from stable_audio_rt.runtime.components import TorchDiTStep
+from stable_audio_rt.runtime.guidance import CFG
+from stable_audio_rt.runtime.plan import build_plan
+from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
+from stable_audio_rt.runtime.sampler import run_plan
+from stable_audio_rt.runtime.schedule import logsnr_shifted_times, pingpong_table
+
+# The schedule is float32 arithmetic on both sides; the plan's loop and the plain loop differ
+# only in the DiT's path (precomputed context K/V vs a full forward): ~1e-7 measured.
+SCHEDULE_TOL = 1e-6
+LOOP_TOL = 1e-5
+
+
+@pytest.mark.parametrize("steps", [1, 2, 8, 50])
+@pytest.mark.parametrize("t_max", [1.0, 0.7])
+def test_schedule_is_uniform_in_log_snr(steps, t_max):
+    # stable-audio-tools 0.0.20: t = linspace(t_max, 0, N + 1); logsnr = 2 − t·(2 − (−6.2));
+    # t' = sigmoid(−logsnr), with 0 ↦ 0, 1 ↦ 1 and the first time reset to t_max.
+    expected = []
+    for i in range(steps + 1):
+        t = t_max * (1 - i / steps)
+        shifted = 1 / (1 + math.exp(2.0 - t * 8.2))
+        expected.append(0.0 if t <= 0 else 1.0 if t >= 1 else shifted)
+    expected[0] = t_max
+    times = logsnr_shifted_times(steps, t_max)
+    assert times.shape == (steps + 1,)
+    assert (times - torch.tensor(expected)).abs().max() <= SCHEDULE_TOL
+    # Decreasing after the first time. For t_max < 1 the reference resets only the first time
+    # to t_max, so the second is noisier than the first (0.7 → 0.954 for 8 steps); we keep that.
+    assert torch.all(times[2:] < times[1:-1])
+
+
+# build_schedule(8, t_max, LogSNRShift(rate=0, anchor_logsnr=-6.2, logsnr_end=2.0)) of
+# stable-audio-tools 0.0.20, printed on this CPU: SAO Small's default run and an audio-to-audio one.
+REFERENCE_TIMES = {
+    1.0: [1.0, 0.9943755865097046, 0.9844802021980286, 0.957912266254425, 0.8909031748771667,
+          0.7455465793609619, 0.5124973654747009, 0.27388501167297363, 0.0],
+    0.7: [0.699999988079071, 0.9535803198814392, 0.9092902541160583, 0.8302640914916992,
+          0.7047456502914429, 0.5380513072013855, 0.36239132285118103, 0.21712495386600494, 0.0],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("t_max", list(REFERENCE_TIMES))
+def test_eight_step_times_equal_the_references_bit_for_bit(t_max):
+    assert logsnr_shifted_times(8, t_max).tolist() == REFERENCE_TIMES[t_max]
+
+
+@pytest.fixture(scope="module")
+def small():
+    return random_model(TINY_SMALL, seed=4)
+
+
+def _plain_pingpong(dit, x, times, noise, context, global_cond, cfg_scale):
+    """The reference's loop: v from the full DiT (CFG on v), D = x − t·v, x = (1 − t')·D + t'·z."""
+    for i in range(len(times) - 1):
+        t = times[i].expand(x.shape[0])
+        if cfg_scale == 1.0:
+            v = dit(x, t, context, global_cond)
+        else:
+            rows = x.shape[0]
+            both = dit(torch.cat((x, x)), torch.cat((t, t)), context, global_cond)
+            v = both[rows:] + (both[:rows] - both[rows:]) * cfg_scale
+        denoised = x - times[i] * v
+        x = (1 - times[i + 1]) * denoised + times[i + 1] * noise[i]
+    return x
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
+def test_planned_pingpong_equals_the_plain_loop(small, cfg_scale, generator):
+    steps, batch, frames = 8, 2, 13
+    shape = (batch, TINY_SMALL.dit.io_channels, frames)
+    cond = TINY_SMALL.conditioning
+    rows = batch * (2 if cfg_scale != 1.0 else 1)
+    context = torch.randn(rows, cond.context_tokens, TINY_SMALL.dit.cond_token_dim, generator=generator)
+    global_cond = torch.randn(rows, TINY_SMALL.dit.global_cond_dim, generator=generator)
+    if cfg_scale != 1.0:
+        global_cond[batch:] = global_cond[:batch]
+    times = logsnr_shifted_times(steps)
+    x0 = torch.randn(shape, generator=generator)
+    noise = torch.randn((steps, *shape), generator=generator)
+    denoiser = TorchDiTStep(small.dit, times[:-1], context, global_cond)
+    plan = build_plan(
+        denoiser, x0, pingpong_table(times), noise, cfg_scale, cfg_scale != 1.0, torch.float32, CFG
+    )
+    ours = run_plan(plan)
+    expected = _plain_pingpong(small.dit, x0, times, noise, context, global_cond, cfg_scale)
+    assert rel_error(ours, expected) <= LOOP_TOL
+
+
+def test_defaults_follow_the_model():
+    small = resolve_request(GenerationRequest(prompts=("a",)), TINY_SMALL).request
+    v = resolve_request(GenerationRequest(prompts=("a",)), TINY).request
+    assert (small.steps, small.cfg_scale) == (8, 1.0)
+    assert (v.steps, v.cfg_scale) == (100, 7.0)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(seconds_start=0.5), "no seconds_start conditioning"),
+        (dict(noise="brownian"), "fresh Gaussian noise each step"),
+        (
+            dict(init_audio=(torch.zeros(2, 4410), 44100), init_noise_level=1.5),
+            r"starting time t in \(0, 1\]",
+        ),
+        (
+            dict(inpaint_audio=(torch.zeros(2, 4410), 44100), inpaint_mask=torch.ones(4410)),
+            "inpainting is not",
+        ),
+    ],
+)
+def test_small_refuses_what_it_cannot_do(options, message):
+    with pytest.raises(RequestError, match=message):
+        resolve_request(GenerationRequest(prompts=("a",), **options), TINY_SMALL)
