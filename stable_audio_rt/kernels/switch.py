@@ -1,12 +1,15 @@
 """Switching a loaded model between the torch maths and the Triton kernels.
 
 "auto" takes the kernels on a CUDA device when Triton is installed and the torch maths
-(SDPA attention, eager Snake) otherwise, so CPU runs keep their default path.
+(SDPA attention, eager Snake) otherwise, so CPU runs keep their default path. "compiled" keeps
+SDPA and fuses Snake with torch.compile (Inductor: one C++ loop on the CPU instead of five
+passes over the VAE's largest activations; it needs a C compiler and costs a few seconds once).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from typing import Literal
 
 import torch
@@ -16,8 +19,27 @@ from stable_audio_rt.models.attention import SDPA, AttentionFunctions
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.vae import OobleckVAE, snake_eager
 
-KernelChoice = Literal["auto", "triton", "torch"]
-KERNEL_CHOICES: tuple[KernelChoice, ...] = ("auto", "triton", "torch")
+KernelChoice = Literal["auto", "triton", "compiled", "torch"]
+KERNEL_CHOICES: tuple[KernelChoice, ...] = ("auto", "triton", "compiled", "torch")
+Kernels = Literal["triton", "compiled", "torch"]
+
+
+class CompiledSnake:
+    """`snake_eager` fused by torch.compile; falls back to eager (with one warning) where
+    compilation fails, e.g. without a C compiler."""
+
+    def __init__(self) -> None:
+        self._compiled = torch.compile(snake_eager, dynamic=True)
+        self._failed = False
+
+    def __call__(self, x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
+        if not self._failed:
+            try:
+                return self._compiled(x, alpha, inv_beta)
+            except Exception as e:  # Inductor raises many kinds (no compiler, unsupported op)
+                warnings.warn(f"torch.compile of Snake failed ({e}); running it eagerly", stacklevel=2)
+                self._failed = True
+        return snake_eager(x, alpha, inv_beta)
 
 
 def triton_attention() -> AttentionFunctions:
@@ -29,12 +51,12 @@ def triton_attention() -> AttentionFunctions:
     )
 
 
-def resolve_kernels(choice: KernelChoice, device: torch.device) -> Literal["triton", "torch"]:
+def resolve_kernels(choice: KernelChoice, device: torch.device) -> Kernels:
     """Which maths to run; "triton" where the kernels cannot run is refused with the fix."""
     if choice not in KERNEL_CHOICES:
         raise ConfigError(f"kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
-    if choice == "torch":
-        return "torch"
+    if choice in ("torch", "compiled"):
+        return choice
     if importlib.util.find_spec("triton") is None:
         if choice == "triton":
             raise ConfigError("kernels='triton' needs Triton: pip install 'stable-audio-rt[gpu]'")
@@ -51,7 +73,7 @@ def resolve_kernels(choice: KernelChoice, device: torch.device) -> Literal["trit
     return "torch"
 
 
-def use_kernels(kernels: Literal["triton", "torch"], dit: DiT, vae: OobleckVAE) -> None:
+def use_kernels(kernels: Kernels, dit: DiT, vae: OobleckVAE) -> None:
     """Point the DiT's attention and every Snake of the VAE at the chosen maths."""
     if kernels == "triton":
         from stable_audio_rt.kernels import ops
@@ -60,4 +82,4 @@ def use_kernels(kernels: Literal["triton", "torch"], dit: DiT, vae: OobleckVAE) 
         vae.set_snake(ops.triton_snake)
     else:
         dit.set_attention(SDPA)
-        vae.set_snake(snake_eager)
+        vae.set_snake(CompiledSnake() if kernels == "compiled" else snake_eager)

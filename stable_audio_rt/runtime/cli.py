@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernels",
         choices=KERNEL_CHOICES,
         default="auto",
-        help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), torch "
-        "(SDPA and eager), or auto (default: triton on CUDA, torch on the CPU)",
+        help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), compiled "
+        "(Snake fused by torch.compile: faster VAE decode on the CPU, a few seconds to compile once), "
+        "torch (SDPA and eager), or auto (default: triton on CUDA, torch on the CPU)",
     )
     p.add_argument(
         "--t5-dtype",

@@ -139,8 +139,8 @@ class StableAudio:
 
         T5 runs in fp32 by default whatever `dtype` is; `t5_dtype=torch.float16` casts it as
         stable-audio-tools does, to reproduce its conditioning exactly. `kernels` picks the
-        DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch elsewhere), "triton"
-        or "torch".
+        DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch elsewhere), "triton",
+        "compiled" (Snake fused by torch.compile) or "torch".
         """
         if backend != "torch":
             raise ConfigError(
