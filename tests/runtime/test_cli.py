@@ -134,3 +134,26 @@ def test_seconds_bound_of_the_real_model(seconds):
     assert (
         resolve_request(GenerationRequest(("x",), seconds_total=47.55), STABLE_AUDIO_OPEN_1_0).frames == 1024
     )
+
+
+def test_small_smoke_model_runs_with_its_defaults(tmp_path, capsys):
+    out = tmp_path / "small.wav"
+    assert cli.main(["loop", "--model", "tiny-random-small", "--seconds", "0.5", "-o", str(out)]) == 0
+    assert "8/8" in capsys.readouterr().err  # Small's default: 8 pingpong steps
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE // 2)
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--start", "0.2"], "no seconds_start conditioning"),
+        (["--noise", "brownian"], "fresh Gaussian noise each step"),
+        (["--seconds", "3.5"], r"seconds_total must be in \(0, 2\.97\]"),
+    ],
+)
+def test_small_refusals_come_before_the_model_loads(arguments, message, tmp_path, capsys, no_model_load):
+    out = tmp_path / "x.wav"
+    assert cli.main(["x", "--model", "tiny-random-small", *arguments, "-o", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
