@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from report import emit, header
+from timing import repeat, summary_ms
 
 from stable_audio_rt.models import STABLE_AUDIO_OPEN_1_0, DiT, OobleckVAE, load_stable_audio
 
@@ -28,30 +27,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_STEPS = 100
 
 
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    """Seconds for one call: CUDA events on a GPU, perf_counter on the CPU."""
-
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
-    return run
-
-
 def _measure(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
-    timer = _timer(device)
-    for _ in range(warmup):
-        timer(fn)
-    times = [timer(fn) for _ in range(repeats)]
-    return {"p50_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "max_ms": 1e3 * max(times)}
+    return summary_ms(repeat(fn, device, warmup, repeats))
 
 
 def main() -> None:

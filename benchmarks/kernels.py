@@ -16,16 +16,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from report import emit, header
+from timing import repeat
 
 from stable_audio_rt.kernels import ops
-from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTION, SNAKE
+from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTION, SNAKE, KernelSpec
 from stable_audio_rt.models.attention import rope_tables, sdpa_cross_attention, sdpa_self_attention
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.vae import snake_eager
@@ -43,23 +43,8 @@ class Shapes:
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median milliseconds per call: CUDA events around each call (perf_counter on the CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            began = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - began))
-    return statistics.median(times)
+    """Median milliseconds per call."""
+    return 1e3 * statistics.median(repeat(fn, device, warmup, repeats))
 
 
 def rel_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -75,17 +60,18 @@ def bench_self_attention(dtype: torch.dtype, device: torch.device, shapes: Shape
     flops = 4 * BATCH * heads * tokens * tokens * head_dim
     reference = sdpa_self_attention(q, k, v, cos, sin)
     torch_ms = time_ms(lambda: sdpa_self_attention(q, k, v, cos, sin), device, warmup, repeats)
-    rows = []
-    for tactic in ROPE_SELF_ATTENTION.tactics:
-        out = torch.empty(BATCH, tokens, heads, head_dim, device=device, dtype=dtype).transpose(1, 2)
-
-        def ours(out=out, tactic=tactic) -> None:
-            ops.launch_rope_self_attention(q, k, v, cos, sin, out, tactic.id)
-
-        ms = time_ms(ours, device, warmup, repeats)
-        rows.append(_row("self_attention+rope", dtype, tactic.id, ms, torch_ms, flops / ms / 1e9, "TFLOP/s",
-                         rel_error(out, reference)))  # fmt: skip
-    return rows
+    return _tactic_rows(
+        "self_attention+rope",
+        ROPE_SELF_ATTENTION,
+        lambda out, tactic: ops.launch_rope_self_attention(q, k, v, cos, sin, out, tactic),
+        lambda: torch.empty(BATCH, tokens, heads, head_dim, device=device, dtype=dtype).transpose(1, 2),
+        reference,
+        torch_ms,
+        (flops / 1e9, "TFLOP/s"),
+        device,
+        warmup,
+        repeats,
+    )
 
 
 def bench_cross_attention(
@@ -98,17 +84,18 @@ def bench_cross_attention(
     flops = 4 * BATCH * heads * tokens * context * head_dim
     reference = sdpa_cross_attention(q, k, v)
     torch_ms = time_ms(lambda: sdpa_cross_attention(q, k, v), device, warmup, repeats)
-    rows = []
-    for tactic in GQA_CROSS_ATTENTION.tactics:
-        out = torch.empty_like(q)
-
-        def ours(out=out, tactic=tactic) -> None:
-            ops.launch_gqa_cross_attention(q, k, v, out, tactic.id)
-
-        ms = time_ms(ours, device, warmup, repeats)
-        rows.append(_row("cross_attention_gqa", dtype, tactic.id, ms, torch_ms, flops / ms / 1e9, "TFLOP/s",
-                         rel_error(out, reference)))  # fmt: skip
-    return rows
+    return _tactic_rows(
+        "cross_attention_gqa",
+        GQA_CROSS_ATTENTION,
+        lambda out, tactic: ops.launch_gqa_cross_attention(q, k, v, out, tactic),
+        lambda: torch.empty_like(q),
+        reference,
+        torch_ms,
+        (flops / 1e9, "TFLOP/s"),
+        device,
+        warmup,
+        repeats,
+    )
 
 
 def bench_snake(dtype: torch.dtype, device: torch.device, shapes: Shapes, warmup: int, repeats: int):
@@ -118,32 +105,52 @@ def bench_snake(dtype: torch.dtype, device: torch.device, shapes: Shapes, warmup
     moved = 2 * x.numel() * x.element_size()  # read x, write y
     reference = snake_eager(x, alpha, inv_beta)
     torch_ms = time_ms(lambda: snake_eager(x, alpha, inv_beta), device, warmup, repeats)
+    return _tactic_rows(
+        "snake",
+        SNAKE,
+        lambda y, tactic: ops.launch_snake(x, alpha, inv_beta, y, tactic),
+        lambda: torch.empty_like(x),
+        reference,
+        torch_ms,
+        (moved / 1e6, "GB/s"),
+        device,
+        warmup,
+        repeats,
+    )
+
+
+def _tactic_rows(
+    kernel: str,
+    spec: KernelSpec,
+    launch: Callable[[torch.Tensor, int], None],
+    new_output: Callable[[], torch.Tensor],
+    reference: torch.Tensor,
+    torch_ms: float,
+    work: tuple[float, str],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> list[dict]:
+    """One row per tactic: its time, its rate (work per ms in `work`'s unit), its error."""
+    per_ms, unit = work
     rows = []
-    for tactic in SNAKE.tactics:
-        y = torch.empty_like(x)
-
-        def ours(y=y, tactic=tactic) -> None:
-            ops.launch_snake(x, alpha, inv_beta, y, tactic.id)
-
-        ms = time_ms(ours, device, warmup, repeats)
+    for tactic in spec.tactics:
+        out = new_output()
+        ms = time_ms(lambda out=out, tactic=tactic: launch(out, tactic.id), device, warmup, repeats)
         rows.append(
-            _row("snake", dtype, tactic.id, ms, torch_ms, moved / ms / 1e6, "GB/s", rel_error(y, reference))
+            {
+                "kernel": kernel,
+                "dtype": str(out.dtype).removeprefix("torch."),
+                "tactic": tactic.id,
+                "ms": round(ms, 4),
+                "torch_ms": round(torch_ms, 4),
+                "speedup_vs_torch": round(torch_ms / ms, 3),
+                "rate": round(per_ms / ms, 2),
+                "rate_unit": unit,
+                "rel_error_vs_torch": rel_error(out, reference),
+            }
         )
     return rows
-
-
-def _row(kernel, dtype, tactic, ms, torch_ms, rate, unit, error) -> dict:
-    return {
-        "kernel": kernel,
-        "dtype": str(dtype).removeprefix("torch."),
-        "tactic": tactic,
-        "ms": round(ms, 4),
-        "torch_ms": round(torch_ms, 4),
-        "speedup_vs_torch": round(torch_ms / ms, 3),
-        "rate": round(rate, 2),
-        "rate_unit": unit,
-        "rel_error_vs_torch": error,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

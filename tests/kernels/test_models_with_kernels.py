@@ -20,6 +20,17 @@ def model():
     return random_model(seed=3)
 
 
+def _torch_then(model, kernels, run):
+    """`run()` with the torch maths, then with `kernels` (the model is left on the torch maths)."""
+    use_kernels("torch", model.dit, model.vae)
+    reference = run()
+    use_kernels(kernels, model.dit, model.vae)
+    try:
+        return reference, run()
+    finally:
+        use_kernels("torch", model.dit, model.vae)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("batch,frames", [(1, 1), (2, 13), (2, 64)])
 def test_dit_with_kernels_equals_dit_with_sdpa(model, batch, frames, generator):
@@ -28,26 +39,14 @@ def test_dit_with_kernels_equals_dit_with_sdpa(model, batch, frames, generator):
     t = torch.rand(batch, generator=generator)
     context = torch.randn(batch, cond.context_tokens, dit.cond_token_dim, generator=generator)
     global_cond = torch.randn(batch, dit.global_cond_dim, generator=generator)
-    use_kernels("torch", model.dit, model.vae)
-    reference = model.dit(x, t, context, global_cond)
-    use_kernels("triton", model.dit, model.vae)
-    try:
-        ours = model.dit(x, t, context, global_cond)
-    finally:
-        use_kernels("torch", model.dit, model.vae)
+    reference, ours = _torch_then(model, "triton", lambda: model.dit(x, t, context, global_cond))
     assert rel_error(ours, reference) <= FP32_TOL
 
 
 @torch.no_grad()
 def test_vae_decode_with_snake_kernel_equals_eager(model, generator):
     latents = torch.randn(1, model.config.vae.latent_dim, 3, generator=generator)
-    use_kernels("torch", model.dit, model.vae)
-    reference = model.vae.decode(latents)
-    use_kernels("triton", model.dit, model.vae)
-    try:
-        ours = model.vae.decode(latents)
-    finally:
-        use_kernels("torch", model.dit, model.vae)
+    reference, ours = _torch_then(model, "triton", lambda: model.vae.decode(latents))
     assert rel_error(ours, reference) <= FP32_TOL
 
 
@@ -74,13 +73,7 @@ def test_auto_keeps_the_torch_maths_on_the_cpu():
 @torch.no_grad()
 def test_vae_decode_with_compiled_snake_equals_eager(model, generator):
     latents = torch.randn(1, model.config.vae.latent_dim, 3, generator=generator)
-    use_kernels("torch", model.dit, model.vae)
-    reference = model.vae.decode(latents)
-    use_kernels("compiled", model.dit, model.vae)
-    try:
-        ours = model.vae.decode(latents)
-    finally:
-        use_kernels("torch", model.dit, model.vae)
+    reference, ours = _torch_then(model, "compiled", lambda: model.vae.decode(latents))
     # Inductor's vectorised sin may differ from eager's in the last ulp.
     assert rel_error(ours, reference) <= FP32_TOL
 

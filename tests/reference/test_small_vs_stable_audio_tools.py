@@ -20,39 +20,18 @@ from numerics import rel_error
 from safetensors.torch import save_file
 from test_vs_stable_audio_tools import REFERENCE_T5_NAME, _import_reference
 
-from stable_audio_rt.models.config import (
-    ConditioningConfig,
-    DiTConfig,
-    NumberConditionerConfig,
-    OobleckConfig,
-    StableAudioConfig,
-)
+from stable_audio_rt.models.config import TINY_SMALL
 from stable_audio_rt.models.random_init import random_model, randomize_
 from stable_audio_rt.runtime.pipeline import StableAudio
 
-# Small's structure at test size; 512-wide conditioning because the reference sizes its T5
+# Small's structure (TINY_SMALL) with 512-wide conditioning, because the reference sizes its T5
 # conditioner from the name "t5-small".
-SMALL_CONFIG = StableAudioConfig(
-    sample_size=64 * 2048,
-    dit=DiTConfig(
-        io_channels=8,
-        embed_dim=512,
-        depth=2,
-        num_heads=8,
-        cond_token_dim=512,
-        global_cond_dim=512,
-        project_cond_tokens=True,
-        qk_norm=True,
+SMALL_CONFIG = dataclasses.replace(
+    TINY_SMALL,
+    dit=dataclasses.replace(
+        TINY_SMALL.dit, embed_dim=512, num_heads=8, cond_token_dim=512, global_cond_dim=512
     ),
-    vae=OobleckConfig(channels=16, latent_dim=8),
-    conditioning=ConditioningConfig(
-        cond_dim=512,
-        t5_max_length=32,
-        numbers=(NumberConditionerConfig("seconds_total", 0.0, 256.0),),
-        cross_attention_ids=("prompt", "seconds_total"),
-        global_ids=("seconds_total",),
-    ),
-    objective="rf_denoiser",
+    conditioning=dataclasses.replace(TINY_SMALL.conditioning, cond_dim=512),
 )
 FRAMES = 16
 # fp32, T5 in fp16 on both sides; without CFG the sampler arithmetic is the reference's own, so
