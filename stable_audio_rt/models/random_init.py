@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
-from stable_audio_rt.models.config import TINY, TINY_SMALL, StableAudioConfig
+from stable_audio_rt.models.config import (
+    STABLE_AUDIO_OPEN_1_0,
+    STABLE_AUDIO_OPEN_SMALL,
+    TINY,
+    TINY_SMALL,
+    StableAudioConfig,
+)
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
 from stable_audio_rt.models.vae import OobleckVAE, restore_fp32_parameters_
@@ -105,5 +111,11 @@ def random_model(
     return StableAudioModel(config, dit, vae, conditioner)
 
 
-# The seeded random models by name, and the config each one has.
-RANDOM_MODELS: dict[str, StableAudioConfig] = {TINY_RANDOM: TINY, TINY_RANDOM_SMALL: TINY_SMALL}
+# The seeded random models by name, and the config each one has: the tiny smoke-test models,
+# and the real geometries (for benchmarks: timings do not depend on the weights' values).
+RANDOM_MODELS: dict[str, StableAudioConfig] = {
+    TINY_RANDOM: TINY,
+    TINY_RANDOM_SMALL: TINY_SMALL,
+    "random-stable-audio-open-1.0": STABLE_AUDIO_OPEN_1_0,
+    "random-stable-audio-open-small": STABLE_AUDIO_OPEN_SMALL,
+}

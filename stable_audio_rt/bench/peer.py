@@ -1,0 +1,123 @@
+"""The peer: diffusers' StableAudioPipeline on the same random weights as ours.
+
+diffusers' modules are built at the config's geometry with their own random initialisation,
+saved in the diffusers layout, and our pipeline loads that folder, so both run the same
+weights. diffusers is an optional dependency of the benchmark only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.random_init import TOKENIZER_VOCAB_SIZE, build_tokenizer
+
+# t5-base's shape (Stable Audio Open 1.0's text encoder) where the conditioning is 768 wide.
+T5_BASE = {"d_kv": 64, "ff_mult": 4, "layers": 12}
+# Stable Audio Open 1.0's scheduler as the diffusers pipeline ships it.
+SCHEDULER = {
+    "sigma_min": 0.3,
+    "sigma_max": 500.0,
+    "solver_order": 2,
+    "prediction_type": "v_prediction",
+    "sigma_data": 1.0,
+    "sigma_schedule": "exponential",
+}
+
+
+@dataclass
+class Peer:
+    pipeline: object  # diffusers.StableAudioPipeline
+    folder: Path  # the shared weights, in the diffusers layout
+
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        steps: int,
+        cfg_scale: float,
+        batch: int,
+        seconds: float,
+        seed: int,
+    ):
+        return self.pipeline(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            audio_end_in_s=seconds,
+            num_waveforms_per_prompt=batch,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+        ).audios
+
+
+def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = None) -> Peer:
+    """diffusers' pipeline with a `frames`-frame window at `config`'s geometry; its weights are
+    written to `folder` (a temporary one by default) for our pipeline to load."""
+    if config.objective != "v" or config.dit.qk_norm:
+        raise ConfigError("the diffusers peer exists for Stable Audio Open 1.0's structure only")
+    try:
+        from diffusers import (
+            AutoencoderOobleck,
+            CosineDPMSolverMultistepScheduler,
+            StableAudioDiTModel,
+            StableAudioPipeline,
+            StableAudioProjectionModel,
+        )
+        from transformers import T5Config, T5EncoderModel
+    except ImportError as e:
+        raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
+    dit, vae, cond = config.dit, config.vae, config.conditioning
+    wide = cond.cond_dim == 768
+    t5 = T5Config(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        d_model=cond.cond_dim,
+        d_kv=T5_BASE["d_kv"] if wide else cond.cond_dim // 4,
+        d_ff=T5_BASE["ff_mult"] * cond.cond_dim,
+        num_layers=T5_BASE["layers"] if wide else 2,
+        num_heads=cond.cond_dim // (T5_BASE["d_kv"] if wide else cond.cond_dim // 4),
+        feed_forward_proj="relu",
+    )
+    pipeline = StableAudioPipeline(
+        vae=AutoencoderOobleck(
+            encoder_hidden_size=vae.channels,
+            downsampling_ratios=list(vae.strides),
+            channel_multiples=list(vae.channel_multiples),
+            decoder_channels=vae.channels,
+            decoder_input_channels=vae.latent_dim,
+            audio_channels=vae.audio_channels,
+            sampling_rate=config.sample_rate,
+        ),
+        text_encoder=T5EncoderModel(t5),
+        projection_model=StableAudioProjectionModel(
+            text_encoder_dim=cond.cond_dim,
+            conditioning_dim=cond.cond_dim,
+            min_value=int(cond.numbers[0].min_value),
+            max_value=int(cond.numbers[0].max_value),
+        ),
+        tokenizer=build_tokenizer(cond.t5_max_length),
+        transformer=StableAudioDiTModel(
+            sample_size=frames,
+            in_channels=dit.io_channels,
+            num_layers=dit.depth,
+            attention_head_dim=dit.head_dim,
+            num_attention_heads=dit.num_heads,
+            num_key_value_attention_heads=dit.num_kv_heads,
+            out_channels=dit.io_channels,
+            cross_attention_dim=dit.context_dim,
+            time_proj_dim=dit.timestep_features_dim,
+            global_states_input_dim=dit.global_cond_dim,
+            cross_attention_input_dim=dit.cond_token_dim,
+        ),
+        scheduler=CosineDPMSolverMultistepScheduler(**SCHEDULER),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    folder = Path(folder or tempfile.mkdtemp(prefix="sa-bench-peer-"))
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return Peer(pipeline, folder)

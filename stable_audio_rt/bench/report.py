@@ -1,0 +1,92 @@
+"""sa-bench's outputs: the JSON report written atomically, a markdown table, and a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomically(path: Path, text: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(text, bytes) else "w"
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, delete=False, suffix=".tmp") as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    write_atomically(path, json.dumps(report, indent=2, default=str) + "\n")
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}: `{report['command']}`",
+        "",
+        "| backend | precision | frames | steps | batch | warm p50 (s) | RTF | × real time | per step (s) "
+        "| step / GEMM floor | latent cos. dist. | SNR (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"]:
+        q = run["quality"]
+        lines.append(
+            f"| {run['backend']} | {run['precision']} | {run['frames']} | {run['steps']} | {run['batch']} "
+            f"| {_fmt(run['warm_s']['total']['p50'])} | {_fmt(run['rtf'])} | {_fmt(run['x_real_time'])} "
+            f"| {_fmt(run['per_step_s'])} | {_fmt(run['floor']['dit_step_fraction'], 2)} "
+            f"| {_fmt(q['latent_cosine_distance'], 2)} | {_fmt(q['waveform_snr_db'], 3)} |"
+        )
+    for peer in report.get("peer", []):
+        lines += [
+            "",
+            f"diffusers StableAudioPipeline on the same weights and work ({peer['frames']} frames, "
+            f"{peer['steps']} steps, batch {peer['batch']}), interleaved: ours {_fmt(peer['ours_s_p50'])} s, "
+            f"diffusers {_fmt(peer['diffusers_s_p50'])} s, ratio ×{_fmt(peer['ratio_p50'])} (per pair: "
+            f"{', '.join(_fmt(p['ratio']) for p in peer['pairs'])}).",
+        ]
+    floors = ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in report["gemm_floor"].items())
+    lines += ["", f"GEMM rate on the DiT's product shapes: {floors}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Warm latency against frames, one line per backend/precision, with the GEMM floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for run in report["runs"]:
+        key = f"{run['backend']} {run['precision']} (steps {run['steps']}, batch {run['batch']})"
+        series.setdefault(key, []).append(
+            (run["frames"], run["warm_s"]["total"]["p50"], run["floor"]["request_s"])
+        )
+    for key, points in series.items():
+        points.sort()
+        frames = [p[0] for p in points]
+        axis.plot(frames, [p[1] for p in points], marker="o", label=key)
+        axis.plot(frames, [p[2] for p in points], linestyle="--", marker="x", color="grey")
+    axis.plot(
+        [], [], linestyle="--", marker="x", color="grey", label="GEMM floor (FLOPs / measured GEMM rate)"
+    )
+    axis.set_ylim(bottom=0)
+    axis.set_xlabel("latent frames")
+    axis.set_ylabel("seconds per request (warm p50)")
+    axis.set_title(f"sa-bench on {report['device']}")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".png") as tmp:
+        figure.savefig(tmp.name, dpi=120)
+    plt.close(figure)
+    os.replace(tmp.name, path)

@@ -1,0 +1,111 @@
+"""Running one benchmark configuration: cold and warm requests, per-stage times, memory."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
+
+PROMPT = "warm analog synth pad with slow attack"
+NEGATIVE_PROMPT = "low quality"
+PERCENTILES = (50, 90)
+
+
+@dataclass(frozen=True)
+class Workload:
+    frames: int
+    steps: int
+    batch: int
+    seed: int
+    cfg_scale: float
+
+    def options(self, sample_rate: int, ratio: int) -> dict:
+        seconds = self.frames * ratio / sample_rate
+        negative = NEGATIVE_PROMPT if self.cfg_scale != 1.0 else None
+        return dict(
+            frames=self.frames,
+            seconds_total=seconds,
+            steps=self.steps,
+            num_outputs=self.batch,
+            seed=self.seed,
+            cfg_scale=self.cfg_scale,
+            negative_prompt=negative,
+            vae_chunk=None,
+        )
+
+
+def percentile(values: list[float], q: int) -> float:
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = int(rank), min(int(rank) + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(values),
+        "p90": percentile(values, 90),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def run_workload(pipe: StableAudio, workload: Workload, warmup: int, repeats: int) -> dict:
+    """The first call (cold) and `repeats` calls after `warmup` more (warm); stage timings
+    come from the pipeline (CUDA-synchronised on a GPU, perf_counter on the CPU)."""
+    config = pipe.config
+    options = workload.options(config.sample_rate, config.vae.downsampling_ratio)
+    device = pipe.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    cold = pipe.generate(PROMPT, **options)
+    for _ in range(warmup):
+        pipe.generate(PROMPT, **options)
+    warm: list[GenerationResult] = [pipe.generate(PROMPT, **options) for _ in range(repeats)]
+    stages = list(cold.timings)
+    totals = [sum(r.timings.values()) for r in warm]
+    tokenize_s, t5_s = _text_encoder_times(pipe, workload, repeats)
+    return {
+        "cold_s": {**cold.timings, "total": sum(cold.timings.values())},
+        "warm_s": {s: spread([r.timings[s] for r in warm]) for s in stages} | {"total": spread(totals)},
+        "per_step_s": statistics.median(r.timings["sampling"] / workload.steps for r in warm),
+        "tokenize_s": tokenize_s,
+        "t5_s": t5_s,
+        "peak_memory_mb": {
+            "cuda_max_allocated": torch.cuda.max_memory_allocated(device) / 2**20
+            if device.type == "cuda"
+            else None,
+            "process_rss": peak_rss_mb(),
+        },
+        "result": warm[-1],
+    }
+
+
+def _text_encoder_times(pipe: StableAudio, workload: Workload, repeats: int) -> tuple[float, float]:
+    """The conditioning stage's tokenizer and T5 parts, timed on their own (same prompts)."""
+    conditioner, device = pipe.components.conditioner, pipe.device
+    prompts = [PROMPT] * workload.batch
+    tokenize, t5 = [], []
+    for _ in range(max(1, repeats)):
+        began = time.perf_counter()
+        ids, mask = conditioner.tokenize(prompts)
+        tokenize.append(time.perf_counter() - began)
+        with torch.no_grad():
+            began = time.perf_counter()
+            conditioner.text_encoder(ids.to(device), mask.to(device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t5.append(time.perf_counter() - began)
+    return statistics.median(tokenize), statistics.median(t5)

@@ -1,0 +1,144 @@
+"""sa-bench on the tiny model: the report's schema and arithmetic, FLOP counts against a hand
+count, the markdown and plot files, the diffusers peer and onnxruntime rows, and bad arguments
+refused before any work."""
+
+import json
+
+import pytest
+import torch
+
+from stable_audio_rt.bench import cli
+from stable_audio_rt.bench.flops import dit_step_flops, request_flops, t5_flops, vae_decode_flops
+from stable_audio_rt.models.config import TINY
+
+# The tests' diffusers checkpoint's T5 (tests/checkpoints.py): d_model 128, d_ff 256, 2 layers.
+T5_DIMS = (128, 256, 2)
+RUN_FIELDS = {
+    "backend", "precision", "frames", "steps", "batch", "cfg_scale", "audio_seconds", "load_s", "cold_s",
+    "warm_s", "per_step_s", "tokenize_s", "t5_s", "peak_memory_mb", "rtf", "x_real_time", "flops", "floor",
+    "quality",
+}  # fmt: skip
+
+
+def test_dit_step_flops_equal_a_hand_count():
+    # TINY: D = 256, depth 2, 4 heads, C = 8, FF inner 1024, context 33 tokens; 2 rows, 4 frames
+    # → 2·5 = 10 tokens. Each term is 2·m·k·n (× depth for the per-block products).
+    gemms = (
+        2 * 8 * 8 * 8  # preprocess conv, 8 frame-rows
+        + 2 * 8 * 8 * 256  # project_in
+        + 2 * (2 * 10 * 256 * 768)  # to_qkv, 2 blocks
+        + 3 * 2 * (2 * 10 * 256 * 256)  # self out, cross q, cross out
+        + 2 * (2 * 10 * 256 * 2048)  # ff proj_in (SwiGLU: 2 × 1024)
+        + 2 * (2 * 10 * 1024 * 256)  # ff proj_out
+        + 2 * 10 * 256 * 8  # project_out
+        + 2 * 8 * 8 * 8  # postprocess conv
+    )
+    attention = 2 * 2 * (2 * (2 * 5 * 256 * 5) + 2 * (2 * 5 * 256 * 33))  # rows · depth · (self + cross)
+    assert dit_step_flops(TINY.dit, rows=2, frames=4, context_tokens=33) == gemms + attention
+
+
+def test_vae_decode_flops_equal_a_hand_count():
+    # TINY VAE: channels 16, widths 16·[1, 2, 4, 8, 16], strides 2, 4, 4, 8, 8 (decoder 8, 8, 4, 4, 2);
+    # per block: a transposed conv (kernel 2s, over input positions) and 3 × (k7 + k1) res units.
+    f = 1
+    total = 2 * 8 * 256 * 7 * f  # in conv, latent 8 → 256
+    for c_in, c_out, s, length_in in ((256, 128, 8, 1), (128, 64, 8, 8), (64, 32, 4, 64), (32, 16, 4, 256),
+                                      (16, 16, 2, 1024)):  # fmt: skip
+        total += 2 * c_in * c_out * 2 * s * length_in
+        total += 3 * (2 * c_out * c_out * 7 * length_in * s + 2 * c_out * c_out * length_in * s)
+    total += 2 * 16 * 2 * 7 * 2048  # out conv → stereo
+    assert vae_decode_flops(TINY.vae, rows=1, frames=1) == total
+
+
+def test_t5_flops_equal_a_hand_count():
+    per_layer = 4 * 2 * 32 * 128 * 128 + 2 * 2 * 32 * 128 * 32 + 2 * 2 * 32 * 128 * 256
+    assert t5_flops(128, 256, 2, tokens=32, rows=3) == 3 * 2 * per_layer
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory, engines, tiny_diffusers_dir):
+    out = tmp_path_factory.mktemp("bench")
+    folder, _ = engines["fp32"]  # exported from tiny_diffusers_dir
+    outputs = ["--json", str(out / "b.json"), "--markdown", str(out / "b.md"), "--plot", str(out / "b.png")]
+    argv = ["--model", str(tiny_diffusers_dir), "--backend", "all", "--engines", str(folder),
+            "--frames", "4", "8", "--steps", "2", "--repeats", "2", "--warmup", "0", *outputs]  # fmt: skip
+    assert cli.main(argv) == 0
+    return out, json.loads((out / "b.json").read_text())
+
+
+def test_report_has_every_field_and_right_arithmetic(bench_run):
+    _, report = bench_run
+    assert {"date", "device", "torch", "command", "model", "gemm_floor", "runs", "peer"} <= report.keys()
+    assert {(r["backend"], r["frames"]) for r in report["runs"]} == {
+        ("torch", 4),
+        ("torch", 8),
+        ("onnxruntime", 4),
+        ("onnxruntime", 8),
+    }
+    for run in report["runs"]:
+        assert RUN_FIELDS <= run.keys()
+        warm = run["warm_s"]["total"]["p50"]
+        assert run["audio_seconds"] == pytest.approx(run["frames"] * 2048 / 44100)
+        assert run["rtf"] == pytest.approx(warm / run["audio_seconds"])
+        assert run["x_real_time"] == pytest.approx(1 / run["rtf"])
+        assert run["warm_s"]["total"]["min"] <= warm <= run["warm_s"]["total"]["max"]
+        assert run["per_step_s"] == pytest.approx(run["warm_s"]["sampling"]["p50"] / 2, rel=0.5)
+        expected = request_flops(TINY, 1, run["frames"], 2, True, T5_DIMS)
+        assert run["flops"]["dit_step"] == expected.dit_step and run["flops"]["total"] == expected.total
+        floor = run["floor"]
+        assert floor["dit_step_fraction"] == pytest.approx(floor["dit_step_s"] / run["per_step_s"])
+    reference = [r for r in report["runs"] if r["backend"] == "torch"]
+    assert all(r["quality"]["latent_cosine_distance"] is None for r in reference)
+    ort = [r for r in report["runs"] if r["backend"] == "onnxruntime"]
+    assert all(r["quality"]["latent_cosine_distance"] <= 1e-4 for r in ort)  # fp32 graphs vs torch fp32
+    assert set(report["gemm_floor"]) == {"torch-float32", "onnxruntime"}
+
+
+def test_markdown_and_plot_are_written(bench_run):
+    out, report = bench_run
+    table = (out / "b.md").read_text()
+    assert table.count("\n| torch | fp32 |") == 2 and "| onnxruntime | fp32 |" in table
+    assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path):
+    argv = ["--model", "tiny-random", "--frames", "8", "--steps", "2", "--repeats", "2", "--warmup", "0",
+            "--diffusers", "--json", str(tmp_path / "p.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    (peer,) = json.loads((tmp_path / "p.json").read_text())["peer"]
+    assert (peer["frames"], peer["steps"], peer["batch"]) == (8, 2, 1)
+    assert len(peer["pairs"]) == 2
+    for pair in peer["pairs"]:
+        assert pair["ratio"] == pytest.approx(pair["diffusers_s"] / pair["ours_s"])
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["--backend", "onnxruntime"], "needs --engines"),
+        (["--backend", "tensorrt"], "not available yet"),
+        (["--frames", "0"], r"--frames values must be ≥ 1"),
+        (["--frames", "65"], "exceeds the model's window of 64"),
+        (["--repeats", "0"], "--repeats must be ≥ 1"),
+        (["--json", "out.txt"], "must name a .json file"),
+        (["--plot", "/no/such/folder/p.png"], "does not exist"),
+        (["--diffusers", "--frames", "4", "8"], "give one --frames value"),
+        (["--model", "tiny-random-small", "--diffusers"], "Stable Audio Open 1.0's structure only"),
+        (["--engines", "."], "needs --model to name the checkpoint"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    assert cli.main(["--model", "tiny-random", *arguments]) == 2
+    assert message in capsys.readouterr().err.replace("\\", "")
+    assert not list(tmp_path.iterdir())
+
+
+def test_gemm_rate_is_positive_for_both_libraries():
+    from stable_audio_rt.bench.flops import dit_step_gemms
+    from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
+
+    gemms = dit_step_gemms(TINY.dit, 2, 8, TINY.conditioning.context_tokens)
+    assert torch_gemm_rate(gemms, torch.device("cpu"), torch.float32).gflops_per_s > 0
+    assert onnxruntime_gemm_rate(gemms).gflops_per_s > 0
