@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed requests after the cold one (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed warm requests (default 3)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--diffusers", action="store_true", help="also run diffusers' pipeline on the same work")
+    p.add_argument(
+        "--diffusers",
+        action="store_true",
+        help="also run diffusers' pipeline on the same work and weights: the --model folder when it is "
+        "in the diffusers layout, else random weights of its geometry that ours then loads",
+    )
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the summary table here")
     p.add_argument("--plot", type=Path, help="write latency vs frames here (.png)")
@@ -197,9 +202,12 @@ def _pipelines(
 def _run(args: argparse.Namespace, config, device: torch.device, workloads: list[Workload]) -> dict:
     peer = None
     if args.diffusers:
-        from stable_audio_rt.bench.peer import build_peer
+        from stable_audio_rt.bench.peer import build_peer, load_peer
 
-        peer = build_peer(config, workloads[0].frames)
+        if (Path(args.model) / "model_index.json").is_file():  # a diffusers checkpoint: share it
+            peer = load_peer(Path(args.model), workloads[0].frames)
+        else:
+            peer = build_peer(config, workloads[0].frames)
     entries = _pipelines(args, device, str(peer.folder) if peer is not None else args.model)
     gemm_rates: dict[str, dict] = {}
     runs, references, peer_reports, t5_dims = [], {}, [], None
@@ -221,8 +229,10 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
             runs.append(_run_row(backend, precision, workload, load_s, measured, result, references[key],
                                  config, t5_dims, rate, library))  # fmt: skip
             bar.update()
-        if peer is not None and backend == "torch" and precision == "fp32":
-            peer_reports.append(_interleave(peer, pipe, workloads[0], args.repeats))
+        if peer is not None:
+            peer_reports.append(
+                {"ours": f"{backend} {precision}", **_interleave(peer, pipe, workloads[0], args.repeats)}
+            )
         del pipe
     bar.close()
     return {"gemm_floor": gemm_rates, "runs": runs, "peer": peer_reports}
@@ -273,10 +283,12 @@ def _quality(result, reference) -> dict:
 
 
 def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dtype) -> float:
-    """GFLOP/s of `library` on the DiT step's shapes (measured once per library and dtype)."""
-    key = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
+    """GFLOP/s of `library` on this workload's DiT step shapes (GEMM efficiency depends on the
+    rows, so it is measured once per library, dtype and rows × frames)."""
+    rows = workload.batch * (2 if workload.cfg_scale != 1.0 else 1)
+    name = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
+    key = f"{name} {rows}x{workload.frames}"
     if key not in cache:
-        rows = workload.batch * (2 if workload.cfg_scale != 1.0 else 1)
         gemms = flop_counts.dit_step_gemms(
             config.dit, rows, workload.frames, config.conditioning.context_tokens
         )

@@ -57,9 +57,22 @@ class Peer:
         ).audios
 
 
+def load_peer(folder: Path, frames: int) -> Peer:
+    """diffusers' pipeline from a diffusers-layout checkpoint folder, with a `frames` window."""
+    try:
+        from diffusers import StableAudioPipeline
+    except ImportError as e:
+        raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
+    pipeline = StableAudioPipeline.from_pretrained(folder)
+    # The pipeline's window is the transformer's sample_size; nothing else reads it.
+    pipeline.transformer.register_to_config(sample_size=frames)
+    pipeline.set_progress_bar_config(disable=True)
+    return Peer(pipeline, Path(folder))
+
+
 def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = None) -> Peer:
-    """diffusers' pipeline with a `frames`-frame window at `config`'s geometry; its weights are
-    written to `folder` (a temporary one by default) for our pipeline to load."""
+    """diffusers' pipeline with a `frames`-frame window at `config`'s geometry and random
+    weights, written to `folder` (a temporary one by default) for our pipeline to load."""
     if config.objective != "v" or config.dit.qk_norm:
         raise ConfigError("the diffusers peer exists for Stable Audio Open 1.0's structure only")
     try:

@@ -47,12 +47,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"diffusers StableAudioPipeline on the same weights and work ({peer['frames']} frames, "
-            f"{peer['steps']} steps, batch {peer['batch']}), interleaved: ours {_fmt(peer['ours_s_p50'])} s, "
+            f"{peer['steps']} steps, batch {peer['batch']}), interleaved with ours ({peer['ours']}): "
+            f"ours {_fmt(peer['ours_s_p50'])} s, "
             f"diffusers {_fmt(peer['diffusers_s_p50'])} s, ratio ×{_fmt(peer['ratio_p50'])} (per pair: "
             f"{', '.join(_fmt(p['ratio']) for p in peer['pairs'])}).",
         ]
-    floors = ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in report["gemm_floor"].items())
-    lines += ["", f"GEMM rate on the DiT's product shapes: {floors}."]
+    floors = ", ".join(f"{k}: {v['gflops_per_s']:.0f}" for k, v in report["gemm_floor"].items())
+    lines += ["", f"GEMM rate (GFLOP/s) on the DiT step's product shapes (library, rows × frames): {floors}."]
     return "\n".join(lines) + "\n"
 
 

@@ -91,7 +91,12 @@ def test_report_has_every_field_and_right_arithmetic(bench_run):
     assert all(r["quality"]["latent_cosine_distance"] is None for r in reference)
     ort = [r for r in report["runs"] if r["backend"] == "onnxruntime"]
     assert all(r["quality"]["latent_cosine_distance"] <= 1e-4 for r in ort)  # fp32 graphs vs torch fp32
-    assert set(report["gemm_floor"]) == {"torch-float32", "onnxruntime"}
+    assert set(report["gemm_floor"]) == {
+        "torch-float32 2x4",
+        "torch-float32 2x8",
+        "onnxruntime 2x4",
+        "onnxruntime 2x8",
+    }
 
 
 def test_markdown_and_plot_are_written(bench_run):
