@@ -87,13 +87,19 @@ class GenerationResult:
 
 @contextmanager
 def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
+    """Seconds of a stage: CUDA events around it on a GPU (device time from its first queued
+    kernel to its last), perf_counter on the CPU."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        end.synchronize()
+        timings[name] = start.elapsed_time(end) / 1e3
+        return
+    began = time.perf_counter()
     yield
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    timings[name] = time.perf_counter() - start
+    timings[name] = time.perf_counter() - began
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:

@@ -147,3 +147,13 @@ def test_gemm_rate_is_positive_for_both_libraries():
     gemms = dit_step_gemms(TINY.dit, 2, 8, TINY.conditioning.context_tokens)
     assert torch_gemm_rate(gemms, torch.device("cpu"), torch.float32).gflops_per_s > 0
     assert onnxruntime_gemm_rate(gemms).gflops_per_s > 0
+
+
+def test_small_runs_with_its_own_defaults(tmp_path):
+    # Stable Audio Open Small's structure: 8 pingpong steps, no CFG (one DiT row per clip).
+    argv = ["--model", "tiny-random-small", "--frames", "8", "--repeats", "1", "--warmup", "0",
+            "--json", str(tmp_path / "s.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    (run,) = json.loads((tmp_path / "s.json").read_text())["runs"]
+    assert (run["steps"], run["cfg_scale"]) == (8, 1.0)
+    assert run["floor"]["gflops_per_s"] > 0 and run["flops"]["steps"] == 8

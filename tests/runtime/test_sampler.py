@@ -17,8 +17,9 @@ from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
 
 # The loop and the linear form are the same maths in a different summation order; in fp32
-# over a chaotic random DiT that differs by ~1e-6 relative.
-SAMPLER_REL_TOL = 1e-5
+# over a chaotic random DiT that differs by ~1e-6 relative, up to 1.3e-5 on some seeds (seen
+# with SA_TEST_SEED=12 at 9 steps). A wrong coefficient or history slot is ~1e-2 or more.
+SAMPLER_REL_TOL = 1e-4
 
 
 def reference_dpmpp_3m_sde(denoise, x, sigmas, noise_at, eta=1.0, s_noise=1.0):
