@@ -114,8 +114,25 @@ def main(argv: list[str] | None = None) -> int:
             else check["reason"]
         )
         print(f"{name:12s} {entry.precision:5s} {check['status']:8s} {detail} {entry.note}".rstrip())
-    print(f"wrote {args.out} (ONNX only: TensorRT engine builds are not implemented yet)")
+    print(_engines_line(args.out, manifest))
     return 0
+
+
+def _engines_line(folder: Path, manifest) -> str:
+    """Build TensorRT plans beside the graphs when TensorRT and a GPU are here; one line either way."""
+    from stable_audio_rt.export.trt_build import build_folder_engines, build_gpu
+    from stable_audio_rt.trt_import import TensorRTUnavailable, import_tensorrt
+
+    try:
+        import_tensorrt()
+    except TensorRTUnavailable:
+        hint = "pip install 'stable-audio-rt[trt]' on a GPU machine"
+        return f"wrote {folder}: ONNX only (TensorRT is not installed; {hint})"
+    if build_gpu() is None:
+        return f"wrote {folder}: ONNX only (no CUDA GPU to build TensorRT engines on)"
+    built = build_folder_engines(folder, manifest)
+    gpu = next(iter(built.components.values())).engine["gpu"]
+    return f"wrote {folder}: ONNX and TensorRT engines for {gpu}"
 
 
 if __name__ == "__main__":

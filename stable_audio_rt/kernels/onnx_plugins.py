@@ -14,8 +14,7 @@ import onnx
 import torch
 from onnxscript import values
 
-from stable_audio_rt.kernels.ops import NAMESPACE
-from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTION, SNAKE
+from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, NAMESPACE, ROPE_SELF_ATTENTION, SNAKE
 
 PLUGIN_DOMAIN = NAMESPACE
 PLUGIN_VERSION = "1"

@@ -18,6 +18,7 @@ from stable_audio_rt.kernels.specs import (
     GQA_CROSS_ATTENTION,
     HEAD_DIMS,
     MAX_GRID_Y,
+    NAMESPACE,
     ROPE_SELF_ATTENTION,
     SNAKE,
     TRITON_DTYPES,
@@ -26,7 +27,6 @@ from stable_audio_rt.kernels.specs import (
     snake_constexprs,
 )
 
-NAMESPACE = "stable_audio_rt"
 # The tactic the torch ops launch; the TensorRT plugins time every tactic instead.
 DEFAULT_TACTIC = 1
 

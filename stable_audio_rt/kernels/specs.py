@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The namespace of our torch ops, ONNX plugin domain and TensorRT plugins.
+NAMESPACE = "stable_audio_rt"
 # Head dims the attention kernels are built for: powers of two (tl.arange), 64 in SAO (§2).
 HEAD_DIMS = (32, 64, 128)
 # Triton's name for each activation dtype the kernels take.

@@ -23,35 +23,19 @@ from types import ModuleType
 import torch
 
 from stable_audio_rt.errors import StableAudioError
-from stable_audio_rt.kernels.ops import NAMESPACE
 from stable_audio_rt.kernels.ptx import compile_kernel
 from stable_audio_rt.kernels.specs import (
     GQA_CROSS_ATTENTION,
+    NAMESPACE,
     ROPE_SELF_ATTENTION,
     SNAKE,
     KernelSpec,
     attention_constexprs,
     snake_constexprs,
 )
+from stable_audio_rt.trt_import import import_tensorrt
 
 TYPE_COMBINATION = "FP32|FP16|BF16"
-
-
-class TensorRTUnavailable(StableAudioError, RuntimeError):
-    """TensorRT's Python package (or its native libraries) is not installed."""
-
-
-def import_tensorrt() -> tuple[ModuleType, ModuleType]:
-    """(tensorrt, tensorrt.plugin), or a one-line error that says how to install them."""
-    try:
-        import tensorrt
-        import tensorrt.plugin
-    except (ImportError, OSError) as e:
-        raise TensorRTUnavailable(
-            f"TensorRT is not usable here ({e}); install it with pip install 'stable-audio-rt[trt]' "
-            "on a machine with an NVIDIA GPU and driver"
-        ) from e
-    return tensorrt, tensorrt.plugin
 
 
 def build_arch() -> int | None:

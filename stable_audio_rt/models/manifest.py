@@ -88,6 +88,9 @@ class ComponentEntry:
     note: str = ""
     # TensorRT plugin ops the graph calls ("namespace::name"); empty for standard ONNX.
     plugins: list[str] = field(default_factory=list)
+    # The TensorRT plan built from the graph: file, sha256/bytes, TensorRT version, GPU name and
+    # compute capability (a plan runs only there); empty when none was built.
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import pytest
 from stable_audio_rt.kernels import trt_plugins
 from stable_audio_rt.kernels.ptx import HIDDEN_PARAMETERS
 from stable_audio_rt.kernels.specs import KERNELS
+from stable_audio_rt.trt_import import TensorRTUnavailable
 
 ARCH = 90
 
@@ -69,5 +70,5 @@ def test_output_has_the_shape_of_the_first_input(calls):
 
 
 def test_without_tensorrt_one_clear_error():
-    with pytest.raises(trt_plugins.TensorRTUnavailable, match=r"pip install 'stable-audio-rt\[trt\]'"):
+    with pytest.raises(TensorRTUnavailable, match=r"pip install 'stable-audio-rt\[trt\]'"):
         trt_plugins.import_tensorrt()
