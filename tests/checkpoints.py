@@ -23,6 +23,7 @@ from diffusers.pipelines.stable_audio.modeling_stable_audio import StableAudioPr
 from safetensors.torch import save_file
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
+from stable_audio_rt.bench.peer import diffusers_modules
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.random_init import TOKENIZER_VOCAB_SIZE, build_tokenizer
 
@@ -71,36 +72,12 @@ class ReferenceModules:
 
 def build_reference(config: StableAudioConfig, generator: torch.Generator) -> ReferenceModules:
     """diffusers' modules with the geometry of `config` and fresh random weights (fp32, eval)."""
-    dit, vae, cond = config.dit, config.vae, config.conditioning
+    cond = config.conditioning
+    transformer, vae, projection_model = diffusers_modules(config, config.latent_frames)
     modules = ReferenceModules(
-        transformer=StableAudioDiTModel(
-            sample_size=config.latent_frames,
-            in_channels=dit.io_channels,
-            num_layers=dit.depth,
-            attention_head_dim=dit.head_dim,
-            num_attention_heads=dit.num_heads,
-            num_key_value_attention_heads=dit.num_kv_heads,
-            out_channels=dit.io_channels,
-            cross_attention_dim=dit.context_dim,
-            time_proj_dim=dit.timestep_features_dim,
-            global_states_input_dim=dit.global_cond_dim,
-            cross_attention_input_dim=dit.cond_token_dim,
-        ),
-        vae=AutoencoderOobleck(
-            encoder_hidden_size=vae.channels,
-            downsampling_ratios=list(vae.strides),
-            channel_multiples=list(vae.channel_multiples),
-            decoder_channels=vae.channels,
-            decoder_input_channels=vae.latent_dim,
-            audio_channels=vae.audio_channels,
-            sampling_rate=config.sample_rate,
-        ),
-        projection_model=StableAudioProjectionModel(
-            text_encoder_dim=cond.cond_dim,
-            conditioning_dim=cond.cond_dim,
-            min_value=int(cond.numbers[0].min_value),
-            max_value=int(cond.numbers[0].max_value),
-        ),
+        transformer=transformer,
+        vae=vae,
+        projection_model=projection_model,
         text_encoder=T5EncoderModel(
             T5Config(
                 vocab_size=TOKENIZER_VOCAB_SIZE,

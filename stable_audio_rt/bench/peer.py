@@ -57,6 +57,43 @@ class Peer:
         ).audios
 
 
+def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
+    """diffusers' DiT (a `frames`-frame window), Oobleck VAE and number-conditioner projection
+    at `config`'s geometry, with diffusers' own random initialisation."""
+    from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
+
+    dit, vae, cond = config.dit, config.vae, config.conditioning
+    transformer = StableAudioDiTModel(
+        sample_size=frames,
+        in_channels=dit.io_channels,
+        num_layers=dit.depth,
+        attention_head_dim=dit.head_dim,
+        num_attention_heads=dit.num_heads,
+        num_key_value_attention_heads=dit.num_kv_heads,
+        out_channels=dit.io_channels,
+        cross_attention_dim=dit.context_dim,
+        time_proj_dim=dit.timestep_features_dim,
+        global_states_input_dim=dit.global_cond_dim,
+        cross_attention_input_dim=dit.cond_token_dim,
+    )
+    oobleck = AutoencoderOobleck(
+        encoder_hidden_size=vae.channels,
+        downsampling_ratios=list(vae.strides),
+        channel_multiples=list(vae.channel_multiples),
+        decoder_channels=vae.channels,
+        decoder_input_channels=vae.latent_dim,
+        audio_channels=vae.audio_channels,
+        sampling_rate=config.sample_rate,
+    )
+    projection = StableAudioProjectionModel(
+        text_encoder_dim=cond.cond_dim,
+        conditioning_dim=cond.cond_dim,
+        min_value=int(cond.numbers[0].min_value),
+        max_value=int(cond.numbers[0].max_value),
+    )
+    return transformer, oobleck, projection
+
+
 def load_peer(folder: Path, frames: int) -> Peer:
     """diffusers' pipeline from a diffusers-layout checkpoint folder, with a `frames` window."""
     try:
@@ -76,17 +113,11 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = Non
     if config.objective != "v" or config.dit.qk_norm:
         raise ConfigError("the diffusers peer exists for Stable Audio Open 1.0's structure only")
     try:
-        from diffusers import (
-            AutoencoderOobleck,
-            CosineDPMSolverMultistepScheduler,
-            StableAudioDiTModel,
-            StableAudioPipeline,
-            StableAudioProjectionModel,
-        )
+        from diffusers import CosineDPMSolverMultistepScheduler, StableAudioPipeline
         from transformers import T5Config, T5EncoderModel
     except ImportError as e:
         raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
-    dit, vae, cond = config.dit, config.vae, config.conditioning
+    cond = config.conditioning
     wide = cond.cond_dim == 768
     t5 = T5Config(
         vocab_size=TOKENIZER_VOCAB_SIZE,
@@ -97,37 +128,13 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = Non
         num_heads=cond.cond_dim // (T5_BASE["d_kv"] if wide else cond.cond_dim // 4),
         feed_forward_proj="relu",
     )
+    transformer, vae, projection_model = diffusers_modules(config, frames)
     pipeline = StableAudioPipeline(
-        vae=AutoencoderOobleck(
-            encoder_hidden_size=vae.channels,
-            downsampling_ratios=list(vae.strides),
-            channel_multiples=list(vae.channel_multiples),
-            decoder_channels=vae.channels,
-            decoder_input_channels=vae.latent_dim,
-            audio_channels=vae.audio_channels,
-            sampling_rate=config.sample_rate,
-        ),
+        vae=vae,
         text_encoder=T5EncoderModel(t5),
-        projection_model=StableAudioProjectionModel(
-            text_encoder_dim=cond.cond_dim,
-            conditioning_dim=cond.cond_dim,
-            min_value=int(cond.numbers[0].min_value),
-            max_value=int(cond.numbers[0].max_value),
-        ),
+        projection_model=projection_model,
         tokenizer=build_tokenizer(cond.t5_max_length),
-        transformer=StableAudioDiTModel(
-            sample_size=frames,
-            in_channels=dit.io_channels,
-            num_layers=dit.depth,
-            attention_head_dim=dit.head_dim,
-            num_attention_heads=dit.num_heads,
-            num_key_value_attention_heads=dit.num_kv_heads,
-            out_channels=dit.io_channels,
-            cross_attention_dim=dit.context_dim,
-            time_proj_dim=dit.timestep_features_dim,
-            global_states_input_dim=dit.global_cond_dim,
-            cross_attention_input_dim=dit.cond_token_dim,
-        ),
+        transformer=transformer,
         scheduler=CosineDPMSolverMultistepScheduler(**SCHEDULER),
     )
     pipeline.set_progress_bar_config(disable=True)
