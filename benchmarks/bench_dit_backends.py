@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from report import emit, header
+from timing import repeat
 
 from stable_audio_rt.export.onnx_export import Profile, export_component
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
@@ -27,14 +27,7 @@ CFG_ROWS = 2  # one clip: [cond; uncond]
 
 
 def _median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(repeat(fn, torch.device("cpu"), warmup, repeats))
 
 
 def main() -> None:

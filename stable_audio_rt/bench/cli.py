@@ -208,7 +208,13 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
             peer = load_peer(Path(args.model), workloads[0].frames)
         else:
             peer = build_peer(config, workloads[0].frames)
-    entries = _pipelines(args, device, str(peer.folder) if peer is not None else args.model)
+    source = str(peer.folder) if peer is not None else args.model
+    if args.engines is not None:
+        # Before any run: the quality columns compare the engines with `source`'s weights.
+        from stable_audio_rt.runtime.onnxruntime_backend import require_same_weights
+
+        require_same_weights(args.engines, Manifest.read(args.engines), source)
+    entries = _pipelines(args, device, source)
     gemm_rates: dict[str, dict] = {}
     runs, references, peer_reports, t5_dims = [], {}, [], None
     bar = tqdm(total=len(entries) * len(workloads), desc="sa-bench", unit="run")
@@ -241,9 +247,8 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
 def _run_row(
     backend, precision, workload, load_s, measured, result, reference, config, t5_dims, rate, library
 ):
-    uses_cfg = workload.cfg_scale != 1.0
     counted = flop_counts.request_flops(
-        config, workload.batch, workload.frames, workload.steps, uses_cfg, t5_dims
+        config, workload.batch, workload.frames, workload.steps, workload.uses_cfg, t5_dims
     )
     audio_s = result.audio.shape[-1] / result.sample_rate
     warm_total = measured["warm_s"]["total"]["p50"]
@@ -285,7 +290,7 @@ def _quality(result, reference) -> dict:
 def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dtype) -> float:
     """GFLOP/s of `library` on this workload's DiT step shapes (GEMM efficiency depends on the
     rows, so it is measured once per library, dtype and rows × frames)."""
-    rows = workload.batch * (2 if workload.cfg_scale != 1.0 else 1)
+    rows = workload.rows
     name = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
     key = f"{name} {rows}x{workload.frames}"
     if key not in cache:

@@ -57,13 +57,21 @@ class Peer:
         ).audios
 
 
+def _diffusers():
+    """diffusers, an optional dependency of the benchmark only, or the error that says so."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
+    return diffusers
+
+
 def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
     """diffusers' DiT (a `frames`-frame window), Oobleck VAE and number-conditioner projection
     at `config`'s geometry, with diffusers' own random initialisation."""
-    from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
-
+    diffusers = _diffusers()
     dit, vae, cond = config.dit, config.vae, config.conditioning
-    transformer = StableAudioDiTModel(
+    transformer = diffusers.StableAudioDiTModel(
         sample_size=frames,
         in_channels=dit.io_channels,
         num_layers=dit.depth,
@@ -76,7 +84,7 @@ def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
         global_states_input_dim=dit.global_cond_dim,
         cross_attention_input_dim=dit.cond_token_dim,
     )
-    oobleck = AutoencoderOobleck(
+    oobleck = diffusers.AutoencoderOobleck(
         encoder_hidden_size=vae.channels,
         downsampling_ratios=list(vae.strides),
         channel_multiples=list(vae.channel_multiples),
@@ -85,7 +93,7 @@ def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
         audio_channels=vae.audio_channels,
         sampling_rate=config.sample_rate,
     )
-    projection = StableAudioProjectionModel(
+    projection = diffusers.StableAudioProjectionModel(
         text_encoder_dim=cond.cond_dim,
         conditioning_dim=cond.cond_dim,
         min_value=int(cond.numbers[0].min_value),
@@ -96,11 +104,7 @@ def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
 
 def load_peer(folder: Path, frames: int) -> Peer:
     """diffusers' pipeline from a diffusers-layout checkpoint folder, with a `frames` window."""
-    try:
-        from diffusers import StableAudioPipeline
-    except ImportError as e:
-        raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
-    pipeline = StableAudioPipeline.from_pretrained(folder)
+    pipeline = _diffusers().StableAudioPipeline.from_pretrained(folder)
     # The pipeline's window is the transformer's sample_size; nothing else reads it.
     pipeline.transformer.register_to_config(sample_size=frames)
     pipeline.set_progress_bar_config(disable=True)
@@ -112,30 +116,29 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = Non
     weights, written to `folder` (a temporary one by default) for our pipeline to load."""
     if config.objective != "v" or config.dit.qk_norm:
         raise ConfigError("the diffusers peer exists for Stable Audio Open 1.0's structure only")
-    try:
-        from diffusers import CosineDPMSolverMultistepScheduler, StableAudioPipeline
-        from transformers import T5Config, T5EncoderModel
-    except ImportError as e:
-        raise ConfigError(f"the diffusers peer needs diffusers ({e}): pip install diffusers") from e
+    from transformers import T5Config, T5EncoderModel
+
+    diffusers = _diffusers()
     cond = config.conditioning
     wide = cond.cond_dim == 768
+    d_kv = T5_BASE["d_kv"] if wide else cond.cond_dim // 4
     t5 = T5Config(
         vocab_size=TOKENIZER_VOCAB_SIZE,
         d_model=cond.cond_dim,
-        d_kv=T5_BASE["d_kv"] if wide else cond.cond_dim // 4,
+        d_kv=d_kv,
         d_ff=T5_BASE["ff_mult"] * cond.cond_dim,
         num_layers=T5_BASE["layers"] if wide else 2,
-        num_heads=cond.cond_dim // (T5_BASE["d_kv"] if wide else cond.cond_dim // 4),
+        num_heads=cond.cond_dim // d_kv,
         feed_forward_proj="relu",
     )
     transformer, vae, projection_model = diffusers_modules(config, frames)
-    pipeline = StableAudioPipeline(
+    pipeline = diffusers.StableAudioPipeline(
         vae=vae,
         text_encoder=T5EncoderModel(t5),
         projection_model=projection_model,
         tokenizer=build_tokenizer(cond.t5_max_length),
         transformer=transformer,
-        scheduler=CosineDPMSolverMultistepScheduler(**SCHEDULER),
+        scheduler=diffusers.CosineDPMSolverMultistepScheduler(**SCHEDULER),
     )
     pipeline.set_progress_bar_config(disable=True)
     folder = Path(folder or tempfile.mkdtemp(prefix="sa-bench-peer-"))

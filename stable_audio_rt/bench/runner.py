@@ -25,9 +25,18 @@ class Workload:
     seed: int
     cfg_scale: float
 
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    @property
+    def rows(self) -> int:
+        """DiT rows per call: the clips, doubled by CFG's unconditional half."""
+        return self.batch * (2 if self.uses_cfg else 1)
+
     def options(self, sample_rate: int, ratio: int) -> dict:
         seconds = self.frames * ratio / sample_rate
-        negative = NEGATIVE_PROMPT if self.cfg_scale != 1.0 else None
+        negative = NEGATIVE_PROMPT if self.uses_cfg else None
         return dict(
             frames=self.frames,
             seconds_total=seconds,

@@ -41,10 +41,10 @@ def _kernel(spec: KernelSpec):
 
 def kernels_runnable_on(device: torch.device) -> bool:
     """True on CUDA, and on CPU only when the kernels were imported under the interpreter."""
-    from triton.runtime.interpreter import InterpretedFunction
-
     if device.type == "cuda":
         return True
+    from triton.runtime.interpreter import InterpretedFunction
+
     return device.type == "cpu" and isinstance(_kernel(SNAKE), InterpretedFunction)
 
 

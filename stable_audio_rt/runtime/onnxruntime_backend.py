@@ -164,6 +164,15 @@ class OrtDiTStep:
         return [self.t, self.context, self.global_cond]
 
 
+def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) -> None:
+    """Refuse an engine folder built from other weights than the checkpoint `model`."""
+    if weights_fingerprint(locate_checkpoint(model).root) != manifest.weights_sha256:
+        raise EngineFolderError(
+            f"{folder} was built from other weights than {model}: rebuild it with "
+            f"`sa-export --model {model} --out {folder}`"
+        )
+
+
 class OrtComponents:
     """Everything the pipeline needs, from an engine folder."""
 
@@ -174,12 +183,7 @@ class OrtComponents:
             )
         manifest = Manifest.read(folder)
         if model is not None:
-            root = locate_checkpoint(model).root
-            if weights_fingerprint(root) != manifest.weights_sha256:
-                raise EngineFolderError(
-                    f"{folder} was built from other weights than {model}: rebuild it with "
-                    f"`sa-export --model {model} --out {folder}`"
-                )
+            require_same_weights(folder, manifest, model)
         missing = [c for c in REQUIRED if c not in manifest.components]
         if missing:
             raise EngineFolderError(

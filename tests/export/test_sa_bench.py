@@ -140,6 +140,17 @@ def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, m
     assert not list(tmp_path.iterdir())
 
 
+def test_engines_from_other_weights_are_refused_before_any_run(
+    engines, tiny_single_file_dir, capsys, monkeypatch
+):
+    # The engines were exported from tiny_diffusers_dir; the single-file copy's files differ.
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    folder, _ = engines["fp32"]
+    argv = ["--model", str(tiny_single_file_dir), "--backend", "onnxruntime", "--engines", str(folder)]
+    assert cli.main(argv) == 2
+    assert "was built from other weights" in capsys.readouterr().err
+
+
 def test_gemm_rate_is_positive_for_both_libraries():
     from stable_audio_rt.bench.flops import dit_step_gemms
     from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate

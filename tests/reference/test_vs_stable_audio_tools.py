@@ -14,6 +14,7 @@ uses it for resampling and spectrograms, so a stand-in module is installed below
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import types
@@ -24,19 +25,16 @@ import torch
 from checkpoints import build_reference, write_single_file_checkpoint
 from numerics import rel_error
 
-from stable_audio_rt.models.config import ConditioningConfig, DiTConfig, OobleckConfig, StableAudioConfig
+from stable_audio_rt.models.config import TINY
 from stable_audio_rt.runtime.pipeline import StableAudio
 
 # The reference's T5 conditioner sizes itself from the model name: "t5-small" is 512 wide, so
 # the test model is 512 wide in its conditioning, with GQA 16:8 in its two DiT blocks.
 REFERENCE_T5_NAME = "t5-small"
-SAT_CONFIG = StableAudioConfig(
-    sample_size=64 * 2048,
-    dit=DiTConfig(
-        io_channels=8, embed_dim=1024, depth=2, num_heads=16, cond_token_dim=512, global_cond_dim=1024
-    ),
-    vae=OobleckConfig(channels=16, latent_dim=8),
-    conditioning=ConditioningConfig(cond_dim=512, t5_max_length=32),
+SAT_CONFIG = dataclasses.replace(
+    TINY,
+    dit=dataclasses.replace(TINY.dit, embed_dim=1024, num_heads=16, cond_token_dim=512, global_cond_dim=1024),
+    conditioning=dataclasses.replace(TINY.conditioning, cond_dim=512),
 )
 FRAMES = 16
 # fp32 on the CPU with T5 in fp16 on both sides: the remaining differences are summation order
