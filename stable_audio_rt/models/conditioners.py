@@ -51,8 +51,24 @@ class T5TextEncoder(nn.Module):
         self.t5 = t5_encoder
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.t5(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.t5(
+            input_ids=input_ids, attention_mask=self._full_mask(attention_mask)
+        ).last_hidden_state
         return hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+
+    def _full_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The (B, 1, L, L) mask transformers would build from the (B, L) one, built here: given
+        the 2D mask, transformers reads it on the host (`mask.all()`, to skip an all-ones mask),
+        a sync and a data-dependent branch that a CUDA graph cannot capture. A 4D mask is used
+        as given: boolean for SDPA, additive for the eager attention."""
+        length = attention_mask.shape[-1]
+        keep = attention_mask[:, None, None, :].bool().expand(-1, 1, length, -1)
+        if self.t5.config._attn_implementation == "eager":
+            dtype = self.t5.dtype
+            return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(
+                ~keep, torch.finfo(dtype).min
+            )
+        return keep
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +125,13 @@ class Conditioner(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         device = next(self.numbers.parameters()).device
         input_ids, attention_mask = (t.to(device) for t in self.tokenize(prompts))
-        tokens = self.number_tokens({i: v.to(device) for i, v in values.items()})
+        return self.encode(input_ids, attention_mask, {i: v.to(device) for i, v in values.items()})
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, values: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens and number values already on the device → (context, global): device work only."""
+        tokens = self.number_tokens(values)
         text = self.text_encoder(input_ids, attention_mask)
         tokens[PROMPT_ID] = text.to(next(self.numbers.parameters()).dtype)
         return assemble_conditioning(self.config, tokens)

@@ -18,9 +18,16 @@ from stable_audio_rt.models.loading import StableAudioModel
 
 
 class StepModel(Protocol):
-    """The DiT bound to one request: v for step i's model input."""
+    """The DiT for one request shape: buffers allocated up front, bound to each request in place,
+    so a CUDA graph captured over `bind` and the steps replays with the next request's values."""
 
-    def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor: ...
+    def bind(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> None:
+        """Fill the buffers in place: t (N,) diffusion time per step, context (R, S, D), global (R, G)."""
+        ...
+
+    def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
+        """v for step i's model input."""
+        ...
 
     def buffers(self) -> list[torch.Tensor]: ...
 
@@ -30,6 +37,7 @@ class Components(Protocol):
     device: torch.device
     dtype: torch.dtype  # of the DiT's and the VAE's inputs
     conditioner: Conditioner
+    capturable: bool  # whether a CUDA graph can capture this backend's calls
 
     def check_request(
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
@@ -37,8 +45,8 @@ class Components(Protocol):
         """Raise, before any work, if this backend cannot run such a request (shape profiles)."""
         ...
 
-    def step_model(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> StepModel:
-        """t: (N,) diffusion time per step; context (R, S, D) and global (R, G) per DiT row."""
+    def step_model(self, steps: int, rows: int) -> StepModel:
+        """The DiT step for N steps of R rows, its buffers allocated on the device."""
         ...
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
@@ -47,19 +55,32 @@ class Components(Protocol):
 
 
 class TorchDiTStep:
-    """Per-step DiT call with the request's global tokens (N, R, 1, D) and context K/V precomputed."""
+    """Per-step DiT call with the request's global tokens (N, R, 1, D) and context K/V precomputed
+    by `bind` (they depend only on σ and the conditioning)."""
 
-    def __init__(self, dit: DiT, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> None:
+    def __init__(self, dit: DiT, steps: int, rows: int, context_tokens: int) -> None:
         param = next(dit.parameters())
-        rows, steps = context.shape[0], t.shape[0]
-        self.dit = dit
-        with torch.no_grad():
-            # (N·R,) time × (N·R, G) global → one batched pass; the token depends only on σ and the condition.
-            tokens = dit.global_token(
-                t.to(param.device).repeat_interleave(rows), global_cond.to(param).repeat(steps, 1)
-            )
-            self.global_tokens = tokens.view(steps, rows, 1, -1).contiguous()
-            self.context_kv = [(k.contiguous(), v.contiguous()) for k, v in dit.context_kv(context.to(param))]
+        config = dit.config
+        self.dit, self.steps, self.rows = dit, steps, rows
+        empty = dict(device=param.device, dtype=param.dtype)
+        self.global_tokens = torch.empty((steps, rows, 1, config.embed_dim), **empty)
+        kv_shape = (rows, config.num_kv_heads, context_tokens, config.head_dim)
+        self.context_kv = [
+            (torch.empty(kv_shape, **empty), torch.empty(kv_shape, **empty)) for _ in dit.blocks
+        ]
+
+    def bind(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> None:
+        param = self.global_tokens
+        # (N·R,) time × (N·R, G) global → one batched pass.
+        tokens = self.dit.global_token(
+            t.to(param.device).repeat_interleave(self.rows), global_cond.to(param).repeat(self.steps, 1)
+        )
+        self.global_tokens.copy_(tokens.view(self.global_tokens.shape))
+        for (k, v), (k_new, v_new) in zip(
+            self.context_kv, self.dit.context_kv(context.to(param)), strict=True
+        ):
+            k.copy_(k_new)
+            v.copy_(v_new)
 
     def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
         return self.dit.forward_with_context_kv(model_input, self.global_tokens[i], self.context_kv)
@@ -75,14 +96,15 @@ class TorchComponents:
         self.conditioner = model.conditioner
         param = next(model.dit.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self.capturable = True
 
     def check_request(
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
     ) -> None:
         """PyTorch runs any shape."""
 
-    def step_model(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> TorchDiTStep:
-        return TorchDiTStep(self.model.dit, t, context, global_cond)
+    def step_model(self, steps: int, rows: int) -> TorchDiTStep:
+        return TorchDiTStep(self.model.dit, steps, rows, self.config.conditioning.context_tokens)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.model.vae.decode(latents.to(self.device, self.dtype))

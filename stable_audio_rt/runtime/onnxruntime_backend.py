@@ -144,16 +144,22 @@ class OrtTextEncoder:
 
 
 class OrtDiTStep:
-    """The DiT graph bound to one request's times, context and global condition."""
+    """The DiT graph with one request shape's time, context and global condition buffers."""
 
-    def __init__(
-        self, graph: OrtGraph, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor
-    ) -> None:
+    def __init__(self, graph: OrtGraph, config, steps: int, rows: int) -> None:
         self.graph = graph
-        rows = context.shape[0]
         device, dtype = graph.device, graph.float_type
-        self.t = t.to(device, torch.float32)[:, None].expand(-1, rows).contiguous()  # (N, R)
-        self.context, self.global_cond = context.to(device, dtype), global_cond.to(device, dtype)
+        conditioning = config.conditioning
+        self.t = torch.zeros((steps, rows), device=device)
+        self.context = torch.zeros(
+            (rows, conditioning.context_tokens, conditioning.cond_dim), device=device, dtype=dtype
+        )
+        self.global_cond = torch.zeros((rows, conditioning.global_dim), device=device, dtype=dtype)
+
+    def bind(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> None:
+        self.t.copy_(t[:, None].expand_as(self.t))
+        self.context.copy_(context)
+        self.global_cond.copy_(global_cond)
 
     def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
         self.graph.check_shape(model_input.shape[0], model_input.shape[-1])
@@ -191,6 +197,7 @@ class OrtComponents:
             )
         self.config = manifest.model_config
         self.device, self.dtype = device, torch.float32
+        self.capturable = False  # onnxruntime synchronises inside run()
         self.graphs = {
             c: OrtGraph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
         }
@@ -219,8 +226,8 @@ class OrtComponents:
             )
         return self.graphs["vae_encoder"]
 
-    def step_model(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> OrtDiTStep:
-        return OrtDiTStep(self.graphs["dit"], t, context, global_cond)
+    def step_model(self, steps: int, rows: int) -> OrtDiTStep:
+        return OrtDiTStep(self.graphs["dit"], self.config, steps, rows)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         graph = self.graphs["vae_decoder"]

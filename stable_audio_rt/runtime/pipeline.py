@@ -8,6 +8,7 @@ inpainting share that path; they differ only in the plan.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,18 +24,19 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_stable_audio
 from stable_audio_rt.models.random_init import RANDOM_MODELS, random_model
-from stable_audio_rt.models.vae import bottleneck_sample, decoder_receptive_frames
+from stable_audio_rt.models.vae import decoder_receptive_frames
+from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
-from stable_audio_rt.runtime.components import Components, StepModel, TorchComponents
+from stable_audio_rt.runtime.components import Components, TorchComponents
+from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.noise import (
     RequestRandomness,
     brownian_step_noise,
     gaussian_step_noise,
     pingpong_step_noise,
 )
-from stable_audio_rt.runtime.plan import InpaintPlan, RequestPlan, build_plan
+from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
-from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import (
     logsnr_shifted_times,
     pingpong_table,
@@ -42,15 +44,12 @@ from stable_audio_rt.runtime.schedule import (
     sigma_to_t,
     step_table,
 )
-from stable_audio_rt.runtime.vae_decode import (
-    auto_chunk_frames,
-    check_chunking,
-    decode_chunks,
-    decode_latents,
-)
+from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking, decode_chunks
 
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
 DEFAULT_STREAM_CHUNK_FRAMES = 64
+# The number conditions a request gives values for (reference-spec §6).
+NUMBER_VALUES = ("seconds_start", "seconds_total")
 
 Backend = Literal["torch"]
 EngineBackend = Literal["onnxruntime"]
@@ -118,15 +117,27 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 class StableAudio:
-    """A loaded model (through any backend's components) and the pipeline that samples it."""
+    """A loaded model (through any backend's components) and the pipeline that samples it.
 
-    def __init__(self, components: Components) -> None:
+    On a CUDA device with a capturable backend (torch, tensorrt) each request shape is captured
+    once as one CUDA graph and replayed after (`cuda_graph=False` runs eagerly, e.g. to debug);
+    if a capture fails, that shape runs eagerly and one warning says why.
+    """
+
+    def __init__(self, components: Components, cuda_graph: bool = True) -> None:
         self.components = components
         self.device, self.dtype = components.device, components.dtype
+        self.cuda_graph = cuda_graph
+        self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
+        self._capture_warned = False
 
     @property
     def config(self) -> StableAudioConfig:
         return self.components.config
+
+    @property
+    def uses_graphs(self) -> bool:
+        return self.cuda_graph and self.device.type == "cuda" and self.components.capturable
 
     @classmethod
     def from_pretrained(
@@ -139,6 +150,7 @@ class StableAudio:
         token: str | None = None,
         layout: Layout = "auto",
         kernels: KernelChoice = "auto",
+        cuda_graph: bool = True,
     ) -> StableAudio:
         """Load from a Hub repo id, a local folder, or "tiny-random" / "tiny-random-small" (seeded
         random weights of SAO 1.0's or Small's structure).
@@ -162,7 +174,7 @@ class StableAudio:
                 model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
             )
         use_kernels(chosen, loaded.dit, loaded.vae)
-        return cls(TorchComponents(loaded))
+        return cls(TorchComponents(loaded), cuda_graph)
 
     @classmethod
     def from_engines(
@@ -171,6 +183,7 @@ class StableAudio:
         backend: EngineBackend = "onnxruntime",
         device: torch.device | str | None = "cpu",
         model: str | Path | None = None,
+        cuda_graph: bool = True,
     ) -> StableAudio:
         """Run an engine folder written by sa-export. With `model`, the folder must have been
         built from that checkpoint's weights (checked by fingerprint)."""
@@ -178,7 +191,7 @@ class StableAudio:
             raise ConfigError(f"engine backend {backend!r} is not available yet; use 'onnxruntime'")
         from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
 
-        return cls(OrtComponents(Path(folder), resolve_device(device), model))
+        return cls(OrtComponents(Path(folder), resolve_device(device), model), cuda_graph)
 
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
@@ -192,19 +205,20 @@ class StableAudio:
     def run_resolved(self, resolved: ResolvedRequest, progress: bool = False) -> GenerationResult:
         """Run a request already checked against this model's config (see `resolve_request`)."""
         timings: dict[str, float] = {}
-        chunk, overlap = self._vae_chunking(resolved)
-        self._check(resolved, chunk)
-        latents = self._sample(resolved, timings, progress)
-        with torch.no_grad(), _stage(timings, "decode", self.device):
-            audio = decode_latents(self._decode, latents, self.config.vae, chunk, overlap)
-        with _stage(timings, "postprocess", self.device):
-            audio = audio[:, :, resolved.clip(self.config.sample_rate)].float().cpu()
-        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents.float().cpu(), timings)
+        shape = self.request_shape(resolved)
+        self._check(resolved, shape.decode_chunk)
+        if self.uses_graphs:
+            audio, latents = self._run_graph(resolved, shape, timings)
+        else:
+            audio, latents = self._run_eager(resolved, shape, timings, progress)
+        with _stage(timings, "postprocess", audio.device):
+            audio = audio[:, :, resolved.clip(self.config.sample_rate)].contiguous()
+        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents, timings)
 
     def generate_stream(self, prompt: str | Sequence[str], **options) -> Iterator[torch.Tensor]:
         """Like `generate`, but yields the clip's audio (B, channels, n) float32 on the CPU in
         consecutive pieces as the VAE decodes them, so playback can start before the decode ends.
-        The pieces concatenate to `generate(...).audio` (within float error)."""
+        The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly."""
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
         chunk, overlap = self._vae_chunking(resolved)
@@ -212,30 +226,161 @@ class StableAudio:
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
         self._check(resolved, chunk)
-        latents = self._sample(resolved, {}, progress=False)
+        request = self.prepare(resolved)
+        region.sample(request, self.components)
         clip = resolved.clip(self.config.sample_rate)
         position = 0
         with torch.no_grad():
             for piece in decode_chunks(
-                self._decode, latents, self.config.vae.downsampling_ratio, chunk, overlap
+                self.components.decode, request.plan.x, self.config.vae.downsampling_ratio, chunk, overlap
             ):
                 lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
                 if lo < hi:
                     yield piece[..., lo - position : hi - position].float().cpu()
                 position += piece.shape[-1]
 
-    def _sample(self, resolved: ResolvedRequest, timings: dict[str, float], progress: bool) -> torch.Tensor:
-        """Conditioning, plan and sampling: the request's final latents (B, C, frames)."""
-        with torch.no_grad():
-            with _stage(timings, "conditioning", self.device):
-                context, global_cond = self._condition(resolved)
-            with _stage(timings, "plan", self.device):
-                plan = self._plan(resolved, context, global_cond)
-            with _stage(timings, "sampling", self.device):
-                bar = tqdm(total=plan.steps, desc="sampling", unit="step", disable=not progress)
-                latents = run_plan(plan, on_step=lambda _: bar.update())
-                bar.close()
-        return latents
+    def request_shape(self, resolved: ResolvedRequest) -> RequestShape:
+        """What fixes this request's buffers and executed ops (its CUDA graph's key)."""
+        request = resolved.request
+        chunk, overlap = self._vae_chunking(resolved)
+        if resolved.init_audio is not None:
+            mode = "audio"
+        elif resolved.inpaint_audio is not None:
+            mode = "inpaint"
+        else:
+            mode = "text"
+        return RequestShape(
+            batch=resolved.batch,
+            frames=resolved.frames,
+            steps=request.steps,
+            mode=mode,
+            uses_cfg=request.cfg_scale != 1.0,
+            negative_prompt=request.negative_prompt is not None,
+            guidance=request.guidance_settings,
+            decode_chunk=chunk,
+            decode_overlap=overlap,
+        )
+
+    def prepare(self, resolved: ResolvedRequest) -> RequestBuffers:
+        """Fresh buffers for the request, its inputs written: ready for `region.run_region`."""
+        return self._fresh(self.request_shape(resolved), resolved)
+
+    def _fresh(self, shape: RequestShape, resolved: ResolvedRequest) -> RequestBuffers:
+        request = allocate_request(shape, self.components, self._number_ids())
+        self.write_inputs(request, resolved)
+        return request
+
+    def _run_eager(
+        self, resolved: ResolvedRequest, shape: RequestShape, timings: dict[str, float], progress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with _stage(timings, "prepare", self.device):
+            request = self._fresh(shape, resolved)
+        return self._eager_region(request, timings, progress)
+
+    def _eager_region(
+        self, request: RequestBuffers, timings: dict[str, float], progress: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def stage(name: str):
+            return _stage(timings, name, self.device)
+
+        bar = tqdm(total=request.plan.steps, desc="sampling", unit="step", disable=not progress)
+        region.sample(request, self.components, stage, on_step=lambda _: bar.update())
+        bar.close()
+        region.decode(request, self.components, stage)
+        return request.audio.cpu(), request.plan.x.cpu()
+
+    def _run_graph(
+        self, resolved: ResolvedRequest, shape: RequestShape, timings: dict[str, float]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.graphs.get(shape)
+        with _stage(timings, "prepare", self.device):
+            if entry is not None:
+                request = entry.request
+                self.write_inputs(request, resolved)
+            else:
+                request = self._fresh(shape, resolved)
+        if entry is None:
+            if shape in self.graphs.failed:
+                return self._eager_region(request, timings)
+            try:
+                with _stage(timings, "capture", self.device):
+                    entry = capture_request(request, lambda r: region.run_region(r, self.components))
+            except Exception as e:  # whatever broke the capture, the eager run raises it for real
+                self.graphs.failed.add(shape)
+                if not self._capture_warned:
+                    warnings.warn(
+                        f"CUDA graph capture failed ({type(e).__name__}: {e}); running this request shape "
+                        f"eagerly. cuda_graph=False (sa-run --no-cuda-graph) skips capturing.",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    self._capture_warned = True
+                return self._eager_region(self._fresh(shape, resolved), timings)
+            self.graphs.add(shape, entry)
+        with _stage(timings, "replay", self.device):
+            return entry.replay()
+
+    def _number_ids(self) -> list[str]:
+        return [i for i in self.components.conditioner.numbers if i in NUMBER_VALUES]
+
+    def write_inputs(self, request: RequestBuffers, resolved: ResolvedRequest) -> None:
+        """The host part of a request: tokens, number values, the seeded draws (in the
+        reference's order, see noise.py) and the schedule, copied into the request's buffers
+        (fresh ones, or a captured graph's)."""
+        settings, inputs, plan = resolved.request, request.inputs, request.plan
+        batch = resolved.batch
+        tokenize = self.components.conditioner.tokenize
+        prompts = [p for p in settings.prompts for _ in range(settings.num_outputs)]
+        ids, mask = tokenize(prompts)
+        inputs.input_ids.copy_(ids)
+        inputs.attention_mask.copy_(mask)
+        if inputs.negative_ids is not None:
+            ids, mask = tokenize([settings.negative_prompt] * batch)
+            inputs.negative_ids.copy_(ids)
+            inputs.negative_mask.copy_(mask)
+        values = {"seconds_start": settings.seconds_start, "seconds_total": resolved.seconds_total}
+        for name, buffer in inputs.numbers.items():
+            buffer.fill_(float(values[name]))
+        plan.cfg_scale.fill_(settings.cfg_scale)
+
+        randomness = RequestRandomness(resolved.seed, self.device)
+        state = tuple(inputs.noise.shape)
+        inputs.noise.copy_(randomness.randn(*state))
+        reference = resolved.init_audio if resolved.init_audio is not None else resolved.inpaint_audio
+        if reference is not None:
+            inputs.reference_audio.copy_(reference[None])
+            inputs.posterior_noise.copy_(randomness.randn(*inputs.posterior_noise.shape))
+        if self.config.objective == "rf_denoiser":
+            self._write_rf_schedule(request, resolved, randomness)
+            return
+        steps = settings.steps
+        sigmas = polyexponential_sigmas(steps, settings.sigma_min, resolved.sigma_max, device=self.device)
+        inputs.start_scale.copy_(sigmas[0])
+        inputs.reference_scale.fill_(1.0)
+        if settings.noise == "brownian":
+            step_noise = brownian_step_noise(sigmas, state, randomness.brownian_seed(), self.device)
+        else:
+            step_noise = gaussian_step_noise(randomness, steps, state)
+        plan.step_noise.copy_(step_noise)
+        if plan.inpaint is not None:
+            plan.inpaint.keep.copy_(resolved.inpaint_keep.view(1, 1, -1))
+            plan.inpaint.renoise.copy_(randomness.randn(steps, *state))
+        inputs.times.copy_(sigma_to_t(sigmas[:-1]))
+        plan.scalars.copy_(step_table(sigmas))
+
+    def _write_rf_schedule(
+        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
+    ) -> None:
+        """Pingpong on the rf objective: the DiT sees the raw time t; audio-to-audio starts from
+        (1 − t0)·z_ref + t0·ε as stable-audio-tools mixes it."""
+        inputs, plan = request.inputs, request.plan
+        steps, t0 = resolved.request.steps, resolved.sigma_max
+        times = logsnr_shifted_times(steps, t0, device=self.device)
+        inputs.start_scale.fill_(t0 if resolved.init_audio is not None else 1.0)
+        inputs.reference_scale.fill_(1 - t0)
+        plan.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
+        inputs.times.copy_(times[:-1])
+        plan.scalars.copy_(pingpong_table(times))
 
     def _check(self, resolved: ResolvedRequest, chunk: int | None) -> None:
         request = resolved.request
@@ -247,113 +392,8 @@ class StableAudio:
             encodes=request.init_audio is not None or request.inpaint_audio is not None,
         )
 
-    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.components.decode(latents)
-
     def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
         chunk = resolved.request.vae_chunk
         if chunk == "auto":
             chunk = auto_chunk_frames(self.config.vae, self.device, self.dtype)
         return chunk, resolved.request.vae_overlap
-
-    def _condition(self, resolved: ResolvedRequest) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R, S, D) context and (R, G) global: rows [cond; uncond] when CFG is on."""
-        request, batch = resolved.request, resolved.batch
-        prompts = [p for p in request.prompts for _ in range(request.num_outputs)]
-        values = {
-            "seconds_start": torch.full((batch,), float(request.seconds_start)),
-            "seconds_total": torch.full((batch,), float(resolved.seconds_total)),
-        }
-        conditioner = self.components.conditioner
-        context, global_cond = conditioner(prompts, values)
-        if request.cfg_scale == 1.0:
-            return context, global_cond
-        if request.negative_prompt is not None:
-            negative, _ = conditioner([request.negative_prompt] * batch, values)
-        else:
-            negative = torch.zeros_like(context)
-        # The global condition is the positive one in both halves (reference-spec §3).
-        return torch.cat((context, negative)), torch.cat((global_cond, global_cond))
-
-    def _encode_reference(self, audio: torch.Tensor, randomness: RequestRandomness) -> torch.Tensor:
-        """One posterior sample of the reference's latents (1, C, frames), noise drawn next."""
-        mean, std = self.components.encode_moments(audio[None])
-        return bottleneck_sample(mean, std, randomness.randn(*mean.shape))
-
-    def _plan(
-        self, resolved: ResolvedRequest, context: torch.Tensor, global_cond: torch.Tensor
-    ) -> RequestPlan:
-        request = resolved.request
-        shape = (resolved.batch, self.config.dit.io_channels, resolved.frames)
-        randomness = RequestRandomness(resolved.seed, self.device)
-        if self.config.objective == "rf_denoiser":
-            return self._plan_rf(resolved, context, global_cond, shape, randomness)
-        sigmas = polyexponential_sigmas(
-            request.steps, request.sigma_min, resolved.sigma_max, device=self.device
-        )
-
-        x0 = randomness.randn(*shape) * sigmas[0]
-        reference = None
-        if resolved.init_audio is not None:
-            x0 = x0 + self._encode_reference(resolved.init_audio, randomness).expand(shape)
-        elif resolved.inpaint_audio is not None:
-            reference = self._encode_reference(resolved.inpaint_audio, randomness).expand(shape).contiguous()
-
-        if request.noise == "brownian":
-            step_noise = brownian_step_noise(sigmas, shape, randomness.brownian_seed(), self.device)
-        else:
-            step_noise = gaussian_step_noise(randomness, request.steps, shape)
-
-        inpaint = None
-        if reference is not None:
-            inpaint = InpaintPlan(
-                keep=resolved.inpaint_keep.to(self.device).view(1, 1, -1),
-                reference=reference,
-                renoise=randomness.randn(request.steps, *shape),
-            )
-        denoiser = self.components.step_model(sigma_to_t(sigmas[:-1]), context, global_cond)
-        return self._build(resolved, denoiser, x0, step_table(sigmas), step_noise, context, inpaint)
-
-    def _plan_rf(
-        self,
-        resolved: ResolvedRequest,
-        context: torch.Tensor,
-        global_cond: torch.Tensor,
-        shape: tuple[int, int, int],
-        randomness: RequestRandomness,
-    ) -> RequestPlan:
-        """Pingpong on the rf objective: the DiT sees the raw time t; audio-to-audio starts from
-        (1 − t0)·z_ref + t0·ε as stable-audio-tools mixes it."""
-        steps, t0 = resolved.request.steps, resolved.sigma_max
-        times = logsnr_shifted_times(steps, t0, device=self.device)
-        x0 = randomness.randn(*shape)
-        if resolved.init_audio is not None:
-            reference = self._encode_reference(resolved.init_audio, randomness).expand(shape)
-            x0 = reference * (1 - t0) + x0 * t0
-        step_noise = pingpong_step_noise(randomness, steps, shape)
-        denoiser = self.components.step_model(times[:-1], context, global_cond)
-        return self._build(resolved, denoiser, x0, pingpong_table(times), step_noise, context, None)
-
-    def _build(
-        self,
-        resolved: ResolvedRequest,
-        denoiser: StepModel,
-        x0: torch.Tensor,
-        table: torch.Tensor,
-        step_noise: torch.Tensor,
-        context: torch.Tensor,
-        inpaint: InpaintPlan | None,
-    ) -> RequestPlan:
-        request = resolved.request
-        uses_cfg = context.shape[0] == 2 * resolved.batch
-        return build_plan(
-            denoiser,
-            x0,
-            table,
-            step_noise,
-            request.cfg_scale,
-            uses_cfg,
-            self.dtype,
-            request.guidance_settings,
-            inpaint,
-        )

@@ -13,6 +13,7 @@ import torch
 
 from stable_audio_rt.runtime.components import StepModel
 from stable_audio_rt.runtime.guidance import CFG, Guidance
+from stable_audio_rt.runtime.schedule import Col
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
 HISTORY = 3
@@ -53,6 +54,41 @@ class RequestPlan:
         return tensors
 
 
+def allocate_plan(
+    denoiser: StepModel,
+    shape: tuple[int, int, int],
+    steps: int,
+    uses_cfg: bool,
+    model_dtype: torch.dtype,
+    device: torch.device,
+    guidance: Guidance = CFG,
+    inpaint: bool = False,
+) -> RequestPlan:
+    """Empty buffers for N steps on a (B, C, T) state; the DiT sees 2B rows [cond; uncond] with
+    CFG, else B."""
+    batch, channels, frames = shape
+    rows = batch * (2 if uses_cfg else 1)
+    state = dict(device=device, dtype=torch.float32)
+    return RequestPlan(
+        x=torch.zeros(shape, **state),
+        model_input=torch.zeros((rows, channels, frames), device=device, dtype=model_dtype),
+        denoised=torch.zeros((HISTORY, *shape), **state),
+        scalars=torch.zeros((steps, len(Col)), **state),
+        denoiser=denoiser,
+        step_noise=torch.zeros((steps, *shape), **state),
+        cfg_scale=torch.zeros((), **state),
+        uses_cfg=uses_cfg,
+        guidance=guidance,
+        inpaint=InpaintPlan(
+            keep=torch.zeros((1, 1, frames), device=device, dtype=torch.bool),
+            reference=torch.zeros(shape, **state),
+            renoise=torch.zeros((steps, *shape), **state),
+        )
+        if inpaint
+        else None,
+    )
+
+
 def build_plan(
     denoiser: StepModel,
     x0: torch.Tensor,
@@ -62,21 +98,14 @@ def build_plan(
     uses_cfg: bool,
     model_dtype: torch.dtype,
     guidance: Guidance = CFG,
-    inpaint: InpaintPlan | None = None,
 ) -> RequestPlan:
-    """Allocate and fill the buffers of one request. `x0` is the initial state (B, C, T) at σ_0
-    on the run's device; the DiT sees 2B rows [cond; uncond] with CFG, else B."""
-    device = x0.device
-    rows = x0.shape[0] * (2 if uses_cfg else 1)
-    return RequestPlan(
-        x=x0.to(torch.float32).clone(),
-        model_input=torch.zeros((rows, *x0.shape[1:]), device=device, dtype=model_dtype),
-        denoised=torch.zeros((HISTORY, *x0.shape), device=device),
-        scalars=scalars.to(device, torch.float32),
-        denoiser=denoiser,
-        step_noise=step_noise.to(device, torch.float32),
-        cfg_scale=torch.tensor(cfg_scale, device=device, dtype=torch.float32),
-        uses_cfg=uses_cfg,
-        guidance=guidance,
-        inpaint=inpaint,
+    """A plan filled from given values: `x0` is the initial state (B, C, T) at σ_0 on the run's
+    device, `scalars` the step table, `step_noise` (N, B, C, T)."""
+    plan = allocate_plan(
+        denoiser, tuple(x0.shape), scalars.shape[0], uses_cfg, model_dtype, x0.device, guidance
     )
+    plan.x.copy_(x0)
+    plan.scalars.copy_(scalars)
+    plan.step_noise.copy_(step_noise)
+    plan.cfg_scale.fill_(cfg_scale)
+    return plan

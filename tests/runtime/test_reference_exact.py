@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchsde
 
+from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.guidance import CFG, Guidance, guide
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
@@ -20,9 +21,12 @@ def pipe():
 
 
 def _plan(pipe, request):
+    """The request's plan after the region's start: the initial state and the step noise."""
     resolved = resolve_request(request, pipe.config)
+    buffers = pipe.prepare(resolved)
     with torch.no_grad():
-        return resolved, pipe._plan(resolved, *pipe._condition(resolved))
+        region.start(buffers, pipe.components)
+    return resolved, buffers.plan
 
 
 @pytest.mark.parametrize("audio_to_audio", [False, True])

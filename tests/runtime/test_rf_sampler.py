@@ -91,7 +91,8 @@ def test_planned_pingpong_equals_the_plain_loop(small, cfg_scale, generator):
     times = logsnr_shifted_times(steps)
     x0 = torch.randn(shape, generator=generator)
     noise = torch.randn((steps, *shape), generator=generator)
-    denoiser = TorchDiTStep(small.dit, times[:-1], context, global_cond)
+    denoiser = TorchDiTStep(small.dit, steps, rows, cond.context_tokens)
+    denoiser.bind(times[:-1], context, global_cond)
     plan = build_plan(
         denoiser, x0, pingpong_table(times), noise, cfg_scale, cfg_scale != 1.0, torch.float32, CFG
     )

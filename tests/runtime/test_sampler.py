@@ -103,7 +103,8 @@ def test_linear_form_equals_k_diffusion_loop(tiny_dit, generator, noise_kind, st
         expected = reference_dpmpp_3m_sde(
             cfg_v_denoiser(tiny_dit, context, global_cond, cfg_scale), x0, sigmas, noise_at
         )
-        denoiser = TorchDiTStep(tiny_dit, sigma_to_t(sigmas[:-1]), context, global_cond)
+        denoiser = TorchDiTStep(tiny_dit, steps, context.shape[0], context.shape[1])
+        denoiser.bind(sigma_to_t(sigmas[:-1]), context, global_cond)
         plan = build_plan(denoiser, x0, step_table(sigmas), step_noise, cfg_scale, True, torch.float32)
         ours = run_plan(plan)
     assert rel_error(ours, expected) <= SAMPLER_REL_TOL

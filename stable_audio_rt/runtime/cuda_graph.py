@@ -1,0 +1,120 @@
+"""Whole-request CUDA graphs: one per request shape, captured once and replayed.
+
+A request's region (`region.run_region`) is warmed up eagerly on a side stream, then captured
+into a `torch.cuda.CUDAGraph` over its static buffers; later requests of the same shape only
+copy their inputs into those buffers, replay, and copy the outputs out to pinned host memory.
+A small LRU keeps the graphs, bounded in count and in the memory their private pools hold.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from stable_audio_rt.runtime.region import RequestBuffers, RequestShape
+
+DEFAULT_MAX_GRAPHS = 4
+# Share of the GPU's memory that the captured graphs' pools may hold together.
+DEFAULT_MEMORY_FRACTION = 0.25
+# Eager runs before capture: the first lets cuDNN/cuBLAS and TensorRT pick and allocate what
+# they need, so that none of it happens inside the capture.
+WARMUP_RUNS = 1
+
+
+class Replayable(Protocol):
+    def replay(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class CapturedRequest:
+    request: RequestBuffers
+    graph: Replayable
+    bytes: int  # GPU memory its private pool holds
+    host_audio: torch.Tensor  # pinned (B, channels, samples)
+    host_latents: torch.Tensor  # pinned (B, C, T)
+
+    def replay(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the graph on the inputs now in `request`'s buffers → (audio, latents) on the host."""
+        self.graph.replay()
+        self.host_audio.copy_(self.request.audio, non_blocking=True)
+        self.host_latents.copy_(self.request.plan.x, non_blocking=True)
+        device = self.request.audio.device
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        return self.host_audio.clone(), self.host_latents.clone()
+
+
+@dataclass
+class GraphCache:
+    """LRU of captured requests by shape. Adding one evicts the least recently used until at most
+    `max_graphs` remain and their pools hold at most `max_bytes` (the newest is always kept).
+    Shapes whose capture failed are remembered so they run eagerly without retrying."""
+
+    max_graphs: int = DEFAULT_MAX_GRAPHS
+    max_bytes: int | None = None
+    entries: OrderedDict[RequestShape, CapturedRequest] = field(default_factory=OrderedDict)
+    failed: set[RequestShape] = field(default_factory=set)
+
+    def get(self, shape: RequestShape) -> CapturedRequest | None:
+        entry = self.entries.get(shape)
+        if entry is not None:
+            self.entries.move_to_end(shape)
+        return entry
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.bytes for e in self.entries.values())
+
+    def add(self, shape: RequestShape, entry: CapturedRequest) -> list[RequestShape]:
+        """Keep `entry`; returns the shapes evicted for it."""
+        self.entries[shape] = entry
+        self.entries.move_to_end(shape)
+        evicted = []
+        while len(self.entries) > 1 and (
+            len(self.entries) > self.max_graphs
+            or (self.max_bytes is not None and self.total_bytes > self.max_bytes)
+        ):
+            old, dropped = self.entries.popitem(last=False)
+            dropped.graph.reset()
+            evicted.append(old)
+        return evicted
+
+    def clear(self) -> None:
+        for entry in self.entries.values():
+            entry.graph.reset()
+        self.entries.clear()
+
+
+def capture_request(request: RequestBuffers, run: Callable[[RequestBuffers], None]) -> CapturedRequest:
+    """Warm up `run(request)` on a side stream, then capture it; raises if capture fails."""
+    device = request.audio.device
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_RUNS):
+            run(request)
+    current.wait_stream(side)
+    torch.cuda.synchronize(device)
+    reserved = torch.cuda.memory_reserved(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(request)
+    pool_bytes = torch.cuda.memory_reserved(device) - reserved
+    return CapturedRequest(
+        request,
+        graph,
+        pool_bytes,
+        torch.empty(request.audio.shape, dtype=torch.float32, pin_memory=True),
+        torch.empty(request.plan.x.shape, dtype=torch.float32, pin_memory=True),
+    )
+
+
+def default_memory_cap(device: torch.device) -> int:
+    return int(torch.cuda.get_device_properties(device).total_memory * DEFAULT_MEMORY_FRACTION)

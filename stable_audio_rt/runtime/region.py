@@ -1,0 +1,203 @@
+"""The executed region of a request: device work only, over buffers allocated before it.
+
+A request is split in two. The host part (tokenizing, seeded random draws, the σ table) writes
+a `RequestBuffers`' inputs; the region below reads them and writes the sampler state and the
+output audio in place: conditioning (T5, numbers, the negative half), the DiT step's bind,
+the initial state (with the VAE encode for audio-to-audio and inpainting), every sampler step
+with guidance and the RePaint blend, and the VAE decode. Nothing in it synchronises with the
+host, and its op sequence depends only on the `RequestShape`, so on a CUDA device it is
+captured once per shape as one graph and replayed; elsewhere it runs eagerly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.vae import bottleneck_sample
+from stable_audio_rt.runtime.components import Components
+from stable_audio_rt.runtime.guidance import Guidance
+from stable_audio_rt.runtime.plan import RequestPlan, allocate_plan
+from stable_audio_rt.runtime.sampler import sampler_step
+from stable_audio_rt.runtime.vae_decode import decode_latents
+
+Mode = Literal["text", "audio", "inpaint"]
+Stage = Callable[[str], AbstractContextManager[None]]
+
+
+def no_stage(_: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """Everything that fixes the region's buffers and op sequence: the CUDA graph key."""
+
+    batch: int
+    frames: int
+    steps: int
+    mode: Mode
+    uses_cfg: bool
+    negative_prompt: bool
+    guidance: Guidance
+    decode_chunk: int | None
+    decode_overlap: int | None
+
+    @property
+    def rows(self) -> int:
+        """DiT rows: [cond; uncond] with CFG."""
+        return self.batch * (2 if self.uses_cfg else 1)
+
+
+@dataclass
+class RequestInputs:
+    """What the host writes before the region runs (or a graph replays)."""
+
+    input_ids: torch.Tensor  # (B, L) int64
+    attention_mask: torch.Tensor  # (B, L) int64
+    negative_ids: torch.Tensor | None  # (B, L): the negative prompt, when given with CFG
+    negative_mask: torch.Tensor | None
+    numbers: dict[str, torch.Tensor]  # number condition id → (B,) float32
+    times: torch.Tensor  # (N,) the DiT's time per step
+    noise: torch.Tensor  # (B, C, T) initial noise
+    start_scale: torch.Tensor  # 0-d: the initial noise's scale (σ_0, or t0 for rf)
+    reference_audio: torch.Tensor | None  # (1, channels, samples): audio-to-audio and inpainting
+    posterior_noise: torch.Tensor | None  # (1, C, T): the VAE posterior sample's noise
+    reference_scale: torch.Tensor  # 0-d: the reference latents' weight in the initial state
+
+
+@dataclass
+class RequestBuffers:
+    shape: RequestShape
+    inputs: RequestInputs
+    plan: RequestPlan  # sampler state and per-step tables; plan.x ends as the latents
+    audio: torch.Tensor  # (B, channels, samples) float32 output
+
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor allocated before the region (it may write only these, and its own
+        temporaries)."""
+        return [*self.input_buffers(), *self.plan.buffers(), self.audio]
+
+    def input_buffers(self) -> list[torch.Tensor]:
+        """The tensors the host writes and the region only reads, so a replay finds them intact."""
+        inputs, plan = self.inputs, self.plan
+        optional = [inputs.negative_ids, inputs.negative_mask, inputs.reference_audio, inputs.posterior_noise]
+        tables = [plan.scalars, plan.step_noise, plan.cfg_scale]
+        if plan.inpaint is not None:
+            tables += [plan.inpaint.keep, plan.inpaint.renoise]
+        return [
+            inputs.input_ids,
+            inputs.attention_mask,
+            *(t for t in optional if t is not None),
+            *inputs.numbers.values(),
+            inputs.times,
+            inputs.noise,
+            inputs.start_scale,
+            inputs.reference_scale,
+            *tables,
+        ]
+
+
+def allocate_request(shape: RequestShape, components: Components, number_ids: list[str]) -> RequestBuffers:
+    """Empty buffers of one request shape on the components' device."""
+    config: StableAudioConfig = components.config
+    device = components.device
+    state = (shape.batch, config.dit.io_channels, shape.frames)
+    tokens = (shape.batch, config.conditioning.t5_max_length)
+    samples = shape.frames * config.vae.downsampling_ratio
+    f32 = dict(device=device, dtype=torch.float32)
+    negative = shape.uses_cfg and shape.negative_prompt
+    encodes = shape.mode != "text"
+    inputs = RequestInputs(
+        input_ids=torch.zeros(tokens, device=device, dtype=torch.int64),
+        attention_mask=torch.zeros(tokens, device=device, dtype=torch.int64),
+        negative_ids=torch.zeros(tokens, device=device, dtype=torch.int64) if negative else None,
+        negative_mask=torch.zeros(tokens, device=device, dtype=torch.int64) if negative else None,
+        numbers={i: torch.zeros(shape.batch, **f32) for i in number_ids},
+        times=torch.zeros(shape.steps, **f32),
+        noise=torch.zeros(state, **f32),
+        start_scale=torch.zeros((), **f32),
+        reference_audio=torch.zeros((1, config.vae.audio_channels, samples), **f32) if encodes else None,
+        posterior_noise=torch.zeros((1, *state[1:]), **f32) if encodes else None,
+        reference_scale=torch.zeros((), **f32),
+    )
+    plan = allocate_plan(
+        components.step_model(shape.steps, shape.rows),
+        state,
+        shape.steps,
+        shape.uses_cfg,
+        components.dtype,
+        device,
+        shape.guidance,
+        inpaint=shape.mode == "inpaint",
+    )
+    audio = torch.zeros((shape.batch, config.vae.audio_channels, samples), **f32)
+    return RequestBuffers(shape, inputs, plan, audio)
+
+
+def condition(request: RequestBuffers, components: Components) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R, S, D) context and (R, G) global: rows [cond; uncond] when CFG is on."""
+    inputs, conditioner = request.inputs, components.conditioner
+    context, global_cond = conditioner.encode(inputs.input_ids, inputs.attention_mask, inputs.numbers)
+    if not request.shape.uses_cfg:
+        return context, global_cond
+    if inputs.negative_ids is not None:
+        negative, _ = conditioner.encode(inputs.negative_ids, inputs.negative_mask, inputs.numbers)
+    else:
+        negative = torch.zeros_like(context)
+    # The global condition is the positive one in both halves (reference-spec §3).
+    return torch.cat((context, negative)), torch.cat((global_cond, global_cond))
+
+
+def start(request: RequestBuffers, components: Components) -> None:
+    """Conditioning into the DiT step's buffers, and the initial state (with the reference's
+    latents for audio-to-audio, or as the RePaint reference for inpainting)."""
+    inputs, plan = request.inputs, request.plan
+    plan.denoiser.bind(inputs.times, *condition(request, components))
+    plan.x.copy_(inputs.noise * inputs.start_scale)
+    if inputs.reference_audio is None:
+        return
+    mean, std = components.encode_moments(inputs.reference_audio)
+    reference = bottleneck_sample(mean, std, inputs.posterior_noise)
+    if plan.inpaint is not None:
+        plan.inpaint.reference.copy_(reference.expand_as(plan.inpaint.reference))
+    else:
+        plan.x.add_(reference * inputs.reference_scale)
+
+
+def sample(
+    request: RequestBuffers,
+    components: Components,
+    stage: Stage = no_stage,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
+    """Conditioning, initial state and every step: `request.plan.x` ends as the latents."""
+    with torch.no_grad():
+        with stage("conditioning"):
+            start(request, components)
+        with stage("sampling"):
+            for i in range(request.plan.steps):
+                sampler_step(request.plan, i)
+                if on_step is not None:
+                    on_step(i)
+
+
+def decode(request: RequestBuffers, components: Components, stage: Stage = no_stage) -> None:
+    """The latents' audio into `request.audio` (float32), in one call or in chunks."""
+    shape = request.shape
+    with torch.no_grad(), stage("decode"):
+        audio = decode_latents(
+            components.decode, request.plan.x, components.config.vae, shape.decode_chunk, shape.decode_overlap
+        )
+        request.audio.copy_(audio)
+
+
+def run_region(request: RequestBuffers, components: Components, stage: Stage = no_stage) -> None:
+    """The whole region: what a CUDA graph captures."""
+    sample(request, components, stage)
+    decode(request, components, stage)

@@ -1,0 +1,149 @@
+"""The pipeline's CUDA-graph path, run on the CPU: graph keys, the LRU with its count and memory
+caps, inputs written into a captured request's buffers before each replay, and the fallback to
+eager with one warning. CUDA graphs themselves cannot run here: a stand-in "graph" replays the
+region eagerly on the captured buffers, so everything around the graph runs for real (the GPU
+tests in tests/gpu/ replay real graphs)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from stable_audio_rt.runtime import pipeline as pipeline_module
+from stable_audio_rt.runtime.cuda_graph import CapturedRequest, GraphCache
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+
+RATE = 44100
+
+
+class StandInGraph:
+    """Replays `run(request)` eagerly; counts replays and resets."""
+
+    def __init__(self, request, run):
+        self.request, self.run = request, run
+        self.replays, self.was_reset = 0, False
+
+    def replay(self):
+        self.replays += 1
+        self.run(self.request)
+
+    def reset(self):
+        self.was_reset = True
+
+
+def _stand_in_capture(request, run):
+    run(request)  # the warm-up
+    return CapturedRequest(
+        request,
+        StandInGraph(request, run),
+        bytes=request.plan.x.numel() * 4,
+        host_audio=torch.empty(request.audio.shape),
+        host_latents=torch.empty(request.plan.x.shape),
+    )
+
+
+@pytest.fixture
+def graphed(monkeypatch):
+    """The tiny model with the graph path on (as on CUDA) and the stand-in capture."""
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu")
+    monkeypatch.setattr(StableAudio, "uses_graphs", property(lambda self: self.cuda_graph))
+    monkeypatch.setattr(pipeline_module, "capture_request", _stand_in_capture)
+    return pipe
+
+
+def _tone():
+    return (0.3 * np.sin(2 * np.pi * 220 * np.arange(RATE) / RATE))[None].repeat(2, 0).astype(np.float32)
+
+
+def _mask():
+    keep = np.ones(RATE)
+    keep[RATE // 3 :] = 0
+    return keep
+
+
+MODES = {
+    "text": {},
+    "audio": {"init_audio": (_tone(), RATE)},
+    "inpaint": {"inpaint_audio": (_tone(), RATE), "inpaint_mask": _mask()},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_replays_equal_eager_runs_and_reuse_one_capture(graphed, generator, mode):
+    eager = StableAudio(graphed.components, cuda_graph=False)
+    seeds = torch.randint(0, 2**31, (2,), generator=generator).tolist()
+    prompts = ["pad", "rain"]
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        options = dict(
+            seconds_total=1.0, frames=24, steps=4, seed=seed, negative_prompt="hiss", **MODES[mode]
+        )
+        ours, expected = graphed.generate(prompt, **options), eager.generate(prompt, **options)
+        assert torch.equal(ours.audio, expected.audio) and torch.equal(ours.latents, expected.latents)
+        assert "replay" in ours.timings and "sampling" not in ours.timings
+    ((shape, entry),) = graphed.graphs.entries.items()
+    assert shape.mode == mode and entry.graph.replays == 2
+
+
+def test_graph_keys_follow_what_changes_the_region(graphed):
+    def shape(**options):
+        request = GenerationRequest(("x",), **{"seconds_total": 1.0, "steps": 4, **options})
+        return graphed.request_shape(resolve_request(request, graphed.config))
+
+    base = shape(seed=1)
+    assert shape(seed=2, cfg_scale=3.0) == base, "seed and CFG scale are inputs, not keys"
+    assert shape(negative_prompt="n") != base
+    assert shape(cfg_scale=1.0) != base
+    assert shape(steps=5) != base
+    assert shape(frames=30) != base
+    assert shape(guidance="apg") != base
+    assert shape(num_outputs=2) != base
+    assert shape(vae_chunk=40) != base
+
+
+def _entry(size):
+    graph = StandInGraph(None, None)
+    return CapturedRequest(None, graph, size, torch.empty(0), torch.empty(0))
+
+
+def test_lru_evicts_the_least_recently_used_past_the_count_cap():
+    cache = GraphCache(max_graphs=2)
+    a, b, c = _entry(1), _entry(1), _entry(1)
+    assert cache.add("a", a) == [] and cache.add("b", b) == []
+    assert cache.get("a") is a  # a is now the most recent
+    assert cache.add("c", c) == ["b"]
+    assert list(cache.entries) == ["a", "c"] and b.graph.was_reset and not a.graph.was_reset
+    assert cache.get("b") is None
+
+
+def test_lru_keeps_the_pools_under_the_memory_cap_but_always_the_newest():
+    cache = GraphCache(max_graphs=10, max_bytes=100)
+    cache.add("a", _entry(40))
+    cache.add("b", _entry(40))
+    assert cache.add("c", _entry(40)) == ["a"] and cache.total_bytes == 80
+    assert cache.add("huge", _entry(500)) == ["b", "c"]
+    assert list(cache.entries) == ["huge"]
+
+
+def test_a_failed_capture_warns_once_and_runs_eagerly(graphed, monkeypatch):
+    def failing_capture(request, run):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(pipeline_module, "capture_request", failing_capture)
+    eager = StableAudio(graphed.components, cuda_graph=False)
+    options = dict(seconds_total=1.0, frames=24, steps=3, seed=5)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*not permitted.*--no-cuda-graph"):
+        first = graphed.generate("x", **options)
+    assert torch.equal(first.audio, eager.generate("x", **options).audio)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graphed.generate("x", **options)  # the same shape: no retry, no second warning
+        graphed.generate("x", **{**options, "steps": 4})  # another shape fails too, silently
+    assert len(graphed.graphs.failed) == 2 and not graphed.graphs.entries
+
+
+def test_no_cuda_graph_runs_eagerly(graphed):
+    graphed.cuda_graph = False
+    result = graphed.generate("x", seconds_total=1.0, frames=24, steps=3, seed=5)
+    assert "sampling" in result.timings and not graphed.graphs.entries
