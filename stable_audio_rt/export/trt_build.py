@@ -20,9 +20,8 @@ from pathlib import Path
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.io_spec import axis_sizes
-from stable_audio_rt.models.manifest import ComponentEntry, Manifest, file_record
-from stable_audio_rt.trt_import import import_tensorrt
+from stable_audio_rt.models.manifest import ComponentEntry, Manifest, file_record, profile_shapes
+from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
 TIMING_CACHE = "timing.cache"
 # TensorRT's default builder optimization level (0–5; higher builds longer for faster engines).
@@ -38,17 +37,6 @@ class EngineBuildError(StableAudioError):
 class EngineBuildSettings:
     optimization_level: int = DEFAULT_OPTIMIZATION_LEVEL
     workspace_gib: float = DEFAULT_WORKSPACE_GIB
-
-
-def profile_shapes(
-    entry: ComponentEntry, config: StableAudioConfig
-) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """Each input's (min, opt, max) shape from the manifest's batch and frame ranges."""
-    sizes = [axis_sizes(config, b, f) for b, f in zip(entry.batch, entry.frames, strict=True)]
-    return {
-        spec["name"]: tuple(tuple(a if isinstance(a, int) else s[a] for a in spec["axes"]) for s in sizes)
-        for spec in entry.inputs
-    }
 
 
 def build_engine(
@@ -105,8 +93,7 @@ def build_gpu() -> tuple[str, str] | None:
 
     if not torch.cuda.is_available():
         return None
-    major, minor = torch.cuda.get_device_capability()
-    return torch.cuda.get_device_name(), f"{major}.{minor}"
+    return gpu_identity(torch.device("cuda"))
 
 
 def build_folder_engines(

@@ -21,6 +21,7 @@ from stable_audio_rt.models.config import (
     OobleckConfig,
     StableAudioConfig,
 )
+from stable_audio_rt.models.io_spec import axis_sizes
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -129,22 +130,23 @@ class Manifest:
     def model_config(self) -> StableAudioConfig:
         return config_from_dict(self.config)
 
-    def check_files(self, folder: Path, component: str) -> ComponentEntry:
-        """The component's entry, after checking each of its files against its hash."""
+    def entry(self, folder: Path, component: str) -> ComponentEntry:
+        """The component's entry, or the error naming the export that adds it."""
         if component not in self.components:
             raise EngineFolderError(
                 f"{folder} has no {component!r} engine (it has {sorted(self.components)}); export it with "
                 f"`sa-export --components {component}`"
             )
-        entry = self.components[component]
+        return self.components[component]
+
+    def check_files(self, folder: Path, component: str) -> ComponentEntry:
+        """The component's entry, after checking each of its files against its hash."""
+        entry = self.entry(folder, component)
         for name, expected in entry.files.items():
             path = folder / name
             if not path.is_file():
                 raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
-            size = path.stat().st_size
-            if size != expected["bytes"] or (
-                size <= REHASH_LIMIT and sha256_file(path) != expected["sha256"]
-            ):
+            if not matches_record(path, expected):
                 raise EngineFolderError(
                     f"{path} does not match {MANIFEST} (edited, truncated or replaced): rebuild the engines "
                     f"with `sa-export`"
@@ -154,3 +156,21 @@ class Manifest:
 
 def file_record(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def matches_record(path: Path, expected: dict[str, Any]) -> bool:
+    """Whether the file `path` has the size and (up to REHASH_LIMIT) the sha256 of `file_record`."""
+    size = path.stat().st_size
+    return size == expected["bytes"] and (size > REHASH_LIMIT or sha256_file(path) == expected["sha256"])
+
+
+def profile_shapes(
+    entry: ComponentEntry, config: StableAudioConfig
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Each input's (min, opt, max) shape from the manifest's batch and frame ranges: the
+    TensorRT profile sa-export builds, and the one the runtime checks a plan against."""
+    sizes = [axis_sizes(config, b, f) for b, f in zip(entry.batch, entry.frames, strict=True)]
+    return {
+        spec["name"]: tuple(tuple(a if isinstance(a, int) else s[a] for a in spec["axes"]) for s in sizes)
+        for spec in entry.inputs
+    }

@@ -1,7 +1,9 @@
 """CONTRACT-TEST STAND-IN for NVIDIA TensorRT. This is not TensorRT and proves nothing about
 TensorRT itself: it implements only the subset of the TensorRT 10.x/11.x Python API that
 stable_audio_rt calls, with the documented names and signatures, so that our calls are
-exercised for real on a machine where TensorRT cannot be installed.
+exercised for real on a machine where TensorRT cannot be installed. Its runtime subset runs the
+parsed ONNX graph with onnxruntime on the CPU: outputs equal onnxruntime's by construction, so a
+run through it checks our calls (shapes, profiles, addresses, types), never TensorRT's numerics.
 
 Put tests/fakes on sys.path (first) to import it as `tensorrt`.
 """
@@ -65,6 +67,7 @@ class INetworkDefinition:
         self.flags = flags
         self.inputs: dict[str, list[int]] = {}  # name → dims, −1 for dynamic
         self.plugin_nodes: list[str] = []
+        self.onnx_path: str | None = None  # what the parser read: the stand-in runtime runs it
 
 
 class OnnxParser:
@@ -85,6 +88,7 @@ class OnnxParser:
         from tensorrt import plugin
 
         model = onnx.load(path, load_external_data=False)
+        self.network.onnx_path = str(path)
         initializers = {i.name for i in model.graph.initializer}
         for value in model.graph.input:
             if value.name not in initializers:
@@ -182,4 +186,207 @@ class Builder:
             "profiles": [p.shapes for p in config.profiles],
             "plugin_nodes": network.plugin_nodes,
             "cache_bytes_in": config.cache_bytes_in,
+            "onnx_path": network.onnx_path,
         }).encode()  # fmt: skip
+
+
+# ---- Runtime subset, BACKED BY ONNXRUNTIME ON THE CPU. A "plan" from build_serialized_network
+# names the ONNX graph the parser read; the deserialized engine runs that graph (its external
+# data beside it) with onnxruntime, binding the addresses given to set_tensor_address (host
+# pointers here; device pointers in TensorRT) through an IOBinding. Pages:
+# docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Runtime.html,
+# .../Core/Engine.html (ICudaEngine, TensorIOMode), .../Core/ExecutionContext.html.
+
+import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
+from onnx import TensorProto  # noqa: E402
+
+
+class TensorIOMode(enum.Enum):
+    """Core/Engine.html: TensorIOMode: NONE, INPUT, OUTPUT."""
+
+    NONE = 0
+    INPUT = 1
+    OUTPUT = 2
+
+
+_ONNX_TYPES = {
+    TensorProto.FLOAT: DataType.FLOAT,
+    TensorProto.FLOAT16: DataType.HALF,
+    TensorProto.BFLOAT16: DataType.BF16,
+    TensorProto.INT32: DataType.INT32,
+    TensorProto.INT64: DataType.INT64,
+    TensorProto.BOOL: DataType.BOOL,
+}
+_NUMPY_TYPES = {
+    DataType.FLOAT: np.float32,
+    DataType.HALF: np.float16,
+    DataType.INT32: np.int32,
+    DataType.INT64: np.int64,
+    DataType.BOOL: np.bool_,
+}
+
+
+class Runtime:
+    """Core/Runtime.html: Runtime(logger); deserialize_cuda_engine(serialized_engine: buffer) →
+    ICudaEngine, or None if it could not be deserialized."""
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, serialized_engine) -> "ICudaEngine | None":
+        try:
+            plan = json.loads(bytes(serialized_engine))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(plan, dict) or not plan.get("onnx_path"):
+            return None
+        return ICudaEngine(plan)
+
+
+class ICudaEngine:
+    """Core/Engine.html: num_io_tensors, get_tensor_name(index), get_tensor_mode(name),
+    get_tensor_dtype(name), get_tensor_shape(name) (−1 for dynamic dimensions),
+    num_optimization_profiles, get_tensor_profile_shape(name, profile_index) → [min, opt, max],
+    create_execution_context()."""
+
+    def __init__(self, plan: dict) -> None:
+        model = onnx.load(plan["onnx_path"], load_external_data=False)
+        initializers = {i.name for i in model.graph.initializer}
+        self._io: dict[str, tuple[TensorIOMode, DataType, list[int]]] = {}
+        for mode, values in (
+            (TensorIOMode.INPUT, [v for v in model.graph.input if v.name not in initializers]),
+            (TensorIOMode.OUTPUT, model.graph.output),
+        ):
+            for value in values:
+                tensor = value.type.tensor_type
+                dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+                self._io[value.name] = (mode, _ONNX_TYPES[tensor.elem_type], dims)
+        self._names = list(self._io)
+        self._profiles: list[dict[str, list[list[int]]]] = plan["profiles"]
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(
+            plan["onnx_path"], options, providers=["CPUExecutionProvider"]
+        )
+        self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
+        self.contexts: list[IExecutionContext] = []  # every context created, for tests to read
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._names)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._names[index]
+
+    def get_tensor_mode(self, name: str) -> TensorIOMode:
+        return self._io[name][0] if name in self._io else TensorIOMode.NONE
+
+    def get_tensor_dtype(self, name: str) -> DataType:
+        return self._io[name][1]
+
+    def get_tensor_shape(self, name: str) -> list[int]:
+        return list(self._io[name][2])
+
+    @property
+    def num_optimization_profiles(self) -> int:
+        return len(self._profiles)
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[list[int]]:
+        return [list(dims) for dims in self._profiles[profile_index][name]]
+
+    def create_execution_context(self) -> "IExecutionContext":
+        context = IExecutionContext(self)
+        self.contexts.append(context)
+        return context
+
+    def _inputs(self) -> list[str]:
+        return [n for n in self._names if self._io[n][0] is TensorIOMode.INPUT]
+
+    def _outputs(self) -> list[str]:
+        return [n for n in self._names if self._io[n][0] is TensorIOMode.OUTPUT]
+
+    def _shapes_of_outputs(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, list[int]]:
+        """Output shapes for these input shapes: a dry run on zeros, once per input shapes
+        (TensorRT infers them from the network; tiny graphs make the dry run cheap)."""
+        key = tuple(shapes[n] for n in self._inputs())
+        if key not in self._output_shapes:
+            feeds = {n: np.zeros(shapes[n], _NUMPY_TYPES[self._io[n][1]]) for n in self._inputs()}
+            results = self.session.run(self._outputs(), feeds)
+            self._output_shapes[key] = {
+                n: list(r.shape) for n, r in zip(self._outputs(), results, strict=True)
+            }
+        return self._output_shapes[key]
+
+
+class IExecutionContext:
+    """Core/ExecutionContext.html: set_optimization_profile_async(profile_index, stream_handle),
+    set_input_shape(name, shape) → bool, get_tensor_shape(name), set_tensor_address(name,
+    memory) → bool, execute_async_v3(stream_handle) → bool. Records what each execution bound."""
+
+    def __init__(self, engine: ICudaEngine) -> None:
+        self.engine = engine
+        self.profile_set: int | None = None  # the index given to set_optimization_profile_async
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.addresses: dict[str, int] = {}
+        self.executions: list[dict] = []
+
+    @property
+    def active_optimization_profile(self) -> int:
+        return self.profile_set or 0  # profile 0 until another is selected
+
+    def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+        if not 0 <= profile_index < self.engine.num_optimization_profiles:
+            return False
+        self.profile_set, self.shapes = profile_index, {}  # selecting a profile unsets the shapes
+        return True
+
+    def set_input_shape(self, name: str, shape) -> bool:
+        if self.engine.get_tensor_mode(name) is not TensorIOMode.INPUT:
+            return False
+        shape = tuple(int(d) for d in shape)
+        low, _, high = self.engine.get_tensor_profile_shape(name, self.active_optimization_profile)
+        if len(shape) != len(low) or any(
+            not lo <= d <= hi for lo, d, hi in zip(low, shape, high, strict=True)
+        ):
+            return False  # TensorRT logs the profile it violates
+        self.shapes[name] = shape
+        return True
+
+    def get_tensor_shape(self, name: str) -> list[int]:
+        mode = self.engine.get_tensor_mode(name)
+        if mode is TensorIOMode.INPUT and name in self.shapes:
+            return list(self.shapes[name])
+        if mode is TensorIOMode.OUTPUT and all(n in self.shapes for n in self.engine._inputs()):
+            return list(self.engine._shapes_of_outputs(self.shapes)[name])
+        return self.engine.get_tensor_shape(name)
+
+    def set_tensor_address(self, name: str, memory: int) -> bool:
+        if self.engine.get_tensor_mode(name) is TensorIOMode.NONE:
+            return False
+        self.addresses[name] = int(memory)
+        return True
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        engine = self.engine
+        inputs, outputs = engine._inputs(), engine._outputs()
+        if any(n not in self.shapes for n in inputs) or any(
+            n not in self.addresses for n in inputs + outputs
+        ):
+            return False  # TensorRT: every input shape and every I/O address must be set
+        binding = engine.session.io_binding()
+        for name in inputs:
+            numpy_type = _NUMPY_TYPES[engine.get_tensor_dtype(name)]
+            binding.bind_input(name, "cpu", 0, numpy_type, list(self.shapes[name]), self.addresses[name])
+        for name in outputs:
+            numpy_type = _NUMPY_TYPES[engine.get_tensor_dtype(name)]
+            shape = self.get_tensor_shape(name)
+            binding.bind_output(name, "cpu", 0, numpy_type, shape, self.addresses[name])
+        engine.session.run_with_iobinding(binding)
+        self.executions.append({
+            "stream": stream_handle,
+            "profile": self.profile_set,
+            "shapes": dict(self.shapes),
+            "addresses": dict(self.addresses),
+        })  # fmt: skip
+        return True

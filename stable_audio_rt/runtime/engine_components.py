@@ -1,0 +1,232 @@
+"""What every engine backend shares: an engine folder checked against its manifest, the
+conditioner from it, the request checks, the VAE calls and the DiT step on preallocated buffers.
+
+A backend supplies only a graph opener, `(folder, manifest, component, device) -> EngineGraph`
+(onnxruntime_backend.OrtGraph, tensorrt_backend.TrtGraph); its graphs share the profile check,
+the element type per spec kind and the output-shape rule written here once. The number
+conditioners (two tiny MLPs) stay in PyTorch and the tokenizer is the folder's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.checkpoint import locate_checkpoint
+from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
+from stable_audio_rt.models.io_spec import COMPONENTS
+from stable_audio_rt.models.manifest import (
+    NUMBERS_FILE,
+    TOKENIZER_DIR,
+    ComponentEntry,
+    EngineFolderError,
+    Manifest,
+    weights_fingerprint,
+)
+from stable_audio_rt.models.vae import posterior_std
+
+REQUIRED = ("t5", "dit", "vae_decoder")
+
+
+class EngineGraph:
+    """One exported component as a backend runs it: its manifest entry, its profile, the types
+    and shapes of its I/O. Subclasses open the engine and implement `run`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        name: str,
+        entry: ComponentEntry,
+        device: torch.device,
+        float_type: torch.dtype,
+    ) -> None:
+        self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
+        self.ratio = manifest.model_config.vae.downsampling_ratio
+
+    def check_shape(self, batch: int, frames: int | None = None) -> None:
+        low, _, high = self.entry.batch
+        if not low <= batch <= high:
+            raise ConfigError(
+                f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: re-export "
+                f"with a larger --max-batch"
+            )
+        if frames is not None and not self.entry.frames[0] <= frames <= self.entry.frames[2]:
+            low, _, high = self.entry.frames
+            raise ConfigError(
+                f"{frames} latent frames are outside the {self.name} engine's profile {low}–{high}: "
+                f"re-export with --frames covering {frames}, or choose a window inside it"
+            )
+
+    def element_type(self, kind: str) -> torch.dtype:
+        """The torch type of a spec's element kind: ids int64, σ-times float32, else the graph's."""
+        return {"int64": torch.int64, "float32": torch.float32}.get(kind, self.float_type)
+
+    def prepare_inputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The inputs in spec order, on the device, contiguous and of the spec's types (the same
+        tensors, not copies, where they already are)."""
+        return [
+            inputs[spec["name"]].to(self.device, self.element_type(spec["kind"])).contiguous()
+            for spec in self.entry.inputs
+        ]
+
+    def output_shapes(self, input_shapes: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+        """The outputs' shapes for inputs of `input_shapes` (spec order): the spec's axes, sized
+        from the inputs' (samples = latent frames · the VAE's downsampling ratio)."""
+        sizes: dict[str, int] = {}
+        for spec, shape in zip(self.entry.inputs, input_shapes, strict=True):
+            sizes |= {a: int(n) for a, n in zip(spec["axes"], shape, strict=True) if isinstance(a, str)}
+        if "frames" in sizes:
+            sizes.setdefault("samples", sizes["frames"] * self.ratio)
+        elif "samples" in sizes:
+            sizes["frames"] = sizes["samples"] // self.ratio
+        return [
+            tuple(a if isinstance(a, int) else sizes[a] for a in spec["axes"]) for spec in self.entry.outputs
+        ]
+
+    def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
+        raise NotImplementedError
+
+
+GraphOpener = Callable[[Path, Manifest, str, torch.device], EngineGraph]
+
+
+class EngineTextEncoder:
+    def __init__(self, graph: EngineGraph) -> None:
+        self.graph = graph
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.graph.check_shape(input_ids.shape[0])
+        return self.graph.run({"input_ids": input_ids, "attention_mask": attention_mask})[0]
+
+
+class EngineDiTStep:
+    """The DiT graph with one request's buffers, allocated up front on the device (before any
+    captured region) and filled in place by `bind`: t (N, R) float32, context (R, S, D) and
+    global (R, G) in the types of the graph's inputs, S, D and G from its manifest spec."""
+
+    def __init__(self, graph: EngineGraph, steps: int, rows: int) -> None:
+        self.graph = graph
+        specs = {spec["name"]: spec for spec in graph.entry.inputs}
+
+        def buffer(name: str, *shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=graph.element_type(specs[name]["kind"]), device=graph.device)
+
+        _, tokens, width = specs["context"]["axes"]
+        _, global_width = specs["global_cond"]["axes"]
+        self.t = buffer("t", steps, rows)
+        self.context = buffer("context", rows, tokens, width)
+        self.global_cond = buffer("global_cond", rows, global_width)
+
+    def bind(self, t: torch.Tensor, context: torch.Tensor, global_cond: torch.Tensor) -> None:
+        """Fill this request's buffers in place: t (N,) diffusion time per step, context (R, S, D),
+        global (R, G)."""
+        self.t.copy_(t[:, None].expand(self.t.shape))
+        self.context.copy_(context)
+        self.global_cond.copy_(global_cond)
+
+    def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
+        self.graph.check_shape(model_input.shape[0], model_input.shape[-1])
+        feeds = {"x": model_input, "t": self.t[i], "context": self.context, "global_cond": self.global_cond}
+        return self.graph.run(feeds)[0]
+
+    def buffers(self) -> list[torch.Tensor]:
+        return [self.t, self.context, self.global_cond]
+
+
+def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) -> None:
+    """Refuse an engine folder built from other weights than the checkpoint `model`."""
+    if weights_fingerprint(locate_checkpoint(model).root) != manifest.weights_sha256:
+        raise EngineFolderError(
+            f"{folder} was built from other weights than {model}: rebuild it with "
+            f"`sa-export --model {model} --out {folder}`"
+        )
+
+
+class EngineComponents:
+    """Everything the pipeline needs, from an engine folder, through one backend's graphs."""
+
+    capturable = False  # whether a CUDA graph can capture the graphs' runs (set per backend)
+
+    def __init__(
+        self, folder: Path, device: torch.device, open_graph: GraphOpener, model: str | Path | None = None
+    ) -> None:
+        if not folder.is_dir():
+            raise EngineFolderError(
+                f"engine folder {folder} does not exist: build it with `sa-export --out {folder}`"
+            )
+        manifest = Manifest.read(folder)
+        if model is not None:
+            require_same_weights(folder, manifest, model)
+        missing = [c for c in REQUIRED if c not in manifest.components]
+        if missing:
+            raise EngineFolderError(
+                f"{folder} lacks {missing}: export them with `sa-export --components ...`"
+            )
+        self.config = manifest.model_config
+        self.device, self.dtype = device, torch.float32
+        self.graphs = {
+            c: open_graph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
+        }
+        self.conditioner = Conditioner(
+            self.config.conditioning,
+            _load_numbers(folder, self.config, device),
+            EngineTextEncoder(self.graphs["t5"]),
+            _load_tokenizer(folder),
+        )
+
+    def check_request(
+        self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
+    ) -> None:
+        """Refuse, before any work, a request the engines' profiles cannot run."""
+        self.graphs["t5"].check_shape(batch)
+        self.graphs["dit"].check_shape(batch * (2 if uses_cfg else 1), frames)
+        self.graphs["vae_decoder"].check_shape(batch, decode_frames)
+        if encodes:
+            self._encoder().check_shape(1, frames)
+
+    def _encoder(self) -> EngineGraph:
+        if "vae_encoder" not in self.graphs:
+            raise EngineFolderError(
+                "this request needs the VAE encoder (audio-to-audio or inpainting), which the engine folder "
+                "lacks: export it with `sa-export --components vae_encoder`"
+            )
+        return self.graphs["vae_encoder"]
+
+    def step_model(self, steps: int, rows: int) -> EngineDiTStep:
+        """The DiT step with its buffers for `steps` steps of `rows` rows allocated; `bind` fills them."""
+        return EngineDiTStep(self.graphs["dit"], steps, rows)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        graph = self.graphs["vae_decoder"]
+        graph.check_shape(latents.shape[0], latents.shape[-1])
+        return graph.run({"latents": latents})[0]
+
+    def encode_moments(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        graph = self._encoder()
+        graph.check_shape(audio.shape[0], audio.shape[-1] // self.config.vae.downsampling_ratio)
+        mean, scale = graph.run({"audio": audio})
+        return mean, posterior_std(scale)
+
+
+def _load_numbers(folder: Path, config, device: torch.device) -> NumberConditioners:
+    from safetensors.torch import load_file
+
+    numbers = NumberConditioners(config.conditioning)
+    path = folder / NUMBERS_FILE
+    if not path.is_file():
+        raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
+    numbers.load_state_dict(load_file(path))
+    return numbers.to(device).eval().requires_grad_(False)
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
+    except (OSError, ValueError) as e:
+        raise EngineFolderError(f"the tokenizer in {folder / TOKENIZER_DIR} cannot be loaded ({e})") from e
