@@ -32,8 +32,10 @@ from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.manifest import Manifest
 from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.runtime.backend_choice import tensorrt_unusable
 from stable_audio_rt.runtime.pipeline import StableAudio, resolve_device
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
+from stable_audio_rt.trt_import import import_tensorrt
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "all")
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Hub repo id, local folder, or random weights of a real geometry ({', '.join(RANDOM_MODELS)}); "
         f"timings do not depend on the weights (default: {DEFAULT_MODEL}, no download)",
     )
-    p.add_argument("--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime")
+    p.add_argument(
+        "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
+    )
     p.add_argument(
         "--backend", choices=BACKENDS, default="torch", help="default: torch; all = every available"
     )
@@ -90,10 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(args: argparse.Namespace, window: int) -> None:
     """Every argument, before any model loads or any time is spent."""
+    if args.backend in ("onnxruntime", "tensorrt") and args.engines is None:
+        raise ConfigError(f"--backend {args.backend} needs --engines DIR (an engine folder from sa-export)")
     if args.backend == "tensorrt":
-        raise ConfigError("the tensorrt backend is not available yet; use torch or onnxruntime")
-    if args.backend == "onnxruntime" and args.engines is None:
-        raise ConfigError("--backend onnxruntime needs --engines DIR (an engine folder from sa-export)")
+        import_tensorrt()  # its absence is one line, before anything loads
     if args.engines is not None and args.model in RANDOM_MODELS:
         raise ConfigError(
             "--engines needs --model to name the checkpoint they were exported from (the quality "
@@ -184,18 +188,25 @@ def _pipelines(
 ) -> list[tuple[str, str, Callable]]:
     """(backend, precision, loader) in run order. The fp32 torch run comes first whatever is
     asked: it is the reference of every quality column."""
+    # Eager runs (no CUDA graph): the stage columns need the stages' own timings.
     entries: list[tuple[str, str, Callable]] = [
-        ("torch", "fp32", lambda: StableAudio.from_pretrained(source, device=device, dtype=torch.float32))
-    ]
+        ("torch", "fp32", lambda: StableAudio.from_pretrained(
+            source, device=device, dtype=torch.float32, cuda_graph=False))
+    ]  # fmt: skip
     if args.backend in ("torch", "all"):
         for precision in (p for p in args.precision if p != "fp32"):
             entries.append(("torch", precision, lambda p=precision: StableAudio.from_pretrained(
-                source, device=device, dtype=DTYPES[p])))  # fmt: skip
-    if args.backend in ("onnxruntime", "all") and args.engines is not None:
-        precision = Manifest.read(args.engines).components["dit"].precision
-        entries.append(
-            ("onnxruntime", precision, lambda: StableAudio.from_engines(args.engines, "onnxruntime", device))
-        )
+                source, device=device, dtype=DTYPES[p], cuda_graph=False)))  # fmt: skip
+    if args.engines is None:
+        return entries
+    manifest = Manifest.read(args.engines)
+    precision = manifest.components["dit"].precision
+    engine_backends = [b for b in ("onnxruntime", "tensorrt") if args.backend in (b, "all")]
+    if args.backend == "all" and tensorrt_unusable(args.engines, manifest, device) is not None:
+        engine_backends.remove("tensorrt")  # "all" means every backend that can run here
+    for backend in engine_backends:
+        entries.append((backend, precision, lambda b=backend: StableAudio.from_engines(
+            args.engines, b, device, cuda_graph=False)))  # fmt: skip
     return entries
 
 
@@ -229,7 +240,7 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
             result = measured.pop("result")
             key = (workload.frames, workload.steps, workload.batch)
             references.setdefault(key, result)  # the first entry is the fp32 torch reference
-            library = "torch" if backend == "torch" else "onnxruntime"
+            library = "onnxruntime" if backend == "onnxruntime" else "torch"  # cuBLAS for tensorrt
             dtype = DTYPES.get(precision, torch.float32)
             rate = _gemm_rate(gemm_rates, library, config, workload, device, dtype)
             runs.append(_run_row(backend, precision, workload, load_s, measured, result, references[key],

@@ -21,6 +21,7 @@ from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.manifest import Manifest
 from stable_audio_rt.models.random_init import RANDOM_MODELS
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
+from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
 from stable_audio_rt.runtime.noise import NOISE_KINDS
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, resolve_device
@@ -34,8 +35,10 @@ from stable_audio_rt.runtime.schedule import (
     RF_DEFAULT_CFG_SCALE,
     RF_DEFAULT_STEPS,
 )
+from stable_audio_rt.trt_import import import_tensorrt
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav
@@ -44,6 +47,7 @@ EXAMPLES = """examples:
   sa-run "guitar solo" --inpaint-audio song.wav --inpaint-range 4,8 -o fixed.wav
   sa-run "128 bpm techno loop" --model stabilityai/stable-audio-open-small -o loop.wav  # 8 steps
   sa-run "smoke test" --model tiny-random -o noise.wav      # no download; makes noise
+  sa-run "ambient drone" --engines engines/ -o drone.wav     # TensorRT plans from sa-export --fp16
 """
 
 
@@ -82,12 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=("torch", "onnxruntime"),
-        default="torch",
-        help="torch: the PyTorch models (default); onnxruntime: an engine folder from sa-export (--engines)",
+        choices=BACKENDS,
+        default="auto",
+        help="auto (default): with --engines, tensorrt when the folder has plans for this GPU, else "
+        "onnxruntime-gpu, else torch (onnxruntime on the CPU); without, torch. torch: the PyTorch "
+        "models; onnxruntime, tensorrt: an engine folder from sa-export (--engines). The choice is printed",
     )
     p.add_argument(
-        "--engines", type=Path, help="engine folder written by sa-export (for --backend onnxruntime)"
+        "--engines", type=Path, help="engine folder written by sa-export (for onnxruntime, tensorrt, auto)"
+    )
+    p.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="on a GPU, run the request eagerly instead of capturing it once as a CUDA graph and "
+        "replaying it (to debug or profile; slower)",
     )
     p.add_argument(
         "--model",
@@ -237,42 +249,68 @@ def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | No
     return mask
 
 
-def _config_for(args: argparse.Namespace) -> StableAudioConfig:
+def _backend(args: argparse.Namespace) -> BackendChoice:
+    """The backend, device and checkpoint to run, checked before anything loads."""
+    if args.backend == "auto":
+        choice = choose_backend(args.engines, resolve_device(args.device))
+        print(f"sa-run: {choice.line()}", file=sys.stderr)
+        return choice
+    if args.backend == "torch":
+        if args.engines is not None:
+            raise ConfigError("--engines is for --backend onnxruntime, tensorrt or auto, not torch")
+        return BackendChoice("torch", resolve_device(args.device), None, "asked for")
+    if args.engines is None:
+        raise ConfigError(
+            f"--backend {args.backend} runs an engine folder: give --engines DIR (see sa-export)"
+        )
+    if args.backend == "tensorrt":
+        import_tensorrt()  # its absence is the first thing to say
+        return BackendChoice("tensorrt", resolve_device(args.device or "cuda"), None, "asked for")
+    return BackendChoice("onnxruntime", resolve_device(args.device or "cpu"), None, "asked for")
+
+
+def _config_for(args: argparse.Namespace, choice: BackendChoice) -> StableAudioConfig:
     """The model's config, read without loading weights (from the engine folder's manifest)."""
-    if args.backend == "onnxruntime":
-        if args.engines is None:
-            raise ConfigError(
-                "--backend onnxruntime runs an engine folder: give --engines DIR (see sa-export)"
-            )
+    if choice.backend != "torch":
         if args.model in RANDOM_MODELS:
             raise ConfigError(f"{args.model} has no engines; export a checkpoint with sa-export")
         return Manifest.read(args.engines).model_config
-    if args.engines is not None:
-        raise ConfigError("--engines needs --backend onnxruntime")
-    model = args.model or DEFAULT_REPO
+    model = choice.model or args.model or DEFAULT_REPO
     return RANDOM_MODELS[model] if model in RANDOM_MODELS else load_config(model)
 
 
-def _load(args: argparse.Namespace, device) -> StableAudio:
-    if args.backend == "onnxruntime":
-        return StableAudio.from_engines(args.engines, backend="onnxruntime", device=device, model=args.model)
-    model = args.model or DEFAULT_REPO
+def _load(args: argparse.Namespace, choice: BackendChoice) -> StableAudio:
+    cuda_graph = not args.no_cuda_graph
+    if choice.backend != "torch":
+        return StableAudio.from_engines(
+            args.engines,
+            backend=choice.backend,
+            device=choice.device,
+            model=args.model,
+            cuda_graph=cuda_graph,
+        )
+    model = choice.model or args.model or DEFAULT_REPO
     if model in RANDOM_MODELS:
         print(f"{model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
     return StableAudio.from_pretrained(
-        model, device=device, dtype=DTYPES[args.dtype], t5_dtype=DTYPES[args.t5_dtype], kernels=args.kernels
+        model,
+        device=choice.device,
+        dtype=DTYPES[args.dtype],
+        t5_dtype=DTYPES[args.t5_dtype],
+        kernels=args.kernels,
+        cuda_graph=cuda_graph,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        device = resolve_device(args.device if args.backend == "torch" else args.device or "cpu")
-        if args.backend == "torch":
-            resolve_kernels(args.kernels, device)
+        choice = _backend(args)
+        if choice.backend == "torch":
+            resolve_kernels(args.kernels, choice.device)
         elif args.kernels == "triton":
             raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
-        config = _config_for(args)
+        config = _config_for(args, choice)
         request = GenerationRequest(
             prompts=tuple(args.prompt),
             negative_prompt=args.negative_prompt,
@@ -298,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request(request, config)
         check_output_path(args.output)
-        pipe = _load(args, device)
+        pipe = _load(args, choice)
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
     except StableAudioError as e:

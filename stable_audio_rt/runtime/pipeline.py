@@ -52,7 +52,7 @@ DEFAULT_STREAM_CHUNK_FRAMES = 64
 NUMBER_VALUES = ("seconds_start", "seconds_total")
 
 Backend = Literal["torch"]
-EngineBackend = Literal["onnxruntime"]
+EngineBackend = Literal["onnxruntime", "tensorrt"]
 
 
 @dataclass
@@ -181,17 +181,26 @@ class StableAudio:
         cls,
         folder: str | Path,
         backend: EngineBackend = "onnxruntime",
-        device: torch.device | str | None = "cpu",
+        device: torch.device | str | None = None,
         model: str | Path | None = None,
         cuda_graph: bool = True,
     ) -> StableAudio:
-        """Run an engine folder written by sa-export. With `model`, the folder must have been
-        built from that checkpoint's weights (checked by fingerprint)."""
-        if backend != "onnxruntime":
-            raise ConfigError(f"engine backend {backend!r} is not available yet; use 'onnxruntime'")
-        from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+        """Run an engine folder written by sa-export: its ONNX graphs with onnxruntime (device
+        default: the CPU) or its TensorRT plans (device default: the GPU). With `model`, the
+        folder must have been built from that checkpoint's weights (checked by fingerprint)."""
+        if backend == "tensorrt":
+            from stable_audio_rt.runtime.tensorrt_backend import TrtComponents
+            from stable_audio_rt.trt_import import import_tensorrt
 
-        return cls(OrtComponents(Path(folder), resolve_device(device), model), cuda_graph)
+            import_tensorrt()  # its absence is the first thing to say
+            components = TrtComponents(Path(folder), resolve_device(device or "cuda"), model)
+        elif backend == "onnxruntime":
+            from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+
+            components = OrtComponents(Path(folder), resolve_device(device or "cpu"), model)
+        else:
+            raise ConfigError(f"unknown engine backend {backend!r}: use 'onnxruntime' or 'tensorrt'")
+        return cls(components, cuda_graph)
 
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,

@@ -121,7 +121,8 @@ def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path):
     "arguments,message",
     [
         (["--backend", "onnxruntime"], "needs --engines"),
-        (["--backend", "tensorrt"], "not available yet"),
+        (["--backend", "tensorrt"], "needs --engines"),
+        (["--backend", "tensorrt", "--engines", "."], "TensorRT is not usable here"),
         (["--frames", "0"], r"--frames values must be ≥ 1"),
         (["--frames", "65"], "exceeds the model's window of 64"),
         (["--repeats", "0"], "--repeats must be ≥ 1"),

@@ -399,3 +399,80 @@ def test_without_tensorrt_the_backend_is_one_clear_line(plans, monkeypatch):
     with pytest.raises(TensorRTUnavailable, match=r"pip install 'stable-audio-rt\[trt\]'") as error:
         TrtComponents(plans["fp32"], CPU)
     assert "\n" not in str(error.value)
+
+
+# ---- sa-run with engines: --backend tensorrt, --backend auto
+
+
+def _sa_run(capsys, *arguments):
+    from stable_audio_rt.runtime import cli
+
+    code = cli.main(["a synth pad", "--seconds", "1", "--steps", "3", "--seed", "7", *map(str, arguments)])
+    return code, capsys.readouterr()
+
+
+def test_sa_run_tensorrt_writes_what_onnxruntime_writes(plans, deserialized, tmp_path, capsys):
+    import soundfile as sf
+
+    common = ("--engines", plans["fp32"], "--device", "cpu", "--format", "float")
+    trt_code, _ = _sa_run(capsys, "--backend", "tensorrt", *common, "-o", tmp_path / "trt.wav")
+    ort_code, _ = _sa_run(capsys, "--backend", "onnxruntime", *common, "-o", tmp_path / "ort.wav")
+    assert trt_code == ort_code == 0 and deserialized, "the plans must have been deserialized"
+    trt_audio, ort_audio = sf.read(tmp_path / "trt.wav")[0], sf.read(tmp_path / "ort.wav")[0]
+    assert np.array_equal(trt_audio, ort_audio)
+
+
+def test_sa_run_tensorrt_without_tensorrt_is_one_line_and_exit_2(plans, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    code, out = _sa_run(capsys, "--backend", "tensorrt", "--engines", plans["fp32"], "-o", tmp_path / "x.wav")
+    assert code == 2 and "Traceback" not in out.err
+    assert out.err.count("\n") == 1 and out.err.startswith("sa-run: error: TensorRT is not usable here")
+    assert "pip install 'stable-audio-rt[trt]'" in out.err and not (tmp_path / "x.wav").exists()
+
+
+def test_sa_run_refuses_plans_built_for_another_gpu(folder_copy, deserialized, tmp_path, capsys):
+    _edit_manifest(folder_copy, lambda name, entry: entry["engine"].update(gpu="NVIDIA A100-SXM4-80GB"))
+    code, out = _sa_run(
+        capsys, "--backend", "tensorrt", "--engines", folder_copy, "--device", "cpu", "-o", tmp_path / "x.wav"
+    )
+    assert code == 2 and "built for NVIDIA A100-SXM4-80GB" in out.err and "sa-export --model" in out.err
+    assert not deserialized and not (tmp_path / "x.wav").exists()
+
+
+def test_auto_prefers_tensorrt_then_onnxruntime_gpu_then_torch(folder_copy, deserialized, monkeypatch):
+    from stable_audio_rt import trt_import
+    from stable_audio_rt.runtime import backend_choice
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(trt_import, "gpu_identity", lambda device: STAND_IN_GPU)
+    assert backend_choice.choose_backend(None, cuda).backend == "torch"
+    assert backend_choice.choose_backend(folder_copy, CPU).backend == "onnxruntime"
+    chosen = backend_choice.choose_backend(folder_copy, cuda)
+    assert chosen.backend == "tensorrt" and "built for this GPU" in chosen.line()
+
+    _edit_manifest(folder_copy, lambda name, entry: entry["engine"].update(tensorrt="10.0.1"))
+    monkeypatch.setattr(backend_choice, "onnxruntime_has_cuda", lambda: True)
+    chosen = backend_choice.choose_backend(folder_copy, cuda)
+    assert chosen.backend == "onnxruntime" and "built by TensorRT 10.0.1" in chosen.reason
+    monkeypatch.setattr(backend_choice, "onnxruntime_has_cuda", lambda: False)
+    chosen = backend_choice.choose_backend(folder_copy, cuda)
+    manifest = Manifest.read(folder_copy)
+    assert chosen.backend == "torch" and chosen.model == manifest.source
+    assert "onnxruntime-gpu is not installed" in chosen.reason
+
+
+def test_sa_run_auto_says_which_backend_it_runs(plans, tmp_path, capsys):
+    code, out = _sa_run(capsys, "--engines", plans["fp32"], "--device", "cpu", "-o", tmp_path / "x.wav")
+    assert code == 0 and "sa-run: backend onnxruntime on cpu" in out.err
+
+
+def test_sa_bench_measures_the_plans(plans, deserialized, tiny_diffusers_dir, tmp_path):
+    from stable_audio_rt.bench import cli as bench_cli
+
+    argv = ["--model", str(tiny_diffusers_dir), "--backend", "tensorrt", "--engines", str(plans["fp32"]),
+            "--device", "cpu", "--frames", "8", "--steps", "2", "--repeats", "1", "--warmup", "0",
+            "--json", str(tmp_path / "b.json")]  # fmt: skip
+    assert bench_cli.main(argv) == 0 and deserialized
+    runs = json.loads((tmp_path / "b.json").read_text())["runs"]
+    assert [r["backend"] for r in runs] == ["torch", "tensorrt"]
+    assert runs[1]["quality"]["latent_cosine_distance"] <= 1e-4  # fp32 graphs vs torch fp32

@@ -58,6 +58,12 @@ BAD_ARGUMENTS = [
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
+    (["--backend", "tensorrt"], r"--backend tensorrt runs an engine folder: give --engines DIR"),
+    (["--backend", "onnxruntime"], r"--backend onnxruntime runs an engine folder: give --engines DIR"),
+    (
+        ["--backend", "torch", "--engines", "{in}"],
+        r"--engines is for --backend onnxruntime, tensorrt or auto",
+    ),
 ]
 
 
@@ -157,3 +163,16 @@ def test_small_refusals_come_before_the_model_loads(arguments, message, tmp_path
     assert cli.main(["x", "--model", "tiny-random-small", *arguments, "-o", str(out)]) == 2
     assert re.search(message, capsys.readouterr().err)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,expected", [([], True), (["--no-cuda-graph"], False)])
+def test_cuda_graph_flag_reaches_the_pipeline(flag, expected, tmp_path, monkeypatch):
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before generating
+
+    monkeypatch.setattr(StableAudio, "from_pretrained", record)
+    assert cli.main(["x", "--model", "tiny-random", "-o", str(tmp_path / "x.wav"), *flag]) == 130
+    assert seen["cuda_graph"] is expected
