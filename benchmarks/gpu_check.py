@@ -1,11 +1,11 @@
 """The one command for whoever has an NVIDIA GPU: installs what it needs, runs the GPU tests, and
 measures Stable Audio Open 1.0 at real size end to end; writes one results file.
 
-    python benchmarks/gpu_check.py                  # from a checkout; about 5 minutes on an H100
+    python benchmarks/gpu_check.py                  # from a checkout; ~5 min on an H100 + TensorRT builds
     python benchmarks/gpu_check.py --no-install --model /path/to/stable-audio-open-1.0
 
 What it does, in order (each part's outcome goes into the results, a failure does not stop the rest):
-1. `pip install -e .[test,bench,gpu]` into this Python (skip with --no-install);
+1. `pip install -e .[test,bench]` into this Python (skip with --no-install);
 2. the GPU tests (`pytest -m gpu tests/gpu`, Triton compiled, not interpreted);
 3. the Triton kernels against the torch maths (benchmarks/kernels.py);
 4. end to end, torch backend: fp32 / fp16 / bf16 × the full 47.55 s window and a trimmed 10 s one
@@ -43,7 +43,7 @@ TARGETS_S = {"torch fp16 full cuda_graph": 2.0, "tensorrt fp16 full cuda_graph":
 
 
 def install() -> dict:
-    command = [sys.executable, "-m", "pip", "install", "-e", f"{ROOT}[test,bench,gpu]"]
+    command = [sys.executable, "-m", "pip", "install", "-e", f"{ROOT}[test,bench]"]
     done = subprocess.run(command, capture_output=True, text=True)
     return {"command": " ".join(command), "returncode": done.returncode, "tail": done.stderr[-2000:]}
 

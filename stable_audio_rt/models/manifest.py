@@ -143,15 +143,16 @@ class Manifest:
         """The component's entry, after checking each of its files against its hash."""
         entry = self.entry(folder, component)
         for name, expected in entry.files.items():
-            path = folder / name
-            if not path.is_file():
-                raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
-            if not matches_record(path, expected):
-                raise EngineFolderError(
-                    f"{path} does not match {MANIFEST} (edited, truncated or replaced): rebuild the engines "
-                    f"with `sa-export`"
-                )
+            check_file(folder / name, expected, "rebuild the engines with `sa-export`")
         return entry
+
+
+def check_file(path: Path, record: dict[str, Any], fix: str) -> None:
+    """Refuse a file that is missing or differs from its manifest record; `fix` says what to do."""
+    if not path.is_file():
+        raise EngineFolderError(f"{path} is missing: {fix}")
+    if not matches_record(path, record):
+        raise EngineFolderError(f"{path} does not match {MANIFEST} (edited, truncated or replaced): {fix}")
 
 
 def file_record(path: Path) -> dict[str, Any]:

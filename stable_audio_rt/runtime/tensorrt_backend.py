@@ -18,7 +18,9 @@ The calls, by page:
 
 Every plan is checked before it is deserialized: recorded in the manifest, the same bytes, built
 by this TensorRT version for this GPU and compute capability. A plan whose graph calls our
-plugins carries their ahead-of-time kernels, so nothing is registered to run it. One execution
+plugins carries their ahead-of-time kernels, so nothing is registered to run it (an AOT
+plugin's compiled kernel is embedded in the engine, which then runs without Python: Torch-TensorRT's
+"Automatically Generate a TensorRT AOT Plugin"; unverified here). One execution
 context per input-shape bucket: a CUDA graph captured on one context never sees its shapes (or
 TensorRT's shape-dependent internal buffers) changed by another request's shapes. On CUDA the
 engine runs on a torch-owned side stream joined to the caller's stream by events, with no host
@@ -37,11 +39,10 @@ import torch
 
 from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.models.manifest import (
-    MANIFEST,
     ComponentEntry,
     EngineFolderError,
     Manifest,
-    matches_record,
+    check_file,
     profile_shapes,
 )
 from stable_audio_rt.runtime.engine_components import EngineComponents, EngineGraph
@@ -86,13 +87,7 @@ def checked_plan(folder: Path, manifest: Manifest, name: str, version: str, gpu:
             f"plans with {rebuild}"
         )
     path = folder / engine["file"]
-    if not path.is_file():
-        raise EngineFolderError(f"{path} is missing: rebuild the plans with {rebuild}")
-    if not matches_record(path, engine):
-        raise EngineFolderError(
-            f"{path} does not match {MANIFEST} (edited, truncated or replaced): rebuild the plans "
-            f"with {rebuild}"
-        )
+    check_file(path, engine, f"rebuild the plans with {rebuild}")
     if engine["tensorrt"] != version:
         raise EngineFolderError(
             f"{path} was built by TensorRT {engine['tensorrt']}, this is TensorRT {version}: a plan runs "
