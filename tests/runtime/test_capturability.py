@@ -1,6 +1,7 @@
 """The whole executed region of a request (conditioning, every step with guidance, the sampler
 update and the RePaint blend, the VAE decode) is capturable as one CUDA graph: proven on the CPU
-at the dispatch level, after a warm-up, for every mode and both samplers (tiny random models).
+at the dispatch level, after a warm-up, for every mode and both samplers (tiny random models),
+and with what CUDA runs by default: the Triton kernels (interpreted here) and an fp16 T5.
 
 What capture needs and the watch checks (tests/runtime/capture_watch.py): no host sync, one
 device, the request's inputs only read, no tensor created inside the region outliving it (the
@@ -22,9 +23,15 @@ RATE = 44100
 
 @pytest.fixture(scope="module")
 def pipes():
-    return {
+    pipes = {
         name: StableAudio.from_pretrained(name, device="cpu") for name in ("tiny-random", "tiny-random-small")
     }
+    # What runs on CUDA by default: the Triton kernels (here under the interpreter) and, as the
+    # reference casts it, an fp16 T5.
+    pipes["tiny-random, triton, fp16 T5"] = StableAudio.from_pretrained(
+        "tiny-random", device="cpu", kernels="triton", t5_dtype=torch.float16
+    )
+    return pipes
 
 
 def _audio(generator, seconds=1.0):
@@ -49,6 +56,7 @@ def _cases(generator):
             ),
         ),
         "rf pingpong (Small), cfg": ("tiny-random-small", dict(cfg_scale=3.0)),
+        "triton kernels, fp16 T5": ("tiny-random, triton, fp16 T5", dict(negative_prompt="noise")),
     }
 
 
