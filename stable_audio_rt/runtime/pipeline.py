@@ -1,8 +1,11 @@
-"""The Python API: `StableAudio.from_pretrained(...)` and `generate(...)` (torch backend).
+"""The Python API: `StableAudio.from_pretrained(...)` (torch backend) or `.from_engines(...)`
+(onnxruntime, tensorrt), then `generate(...)`.
 
-A request is resolved (checked, made concrete), conditioned, planned into static buffers,
-sampled by the step function, decoded and cropped. Text-to-audio, audio-to-audio and RePaint
-inpainting share that path; they differ only in the plan.
+A request is resolved (checked, made concrete) and given static buffers of its `RequestShape`;
+its host part (tokens, seeded draws, the σ table) is written into them, then the executed region
+(`region.py`: conditioning, every step, the decode) runs: eagerly, or on a CUDA device as one
+captured CUDA graph per shape, replayed for every later request of that shape. The audio is
+cropped on the host. Text-to-audio, audio-to-audio and RePaint inpainting share that path.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""A request planned into static buffers: everything the sampling loop reads, computed up front.
+"""The sampler's static buffers: its state and everything the sampling loop reads.
 
-The step function (`sampler.py`) only reads these tensors and writes `x` and the denoised ring
-in place, so on a GPU the whole loop can be captured as one CUDA graph; on the CPU it runs
+The step function (`sampler.py`) only reads the tables and writes `x` and the denoised ring in
+place, so the loop is part of the region a CUDA graph captures (`region.py`); on the CPU it runs
 eagerly. Sampler state stays float32 whatever the model's dtype.
 """
 
