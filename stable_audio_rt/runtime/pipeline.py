@@ -218,7 +218,7 @@ class StableAudio:
         """Run a request already checked against this model's config (see `resolve_request`)."""
         timings: dict[str, float] = {}
         shape = self.request_shape(resolved)
-        self._check(resolved, shape.decode_chunk)
+        self._check(shape, shape.decode_chunk)
         if self.uses_graphs:
             audio, latents = self._run_graph(resolved, shape, timings)
         else:
@@ -233,12 +233,13 @@ class StableAudio:
         The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly."""
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
-        chunk, overlap = self._vae_chunking(resolved)
-        chunk = chunk if chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
+        shape = self.request_shape(resolved)
+        chunk = shape.decode_chunk if shape.decode_chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
+        overlap = shape.decode_overlap
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
-        self._check(resolved, chunk)
-        request = self.prepare(resolved)
+        self._check(shape, chunk)
+        request = self._fresh(shape, resolved)
         region.sample(request, self.components)
         clip = resolved.clip(self.config.sample_rate)
         position = 0
@@ -394,14 +395,13 @@ class StableAudio:
         inputs.times.copy_(times[:-1])
         plan.scalars.copy_(pingpong_table(times))
 
-    def _check(self, resolved: ResolvedRequest, chunk: int | None) -> None:
-        request = resolved.request
+    def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(
-            batch=resolved.batch,
-            uses_cfg=request.cfg_scale != 1.0,
-            frames=resolved.frames,
-            decode_frames=min(chunk or resolved.frames, resolved.frames),
-            encodes=request.init_audio is not None or request.inpaint_audio is not None,
+            batch=shape.batch,
+            uses_cfg=shape.uses_cfg,
+            frames=shape.frames,
+            decode_frames=min(chunk or shape.frames, shape.frames),
+            encodes=shape.mode != "text",
         )
 
     def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
