@@ -54,17 +54,23 @@ class CapturedRequest:
 class GraphCache:
     """LRU of captured requests by shape. Adding one evicts the least recently used until at most
     `max_graphs` remain and their pools hold at most `max_bytes` (the newest is always kept).
-    Shapes whose capture failed are remembered so they run eagerly without retrying."""
+    Shapes whose capture failed are remembered so they run eagerly without retrying.
+
+    `captures` counts the graphs added, `replays` the lookups that found one: the requests served
+    by a graph an earlier request captured. N requests of one shape give 1 and N − 1."""
 
     max_graphs: int = DEFAULT_MAX_GRAPHS
     max_bytes: int | None = None
     entries: OrderedDict[RequestShape, CapturedRequest] = field(default_factory=OrderedDict)
     failed: set[RequestShape] = field(default_factory=set)
+    captures: int = 0
+    replays: int = 0
 
     def get(self, shape: RequestShape) -> CapturedRequest | None:
         entry = self.entries.get(shape)
         if entry is not None:
             self.entries.move_to_end(shape)
+            self.replays += 1
         return entry
 
     @property
@@ -72,7 +78,8 @@ class GraphCache:
         return sum(e.bytes for e in self.entries.values())
 
     def add(self, shape: RequestShape, entry: CapturedRequest) -> list[RequestShape]:
-        """Keep `entry`; returns the shapes evicted for it."""
+        """Keep `entry`, a new capture; returns the shapes evicted for it."""
+        self.captures += 1
         self.entries[shape] = entry
         self.entries.move_to_end(shape)
         evicted = []

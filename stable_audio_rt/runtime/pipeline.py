@@ -133,6 +133,8 @@ class StableAudio:
         self.cuda_graph = cuda_graph
         self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
         self._capture_warned = False
+        self._auto_chunk: int | None = None
+        self._auto_chunk_resolved = False
 
     @property
     def config(self) -> StableAudioConfig:
@@ -235,7 +237,7 @@ class StableAudio:
         resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
         shape = self.request_shape(resolved)
         chunk = shape.decode_chunk if shape.decode_chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
-        overlap = shape.decode_overlap
+        overlap = resolved.request.vae_overlap
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
         self._check(shape, chunk)
@@ -405,7 +407,19 @@ class StableAudio:
         )
 
     def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
+        """The decode's (chunk, overlap) in latent frames, both None when one call covers the
+        request: they are part of the graph key, so nothing request-independent may vary them."""
         chunk = resolved.request.vae_chunk
         if chunk == "auto":
-            chunk = auto_chunk_frames(self.config.vae, self.device, self.dtype)
+            chunk = self._auto_decode_chunk()
+        if chunk is None or chunk >= resolved.frames:
+            return None, None
         return chunk, resolved.request.vae_overlap
+
+    def _auto_decode_chunk(self) -> int | None:
+        """`vae_chunk="auto"` resolved once for this pipeline: free GPU memory changes with every
+        capture, and a chunk read from it per request would make each request a new graph key."""
+        if not self._auto_chunk_resolved:
+            self._auto_chunk = auto_chunk_frames(self.config.vae, self.device, self.dtype)
+            self._auto_chunk_resolved = True
+        return self._auto_chunk

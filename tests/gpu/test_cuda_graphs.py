@@ -11,6 +11,9 @@ from stable_audio_rt.runtime.pipeline import StableAudio
 RATE = 44100
 # Replay runs the eager run's kernels; only reduction order may differ between streams.
 REPLAY_COSINE_TOL = 1e-5
+# Two seeds' audio from the random-weight model: independent noise, far apart (~1); the replay
+# bound above is 1e-5, so anything above 1e-3 is a different request's audio.
+DIFFERENT_SEEDS_MIN_COSINE = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +37,23 @@ def _modes(generator):
 
 
 @pytest.mark.parametrize("mode", ["text", "audio", "inpaint"])
-def test_replay_equals_eager(pipes, generator, mode):
+def test_replay_equals_eager_and_follows_its_seed(pipes, generator, mode):
     graphed, eager = pipes
     options = _modes(generator)[mode]
-    seeds = torch.randint(0, 2**31, (2,), generator=generator).tolist()
-    for prompt, seed in zip(("warm pad", "rain on a roof"), seeds, strict=True):
+    seeds = torch.randint(0, 2**31, (3,), generator=generator).tolist()
+    before = graphed.graphs.captures, graphed.graphs.replays
+    audio = []
+    for prompt, seed in zip(("warm pad", "warm pad", "rain on a roof"), seeds, strict=True):
         kwargs = dict(seconds_total=1.0, steps=8, seed=seed, **options)
         ours, expected = graphed.generate(prompt, **kwargs), eager.generate(prompt, **kwargs)
-        assert "replay" in ours.timings, "the request must have replayed a graph"
         assert cosine_distance(ours.latents, expected.latents) <= REPLAY_COSINE_TOL
         assert cosine_distance(ours.audio, expected.audio) <= REPLAY_COSINE_TOL
+        audio.append(ours.audio)
+    after = graphed.graphs.captures, graphed.graphs.replays
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2), "3 requests of one shape: 1 capture"
+    # A graph that ignored its inputs would replay the capturing request's audio.
+    assert cosine_distance(audio[1], audio[0]) > DIFFERENT_SEEDS_MIN_COSINE
+    assert cosine_distance(audio[2], audio[1]) > DIFFERENT_SEEDS_MIN_COSINE
 
 
 def test_replay_allocates_nothing(pipes):

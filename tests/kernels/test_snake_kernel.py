@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from numerics import bf16_rounding_misses, kernel_bf16_rounding, rel_error
+from numerics import rel_error, snake_bf16_misses
 
 from stable_audio_rt.kernels import ops
 from stable_audio_rt.kernels.specs import SNAKE
@@ -12,9 +12,6 @@ from stable_audio_rt.models.vae import SNAKE_EPS, snake_eager
 FP32_TOL = 1e-5
 # fp16 output rounding only: the maths is fp32 in both (~1e-4 of the output's scale).
 FP16_TOL = 2e-3
-# The bf16 test's fp32 bound in eps of the terms |x| + inv_beta (see _bf16_misses): measured up
-# to 2.0 over 40 seeds (issue 23); sin ≤ 1 ulp in each implementation, squared and scaled, gives 4.
-SNAKE_FP32_TERM_ULPS = 4
 
 
 def _parameters(channels, generator):
@@ -39,26 +36,11 @@ def _bf16_case(generator):
     return (x, *_parameters(4, generator))
 
 
-def _bf16_misses(y, x, alpha, inv_beta):
-    """Elements of the kernel's bf16 `y` that are no bf16 rounding (the kernel's, on its device)
-    of any value within the fp32 maths' error of the eager fp32 reference.
-
-    Kernel and eager differ in fp32 only by sin's implementation (numpy's under the interpreter,
-    libdevice on a GPU, SLEEF in torch) and the roundings after it, an error on the order of the
-    terms x and inv_beta·sin² ≤ inv_beta, not of the result: where they nearly cancel the result's
-    own ulps are far smaller (issue 23: SA_TEST_SEED=160243248 has x = −0.285 giving −0.0116).
-    """
-    xf = x.float()
-    reference = snake_eager(xf, alpha, inv_beta)
-    tol = SNAKE_FP32_TERM_ULPS * torch.finfo(torch.float32).eps * (xf.abs() + inv_beta[:, None])
-    return bf16_rounding_misses(y, reference - tol, reference + tol, kernel_bf16_rounding(y.device))
-
-
 def test_snake_bf16_is_a_rounding_of_the_fp32_maths(generator):
     x, alpha, inv_beta = _bf16_case(generator)
     y = ops.snake(x, alpha, inv_beta)
     assert y.dtype == torch.bfloat16
-    misses = _bf16_misses(y, x, alpha, inv_beta)
+    misses = snake_bf16_misses(y, x, alpha, inv_beta)
     assert not misses.any(), f"{int(misses.sum())} elements, first at {misses.nonzero()[0].tolist()}"
 
 
@@ -73,7 +55,7 @@ def test_snake_bf16_is_a_rounding_of_the_fp32_maths(generator):
 def test_snake_bf16_bound_rejects_wrong_maths(fault, generator):
     x, alpha, inv_beta = _bf16_case(generator)
     y = ops.snake(x, *fault(alpha, inv_beta))
-    assert _bf16_misses(y, x, alpha, inv_beta).any()
+    assert snake_bf16_misses(y, x, alpha, inv_beta).any()
 
 
 @pytest.mark.parametrize("tactic", [t.id for t in SNAKE.tactics])

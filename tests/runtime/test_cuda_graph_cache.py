@@ -84,6 +84,36 @@ def test_replays_equal_eager_runs_and_reuse_one_capture(graphed, generator, mode
         assert "replay" in ours.timings and "sampling" not in ours.timings
     ((shape, entry),) = graphed.graphs.entries.items()
     assert shape.mode == mode and entry.graph.replays == 2
+    assert (graphed.graphs.captures, graphed.graphs.replays) == (1, 1)
+
+
+def _drifting(readings):
+    """A reading that changes on every call, as free GPU memory does after each capture."""
+    values = iter(readings)
+    return lambda *args, **kwargs: next(values)
+
+
+def test_auto_decode_chunk_is_read_once_so_drifting_free_memory_keeps_one_key(monkeypatch):
+    # Only the key is computed (no run), so the pipeline may claim CUDA on this CPU machine.
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", cuda_graph=False)
+    pipe.device = torch.device("cuda")
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", _drifting([(g * gib, 80 * gib) for g in (40, 39, 38)]))
+    request = resolve_request(GenerationRequest(("x",), seconds_total=1.0, steps=4), pipe.config)
+    shapes = {pipe.request_shape(request) for _ in range(3)}
+    assert len(shapes) == 1
+    assert shapes.pop().decode_chunk is None, "one chunk covers the request: no chunk in the key"
+
+
+@pytest.mark.parametrize("readings,stored", [((70, 69, 68, 67), None), ((40, 39, 38, 37), 40)])
+def test_one_shape_captures_once_however_free_memory_drifts(graphed, monkeypatch, readings, stored):
+    monkeypatch.setattr(pipeline_module, "auto_chunk_frames", _drifting(readings))
+    options = dict(seconds_total=1.0, steps=3, seed=5)
+    results = [graphed.generate("x", **options) for _ in range(3)]
+    assert (graphed.graphs.captures, graphed.graphs.replays) == (1, 2)
+    ((shape, _),) = graphed.graphs.entries.items()
+    assert shape.frames == 64 and shape.decode_chunk == stored
+    assert all(torch.equal(r.audio, results[0].audio) for r in results)
 
 
 def test_graph_keys_follow_what_changes_the_region(graphed):
