@@ -144,7 +144,8 @@ def _tactic_rows(
                 "tactic": tactic.id,
                 "ms": round(ms, 4),
                 "torch_ms": round(torch_ms, 4),
-                "speedup_vs_torch": round(torch_ms / ms, 3),
+                # Significant digits: the interpreter's ×0.0004 must not print as 0.
+                "speedup_vs_torch": float(f"{torch_ms / ms:.3g}"),
                 "rate": round(per_ms / ms, 2),
                 "rate_unit": unit,
                 "rel_error_vs_torch": rel_error(out, reference),
