@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from stable_audio_rt.bench import flops as flop_counts
 from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_atomically, write_json
-from stable_audio_rt.bench.runner import PROMPT, Workload, run_workload
+from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
 from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.manifest import Manifest
@@ -247,9 +246,8 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
                                  config, t5_dims, rate, library))  # fmt: skip
             bar.update()
         if peer is not None:
-            peer_reports.append(
-                {"ours": f"{backend} {precision}", **_interleave(peer, pipe, workloads[0], args.repeats)}
-            )
+            pairs = interleave_with_peer(peer, pipe, workloads[0], args.repeats)
+            peer_reports.append({"ours": f"{backend} {precision}", **pairs})
         del pipe
     bar.close()
     return {"gemm_floor": gemm_rates, "runs": runs, "peer": peer_reports}
@@ -318,44 +316,6 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
             "shapes": f"DiT step, {rows} rows × {workload.frames} frames",
         }
     return cache[key]["gflops_per_s"]
-
-
-def _interleave(peer, ours: StableAudio, workload: Workload, repeats: int) -> dict:
-    """Ours and diffusers on the same work, A B A B after one untimed call each, so drift of
-    the machine falls on both; the ratio is diffusers' time over ours, per pair."""
-    config = ours.config
-    options = workload.options(config.sample_rate, config.vae.downsampling_ratio)
-    seconds, negative = options["seconds_total"], options["negative_prompt"]
-
-    def run_ours() -> None:
-        ours.generate(PROMPT, **options)
-
-    def run_peer() -> None:
-        peer.generate(PROMPT, negative, workload.steps, workload.cfg_scale, workload.batch, seconds, SEED)
-
-    run_ours()
-    run_peer()
-    pairs = []
-    for _ in range(repeats):
-        ours_s, peer_s = _seconds(run_ours), _seconds(run_peer)
-        pairs.append({"ours_s": ours_s, "diffusers_s": peer_s, "ratio": peer_s / ours_s})
-    return {
-        "frames": workload.frames,
-        "steps": workload.steps,
-        "batch": workload.batch,
-        "cfg_scale": workload.cfg_scale,
-        "scheduler": "diffusers CosineDPMSolverMultistepScheduler: one CFG DiT call per step, as ours",
-        "pairs": pairs,
-        "ours_s_p50": statistics.median(p["ours_s"] for p in pairs),
-        "diffusers_s_p50": statistics.median(p["diffusers_s"] for p in pairs),
-        "ratio_p50": statistics.median(p["ratio"] for p in pairs),
-    }
-
-
-def _seconds(fn: Callable[[], None]) -> float:
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
 
 
 if __name__ == "__main__":

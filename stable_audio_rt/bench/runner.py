@@ -6,6 +6,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -118,3 +119,43 @@ def _text_encoder_times(pipe: StableAudio, workload: Workload, repeats: int) -> 
                 torch.cuda.synchronize(device)
             t5.append(time.perf_counter() - began)
     return statistics.median(tokenize), statistics.median(t5)
+
+
+def interleave_with_peer(peer, ours: StableAudio, workload: Workload, repeats: int) -> dict:
+    """Ours and diffusers on the same work, A B A B after one untimed call each, so drift of
+    the machine falls on both; the ratio is diffusers' time over ours, per pair."""
+    config = ours.config
+    options = workload.options(config.sample_rate, config.vae.downsampling_ratio)
+    seconds, negative = options["seconds_total"], options["negative_prompt"]
+
+    def run_ours() -> None:
+        ours.generate(PROMPT, **options)
+
+    def run_peer() -> None:
+        peer.generate(
+            PROMPT, negative, workload.steps, workload.cfg_scale, workload.batch, seconds, workload.seed
+        )
+
+    run_ours()
+    run_peer()
+    pairs = []
+    for _ in range(repeats):
+        ours_s, peer_s = _wall_seconds(run_ours), _wall_seconds(run_peer)
+        pairs.append({"ours_s": ours_s, "diffusers_s": peer_s, "ratio": peer_s / ours_s})
+    return {
+        "frames": workload.frames,
+        "steps": workload.steps,
+        "batch": workload.batch,
+        "cfg_scale": workload.cfg_scale,
+        "scheduler": "diffusers CosineDPMSolverMultistepScheduler: one CFG DiT call per step, as ours",
+        "pairs": pairs,
+        "ours_s_p50": statistics.median(p["ours_s"] for p in pairs),
+        "diffusers_s_p50": statistics.median(p["diffusers_s"] for p in pairs),
+        "ratio_p50": statistics.median(p["ratio"] for p in pairs),
+    }
+
+
+def _wall_seconds(fn: Callable[[], None]) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
