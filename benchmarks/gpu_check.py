@@ -1,23 +1,30 @@
-"""The one command for whoever has an NVIDIA GPU: installs what it needs, runs the GPU tests, and
-measures Stable Audio Open 1.0 at real size end to end; writes one results file.
+"""The one command for whoever has an NVIDIA GPU, for minutes and offline: installs what the
+machine lacks from a wheelhouse, checks correctness, then measures; every result is written the
+moment it exists, so a run cut short keeps what it measured.
 
-    python benchmarks/gpu_check.py                  # from a checkout; ~5 min on an H100 + TensorRT builds
-    python benchmarks/gpu_check.py --no-install --model /path/to/stable-audio-open-1.0
+    python benchmarks/wheelhouse.py build                 # where an index is reachable (~10 MB)
+    python benchmarks/gpu_check.py --wheelhouse .whl      # on the GPU machine, from a checkout
+    python benchmarks/gpu_check.py --dry-run              # the same flow on the CPU, tiny models
 
-What it does, in order (each part's outcome goes into the results, a failure does not stop the rest):
-1. `pip install -e .[test,bench]` into this Python (skip with --no-install);
-2. the GPU tests (`pytest -m gpu tests/gpu`, Triton compiled, not interpreted);
-3. the Triton kernels against the torch maths (benchmarks/kernels.py);
-4. end to end, torch backend: fp32 / fp16 / bf16 × the full 47.55 s window and a trimmed 10 s one
-   × eager and whole-request CUDA graph; 100 steps, CFG 7 with a negative prompt, batch 1.
-   Random weights of the real geometry unless --model gives real ones (the speed is the same);
-5. with TensorRT installed: sa-export --fp16 of the same weights (ONNX + engines), then the same
-   requests on the tensorrt backend (skip with --no-tensorrt; engine builds take minutes).
-Results: benchmarks/results/gpu_check_<gpu>_<date>.json and a short markdown table beside it.
-Time = wall seconds of `generate` (tokenize to audio on the host), warm median of --repeats
-after one cold request (which includes the capture). RTF = seconds / audio seconds.
-Targets (issue 9, H100, full window, 100 steps, CFG, fp16): torch + CUDA graph <= 2.0 s,
-TensorRT <= 0.8 s.
+In order, each part skipped (and recorded) when its estimate does not fit in what is left of
+--budget-s, and a failure recorded without stopping the rest:
+  install    --wheelhouse DIR: pip --no-index --no-deps into a target folder put first on the
+             path (never replacing the machine's torch); without one, what is missing is recorded;
+  tests      pytest -m gpu tests/gpu, Triton compiled: replay = eager, 3 requests of one shape =
+             1 capture + 2 replays, two seeds differ under replay, no allocation in a replay, the
+             kernels against the torch maths in fp32/fp16/bf16;
+  correctness one short fp32 request on the GPU against the CPU, same weights and draws;
+  speed      SAO 1.0 at real geometry (random weights built on the GPU), 100 steps, CFG 7 with a
+             negative prompt, batch 1: bf16 and fp16 × full and 10 s trimmed window × eager and
+             CUDA graph, then fp32 graph on the full window; cold, warm p50, RTF, captures and
+             replays, peak memory, the DiT step's share of its GEMM floor;
+  peer       diffusers' StableAudioPipeline on the same weights and work (full window, fp16),
+             interleaved with ours, the ratio per pair (needs diffusers);
+  small      SAO Small at real geometry, 8 steps, bf16, graph: batch 1 and batch 8;
+  kernels    benchmarks/kernels.py;
+  tensorrt   with TensorRT: sa-export --fp16 and the same full-window request on its plans.
+Results: <out>/gpu_check_<gpu>_<date>.json and .md (default benchmarks/results; a temporary
+folder with --dry-run). Goals are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -26,248 +33,277 @@ import argparse
 import datetime as dt
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = "warm analog synth pad with slow attack, 120 bpm"
-NEGATIVE = "low quality, distorted"
-RANDOM_REAL_SIZE = "random-stable-audio-open-1.0"
-TRIMMED_SECONDS = 10.0
-FULL_WINDOW_SECONDS = 47.0
-TARGETS_S = {"torch fp16 full cuda_graph": 2.0, "tensorrt fp16 full cuda_graph": 0.8}
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # the checkout's package, then our siblings
+
+import wheelhouse  # noqa: E402  (stdlib only: importable before anything is installed)
+
+DEFAULT_BUDGET_S = 540
+DEFAULT_SITE = ROOT / ".site"
+# Seconds each part is expected to take on an H100/H200 (a model build, a row of 4 requests),
+# to skip what would not fit; the dry run's on this project's 2-core CI machines.
+ESTIMATES_S = {"tests": 90, "correctness": 60, "speed model": 40, "speed row": 25, "peer": 150,
+               "small": 45, "kernels": 40, "tensorrt": 10}  # fmt: skip
+DRY_ESTIMATES_S = {"tests": 20, "correctness": 5, "speed model": 2, "speed row": 3, "peer": 15,
+                   "small": 5, "kernels": 15, "tensorrt": 1}  # fmt: skip
+GOALS = (  # (name, the row it reads, the bound): issue 18's goals for an H100/H200
+    ("SAO 1.0 full window, bf16 or fp16, CUDA graph ≤ 1.0 s", "speed full graph", 1.0),
+    ("trimmed 10 s clip ≤ 0.3 s", "speed trim graph", 0.3),
+    ("Small 11.9 s clip ≤ 0.1 s", "small batch 1", 0.1),
+)
+PEER_GOAL_RATIO = 4.0
+PEER_GOAL = f"≥ {PEER_GOAL_RATIO:.0f}× diffusers on the same GPU and work"
 
 
-def install() -> dict:
-    command = [sys.executable, "-m", "pip", "install", "-e", f"{ROOT}[test,bench]"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    return {"command": " ".join(command), "returncode": done.returncode, "tail": done.stderr[-2000:]}
+@dataclass
+class Budget:
+    seconds: float
+    began: float = field(default_factory=time.perf_counter)
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.began)
 
 
-def gpu_tests() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"]
-    began = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    return {
-        "command": " ".join(command),
-        "returncode": done.returncode,
-        "summary": summary,
-        "seconds": round(time.perf_counter() - began, 1),
-        "tail": done.stdout[-4000:],
-    }
+@dataclass
+class Results:
+    """The report, rewritten (temp file + rename) after every addition."""
+
+    folder: Path
+    report: dict
+
+    @property
+    def stem(self) -> Path:
+        gpu = self.report["gpu"].replace(" ", "_").replace("/", "_")
+        return self.folder / f"gpu_check_{gpu}_{self.report['date'][:10]}"
+
+    def put(self, key: str, value) -> None:
+        self.report[key] = value
+        self._write()
+
+    def add(self, key: str, item: dict) -> None:
+        self.report.setdefault(key, []).append(item)
+        print(f"{key}: {json.dumps(item)}", flush=True)
+        self._write()
+
+    def skip(self, part: str, reason: str) -> None:
+        self.add("skipped", {"part": part, "reason": reason})
+
+    def _write(self) -> None:
+        self.report["goals"] = goals(self.report)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for suffix, text in (
+            (".json", json.dumps(self.report, indent=2) + "\n"),
+            (".md", render(self.report)),
+        ):
+            with tempfile.NamedTemporaryFile("w", dir=self.folder, delete=False, suffix=".tmp") as tmp:
+                tmp.write(text)
+            os.replace(tmp.name, self.stem.with_suffix(suffix))
 
 
-def kernel_benchmark(out: Path) -> dict:
-    path = out / "kernels.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kernels.py"), "--json", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "TRITON_INTERPRET": "0"},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        return {"returncode": done.returncode, "tail": done.stderr[-2000:]}
-    return json.loads(path.read_text())
-
-
-def time_requests(pipe, window: dict, repeats: int, steps: int) -> dict:
-    """Cold request, then the warm median of `repeats`; wall seconds around `generate`."""
-    import torch
-
-    options = dict(steps=steps, cfg_scale=7.0, negative_prompt=NEGATIVE, seed=0, **window)
-    times = []
-    for k in range(repeats + 1):
-        torch.cuda.synchronize()
-        began = time.perf_counter()
-        result = pipe.generate(PROMPT, **{**options, "seed": k})
-        times.append(time.perf_counter() - began)
-    audio_seconds = result.audio.shape[-1] / result.sample_rate
-    warm = statistics.median(times[1:])
-    return {
-        "audio_seconds": round(audio_seconds, 3),
-        "frames": int(result.latents.shape[-1]),
-        "cold_s": round(times[0], 3),
-        "warm_p50_s": round(warm, 3),
-        "warm_min_s": round(min(times[1:]), 3),
-        "rtf": round(warm / audio_seconds, 4),
-        "x_real_time": round(audio_seconds / warm, 1),
-        "replayed": "replay" in result.timings,
-        "stages_s": {k: round(v, 4) for k, v in result.timings.items()},
-    }
-
-
-WINDOWS = {
-    "full": {"seconds_total": FULL_WINDOW_SECONDS},
-    "trim": {"seconds_total": TRIMMED_SECONDS, "window": "trim"},
-}
-
-
-def torch_rows(model: str, repeats: int, steps: int) -> list[dict]:
-    import torch
-
-    from stable_audio_rt.runtime.pipeline import StableAudio
-
-    rows = []
-    for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
-        pipe = StableAudio.from_pretrained(model, device="cuda", dtype=dtype)
-        for window, options in WINDOWS.items():
-            for graph in (False, True):
-                pipe.cuda_graph = graph
-                row = {"backend": "torch", "dtype": name, "window": window, "cuda_graph": graph}
-                try:
-                    row |= time_requests(pipe, options, repeats, steps)
-                except Exception as e:  # record and go on: one failure must not hide the rest
-                    row["error"] = f"{type(e).__name__}: {e}"
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        pipe.graphs.clear()
-        del pipe
-        torch.cuda.empty_cache()
-    return rows
-
-
-def tensorrt_rows(model: str, out: Path, repeats: int, steps: int) -> tuple[dict, list[dict]]:
-    from stable_audio_rt.runtime.pipeline import StableAudio
-    from stable_audio_rt.trt_import import TensorRTUnavailable, import_tensorrt
-
-    try:
-        trt, _ = import_tensorrt()
-    except TensorRTUnavailable as e:
-        return {"skipped": str(e)}, []
-    folder = out / "engines_fp16"
-    command = ["sa-export", "--model", model, "--out", str(folder), "--fp16"]
-    began = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    export = {
-        "tensorrt": trt.__version__,
-        "command": " ".join(command),
-        "returncode": done.returncode,
-        "seconds": round(time.perf_counter() - began, 1),
-        "tail": (done.stdout + done.stderr)[-2000:],
-    }
-    if done.returncode != 0:
-        return export, []
-    pipe = StableAudio.from_engines(folder, backend="tensorrt", device="cuda")
-    rows = []
-    for window, options in WINDOWS.items():
-        for graph in (False, True):
-            pipe.cuda_graph = graph
-            row = {"backend": "tensorrt", "dtype": "fp16", "window": window, "cuda_graph": graph}
-            try:
-                row |= time_requests(pipe, options, repeats, steps)
-            except Exception as e:
-                row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return export, rows
-
-
-def targets(rows: list[dict]) -> dict:
-    found = {}
-    for row in rows:
-        mode = "cuda_graph" if row["cuda_graph"] else "eager"
-        key = f"{row['backend']} {row['dtype']} {row['window']} {mode}"
-        if key in TARGETS_S and "warm_p50_s" in row:
-            found[key] = {"target_s": TARGETS_S[key], "measured_s": row["warm_p50_s"]}
-            found[key]["met"] = row["warm_p50_s"] <= TARGETS_S[key]
+def goals(report: dict) -> list[dict]:
+    """Each goal against its best matching measurement (none: not measured); a dry run's timings
+    are the CPU's and tiny models', so there its goals are not applicable."""
+    if report.get("dry_run"):
+        names = [name for name, *_ in GOALS] + [PEER_GOAL]
+        return [{"goal": name, "met": None, "note": "dry run: goals apply to a GPU"} for name in names]
+    found = []
+    for name, key, bound in GOALS:
+        times = [r["warm_p50_s"] for r in report.get("speed", []) + report.get("small", []) if _key(r) == key]
+        best = min(times, default=None)
+        found.append({"goal": name, "bound_s": bound, "measured_s": best, "met": _met(best, bound)})
+    ratios = [p["ratio_p50"] for p in report.get("peer", []) if "ratio_p50" in p]
+    ratio = max(ratios, default=None)
+    met = None if ratio is None else ratio >= PEER_GOAL_RATIO
+    found.append({"goal": PEER_GOAL, "measured_ratio": ratio, "met": met})
     return found
 
 
-def markdown(report: dict) -> str:
+def render(report: dict) -> str:
+    """The report as markdown: what ran, each table, what was skipped and the goals."""
+    install = report.get("install", {})
     lines = [
         f"# gpu_check: {report['gpu']}, {report['date']}",
         "",
-        f"GPU tests: {report['gpu_tests'].get('summary', 'not run')}",
+        f"torch {report['torch']}, Triton {report['triton']}, Python {report['python']}; "
+        f"budget {report['budget_s']:.0f} s"
+        + (f", ran {report['seconds']} s" if "seconds" in report else ""),
         "",
-        "| backend | dtype | window | graph | audio s | cold s | warm p50 s | RTF | x real time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Install: {', '.join(install.get('installed', [])) or 'nothing'}; "
+        f"missing: {', '.join(install.get('missing', [])) or 'nothing'}",
     ]
-    for r in report["rows"]:
-        if "error" in r:
-            lines.append(
-                f"| {r['backend']} | {r['dtype']} | {r['window']} | {r['cuda_graph']} | {r['error']} |"
-            )
-            continue
-        lines.append(
-            f"| {r['backend']} | {r['dtype']} | {r['window']} | {r['cuda_graph']} | {r['audio_seconds']} | "
-            f"{r['cold_s']} | {r['warm_p50_s']} | {r['rtf']} | {r['x_real_time']} |"
-        )
-    lines += ["", "Targets: " + json.dumps(report["targets"])]
+    if "pip_check" in install:
+        lines += ["", f"pip check: {install['pip_check']['tail'].strip().splitlines()[-1:]}"]
+    for t in report.get("tests", []):
+        lines += ["", f"GPU tests: {t['summary']} (exit {t['returncode']}, {t['seconds']} s)"]
+    for c in report.get("correctness", []):
+        lines += [
+            "",
+            f"Correctness ({c['check']}): latents rel. error {c['latents_rel_error']:.2e}, audio "
+            f"{c['audio_rel_error']:.2e}, bound {c['tolerance']:.0e}: {'pass' if c['passed'] else 'FAIL'}",
+        ]
+    rows = report.get("speed", []) + report.get("small", [])
+    if rows:
+        lines += [
+            "",
+            "| part | dtype | window | graph | batch | audio s | cold s | warm p50 s | RTF | "
+            "captures/replays | peak MB | DiT step / GEMM floor |",
+            "|" + "---|" * 12,
+        ]
+        lines += [_row_line(r) for r in rows]
+    for p in report.get("peer", []):
+        ratios = ", ".join(f"{pair['ratio']:.2f}" for pair in p["pairs"])
+        lines += [
+            "",
+            f"Peer ({p['dtype']}, {p['frames']} frames, {p['steps']} steps): ours "
+            f"{p['ours_s_p50']:.3f} s, diffusers {p['diffusers_s_p50']:.3f} s, ×{p['ratio_p50']:.2f} "
+            f"(pairs: {ratios})",
+        ]
+    for k in report.get("kernels", []):
+        met = ", ".join(f"{g['kernel']} {g['dtype']} ×{g['best_speedup']:.2f}" for g in k.get("goals", []))
+        lines += ["", f"Kernels: {met or 'exit ' + str(k['returncode'])}"]
+    for name in ("skipped", "errors"):
+        for item in report.get(name, []):
+            lines += ["", f"{name.capitalize()}: {item['part']}: {item.get('reason') or item.get('error')}"]
+    lines += ["", "| goal | measured | met |", "|---|---|---|"]
+    for g in report.get("goals", []):
+        measured = g.get("measured_s", g.get("measured_ratio"))
+        lines.append(f"| {g['goal']} | {'not measured' if measured is None else measured} | {g['met']} |")
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+def _row_line(r: dict) -> str:
+    head = f"| {r['part']} | {r['dtype']} | {r['window']} | {r['cuda_graph']} | {r.get('batch', 1)} |"
+    if "error" in r:
+        return f"{head} {r['error']} |" + " |" * 6
+    floor = r.get("floor")
+    share = f"{floor['floor_share']:.0%} ({floor['step_from']})" if floor else ""
+    counts = f"{r['captures']}/{r['replays']}" + ("" if r.get("graph_counts_ok", True) else " (WRONG)")
+    return (
+        f"{head} {r['audio_seconds']} | {r['cold_s']} | {r['warm_p50_s']} | {r['rtf']} | {counts} | "
+        f"{r['peak_memory_mb']} | {share} |"
+    )
 
 
-def main() -> int:
+def _key(row: dict) -> str | None:
+    if "warm_p50_s" not in row or row.get("dtype") == "fp32":
+        return None
+    if row.get("part") == "small":
+        return f"small batch {row['batch']}"
+    return f"speed {row['window']} {'graph' if row['cuda_graph'] else 'eager'}"
+
+
+def _met(measured: float | None, bound: float) -> bool | None:
+    return None if measured is None else measured <= bound
+
+
+@dataclass
+class Check:
+    """One run's settings: the real GPU run or its CPU dry run."""
+
+    args: argparse.Namespace
+    budget: Budget
+    results: Results
+    env: dict  # for subprocesses: the installed target and the checkout first on PYTHONPATH
+
+    @property
+    def dry(self) -> bool:
+        return self.args.dry_run
+
+    def fits(self, estimate_key: str, part: str) -> bool:
+        """Whether the part's estimate fits in what is left; if not, its skip is recorded."""
+        estimate = (DRY_ESTIMATES_S if self.dry else ESTIMATES_S)[estimate_key]
+        if self.budget.left() >= estimate:
+            return True
+        self.results.skip(
+            part, f"estimated {estimate} s, {max(0, self.budget.left()):.0f} s of the budget left"
+        )
+        return False
+
+    def attempt(self, part: str, estimate_key: str, run: Callable[[], None]) -> None:
+        """Run a part if its estimate fits; a failure is recorded and the next part goes on."""
+        if not self.fits(estimate_key, part):
+            return
+        try:
+            run()
+        except Exception as e:  # recorded with its trace: one failure must not hide the rest
+            self.results.add("errors", {"part": part, "error": f"{type(e).__name__}: {e}",
+                                        "trace": traceback.format_exc()[-3000:]})  # fmt: skip
+
+    def subprocess(self, command: list[str], part: str) -> subprocess.CompletedProcess | None:
+        timeout = max(1.0, self.budget.left())
+        try:
+            return subprocess.run(command, cwd=ROOT, env=self.env, capture_output=True, text=True,
+                                  timeout=timeout)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            self.results.skip(part, f"cut at {timeout:.0f} s: the budget ran out")
+            return None
+
+
+def install(args: argparse.Namespace) -> tuple[dict, Path | None]:
+    if args.wheelhouse is None:
+        return {"wheelhouse": None, "missing": wheelhouse.missing_modules()}, None
+    target = Path(tempfile.mkdtemp(prefix="gpu_check_site_")) if args.dry_run else args.site
+    record = wheelhouse.install(args.wheelhouse, target)
+    sys.path.insert(0, str(target))
+    # What --no-deps cannot see: a wheel needing a newer version of something the image has.
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    checked = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, env=env)
+    tail = (checked.stdout + checked.stderr)[-2000:]
+    record["pip_check"] = {"returncode": checked.returncode, "tail": tail}
+    return record, target
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--model", default=RANDOM_REAL_SIZE, help="real weights (Hub id or folder); default random"
+        "--wheelhouse", type=Path, help="folder of wheels to install offline (wheelhouse.py build)"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-install", action="store_true", help="use this Python's packages as they are")
-    parser.add_argument("--no-tests", action="store_true", help="skip the GPU tests")
-    parser.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT export and rows")
-    args = parser.parse_args()
-
-    installed = {"skipped": True} if args.no_install else install()
+    parser.add_argument("--site", type=Path, default=DEFAULT_SITE, help="where the wheels go (default .site)")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="skip what would not fit")
+    parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results)")
+    parser.add_argument("--repeats", type=int, default=3, help="warm requests per row, after one cold")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same flow on the CPU with the tiny models"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    budget = Budget(args.budget_s)
+    installed, target = install(args)
     import torch
 
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA GPU visible to torch; this script measures GPUs only", file=sys.stderr)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU visible to torch; --dry-run runs the flow on the CPU", file=sys.stderr)
         return 2
-    gpu = torch.cuda.get_device_name()
-    date = dt.datetime.now(dt.timezone.utc)
-    work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-    model = args.model
-    if model == RANDOM_REAL_SIZE:
-        # One checkpoint folder for every backend (sa-export reads folders): diffusers' random
-        # initialisation of the real geometry, with a t5-base-shaped T5, saved in its layout.
-        from stable_audio_rt.bench.peer import build_peer
-        from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
+    import gpu_check_parts as parts
 
-        model = str(
-            build_peer(STABLE_AUDIO_OPEN_1_0, STABLE_AUDIO_OPEN_1_0.latent_frames, work / "checkpoint").folder
-        )
-    report = {
-        "date": date.isoformat(timespec="seconds"),
-        "gpu": gpu,
-        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability())),
-        "torch": torch.__version__,
-        "model": args.model,
-        "steps": args.steps,
-        "install": installed,
-        "gpu_tests": {"skipped": True} if args.no_tests else gpu_tests(),
-        "kernels": kernel_benchmark(work),
-    }
-    rows = torch_rows(model, args.repeats, args.steps)
-    report["tensorrt"], trt_rows = (
-        ({"skipped": "--no-tensorrt"}, [])
-        if args.no_tensorrt
-        else tensorrt_rows(model, work, args.repeats, args.steps)
+    date = dt.datetime.now(dt.timezone.utc)
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="gpu_check_dry_")) if args.dry_run else ROOT / "benchmarks" / "results"
     )
-    report["rows"] = rows + trt_rows
-    report["targets"] = targets(report["rows"])
-    stem = f"gpu_check_{gpu.replace(' ', '_')}_{date:%Y-%m-%d}"
-    write(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    write(args.out / f"{stem}.md", markdown(report))
-    print(markdown(report))
-    print(f"wrote {args.out / stem}.json and .md")
+    paths = [str(p) for p in (target, ROOT) if p is not None]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    env["TRITON_INTERPRET"] = "1" if args.dry_run else "0"
+    results = Results(out, parts.header(args.dry_run, date, budget.seconds) | {"install": installed})
+    results.put("install", installed)
+    check = Check(args, budget, results, env)
+    parts.run_all(check)
+    results.put("seconds", round(time.perf_counter() - budget.began, 1))
+    print(f"gpu_check: wrote {results.stem}.json and .md")
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from stable_audio_rt import __version__
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     DEFAULT_OPSET,
@@ -44,7 +45,9 @@ from stable_audio_rt.models.manifest import (
     weights_fingerprint,
 )
 
-TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime", "stable-audio-rt")
+# Third-party versions from their installed metadata; ours from the package itself, since a
+# checkout run through PYTHONPATH (the offline GPU machines) has no installed metadata.
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 # Latent frames and batch of the verification inputs: odd sizes inside every profile.
 VERIFY_FRAMES = 7
 
@@ -83,7 +86,7 @@ class ExportSettings:
 
 
 def tool_versions() -> dict[str, str]:
-    return {name: importlib.metadata.version(name) for name in TOOLS}
+    return {name: importlib.metadata.version(name) for name in TOOLS} | {"stable-audio-rt": __version__}
 
 
 def _reusable(

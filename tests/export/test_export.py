@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stable_audio_rt.export import cli
-from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.export.engine_folder import ExportSettings, export_engines, tool_versions
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
     axis_sizes,
@@ -113,3 +113,22 @@ def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, argumen
 def test_cli_missing_output_folder(tiny_diffusers_dir, tmp_path, capsys):
     assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(tmp_path / "a" / "b")]) == 2
     assert "folder" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_tool_versions_need_no_installed_metadata_for_this_package(monkeypatch):
+    # The offline GPU machines run the checkout through PYTHONPATH: no dist-info of ours there.
+    import importlib.metadata
+
+    import stable_audio_rt
+
+    installed = importlib.metadata.version
+
+    def version(name):
+        if name == "stable-audio-rt":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    versions = tool_versions()
+    assert versions["stable-audio-rt"] == stable_audio_rt.__version__
+    assert versions["torch"] == installed("torch")

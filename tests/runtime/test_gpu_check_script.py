@@ -1,47 +1,133 @@
-"""benchmarks/gpu_check.py on a machine without a GPU: it says so and writes nothing; its target
-check and its table read the rows it records (the GPU runs themselves need a GPU)."""
+"""benchmarks/gpu_check.py: its whole flow as a dry run on the CPU (tiny models, the wheelhouse
+install into a temporary target, every part written as it is measured), a run cut short keeping
+what it measured, the budget skipping and recording, and its refusal without a GPU. The GPU run
+itself needs a GPU."""
 
-import importlib.util
+import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from wheels import PROBE_MODULE, probe_wheel
+
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "gpu_check.py"
+PARTS = ("install", "tests", "correctness", "speed", "peer", "small", "kernels", "skipped", "goals")
+# The dry run's speed rows: bf16 full/trim × eager/graph and fp32 graph (fp16 is the GPU's).
+DRY_SPEED_ROWS = 5
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _offline_env(**extra) -> dict:
+    return {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", **extra}
+
+
+def _report(out: Path) -> dict:
+    (path,) = out.glob("gpu_check_*.json")
+    return json.loads(path.read_text())
 
 
 def test_without_a_gpu_it_says_so_and_writes_nothing(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--no-install", "--out", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
         capture_output=True,
         text=True,
-        env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
-    assert done.returncode == 2 and "no CUDA GPU visible" in done.stderr
+    assert done.returncode == 2 and "no CUDA GPU visible" in done.stderr and "--dry-run" in done.stderr
     assert not list(tmp_path.iterdir())
 
 
-def test_targets_and_table_follow_the_rows():
-    gpu_check = _module()
-    row = dict(window="full", audio_seconds=47.0, cold_s=9.0, frames=1024, rtf=0.04, x_real_time=25.0)
-    rows = [
-        {**row, "backend": "torch", "dtype": "fp16", "cuda_graph": True, "warm_p50_s": 1.9},
-        {**row, "backend": "torch", "dtype": "fp16", "cuda_graph": False, "warm_p50_s": 3.1},
-        {**row, "backend": "tensorrt", "dtype": "fp16", "cuda_graph": True, "warm_p50_s": 0.9},
-        {"backend": "torch", "dtype": "bf16", "window": "trim", "cuda_graph": True, "error": "OOM"},
-    ]
-    targets = gpu_check.targets(rows)
-    assert targets == {
-        "torch fp16 full cuda_graph": {"target_s": 2.0, "measured_s": 1.9, "met": True},
-        "tensorrt fp16 full cuda_graph": {"target_s": 0.8, "measured_s": 0.9, "met": False},
+def test_dry_run_installs_from_the_wheelhouse_and_writes_every_part(tmp_path):
+    probe_wheel(tmp_path / "whl")
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), "--dry-run", "--repeats", "1", "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--wheelhouse", str(tmp_path / "whl")], capture_output=True, text=True, env=_offline_env()
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(out)
+    assert set(PARTS) <= report.keys() and "errors" not in report, report.get("errors")
+    install = report["install"]
+    assert install["returncode"] == 0 and any(PROBE_MODULE in name for name in install["installed"])
+    assert "returncode" in install["pip_check"], "what --no-deps cannot see is checked"
+    assert report["tests"][0]["returncode"] == 0
+    assert report["correctness"][0]["passed"]
+    speed = report["speed"]
+    assert len(speed) == DRY_SPEED_ROWS and all("warm_p50_s" in r and "floor" in r for r in speed)
+    for row in speed + report["small"]:
+        graph = row["cuda_graph"]
+        assert (row["captures"], row["replays"]) == ((1, row["requests"] - 1) if graph else (0, 0))
+    assert [r["batch"] for r in report["small"]] == [1, 2]
+    assert report["peer"][0]["pairs"] and report["kernels"][0]["returncode"] == 0
+    assert {s["part"] for s in report["skipped"]} == {"speed fp16", "tensorrt"}
+    assert all(g["met"] is None for g in report["goals"]), "a dry run meets or misses no goal"
+    table = (out / f"{Path(next(out.glob('*.json'))).stem}.md").read_text()
+    assert (
+        table.count("\n| speed |") == DRY_SPEED_ROWS
+        and "Peer (fp32" in table
+        and "Skipped: tensorrt" in table
+    )
+
+
+def test_a_run_cut_short_keeps_what_it_measured(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), "--dry-run", "--repeats", "1", "--out", str(out)]
+    process = subprocess.Popen(
+        command, env=_offline_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (list(out.glob("*.json")) and "tests" in _report(out)):
+            time.sleep(0.5)
+    finally:
+        process.kill()
+        process.wait()
+    report = _report(out)
+    assert report["tests"][0]["returncode"] == 0 and "seconds" not in report, "killed before its end"
+    assert "| goal |" in next(out.glob("*.md")).read_text()
+
+
+def test_a_budget_that_fits_nothing_skips_every_part_and_says_so(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--dry-run", "--budget-s", "0", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, env=_offline_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path)
+    skipped = {s["part"] for s in report["skipped"]}
+    assert skipped == {"tests", "correctness", "speed", "peer", "small", "kernels", "tensorrt"}
+    assert all("budget" in s["reason"] for s in report["skipped"])
+    assert report["install"]["wheelhouse"] is None and "missing" in report["install"]
+
+
+def _gpu_check_module(monkeypatch):
+    """The script as a module; the path entries it adds and its module entry go with the test."""
+    import importlib.util
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_goals_read_the_best_matching_gpu_rows(monkeypatch):
+    gpu_check = _gpu_check_module(monkeypatch)
+    row = {"part": "speed", "batch": 1, "cuda_graph": True}
+    report = {
+        "speed": [
+            {**row, "dtype": "bf16", "window": "full", "warm_p50_s": 1.2},
+            {**row, "dtype": "fp16", "window": "full", "warm_p50_s": 0.9},
+            {**row, "dtype": "fp32", "window": "full", "warm_p50_s": 0.5},  # fp32 is no goal's
+            {**row, "dtype": "fp16", "window": "trim", "cuda_graph": False, "warm_p50_s": 0.1},
+            {**row, "dtype": "fp16", "window": "trim", "warm_p50_s": 0.35},
+            {**row, "dtype": "bf16", "window": "trim", "error": "OOM"},
+        ],
+        "small": [{**row, "part": "small", "dtype": "bf16", "window": "full", "warm_p50_s": 0.08}],
+        "peer": [{"ratio_p50": 4.5}],
     }
-    report = {"gpu": "G", "date": "D", "gpu_tests": {"summary": "3 passed"}, "rows": rows, "targets": targets}
-    table = gpu_check.markdown(report)
-    assert table.count("\n| torch") == 3 and "| tensorrt | fp16 | full | True | 47.0 | 9.0 | 0.9 |" in table
-    assert "OOM" in table
+    found = {
+        g["goal"]: (g.get("measured_s", g.get("measured_ratio")), g["met"]) for g in gpu_check.goals(report)
+    }
+    assert list(found.values()) == [(0.9, True), (0.35, False), (0.08, True), (4.5, True)]
+    assert all(g["met"] is None for g in gpu_check.goals({"dry_run": True, **report}))
