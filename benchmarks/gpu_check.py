@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -248,6 +249,28 @@ class Check:
             return None
 
 
+def header(dry: bool, date: dt.datetime, budget_s: float) -> dict:
+    """When, on what, with which versions."""
+    import torch
+    import triton
+
+    if dry:
+        gpu, capability = f"dry-run CPU {platform.machine()} {os.cpu_count()} cores", None
+    else:
+        gpu = torch.cuda.get_device_name()
+        capability = ".".join(map(str, torch.cuda.get_device_capability()))
+    return {
+        "date": date.isoformat(timespec="seconds"),
+        "gpu": gpu,
+        "compute_capability": capability,
+        "dry_run": dry,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "budget_s": budget_s,
+    }
+
+
 def install(args: argparse.Namespace) -> tuple[dict, Path | None]:
     if args.wheelhouse is None:
         return {"wheelhouse": None, "missing": wheelhouse.missing_modules()}, None
@@ -286,20 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to torch; --dry-run runs the flow on the CPU", file=sys.stderr)
         return 2
-    import gpu_check_parts as parts
-
     date = dt.datetime.now(dt.timezone.utc)
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="gpu_check_dry_")) if args.dry_run else ROOT / "benchmarks" / "results"
     )
-    paths = [str(p) for p in (target, ROOT) if p is not None]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
-    env["TRITON_INTERPRET"] = "1" if args.dry_run else "0"
-    results = Results(out, parts.header(args.dry_run, date, budget.seconds) | {"install": installed})
+    paths = [str(p) for p in (target, ROOT, os.environ.get("PYTHONPATH")) if p]
+    interpret = "1" if args.dry_run else "0"  # the dry run's kernels on the CPU; compiled on a GPU
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TRITON_INTERPRET": interpret}
+    results = Results(out, header(args.dry_run, date, budget.seconds))
     results.put("install", installed)
+    try:
+        import gpu_check_parts as parts
+    except ImportError as e:  # recorded with the install: it says what the wheelhouse must bring
+        results.add("errors", {"part": "import", "error": f"{type(e).__name__}: {e}", "trace": ""})
+        return 1
     check = Check(args, budget, results, env)
     parts.run_all(check)
     results.put("seconds", round(time.perf_counter() - budget.began, 1))

@@ -4,8 +4,6 @@ goes, and the dry run gives each the tiny models on the CPU and stand-ins only f
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -52,26 +50,6 @@ REAL = Setting(torch.device("cuda"), "random-stable-audio-open-1.0", "random-sta
 # The CPU's dry run: the same parts at tiny sizes, batch 2 for Small's 8.
 DRY = Setting(torch.device("cpu"), "tiny-random", "tiny-random-small", 4,
               torch.float32, 1.0, 16, 4, (1, 2), cpu_precisions=True)  # fmt: skip
-
-
-def header(dry: bool, date, budget_s: float) -> dict:
-    import triton
-
-    if dry:
-        gpu, capability = f"dry-run CPU {platform.machine()} {os.cpu_count()} cores", None
-    else:
-        gpu = torch.cuda.get_device_name()
-        capability = ".".join(map(str, torch.cuda.get_device_capability()))
-    return {
-        "date": date.isoformat(timespec="seconds"),
-        "gpu": gpu,
-        "compute_capability": capability,
-        "dry_run": dry,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "budget_s": budget_s,
-    }
 
 
 def run_all(check) -> None:

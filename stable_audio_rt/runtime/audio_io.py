@@ -1,6 +1,7 @@
 """Reading reference audio and writing results: soundfile for files, soxr for resampling.
 
-Writes are atomic: a temporary file in the destination folder, renamed into place.
+Writes are atomic: a temporary file in the destination folder, renamed into place. Both
+libraries are imported where used: the offline GPU image lacks them and runs everything else.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 
 from stable_audio_rt.errors import StableAudioError
@@ -49,6 +48,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise AudioFileError(f"audio file {path} does not exist")
+    import soundfile as sf
+
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
@@ -64,6 +65,8 @@ def to_model_audio(audio: np.ndarray, rate: int, target_rate: int, length: int) 
     if audio.ndim != 2 or audio.shape[0] not in (1, 2):
         raise AudioFileError(f"audio has shape {audio.shape}; give mono or stereo (channels, samples)")
     if rate != target_rate:
+        import soxr
+
         audio = soxr.resample(audio.T, rate, target_rate).T
     if audio.shape[0] == 1:
         audio = np.repeat(audio, 2, axis=0)
@@ -94,6 +97,8 @@ def write_audio(
     if clip:
         data = np.clip(data, -1.0, 1.0)
     file_format = OUTPUT_FORMATS[path.suffix.lower()]
+    import soundfile as sf
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:

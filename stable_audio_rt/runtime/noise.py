@@ -20,7 +20,6 @@ import warnings
 from typing import Literal
 
 import torch
-import torchsde
 
 NoiseKind = Literal["gaussian", "brownian"]
 NOISE_KINDS: tuple[NoiseKind, ...] = ("gaussian", "brownian")
@@ -70,6 +69,8 @@ def brownian_step_noise(
     builds it (default tolerance), and is queried in step order with the pair sorted, the sign
     restored, as the reference does. The last row (σ_N = 0, no noise) is zeros.
     """
+    import torchsde  # here, its only user: the offline GPU image lacks it and runs everything else
+
     sigmas = sigmas.to(device)
     positive = sigmas[sigmas > 0]
     noise = torch.zeros((len(sigmas) - 1, *shape), device=device)
