@@ -28,8 +28,8 @@ from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_atomically, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
 from stable_audio_rt.errors import ConfigError, StableAudioError
+from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.loading import load_config
-from stable_audio_rt.models.manifest import Manifest
 from stable_audio_rt.models.random_init import RANDOM_MODELS
 from stable_audio_rt.runtime.backend_choice import tensorrt_unusable
 from stable_audio_rt.runtime.pipeline import StableAudio, resolve_device

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.export.onnx_export import DEFAULT_OPSET
+from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
 
@@ -109,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in manifest.components.items():
         check = entry.verification
         detail = (
-            f"max rel {check['max_rel']:.2e} ≤ {check['tolerance']:.0e}"
-            if "max_rel" in check
-            else check["reason"]
+            f"max rel {check.max_rel:.2e} ≤ {check.tolerance:.0e}"
+            if isinstance(check, Verification)
+            else check.reason
         )
-        print(f"{name:12s} {entry.precision:5s} {check['status']:8s} {detail} {entry.note}".rstrip())
+        print(f"{name:12s} {entry.precision:5s} {check.status:8s} {detail} {entry.note}".rstrip())
     print(_engines_line(args.out, manifest))
     return 0
 
@@ -128,11 +129,11 @@ def _engines_line(folder: Path, manifest) -> str:
     except TensorRTUnavailable:
         hint = "pip install 'stable-audio-rt[trt]' on a GPU machine"
         return f"wrote {folder}: ONNX only (TensorRT is not installed; {hint})"
-    if build_gpu() is None:
+    gpu = build_gpu()
+    if gpu is None:
         return f"wrote {folder}: ONNX only (no CUDA GPU to build TensorRT engines on)"
-    built = build_folder_engines(folder, manifest)
-    gpu = next(iter(built.components.values())).engine["gpu"]
-    return f"wrote {folder}: ONNX and TensorRT engines for {gpu}"
+    build_folder_engines(folder, manifest)
+    return f"wrote {folder}: ONNX and TensorRT engines for {gpu[0]}"
 
 
 if __name__ == "__main__":

@@ -32,18 +32,20 @@ from stable_audio_rt.export.onnx_export import (
     verify_component,
 )
 from stable_audio_rt.kernels.switch import use_kernels
-from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
-from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
-from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
-from stable_audio_rt.models.manifest import (
+from stable_audio_rt.manifest import (
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
     Manifest,
+    Verification,
+    VerificationSkipped,
     config_to_dict,
     file_record,
     weights_fingerprint,
 )
+from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
+from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
+from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
 
 # Third-party versions from their installed metadata; ours from the package itself, since a
 # checkout run through PYTHONPATH (the offline GPU machines) has no installed metadata.
@@ -103,7 +105,7 @@ def _reusable(
     entry = old.components[name]
     if not same or entry.requested_precision != precision or bool(entry.plugins) != settings.trt_plugins:
         return None
-    if (entry.batch, entry.frames) != (list(profile.batch), list(profile.frames)):
+    if (entry.batch, entry.frames) != (profile.batch, profile.frames):
         return None
     try:
         old.check_files(folder, name)
@@ -140,27 +142,15 @@ def _export_one(
     frames = min(max(VERIFY_FRAMES, profile.frames[0]), profile.frames[2])
     sizes = axis_sizes(model.config, batch=min(2, profile.batch[2]), frames=frames)
     seed = secrets.randbelow(2**31)
+    verification: Verification | VerificationSkipped
     if plugin_ops(path):
-        verification = {
-            "status": "skipped",
-            "reason": "TensorRT plugin nodes: onnxruntime cannot run them; TensorRT builds check them",
-        }
+        verification = VerificationSkipped(
+            "TensorRT plugin nodes: onnxruntime cannot run them; TensorRT builds check them"
+        )
     elif precision == "bf16":
-        verification = {
-            "status": "skipped",
-            "reason": "onnxruntime's CPU provider cannot feed bf16 from numpy",
-        }
+        verification = VerificationSkipped("onnxruntime's CPU provider cannot feed bf16 from numpy")
     else:
-        result = verify_component(module, spec, precision, files[0], model.config, sizes, seed)
-        verification = {
-            "status": "passed" if result.passed else "failed",
-            "max_abs": result.max_abs,
-            "max_rel": result.max_rel,
-            "tolerance": result.tolerance,
-            "finite": result.finite,
-            "input_shapes": result.shapes,
-            "seed": seed,
-        }
+        verification = verify_component(module, spec, precision, files[0], model.config, sizes, seed)
     return spec, files, verification
 
 
@@ -222,32 +212,36 @@ def _build_entry(
     spec, files, verification = _export_one(
         model, name, precision, profile, folder, settings.opset, settings.trt_plugins
     )
-    if verification["status"] == "failed" and name == "t5" and precision == "fp16":
+    if _failed(verification) and name == "t5" and precision == "fp16":
         # reference-spec §6: fp16 T5 has overflow hazards; keep it in fp32 where it fails.
-        note = f"fp16 T5 failed verification (max rel {verification['max_rel']:.3g}); kept in fp32"
+        note = f"fp16 T5 failed verification (max rel {verification.max_rel:.3g}); kept in fp32"
         for f in files:
             f.unlink()
         precision = "fp32"
         spec, files, verification = _export_one(model, name, precision, profile, folder, settings.opset)
-    if verification["status"] == "failed":
+    if _failed(verification):
         raise ExportError(
-            f"{name} at {precision}: onnxruntime differs from torch by {verification['max_rel']:.3g} "
-            f"relative (tolerance {verification['tolerance']:.0e}, finite: {verification['finite']}); "
+            f"{name} at {precision}: onnxruntime differs from torch by {verification.max_rel:.3g} "
+            f"relative (tolerance {verification.tolerance:.0e}, finite: {verification.finite}); "
             f"not exported"
         )
     return ComponentEntry(
         file=files[0].name,
         precision=precision,
         requested_precision=settings.precision,
-        batch=list(profile.batch),
-        frames=list(profile.frames),
-        inputs=[{"name": t.name, "axes": list(t.axes), "kind": t.kind} for t in spec.inputs],
-        outputs=[{"name": t.name, "axes": list(t.axes), "kind": t.kind} for t in spec.outputs],
+        batch=profile.batch,
+        frames=profile.frames,
+        inputs=spec.inputs,
+        outputs=spec.outputs,
         files={f.name: file_record(f) for f in files},
         verification=verification,
         note=note,
         plugins=plugin_ops(files[0]),
     )
+
+
+def _failed(verification: Verification | VerificationSkipped) -> bool:
+    return isinstance(verification, Verification) and not verification.passed
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
 from stable_audio_rt.models.vae import restore_fp32_parameters_
 
@@ -136,19 +137,6 @@ def plugin_ops(path: Path) -> list[str]:
     return sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain == PLUGIN_DOMAIN})
 
 
-@dataclass(frozen=True)
-class Verification:
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    shapes: dict[str, list[int]]
-    finite: bool
-
-    @property
-    def passed(self) -> bool:
-        return self.finite and self.max_rel <= self.tolerance
-
-
 def verify_component(
     module: nn.Module,
     spec: ComponentSpec,
@@ -178,8 +166,8 @@ def verify_component(
         diff = float(np.abs(out - ref).max())
         worst_abs = max(worst_abs, diff)
         worst_rel = max(worst_rel, diff / max(float(np.abs(ref).max()), 1e-12))
-    shapes = {t.name: list(x.shape) for t, x in zip(spec.inputs, inputs, strict=True)}
-    return Verification(worst_abs, worst_rel, TOLERANCES[precision], shapes, finite)
+    shapes = {t.name: tuple(x.shape) for t, x in zip(spec.inputs, inputs, strict=True)}
+    return Verification(worst_abs, worst_rel, TOLERANCES[precision], finite, shapes, seed)
 
 
 def config_vocab(module: nn.Module) -> int:

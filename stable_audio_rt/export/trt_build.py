@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.manifest import ComponentEntry, Manifest, PlanRecord, file_record, profile_shapes
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.manifest import ComponentEntry, Manifest, file_record, profile_shapes
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
 TIMING_CACHE = "timing.cache"
@@ -108,12 +108,8 @@ def build_folder_engines(
     for name, entry in manifest.components.items():
         plan = folder / f"{name}.plan"
         version = build_engine(folder / entry.file, plan, entry, manifest.model_config, settings)
-        entry.engine = {
-            "file": plan.name,
-            **file_record(plan),
-            "tensorrt": version,
-            "gpu": gpu,
-            "compute_capability": capability,
-        }
+        record = file_record(plan)
+        engine = PlanRecord(plan.name, record.sha256, record.bytes, version, gpu, capability)
+        manifest.components[name] = replace(entry, engine=engine)
     manifest.write(folder)
     return manifest

@@ -7,7 +7,7 @@ Export, the engine manifest, verification and every backend read these specs. Ax
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -17,8 +17,10 @@ from stable_audio_rt.models.loading import StableAudioModel
 from stable_audio_rt.models.vae import OobleckEncoder
 
 Axis = str | int
+AXIS_NAMES = ("batch", "frames", "samples")  # the keys of `axis_sizes`
 # "float": the component's precision; "float32": always fp32 (σ-dependent inputs); "int64": ids.
 ElementKind = Literal["float", "float32", "int64"]
+ELEMENT_KINDS: tuple[ElementKind, ...] = get_args(ElementKind)
 COMPONENTS = ("t5", "dit", "vae_decoder", "vae_encoder")
 
 

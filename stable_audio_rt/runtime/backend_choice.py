@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from stable_audio_rt.errors import StableAudioError
-from stable_audio_rt.models.manifest import Manifest
+from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.runtime.engine_components import REQUIRED
 
 

@@ -15,10 +15,10 @@ import torch
 
 from stable_audio_rt.errors import ConfigError, StableAudioError
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES, resolve_kernels
+from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_config
-from stable_audio_rt.models.manifest import Manifest
 from stable_audio_rt.models.random_init import RANDOM_MODELS
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend

@@ -15,10 +15,7 @@ from pathlib import Path
 import torch
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.models.checkpoint import locate_checkpoint
-from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
-from stable_audio_rt.models.io_spec import COMPONENTS
-from stable_audio_rt.models.manifest import (
+from stable_audio_rt.manifest import (
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
@@ -26,6 +23,9 @@ from stable_audio_rt.models.manifest import (
     Manifest,
     weights_fingerprint,
 )
+from stable_audio_rt.models.checkpoint import locate_checkpoint
+from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
+from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.vae import posterior_std
 
 REQUIRED = ("t5", "dit", "vae_decoder")
@@ -68,7 +68,7 @@ class EngineGraph:
         """The inputs in spec order, on the device, contiguous and of the spec's types (the same
         tensors, not copies, where they already are)."""
         return [
-            inputs[spec["name"]].to(self.device, self.element_type(spec["kind"])).contiguous()
+            inputs[spec.name].to(self.device, self.element_type(spec.kind)).contiguous()
             for spec in self.entry.inputs
         ]
 
@@ -77,14 +77,12 @@ class EngineGraph:
         from the inputs' (samples = latent frames · the VAE's downsampling ratio)."""
         sizes: dict[str, int] = {}
         for spec, shape in zip(self.entry.inputs, input_shapes, strict=True):
-            sizes |= {a: int(n) for a, n in zip(spec["axes"], shape, strict=True) if isinstance(a, str)}
+            sizes |= {a: int(n) for a, n in zip(spec.axes, shape, strict=True) if isinstance(a, str)}
         if "frames" in sizes:
             sizes.setdefault("samples", sizes["frames"] * self.ratio)
         elif "samples" in sizes:
             sizes["frames"] = sizes["samples"] // self.ratio
-        return [
-            tuple(a if isinstance(a, int) else sizes[a] for a in spec["axes"]) for spec in self.entry.outputs
-        ]
+        return [spec.shape(sizes) for spec in self.entry.outputs]
 
     def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
@@ -110,13 +108,13 @@ class EngineDiTStep:
 
     def __init__(self, graph: EngineGraph, steps: int, rows: int) -> None:
         self.graph = graph
-        specs = {spec["name"]: spec for spec in graph.entry.inputs}
+        specs = {spec.name: spec for spec in graph.entry.inputs}
 
         def buffer(name: str, *shape: int) -> torch.Tensor:
-            return torch.zeros(shape, dtype=graph.element_type(specs[name]["kind"]), device=graph.device)
+            return torch.zeros(shape, dtype=graph.element_type(specs[name].kind), device=graph.device)
 
-        _, tokens, width = specs["context"]["axes"]
-        _, global_width = specs["global_cond"]["axes"]
+        _, tokens, width = specs["context"].axes
+        _, global_width = specs["global_cond"].axes
         self.t = buffer("t", steps, rows)
         self.context = buffer("context", rows, tokens, width)
         self.global_cond = buffer("global_cond", rows, global_width)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.models.manifest import EngineFolderError, Manifest
+from stable_audio_rt.manifest import EngineFolderError, Manifest
 from stable_audio_rt.runtime.engine_components import (
     EngineComponents,
     EngineGraph,
@@ -70,7 +70,7 @@ class OrtGraph(EngineGraph):
         values = self.prepare_inputs(inputs)  # kept alive until the run ends
         for spec, value in zip(self.entry.inputs, values, strict=True):
             binding.bind_input(
-                spec["name"],
+                spec.name,
                 device_type,
                 device_id,
                 NUMPY_TYPES[value.dtype],
@@ -80,9 +80,9 @@ class OrtGraph(EngineGraph):
         outputs = []
         shapes = self.output_shapes([value.shape for value in values])
         for spec, shape in zip(self.entry.outputs, shapes, strict=True):
-            out = torch.empty(shape, dtype=self.element_type(spec["kind"]), device=self.device)
+            out = torch.empty(shape, dtype=self.element_type(spec.kind), device=self.device)
             binding.bind_output(
-                spec["name"], device_type, device_id, NUMPY_TYPES[out.dtype], list(shape), out.data_ptr()
+                spec.name, device_type, device_id, NUMPY_TYPES[out.dtype], list(shape), out.data_ptr()
             )
             outputs.append(out)
         if self.device.type == "cuda":

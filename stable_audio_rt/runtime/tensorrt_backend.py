@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from stable_audio_rt.errors import ConfigError, StableAudioError
-from stable_audio_rt.models.manifest import (
+from stable_audio_rt.manifest import (
     ComponentEntry,
     EngineFolderError,
     Manifest,
@@ -81,19 +81,19 @@ def checked_plan(folder: Path, manifest: Manifest, name: str, version: str, gpu:
     `version` and the run's GPU (name, compute capability), before anything reads it."""
     rebuild = rebuild_hint(folder, manifest)
     engine = manifest.entry(folder, name).engine
-    if not engine:
+    if engine is None:
         raise EngineFolderError(
             f"{folder} has no TensorRT plan for {name} (exported without TensorRT or a GPU): build the "
             f"plans with {rebuild}"
         )
-    path = folder / engine["file"]
-    check_file(path, engine, f"rebuild the plans with {rebuild}")
-    if engine["tensorrt"] != version:
+    path = folder / engine.file
+    check_file(path, engine.record, f"rebuild the plans with {rebuild}")
+    if engine.tensorrt != version:
         raise EngineFolderError(
-            f"{path} was built by TensorRT {engine['tensorrt']}, this is TensorRT {version}: a plan runs "
+            f"{path} was built by TensorRT {engine.tensorrt}, this is TensorRT {version}: a plan runs "
             f"only on the version that built it; rebuild the plans with {rebuild}"
         )
-    built_for = (engine["gpu"], engine["compute_capability"])
+    built_for = (engine.gpu, engine.compute_capability)
     if built_for != gpu:
         raise EngineFolderError(
             f"{path} was built for {built_for[0]} (compute capability {built_for[1]}), this device is "
@@ -145,18 +145,18 @@ class TrtGraph(EngineGraph):
             sorted(n for n in names if modes[n] == trt.TensorIOMode.INPUT),
             sorted(n for n in names if modes[n] == trt.TensorIOMode.OUTPUT),
         )
-        expected = (sorted(s["name"] for s in entry.inputs), sorted(s["name"] for s in entry.outputs))
+        expected = (sorted(s.name for s in entry.inputs), sorted(s.name for s in entry.outputs))
         if found != expected:
             raise EngineFolderError(
                 f"{plan} has inputs {found[0]} and outputs {found[1]}, the manifest {expected[0]} and "
                 f"{expected[1]}: {rebuild}"
             )
         for spec in [*entry.inputs, *entry.outputs]:
-            dtype = torch_dtype(trt, engine.get_tensor_dtype(spec["name"]))
-            if dtype != self.element_type(spec["kind"]):
+            dtype = torch_dtype(trt, engine.get_tensor_dtype(spec.name))
+            if dtype != self.element_type(spec.kind):
                 raise EngineFolderError(
-                    f"{plan} takes {spec['name']} as {dtype}, the manifest says "
-                    f"{self.element_type(spec['kind'])}: {rebuild}"
+                    f"{plan} takes {spec.name} as {dtype}, the manifest says "
+                    f"{self.element_type(spec.kind)}: {rebuild}"
                 )
         if engine.num_optimization_profiles < 1:
             raise EngineFolderError(f"{plan} has no optimization profile: {rebuild}")
@@ -181,17 +181,17 @@ class TrtGraph(EngineGraph):
             context = self.engine.create_execution_context()
             context.set_optimization_profile_async(0, self._stream_handle())
         for spec, shape in zip(self.entry.inputs, shapes, strict=True):
-            if not context.set_input_shape(spec["name"], shape):
+            if not context.set_input_shape(spec.name, shape):
                 raise ConfigError(
-                    f"the {self.name} engine cannot take {spec['name']} of shape {shape}, outside its "
+                    f"the {self.name} engine cannot take {spec.name} of shape {shape}, outside its "
                     f"profile: re-export with --max-batch and --frames covering it"
                 )
         outputs = self.output_shapes(shapes)
         for spec, shape in zip(self.entry.outputs, outputs, strict=True):
-            if tuple(context.get_tensor_shape(spec["name"])) != shape:
+            if tuple(context.get_tensor_shape(spec.name)) != shape:
                 raise EngineFolderError(
-                    f"the {self.name} plan makes {spec['name']} of shape "
-                    f"{tuple(context.get_tensor_shape(spec['name']))}, the manifest's spec {shape}: "
+                    f"the {self.name} plan makes {spec.name} of shape "
+                    f"{tuple(context.get_tensor_shape(spec.name))}, the manifest's spec {shape}: "
                     f"{self.rebuild}"
                 )
         self.contexts[shapes] = (context, outputs)
@@ -202,12 +202,12 @@ class TrtGraph(EngineGraph):
         values = self.prepare_inputs(inputs)  # the engine's types (checked equal to the spec's)
         context, shapes = self._context(tuple(tuple(value.shape) for value in values))
         outputs = [
-            torch.empty(shape, dtype=self.element_type(spec["kind"]), device=self.device)
+            torch.empty(shape, dtype=self.element_type(spec.kind), device=self.device)
             for spec, shape in zip(self.entry.outputs, shapes, strict=True)
         ]
         for spec, tensor in zip([*self.entry.inputs, *self.entry.outputs], [*values, *outputs], strict=True):
-            if not context.set_tensor_address(spec["name"], tensor.data_ptr()):
-                raise EngineRunError(f"TensorRT refused the address of {self.name}'s {spec['name']}")
+            if not context.set_tensor_address(spec.name, tensor.data_ptr()):
+                raise EngineRunError(f"TensorRT refused the address of {self.name}'s {spec.name}")
         if self.stream is None:  # the CPU: only the contract-test stand-in runs here
             ran = context.execute_async_v3(0)
         else:

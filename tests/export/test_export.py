@@ -12,6 +12,7 @@ import torch
 
 from stable_audio_rt.export import cli
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines, tool_versions
+from stable_audio_rt.manifest import FileRecord, Manifest, sha256_file
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
     axis_sizes,
@@ -20,7 +21,6 @@ from stable_audio_rt.models.io_spec import (
     sample_inputs,
 )
 from stable_audio_rt.models.loading import load_stable_audio
-from stable_audio_rt.models.manifest import Manifest, sha256_file
 
 # max |ort − torch fp32| / max |torch fp32|: fp32 graphs differ by summation order only
 # (measured ~1e-6); fp16 graphs keep ~3 significant digits through the stacks (measured
@@ -65,15 +65,14 @@ def test_manifest_records_everything(engines, model):
     assert Manifest.read(folder).model_config == model.config
     assert set(manifest.components) == set(COMPONENTS)
     for name, entry in manifest.components.items():
-        assert entry.verification["status"] == "passed" and entry.verification["max_rel"] <= 3e-2, name
+        assert entry.verification.status == "passed" and entry.verification.max_rel <= 3e-2, name
         assert entry.requested_precision == "fp16"
-        assert entry.batch == ([1, 4, 4] if name in ("dit", "t5") else [1, 2, 2])
-        assert entry.frames == [1, 16, 64]
-        assert [i["name"] for i in entry.inputs] == [
-            t.name for t in component_specs(model.config)[name].inputs
-        ]
+        assert entry.batch == ((1, 4, 4) if name in ("dit", "t5") else (1, 2, 2))
+        assert entry.frames == (1, 16, 64)
+        assert entry.inputs == component_specs(model.config)[name].inputs
+        assert entry.outputs == component_specs(model.config)[name].outputs
         for file, record in entry.files.items():
-            assert record == {"sha256": sha256_file(folder / file), "bytes": (folder / file).stat().st_size}
+            assert record == FileRecord(sha256_file(folder / file), (folder / file).stat().st_size)
     assert "dit.onnx.data" in manifest.components["dit"].files  # weights in one external file
 
 

@@ -11,8 +11,8 @@ from checkpoints import build_reference, write_diffusers_checkpoint
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
-from stable_audio_rt.models.manifest import EngineFolderError
 from stable_audio_rt.runtime.pipeline import StableAudio
 
 RATE = 44100

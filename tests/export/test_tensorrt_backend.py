@@ -7,6 +7,7 @@ DiT step's preallocated buffers) and that the backend feeds every graph exactly 
 onnxruntime backend feeds it. Equal outputs here say nothing about TensorRT's numerics: the same
 onnxruntime runs underneath both."""
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,9 +21,9 @@ import torch
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export import trt_build
 from stable_audio_rt.export.trt_build import build_folder_engines
+from stable_audio_rt.manifest import EngineFolderError, Manifest, file_record
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_specs, sample_inputs
-from stable_audio_rt.models.manifest import EngineFolderError, Manifest, file_record
 from stable_audio_rt.runtime import tensorrt_backend
 from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents, OrtGraph
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -328,7 +329,8 @@ def _rewrite_plan(folder, name, edit) -> None:
     """Replace a plan's bytes and record them in the manifest, so only its content is wrong."""
     plan = folder / f"{name}.plan"
     plan.write_bytes(edit(plan.read_bytes()))
-    _edit_manifest(folder, lambda n, entry: entry["engine"].update(file_record(plan)) if n == name else None)
+    record = dataclasses.asdict(file_record(plan))
+    _edit_manifest(folder, lambda n, entry: entry["engine"].update(record) if n == name else None)
 
 
 def test_a_plan_tensorrt_cannot_deserialize_is_refused(folder_copy, deserialized):

@@ -115,7 +115,7 @@ def test_sa_export_builds_plans_and_records_them_with_tensorrt_and_a_gpu(
     tiny_diffusers_dir, tmp_path, capsys, fake_tensorrt, monkeypatch
 ):
     from stable_audio_rt.export import cli, trt_build
-    from stable_audio_rt.models.manifest import Manifest
+    from stable_audio_rt.manifest import Manifest, PlanRecord, sha256_file
 
     # No GPU here: the builder is told it has one (the stand-in TensorRT never touches it).
     monkeypatch.setattr(trt_build, "build_gpu", lambda: ("Stand-in GPU", "9.0"))
@@ -127,6 +127,11 @@ def test_sa_export_builds_plans_and_records_them_with_tensorrt_and_a_gpu(
         == f"wrote {out}: ONNX and TensorRT engines for Stand-in GPU"
     )
     engine = Manifest.read(out).components["vae_decoder"].engine
-    assert engine["file"] == "vae_decoder.plan" and engine["compute_capability"] == "9.0"
-    assert engine["tensorrt"] == fake_tensorrt.__version__ and engine["gpu"] == "Stand-in GPU"
-    assert engine["bytes"] == (out / "vae_decoder.plan").stat().st_size
+    assert engine == PlanRecord(
+        file="vae_decoder.plan",
+        sha256=sha256_file(out / "vae_decoder.plan"),
+        bytes=(out / "vae_decoder.plan").stat().st_size,
+        tensorrt=fake_tensorrt.__version__,
+        gpu="Stand-in GPU",
+        compute_capability="9.0",
+    )

@@ -63,7 +63,7 @@ def test_vae_snakes_become_plugin_nodes(plugin_folder):
     ):
         snakes = [n for n in _nodes(folder, name) if n.domain == PLUGIN_DOMAIN]
         assert [n.op_type for n in snakes] == ["snake"] * _count_snakes(module)
-        assert manifest.components[name].verification["status"] == "skipped"
+        assert manifest.components[name].verification.status == "skipped"
     assert manifest.components["t5"].plugins == []
 
 

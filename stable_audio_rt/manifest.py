@@ -1,0 +1,385 @@
+"""The engine folder's `manifest.json`: what was exported, from which weights, how it checked out.
+
+Written by sa-export, read by every engine backend; it sits beside both because the runtime never
+imports the exporter. The JSON becomes typed records once, when a folder is opened (`Manifest.read`
+checks every field), so a hand-edited or foreign manifest is refused there with the field named,
+not later at some lookup. A folder whose files, weights or tools no longer match its manifest is
+refused with the fix named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stable_audio_rt.errors import CheckpointError
+from stable_audio_rt.json_fields import (
+    Fields,
+    InvalidField,
+    checked,
+    child_path,
+    is_integer,
+    is_string,
+)
+from stable_audio_rt.models.config import (
+    ConditioningConfig,
+    DiTConfig,
+    NumberConditionerConfig,
+    OobleckConfig,
+    StableAudioConfig,
+)
+from stable_audio_rt.models.io_spec import AXIS_NAMES, ELEMENT_KINDS, TensorSpec, axis_sizes
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+TOKENIZER_DIR = "tokenizer"
+NUMBERS_FILE = "number_conditioners.safetensors"
+HASH_BLOCK = 1 << 24
+# Files above this size are checked by size at load time, not re-hashed (a 4 GB DiT would
+# take seconds on every start); sa-export still records their hash.
+REHASH_LIMIT = 1 << 28
+
+
+class EngineFolderError(CheckpointError):
+    """An engine folder is missing, incomplete, edited or built from other weights."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(root: Path) -> str:
+    """sha256 over every weights file of a checkpoint folder (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted([*root.rglob("*.safetensors"), *root.glob("*.ckpt")]):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()
+
+
+def config_to_dict(config: StableAudioConfig) -> dict[str, Any]:
+    # As manifest.json holds it (lists, not tuples), so a written manifest reads back equal.
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(data: dict[str, Any]) -> StableAudioConfig:
+    vae = dict(data["vae"])
+    vae["channel_multiples"], vae["strides"] = tuple(vae["channel_multiples"]), tuple(vae["strides"])
+    cond = dict(data["conditioning"])
+    cond["numbers"] = tuple(NumberConditionerConfig(**n) for n in cond["numbers"])
+    cond["cross_attention_ids"] = tuple(cond["cross_attention_ids"])
+    cond["global_ids"] = tuple(cond["global_ids"])
+    return StableAudioConfig(
+        sample_rate=data["sample_rate"],
+        sample_size=data["sample_size"],
+        dit=DiTConfig(**data["dit"]),
+        vae=OobleckConfig(**vae),
+        conditioning=ConditioningConfig(**cond),
+        objective=data.get("objective", "v"),
+    )
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file as sa-export wrote it."""
+
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """The TensorRT plan built from a component's graph. A plan runs only on the TensorRT version
+    and the GPU (name, "major.minor" compute capability) that built it."""
+
+    file: str
+    sha256: str
+    bytes: int
+    tensorrt: str
+    gpu: str
+    compute_capability: str
+
+    @property
+    def record(self) -> FileRecord:
+        return FileRecord(self.sha256, self.bytes)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """onnxruntime against the fp32 torch module on random inputs of `input_shapes` drawn with
+    `seed`; the worst output's max |ort − torch| and that over max |torch|."""
+
+    max_abs: float
+    max_rel: float
+    tolerance: float
+    finite: bool
+    input_shapes: dict[str, tuple[int, ...]]
+    seed: int
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.max_rel <= self.tolerance
+
+    @property
+    def status(self) -> str:
+        return "passed" if self.passed else "failed"
+
+
+@dataclass(frozen=True)
+class VerificationSkipped:
+    """A graph onnxruntime cannot run here (bf16 inputs, TensorRT plugin nodes): nothing compared."""
+
+    reason: str
+
+    @property
+    def status(self) -> str:
+        return "skipped"
+
+
+@dataclass(frozen=True)
+class ComponentEntry:
+    file: str
+    precision: str  # what the graph carries
+    requested_precision: str  # what was asked for (T5 may stay fp32 where fp16 overflows)
+    batch: tuple[int, int, int]  # rows: min, opt, max
+    frames: tuple[int, int, int]  # latent frames: min, opt, max
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    files: dict[str, FileRecord]  # every file of the component, by name
+    verification: Verification | VerificationSkipped
+    note: str = ""
+    # TensorRT plugin ops the graph calls ("namespace::name"); empty for standard ONNX.
+    plugins: list[str] = field(default_factory=list)
+    engine: PlanRecord | None = None  # None until a plan is built
+
+
+@dataclass
+class Manifest:
+    source: str
+    weights_sha256: str
+    config: dict[str, Any]
+    opset: int
+    tools: dict[str, str]
+    components: dict[str, ComponentEntry] = field(default_factory=dict)
+    format: int = FORMAT_VERSION
+
+    def write(self, folder: Path) -> None:
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(_manifest_json(self), indent=2) + "\n")
+        tmp.replace(folder / MANIFEST)
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        """The folder's manifest with every field checked; a bad one is refused naming the field."""
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise EngineFolderError(f"{folder} has no {MANIFEST}: build it with `sa-export --out {folder}`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise EngineFolderError(f"{path} is not a valid manifest ({e}); rebuild with `sa-export`") from e
+        found = data.get("format") if isinstance(data, dict) else None
+        if found != FORMAT_VERSION:
+            raise EngineFolderError(
+                f"{path} is format {found}, this version reads {FORMAT_VERSION}: rebuild with `sa-export`"
+            )
+        try:
+            return _read_manifest(Fields(data, ""))
+        except InvalidField as e:
+            raise EngineFolderError(f"{path}: {e}; rebuild with `sa-export`") from e
+
+    @property
+    def model_config(self) -> StableAudioConfig:
+        return config_from_dict(self.config)
+
+    def entry(self, folder: Path, component: str) -> ComponentEntry:
+        """The component's entry, or the error naming the export that adds it."""
+        if component not in self.components:
+            raise EngineFolderError(
+                f"{folder} has no {component!r} engine (it has {sorted(self.components)}); export it with "
+                f"`sa-export --components {component}`"
+            )
+        return self.components[component]
+
+    def check_files(self, folder: Path, component: str) -> ComponentEntry:
+        """The component's entry, after checking each of its files against its hash."""
+        entry = self.entry(folder, component)
+        for name, expected in entry.files.items():
+            check_file(folder / name, expected, "rebuild the engines with `sa-export`")
+        return entry
+
+
+def check_file(path: Path, record: FileRecord, fix: str) -> None:
+    """Refuse a file that is missing or differs from its manifest record; `fix` says what to do."""
+    if not path.is_file():
+        raise EngineFolderError(f"{path} is missing: {fix}")
+    if not matches_record(path, record):
+        raise EngineFolderError(f"{path} does not match {MANIFEST} (edited, truncated or replaced): {fix}")
+
+
+def file_record(path: Path) -> FileRecord:
+    return FileRecord(sha256_file(path), path.stat().st_size)
+
+
+def matches_record(path: Path, expected: FileRecord) -> bool:
+    """Whether the file `path` has the size and (up to REHASH_LIMIT) the sha256 of `expected`."""
+    size = path.stat().st_size
+    return size == expected.bytes and (size > REHASH_LIMIT or sha256_file(path) == expected.sha256)
+
+
+def profile_shapes(
+    entry: ComponentEntry, config: StableAudioConfig
+) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Each input's (min, opt, max) shape from the manifest's batch and frame ranges: the
+    TensorRT profile sa-export builds, and the one the runtime checks a plan against."""
+    sizes = [axis_sizes(config, b, f) for b, f in zip(entry.batch, entry.frames, strict=True)]
+    return {spec.name: tuple(spec.shape(s) for s in sizes) for spec in entry.inputs}
+
+
+# manifest.json ↔ the records. The layout is format 1 as sa-export has always written it: the
+# dataclasses' fields in order, a verification's "status" beside its numbers, `{}` for no plan.
+
+
+def _manifest_json(manifest: Manifest) -> dict[str, Any]:
+    return dataclasses.asdict(manifest) | {
+        "components": {name: _entry_json(entry) for name, entry in manifest.components.items()}
+    }
+
+
+def _entry_json(entry: ComponentEntry) -> dict[str, Any]:
+    check = entry.verification
+    return dataclasses.asdict(entry) | {
+        "verification": {"status": check.status, **dataclasses.asdict(check)},
+        "engine": {} if entry.engine is None else dataclasses.asdict(entry.engine),
+    }
+
+
+def _read_manifest(top: Fields) -> Manifest:
+    config = top.get("config", lambda v: isinstance(v, dict), "an object")
+    try:
+        config_from_dict(config)
+    except (KeyError, TypeError, ValueError) as e:  # what the config's own constructors raise
+        raise InvalidField(f"config is not a model configuration ({type(e).__name__}: {e})") from e
+    manifest = Manifest(
+        source=top.string("source"),
+        weights_sha256=top.string("weights_sha256"),
+        config=config,
+        opset=top.integer("opset"),
+        tools={
+            name: checked(v, path, is_string, "a version string") for name, v, path in top.mapping("tools")
+        },
+        components={name: _read_entry(Fields(v, path)) for name, v, path in top.mapping("components")},
+        format=top.integer("format"),
+    )
+    top.done()
+    return manifest
+
+
+def _read_entry(fields: Fields) -> ComponentEntry:
+    entry = ComponentEntry(
+        file=fields.string("file"),
+        precision=fields.string("precision"),
+        requested_precision=fields.string("requested_precision"),
+        batch=_read_range(fields, "batch"),
+        frames=_read_range(fields, "frames"),
+        inputs=_read_specs(fields, "inputs"),
+        outputs=_read_specs(fields, "outputs"),
+        files={name: _read_file_record(Fields(v, path)) for name, v, path in fields.mapping("files")},
+        verification=_read_verification(fields.object("verification")),
+        note=fields.string("note", default=""),
+        plugins=[
+            checked(v, path, is_string, 'a plugin op "namespace::name"')
+            for v, path in fields.elements("plugins", "a list of plugin ops", default=[])
+        ],
+        engine=_read_plan(
+            fields.get("engine", lambda v: isinstance(v, dict), "an object", default={}), fields
+        ),
+    )
+    fields.done()
+    return entry
+
+
+def _read_range(fields: Fields, key: str) -> tuple[int, int, int]:
+    what = "[min, opt, max] as three integers"
+    low, opt, high = fields.get(
+        key, lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_integer, v)), what
+    )
+    return low, opt, high
+
+
+def _is_axis(axis: Any) -> bool:
+    return axis in AXIS_NAMES if isinstance(axis, str) else is_integer(axis)
+
+
+def _read_specs(fields: Fields, key: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for value, path in fields.elements(key, "a list of tensor specs"):
+        spec = Fields(value, path)
+        axes = spec.elements("axes", "a list of axis names and sizes")
+        what = f"an axis name ({', '.join(AXIS_NAMES)}) or a size"
+        kinds = ", ".join(ELEMENT_KINDS)
+        specs.append(
+            TensorSpec(
+                name=spec.string("name"),
+                axes=tuple(checked(axis, where, _is_axis, what) for axis, where in axes),
+                kind=spec.get("kind", lambda k: k in ELEMENT_KINDS, f"an element kind ({kinds})"),
+            )
+        )
+        spec.done()
+    return tuple(specs)
+
+
+def _read_file_record(fields: Fields) -> FileRecord:
+    record = FileRecord(sha256=fields.string("sha256"), bytes=fields.integer("bytes"))
+    fields.done()
+    return record
+
+
+def _read_verification(fields: Fields) -> Verification | VerificationSkipped:
+    status = fields.get("status", lambda s: s in ("passed", "failed", "skipped"), "passed, failed or skipped")
+    if status == "skipped":
+        check: Verification | VerificationSkipped = VerificationSkipped(reason=fields.string("reason"))
+    else:
+        check = Verification(
+            max_abs=fields.number("max_abs"),
+            max_rel=fields.number("max_rel"),
+            tolerance=fields.number("tolerance"),
+            finite=fields.boolean("finite"),
+            input_shapes={
+                name: tuple(checked(v, path, _is_shape, "a shape (a list of sizes)"))
+                for name, v, path in fields.mapping("input_shapes")
+            },
+            seed=fields.integer("seed"),
+        )
+        if check.status != status:  # the numbers decide; an edited status would hide them
+            raise InvalidField(f"{fields.path}.status is {status!r}, its numbers say {check.status!r}")
+    fields.done()
+    return check
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(map(is_integer, value))
+
+
+def _read_plan(value: dict[str, Any], entry: Fields) -> PlanRecord | None:
+    if not value:  # no plan built: exported without TensorRT or without a GPU
+        return None
+    fields = Fields(value, child_path(entry.path, "engine"))
+    plan = PlanRecord(
+        file=fields.string("file"),
+        sha256=fields.string("sha256"),
+        bytes=fields.integer("bytes"),
+        tensorrt=fields.string("tensorrt"),
+        gpu=fields.string("gpu"),
+        compute_capability=fields.string("compute_capability"),
+    )
+    fields.done()
+    return plan
