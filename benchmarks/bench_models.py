@@ -21,8 +21,8 @@ from report import emit, header
 from timing import repeat, summary_ms
 
 from stable_audio_rt.models import STABLE_AUDIO_OPEN_1_0, DiT, OobleckVAE, load_stable_audio
+from stable_audio_rt.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # reference-spec §3: default number of sampler steps, each one CFG DiT call on 2·B rows.
 DEFAULT_STEPS = 100
 

@@ -24,10 +24,10 @@ from report import emit, header
 from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_SMALL
 from stable_audio_rt.models.random_init import random_model
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.components import TorchComponents
 from stable_audio_rt.runtime.pipeline import StableAudio
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROMPT = "128 bpm tech house drum loop"
 
 

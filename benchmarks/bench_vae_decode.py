@@ -21,9 +21,8 @@ from report import emit, header
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.models.vae import OobleckVAE, decoder_receptive_frames
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.vae_decode import decode_chunks
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _rss_field_mb(field: str) -> float:

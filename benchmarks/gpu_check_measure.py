@@ -14,6 +14,7 @@ from stable_audio_rt.bench.flops import dit_step_flops, dit_step_gemms
 from stable_audio_rt.bench.gemm import torch_gemm_rate
 from stable_audio_rt.bench.runner import NEGATIVE_PROMPT, PROMPT, Workload, interleave_with_peer, peak_rss_mb
 from stable_audio_rt.runtime import region
+from stable_audio_rt.runtime.guidance import dit_rows
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 
@@ -82,7 +83,7 @@ def dit_floor(pipe: StableAudio, row: dict, steps: int, gemm_rates: dict) -> dic
     shapes, measured once per shape in this run) and the measured step's share of it. Eager rows
     time the sampling stage; a graph row has no stages, so its whole request over the steps is
     used (an upper bound on the step, so its share is a lower bound)."""
-    config, rows = pipe.config, row["batch"] * 2  # CFG doubles the DiT's rows
+    config, rows = pipe.config, dit_rows(row["batch"], uses_cfg=True)
     context = config.conditioning.context_tokens
     key = f"{pipe.dtype} {rows}x{row['frames']}"
     if key not in gemm_rates:

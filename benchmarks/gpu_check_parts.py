@@ -16,11 +16,11 @@ from gpu_check_measure import CFG_SCALE, Window, dit_floor, gpu_vs_cpu, graph_co
 
 from stable_audio_rt.bench.runner import NEGATIVE_PROMPT
 from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.precision import DTYPES, NAMES
 from stable_audio_rt.runtime import pipeline
 from stable_audio_rt.runtime.cuda_graph import CapturedRequest
 from stable_audio_rt.runtime.pipeline import StableAudio
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRIMMED_SECONDS = 10.0
 SMALL_STEPS = 8
 SMALL_BATCHES = (1, 8)
@@ -139,8 +139,7 @@ def peer(check, setting: Setting) -> None:
     built.pipeline.to(setting.device, setting.peer_dtype)
     ours = StableAudio.from_pretrained(built.folder, device=setting.device, dtype=setting.peer_dtype)
     pairs = peer_pairs(built, ours, config.latent_frames, setting.steps, check.args.repeats)
-    dtype = next(name for name, d in DTYPES.items() if d == setting.peer_dtype)
-    check.results.add("peer", {"part": "peer", "dtype": dtype,
+    check.results.add("peer", {"part": "peer", "dtype": NAMES[setting.peer_dtype],
                                "ours": "torch + CUDA graph", **pairs})  # fmt: skip
     _release(ours)
     shutil.rmtree(folder, ignore_errors=True)

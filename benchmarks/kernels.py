@@ -29,8 +29,8 @@ from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTI
 from stable_audio_rt.models.attention import rope_tables, sdpa_cross_attention, sdpa_self_attention
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.vae import snake_eager
+from stable_audio_rt.precision import DTYPES
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 BATCH = 2  # the CFG pair of one clip
 SNAKE_CHANNELS = 128
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from stable_audio_rt.atomic import write_atomically
+
 
 def header(device: torch.device) -> dict[str, Any]:
     name = (
@@ -30,7 +32,4 @@ def emit(report: dict[str, Any], path: Path | None) -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        write_atomically(path, text + "\n")

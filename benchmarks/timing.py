@@ -1,27 +1,21 @@
-"""Timing one call the way every benchmark here does: CUDA events around it on a GPU (device
-time, no host sync inside), perf_counter on the CPU."""
+"""Timing one call the way every benchmark here does: the package's stopwatch (CUDA events on a
+GPU, perf_counter on the CPU)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from stable_audio_rt.runtime.timing import stopwatch
+
 
 def seconds(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds one call of `fn` takes on `device`."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    with stopwatch(device) as elapsed:
         fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    began = time.perf_counter()
-    fn()
-    return time.perf_counter() - began
+    return elapsed.seconds
 
 
 def repeat(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.errors import CheckpointError
 from stable_audio_rt.json_fields import (
     Fields,
@@ -172,9 +173,7 @@ class Manifest:
     format: int = FORMAT_VERSION
 
     def write(self, folder: Path) -> None:
-        tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(_manifest_json(self), indent=2) + "\n")
-        tmp.replace(folder / MANIFEST)
+        write_atomically(folder / MANIFEST, json.dumps(_manifest_json(self), indent=2) + "\n")
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:

@@ -22,21 +22,22 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.bench import flops as flop_counts
 from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
-from stable_audio_rt.bench.report import markdown, plot, write_atomically, write_json
+from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
-from stable_audio_rt.errors import ConfigError, StableAudioError
+from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.backend_choice import tensorrt_unusable
 from stable_audio_rt.runtime.pipeline import StableAudio, resolve_device
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
 from stable_audio_rt.trt_import import import_tensorrt
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "all")
 DEFAULT_MODEL = "random-stable-audio-open-1.0"
 SEED = 1234
@@ -139,7 +140,7 @@ def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join(["sa-bench", *(sys.argv[1:] if argv is None else argv)])
-    try:
+    with reported_errors("sa-bench", "nothing written") as failed:
         config = _config(args.model)
         _check(args, config.latent_frames)
         device = resolve_device(args.device)
@@ -160,12 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model,
             **_run(args, config, device, workloads),
         }
-    except StableAudioError as e:
-        print(f"sa-bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sa-bench: interrupted; nothing written", file=sys.stderr)
-        return 130
+    if failed.exit_status is not None:
+        return failed.exit_status
     if args.json:
         write_json(report, args.json)
     if args.markdown:

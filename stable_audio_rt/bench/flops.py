@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from stable_audio_rt.models.config import DiTConfig, OobleckConfig, StableAudioConfig
 from stable_audio_rt.models.vae import OUTER_KERNEL, RES_UNIT_DILATIONS, RES_UNIT_KERNEL
+from stable_audio_rt.runtime.guidance import dit_rows
 
 
 def matmul(m: int, k: int, n: int) -> int:
@@ -134,9 +135,9 @@ def request_flops(
     t5_dims: tuple[int, int, int],
 ) -> RequestFlops:
     """FLOPs of one request; `t5_dims` = (d_model, d_ff, layers) of the loaded T5."""
-    rows = batch * (2 if uses_cfg else 1)
+    rows = dit_rows(batch, uses_cfg)
     cond = config.conditioning
-    prompts = batch * (2 if uses_cfg else 1)  # the negative prompt is encoded too
+    prompts = rows  # one prompt per DiT row: the negative prompt is encoded too
     return RequestFlops(
         t5=t5_flops(*t5_dims, cond.t5_max_length, prompts),
         precompute=dit_precompute_flops(config.dit, rows, steps, cond.context_tokens),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stable_audio_rt.runtime.guidance import dit_rows
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 
 PROMPT = "warm analog synth pad with slow attack"
@@ -33,7 +34,7 @@ class Workload:
     @property
     def rows(self) -> int:
         """DiT rows per call: the clips, doubled by CFG's unconditional half."""
-        return self.batch * (2 if self.uses_cfg else 1)
+        return dit_rows(self.batch, self.uses_cfg)
 
     def options(self, sample_rate: int, ratio: int) -> dict:
         seconds = self.frames * ratio / sample_rate

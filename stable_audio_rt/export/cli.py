@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.export.onnx_export import DEFAULT_OPSET
 from stable_audio_rt.manifest import Verification
@@ -95,16 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         started.append(name)
         bar.set_description(f"export {name}")
 
-    try:
+    with reported_errors("sa-export", "the engine folder was left as it was", bar.close) as failed:
         manifest = export_engines(args.model, args.out, settings, on_component=on_component)
-    except StableAudioError as e:
-        bar.close()
-        print(f"sa-export: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        bar.close()
-        print("sa-export: interrupted; the engine folder was left as it was", file=sys.stderr)
-        return 130
+    if failed.exit_status is not None:
+        return failed.exit_status
     bar.update(1)
     bar.close()
     for name, entry in manifest.components.items():

@@ -24,7 +24,6 @@ from stable_audio_rt import __version__
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     DEFAULT_OPSET,
-    PRECISIONS,
     ExportError,
     Profile,
     export_component,
@@ -46,6 +45,7 @@ from stable_audio_rt.manifest import (
 from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
 from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
+from stable_audio_rt.precision import DTYPES
 
 # Third-party versions from their installed metadata; ours from the package itself, since a
 # checkout run through PYTHONPATH (the offline GPU machines) has no installed metadata.
@@ -66,8 +66,8 @@ class ExportSettings:
     trt_plugins: bool = False
 
     def check(self, latent_frames: int) -> None:
-        if self.precision not in PRECISIONS:
-            raise ExportError(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}")
+        if self.precision not in DTYPES:
+            raise ExportError(f"precision {self.precision!r} is not one of {sorted(DTYPES)}")
         unknown = sorted(set(self.components) - set(COMPONENTS))
         if unknown or not self.components:
             raise ExportError(

@@ -1,7 +1,7 @@
 """torch → ONNX for one component at one precision, and its verification with onnxruntime.
 
 Opset 18 (not 23): every runtime we target runs it (onnxruntime's CPU and CUDA providers,
-TensorRT 10.x from its first release, polygraphy), the partial RoPE sits outside the attention
+TensorRT 10.x from its first release), the partial RoPE sits outside the attention
 op anyway, and the TensorRT path replaces attention with our own kernels' plugins. Opset 23
 (the fused ONNX `Attention` op, which TensorRT ≥ 10.14 maps to its fused kernel) is available
 with `opset=23`.
@@ -28,9 +28,9 @@ from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
 from stable_audio_rt.models.vae import restore_fp32_parameters_
+from stable_audio_rt.precision import DTYPES
 
 DEFAULT_OPSET = 18
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Verification bounds on max|ort − torch fp32| / max|torch fp32|: fp32 graphs differ only in
 # summation order (~1e-6); fp16 keeps ~3 significant digits through deep stacks (measured
 # ≈ 1e-3 DiT, 5e-3 VAE on random weights); bf16 keeps ~2.
@@ -55,9 +55,6 @@ class Profile:
     batch: tuple[int, int, int]
     frames: tuple[int, int, int]
 
-    def axis_range(self, axis: str) -> tuple[int, int, int]:
-        return self.batch if axis == "batch" else self.frames
-
 
 def export_component(
     module: nn.Module,
@@ -73,7 +70,7 @@ def export_component(
 
     With `plugins`, the kernel ops the module calls (switched on by the caller) become TensorRT
     plugin nodes (`stable_audio_rt.kernels.onnx_plugins`) instead of standard ONNX ops."""
-    dtype = PRECISIONS[precision]
+    dtype = DTYPES[precision]
     graph = cast_for_export(module, dtype)
     low, opt, high = profile.frames
     static_frames = low == high
@@ -150,7 +147,7 @@ def verify_component(
     torch module; the worst output decides."""
     import onnxruntime as ort
 
-    dtype = PRECISIONS[precision]
+    dtype = DTYPES[precision]
     vocab = config_vocab(module)
     inputs = sample_inputs(spec, sizes, dtype, torch.Generator().manual_seed(seed), vocab)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

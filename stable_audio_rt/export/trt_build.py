@@ -13,11 +13,10 @@ set_shape / add_optimization_profile, build_serialized_network.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import ComponentEntry, Manifest, PlanRecord, file_record, profile_shapes
 from stable_audio_rt.models.config import StableAudioConfig
@@ -76,15 +75,9 @@ def build_engine(
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT could not build {onnx_path.name}; its log above says why")
-    _write_atomically(plan_path, bytes(serialized))
-    _write_atomically(cache_path, bytes(builder_config.get_timing_cache().serialize()))
+    write_atomically(plan_path, bytes(serialized))
+    write_atomically(cache_path, bytes(builder_config.get_timing_cache().serialize()))
     return trt.__version__
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
 
 
 def build_gpu() -> tuple[str, str] | None:

@@ -11,13 +11,10 @@ is baked in as constexprs, like every compile-time constant of the kernels.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-import torch
-
+from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.kernels.ops import DEFAULT_TACTIC
 from stable_audio_rt.kernels.ptx import (
     HIDDEN_PARAMETERS,
@@ -35,8 +32,6 @@ from stable_audio_rt.kernels.specs import (
 )
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 
-# The C enum order of sa_dtype_t in csrc/sa_kernels.h.
-C_DTYPES = {torch.float32: "SA_DTYPE_FP32", torch.float16: "SA_DTYPE_FP16", torch.bfloat16: "SA_DTYPE_BF16"}
 BYTES_PER_LINE = 24
 
 
@@ -72,8 +67,9 @@ def generate(out: Path, archs: tuple[int, ...], head_dim: int, rope_half: int) -
                 variants.append(
                     f"static const unsigned char {symbol}[{size}] = {{\n    {_c_bytes(kernel.cubin)}\n}};"
                 )
+                c_dtype = f"SA_DTYPE_{TRITON_DTYPES[dtype].upper()}"  # sa_dtype_t in csrc/sa_kernels.h
                 fields = (
-                    f'"{spec.name}"', C_DTYPES[dtype], str(arch), symbol, f"{size}u", f'"{kernel.name}"',
+                    f'"{spec.name}"', c_dtype, str(arch), symbol, f"{size}u", f'"{kernel.name}"',
                     f"{kernel.shared_bytes}u", f"{kernel.num_warps * 32}u", str(_block(spec, constexprs)),
                 )  # fmt: skip
                 entries.append(f"    {{{', '.join(fields)}}},")
@@ -94,10 +90,7 @@ def generate(out: Path, archs: tuple[int, ...], head_dim: int, rope_half: int) -
             "",
         ]
     )
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp") as tmp:
-        tmp.write(source)
-    os.replace(tmp.name, out / "sa_kernels_variants.c")
+    write_atomically(out / "sa_kernels_variants.c", source)
     return compiled
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stable_audio_rt.precision import NAMES
+
 # The namespace of our torch ops, ONNX plugin domain and TensorRT plugins.
 NAMESPACE = "stable_audio_rt"
 # Head dims the attention kernels are built for: powers of two (tl.arange), 64 in SAO (§2).
 HEAD_DIMS = (32, 64, 128)
-# Triton's name for each activation dtype the kernels take.
-TRITON_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Triton's name for each activation dtype the kernels take: our precision names.
+TRITON_DTYPES = NAMES
 # Opt-in shared memory per block (bytes) of the architectures we build for (CUDA C Programming
 # Guide, "Compute Capabilities" table).
 SHARED_MEMORY_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}

@@ -38,11 +38,6 @@ from stable_audio_rt.trt_import import import_tensorrt
 TYPE_COMBINATION = "FP32|FP16|BF16"
 
 
-def build_arch() -> int | None:
-    """Compute capability to compile for: None lets Triton take the build machine's GPU."""
-    return None
-
-
 def _dtype(trt: ModuleType, trt_dtype) -> torch.dtype:
     mapping = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
     if trt_dtype not in mapping:
@@ -66,7 +61,7 @@ def _contiguous_strides(shape) -> list:
 
 def _aot_result(trtp: ModuleType, spec: KernelSpec, dtype, constexprs, tactic_id: int, grid, extras):
     tactic = spec.tactic(tactic_id)
-    kernel = compile_kernel(spec, dtype, constexprs, tactic, build_arch())
+    kernel = compile_kernel(spec, dtype, constexprs, tactic)  # for the build machine's GPU
     launch = trtp.KernelLaunchParams()
     launch.grid_x, launch.grid_y = grid
     launch.block_x = kernel.num_warps * 32

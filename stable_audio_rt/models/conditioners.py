@@ -120,13 +120,6 @@ class Conditioner(nn.Module):
     def number_tokens(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {i: self.numbers[i](values[i]) for i in self.numbers if i in values}
 
-    def forward(
-        self, prompts: Sequence[str], values: Mapping[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        device = next(self.numbers.parameters()).device
-        input_ids, attention_mask = (t.to(device) for t in self.tokenize(prompts))
-        return self.encode(input_ids, attention_mask, {i: v.to(device) for i, v in values.items()})
-
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, values: Mapping[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -248,10 +248,3 @@ TINY_SMALL = StableAudioConfig(
     ),
     objective="rf_denoiser",
 )
-
-PRESETS: dict[str, StableAudioConfig] = {
-    "stable-audio-open-1.0": STABLE_AUDIO_OPEN_1_0,
-    "stable-audio-open-small": STABLE_AUDIO_OPEN_SMALL,
-    "tiny": TINY,
-    "tiny-small": TINY_SMALL,
-}

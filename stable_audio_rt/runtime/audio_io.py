@@ -6,14 +6,13 @@ libraries are imported where used: the offline GPU image lacks them and runs eve
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from stable_audio_rt.atomic import atomic_path
 from stable_audio_rt.errors import StableAudioError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -99,12 +98,6 @@ def write_audio(
     file_format = OUTPUT_FORMATS[path.suffix.lower()]
     import soundfile as sf
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, data, rate, subtype=SUBTYPES[file_format, sample_format], format=file_format)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from stable_audio_rt.errors import ConfigError, StableAudioError
+from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES, resolve_kernels
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import load_config
 from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
@@ -37,7 +37,6 @@ from stable_audio_rt.runtime.schedule import (
 )
 from stable_audio_rt.trt_import import import_tensorrt
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 EXAMPLES = """examples:
@@ -304,7 +303,7 @@ def _load(args: argparse.Namespace, choice: BackendChoice) -> StableAudio:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+    with reported_errors("sa-run", "nothing written") as failed:
         choice = _backend(args)
         if choice.backend == "torch":
             resolve_kernels(args.kernels, choice.device)
@@ -339,12 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         pipe = _load(args, choice)
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
-    except StableAudioError as e:
-        print(f"sa-run: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sa-run: interrupted; nothing written", file=sys.stderr)
-        return 130
+    if failed.exit_status is not None:
+        return failed.exit_status
     seconds = result.audio.shape[-1] / result.sample_rate
     total = sum(result.timings.values())
     print(f"seed {result.seed}: {len(paths)} clip(s) of {seconds:.2f} s in {total:.2f} s")

@@ -23,6 +23,11 @@ DEFAULT_APG_SCALE = 1.0
 DEFAULT_CFG_NORM_THRESHOLD = 0.0
 
 
+def dit_rows(batch: int, uses_cfg: bool) -> int:
+    """Rows of each DiT call: the batch's clips, doubled by CFG into [cond; uncond]."""
+    return batch * (2 if uses_cfg else 1)
+
+
 @dataclass(frozen=True)
 class Guidance:
     kind: GuidanceKind = "cfg"

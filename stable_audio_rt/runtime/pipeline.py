@@ -10,7 +10,6 @@ cropped on the host. Text-to-audio, audio-to-audio and RePaint inpainting share 
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from stable_audio_rt.runtime.schedule import (
     sigma_to_t,
     step_table,
 )
+from stable_audio_rt.runtime.timing import stopwatch
 from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking, decode_chunks
 
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
@@ -89,19 +89,10 @@ class GenerationResult:
 
 @contextmanager
 def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
-    """Seconds of a stage: CUDA events around it on a GPU (device time from its first queued
-    kernel to its last), perf_counter on the CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    """Seconds of a stage, recorded in `timings` under `name` (see stopwatch for how)."""
+    with stopwatch(device) as elapsed:
         yield
-        end.record()
-        end.synchronize()
-        timings[name] = start.elapsed_time(end) / 1e3
-        return
-    began = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - began
+    timings[name] = elapsed.seconds
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from stable_audio_rt.runtime.components import StepModel
-from stable_audio_rt.runtime.guidance import CFG, Guidance
+from stable_audio_rt.runtime.guidance import CFG, Guidance, dit_rows
 from stable_audio_rt.runtime.schedule import Col
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
@@ -67,7 +67,7 @@ def allocate_plan(
     """Empty buffers for N steps on a (B, C, T) state; the DiT sees 2B rows [cond; uncond] with
     CFG, else B."""
     batch, channels, frames = shape
-    rows = batch * (2 if uses_cfg else 1)
+    rows = dit_rows(batch, uses_cfg)
     state = dict(device=device, dtype=torch.float32)
     return RequestPlan(
         x=torch.zeros(shape, **state),
@@ -87,25 +87,3 @@ def allocate_plan(
         if inpaint
         else None,
     )
-
-
-def build_plan(
-    denoiser: StepModel,
-    x0: torch.Tensor,
-    scalars: torch.Tensor,
-    step_noise: torch.Tensor,
-    cfg_scale: float,
-    uses_cfg: bool,
-    model_dtype: torch.dtype,
-    guidance: Guidance = CFG,
-) -> RequestPlan:
-    """A plan filled from given values: `x0` is the initial state (B, C, T) at σ_0 on the run's
-    device, `scalars` the step table, `step_noise` (N, B, C, T)."""
-    plan = allocate_plan(
-        denoiser, tuple(x0.shape), scalars.shape[0], uses_cfg, model_dtype, x0.device, guidance
-    )
-    plan.x.copy_(x0)
-    plan.scalars.copy_(scalars)
-    plan.step_noise.copy_(step_noise)
-    plan.cfg_scale.fill_(cfg_scale)
-    return plan

@@ -21,7 +21,7 @@ import torch
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import bottleneck_sample
 from stable_audio_rt.runtime.components import Components
-from stable_audio_rt.runtime.guidance import Guidance
+from stable_audio_rt.runtime.guidance import Guidance, dit_rows
 from stable_audio_rt.runtime.plan import RequestPlan, allocate_plan
 from stable_audio_rt.runtime.sampler import sampler_step
 from stable_audio_rt.runtime.vae_decode import decode_latents
@@ -51,7 +51,7 @@ class RequestShape:
     @property
     def rows(self) -> int:
         """DiT rows: [cond; uncond] with CFG."""
-        return self.batch * (2 if self.uses_cfg else 1)
+        return dit_rows(self.batch, self.uses_cfg)
 
 
 @dataclass

@@ -6,8 +6,6 @@ with no host synchronisation: every scalar is a 0-d device tensor from the plan'
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from stable_audio_rt.runtime.guidance import guide
@@ -46,13 +44,3 @@ def sampler_step(plan: RequestPlan, i: int) -> None:
         ip = plan.inpaint
         kept = ip.reference + ip.renoise[i] * s[Col.SIGMA_NEXT]
         torch.where(ip.keep, kept, x, out=x)
-
-
-def run_plan(plan: RequestPlan, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-    """All steps, eagerly; returns the final latents (plan.x)."""
-    with torch.no_grad():
-        for i in range(plan.steps):
-            sampler_step(plan, i)
-            if on_step is not None:
-                on_step(i)
-    return plan.x

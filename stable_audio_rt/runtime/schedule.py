@@ -18,7 +18,6 @@ Scalars are derived in float64 and stored as float32.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from enum import IntEnum
 
 import torch
@@ -38,16 +37,6 @@ RF_DEFAULT_CFG_SCALE = 1.0
 # spaced uniformly in log-SNR from 2.0 down to −6.2, whatever the sequence length.
 LOGSNR_START = -6.2
 LOGSNR_END = 2.0
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    steps: int = DEFAULT_STEPS
-    sigma_min: float = DEFAULT_SIGMA_MIN
-    sigma_max: float = DEFAULT_SIGMA_MAX
-    rho: float = 1.0
-    eta: float = 1.0
-    s_noise: float = 1.0
 
 
 def polyexponential_sigmas(

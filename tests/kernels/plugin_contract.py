@@ -3,6 +3,7 @@ TensorRT plugins against the contract stand-in of `tensorrt.plugin`, call each p
 autotune and aot_impl at SAO shapes for every tactic, and print one JSON line per call with
 what TensorRT would receive next to what the torch op launches for the same tensors."""
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from stable_audio_rt.kernels.specs import GQA_CROSS_ATTENTION, ROPE_SELF_ATTENTI
 
 assert trt.CONTRACT_STAND_IN
 ARCH = int(sys.argv[1])
-trt_plugins.build_arch = lambda: ARCH  # no GPU here: compile for a named target instead
+# No GPU here: compile for a named target instead of the build machine's GPU.
+trt_plugins.compile_kernel = functools.partial(trt_plugins.compile_kernel, arch=ARCH)
 ids = trt_plugins.register_plugins()
 
 TRT_DTYPES = {torch.float32: trt.float32, torch.float16: trt.float16, torch.bfloat16: trt.bfloat16}

@@ -6,6 +6,13 @@ import torch
 from numerics import FP32_REL_TOL, rel_error
 
 
+def _condition(conditioner, prompts, values):
+    """Prompts and numbers on the host -> (context, global): the pipeline's tokenize + encode."""
+    device = next(conditioner.numbers.parameters()).device
+    input_ids, attention_mask = (t.to(device) for t in conditioner.tokenize(prompts))
+    return conditioner.encode(input_ids, attention_mask, {i: v.to(device) for i, v in values.items()})
+
+
 @torch.no_grad()
 def test_number_conditioners_match_projection_model(tiny_model, tiny_reference, generator):
     # Values outside [0, 512] check the clamp; fractional values the continuous embedding.
@@ -37,8 +44,10 @@ def test_context_and_global_match_diffusers_pipeline(tiny_model, tiny_reference,
     reference_context = torch.cat([text, start_tok, total_tok], dim=1)
     reference_global = torch.cat([start_tok, total_tok], dim=2).squeeze(1)
 
-    context, global_cond = tiny_model.conditioner(
-        prompts, {"seconds_start": torch.tensor(start), "seconds_total": torch.tensor(total)}
+    context, global_cond = _condition(
+        tiny_model.conditioner,
+        prompts,
+        {"seconds_start": torch.tensor(start), "seconds_total": torch.tensor(total)},
     )
     cond = tiny_model.config.conditioning
     assert context.shape == (batch, cond.context_tokens, cond.cond_dim)

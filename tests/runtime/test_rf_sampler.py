@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 from numerics import rel_error
+from plans import build_plan, run_plan
 
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.runtime.components import TorchDiTStep
 from stable_audio_rt.runtime.guidance import CFG
-from stable_audio_rt.runtime.plan import build_plan
 from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
-from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import logsnr_shifted_times, pingpong_table
 
 # The schedule is float32 arithmetic on both sides; the plan's loop and the plain loop differ

@@ -8,12 +8,11 @@ import pytest
 import torch
 import torchsde
 from numerics import rel_error
+from plans import build_plan, run_plan
 
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.runtime.components import TorchDiTStep
 from stable_audio_rt.runtime.noise import brownian_step_noise
-from stable_audio_rt.runtime.plan import build_plan
-from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
 
 # The loop and the linear form are the same maths in a different summation order; in fp32

@@ -8,9 +8,8 @@ ODE sampler's (η = 0) convergence order can be checked exactly.
 import math
 
 import torch
+from plans import build_plan, run_plan
 
-from stable_audio_rt.runtime.plan import build_plan
-from stable_audio_rt.runtime.sampler import run_plan
 from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
 
 MEAN, STD = 0.7, 0.4

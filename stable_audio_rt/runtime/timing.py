@@ -1,0 +1,36 @@
+"""Timing a block the one way the pipeline and the benchmarks do: CUDA events around it on a GPU
+(device time from its first queued kernel to its last, no host sync inside), perf_counter on the
+CPU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Elapsed:
+    """Filled in when the timed block ends without raising."""
+
+    seconds: float = float("nan")
+
+
+@contextmanager
+def stopwatch(device: torch.device) -> Iterator[Elapsed]:
+    """Time the block on `device`; read `.seconds` of what it yields after the block."""
+    elapsed = Elapsed()
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield elapsed
+        end.record()
+        end.synchronize()
+        elapsed.seconds = start.elapsed_time(end) / 1e3
+        return
+    began = time.perf_counter()
+    yield elapsed
+    elapsed.seconds = time.perf_counter() - began
