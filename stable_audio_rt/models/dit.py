@@ -143,6 +143,9 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
         self.project_out = nn.Linear(dim, config.io_channels, bias=False)
         self.postprocess_conv = nn.Conv1d(config.io_channels, config.io_channels, 1, bias=False)
+        # (positions, device) → RoPE cos and sin tables: a plain dict, not buffers, so that
+        # `.to(dtype)` leaves them fp32 and no checkpoint carries them.
+        self.rope_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def set_attention(self, attention: AttentionFunctions) -> None:
         self.attention = attention
@@ -165,6 +168,20 @@ class DiT(nn.Module):
         context = self.cond_embed(context)
         return [block.cross_attn.context_kv(context) for block in self.blocks]
 
+    def rope(self, positions: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rope_tables` for `positions` on `device`, built by the first call of each shape (eagerly:
+        the warm-up, before any captured region) and the same tensors for every later step."""
+        if torch.compiler.is_compiling():
+            # Traced (torch.export, torch.compile): the tables stay ops of a possibly symbolic
+            # length, and nothing made under tracing (fake tensors) enters the cache.
+            return rope_tables(positions, self.config.rotary_dim, self.config.rope_base, device)
+        key = (positions, device)
+        if key not in self.rope_cache:
+            self.rope_cache[key] = rope_tables(
+                positions, self.config.rotary_dim, self.config.rope_base, device
+            )
+        return self.rope_cache[key]
+
     def forward_with_context_kv(
         self,
         x: torch.Tensor,
@@ -175,7 +192,7 @@ class DiT(nn.Module):
         x = self.preprocess_conv(x) + x
         h = self.project_in(x.transpose(1, 2))  # (B, T, C) → (B, T, D)
         h = torch.cat((global_token, h), dim=1)  # (B, T+1, D), global token at position 0
-        cos, sin = rope_tables(h.shape[1], self.config.rotary_dim, self.config.rope_base, h.device)
+        cos, sin = self.rope(h.shape[1], h.device)
         for block, kv in zip(self.blocks, context_kv, strict=True):
             h = block(h, kv, cos, sin, self.attention)
         out = self.project_out(h).transpose(1, 2)[:, :, 1:]  # drop the global token → (B, C, T)

@@ -27,6 +27,7 @@ from stable_audio_rt.models.checkpoint import locate_checkpoint
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
 from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.vae import posterior_std
+from stable_audio_rt.runtime.guidance import dit_rows
 
 REQUIRED = ("t5", "dit", "vae_decoder")
 
@@ -45,6 +46,8 @@ class EngineGraph:
     ) -> None:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
         self.ratio = manifest.model_config.vae.downsampling_ratio
+        # Input shapes → the output tensors `run_reusing` fills for them.
+        self.reused_outputs: dict[tuple[tuple[int, ...], ...], list[torch.Tensor]] = {}
 
     def check_shape(self, batch: int, frames: int | None = None) -> None:
         low, _, high = self.entry.batch
@@ -85,7 +88,33 @@ class EngineGraph:
         return [spec.shape(sizes) for spec in self.entry.outputs]
 
     def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
+        """Run with `inputs` by name; returns the outputs as fresh float32 tensors on the device,
+        the caller's to keep."""
+        return [out.float() for out in self._run(inputs, reuse=False)]
+
+    def run_reusing(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Run with `inputs` by name into the outputs of their shapes, in the graph's types:
+        allocated by the first run of those shapes (before any captured region: the warm-up) and
+        overwritten by every later one, so the caller must consume them before the next run."""
+        return self._run(inputs, reuse=True)
+
+    def _run(self, inputs: dict[str, torch.Tensor], reuse: bool) -> list[torch.Tensor]:
+        values = self.prepare_inputs(inputs)
+        shapes = tuple(tuple(value.shape) for value in values)
+        outputs = self.reused_outputs.get(shapes) if reuse else None
+        if outputs is None:
+            outputs = [
+                torch.empty(shape, dtype=self.element_type(spec.kind), device=self.device)
+                for spec, shape in zip(self.entry.outputs, self.output_shapes(shapes), strict=True)
+            ]
+        self.execute(values, outputs)
+        if reuse:
+            # Kept only once the run succeeded: a refused shape leaves nothing behind.
+            self.reused_outputs[shapes] = outputs
+        return outputs
+
+    def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        """Run the engine on `values` (prepared inputs, spec order) into `outputs` (spec order)."""
         raise NotImplementedError
 
 
@@ -129,7 +158,9 @@ class EngineDiTStep:
     def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
         self.graph.check_shape(model_input.shape[0], model_input.shape[-1])
         feeds = {"x": model_input, "t": self.t[i], "context": self.context, "global_cond": self.global_cond}
-        return self.graph.run(feeds)[0]
+        # v in the graph's type, overwritten by the next step: the sampler consumes it within
+        # the step and casts it to float32 itself, so neither an allocation nor a copy per step.
+        return self.graph.run_reusing(feeds)[0]
 
     def buffers(self) -> list[torch.Tensor]:
         return [self.t, self.context, self.global_cond]
@@ -165,10 +196,13 @@ class EngineComponents:
                 f"{folder} lacks {missing}: export them with `sa-export --components ...`"
             )
         self.config = manifest.model_config
-        self.device, self.dtype = device, torch.float32
+        self.device = device
         self.graphs = {
             c: open_graph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
         }
+        # The DiT input's type (the plan allocates its model input in it), so the sampler's
+        # float32 state is rounded once into that buffer rather than cast again per engine run.
+        self.dtype = self.graphs["dit"].float_type
         self.conditioner = Conditioner(
             self.config.conditioning,
             _load_numbers(folder, self.config, device),
@@ -181,7 +215,7 @@ class EngineComponents:
     ) -> None:
         """Refuse, before any work, a request the engines' profiles cannot run."""
         self.graphs["t5"].check_shape(batch)
-        self.graphs["dit"].check_shape(batch * (2 if uses_cfg else 1), frames)
+        self.graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
         self.graphs["vae_decoder"].check_shape(batch, decode_frames)
         if encodes:
             self._encoder().check_shape(1, frames)

@@ -18,6 +18,7 @@ import torch
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.manifest import EngineFolderError, Manifest
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.engine_components import (
     EngineComponents,
     EngineGraph,
@@ -26,7 +27,8 @@ from stable_audio_rt.runtime.engine_components import (
 
 __all__ = ["OrtComponents", "OrtGraph", "require_same_weights"]
 
-FLOAT_TYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# onnxruntime feeds no bf16 tensors: its precisions are these two of DTYPES.
+ORT_PRECISIONS = ("fp32", "fp16")
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 
 
@@ -41,7 +43,7 @@ class OrtGraph(EngineGraph):
         import onnxruntime as ort
 
         entry = manifest.check_files(folder, name)
-        if entry.precision not in FLOAT_TYPES:
+        if entry.precision not in ORT_PRECISIONS:
             raise EngineFolderError(
                 f"{name} is {entry.precision}, which this backend cannot feed; export with --fp32 or --fp16 "
                 f"for onnxruntime (bf16 is for TensorRT)"
@@ -51,7 +53,7 @@ class OrtGraph(EngineGraph):
                 f"{name} calls TensorRT plugins ({', '.join(entry.plugins)}), which onnxruntime cannot run; "
                 f"re-export without --trt-plugins for --backend onnxruntime"
             )
-        super().__init__(manifest, name, entry, device, FLOAT_TYPES[entry.precision])
+        super().__init__(manifest, name, entry, device, DTYPES[entry.precision])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
@@ -63,32 +65,25 @@ class OrtGraph(EngineGraph):
                 f"{folder / entry.file} cannot be loaded ({e}); rebuild with `sa-export`"
             ) from e
 
-    def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
+    def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         binding = self.session.io_binding()
         device_type, device_id = self.device.type, self.device.index or 0
-        values = self.prepare_inputs(inputs)  # kept alive until the run ends
-        for spec, value in zip(self.entry.inputs, values, strict=True):
-            binding.bind_input(
-                spec.name,
-                device_type,
-                device_id,
-                NUMPY_TYPES[value.dtype],
-                list(value.shape),
-                value.data_ptr(),
-            )
-        outputs = []
-        shapes = self.output_shapes([value.shape for value in values])
-        for spec, shape in zip(self.entry.outputs, shapes, strict=True):
-            out = torch.empty(shape, dtype=self.element_type(spec.kind), device=self.device)
-            binding.bind_output(
-                spec.name, device_type, device_id, NUMPY_TYPES[out.dtype], list(shape), out.data_ptr()
-            )
-            outputs.append(out)
+        for bind, specs, tensors in (
+            (binding.bind_input, self.entry.inputs, values),
+            (binding.bind_output, self.entry.outputs, outputs),
+        ):
+            for spec, tensor in zip(specs, tensors, strict=True):
+                bind(
+                    spec.name,
+                    device_type,
+                    device_id,
+                    NUMPY_TYPES[tensor.dtype],
+                    list(tensor.shape),
+                    tensor.data_ptr(),
+                )
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
         self.session.run_with_iobinding(binding)
-        return [out.float() for out in outputs]
 
 
 def _provider(device: torch.device) -> str:

@@ -45,10 +45,9 @@ from stable_audio_rt.manifest import (
     check_file,
     profile_shapes,
 )
+from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.engine_components import EngineComponents, EngineGraph
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
-
-FLOAT_TYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class EngineRunError(StableAudioError):
@@ -109,9 +108,9 @@ class TrtGraph(EngineGraph):
     def __init__(self, folder: Path, manifest: Manifest, name: str, device: torch.device) -> None:
         trt, _ = import_tensorrt()
         entry = manifest.entry(folder, name)
-        if entry.precision not in FLOAT_TYPES:
+        if entry.precision not in DTYPES:
             raise EngineFolderError(f"{name} is {entry.precision}, which the TensorRT backend cannot feed")
-        super().__init__(manifest, name, entry, device, FLOAT_TYPES[entry.precision])
+        super().__init__(manifest, name, entry, device, DTYPES[entry.precision])
         plan = checked_plan(folder, manifest, name, trt.__version__, gpu_identity(device))
         self.trt, self.rebuild = trt, f"rebuild the plans with {rebuild_hint(folder, manifest)}"
         with self._on_device():
@@ -124,8 +123,8 @@ class TrtGraph(EngineGraph):
             )
         self._check_engine(plan, entry, profile_shapes(entry, manifest.model_config))
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        # Input shapes → (context, output shapes).
-        self.contexts: dict[tuple[tuple[int, ...], ...], tuple[Any, list[tuple[int, ...]]]] = {}
+        # Input shapes → their execution context.
+        self.contexts: dict[tuple[tuple[int, ...], ...], Any] = {}
 
     def _on_device(self):
         return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
@@ -172,9 +171,9 @@ class TrtGraph(EngineGraph):
                     f"{low}–{high}: {rebuild}"
                 )
 
-    def _context(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[Any, list[tuple[int, ...]]]:
+    def _context(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
         """The execution context of this shape bucket (created on first use: profile 0, the
-        input shapes set), and its output shapes."""
+        input shapes set, the plan's output shapes checked against the manifest's)."""
         if shapes in self.contexts:
             return self.contexts[shapes]
         with self._on_device():
@@ -194,17 +193,12 @@ class TrtGraph(EngineGraph):
                     f"{tuple(context.get_tensor_shape(spec.name))}, the manifest's spec {shape}: "
                     f"{self.rebuild}"
                 )
-        self.contexts[shapes] = (context, outputs)
-        return self.contexts[shapes]
+        self.contexts[shapes] = context
+        return context
 
-    def run(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Run with `inputs` by name; returns the outputs as float32 tensors on the device."""
-        values = self.prepare_inputs(inputs)  # the engine's types (checked equal to the spec's)
-        context, shapes = self._context(tuple(tuple(value.shape) for value in values))
-        outputs = [
-            torch.empty(shape, dtype=self.element_type(spec.kind), device=self.device)
-            for spec, shape in zip(self.entry.outputs, shapes, strict=True)
-        ]
+    def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        # The inputs are in the engine's types (checked equal to the spec's when it was opened).
+        context = self._context(tuple(tuple(value.shape) for value in values))
         for spec, tensor in zip([*self.entry.inputs, *self.entry.outputs], [*values, *outputs], strict=True):
             if not context.set_tensor_address(spec.name, tensor.data_ptr()):
                 raise EngineRunError(f"TensorRT refused the address of {self.name}'s {spec.name}")
@@ -218,7 +212,6 @@ class TrtGraph(EngineGraph):
             current.wait_stream(self.stream)
         if not ran:
             raise EngineRunError(f"TensorRT could not run the {self.name} engine; its log above says why")
-        return [out.float() for out in outputs]
 
 
 class TrtComponents(EngineComponents):

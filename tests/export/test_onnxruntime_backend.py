@@ -13,9 +13,14 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
+from stable_audio_rt.runtime.engine_components import EngineDiTStep
+from stable_audio_rt.runtime.guidance import CFG
+from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
 from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.region import RequestShape, allocate_request
 
 RATE = 44100
+CPU = torch.device("cpu")
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -135,3 +140,38 @@ def test_engines_from_other_weights_are_refused(engines, tmp_path):
         EngineFolderError, match="was built from other weights than .* rebuild it with `sa-export"
     ):
         StableAudio.from_engines(engines["fp32"][0], model=other)
+
+
+def test_components_dtype_is_the_dit_engines_and_the_plan_feeds_it(engines):
+    """fp16 engines get their DiT input allocated fp16 (no cast per step); the state stays fp32."""
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        components = OrtComponents(engines[precision][0], CPU)
+        assert components.dtype == dtype
+        shape = RequestShape(1, 8, 2, "text", True, False, CFG, decode_chunk=None, decode_overlap=None)
+        plan = allocate_request(shape, components, []).plan
+        assert plan.model_input.dtype == dtype and plan.x.dtype == plan.denoised.dtype == torch.float32
+
+
+def test_dit_step_output_is_allocated_once_per_shape(engines, generator):
+    """The step returns v in the engine's type into one tensor per input shape, overwritten by the
+    next step; `run` still returns fresh float32 tensors, which callers may keep."""
+    graph = OrtComponents(engines["fp16"][0], CPU).graphs["dit"]
+    steps, rows, channels = 2, 2, TINY.dit.io_channels
+    step = EngineDiTStep(graph, steps, rows)
+    step.bind(
+        torch.rand(steps, generator=generator),
+        torch.randn(rows, TINY.conditioning.context_tokens, TINY.dit.cond_token_dim, generator=generator),
+        torch.randn(rows, TINY.dit.global_cond_dim, generator=generator),
+    )
+    x = torch.randn(rows, channels, 9, generator=generator).half()
+    v = step(x, 0)
+    first = v.clone()
+    assert v.dtype == torch.float16 and v.shape == x.shape
+    assert step(x, 1) is v and not torch.equal(v, first)  # the same tensor, step 1's values
+    other = step(x[..., :5].contiguous(), 0)
+    assert other is not v and other.shape == (rows, channels, 5)
+    assert step(x, 0) is v and torch.equal(v, first)
+    feeds = {"x": x, "t": step.t[0], "context": step.context, "global_cond": step.global_cond}
+    kept, fresh = graph.run(feeds)[0], graph.run(feeds)[0]
+    assert kept.dtype == torch.float32 and kept.data_ptr() != fresh.data_ptr()
+    assert torch.equal(kept, first.float()) and torch.equal(fresh, kept)

@@ -185,10 +185,32 @@ def test_dit_step_fills_buffers_allocated_before_bind(plans, deserialized, gener
         assert bound["t"] == step.t[i].data_ptr()
         assert bound["context"] == step.context.data_ptr()
         assert bound["global_cond"] == step.global_cond.data_ptr()
-    # New values bound in place change what the engine sees.
-    before = step(x, 0)
+    # New values bound in place change what the engine sees (a copy: the step overwrites its v).
+    before = step(x, 0).clone()
     step.bind(t, -context, global_cond)
     assert not torch.equal(step(x, 0), before)
+
+
+def test_dit_step_binds_fp16_input_and_output_by_address(plans, deserialized, generator):
+    """With fp16 engines the plan's fp16 model input is bound as it is (no cast per step) and v
+    lands in one fp16 tensor per shape, allocated by the first run (before any capture)."""
+    components = TrtComponents(plans["fp16"], CPU)
+    assert components.dtype == torch.float16
+    steps, rows = 2, 2
+    step = components.step_model(steps, rows)
+    step.bind(
+        torch.rand(steps, generator=generator),
+        torch.randn(rows, TINY.conditioning.context_tokens, TINY.dit.cond_token_dim, generator=generator),
+        torch.randn(rows, TINY.dit.global_cond_dim, generator=generator),
+    )
+    x = torch.randn(rows, TINY.dit.io_channels, 9, generator=generator).half()
+    engine = components.graphs["dit"].engine
+    outputs = []
+    for i in range(steps):
+        outputs.append(step(x, i))
+        bound = engine.contexts[-1].executions[-1]["addresses"]
+        assert bound["x"] == x.data_ptr() and bound["v"] == outputs[0].data_ptr()
+    assert outputs[0] is outputs[1] and outputs[0].dtype == torch.float16
 
 
 def test_one_execution_context_per_shape_bucket_on_profile_zero(plans, deserialized, generator):

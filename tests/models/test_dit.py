@@ -1,10 +1,13 @@
 """Our DiT against diffusers' StableAudioDiTModel on the same random weights (CPU, fp32)."""
 
+import copy
+
 import pytest
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from numerics import FP32_REL_TOL, rel_error
 
+from stable_audio_rt.models import dit as dit_module
 from stable_audio_rt.models.attention import apply_partial_rope, rope_tables
 
 
@@ -51,6 +54,36 @@ def test_dit_split_forward_equals_forward(tiny_model, generator):
     dit = tiny_model.dit
     split = dit.forward_with_context_kv(x, dit.global_token(t, global_cond), dit.context_kv(context))
     assert torch.equal(split, dit(x, t, context, global_cond))
+
+
+@torch.no_grad()
+def test_rope_tables_are_built_once_per_shape_and_stay_fp32(tiny_model, generator, monkeypatch):
+    """Every step of one shape reads the same tables (no allocation per step, nothing new for a
+    captured region), equal to `rope_tables`, and a half-precision model keeps them fp32."""
+    dit = copy.deepcopy(tiny_model.dit)
+    dit.rope_cache.clear()  # the shared model's earlier calls filled it
+    built = []
+
+    def counting(*args):
+        built.append(args[0])
+        return rope_tables(*args)
+
+    monkeypatch.setattr(dit_module, "rope_tables", counting)
+    x, t, context, global_cond = _inputs(tiny_model.config, 2, 9, generator)
+    first = dit(x, t, context, global_cond)
+    tables = dit.rope(10, x.device)
+    assert torch.equal(dit(x, t, context, global_cond), first)
+    assert built == [10]  # 9 frames + the global token, once for two calls
+    assert all(a is b for a, b in zip(dit.rope(10, x.device), tables, strict=True))
+    dit(x[..., :5], t, context, global_cond)
+    assert built == [10, 6]
+    expected = rope_tables(10, dit.config.rotary_dim, dit.config.rope_base)
+    assert all(torch.equal(a, b) for a, b in zip(tables, expected, strict=True))
+
+    dit.half()
+    assert all(table.dtype == torch.float32 for pair in dit.rope_cache.values() for table in pair)
+    half = dit(x.half(), t.half(), context.half(), global_cond.half())
+    assert half.dtype == torch.float16 and built == [10, 6]
 
 
 def test_partial_rope_is_half_split_on_first_dims(generator):
