@@ -99,6 +99,8 @@ class Results:
         self.add("skipped", {"part": part, "reason": reason})
 
     def _write(self) -> None:
+        # Not stable_audio_rt.atomic: importing the package may fail (a missing module), and
+        # that failure is itself a result this writer must record.
         self.report["goals"] = goals(self.report)
         self.folder.mkdir(parents=True, exist_ok=True)
         for suffix, text in (

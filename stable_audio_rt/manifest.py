@@ -10,6 +10,7 @@ refused with the fix named.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -195,8 +196,9 @@ class Manifest:
         except InvalidField as e:
             raise EngineFolderError(f"{path}: {e}; rebuild with `sa-export`") from e
 
-    @property
+    @functools.cached_property
     def model_config(self) -> StableAudioConfig:
+        """The config as its dataclass, parsed once: every graph of an engine folder reads it."""
         return config_from_dict(self.config)
 
     def entry(self, folder: Path, component: str) -> ComponentEntry:

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -124,8 +125,6 @@ class StableAudio:
         self.cuda_graph = cuda_graph
         self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
         self._capture_warned = False
-        self._auto_chunk: int | None = None
-        self._auto_chunk_resolved = False
 
     @property
     def config(self) -> StableAudioConfig:
@@ -402,15 +401,13 @@ class StableAudio:
         request: they are part of the graph key, so nothing request-independent may vary them."""
         chunk = resolved.request.vae_chunk
         if chunk == "auto":
-            chunk = self._auto_decode_chunk()
+            chunk = self._auto_decode_chunk
         if chunk is None or chunk >= resolved.frames:
             return None, None
         return chunk, resolved.request.vae_overlap
 
+    @cached_property
     def _auto_decode_chunk(self) -> int | None:
         """`vae_chunk="auto"` resolved once for this pipeline: free GPU memory changes with every
         capture, and a chunk read from it per request would make each request a new graph key."""
-        if not self._auto_chunk_resolved:
-            self._auto_chunk = auto_chunk_frames(self.config.vae, self.device, self.dtype)
-            self._auto_chunk_resolved = True
-        return self._auto_chunk
+        return auto_chunk_frames(self.config.vae, self.device, self.dtype)
