@@ -103,7 +103,11 @@ def random_model(
             feed_forward_proj="relu",
         )
     )
-    parts = [DiT(config.dit), OobleckVAE(config.vae), NumberConditioners(config.conditioning), t5]
+    # Built without torch's default init (randomize_ overwrites every parameter, and the init
+    # was half of a real-size build's time); T5 is built as usual: its embeddings are tied.
+    with torch.device("meta"):
+        ours = [DiT(config.dit), OobleckVAE(config.vae), NumberConditioners(config.conditioning)]
+    parts = [m.to_empty(device="cpu") for m in ours] + [t5]
     dit, vae, numbers, t5 = (randomize_(m, generator).to(device, dtype) for m in parts)
     t5 = t5.to(dtype=t5_dtype)
     restore_fp32_parameters_(vae)
