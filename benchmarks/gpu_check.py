@@ -6,21 +6,24 @@ moment it exists, so a run cut short keeps what it measured.
     python benchmarks/gpu_check.py --wheelhouse .whl      # on the GPU machine, from a checkout
     python benchmarks/gpu_check.py --dry-run              # the same flow on the CPU, tiny models
 
-In order, each part skipped (and recorded) when its estimate does not fit in what is left of
---budget-s, and a failure recorded without stopping the rest:
+In order of what the GPU results must show first, each part skipped (and recorded) when its
+estimate does not fit in what is left of --budget-s, cut where it stands when the budget runs
+out (a timer: the run ends inside its budget), and a failure recorded without stopping the rest;
+a timeline records when each part, model build and row began:
   install    --wheelhouse DIR: pip --no-index --no-deps into a target folder put first on the
              path (never replacing the machine's torch); without one, what is missing is recorded;
   tests      pytest -m gpu tests/gpu, Triton compiled: replay = eager, 3 requests of one shape =
              1 capture + 2 replays, two seeds differ under replay, no allocation in a replay, the
              kernels against the torch maths in fp32/fp16/bf16;
-  correctness one short fp32 request on the GPU against the CPU, same weights and draws;
-  speed      SAO 1.0 at real geometry (random weights built on the GPU), 100 steps, CFG 7 with a
-             negative prompt, batch 1: bf16 and fp16 × full and 10 s trimmed window × eager and
-             CUDA graph, then fp32 graph on the full window; cold, warm p50, RTF, captures and
-             replays, peak memory, the DiT step's share of its GEMM floor;
+  correctness one short fp32 request on the GPU against the CPU, same weights and draws: the
+             latents, and the VAE alone on the same latents;
+  speed bf16 SAO 1.0 at real geometry (random weights), 100 steps, CFG 7 with a negative
+             prompt, batch 1: CUDA graph then eager × full and 10 s trimmed window; cold, warm
+             p50, RTF, captures and replays, peak memory, the DiT step's share of its GEMM floor;
+  small      SAO Small at real geometry, 8 steps, bf16, graph: batch 1 and batch 8;
   peer       diffusers' StableAudioPipeline on the same weights and work (full window, fp16),
              interleaved with ours, the ratio per pair (needs diffusers);
-  small      SAO Small at real geometry, 8 steps, bf16, graph: batch 1 and batch 8;
+  speed fp16 the bf16 rows in fp16; speed fp32: the full window's graph row;
   kernels    benchmarks/kernels.py;
   tensorrt   with TensorRT: sa-export --fp16 and the same full-window request on its plans.
 Results: <out>/gpu_check_<gpu>_<date>.json and .md (default benchmarks/results; a temporary
@@ -34,6 +37,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,13 +69,36 @@ PEER_GOAL_RATIO = 4.0
 PEER_GOAL = f"≥ {PEER_GOAL_RATIO:.0f}× diffusers on the same GPU and work"
 
 
+class BudgetSpent(BaseException):
+    """The budget's timer went off: a BaseException, so that it passes through the parts' own
+    `except Exception` (a failed row is recorded and the next runs; a spent budget ends them)."""
+
+
 @dataclass
 class Budget:
     seconds: float
     began: float = field(default_factory=time.perf_counter)
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
     def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.began)
+        return self.seconds - self.elapsed()
+
+    def arm(self) -> None:
+        """From now on, whatever runs when the budget is spent is cut (the first H200 run, timed
+        only by estimates, overran its budget by a minute and lost the rows after the cut)."""
+
+        def spent(signum, frame) -> None:
+            raise BudgetSpent
+
+        signal.signal(signal.SIGALRM, spent)
+        if self.left() > 0:
+            signal.setitimer(signal.ITIMER_REAL, self.left())
+
+    @staticmethod
+    def disarm() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 @dataclass
@@ -100,7 +127,15 @@ class Results:
 
     def _write(self) -> None:
         # Not stable_audio_rt.atomic: importing the package may fail (a missing module), and
-        # that failure is itself a result this writer must record.
+        # that failure is itself a result this writer must record. The budget's timer waits
+        # until the files are whole.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            self._write_files()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+
+    def _write_files(self) -> None:
         self.report["goals"] = goals(self.report)
         self.folder.mkdir(parents=True, exist_ok=True)
         for suffix, text in (
@@ -150,8 +185,9 @@ def render(report: dict) -> str:
     for c in report.get("correctness", []):
         lines += [
             "",
-            f"Correctness ({c['check']}): latents rel. error {c['latents_rel_error']:.2e}, audio "
-            f"{c['audio_rel_error']:.2e}, bound {c['tolerance']:.0e}: {'pass' if c['passed'] else 'FAIL'}",
+            f"Correctness ({c['check']}): latents rel. error {c['latents_rel_error']:.2e} (bound "
+            f"{c['tolerance']:.0e}), the VAE on the same latents {_decode(c)}, end-to-end audio "
+            f"{c['audio_rel_error']:.2e}: {'pass' if c['passed'] else 'FAIL'}",
         ]
     rows = report.get("speed", []) + report.get("small", [])
     if rows:
@@ -181,6 +217,12 @@ def render(report: dict) -> str:
         measured = g.get("measured_s", g.get("measured_ratio"))
         lines.append(f"| {g['goal']} | {'not measured' if measured is None else measured} | {g['met']} |")
     return "\n".join(lines) + "\n"
+
+
+def _decode(correctness: dict) -> str:
+    if "decode_rel_error" not in correctness:  # a report from before the VAE had its own check
+        return "not compared"
+    return f"{correctness['decode_rel_error']:.2e} (bound {correctness['decode_tolerance']:.0e})"
 
 
 def _row_line(r: dict) -> str:
@@ -216,10 +258,16 @@ class Check:
     budget: Budget
     results: Results
     env: dict  # for subprocesses: the installed target and the checkout first on PYTHONPATH
+    running: str = ""  # the timeline's last event: what a spent budget cuts
 
     @property
     def dry(self) -> bool:
         return self.args.dry_run
+
+    def mark(self, event: str) -> None:
+        """A timeline entry: the seconds since the start at which `event` began."""
+        self.running = event
+        self.results.add("timeline", {"at_s": round(self.budget.elapsed(), 1), "event": event})
 
     def fits(self, estimate_key: str, part: str) -> bool:
         """Whether the part's estimate fits in what is left; if not, its skip is recorded."""
@@ -235,8 +283,12 @@ class Check:
         """Run a part if its estimate fits; a failure is recorded and the next part goes on."""
         if not self.fits(estimate_key, part):
             return
+        self.mark(part)
         try:
             run()
+        except BudgetSpent:
+            self.results.skip(part, f"cut at {self.budget.elapsed():.0f} s during {self.running}: "
+                                    f"the budget ({self.budget.seconds:.0f} s) was spent")  # fmt: skip
         except Exception as e:  # recorded with its trace: one failure must not hide the rest
             self.results.add("errors", {"part": part, "error": f"{type(e).__name__}: {e}",
                                         "trace": traceback.format_exc()[-3000:]})  # fmt: skip
@@ -326,8 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         results.add("errors", {"part": "import", "error": f"{type(e).__name__}: {e}", "trace": ""})
         return 1
     check = Check(args, budget, results, env)
-    parts.run_all(check)
-    results.put("seconds", round(time.perf_counter() - budget.began, 1))
+    budget.arm()
+    try:
+        parts.run_all(check)
+    except BudgetSpent:  # between two parts: the next part's estimate fits no longer
+        results.skip(check.running or "parts", "the budget was spent between parts")
+    finally:
+        budget.disarm()
+    results.put("seconds", round(budget.elapsed(), 1))
     print(f"gpu_check: wrote {results.stem}.json and .md")
     return 0
 

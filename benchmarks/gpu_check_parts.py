@@ -58,9 +58,14 @@ def run_all(check) -> None:
         _stand_in_cuda_graphs()
     check.attempt("tests", "tests", lambda: tests(check))
     check.attempt("correctness", "correctness", lambda: correctness(check, setting))
-    check.attempt("speed", "speed model", lambda: speed(check, setting))
-    check.attempt("peer", "peer", lambda: peer(check, setting))
+    check.attempt("speed bf16", "speed model", lambda: speed(check, setting, "bf16"))
     check.attempt("small", "small", lambda: small(check, setting))
+    check.attempt("peer", "peer", lambda: peer(check, setting))
+    if setting.cpu_precisions:  # emulated on the CPU: minutes for nothing
+        check.results.skip("speed fp16", "fp16 on the CPU (dry run): the GPU run has these rows")
+    else:
+        check.attempt("speed fp16", "speed model", lambda: speed(check, setting, "fp16"))
+    check.attempt("speed fp32", "speed model", lambda: speed(check, setting, "fp32"))
     check.attempt("kernels", "kernels", lambda: kernels(check))
     check.attempt("tensorrt", "tensorrt", lambda: tensorrt(check))
 
@@ -82,6 +87,7 @@ def tests(check) -> None:
 
 
 def correctness(check, setting: Setting) -> None:
+    check.mark(f"correctness: build {setting.model} twice")
     on_device = StableAudio.from_pretrained(setting.model, device=setting.device, cuda_graph=False)
     on_cpu = StableAudio.from_pretrained(setting.model, device="cpu", cuda_graph=False)
     compared = gpu_vs_cpu(on_device, on_cpu, setting.correctness_frames, setting.correctness_steps)
@@ -89,25 +95,23 @@ def correctness(check, setting: Setting) -> None:
                                       "model": setting.model, **compared})  # fmt: skip
 
 
-def speed(check, setting: Setting) -> None:
+def speed(check, setting: Setting, name: str) -> None:
+    """SAO 1.0's rows in one precision: graph rows first (the goals read them), then eager; fp32
+    only the full window's graph row."""
     config = RANDOM_MODELS[setting.model]
     full = Window("full", config.sample_size / config.sample_rate, trim=False)
     trimmed = Window("trim", setting.trimmed_seconds, trim=True)
-    plan = [("bf16", (full, trimmed), (False, True)), ("fp16", (full, trimmed), (False, True)),
-            ("fp32", (full,), (True,))]  # fmt: skip
+    windows = (full,) if name == "fp32" else (full, trimmed)
+    graphs = (True,) if name == "fp32" else (True, False)
+    check.mark(f"speed {name}: build {setting.model}")
+    pipe = StableAudio.from_pretrained(setting.model, device=setting.device, dtype=DTYPES[name])
     gemm_rates: dict = {}
-    for name, windows, graphs in plan:
-        rows = [(w, g) for w in windows for g in graphs]
-        if setting.cpu_precisions and name == "fp16":  # emulated on the CPU: minutes for nothing
-            check.results.skip(f"speed {name}", "fp16 on the CPU (dry run): the GPU run has these rows")
-            continue
-        if not check.fits("speed model", f"speed {name}"):
-            continue
-        pipe = StableAudio.from_pretrained(setting.model, device=setting.device, dtype=DTYPES[name])
-        for window, graph in rows:
+    for graph in graphs:
+        for window in windows:
             label = f"speed {name} {window.name} {'graph' if graph else 'eager'}"
             if not check.fits("speed row", label):
                 continue
+            check.mark(label)
             pipe.cuda_graph = graph
             row = {"part": "speed", "dtype": name, "window": window.name, "cuda_graph": graph}
             try:
@@ -119,7 +123,7 @@ def speed(check, setting: Setting) -> None:
             except Exception as e:  # the row says why; the next row runs
                 row["error"] = f"{type(e).__name__}: {e}"
             check.results.add("speed", row)
-        _release(pipe)
+    _release(pipe)
 
 
 def peer(check, setting: Setting) -> None:
@@ -129,6 +133,7 @@ def peer(check, setting: Setting) -> None:
         check.results.skip("peer", f"needs diffusers ({e})")
         return
     config = RANDOM_MODELS[setting.model]
+    check.mark(f"peer: build the diffusers checkpoint of {setting.model}")
     folder = Path(tempfile.mkdtemp(prefix="gpu_check_peer_"))
     try:
         built = build_peer(config, config.latent_frames, folder)
@@ -136,6 +141,7 @@ def peer(check, setting: Setting) -> None:
         check.results.skip("peer", f"{type(e).__name__}: {e}")
         shutil.rmtree(folder, ignore_errors=True)
         return
+    check.mark("peer: diffusers and ours on the device")
     built.pipeline.to(setting.device, setting.peer_dtype)
     ours = StableAudio.from_pretrained(built.folder, device=setting.device, dtype=setting.peer_dtype)
     pairs = peer_pairs(built, ours, config.latent_frames, setting.steps, check.args.repeats)
@@ -150,6 +156,7 @@ def small(check, setting: Setting) -> None:
     pipe = StableAudio.from_pretrained(setting.small_model, device=setting.device, dtype=torch.bfloat16)
     window = Window("full", config.sample_size / config.sample_rate, trim=False)
     for batch in setting.small_batches:
+        check.mark(f"small batch {batch}")
         row = {"part": "small", "dtype": "bf16", "window": "full", "cuda_graph": True}
         try:
             row |= timed_row(pipe, window, SMALL_STEPS, check.args.repeats, num_outputs=batch)

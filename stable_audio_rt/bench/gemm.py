@@ -2,7 +2,8 @@
 
 torch (its BLAS: MKL or oneDNN on the CPU, cuBLAS on CUDA) and onnxruntime (its MLAS on the
 CPU) each multiply the step's (tokens × k) by (k × n) weight shapes; the rate is the step's
-GEMM FLOPs over the summed time of one product of each shape, scaled by its count. A stage's
+GEMM FLOPs over the summed time of one product of each shape, scaled by its count (on CUDA,
+the whole step's products replayed as one captured graph). A stage's
 "floor" is its FLOPs at that rate: no implementation on this machine and library does better.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from stable_audio_rt.bench.flops import Gemm
+from stable_audio_rt.runtime.timing import stopwatch
 
 
 @dataclass(frozen=True)
@@ -38,19 +40,44 @@ def _median_seconds(fn, repeats: int) -> float:
 def torch_gemm_rate(
     gemms: list[Gemm], device: torch.device, dtype: torch.dtype, repeats: int = 3
 ) -> GemmRate:
-    total = 0.0
-    for g in gemms:
-        a = torch.randn(g.m, g.k, device=device, dtype=dtype)
-        b = torch.randn(g.k, g.n, device=device, dtype=dtype)
-
-        def product(a=a, b=b) -> None:
-            torch.mm(a, b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        total += _median_seconds(product, repeats) * g.count
+    options = {"device": device, "dtype": dtype}
+    operands = [(torch.randn(g.m, g.k, **options), torch.randn(g.k, g.n, **options), g) for g in gemms]
+    if device.type == "cuda":
+        total = _captured_step_seconds(operands, device, repeats)
+    else:
+        total = sum(
+            _median_seconds(lambda a=a, b=b: torch.mm(a, b), repeats) * g.count for a, b, g in operands
+        )
     flops = sum(g.flops for g in gemms)
     return GemmRate("torch", flops / total / 1e9, total)
+
+
+def _captured_step_seconds(operands: list, device: torch.device, repeats: int) -> float:
+    """The step's products, each shape `count` times, captured as one CUDA graph and replayed:
+    the floor as a captured request meets it. Timing each product from the host counted its
+    launch and sync (the H200 run read the 10 s window's small products at 152 TFLOP/s, a
+    "floor" slower than the replayed step it was meant to bound)."""
+
+    def step() -> None:
+        for a, b, g in operands:
+            for _ in range(g.count):
+                torch.mm(a, b)
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        step()  # cuBLAS picks its kernels and workspace outside the capture
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        with stopwatch(device) as elapsed:
+            graph.replay()
+        times.append(elapsed.seconds)
+    return statistics.median(times)
 
 
 def onnxruntime_gemm_rate(gemms: list[Gemm], repeats: int = 3) -> GemmRate:

@@ -3,6 +3,7 @@ install into a temporary target, every part written as it is measured), a run cu
 what it measured, the budget skipping and recording, and its refusal without a GPU. The GPU run
 itself needs a GPU."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -52,7 +53,10 @@ def test_dry_run_installs_from_the_wheelhouse_and_writes_every_part(tmp_path):
     assert install["returncode"] == 0 and any(PROBE_MODULE in name for name in install["installed"])
     assert "returncode" in install["pip_check"], "what --no-deps cannot see is checked"
     assert report["tests"][0]["returncode"] == 0
-    assert report["correctness"][0]["passed"]
+    correctness = report["correctness"][0]
+    assert correctness["passed"] and correctness["decode_rel_error"] <= correctness["decode_tolerance"]
+    events = [t["event"] for t in report["timeline"]]
+    assert events[0] == "tests" and "speed bf16 full graph" in events and events[-1] == "tensorrt"
     speed = report["speed"]
     assert len(speed) == DRY_SPEED_ROWS and all("warm_p50_s" in r and "floor" in r for r in speed)
     for row in speed + report["small"]:
@@ -93,10 +97,41 @@ def test_a_budget_that_fits_nothing_skips_every_part_and_says_so(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env=_offline_env())
     assert done.returncode == 0, done.stderr[-3000:]
     report = _report(tmp_path)
-    skipped = {s["part"] for s in report["skipped"]}
-    assert skipped == {"tests", "correctness", "speed", "peer", "small", "kernels", "tensorrt"}
-    assert all("budget" in s["reason"] for s in report["skipped"])
+    reasons = {s["part"]: s["reason"] for s in report["skipped"]}
+    parts = {"tests", "correctness", "speed bf16", "small", "peer", "speed fp32", "kernels", "tensorrt"}
+    assert reasons.keys() == parts | {"speed fp16"} and "timeline" not in report
+    assert all("budget" in reasons[part] for part in parts), reasons
+    assert "fp16 on the CPU" in reasons["speed fp16"]
     assert report["install"]["wheelhouse"] is None and "missing" in report["install"]
+
+
+def test_a_part_running_when_the_budget_is_spent_is_cut_where_it_stands(monkeypatch, tmp_path):
+    gpu_check = _gpu_check_module(monkeypatch)
+    monkeypatch.setitem(gpu_check.ESTIMATES_S, "tests", 0)
+    header = {"gpu": "test GPU", "date": "2026-11-28", "torch": "-", "triton": "-", "python": "-"}
+    budget = gpu_check.Budget(0.5)
+    results = gpu_check.Results(tmp_path, {**header, "budget_s": budget.seconds})
+    check = gpu_check.Check(argparse.Namespace(dry_run=False), budget, results, env={})
+    ran_after = []
+
+    def slow_part() -> None:
+        check.mark("a slow row")
+        try:
+            time.sleep(30)
+        except Exception:  # a part's own handler must not swallow the cut
+            pass
+
+    began = time.monotonic()
+    budget.arm()
+    try:
+        check.attempt("tests", "tests", slow_part)
+        check.attempt("correctness", "correctness", lambda: ran_after.append(True))
+    finally:
+        budget.disarm()
+    assert time.monotonic() - began < 10 and not ran_after
+    reasons = {s["part"]: s["reason"] for s in _report(tmp_path)["skipped"]}
+    assert reasons["tests"].startswith("cut at") and "during a slow row" in reasons["tests"]
+    assert "budget left" in reasons["correctness"]
 
 
 def _gpu_check_module(monkeypatch):
