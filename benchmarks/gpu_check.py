@@ -20,6 +20,7 @@ a timeline records when each part, model build and row began:
   speed bf16 SAO 1.0 at real geometry (random weights), 100 steps, CFG 7 with a negative
              prompt, batch 1: CUDA graph then eager × full and 10 s trimmed window; cold, warm
              p50, RTF, captures and replays, peak memory, the DiT step's share of its GEMM floor;
+             then one eager request per window under torch.profiler: time by kernel per step;
   small      SAO Small at real geometry, 8 steps, bf16, graph: batch 1 and batch 8;
   peer       diffusers' StableAudioPipeline on the same weights and work (full window, fp16),
              interleaved with ours, the ratio per pair (needs diffusers);
@@ -198,6 +199,12 @@ def render(report: dict) -> str:
             "|" + "---|" * 12,
         ]
         lines += [_row_line(r) for r in rows]
+    for p in report.get("profile", []):
+        lines += ["", f"Profile, bf16 eager, {p['window']} window, {p['timed']}: {p['total_ms_per_step']} ms "
+                      f"and {p['launches_per_step']} launches per step", "",
+                  "| name | share | ms per step | calls per step |", "|---|---|---|---|"]  # fmt: skip
+        for t in p["top"]:
+            lines.append(f"| `{t['name']}` | {t['share']:.1%} | {t['ms_per_step']} | {t['calls_per_step']} |")
     for p in report.get("peer", []):
         ratios = ", ".join(f"{pair['ratio']:.2f}" for pair in p["pairs"])
         lines += [

@@ -78,6 +78,49 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
     }
 
 
+def kernel_profile(pipe: StableAudio, window: Window, steps: int, top: int = 15) -> dict:
+    """One warm eager request under torch.profiler: its device time by kernel (by aten op on the
+    CPU) with call counts, over the steps (T5 and the decode are in the request, so in the
+    totals): where a step's time goes beyond its GEMMs (the H200's graph rows ran 1.3× the
+    GEMM time at the full window)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    options = dict(steps=steps, **window.options(), cfg_scale=CFG_SCALE, negative_prompt=NEGATIVE_PROMPT)
+    on_gpu = pipe.device.type == "cuda"
+    graph, pipe.cuda_graph = pipe.cuda_graph, False
+    try:
+        pipe.generate(PROMPT, seed=0, **options)  # Triton compiles and cuBLAS picks outside the profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+        with profile(activities=activities) as profiled:
+            pipe.generate(PROMPT, seed=1, **options)
+            if on_gpu:
+                torch.cuda.synchronize(pipe.device)
+    finally:
+        pipe.cuda_graph = graph
+    kind = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
+    events = [e for e in profiled.key_averages() if e.device_type == kind]
+    own_us = {e.key: e.self_device_time_total if on_gpu else e.self_cpu_time_total for e in events}
+    total_us = sum(own_us.values())
+    ranked = sorted(events, key=lambda e: own_us[e.key], reverse=True)[:top]
+    return {
+        "window": window.name,
+        "steps": steps,
+        "timed": "kernels (device time)" if on_gpu else "aten ops (self CPU time)",
+        "total_ms_per_step": round(total_us / 1e3 / steps, 3),
+        "launches_per_step": round(sum(e.count for e in events) / steps, 1),
+        "top": [_profile_entry(e.key, own_us[e.key], total_us, e.count, steps) for e in ranked],
+    }
+
+
+def _profile_entry(name: str, own_us: float, total_us: float, count: int, steps: int) -> dict:
+    return {
+        "name": name[:90],
+        "share": round(own_us / total_us, 4),
+        "ms_per_step": round(own_us / 1e3 / steps, 4),
+        "calls_per_step": round(count / steps, 2),
+    }
+
+
 def graph_counts_ok(row: dict) -> bool:
     """N requests of one shape on the graph path: 1 capture, N − 1 replays."""
     return row["captures"] == 1 and row["replays"] == row["requests"] - 1

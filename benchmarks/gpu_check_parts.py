@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from gpu_check_measure import CFG_SCALE, Window, dit_floor, gpu_vs_cpu, graph_counts_ok, peer_pairs, timed_row
+from gpu_check_measure import (
+    CFG_SCALE,
+    Window,
+    dit_floor,
+    gpu_vs_cpu,
+    graph_counts_ok,
+    kernel_profile,
+    peer_pairs,
+    timed_row,
+)
 
 from stable_audio_rt.bench.runner import NEGATIVE_PROMPT
 from stable_audio_rt.models.random_init import RANDOM_MODELS
@@ -26,6 +35,8 @@ SMALL_STEPS = 8
 SMALL_BATCHES = (1, 8)
 # GPU against CPU: a short request (CPU time at real size stays in seconds).
 CORRECTNESS_FRAMES, CORRECTNESS_STEPS = 32, 8
+# Enough steps that the per-step kernels outweigh T5 and the decode in the profile.
+PROFILE_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,11 @@ def speed(check, setting: Setting, name: str) -> None:
             except Exception as e:  # the row says why; the next row runs
                 row["error"] = f"{type(e).__name__}: {e}"
             check.results.add("speed", row)
+    if name == "bf16":  # where the step's time goes, at both windows (eager: kernels by name)
+        for window in windows:
+            if check.fits("speed row", f"profile {window.name}"):
+                check.mark(f"profile bf16 {window.name}")
+                check.results.add("profile", kernel_profile(pipe, window, PROFILE_STEPS))
     _release(pipe)
 
 

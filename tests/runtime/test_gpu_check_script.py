@@ -55,6 +55,8 @@ def test_dry_run_installs_from_the_wheelhouse_and_writes_every_part(tmp_path):
     assert report["tests"][0]["returncode"] == 0
     correctness = report["correctness"][0]
     assert correctness["passed"] and correctness["decode_rel_error"] <= correctness["decode_tolerance"]
+    assert [p["window"] for p in report["profile"]] == ["full", "trim"]
+    assert all(sum(t["share"] for t in p["top"]) <= 1 + 1e-6 and p["top"] for p in report["profile"])
     events = [t["event"] for t in report["timeline"]]
     assert events[0] == "tests" and "speed bf16 full graph" in events and events[-1] == "tensorrt"
     speed = report["speed"]
