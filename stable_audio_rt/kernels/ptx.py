@@ -1,8 +1,8 @@
 """Compile a kernel spec to PTX and cubin for a chosen GPU target, no GPU needed.
 
-Used by the TensorRT plugins (PTX for the build machine's GPU) and by the AOT library
-build (cubins for sm_80/sm_89/sm_90). Triton's hidden scratch buffers must be empty: neither
-TensorRT's AOT plugins nor the AOT launchers pass them.
+The TensorRT plugins hand TensorRT the PTX for the build machine's GPU; the cubin (ptxas's
+assembly of that PTX) lets the CPU tests check that the PTX assembles for each target. Triton's
+hidden scratch buffers must be empty: TensorRT's AOT plugins do not pass them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from stable_audio_rt.kernels.specs import SHARED_MEMORY_LIMITS, KernelSpec, Tact
 # Triton targets are (backend, compute capability, warp size).
 WARP_SIZE = 32
 # Triton appends two pointer parameters to every kernel (global and profile scratch); launches
-# that do not come from Triton's own launcher pass null for them.
+# that do not come from Triton's own launcher (TensorRT's) pass null for them.
 HIDDEN_PARAMETERS = 2
 
 

@@ -1,8 +1,8 @@
 """What each Triton kernel takes, in one place: parameter order, dtypes, tactics, launch grid.
 
-The torch ops, the PTX/AOT compilers and the TensorRT plugins all read these specs, so the
-argument order the kernel was written with (inputs → integer extras → outputs, as TensorRT's
-AOT plugins require) is stated once.
+The torch ops, the PTX compiler and the TensorRT plugins all read these specs, so the argument
+order the kernel was written with (inputs → integer extras → outputs, as TensorRT's AOT plugins
+require) is stated once.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ NAMESPACE = "stable_audio_rt"
 HEAD_DIMS = (32, 64, 128)
 # Triton's name for each activation dtype the kernels take: our precision names.
 TRITON_DTYPES = NAMES
-# Opt-in shared memory per block (bytes) of the architectures we build for (CUDA C Programming
-# Guide, "Compute Capabilities" table).
+# Opt-in shared memory per block (bytes) of the architectures we compile the kernels for (CUDA C
+# Programming Guide, "Compute Capabilities" table).
 SHARED_MEMORY_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-# The architectures the AOT library and the CI's PTX checks cover.
-AOT_ARCHS = (80, 89, 90)
 # CUDA grids allow at most this many programs along y (the attention's B·H, Snake's blocks).
 MAX_GRID_Y = 65535
 
@@ -126,12 +124,3 @@ def attention_constexprs(head_dim: int, rope_half: int | None, tactic: Tactic) -
 
 def snake_constexprs(tactic: Tactic) -> dict[str, int | float]:
     return dict(tactic.blocks)
-
-
-def spec_constexprs(
-    spec: KernelSpec, tactic: Tactic, head_dim: int, rope_half: int
-) -> dict[str, int | float]:
-    """A kernel's constexprs for a DiT of `head_dim` whose RoPE rotates 2·`rope_half` dims."""
-    if spec is SNAKE:
-        return snake_constexprs(tactic)
-    return attention_constexprs(head_dim, rope_half if spec is ROPE_SELF_ATTENTION else None, tactic)

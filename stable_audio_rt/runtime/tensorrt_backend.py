@@ -18,9 +18,10 @@ The calls, by page:
 
 Every plan is checked before it is deserialized: recorded in the manifest, the same bytes, built
 by this TensorRT version for this GPU and compute capability. A plan whose graph calls our
-plugins carries their ahead-of-time kernels, so nothing is registered to run it (an AOT
-plugin's compiled kernel is embedded in the engine, which then runs without Python: Torch-TensorRT's
-"Automatically Generate a TensorRT AOT Plugin"; unverified here). One execution
+plugins carries their ahead-of-time kernels, so nothing is registered to run it: an AOT
+plugin's compiled kernel is part of the engine, which needs no Python module or definition at
+run time (NVIDIA/TensorRT samples/python/quickly_deployable_plugins, "Loading and running a TRT
+engine containing an AOT plugin"; unverified here). One execution
 context per input-shape bucket: a CUDA graph captured on one context never sees its shapes (or
 TensorRT's shape-dependent internal buffers) changed by another request's shapes. On CUDA the
 engine runs on a torch-owned side stream joined to the caller's stream by events, with no host

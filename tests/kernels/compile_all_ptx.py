@@ -6,15 +6,32 @@ import re
 import sys
 
 from stable_audio_rt.kernels.ptx import compile_kernel, ptx_entry_parameters
-from stable_audio_rt.kernels.specs import KERNELS, TRITON_DTYPES, spec_constexprs
+from stable_audio_rt.kernels.specs import (
+    KERNELS,
+    ROPE_SELF_ATTENTION,
+    SNAKE,
+    TRITON_DTYPES,
+    attention_constexprs,
+    snake_constexprs,
+)
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 
 dit = STABLE_AUDIO_OPEN_1_0.dit
+
+
+def sao_constexprs(spec, tactic):
+    """The constexprs a plugin compiles with at SAO 1.0's geometry (head dim 64, RoPE on 32)."""
+    if spec is SNAKE:
+        return snake_constexprs(tactic)
+    rope_half = dit.rotary_dim // 2 if spec is ROPE_SELF_ATTENTION else None
+    return attention_constexprs(dit.head_dim, rope_half, tactic)
+
+
 for arch in map(int, sys.argv[1:]):
     for spec in KERNELS:
         for dtype, name in TRITON_DTYPES.items():
             for tactic in spec.tactics:
-                constexprs = spec_constexprs(spec, tactic, dit.head_dim, dit.rotary_dim // 2)
+                constexprs = sao_constexprs(spec, tactic)
                 kernel = compile_kernel(spec, dtype, constexprs, tactic, arch)
                 target = re.search(r"^\.target\s+(\S+)", kernel.ptx, re.M).group(1)
                 record = {

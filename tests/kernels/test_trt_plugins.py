@@ -72,3 +72,17 @@ def test_output_has_the_shape_of_the_first_input(calls):
 def test_without_tensorrt_one_clear_error():
     with pytest.raises(TensorRTUnavailable, match=r"pip install 'stable-audio-rt\[trt\]'"):
         trt_plugins.import_tensorrt()
+
+
+def test_the_tensorrt_backend_loads_neither_the_plugins_nor_triton():
+    # When the plugins are loaded: by the engine build only, before parsing a graph that calls
+    # them (tests/export/test_trt_build.py). An AOT plugin's PTX is serialized into the plan, so
+    # running it needs no Python definition (NVIDIA/TensorRT samples/python/
+    # quickly_deployable_plugins, "Loading and running a TRT engine containing an AOT plugin").
+    code = (
+        "import sys, stable_audio_rt.runtime.tensorrt_backend; "
+        "print([m for m in ('stable_audio_rt.kernels.trt_plugins', 'triton') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.strip() == "[]"
