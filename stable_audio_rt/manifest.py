@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from stable_audio_rt.json_fields import (
     is_integer,
     is_string,
 )
+from stable_audio_rt.models.checkpoint import sha256_file
 from stable_audio_rt.models.config import (
     ConditioningConfig,
     DiTConfig,
@@ -40,7 +40,6 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
 NUMBERS_FILE = "number_conditioners.safetensors"
-HASH_BLOCK = 1 << 24
 # Files above this size are checked by size at load time, not re-hashed (a 4 GB DiT would
 # take seconds on every start); sa-export still records their hash.
 REHASH_LIMIT = 1 << 28
@@ -48,23 +47,6 @@ REHASH_LIMIT = 1 << 28
 
 class EngineFolderError(CheckpointError):
     """An engine folder is missing, incomplete, edited or built from other weights."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def weights_fingerprint(root: Path) -> str:
-    """sha256 over every weights file of a checkpoint folder (names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted([*root.rglob("*.safetensors"), *root.glob("*.ckpt")]):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(sha256_file(path).encode())
-    return digest.hexdigest()
 
 
 def config_to_dict(config: StableAudioConfig) -> dict[str, Any]:
@@ -180,6 +162,10 @@ class Manifest:
     def read(cls, folder: Path) -> Manifest:
         """The folder's manifest with every field checked; a bad one is refused naming the field."""
         path = folder / MANIFEST
+        if not folder.is_dir():
+            raise EngineFolderError(
+                f"engine folder {folder} does not exist: build it with `sa-export --out {folder}`"
+            )
         if not path.is_file():
             raise EngineFolderError(f"{folder} has no {MANIFEST}: build it with `sa-export --out {folder}`")
         try:

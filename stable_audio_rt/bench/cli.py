@@ -30,11 +30,11 @@ from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
-from stable_audio_rt.models.loading import load_config
-from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.backend_choice import tensorrt_unusable
-from stable_audio_rt.runtime.pipeline import StableAudio, resolve_device
+from stable_audio_rt.runtime.load import resolve_device
+from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
 from stable_audio_rt.trt_import import import_tensorrt
 
@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"Hub repo id, local folder, or random weights of a real geometry ({', '.join(RANDOM_MODELS)}); "
-        f"timings do not depend on the weights (default: {DEFAULT_MODEL}, no download)",
+        help=f"{MODEL_HELP}; timings do not depend on the weights (default: {DEFAULT_MODEL}, no "
+        "download). With --engines, the weights they were exported from",
     )
     p.add_argument(
         "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
@@ -98,11 +98,6 @@ def _check(args: argparse.Namespace, window: int) -> None:
         raise ConfigError(f"--backend {args.backend} needs --engines DIR (an engine folder from sa-export)")
     if args.backend == "tensorrt":
         import_tensorrt()  # its absence is one line, before anything loads
-    if args.engines is not None and args.model in RANDOM_MODELS:
-        raise ConfigError(
-            "--engines needs --model to name the checkpoint they were exported from (the quality "
-            "columns compare against it); random models have no engines"
-        )
     if args.engines is not None and not (args.engines / "manifest.json").is_file():
         raise ConfigError(
             f"{args.engines} is not an engine folder (no manifest.json); export one with sa-export"
@@ -126,10 +121,6 @@ def _check(args: argparse.Namespace, window: int) -> None:
             raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
 
 
-def _config(model: str):
-    return RANDOM_MODELS[model] if model in RANDOM_MODELS else load_config(model)
-
-
 def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
     """(d_model, d_ff, layers) of a torch pipeline's T5, for the FLOP counts of every row (an
     exported T5 does not state its dims; the engines are expected to come from --model)."""
@@ -141,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join(["sa-bench", *(sys.argv[1:] if argv is None else argv)])
     with reported_errors("sa-bench", "nothing written") as failed:
-        config = _config(args.model)
+        config = read_config(args.model)
         _check(args, config.latent_frames)
         device = resolve_device(args.device)
         defaults = with_model_defaults(GenerationRequest(prompts=("x",), cfg_scale=args.cfg_scale), config)

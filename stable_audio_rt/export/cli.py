@@ -18,11 +18,13 @@ from stable_audio_rt.export.onnx_export import DEFAULT_OPSET
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
+from stable_audio_rt.models.source import MODEL_HELP
 
 EXAMPLES = """examples:
   sa-export --out engines/sao-fp16 --fp16
   sa-export --model ./stable-audio-open-1.0 --out engines/sao-fp32 --components dit,vae_decoder
   sa-export --out engines/short --fp16 --frames 1:256:512 --max-batch 2
+  sa-export --model tiny-random --out engines/tiny     # seconds, no download: a smoke test
 """
 
 
@@ -46,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model", default=DEFAULT_REPO, help=f"Hub repo id or local folder (default: {DEFAULT_REPO})"
-    )
+    p.add_argument("--model", default=DEFAULT_REPO, help=f"{MODEL_HELP} (default: {DEFAULT_REPO})")
     p.add_argument("--out", type=Path, required=True, help="the engine folder to write")
     precision = p.add_mutually_exclusive_group()
     for name in ("fp32", "fp16", "bf16"):

@@ -40,11 +40,11 @@ from stable_audio_rt.manifest import (
     VerificationSkipped,
     config_to_dict,
     file_record,
-    weights_fingerprint,
 )
-from stable_audio_rt.models.checkpoint import Layout, locate_checkpoint
+from stable_audio_rt.models.checkpoint import Layout
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
-from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
+from stable_audio_rt.models.loading import StableAudioModel
+from stable_audio_rt.models.source import fingerprint, load_model, read_config
 from stable_audio_rt.precision import DTYPES
 
 # Third-party versions from their installed metadata; ours from the package itself, since a
@@ -162,16 +162,15 @@ def export_engines(
     token: str | None = None,
     on_component: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Export `settings.components` of the checkpoint at `source` into the folder `out`."""
+    """Export `settings.components` of the model `source` names (models/source.py) into `out`."""
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
-    location = locate_checkpoint(source, layout, token)
-    settings.check(load_config(location.root, layout=location.layout).latent_frames)
-    model = load_stable_audio(location.root, layout=location.layout)
+    settings.check(read_config(source, layout, token).latent_frames)
+    model = load_model(source, layout=layout, token=token)
     manifest = Manifest(
         source=str(source),
-        weights_sha256=weights_fingerprint(location.root),
+        weights_sha256=fingerprint(source, model, layout, token),
         config=config_to_dict(model.config),
         opset=settings.opset,
         tools=tool_versions(),

@@ -6,6 +6,7 @@ cache and `HF_HUB_OFFLINE` apply as they do everywhere else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from stable_audio_rt.errors import CheckpointError, ModelAccessError
 
 DEFAULT_REPO = "stabilityai/stable-audio-open-1.0"
+HASH_BLOCK = 1 << 24
 Layout = Literal["auto", "diffusers", "single_file"]
 
 DIFFUSERS_INDEX = "model_index.json"
@@ -212,3 +214,20 @@ class TensorSource:
             raise CheckpointError(f"cannot read {key!r} from {path} ({e}); the file is corrupt") from e
         self.used.add(key)
         return tensor
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(root: Path) -> str:
+    """sha256 over every weights file of a checkpoint folder (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted([*root.rglob("*.safetensors"), *root.glob("*.ckpt")]):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(sha256_file(path).encode())
+    return digest.hexdigest()

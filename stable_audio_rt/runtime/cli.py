@@ -12,19 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stable_audio_rt.errors import ConfigError, reported_errors
-from stable_audio_rt.kernels.switch import KERNEL_CHOICES, resolve_kernels
-from stable_audio_rt.manifest import Manifest
+from stable_audio_rt.errors import reported_errors
+from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
-from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.loading import load_config
-from stable_audio_rt.models.random_init import RANDOM_MODELS
+from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
-from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
+from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, plan_load
 from stable_audio_rt.runtime.noise import NOISE_KINDS
-from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, resolve_device
+from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, RequestError, resolve_request
 from stable_audio_rt.runtime.schedule import (
     DEFAULT_CFG_SCALE,
@@ -35,9 +32,6 @@ from stable_audio_rt.runtime.schedule import (
     RF_DEFAULT_CFG_SCALE,
     RF_DEFAULT_STEPS,
 )
-from stable_audio_rt.trt_import import import_tensorrt
-
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav
@@ -100,12 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a GPU, run the request eagerly instead of capturing it once as a CUDA graph and "
         "replaying it (to debug or profile; slower)",
     )
-    p.add_argument(
-        "--model",
-        default=None,
-        help=f"Hub repo id (e.g. stabilityai/stable-audio-open-small), local folder, or "
-        f"{' / '.join(RANDOM_MODELS)} (default: {DEFAULT_REPO})",
-    )
+    p.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: {DEFAULT_REPO})")
     p.add_argument(
         "--negative-prompt", help="what to steer away from (replaces the empty unconditional input)"
     )
@@ -248,68 +237,29 @@ def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | No
     return mask
 
 
-def _backend(args: argparse.Namespace) -> BackendChoice:
-    """The backend, device and checkpoint to run, checked before anything loads."""
-    if args.backend == "auto":
-        choice = choose_backend(args.engines, resolve_device(args.device))
-        print(f"sa-run: {choice.line()}", file=sys.stderr)
-        return choice
-    if args.backend == "torch":
-        if args.engines is not None:
-            raise ConfigError("--engines is for --backend onnxruntime, tensorrt or auto, not torch")
-        return BackendChoice("torch", resolve_device(args.device), None, "asked for")
-    if args.engines is None:
-        raise ConfigError(
-            f"--backend {args.backend} runs an engine folder: give --engines DIR (see sa-export)"
-        )
-    if args.backend == "tensorrt":
-        import_tensorrt()  # its absence is the first thing to say
-        return BackendChoice("tensorrt", resolve_device(args.device or "cuda"), None, "asked for")
-    return BackendChoice("onnxruntime", resolve_device(args.device or "cpu"), None, "asked for")
-
-
-def _config_for(args: argparse.Namespace, choice: BackendChoice) -> StableAudioConfig:
-    """The model's config, read without loading weights (from the engine folder's manifest)."""
-    if choice.backend != "torch":
-        if args.model in RANDOM_MODELS:
-            raise ConfigError(f"{args.model} has no engines; export a checkpoint with sa-export")
-        return Manifest.read(args.engines).model_config
-    model = choice.model or args.model or DEFAULT_REPO
-    return RANDOM_MODELS[model] if model in RANDOM_MODELS else load_config(model)
-
-
-def _load(args: argparse.Namespace, choice: BackendChoice) -> StableAudio:
-    cuda_graph = not args.no_cuda_graph
-    if choice.backend != "torch":
-        return StableAudio.from_engines(
-            args.engines,
-            backend=choice.backend,
-            device=choice.device,
-            model=args.model,
-            cuda_graph=cuda_graph,
-        )
-    model = choice.model or args.model or DEFAULT_REPO
-    if model in RANDOM_MODELS:
-        print(f"{model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
-    return StableAudio.from_pretrained(
-        model,
-        device=choice.device,
+def _plan(args: argparse.Namespace) -> LoadPlan:
+    """The backend, device, kernels and config, checked before anything loads."""
+    plan = plan_load(
+        args.model,
+        args.engines,
+        args.backend,
+        args.device,
         dtype=DTYPES[args.dtype],
         t5_dtype=DTYPES[args.t5_dtype],
         kernels=args.kernels,
-        cuda_graph=cuda_graph,
     )
+    if args.backend == "auto":
+        print(f"sa-run: {plan.choice.line()}", file=sys.stderr)
+    if plan.choice.backend == "torch" and is_random(plan.model):
+        print(f"{plan.model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
+    return plan
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with reported_errors("sa-run", "nothing written") as failed:
-        choice = _backend(args)
-        if choice.backend == "torch":
-            resolve_kernels(args.kernels, choice.device)
-        elif args.kernels == "triton":
-            raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
-        config = _config_for(args, choice)
+        plan = _plan(args)
+        config = plan.config
         request = GenerationRequest(
             prompts=tuple(args.prompt),
             negative_prompt=args.negative_prompt,
@@ -335,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request(request, config)
         check_output_path(args.output)
-        pipe = _load(args, choice)
+        pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)
     if failed.exit_status is not None:

@@ -21,11 +21,10 @@ from stable_audio_rt.manifest import (
     ComponentEntry,
     EngineFolderError,
     Manifest,
-    weights_fingerprint,
 )
-from stable_audio_rt.models.checkpoint import locate_checkpoint
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
 from stable_audio_rt.models.io_spec import COMPONENTS
+from stable_audio_rt.models.source import fingerprint
 from stable_audio_rt.models.vae import posterior_std
 from stable_audio_rt.runtime.guidance import dit_rows
 
@@ -167,8 +166,8 @@ class EngineDiTStep:
 
 
 def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) -> None:
-    """Refuse an engine folder built from other weights than the checkpoint `model`."""
-    if weights_fingerprint(locate_checkpoint(model).root) != manifest.weights_sha256:
+    """Refuse an engine folder built from other weights than the model `model` names."""
+    if fingerprint(model) != manifest.weights_sha256:
         raise EngineFolderError(
             f"{folder} was built from other weights than {model}: rebuild it with "
             f"`sa-export --model {model} --out {folder}`"
@@ -183,10 +182,6 @@ class EngineComponents:
     def __init__(
         self, folder: Path, device: torch.device, open_graph: GraphOpener, model: str | Path | None = None
     ) -> None:
-        if not folder.is_dir():
-            raise EngineFolderError(
-                f"engine folder {folder} does not exist: build it with `sa-export --out {folder}`"
-            )
         manifest = Manifest.read(folder)
         if model is not None:
             require_same_weights(folder, manifest, model)

@@ -1,5 +1,5 @@
-"""The Python API: `StableAudio.from_pretrained(...)` (torch backend) or `.from_engines(...)`
-(onnxruntime, tensorrt), then `generate(...)`.
+"""The Python API: `StableAudio.load(...)` (any backend; `load.py` decides which and reads the
+config first), then `generate(...)`.
 
 A request is resolved (checked, made concrete) and given static buffers of its `RequestShape`;
 its host part (tokens, seeded draws, the σ table) is written into them, then the executed region
@@ -22,16 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels
+from stable_audio_rt.kernels.switch import KernelChoice
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.loading import load_stable_audio
-from stable_audio_rt.models.random_init import RANDOM_MODELS, random_model
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
-from stable_audio_rt.runtime.components import Components, TorchComponents
+from stable_audio_rt.runtime.components import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
+from stable_audio_rt.runtime.load import Backend, LoadPlan, plan_load
 from stable_audio_rt.runtime.noise import (
     RequestRandomness,
     brownian_step_noise,
@@ -55,7 +54,6 @@ DEFAULT_STREAM_CHUNK_FRAMES = 64
 # The number conditions a request gives values for (reference-spec §6).
 NUMBER_VALUES = ("seconds_start", "seconds_total")
 
-Backend = Literal["torch"]
 EngineBackend = Literal["onnxruntime", "tensorrt"]
 
 
@@ -96,21 +94,6 @@ def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterat
     timings[name] = elapsed.seconds
 
 
-def resolve_device(device: torch.device | str | None) -> torch.device:
-    """The device to run on (default: CUDA when available), refused clearly if unusable."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA is not available on this machine; use device 'cpu'")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {device} is not supported; use cpu or cuda")
-    return device
-
-
 class StableAudio:
     """A loaded model (through any backend's components) and the pipeline that samples it.
 
@@ -135,41 +118,44 @@ class StableAudio:
         return self.cuda_graph and self.device.type == "cuda" and self.components.capturable
 
     @classmethod
-    def from_pretrained(
+    def load(
         cls,
-        model: str | Path = DEFAULT_REPO,
-        backend: Backend = "torch",
+        model: str | Path | None = None,
+        engines: str | Path | None = None,
+        backend: Backend = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         t5_dtype: torch.dtype = torch.float32,
-        token: str | None = None,
-        layout: Layout = "auto",
         kernels: KernelChoice = "auto",
         cuda_graph: bool = True,
+        layout: Layout = "auto",
+        token: str | None = None,
     ) -> StableAudio:
-        """Load from a Hub repo id, a local folder, or "tiny-random" / "tiny-random-small" (seeded
-        random weights of SAO 1.0's or Small's structure).
+        """Load a model: the one entry point (sa-run, sa-bench and the server call it too).
 
-        T5 runs in fp32 by default whatever `dtype` is; `t5_dtype=torch.float16` casts it as
-        stable-audio-tools does, to reproduce its conditioning exactly. `kernels` picks the
-        DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch elsewhere), "triton",
-        "compiled" (Snake fused by torch.compile) or "torch".
+        `model`: a Hub repo id (default: SAO 1.0), a local folder, or a seeded random model
+        (`tiny-random`, `tiny-random-small`, `random-stable-audio-open-1.0`, `-small`).
+        `engines`: an engine folder from sa-export; `model` then names the weights it must have
+        been built from (checked), or the checkpoint torch loads when no engine backend can run.
+        `backend`: "auto" (with engines: tensorrt when the folder has plans for this GPU, else
+        onnxruntime; without: torch), "torch", "onnxruntime" or "tensorrt". `device`: default
+        CUDA when available (onnxruntime: the CPU). `dtype`, `t5_dtype` and `kernels` apply to
+        torch: T5 runs in fp32 unless `t5_dtype=torch.float16` (as stable-audio-tools casts it);
+        `kernels` picks the DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch
+        elsewhere), "triton", "compiled" or "torch".
         """
-        if backend != "torch":
-            raise ConfigError(
-                f"backend {backend!r} runs exported engines: use "
-                f"StableAudio.from_engines(folder, backend={backend!r})"
-            )
-        device = resolve_device(device)
-        chosen = resolve_kernels(kernels, device)
-        if str(model) in RANDOM_MODELS:
-            loaded = random_model(RANDOM_MODELS[str(model)], dtype=dtype, device=device, t5_dtype=t5_dtype)
-        else:
-            loaded = load_stable_audio(
-                model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token
-            )
-        use_kernels(chosen, loaded.dit, loaded.vae)
-        return cls(TorchComponents(loaded), cuda_graph)
+        plan = plan_load(model, engines, backend, device, dtype, t5_dtype, kernels, layout, token)
+        return cls.from_plan(plan, cuda_graph=cuda_graph)
+
+    @classmethod
+    def from_plan(cls, plan: LoadPlan, cuda_graph: bool = True) -> StableAudio:
+        """Load what `load.plan_load` decided (the CLIs plan first, to check before loading)."""
+        return cls(plan.components(), cuda_graph)
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path = DEFAULT_REPO, **options) -> StableAudio:
+        """`load(model, backend="torch", ...)`, the name Hugging Face users reach for."""
+        return cls.load(model, backend="torch", **options)
 
     @classmethod
     def from_engines(
@@ -180,22 +166,11 @@ class StableAudio:
         model: str | Path | None = None,
         cuda_graph: bool = True,
     ) -> StableAudio:
-        """Run an engine folder written by sa-export: its ONNX graphs with onnxruntime (device
-        default: the CPU) or its TensorRT plans (device default: the GPU). With `model`, the
-        folder must have been built from that checkpoint's weights (checked by fingerprint)."""
-        if backend == "tensorrt":
-            from stable_audio_rt.runtime.tensorrt_backend import TrtComponents
-            from stable_audio_rt.trt_import import import_tensorrt
-
-            import_tensorrt()  # its absence is the first thing to say
-            components = TrtComponents(Path(folder), resolve_device(device or "cuda"), model)
-        elif backend == "onnxruntime":
-            from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
-
-            components = OrtComponents(Path(folder), resolve_device(device or "cpu"), model)
-        else:
+        """`load(model, engines=folder, backend=...)`: an engine folder through onnxruntime
+        (default; on the CPU unless `device` says) or TensorRT (on the GPU)."""
+        if backend not in ("onnxruntime", "tensorrt"):
             raise ConfigError(f"unknown engine backend {backend!r}: use 'onnxruntime' or 'tensorrt'")
-        return cls(components, cuda_graph)
+        return cls.load(model, engines=folder, backend=backend, device=device, cuda_graph=cuda_graph)
 
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,

@@ -12,7 +12,8 @@ import torch
 
 from stable_audio_rt.export import cli
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines, tool_versions
-from stable_audio_rt.manifest import FileRecord, Manifest, sha256_file
+from stable_audio_rt.manifest import FileRecord, Manifest
+from stable_audio_rt.models.checkpoint import sha256_file
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
     axis_sizes,
@@ -131,3 +132,21 @@ def test_tool_versions_need_no_installed_metadata_for_this_package(monkeypatch):
     versions = tool_versions()
     assert versions["stable-audio-rt"] == stable_audio_rt.__version__
     assert versions["torch"] == installed("torch")
+
+
+def test_sa_export_takes_a_random_model_and_sa_run_checks_its_weights(tmp_path, capsys):
+    from stable_audio_rt.models.source import fingerprint
+    from stable_audio_rt.runtime import cli as run_cli
+
+    out = tmp_path / "tiny"
+    argv = ["--model", "tiny-random", "--fp32", "--out", str(out), "--components", "t5,dit,vae_decoder"]
+    assert cli.main(argv) == 0
+    manifest = Manifest.read(out)
+    assert manifest.source == "tiny-random" and manifest.weights_sha256 == fingerprint("tiny-random")
+    clip = tmp_path / "clip.wav"
+    run = ["x", "--engines", str(out), "--backend", "onnxruntime", "--steps", "2", "--seconds", "0.5"]
+    assert run_cli.main([*run, "--model", "tiny-random", "-o", str(clip)]) == 0 and clip.is_file()
+    capsys.readouterr()
+    assert run_cli.main([*run, "--model", "tiny-random-small", "-o", str(tmp_path / "no.wav")]) == 2
+    assert "was built from other weights than tiny-random-small" in capsys.readouterr().err
+    assert not (tmp_path / "no.wav").exists()

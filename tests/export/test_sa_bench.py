@@ -130,7 +130,7 @@ def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path):
         (["--plot", "/no/such/folder/p.png"], "does not exist"),
         (["--diffusers", "--frames", "4", "8"], "give one --frames value"),
         (["--model", "tiny-random-small", "--diffusers"], "Stable Audio Open 1.0's structure only"),
-        (["--engines", "."], "needs --model to name the checkpoint"),
+        (["--engines", "."], "is not an engine folder (no manifest.json)"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, monkeypatch, tmp_path):

@@ -115,7 +115,8 @@ def test_sa_export_builds_plans_and_records_them_with_tensorrt_and_a_gpu(
     tiny_diffusers_dir, tmp_path, capsys, fake_tensorrt, monkeypatch
 ):
     from stable_audio_rt.export import cli, trt_build
-    from stable_audio_rt.manifest import Manifest, PlanRecord, sha256_file
+    from stable_audio_rt.manifest import Manifest, PlanRecord
+    from stable_audio_rt.models.checkpoint import sha256_file
 
     # No GPU here: the builder is told it has one (the stand-in TensorRT never touches it).
     monkeypatch.setattr(trt_build, "build_gpu", lambda: ("Stand-in GPU", "9.0"))

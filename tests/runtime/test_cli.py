@@ -173,6 +173,6 @@ def test_cuda_graph_flag_reaches_the_pipeline(flag, expected, tmp_path, monkeypa
         seen.update(kwargs)
         raise KeyboardInterrupt  # stop before generating
 
-    monkeypatch.setattr(StableAudio, "from_pretrained", record)
+    monkeypatch.setattr(StableAudio, "from_plan", record)
     assert cli.main(["x", "--model", "tiny-random", "-o", str(tmp_path / "x.wav"), *flag]) == 130
     assert seen["cuda_graph"] is expected

@@ -1,0 +1,131 @@
+"""What `StableAudio.load` decides before any weights are read, then the loading itself.
+
+`plan_load` picks the backend and device (and says why), resolves the kernels and reads the
+model's config: from its config files, a random model's name, or an engine folder's manifest.
+The CLIs call it first, so that a request is resolved against `plan.config` and every argument
+is checked before the seconds a load takes; `LoadPlan.components()` then loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels
+from stable_audio_rt.manifest import Manifest
+from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.source import load_model, read_config
+from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend
+from stable_audio_rt.runtime.components import Components, TorchComponents
+from stable_audio_rt.trt_import import import_tensorrt
+
+Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
+BACKENDS: tuple[Backend, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to run on (default: CUDA when available), refused clearly if unusable."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {str(device)!r}: use cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine; use device 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device} is not supported; use cpu or cuda")
+    return device
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """A load decided and checked, nothing read but config files: run it with `components()`."""
+
+    choice: BackendChoice
+    config: StableAudioConfig
+    # torch: the checkpoint to load; an engine backend: the model its weights must come from
+    # (None: not checked).
+    model: str | Path | None
+    engines: Path | None
+    dtype: torch.dtype
+    t5_dtype: torch.dtype
+    kernels: KernelChoice  # resolved for this device (torch); engines carry their own
+    layout: Layout
+    token: str | None
+
+    @property
+    def device(self) -> torch.device:
+        return self.choice.device
+
+    def components(self) -> Components:
+        """Load the weights or open the engines (the expensive part)."""
+        if self.choice.backend == "tensorrt":
+            from stable_audio_rt.runtime.tensorrt_backend import TrtComponents
+
+            return TrtComponents(self.engines, self.device, self.model)
+        if self.choice.backend == "onnxruntime":
+            from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+
+            return OrtComponents(self.engines, self.device, self.model)
+        loaded = load_model(self.model, layout=self.layout, dtype=self.dtype, device=self.device,
+                            t5_dtype=self.t5_dtype, token=self.token)  # fmt: skip
+        use_kernels(self.kernels, loaded.dit, loaded.vae)
+        return TorchComponents(loaded)
+
+
+def plan_load(
+    model: str | Path | None = None,
+    engines: str | Path | None = None,
+    backend: Backend = "auto",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    t5_dtype: torch.dtype = torch.float32,
+    kernels: KernelChoice = "auto",
+    layout: Layout = "auto",
+    token: str | None = None,
+) -> LoadPlan:
+    """See `StableAudio.load` for the arguments."""
+    engines = None if engines is None else Path(engines)
+    choice = _choose_backend(engines, backend, device)
+    if choice.backend == "torch":
+        source = choice.model or model or DEFAULT_REPO
+        config = read_config(source, layout, token)
+        chosen = resolve_kernels(kernels, choice.device)
+        return LoadPlan(choice, config, source, None, dtype, t5_dtype, chosen, layout, token)
+    if kernels == "triton":
+        raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
+    config = Manifest.read(engines).model_config
+    return LoadPlan(choice, config, model, engines, dtype, t5_dtype, kernels, layout, token)
+
+
+def _choose_backend(
+    engines: Path | None, backend: Backend, device: torch.device | str | None
+) -> BackendChoice:
+    """The backend and device, checked before anything loads (messages name the CLI flags and,
+    where they differ, the Python arguments)."""
+    if backend == "auto":
+        return choose_backend(engines, resolve_device(device))
+    if backend == "torch":
+        if engines is not None:
+            raise ConfigError(
+                "--engines is for --backend onnxruntime, tensorrt or auto, not torch "
+                "(in Python: engines= with backend='onnxruntime', 'tensorrt' or 'auto')"
+            )
+        return BackendChoice("torch", resolve_device(device), None, "asked for")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if engines is None:
+        raise ConfigError(
+            f"--backend {backend} runs an engine folder: give --engines DIR (in Python: engines=DIR); "
+            "sa-export writes one"
+        )
+    if backend == "tensorrt":
+        import_tensorrt()  # its absence is the first thing to say
+        return BackendChoice("tensorrt", resolve_device(device or "cuda"), None, "asked for")
+    return BackendChoice("onnxruntime", resolve_device(device or "cpu"), None, "asked for")
