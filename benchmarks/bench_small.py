@@ -25,7 +25,7 @@ from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_SMALL
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.precision import DTYPES
-from stable_audio_rt.runtime.components import TorchComponents
+from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
 from stable_audio_rt.runtime.pipeline import StableAudio
 
 PROMPT = "128 bpm tech house drum loop"

@@ -14,9 +14,9 @@ from stable_audio_rt.bench.flops import dit_step_flops, dit_step_gemms
 from stable_audio_rt.bench.gemm import torch_gemm_rate
 from stable_audio_rt.bench.runner import NEGATIVE_PROMPT, PROMPT, Workload, interleave_with_peer, peak_rss_mb
 from stable_audio_rt.runtime import region
-from stable_audio_rt.runtime.guidance import dit_rows
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.runtime.sampling.guidance import dit_rows
 
 # The speed rows' request: SAO 1.0's defaults as the issue fixes them (CFG 7, a negative prompt).
 CFG_SCALE = 7.0
@@ -170,11 +170,11 @@ def gpu_vs_cpu(gpu: StableAudio, cpu: StableAudio, frames: int, steps: int) -> d
         with torch.no_grad():
             region.run_region(on_gpu, gpu.components)
             region.run_region(on_cpu, cpu.components)
-            latents = on_cpu.plan.x
+            latents = on_cpu.state.x
             decoded = gpu.components.decode(latents.to(gpu.device)).cpu(), cpu.components.decode(latents)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    latent_error = _rel_error(on_gpu.plan.x.cpu(), latents)
+    latent_error = _rel_error(on_gpu.state.x.cpu(), latents)
     decode_error = _rel_error(*decoded)
     return {
         "frames": frames,

@@ -234,7 +234,7 @@ class _EagerGraph:
 
 def _eager_capture(request, run) -> CapturedRequest:
     run(request)  # the warm-up, as on a GPU
-    host = (torch.empty(request.audio.shape), torch.empty(request.plan.x.shape))
+    host = (torch.empty(request.audio.shape), torch.empty(request.state.x.shape))
     return CapturedRequest(request, _EagerGraph(request, run), 0, *host)
 
 

@@ -32,7 +32,7 @@ from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPES
-from stable_audio_rt.runtime.backend_choice import tensorrt_unusable
+from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
 from stable_audio_rt.runtime.load import resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
@@ -209,7 +209,7 @@ def _run(args: argparse.Namespace, config, device: torch.device, workloads: list
     source = str(peer.folder) if peer is not None else args.model
     if args.engines is not None:
         # Before any run: the quality columns compare the engines with `source`'s weights.
-        from stable_audio_rt.runtime.onnxruntime_backend import require_same_weights
+        from stable_audio_rt.runtime.backends.onnxruntime_backend import require_same_weights
 
         require_same_weights(args.engines, Manifest.read(args.engines), source)
     entries = _pipelines(args, device, source)

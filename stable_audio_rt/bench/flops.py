@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from stable_audio_rt.models.config import DiTConfig, OobleckConfig, StableAudioConfig
 from stable_audio_rt.models.vae import OUTER_KERNEL, RES_UNIT_DILATIONS, RES_UNIT_KERNEL
-from stable_audio_rt.runtime.guidance import dit_rows
+from stable_audio_rt.runtime.sampling.guidance import dit_rows
 
 
 def matmul(m: int, k: int, n: int) -> int:

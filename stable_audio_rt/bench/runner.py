@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from stable_audio_rt.runtime.guidance import dit_rows
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
+from stable_audio_rt.runtime.sampling.guidance import dit_rows
 
 PROMPT = "warm analog synth pad with slow attack"
 NEGATIVE_PROMPT = "low quality"

@@ -18,12 +18,16 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
-from stable_audio_rt.runtime.guidance import DEFAULT_APG_SCALE, DEFAULT_CFG_NORM_THRESHOLD, GUIDANCE_KINDS
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, plan_load
-from stable_audio_rt.runtime.noise import NOISE_KINDS
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, RequestError, resolve_request
-from stable_audio_rt.runtime.schedule import (
+from stable_audio_rt.runtime.sampling.guidance import (
+    DEFAULT_APG_SCALE,
+    DEFAULT_CFG_NORM_THRESHOLD,
+    GUIDANCE_KINDS,
+)
+from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
+from stable_audio_rt.runtime.sampling.schedule import (
     DEFAULT_CFG_SCALE,
     DEFAULT_INIT_NOISE_LEVEL,
     DEFAULT_SIGMA_MAX,

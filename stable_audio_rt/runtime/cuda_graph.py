@@ -43,7 +43,7 @@ class CapturedRequest:
         """Run the graph on the inputs now in `request`'s buffers → (audio, latents) on the host."""
         self.graph.replay()
         self.host_audio.copy_(self.request.audio, non_blocking=True)
-        self.host_latents.copy_(self.request.plan.x, non_blocking=True)
+        self.host_latents.copy_(self.request.state.x, non_blocking=True)
         device = self.request.audio.device
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
@@ -119,7 +119,7 @@ def capture_request(request: RequestBuffers, run: Callable[[RequestBuffers], Non
         graph,
         pool_bytes,
         torch.empty(request.audio.shape, dtype=torch.float32, pin_memory=True),
-        torch.empty(request.plan.x.shape, dtype=torch.float32, pin_memory=True),
+        torch.empty(request.state.x.shape, dtype=torch.float32, pin_memory=True),
     )
 
 

@@ -20,8 +20,9 @@ from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.source import load_model, read_config
-from stable_audio_rt.runtime.backend_choice import BackendChoice, choose_backend
-from stable_audio_rt.runtime.components import Components, TorchComponents
+from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
+from stable_audio_rt.runtime.backends.protocols import Components
+from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
 from stable_audio_rt.trt_import import import_tensorrt
 
 Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
@@ -66,11 +67,11 @@ class LoadPlan:
     def components(self) -> Components:
         """Load the weights or open the engines (the expensive part)."""
         if self.choice.backend == "tensorrt":
-            from stable_audio_rt.runtime.tensorrt_backend import TrtComponents
+            from stable_audio_rt.runtime.backends.tensorrt_backend import TrtComponents
 
             return TrtComponents(self.engines, self.device, self.model)
         if self.choice.backend == "onnxruntime":
-            from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+            from stable_audio_rt.runtime.backends.onnxruntime_backend import OrtComponents
 
             return OrtComponents(self.engines, self.device, self.model)
         loaded = load_model(self.model, layout=self.layout, dtype=self.dtype, device=self.device,

@@ -28,18 +28,18 @@ from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
-from stable_audio_rt.runtime.components import Components
+from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.load import Backend, LoadPlan, plan_load
-from stable_audio_rt.runtime.noise import (
+from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
+from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
+from stable_audio_rt.runtime.sampling.noise import (
     RequestRandomness,
     brownian_step_noise,
     gaussian_step_noise,
     pingpong_step_noise,
 )
-from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
-from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
-from stable_audio_rt.runtime.schedule import (
+from stable_audio_rt.runtime.sampling.schedule import (
     logsnr_shifted_times,
     pingpong_table,
     polyexponential_sigmas,
@@ -212,7 +212,7 @@ class StableAudio:
         position = 0
         with torch.no_grad():
             for piece in decode_chunks(
-                self.components.decode, request.plan.x, self.config.vae.downsampling_ratio, chunk, overlap
+                self.components.decode, request.state.x, self.config.vae.downsampling_ratio, chunk, overlap
             ):
                 lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
                 if lo < hi:
@@ -263,11 +263,11 @@ class StableAudio:
         def stage(name: str):
             return _stage(timings, name, self.device)
 
-        bar = tqdm(total=request.plan.steps, desc="sampling", unit="step", disable=not progress)
+        bar = tqdm(total=request.state.steps, desc="sampling", unit="step", disable=not progress)
         region.sample(request, self.components, stage, on_step=lambda _: bar.update())
         bar.close()
         region.decode(request, self.components, stage)
-        return request.audio.cpu(), request.plan.x.cpu()
+        return request.audio.cpu(), request.state.x.cpu()
 
     def _run_graph(
         self, resolved: ResolvedRequest, shape: RequestShape, timings: dict[str, float]
@@ -307,7 +307,7 @@ class StableAudio:
         """The host part of a request: tokens, number values, the seeded draws (in the
         reference's order, see noise.py) and the schedule, copied into the request's buffers
         (fresh ones, or a captured graph's)."""
-        settings, inputs, plan = resolved.request, request.inputs, request.plan
+        settings, inputs, state = resolved.request, request.inputs, request.state
         batch = resolved.batch
         tokenize = self.components.conditioner.tokenize
         prompts = [p for p in settings.prompts for _ in range(settings.num_outputs)]
@@ -321,11 +321,11 @@ class StableAudio:
         values = {"seconds_start": settings.seconds_start, "seconds_total": resolved.seconds_total}
         for name, buffer in inputs.numbers.items():
             buffer.fill_(float(values[name]))
-        plan.cfg_scale.fill_(settings.cfg_scale)
+        state.cfg_scale.fill_(settings.cfg_scale)
 
         randomness = RequestRandomness(resolved.seed, self.device)
-        state = tuple(inputs.noise.shape)
-        inputs.noise.copy_(randomness.randn(*state))
+        latents = tuple(inputs.noise.shape)
+        inputs.noise.copy_(randomness.randn(*latents))
         reference = resolved.init_audio if resolved.init_audio is not None else resolved.inpaint_audio
         if reference is not None:
             inputs.reference_audio.copy_(reference[None])
@@ -338,29 +338,29 @@ class StableAudio:
         inputs.start_scale.copy_(sigmas[0])
         inputs.reference_scale.fill_(1.0)
         if settings.noise == "brownian":
-            step_noise = brownian_step_noise(sigmas, state, randomness.brownian_seed(), self.device)
+            step_noise = brownian_step_noise(sigmas, latents, randomness.brownian_seed(), self.device)
         else:
-            step_noise = gaussian_step_noise(randomness, steps, state)
-        plan.step_noise.copy_(step_noise)
-        if plan.inpaint is not None:
-            plan.inpaint.keep.copy_(resolved.inpaint_keep.view(1, 1, -1))
-            plan.inpaint.renoise.copy_(randomness.randn(steps, *state))
+            step_noise = gaussian_step_noise(randomness, steps, latents)
+        state.step_noise.copy_(step_noise)
+        if state.inpaint is not None:
+            state.inpaint.keep.copy_(resolved.inpaint_keep.view(1, 1, -1))
+            state.inpaint.renoise.copy_(randomness.randn(steps, *latents))
         inputs.times.copy_(sigma_to_t(sigmas[:-1]))
-        plan.scalars.copy_(step_table(sigmas))
+        state.scalars.copy_(step_table(sigmas))
 
     def _write_rf_schedule(
         self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
     ) -> None:
         """Pingpong on the rf objective: the DiT sees the raw time t; audio-to-audio starts from
         (1 − t0)·z_ref + t0·ε as stable-audio-tools mixes it."""
-        inputs, plan = request.inputs, request.plan
+        inputs, state = request.inputs, request.state
         steps, t0 = resolved.request.steps, resolved.sigma_max
         times = logsnr_shifted_times(steps, t0, device=self.device)
         inputs.start_scale.fill_(t0 if resolved.init_audio is not None else 1.0)
         inputs.reference_scale.fill_(1 - t0)
-        plan.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
+        state.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
         inputs.times.copy_(times[:-1])
-        plan.scalars.copy_(pingpong_table(times))
+        state.scalars.copy_(pingpong_table(times))
 
     def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(

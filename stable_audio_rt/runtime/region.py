@@ -20,10 +20,10 @@ import torch
 
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import bottleneck_sample
-from stable_audio_rt.runtime.components import Components
-from stable_audio_rt.runtime.guidance import Guidance, dit_rows
-from stable_audio_rt.runtime.plan import RequestPlan, allocate_plan
-from stable_audio_rt.runtime.sampler import sampler_step
+from stable_audio_rt.runtime.backends.protocols import Components
+from stable_audio_rt.runtime.sampling.guidance import Guidance, dit_rows
+from stable_audio_rt.runtime.sampling.state import SamplerState, allocate_state
+from stable_audio_rt.runtime.sampling.step import sampler_step
 from stable_audio_rt.runtime.vae_decode import decode_latents
 
 Mode = Literal["text", "audio", "inpaint"]
@@ -75,21 +75,21 @@ class RequestInputs:
 class RequestBuffers:
     shape: RequestShape
     inputs: RequestInputs
-    plan: RequestPlan  # sampler state and per-step tables; plan.x ends as the latents
+    state: SamplerState  # sampler state and per-step tables; state.x ends as the latents
     audio: torch.Tensor  # (B, channels, samples) float32 output
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor allocated before the region (it may write only these, and its own
         temporaries)."""
-        return [*self.input_buffers(), *self.plan.buffers(), self.audio]
+        return [*self.input_buffers(), *self.state.buffers(), self.audio]
 
     def input_buffers(self) -> list[torch.Tensor]:
         """The tensors the host writes and the region only reads, so a replay finds them intact."""
-        inputs, plan = self.inputs, self.plan
+        inputs, state = self.inputs, self.state
         optional = [inputs.negative_ids, inputs.negative_mask, inputs.reference_audio, inputs.posterior_noise]
-        tables = [plan.scalars, plan.step_noise, plan.cfg_scale]
-        if plan.inpaint is not None:
-            tables += [plan.inpaint.keep, plan.inpaint.renoise]
+        tables = [state.scalars, state.step_noise, state.cfg_scale]
+        if state.inpaint is not None:
+            tables += [state.inpaint.keep, state.inpaint.renoise]
         return [
             inputs.input_ids,
             inputs.attention_mask,
@@ -107,7 +107,7 @@ def allocate_request(shape: RequestShape, components: Components, number_ids: li
     """Empty buffers of one request shape on the components' device."""
     config: StableAudioConfig = components.config
     device = components.device
-    state = (shape.batch, config.dit.io_channels, shape.frames)
+    latents = (shape.batch, config.dit.io_channels, shape.frames)
     tokens = (shape.batch, config.conditioning.t5_max_length)
     samples = shape.frames * config.vae.downsampling_ratio
     f32 = dict(device=device, dtype=torch.float32)
@@ -120,15 +120,15 @@ def allocate_request(shape: RequestShape, components: Components, number_ids: li
         negative_mask=torch.zeros(tokens, device=device, dtype=torch.int64) if negative else None,
         numbers={i: torch.zeros(shape.batch, **f32) for i in number_ids},
         times=torch.zeros(shape.steps, **f32),
-        noise=torch.zeros(state, **f32),
+        noise=torch.zeros(latents, **f32),
         start_scale=torch.zeros((), **f32),
         reference_audio=torch.zeros((1, config.vae.audio_channels, samples), **f32) if encodes else None,
-        posterior_noise=torch.zeros((1, *state[1:]), **f32) if encodes else None,
+        posterior_noise=torch.zeros((1, *latents[1:]), **f32) if encodes else None,
         reference_scale=torch.zeros((), **f32),
     )
-    plan = allocate_plan(
+    state = allocate_state(
         components.step_model(shape.steps, shape.rows),
-        state,
+        latents,
         shape.steps,
         shape.uses_cfg,
         components.dtype,
@@ -137,7 +137,7 @@ def allocate_request(shape: RequestShape, components: Components, number_ids: li
         inpaint=shape.mode == "inpaint",
     )
     audio = torch.zeros((shape.batch, config.vae.audio_channels, samples), **f32)
-    return RequestBuffers(shape, inputs, plan, audio)
+    return RequestBuffers(shape, inputs, state, audio)
 
 
 def condition(request: RequestBuffers, components: Components) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,17 +157,17 @@ def condition(request: RequestBuffers, components: Components) -> tuple[torch.Te
 def start(request: RequestBuffers, components: Components) -> None:
     """Conditioning into the DiT step's buffers, and the initial state (with the reference's
     latents for audio-to-audio, or as the RePaint reference for inpainting)."""
-    inputs, plan = request.inputs, request.plan
-    plan.denoiser.bind(inputs.times, *condition(request, components))
-    plan.x.copy_(inputs.noise * inputs.start_scale)
+    inputs, state = request.inputs, request.state
+    state.denoiser.bind(inputs.times, *condition(request, components))
+    state.x.copy_(inputs.noise * inputs.start_scale)
     if inputs.reference_audio is None:
         return
     mean, std = components.encode_moments(inputs.reference_audio)
     reference = bottleneck_sample(mean, std, inputs.posterior_noise)
-    if plan.inpaint is not None:
-        plan.inpaint.reference.copy_(reference.expand_as(plan.inpaint.reference))
+    if state.inpaint is not None:
+        state.inpaint.reference.copy_(reference.expand_as(state.inpaint.reference))
     else:
-        plan.x.add_(reference * inputs.reference_scale)
+        state.x.add_(reference * inputs.reference_scale)
 
 
 def sample(
@@ -176,13 +176,13 @@ def sample(
     stage: Stage = no_stage,
     on_step: Callable[[int], None] | None = None,
 ) -> None:
-    """Conditioning, initial state and every step: `request.plan.x` ends as the latents."""
+    """Conditioning, initial state and every step: `request.state.x` ends as the latents."""
     with torch.no_grad():
         with stage("conditioning"):
             start(request, components)
         with stage("sampling"):
-            for i in range(request.plan.steps):
-                sampler_step(request.plan, i)
+            for i in range(request.state.steps):
+                sampler_step(request.state, i)
                 if on_step is not None:
                     on_step(i)
 
@@ -192,7 +192,11 @@ def decode(request: RequestBuffers, components: Components, stage: Stage = no_st
     shape = request.shape
     with torch.no_grad(), stage("decode"):
         audio = decode_latents(
-            components.decode, request.plan.x, components.config.vae, shape.decode_chunk, shape.decode_overlap
+            components.decode,
+            request.state.x,
+            components.config.vae,
+            shape.decode_chunk,
+            shape.decode_overlap,
         )
         request.audio.copy_(audio)
 

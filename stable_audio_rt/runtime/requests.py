@@ -21,15 +21,15 @@ from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
-from stable_audio_rt.runtime.guidance import (
+from stable_audio_rt.runtime.sampling.guidance import (
     DEFAULT_APG_SCALE,
     DEFAULT_CFG_NORM_THRESHOLD,
     GUIDANCE_KINDS,
     Guidance,
     GuidanceKind,
 )
-from stable_audio_rt.runtime.noise import NOISE_KINDS, NoiseKind
-from stable_audio_rt.runtime.schedule import (
+from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS, NoiseKind
+from stable_audio_rt.runtime.sampling.schedule import (
     DEFAULT_CFG_SCALE,
     DEFAULT_INIT_NOISE_LEVEL,
     DEFAULT_SIGMA_MAX,

@@ -13,11 +13,11 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
-from stable_audio_rt.runtime.engine_components import EngineDiTStep
-from stable_audio_rt.runtime.guidance import CFG
-from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents
+from stable_audio_rt.runtime.backends.engine_backend import EngineDiTStep
+from stable_audio_rt.runtime.backends.onnxruntime_backend import OrtComponents
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.region import RequestShape, allocate_request
+from stable_audio_rt.runtime.sampling.guidance import CFG
 
 RATE = 44100
 CPU = torch.device("cpu")
@@ -148,8 +148,8 @@ def test_components_dtype_is_the_dit_engines_and_the_plan_feeds_it(engines):
         components = OrtComponents(engines[precision][0], CPU)
         assert components.dtype == dtype
         shape = RequestShape(1, 8, 2, "text", True, False, CFG, decode_chunk=None, decode_overlap=None)
-        plan = allocate_request(shape, components, []).plan
-        assert plan.model_input.dtype == dtype and plan.x.dtype == plan.denoised.dtype == torch.float32
+        state = allocate_request(shape, components, []).state
+        assert state.model_input.dtype == dtype and state.x.dtype == state.denoised.dtype == torch.float32
 
 
 def test_dit_step_output_is_allocated_once_per_shape(engines, generator):

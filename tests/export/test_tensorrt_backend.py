@@ -24,10 +24,15 @@ from stable_audio_rt.export.trt_build import build_folder_engines
 from stable_audio_rt.manifest import EngineFolderError, Manifest, file_record
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_specs, sample_inputs
-from stable_audio_rt.runtime import tensorrt_backend
-from stable_audio_rt.runtime.onnxruntime_backend import OrtComponents, OrtGraph
+from stable_audio_rt.runtime.backends import tensorrt_backend
+from stable_audio_rt.runtime.backends.onnxruntime_backend import OrtComponents, OrtGraph
+from stable_audio_rt.runtime.backends.tensorrt_backend import (
+    EngineRunError,
+    TrtComponents,
+    TrtGraph,
+    torch_dtype,
+)
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.runtime.tensorrt_backend import EngineRunError, TrtComponents, TrtGraph, torch_dtype
 from stable_audio_rt.trt_import import TensorRTUnavailable, gpu_identity
 
 CPU = torch.device("cpu")
@@ -465,7 +470,7 @@ def test_sa_run_refuses_plans_built_for_another_gpu(folder_copy, deserialized, t
 
 def test_auto_prefers_tensorrt_then_onnxruntime_gpu_then_torch(folder_copy, deserialized, monkeypatch):
     from stable_audio_rt import trt_import
-    from stable_audio_rt.runtime import backend_choice
+    from stable_audio_rt.runtime.backends import choice as backend_choice
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(trt_import, "gpu_identity", lambda device: STAND_IN_GPU)

@@ -80,7 +80,7 @@ def test_the_tensorrt_backend_loads_neither_the_plugins_nor_triton():
     # running it needs no Python definition (NVIDIA/TensorRT samples/python/
     # quickly_deployable_plugins, "Loading and running a TRT engine containing an AOT plugin").
     code = (
-        "import sys, stable_audio_rt.runtime.tensorrt_backend; "
+        "import sys, stable_audio_rt.runtime.backends.tensorrt_backend; "
         "print([m for m in ('stable_audio_rt.kernels.trt_plugins', 'triton') if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -105,14 +105,14 @@ def test_region_is_capturable_and_replays_with_new_inputs(pipes, generator, case
         pipe.write_inputs(buffers, resolved)  # what a replay does with the next request
         watch = _watch(pipe, buffers)
         assert _problems(watch) == {k: [] for k in _problems(watch)}
-        assert len(watch.steps()) == buffers.plan.steps
+        assert len(watch.steps()) == buffers.state.steps
         assert {"aten.mm.default", "aten.addmm.default"} & set(watch.ops), "the DiT ran in the watch"
         watches.append(watch)
     assert watches[0].ops == watches[1].ops, "two requests of one shape must run one op sequence"
     # The reused buffers give what a fresh eager request gives.
     fresh = pipe.run_resolved(resolved)
     clip = resolved.clip(pipe.config.sample_rate)
-    assert torch.equal(buffers.plan.x, fresh.latents)
+    assert torch.equal(buffers.state.x, fresh.latents)
     assert torch.equal(buffers.audio[:, :, clip], fresh.audio)
     assert [t.untyped_storage().data_ptr() for t in buffers.buffers()] == storages
 
@@ -130,24 +130,24 @@ def _sync_in_guidance(monkeypatch):
 def _wrap_step(monkeypatch, extra):
     step = region.sampler_step
 
-    def wrapped(plan, i):
-        step(plan, i)
-        extra(plan, i)
+    def wrapped(state, i):
+        step(state, i)
+        extra(state, i)
 
     monkeypatch.setattr(region, "sampler_step", wrapped)
 
 
-def _cache_a_tensor(plan, i):
-    plan.last_update = plan.x * 1  # state kept in a tensor the region created
+def _cache_a_tensor(state, i):
+    state.last_update = state.x * 1  # state kept in a tensor the region created
 
 
-def _write_an_input(plan, i):
-    plan.step_noise[i].mul_(1.0)
+def _write_an_input(state, i):
+    state.step_noise[i].mul_(1.0)
 
 
-def _extra_op_on_last_step(plan, i):
-    if i == plan.steps - 1:
-        plan.x.add_(0.0)
+def _extra_op_on_last_step(state, i):
+    if i == state.steps - 1:
+        state.x.add_(0.0)
 
 
 @pytest.mark.parametrize(

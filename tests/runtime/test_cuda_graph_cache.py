@@ -38,9 +38,9 @@ def _stand_in_capture(request, run):
     return CapturedRequest(
         request,
         StandInGraph(request, run),
-        bytes=request.plan.x.numel() * 4,
+        bytes=request.state.x.numel() * 4,
         host_audio=torch.empty(request.audio.shape),
-        host_latents=torch.empty(request.plan.x.shape),
+        host_latents=torch.empty(request.state.x.shape),
     )
 
 

@@ -7,10 +7,10 @@ import torch
 import torchsde
 
 from stable_audio_rt.runtime import region
-from stable_audio_rt.runtime.guidance import CFG, Guidance, guide
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas
+from stable_audio_rt.runtime.sampling.guidance import CFG, Guidance, guide
+from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas
 
 RATE = 44100
 
@@ -20,13 +20,13 @@ def pipe():
     return StableAudio.from_pretrained("tiny-random", device="cpu")
 
 
-def _plan(pipe, request):
-    """The request's plan after the region's start: the initial state and the step noise."""
+def _sampler_state(pipe, request):
+    """The request's state after the region's start: the initial state and the step noise."""
     resolved = resolve_request(request, pipe.config)
     buffers = pipe.prepare(resolved)
     with torch.no_grad():
         region.start(buffers, pipe.components)
-    return resolved, buffers.plan
+    return resolved, buffers.state
 
 
 @pytest.mark.parametrize("audio_to_audio", [False, True])
@@ -44,7 +44,7 @@ def test_draws_follow_the_reference_order(pipe, generator, audio_to_audio):
         init_audio=(audio, RATE) if audio_to_audio else None,
         init_noise_level=3.0,
     )
-    resolved, plan = _plan(pipe, request)
+    resolved, state = _sampler_state(pipe, request)
 
     # What stable-audio-tools 0.0.20 does, written out: generate_diffusion_cond seeds the global
     # RNG, draws the initial noise, encodes the init audio (VAEBottleneck: randn_like(mean)),
@@ -64,11 +64,11 @@ def test_draws_follow_the_reference_order(pipe, generator, audio_to_audio):
         sigmas[sigmas > 0].min(), torch.zeros_like(x), sigmas.max(), entropy=tree_seed
     )
 
-    assert torch.equal(plan.x, x)
+    assert torch.equal(state.x, x)
     for i in range(steps - 1):
         low, high = sigmas[i + 1], sigmas[i]
         expected = -tree(low, high) / (high - low).abs().sqrt()
-        assert torch.equal(plan.step_noise[i], expected), i
+        assert torch.equal(state.step_noise[i], expected), i
 
 
 def test_apg_scale_zero_is_plain_cfg_and_one_is_orthogonal(generator):

@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 from numerics import rel_error
-from plans import build_plan, run_plan
+from sampler_runs import build_state, run_state
 
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.random_init import random_model
-from stable_audio_rt.runtime.components import TorchDiTStep
-from stable_audio_rt.runtime.guidance import CFG
+from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
 from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
-from stable_audio_rt.runtime.schedule import logsnr_shifted_times, pingpong_table
+from stable_audio_rt.runtime.sampling.guidance import CFG
+from stable_audio_rt.runtime.sampling.schedule import logsnr_shifted_times, pingpong_table
 
-# The schedule is float32 arithmetic on both sides; the plan's loop and the plain loop differ
+# The schedule is float32 arithmetic on both sides; the state's loop and the plain loop differ
 # only in the DiT's path (precomputed context K/V vs a full forward): ~1e-7 measured.
 SCHEDULE_TOL = 1e-6
 LOOP_TOL = 1e-5
@@ -92,10 +92,10 @@ def test_planned_pingpong_equals_the_plain_loop(small, cfg_scale, generator):
     noise = torch.randn((steps, *shape), generator=generator)
     denoiser = TorchDiTStep(small.dit, steps, rows, cond.context_tokens)
     denoiser.bind(times[:-1], context, global_cond)
-    plan = build_plan(
+    state = build_state(
         denoiser, x0, pingpong_table(times), noise, cfg_scale, cfg_scale != 1.0, torch.float32, CFG
     )
-    ours = run_plan(plan)
+    ours = run_state(state)
     expected = _plain_pingpong(small.dit, x0, times, noise, context, global_cond, cfg_scale)
     assert rel_error(ours, expected) <= LOOP_TOL
 

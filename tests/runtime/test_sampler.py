@@ -8,12 +8,12 @@ import pytest
 import torch
 import torchsde
 from numerics import rel_error
-from plans import build_plan, run_plan
+from sampler_runs import build_state, run_state
 
 from stable_audio_rt.models.random_init import random_model
-from stable_audio_rt.runtime.components import TorchDiTStep
-from stable_audio_rt.runtime.noise import brownian_step_noise
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas, sigma_to_t, step_table
+from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
+from stable_audio_rt.runtime.sampling.noise import brownian_step_noise
+from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas, sigma_to_t, step_table
 
 # The loop and the linear form are the same maths in a different summation order; in fp32
 # over a chaotic random DiT that differs by ~1e-6 relative, up to 1.3e-5 on some seeds (seen
@@ -104,8 +104,8 @@ def test_linear_form_equals_k_diffusion_loop(tiny_dit, generator, noise_kind, st
         )
         denoiser = TorchDiTStep(tiny_dit, steps, context.shape[0], context.shape[1])
         denoiser.bind(sigma_to_t(sigmas[:-1]), context, global_cond)
-        plan = build_plan(denoiser, x0, step_table(sigmas), step_noise, cfg_scale, True, torch.float32)
-        ours = run_plan(plan)
+        state = build_state(denoiser, x0, step_table(sigmas), step_noise, cfg_scale, True, torch.float32)
+        ours = run_state(state)
     assert rel_error(ours, expected) <= SAMPLER_REL_TOL
 
 

@@ -8,9 +8,9 @@ ODE sampler's (η = 0) convergence order can be checked exactly.
 import math
 
 import torch
-from plans import build_plan, run_plan
+from sampler_runs import build_state, run_state
 
-from stable_audio_rt.runtime.schedule import polyexponential_sigmas, step_table
+from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas, step_table
 
 MEAN, STD = 0.7, 0.4
 SIGMA_MIN, SIGMA_MAX = 0.3, 500.0
@@ -36,7 +36,7 @@ class GaussianDataDenoiser:
 
 def _sample(steps, x0_noise, step_noise, eta):
     sigmas = polyexponential_sigmas(steps, SIGMA_MIN, SIGMA_MAX)
-    plan = build_plan(
+    state = build_state(
         GaussianDataDenoiser(sigmas),
         x0_noise * sigmas[0],
         step_table(sigmas, eta=eta),
@@ -46,7 +46,7 @@ def _sample(steps, x0_noise, step_noise, eta):
         model_dtype=torch.float32,
     )
     with torch.no_grad():
-        return run_plan(plan), sigmas
+        return run_state(state), sigmas
 
 
 def test_sde_samples_have_the_data_statistics(generator):

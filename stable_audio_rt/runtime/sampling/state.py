@@ -11,16 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
-from stable_audio_rt.runtime.components import StepModel
-from stable_audio_rt.runtime.guidance import CFG, Guidance, dit_rows
-from stable_audio_rt.runtime.schedule import Col
+from stable_audio_rt.runtime.backends.protocols import StepModel
+from stable_audio_rt.runtime.sampling.guidance import CFG, Guidance, dit_rows
+from stable_audio_rt.runtime.sampling.schedule import Col
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
 HISTORY = 3
 
 
 @dataclass
-class InpaintPlan:
+class RePaintState:
     """RePaint: after each step the kept region is reset to the reference re-noised to σ_{i+1}."""
 
     keep: torch.Tensor  # (1 or B, 1, T) bool, True = keep the reference
@@ -29,7 +29,7 @@ class InpaintPlan:
 
 
 @dataclass
-class RequestPlan:
+class SamplerState:
     x: torch.Tensor  # (B, C, T) sampler state, float32
     model_input: torch.Tensor  # (R, C, T) DiT input in the model dtype; R = 2B with CFG, else B
     denoised: torch.Tensor  # (HISTORY, B, C, T) ring of denoised estimates, float32
@@ -39,7 +39,7 @@ class RequestPlan:
     cfg_scale: torch.Tensor  # 0-d float32
     uses_cfg: bool
     guidance: Guidance = CFG
-    inpaint: InpaintPlan | None = None
+    inpaint: RePaintState | None = None
 
     @property
     def steps(self) -> int:
@@ -54,7 +54,7 @@ class RequestPlan:
         return tensors
 
 
-def allocate_plan(
+def allocate_state(
     denoiser: StepModel,
     shape: tuple[int, int, int],
     steps: int,
@@ -63,26 +63,26 @@ def allocate_plan(
     device: torch.device,
     guidance: Guidance = CFG,
     inpaint: bool = False,
-) -> RequestPlan:
+) -> SamplerState:
     """Empty buffers for N steps on a (B, C, T) state; the DiT sees 2B rows [cond; uncond] with
     CFG, else B."""
     batch, channels, frames = shape
     rows = dit_rows(batch, uses_cfg)
-    state = dict(device=device, dtype=torch.float32)
-    return RequestPlan(
-        x=torch.zeros(shape, **state),
+    f32 = dict(device=device, dtype=torch.float32)
+    return SamplerState(
+        x=torch.zeros(shape, **f32),
         model_input=torch.zeros((rows, channels, frames), device=device, dtype=model_dtype),
-        denoised=torch.zeros((HISTORY, *shape), **state),
-        scalars=torch.zeros((steps, len(Col)), **state),
+        denoised=torch.zeros((HISTORY, *shape), **f32),
+        scalars=torch.zeros((steps, len(Col)), **f32),
         denoiser=denoiser,
-        step_noise=torch.zeros((steps, *shape), **state),
-        cfg_scale=torch.zeros((), **state),
+        step_noise=torch.zeros((steps, *shape), **f32),
+        cfg_scale=torch.zeros((), **f32),
         uses_cfg=uses_cfg,
         guidance=guidance,
-        inpaint=InpaintPlan(
+        inpaint=RePaintState(
             keep=torch.zeros((1, 1, frames), device=device, dtype=torch.bool),
-            reference=torch.zeros(shape, **state),
-            renoise=torch.zeros((steps, *shape), **state),
+            reference=torch.zeros(shape, **f32),
+            renoise=torch.zeros((steps, *shape), **f32),
         )
         if inpaint
         else None,

@@ -47,7 +47,7 @@ from stable_audio_rt.manifest import (
     profile_shapes,
 )
 from stable_audio_rt.precision import DTYPES
-from stable_audio_rt.runtime.engine_components import EngineComponents, EngineGraph
+from stable_audio_rt.runtime.backends.engine_backend import EngineComponents, EngineGraph
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
 

@@ -19,7 +19,7 @@ import torch
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.manifest import EngineFolderError, Manifest
 from stable_audio_rt.precision import DTYPES
-from stable_audio_rt.runtime.engine_components import (
+from stable_audio_rt.runtime.backends.engine_backend import (
     EngineComponents,
     EngineGraph,
     require_same_weights,

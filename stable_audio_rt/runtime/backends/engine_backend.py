@@ -26,7 +26,7 @@ from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
 from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.source import fingerprint
 from stable_audio_rt.models.vae import posterior_std
-from stable_audio_rt.runtime.guidance import dit_rows
+from stable_audio_rt.runtime.sampling.guidance import dit_rows
 
 REQUIRED = ("t5", "dit", "vae_decoder")
 

@@ -16,7 +16,7 @@ import torch
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Manifest
-from stable_audio_rt.runtime.engine_components import REQUIRED
+from stable_audio_rt.runtime.backends.engine_backend import REQUIRED
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class BackendChoice:
 
 def tensorrt_unusable(folder: Path, manifest: Manifest, device: torch.device) -> str | None:
     """Why the folder's TensorRT plans cannot run on `device`, or None when they can."""
-    from stable_audio_rt.runtime.tensorrt_backend import checked_plan
+    from stable_audio_rt.runtime.backends.tensorrt_backend import checked_plan
     from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
     try:
