@@ -20,6 +20,10 @@ class CheckpointError(StableAudioError):
     """A checkpoint is missing, incomplete, corrupt or does not match its config."""
 
 
+class RequestError(StableAudioError):
+    """A generation request asks for something impossible; the message says what to change."""
+
+
 class ModelAccessError(CheckpointError):
     """A checkpoint could not be fetched: gated repo, no token, no network, unknown repo."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stable_audio_rt.errors import reported_errors
+from stable_audio_rt.errors import RequestError, reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
@@ -20,22 +20,21 @@ from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
-from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, RequestError, resolve_request
+from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
+    DEFAULT_CFG_SCALE,
+    DEFAULT_INIT_NOISE_LEVEL,
+    DEFAULT_SIGMA_MAX,
+    DEFAULT_SIGMA_MIN,
+    DEFAULT_STEPS,
+)
 from stable_audio_rt.runtime.sampling.guidance import (
     DEFAULT_APG_SCALE,
     DEFAULT_CFG_NORM_THRESHOLD,
     GUIDANCE_KINDS,
 )
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
-from stable_audio_rt.runtime.sampling.schedule import (
-    DEFAULT_CFG_SCALE,
-    DEFAULT_INIT_NOISE_LEVEL,
-    DEFAULT_SIGMA_MAX,
-    DEFAULT_SIGMA_MIN,
-    DEFAULT_STEPS,
-    RF_DEFAULT_CFG_SCALE,
-    RF_DEFAULT_STEPS,
-)
+from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav

@@ -33,19 +33,8 @@ from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, defa
 from stable_audio_rt.runtime.load import Backend, LoadPlan, plan_load
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
-from stable_audio_rt.runtime.sampling.noise import (
-    RequestRandomness,
-    brownian_step_noise,
-    gaussian_step_noise,
-    pingpong_step_noise,
-)
-from stable_audio_rt.runtime.sampling.schedule import (
-    logsnr_shifted_times,
-    pingpong_table,
-    polyexponential_sigmas,
-    sigma_to_t,
-    step_table,
-)
+from stable_audio_rt.runtime.sampling.noise import RequestRandomness
+from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.timing import stopwatch
 from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking, decode_chunks
 
@@ -106,6 +95,7 @@ class StableAudio:
         self.components = components
         self.device, self.dtype = components.device, components.dtype
         self.cuda_graph = cuda_graph
+        self.sampler = sampler_for(components.config)
         self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
         self._capture_warned = False
 
@@ -305,8 +295,8 @@ class StableAudio:
 
     def write_inputs(self, request: RequestBuffers, resolved: ResolvedRequest) -> None:
         """The host part of a request: tokens, number values, the seeded draws (in the
-        reference's order, see noise.py) and the schedule, copied into the request's buffers
-        (fresh ones, or a captured graph's)."""
+        reference's order, see noise.py) and the sampler's schedule, copied into the request's
+        buffers (fresh ones, or a captured graph's)."""
         settings, inputs, state = resolved.request, request.inputs, request.state
         batch = resolved.batch
         tokenize = self.components.conditioner.tokenize
@@ -330,37 +320,7 @@ class StableAudio:
         if reference is not None:
             inputs.reference_audio.copy_(reference[None])
             inputs.posterior_noise.copy_(randomness.randn(*inputs.posterior_noise.shape))
-        if self.config.objective == "rf_denoiser":
-            self._write_rf_schedule(request, resolved, randomness)
-            return
-        steps = settings.steps
-        sigmas = polyexponential_sigmas(steps, settings.sigma_min, resolved.sigma_max, device=self.device)
-        inputs.start_scale.copy_(sigmas[0])
-        inputs.reference_scale.fill_(1.0)
-        if settings.noise == "brownian":
-            step_noise = brownian_step_noise(sigmas, latents, randomness.brownian_seed(), self.device)
-        else:
-            step_noise = gaussian_step_noise(randomness, steps, latents)
-        state.step_noise.copy_(step_noise)
-        if state.inpaint is not None:
-            state.inpaint.keep.copy_(resolved.inpaint_keep.view(1, 1, -1))
-            state.inpaint.renoise.copy_(randomness.randn(steps, *latents))
-        inputs.times.copy_(sigma_to_t(sigmas[:-1]))
-        state.scalars.copy_(step_table(sigmas))
-
-    def _write_rf_schedule(
-        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
-    ) -> None:
-        """Pingpong on the rf objective: the DiT sees the raw time t; audio-to-audio starts from
-        (1 − t0)·z_ref + t0·ε as stable-audio-tools mixes it."""
-        inputs, state = request.inputs, request.state
-        steps, t0 = resolved.request.steps, resolved.sigma_max
-        times = logsnr_shifted_times(steps, t0, device=self.device)
-        inputs.start_scale.fill_(t0 if resolved.init_audio is not None else 1.0)
-        inputs.reference_scale.fill_(1 - t0)
-        state.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
-        inputs.times.copy_(times[:-1])
-        state.scalars.copy_(pingpong_table(times))
+        self.sampler.write(inputs, state, resolved, randomness)
 
     def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(

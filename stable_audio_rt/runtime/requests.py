@@ -17,10 +17,15 @@ from typing import Literal
 import numpy as np
 import torch
 
-from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
+    DEFAULT_INIT_NOISE_LEVEL,
+    DEFAULT_SIGMA_MAX,
+    DEFAULT_SIGMA_MIN,
+)
 from stable_audio_rt.runtime.sampling.guidance import (
     DEFAULT_APG_SCALE,
     DEFAULT_CFG_NORM_THRESHOLD,
@@ -29,15 +34,7 @@ from stable_audio_rt.runtime.sampling.guidance import (
     GuidanceKind,
 )
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS, NoiseKind
-from stable_audio_rt.runtime.sampling.schedule import (
-    DEFAULT_CFG_SCALE,
-    DEFAULT_INIT_NOISE_LEVEL,
-    DEFAULT_SIGMA_MAX,
-    DEFAULT_SIGMA_MIN,
-    DEFAULT_STEPS,
-    RF_DEFAULT_CFG_SCALE,
-    RF_DEFAULT_STEPS,
-)
+from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.vae_decode import check_chunking
 
 Window = Literal["full", "trim"]
@@ -46,10 +43,6 @@ WINDOWS: tuple[Window, ...] = ("full", "trim")
 AudioInput = str | Path | tuple[np.ndarray | torch.Tensor, int]
 # stable-audio-tools draws seeds in [0, 2**32 − 1).
 SEED_HIGH = 2**32 - 1
-
-
-class RequestError(StableAudioError):
-    """A generation request asks for something impossible; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +87,7 @@ class ResolvedRequest:
     batch: int
     seconds_total: float
     frames: int  # latent frames of the denoised window
-    sigma_max: float  # σmax (v) or the starting time (rf); init_noise_level for audio-to-audio
+    start_level: float  # the schedule's start: σmax (v) or first time t (rf); audio-to-audio: its level
     init_audio: torch.Tensor | None  # (2, frames · ratio) at the model rate
     inpaint_audio: torch.Tensor | None  # (2, frames · ratio)
     inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
@@ -122,34 +115,19 @@ def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
 
 
 def with_model_defaults(request: GenerationRequest, config: StableAudioConfig) -> GenerationRequest:
-    """Fill the steps and CFG scale the request left to the model."""
-    rf = config.objective == "rf_denoiser"
-    steps = request.steps if request.steps is not None else (RF_DEFAULT_STEPS if rf else DEFAULT_STEPS)
-    cfg = request.cfg_scale
-    if cfg is None:
-        cfg = RF_DEFAULT_CFG_SCALE if rf else DEFAULT_CFG_SCALE
+    """Fill the steps and CFG scale the request left to the model's sampler."""
+    sampler = sampler_for(config)
+    steps = request.steps if request.steps is not None else sampler.default_steps
+    cfg = request.cfg_scale if request.cfg_scale is not None else sampler.default_cfg_scale
     return dataclasses.replace(request, steps=steps, cfg_scale=cfg)
 
 
 def _check_model_support(request: GenerationRequest, config: StableAudioConfig) -> None:
-    """What this model's conditioning and objective cannot do, refused by name."""
+    """What this model's conditioning and sampler cannot do, refused by name."""
     numbers = {n.id for n in config.conditioning.numbers}
     if request.seconds_start and "seconds_start" not in numbers:
         raise RequestError("this model has no seconds_start conditioning: leave seconds_start at 0")
-    if config.objective != "rf_denoiser":
-        return
-    if request.noise != "gaussian":
-        raise RequestError(
-            "this model's pingpong sampler draws fresh Gaussian noise each step: use noise='gaussian'"
-        )
-    if request.inpaint_audio is not None:
-        raise RequestError(
-            "inpainting is not supported for this model (stable-audio-tools inpaints only models "
-            "trained with inpainting conditioning); audio-to-audio (init_audio) is"
-        )
-    if request.init_audio is not None and not 0 < request.init_noise_level <= 1:
-        level = request.init_noise_level
-        raise RequestError(f"init_noise_level is the starting time t in (0, 1] for this model, got {level}")
+    sampler_for(config).check(request)
 
 
 def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
@@ -195,16 +173,6 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError("inpainting needs both inpaint_audio and inpaint_mask")
 
 
-def _check_sigmas(request: GenerationRequest) -> None:
-    sigma_max = request.init_noise_level if request.init_audio is not None else request.sigma_max
-    name = "init_noise_level" if request.init_audio is not None else "sigma_max"
-    if not sigma_max > request.sigma_min > 0:
-        raise RequestError(
-            f"{name} ({sigma_max}) must be greater than sigma_min ({request.sigma_min}) > 0: "
-            f"with σmax ≤ σmin the schedule has no steps to take"
-        )
-
-
 def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: int) -> torch.Tensor:
     keep = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask)
     if keep.dim() != 1 or keep.shape[0] != length:
@@ -248,13 +216,6 @@ def _window_frames(request: GenerationRequest, seconds_total: float, config: Sta
     return math.ceil(seconds_total * config.sample_rate / ratio)
 
 
-def _start_level(request: GenerationRequest, config: StableAudioConfig) -> float:
-    """σmax of the v schedule, or the rf schedule's first time (1 = pure noise)."""
-    if request.init_audio is not None:
-        return request.init_noise_level
-    return request.sigma_max if config.objective == "v" else 1.0
-
-
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
     """Check `request` against the model's limits and make every quantity concrete."""
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
@@ -262,8 +223,6 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     request = with_model_defaults(request, config)
     _check_ranges(request, max_seconds)
     _check_model_support(request, config)
-    if config.objective == "v":
-        _check_sigmas(request)
     _check_vae_chunking(request, config)
 
     reference, reference_seconds = None, None
@@ -307,7 +266,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
         batch=len(request.prompts) * request.num_outputs,
         seconds_total=total,
         frames=frames,
-        sigma_max=_start_level(request, config),
+        start_level=sampler_for(config).start_level(request),
         init_audio=init_audio,
         inpaint_audio=inpaint_audio,
         inpaint_keep=inpaint_keep,

@@ -8,10 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.runtime import cli
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 
 RATE = 44100
 

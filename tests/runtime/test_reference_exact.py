@@ -9,8 +9,8 @@ import torchsde
 from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import polyexponential_sigmas
 from stable_audio_rt.runtime.sampling.guidance import CFG, Guidance, guide
-from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas
 
 RATE = 44100
 
@@ -52,7 +52,7 @@ def test_draws_follow_the_reference_order(pipe, generator, audio_to_audio):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         noise = torch.randn([batch, pipe.config.dit.io_channels, 24])
-        sigmas = polyexponential_sigmas(steps, 0.3, resolved.sigma_max)
+        sigmas = polyexponential_sigmas(steps, 0.3, resolved.start_level)
         x = noise * sigmas[0]
         if audio_to_audio:
             with torch.no_grad():
@@ -112,7 +112,7 @@ def test_explicit_windows(pipe, options, frames):
 
 
 def test_window_options_are_exclusive(pipe):
-    from stable_audio_rt.runtime.requests import RequestError
+    from stable_audio_rt.errors import RequestError
 
     with pytest.raises(RequestError, match="give one window"):
         pipe.generate("x", frames=20, window="trim")

@@ -9,12 +9,13 @@ import torch
 from numerics import rel_error
 from sampler_runs import build_state, run_state
 
+from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
-from stable_audio_rt.runtime.requests import GenerationRequest, RequestError, resolve_request
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.runtime.sampling.guidance import CFG
-from stable_audio_rt.runtime.sampling.schedule import logsnr_shifted_times, pingpong_table
+from stable_audio_rt.runtime.sampling.pingpong import logsnr_shifted_times, pingpong_table
 
 # The schedule is float32 arithmetic on both sides; the state's loop and the plain loop differ
 # only in the DiT's path (precomputed context K/V vs a full forward): ~1e-7 measured.

@@ -12,8 +12,12 @@ from sampler_runs import build_state, run_state
 
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
-from stable_audio_rt.runtime.sampling.noise import brownian_step_noise
-from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas, sigma_to_t, step_table
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
+    brownian_step_noise,
+    polyexponential_sigmas,
+    sigma_to_t,
+    step_table,
+)
 
 # The loop and the linear form are the same maths in a different summation order; in fp32
 # over a chaotic random DiT that differs by ~1e-6 relative, up to 1.3e-5 on some seeds (seen

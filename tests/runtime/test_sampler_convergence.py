@@ -10,7 +10,7 @@ import math
 import torch
 from sampler_runs import build_state, run_state
 
-from stable_audio_rt.runtime.sampling.schedule import polyexponential_sigmas, step_table
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import polyexponential_sigmas, step_table
 
 MEAN, STD = 0.7, 0.4
 SIGMA_MIN, SIGMA_MAX = 0.3, 500.0

@@ -16,7 +16,6 @@ included (stable-audio-tools' randn_like after every step).
 
 from __future__ import annotations
 
-import warnings
 from typing import Literal
 
 import torch
@@ -45,44 +44,3 @@ class RequestRandomness:
 
     def brownian_seed(self) -> int:
         return int(torch.randint(0, BROWNIAN_SEED_HIGH, [], generator=self.cpu_generator))
-
-
-def gaussian_step_noise(randomness: RequestRandomness, steps: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(N, *shape): i.i.d. N(0, 1) for the N − 1 steps that add noise; the last row is zeros."""
-    noise = torch.zeros((steps, *shape), device=randomness.device)
-    noise[:-1] = randomness.randn(steps - 1, *shape)
-    return noise
-
-
-def pingpong_step_noise(randomness: RequestRandomness, steps: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """(N, *shape): one draw per step, made one step at a time as the reference makes them (a
-    single (N, ...) draw would not give the same numbers on CUDA)."""
-    return torch.stack([randomness.randn(*shape) for _ in range(steps)])
-
-
-def brownian_step_noise(
-    sigmas: torch.Tensor, shape: tuple[int, ...], seed: int, device: torch.device
-) -> torch.Tensor:
-    """(N, *shape): z_i = (W(σ_{i+1}) − W(σ_i)) / √(σ_i − σ_{i+1}) of one torchsde Brownian tree.
-
-    The tree spans [min non-zero σ, max σ] with w0 = 0 as k-diffusion's BrownianTreeNoiseSampler
-    builds it (default tolerance), and is queried in step order with the pair sorted, the sign
-    restored, as the reference does. The last row (σ_N = 0, no noise) is zeros.
-    """
-    import torchsde  # here, its only user: the offline GPU image lacks it and runs everything else
-
-    sigmas = sigmas.to(device)
-    positive = sigmas[sigmas > 0]
-    noise = torch.zeros((len(sigmas) - 1, *shape), device=device)
-    with warnings.catch_warnings():
-        # torchsde rounds the tree's ends and warns when a query at an end falls just outside;
-        # it clamps the query, exactly as it does inside the reference.
-        warnings.filterwarnings("ignore", message="Should have", module="torchsde")
-        tree = torchsde.BrownianTree(
-            positive.min(), torch.zeros(shape, device=device), sigmas.max(), entropy=seed
-        )
-        for i in range(len(sigmas) - 2):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            # tree(a, b) = W(b) − W(a) for a < b; σ decreases, so the increment is −tree(σ_{i+1}, σ_i).
-            noise[i] = -tree(sigma_next, sigma) / (sigma - sigma_next).abs().sqrt()
-    return noise

@@ -13,7 +13,7 @@ import torch
 
 from stable_audio_rt.runtime.backends.protocols import StepModel
 from stable_audio_rt.runtime.sampling.guidance import CFG, Guidance, dit_rows
-from stable_audio_rt.runtime.sampling.schedule import Col
+from stable_audio_rt.runtime.sampling.table import Col
 
 # D_i, D_{i−1}, D_{i−2}: the multistep history dpmpp-3m-sde needs.
 HISTORY = 3

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from stable_audio_rt.runtime.sampling.guidance import guide
-from stable_audio_rt.runtime.sampling.schedule import Col
 from stable_audio_rt.runtime.sampling.state import HISTORY, SamplerState
+from stable_audio_rt.runtime.sampling.table import Col
 
 
 def sampler_step(state: SamplerState, i: int) -> None:
