@@ -26,22 +26,19 @@ from stable_audio_rt.kernels.switch import KernelChoice
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
-from stable_audio_rt.runtime import region
-from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
+from stable_audio_rt.runtime import planning, region
+from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.load import Backend, LoadPlan, plan_load
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
-from stable_audio_rt.runtime.sampling.noise import RequestRandomness
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.timing import stopwatch
 from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking, decode_chunks
 
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
 DEFAULT_STREAM_CHUNK_FRAMES = 64
-# The number conditions a request gives values for (reference-spec §6).
-NUMBER_VALUES = ("seconds_start", "seconds_total")
 
 EngineBackend = Literal["onnxruntime", "tensorrt"]
 
@@ -68,7 +65,6 @@ class GenerationResult:
         clip: bool = True,
         normalize: bool = False,
     ) -> list[Path]:
-        check_output_path(path)
         return [
             write_audio(p, clip_audio, self.sample_rate, sample_format, clip, normalize)
             for p, clip_audio in zip(self.paths(path), self.audio, strict=True)
@@ -211,32 +207,14 @@ class StableAudio:
 
     def request_shape(self, resolved: ResolvedRequest) -> RequestShape:
         """What fixes this request's buffers and executed ops (its CUDA graph's key)."""
-        request = resolved.request
-        chunk, overlap = self._vae_chunking(resolved)
-        if resolved.init_audio is not None:
-            mode = "audio"
-        elif resolved.inpaint_audio is not None:
-            mode = "inpaint"
-        else:
-            mode = "text"
-        return RequestShape(
-            batch=resolved.batch,
-            frames=resolved.frames,
-            steps=request.steps,
-            mode=mode,
-            uses_cfg=request.cfg_scale != 1.0,
-            negative_prompt=request.negative_prompt is not None,
-            guidance=request.guidance_settings,
-            decode_chunk=chunk,
-            decode_overlap=overlap,
-        )
+        return planning.request_shape(resolved, lambda: self._auto_decode_chunk)
 
     def prepare(self, resolved: ResolvedRequest) -> RequestBuffers:
         """Fresh buffers for the request, its inputs written: ready for `region.run_region`."""
         return self._fresh(self.request_shape(resolved), resolved)
 
     def _fresh(self, shape: RequestShape, resolved: ResolvedRequest) -> RequestBuffers:
-        request = allocate_request(shape, self.components, self._number_ids())
+        request = allocate_request(shape, self.components, planning.number_ids(self.components))
         self.write_inputs(request, resolved)
         return request
 
@@ -290,37 +268,9 @@ class StableAudio:
         with _stage(timings, "replay", self.device):
             return entry.replay()
 
-    def _number_ids(self) -> list[str]:
-        return [i for i in self.components.conditioner.numbers if i in NUMBER_VALUES]
-
     def write_inputs(self, request: RequestBuffers, resolved: ResolvedRequest) -> None:
-        """The host part of a request: tokens, number values, the seeded draws (in the
-        reference's order, see noise.py) and the sampler's schedule, copied into the request's
-        buffers (fresh ones, or a captured graph's)."""
-        settings, inputs, state = resolved.request, request.inputs, request.state
-        batch = resolved.batch
-        tokenize = self.components.conditioner.tokenize
-        prompts = [p for p in settings.prompts for _ in range(settings.num_outputs)]
-        ids, mask = tokenize(prompts)
-        inputs.input_ids.copy_(ids)
-        inputs.attention_mask.copy_(mask)
-        if inputs.negative_ids is not None:
-            ids, mask = tokenize([settings.negative_prompt] * batch)
-            inputs.negative_ids.copy_(ids)
-            inputs.negative_mask.copy_(mask)
-        values = {"seconds_start": settings.seconds_start, "seconds_total": resolved.seconds_total}
-        for name, buffer in inputs.numbers.items():
-            buffer.fill_(float(values[name]))
-        state.cfg_scale.fill_(settings.cfg_scale)
-
-        randomness = RequestRandomness(resolved.seed, self.device)
-        latents = tuple(inputs.noise.shape)
-        inputs.noise.copy_(randomness.randn(*latents))
-        reference = resolved.init_audio if resolved.init_audio is not None else resolved.inpaint_audio
-        if reference is not None:
-            inputs.reference_audio.copy_(reference[None])
-            inputs.posterior_noise.copy_(randomness.randn(*inputs.posterior_noise.shape))
-        self.sampler.write(inputs, state, resolved, randomness)
+        """The request's host part into its buffers (fresh ones, or a captured graph's)."""
+        planning.write_inputs(request, resolved, self.components, self.sampler)
 
     def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(
@@ -330,16 +280,6 @@ class StableAudio:
             decode_frames=min(chunk or shape.frames, shape.frames),
             encodes=shape.mode != "text",
         )
-
-    def _vae_chunking(self, resolved: ResolvedRequest) -> tuple[int | None, int | None]:
-        """The decode's (chunk, overlap) in latent frames, both None when one call covers the
-        request: they are part of the graph key, so nothing request-independent may vary them."""
-        chunk = resolved.request.vae_chunk
-        if chunk == "auto":
-            chunk = self._auto_decode_chunk
-        if chunk is None or chunk >= resolved.frames:
-            return None, None
-        return chunk, resolved.request.vae_overlap
 
     @cached_property
     def _auto_decode_chunk(self) -> int | None:
