@@ -1,5 +1,6 @@
 """Shared fixtures: one fresh random seed per run (printed, and settable with SA_TEST_SEED),
-and random-weight tiny checkpoints in both layouts built from one set of reference modules."""
+random-weight tiny checkpoints in both layouts built from one set of reference modules, and
+engine folders exported from them once per session."""
 
 from __future__ import annotations
 
@@ -50,3 +51,22 @@ def tiny_model(request, tiny_diffusers_dir, tiny_single_file_dir):
 
     folder = tiny_diffusers_dir if request.param == "diffusers" else tiny_single_file_dir
     return load_stable_audio(folder)
+
+
+# A profile that covers the tests' shapes: two clips (four CFG rows) and 1–64 latent frames.
+ENGINE_PROFILE = dict(max_batch=2, frames=(1, 16, 64))
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_diffusers_dir, tmp_path_factory):
+    """{precision: (folder, manifest)} for fp32 and fp16, exported from the tiny checkpoint."""
+    from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+
+    out = {}
+    for precision in ("fp32", "fp16"):
+        folder = tmp_path_factory.mktemp("engines") / precision
+        out[precision] = (
+            folder,
+            export_engines(tiny_diffusers_dir, folder, ExportSettings(precision, **ENGINE_PROFILE)),
+        )
+    return out

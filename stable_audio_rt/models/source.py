@@ -16,7 +16,7 @@ import torch
 
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout, locate_checkpoint, weights_fingerprint
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.loading import StableAudioModel, load_config, load_stable_audio
+from stable_audio_rt.models.loading import Placement, StableAudioModel, load_config, load_stable_audio
 from stable_audio_rt.models.random_init import RANDOM_MODELS, random_model
 
 MODEL_HELP = (
@@ -24,6 +24,10 @@ MODEL_HELP = (
     f"{', '.join(RANDOM_MODELS)} (the tiny ones run in seconds; the others have the real "
     f"geometry, for timings)"
 )
+
+
+# fp32 on the CPU: what export and the fingerprint read.
+ON_CPU = Placement(torch.float32, "cpu")
 
 
 def is_random(model: str | Path) -> bool:
@@ -40,17 +44,12 @@ def read_config(
 
 
 def load_model(
-    model: str | Path = DEFAULT_REPO,
-    *,
-    layout: Layout = "auto",
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    t5_dtype: torch.dtype = torch.float32,
-    token: str | None = None,
+    model: str | Path, placement: Placement = ON_CPU, layout: Layout = "auto", token: str | None = None
 ) -> StableAudioModel:
+    where = dict(dtype=placement.dtype, device=placement.device, t5_dtype=placement.t5_dtype)
     if is_random(model):
-        return random_model(RANDOM_MODELS[str(model)], dtype=dtype, device=device, t5_dtype=t5_dtype)
-    return load_stable_audio(model, layout=layout, dtype=dtype, device=device, t5_dtype=t5_dtype, token=token)
+        return random_model(RANDOM_MODELS[str(model)], **where)
+    return load_stable_audio(model, layout=layout, token=token, **where)
 
 
 def fingerprint(

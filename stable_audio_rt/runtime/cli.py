@@ -18,7 +18,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
-from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, plan_load
+from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
@@ -242,15 +242,8 @@ def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | No
 
 def _plan(args: argparse.Namespace) -> LoadPlan:
     """The backend, device, kernels and config, checked before anything loads."""
-    plan = plan_load(
-        args.model,
-        args.engines,
-        args.backend,
-        args.device,
-        dtype=DTYPES[args.dtype],
-        t5_dtype=DTYPES[args.t5_dtype],
-        kernels=args.kernels,
-    )
+    options = WeightOptions(DTYPES[args.dtype], DTYPES[args.t5_dtype], args.kernels)
+    plan = plan_load(args.model, args.engines, args.backend, args.device, options)
     if args.backend == "auto":
         print(f"sa-run: {plan.choice.line()}", file=sys.stderr)
     if plan.choice.backend == "torch" and is_random(plan.model):

@@ -8,7 +8,7 @@ is checked before the seconds a load takes; `LoadPlan.components()` then loads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +19,7 @@ from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_ke
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.backends.protocols import Components
@@ -45,6 +46,19 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 @dataclass(frozen=True)
+class WeightOptions:
+    """What the torch backend loads and how (engine folders carry their own precision and
+    kernels): the model's and T5's dtypes, the attention and Snake maths, the checkpoint's
+    layout and the Hub token."""
+
+    dtype: torch.dtype = torch.float32
+    t5_dtype: torch.dtype = torch.float32
+    kernels: KernelChoice = "auto"
+    layout: Layout = "auto"
+    token: str | None = None
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """A load decided and checked, nothing read but config files: run it with `components()`."""
 
@@ -54,11 +68,7 @@ class LoadPlan:
     # (None: not checked).
     model: str | Path | None
     engines: Path | None
-    dtype: torch.dtype
-    t5_dtype: torch.dtype
-    kernels: KernelChoice  # resolved for this device (torch); engines carry their own
-    layout: Layout
-    token: str | None
+    options: WeightOptions  # kernels resolved for this device (torch)
 
     @property
     def device(self) -> torch.device:
@@ -74,9 +84,10 @@ class LoadPlan:
             from stable_audio_rt.runtime.backends.onnxruntime_backend import OrtComponents
 
             return OrtComponents(self.engines, self.device, self.model)
-        loaded = load_model(self.model, layout=self.layout, dtype=self.dtype, device=self.device,
-                            t5_dtype=self.t5_dtype, token=self.token)  # fmt: skip
-        use_kernels(self.kernels, loaded.dit, loaded.vae)
+        options = self.options
+        placement = Placement(options.dtype, self.device, options.t5_dtype)
+        loaded = load_model(self.model, placement, options.layout, options.token)
+        use_kernels(options.kernels, loaded.dit, loaded.vae)
         return TorchComponents(loaded)
 
 
@@ -85,24 +96,19 @@ def plan_load(
     engines: str | Path | None = None,
     backend: Backend = "auto",
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-    t5_dtype: torch.dtype = torch.float32,
-    kernels: KernelChoice = "auto",
-    layout: Layout = "auto",
-    token: str | None = None,
+    options: WeightOptions = WeightOptions(),
 ) -> LoadPlan:
     """See `StableAudio.load` for the arguments."""
     engines = None if engines is None else Path(engines)
     choice = _choose_backend(engines, backend, device)
     if choice.backend == "torch":
         source = choice.model or model or DEFAULT_REPO
-        config = read_config(source, layout, token)
-        chosen = resolve_kernels(kernels, choice.device)
-        return LoadPlan(choice, config, source, None, dtype, t5_dtype, chosen, layout, token)
-    if kernels == "triton":
+        config = read_config(source, options.layout, options.token)
+        resolved = replace(options, kernels=resolve_kernels(options.kernels, choice.device))
+        return LoadPlan(choice, config, source, None, resolved)
+    if options.kernels == "triton":
         raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
-    config = Manifest.read(engines).model_config
-    return LoadPlan(choice, config, model, engines, dtype, t5_dtype, kernels, layout, token)
+    return LoadPlan(choice, Manifest.read(engines).model_config, model, engines, options)
 
 
 def _choose_backend(

@@ -30,7 +30,7 @@ from stable_audio_rt.runtime import planning, region
 from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
-from stable_audio_rt.runtime.load import Backend, LoadPlan, plan_load
+from stable_audio_rt.runtime.load import Backend, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
@@ -130,7 +130,8 @@ class StableAudio:
         `kernels` picks the DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch
         elsewhere), "triton", "compiled" or "torch".
         """
-        plan = plan_load(model, engines, backend, device, dtype, t5_dtype, kernels, layout, token)
+        options = WeightOptions(dtype, t5_dtype, kernels, layout, token)
+        plan = plan_load(model, engines, backend, device, options)
         return cls.from_plan(plan, cuda_graph=cuda_graph)
 
     @classmethod

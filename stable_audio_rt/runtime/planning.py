@@ -64,7 +64,7 @@ def write_inputs(
 ) -> None:
     """The host part of a request, copied into its buffers (fresh ones, or a captured graph's):
     tokens, number values, the initial and posterior noise, then the sampler's schedule and
-    draws (the reference's order of draws, see noise.py)."""
+    draws (the reference's order of draws, see sampling/noise.py)."""
     settings, inputs, state = resolved.request, request.inputs, request.state
     tokenize = components.conditioner.tokenize
     prompts = [p for p in settings.prompts for _ in range(settings.num_outputs)]
@@ -86,4 +86,4 @@ def write_inputs(
     if reference is not None:
         inputs.reference_audio.copy_(reference[None])
         inputs.posterior_noise.copy_(randomness.randn(*inputs.posterior_noise.shape))
-    sampler.write(inputs, state, resolved, randomness)
+    sampler.write(request, resolved, randomness)

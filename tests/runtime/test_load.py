@@ -26,7 +26,7 @@ def test_a_random_model_is_planned_from_its_name_alone(name, monkeypatch):
     monkeypatch.setattr(source, "random_model", lambda *a, **k: pytest.fail("no weights before the load"))
     plan = load.plan_load(name, device="cpu")
     assert plan.config is RANDOM_MODELS[name] and plan.model == name
-    assert (plan.choice.backend, plan.device, plan.kernels) == ("torch", torch.device("cpu"), "torch")
+    assert (plan.choice.backend, plan.device, plan.options.kernels) == ("torch", torch.device("cpu"), "torch")
 
 
 def test_load_gives_the_same_model_as_from_pretrained():
@@ -48,7 +48,10 @@ def test_load_gives_the_same_model_as_from_pretrained():
             r"--engines is for --backend onnxruntime, tensorrt or auto, not torch",
         ),
         (dict(backend="bogus", engines="."), r"unknown backend 'bogus'"),
-        (dict(engines="no/such/folder", kernels="triton"), r"--kernels triton applies to --backend torch"),
+        (
+            dict(engines="no/such/folder", options=load.WeightOptions(kernels="triton")),
+            r"--kernels triton applies",
+        ),
         (dict(device="tpu"), r"device tpu is not supported|unknown device"),
     ],
 )

@@ -195,7 +195,7 @@ class EngineComponents:
         self.graphs = {
             c: open_graph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
         }
-        # The DiT input's type (the plan allocates its model input in it), so the sampler's
+        # The DiT input's type (the sampler state's model input is allocated in it), so the sampler's
         # float32 state is rounded once into that buffer rather than cast again per engine run.
         self.dtype = self.graphs["dit"].float_type
         self.conditioner = Conditioner(

@@ -1,11 +1,11 @@
 """The onnxruntime backend: runs an engine folder written by sa-export.
 
 The CPU provider everywhere; the CUDA provider when onnxruntime-gpu is installed and the device
-is CUDA (the same IOBinding code, exercised here only on the CPU: no GPU has run it yet).
+is CUDA (the same IOBinding code).
 
-It replaces only the component calls; the plan, the sampler and the guidance are the same code
-as with the torch backend, and the folder checks, the conditioner and the DiT step are those of
-every engine backend (`engine_components`). Every graph's files are checked against the manifest
+It replaces only the component calls; the sampler and the guidance are the same code as with
+the torch backend, and the folder checks, the conditioner and the DiT step are those of every
+engine backend (`engine_backend`). Every graph's files are checked against the manifest
 before a session opens.
 """
 

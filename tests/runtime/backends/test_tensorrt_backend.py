@@ -197,7 +197,7 @@ def test_dit_step_fills_buffers_allocated_before_bind(plans, deserialized, gener
 
 
 def test_dit_step_binds_fp16_input_and_output_by_address(plans, deserialized, generator):
-    """With fp16 engines the plan's fp16 model input is bound as it is (no cast per step) and v
+    """With fp16 engines the sampler state's fp16 model input is bound as it is (no cast per step) and v
     lands in one fp16 tensor per shape, allocated by the first run (before any capture)."""
     components = TrtComponents(plans["fp16"], CPU)
     assert components.dtype == torch.float16
