@@ -25,7 +25,8 @@ One request, from `sa-run "rain on a tin roof" -o rain.wav` to the WAV, through 
 6. The audio is cropped and written atomically (`runtime/audio_io.py`, `atomic.py`); any
    `errors.py` error becomes one line and exit status 2, with nothing written.
 
-`export/` (sa-export) writes the engine folders step 3 opens; `bench/` (sa-bench) times step 5.
+`export/` (sa-export) writes the engine folders step 3 opens; `bench/` (sa-bench) times step 5;
+`serve/` (sa-serve) runs steps 2 to 6 for HTTP requests on a model loaded once.
 """
 
 from stable_audio_rt.errors import (

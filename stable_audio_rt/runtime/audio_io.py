@@ -6,6 +6,7 @@ libraries are imported where used: the offline GPU image lacks them and runs eve
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Literal
 
@@ -22,8 +23,12 @@ SUBTYPES = {
     ("WAV", "float"): "FLOAT",
     ("FLAC", "pcm16"): "PCM_16",
     ("FLAC", "float"): "PCM_24",  # FLAC has no float samples; 24-bit is its finest
+    ("RAW", "pcm16"): "PCM_16",
+    ("RAW", "float"): "FLOAT",
 }
 SampleFormat = Literal["pcm16", "float"]
+# Full scale of 16-bit PCM: 1.0 ↦ 32767 (libsndfile's own scale for float → 16-bit).
+PCM16_SCALE = 32767
 
 
 class AudioFileError(StableAudioError):
@@ -88,6 +93,33 @@ def write_audio(
     `normalize` scales the peak to full scale first; `clip` then limits samples to [−1, 1].
     """
     path = check_output_path(path)
+    file_format = OUTPUT_FORMATS[path.suffix.lower()]
+    with atomic_path(path) as tmp:
+        _write(tmp, audio, rate, file_format, sample_format, clip, normalize)
+    return path
+
+
+def audio_bytes(
+    audio: torch.Tensor, rate: int, file_format: str, sample_format: SampleFormat = "pcm16"
+) -> bytes:
+    """(channels, samples) audio as the bytes of a WAV or FLAC file, or raw interleaved PCM
+    (`file_format` "RAW": little-endian, 16-bit for pcm16), clipped to [−1, 1]."""
+    buffer = io.BytesIO()
+    _write(buffer, audio, rate, file_format, sample_format, clip=True, normalize=False)
+    return buffer.getvalue()
+
+
+def _write(
+    target,
+    audio: torch.Tensor,
+    rate: int,
+    file_format: str,
+    sample_format: SampleFormat,
+    clip: bool,
+    normalize: bool,
+) -> None:
+    import soundfile as sf
+
     data = audio.detach().float().cpu().numpy().T
     if normalize:
         peak = float(np.abs(data).max())
@@ -95,9 +127,16 @@ def write_audio(
             data = data / peak
     if clip:
         data = np.clip(data, -1.0, 1.0)
-    file_format = OUTPUT_FORMATS[path.suffix.lower()]
-    import soundfile as sf
-
-    with atomic_path(path) as tmp:
-        sf.write(tmp, data, rate, subtype=SUBTYPES[file_format, sample_format], format=file_format)
-    return path
+    if sample_format == "pcm16":
+        # Rounded here, not by libsndfile, whose float → 16-bit conversion differs by format (WAV
+        # and FLAC of one clip were 1 LSB apart): every format then holds the same samples.
+        data = np.clip(np.round(data * PCM16_SCALE), -PCM16_SCALE - 1, PCM16_SCALE).astype(np.int16)
+    subtype = SUBTYPES[file_format, sample_format]
+    sf.write(
+        target,
+        data,
+        rate,
+        subtype=subtype,
+        format=file_format,
+        endian="LITTLE" if file_format == "RAW" else None,
+    )

@@ -66,20 +66,8 @@ def _vae_chunk(text: str) -> int | str | None:
         ) from e
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sa-run",
-        description="Generate audio with Stable Audio Open (text-to-audio, audio-to-audio, inpainting).",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("prompt", nargs="+", help="text prompt(s); several prompts make a batch")
-    p.add_argument(
-        "-o",
-        "--output",
-        default="output.wav",
-        help="WAV or FLAC path (default: output.wav); with several clips, name_0.wav, name_1.wav, ...",
-    )
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that say what to load and where: sa-run's, and sa-serve's the same."""
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -98,6 +86,51 @@ def build_parser() -> argparse.ArgumentParser:
         "replaying it (to debug or profile; slower)",
     )
     p.add_argument("--model", default=None, help=f"{MODEL_HELP} (default: {DEFAULT_REPO})")
+    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model precision (default: fp32)")
+    p.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        default="auto",
+        help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), compiled "
+        "(Snake fused by torch.compile: faster VAE decode on the CPU, a few seconds to compile once), "
+        "torch (SDPA and eager), or auto (default: triton on CUDA, torch on the CPU)",
+    )
+    p.add_argument(
+        "--t5-dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="T5 precision (default: fp32, the most accurate; fp16 casts T5 as "
+        "stable-audio-tools does, for reference-exact runs)",
+    )
+
+
+def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
+    """The backend, device, kernels and config, checked before anything loads."""
+    options = WeightOptions(DTYPES[args.dtype], DTYPES[args.t5_dtype], args.kernels)
+    plan = plan_load(args.model, args.engines, args.backend, args.device, options)
+    if args.backend == "auto":
+        print(f"{program}: {plan.choice.line()}", file=sys.stderr)
+    if plan.choice.backend == "torch" and is_random(plan.model):
+        print(f"{plan.model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
+    return plan
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sa-run",
+        description="Generate audio with Stable Audio Open (text-to-audio, audio-to-audio, inpainting).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompt", nargs="+", help="text prompt(s); several prompts make a batch")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="output.wav",
+        help="WAV or FLAC path (default: output.wav); with several clips, name_0.wav, name_1.wav, ...",
+    )
+    add_load_arguments(p)
     p.add_argument(
         "--negative-prompt", help="what to steer away from (replaces the empty unconditional input)"
     )
@@ -190,23 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode the VAE in chunks of N latent frames: same audio, bounded memory (default: auto, "
         "sized from free GPU memory; one call on the CPU)",
     )
-    p.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="model precision (default: fp32)")
-    p.add_argument(
-        "--kernels",
-        choices=KERNEL_CHOICES,
-        default="auto",
-        help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), compiled "
-        "(Snake fused by torch.compile: faster VAE decode on the CPU, a few seconds to compile once), "
-        "torch (SDPA and eager), or auto (default: triton on CUDA, torch on the CPU)",
-    )
-    p.add_argument(
-        "--t5-dtype",
-        choices=DTYPES,
-        default="fp32",
-        help="T5 precision (default: fp32, the most accurate; fp16 casts T5 as "
-        "stable-audio-tools does, for reference-exact runs)",
-    )
     p.add_argument(
         "--format",
         choices=("pcm16", "float"),
@@ -240,21 +256,10 @@ def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | No
     return mask
 
 
-def _plan(args: argparse.Namespace) -> LoadPlan:
-    """The backend, device, kernels and config, checked before anything loads."""
-    options = WeightOptions(DTYPES[args.dtype], DTYPES[args.t5_dtype], args.kernels)
-    plan = plan_load(args.model, args.engines, args.backend, args.device, options)
-    if args.backend == "auto":
-        print(f"sa-run: {plan.choice.line()}", file=sys.stderr)
-    if plan.choice.backend == "torch" and is_random(plan.model):
-        print(f"{plan.model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
-    return plan
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     with reported_errors("sa-run", "nothing written") as failed:
-        plan = _plan(args)
+        plan = plan_from_arguments(args, "sa-run")
         config = plan.config
         request = GenerationRequest(
             prompts=tuple(args.prompt),

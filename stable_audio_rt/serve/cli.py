@@ -1,0 +1,82 @@
+"""sa-serve: load a model once, warm it, and answer generation requests over HTTP.
+
+Listens on 127.0.0.1 unless told otherwise; with an API key (--api-key or SA_SERVE_API_KEY)
+every endpoint but /health needs `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from stable_audio_rt.errors import ConfigError, reported_errors
+from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.serve.app import ServeSettings
+
+API_KEY_VARIABLE = "SA_SERVE_API_KEY"
+DEFAULT_PORT = 8000
+# The warm-up request: the shortest that runs every stage (and loads every lazy piece).
+WARMUP = dict(seconds_total=0.5, steps=2, seed=0)
+
+EXAMPLES = """examples:
+  sa-serve --model tiny-random                       # a smoke test on http://127.0.0.1:8000
+  sa-serve --engines engines/sao-fp16 --port 9000    # TensorRT plans from sa-export --fp16
+  curl -s 127.0.0.1:8000/v1/audio/generate -H 'Content-Type: application/json' \\
+       -d '{"input": "rain on a tin roof", "audio_length": 5}' -o rain.wav
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sa-serve",
+        description="Serve Stable Audio Open over HTTP: POST /v1/audio/generate (vLLM-Omni's fields), "
+        "GET /v1/models, /metrics (Prometheus), /health, /docs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_load_arguments(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
+    p.add_argument(
+        "--api-key",
+        help=f"require `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE} when set, else none)",
+    )
+    p.add_argument(
+        "--max-queue", type=int, default=16, help="requests waiting or running before 429 (default: 16)"
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with reported_errors("sa-serve", "not serving") as failed:
+        if args.max_queue < 1:
+            raise ConfigError("--max-queue must be at least 1")
+        if not 0 <= args.port < 2**16:
+            raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+        plan = plan_from_arguments(args, "sa-serve")
+        pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
+        print("sa-serve: warming up", file=sys.stderr)
+        pipe.generate("warm-up", **WARMUP)
+        api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
+        settings = ServeSettings(str(plan.model or plan.engines), api_key, args.max_queue)
+    if failed.exit_status is not None:
+        return failed.exit_status
+    serve(pipe, settings, args.host, args.port)
+    return 0
+
+
+def serve(pipe: StableAudio, settings: ServeSettings, host: str, port: int) -> None:
+    import uvicorn
+
+    from stable_audio_rt.serve.app import create_app
+
+    uvicorn.run(create_app(pipe, settings), host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""sa-serve over real HTTP on 127.0.0.1 with the tiny model: every endpoint, the audio equal to
+the Python API's for the same request, bad requests refused by name before they wait, the API
+key, a full queue, and the metrics. Each server stops at the end of its test module."""
+
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+import uvicorn
+
+from stable_audio_rt.runtime.audio_io import audio_bytes
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.serve import cli
+from stable_audio_rt.serve.app import ServeSettings, create_app
+
+API_KEY = "test-key-not-a-secret"
+# Short requests: 2 steps of half a second of the tiny model.
+QUICK = {"audio_length": 0.5, "num_inference_steps": 2}
+START_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False)
+
+
+class Running:
+    """A uvicorn server in a thread on a free port of 127.0.0.1, stopped by `stop`."""
+
+    def __init__(self, app) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server(pipe):
+    app = create_app(pipe, ServeSettings("tiny-random", max_queue=1))
+    running = Running(app)
+    running.app = app
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def keyed(pipe):
+    running = Running(create_app(pipe, ServeSettings("tiny-random", api_key=API_KEY)))
+    yield running
+    running.stop()
+
+
+def _wav(response: httpx.Response) -> np.ndarray:
+    data, rate = sf.read(io.BytesIO(response.content), dtype="int16", always_2d=True)
+    assert rate == 44100
+    return data
+
+
+def test_health_and_models(server):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ready", "model": "tiny-random"}
+    (model,) = httpx.get(f"{server.url}/v1/models").json()["data"]
+    assert model["id"] == "tiny-random" and model["sample_rate"] == 44100 and model["device"] == "cpu"
+
+
+def test_generate_returns_the_apis_audio_for_the_same_request(server, pipe):
+    body = {"input": "rain on a tin roof", "seed": 1234, **QUICK}
+    response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "audio/wav" and response.headers["x-seed"] == "1234"
+    served = _wav(response)
+    assert served.shape == (int(0.5 * 44100), 2)
+    alone = pipe.generate("rain on a tin roof", seed=1234, seconds_total=0.5, steps=2)
+    assert response.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+    again = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
+    assert again.content == response.content
+    other = httpx.post(f"{server.url}/v1/audio/generate", json={**body, "seed": 1235}, timeout=120)
+    assert other.headers["x-seed"] == "1235" and not np.array_equal(_wav(other), served)
+
+
+def test_every_format_holds_the_same_samples(server):
+    base = {"input": "x", "seed": 7, **QUICK}
+    wav = _wav(httpx.post(f"{server.url}/v1/audio/generate", json=base, timeout=120))
+    flac = httpx.post(
+        f"{server.url}/v1/audio/generate", json={**base, "response_format": "flac"}, timeout=120
+    )
+    assert flac.headers["content-type"] == "audio/flac"
+    assert np.array_equal(sf.read(io.BytesIO(flac.content), dtype="int16", always_2d=True)[0], wav)
+    pcm = httpx.post(f"{server.url}/v1/audio/generate", json={**base, "response_format": "pcm"}, timeout=120)
+    assert np.array_equal(np.frombuffer(pcm.content, "<i2").reshape(-1, 2), wav)
+
+
+BAD_BODIES = [
+    ({}, "input"),
+    ({"input": ""}, "input"),
+    ({"input": 3}, "input"),
+    ({"input": "x", "bogus": 1}, "bogus"),
+    ({"input": "x", "audio_length": -1}, "audio_length"),
+    ({"input": "x", "audio_length": 60}, "seconds_total must be in (0, 2.97]"),
+    (
+        {"input": "x", "audio_start": 2, "audio_length": 1},
+        "seconds_start (2.0) must be less than seconds_total",
+    ),
+    ({"input": "x", "num_inference_steps": 0}, "num_inference_steps"),
+    ({"input": "x", "guidance_scale": -1}, "guidance_scale"),
+    ({"input": "x", "seed": -1}, "seed"),
+    ({"input": "x", "seed": 2**63}, "seed"),
+    ({"input": "x", "response_format": "mp3"}, "response_format"),
+    ({"input": "x", "guidance": "xyz"}, "guidance"),
+    ({"input": "x", "apg_scale": 2}, "apg_scale"),
+    ({"input": "x", "noise": "pink"}, "noise"),
+    ({"input": "x", "window": "half"}, "window"),
+    ({"input": "x", "negative_prompt": 5}, "negative_prompt"),
+]
+
+
+@pytest.mark.parametrize("body,named", BAD_BODIES)
+def test_bad_requests_are_refused_by_name_before_they_wait(server, body, named):
+    server.app.state.generator.run = lambda resolved: pytest.fail("a bad request reached the model")
+    try:
+        response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30)
+    finally:
+        del server.app.state.generator.run  # the class's method again
+    assert response.status_code == 422 and named in response.text, response.text
+
+
+def test_a_body_that_is_not_json_is_refused(server):
+    response = httpx.post(f"{server.url}/v1/audio/generate", content=b"{not json", timeout=30)
+    assert response.status_code == 422 and "json" in response.text.lower()
+
+
+def test_a_full_queue_answers_429_and_the_waiting_request_completes(server):
+    generator = server.app.state.generator  # max_queue=1
+    answers = {}
+    with generator.lock:  # the model is busy
+        waiting = threading.Thread(
+            target=lambda: answers.update(first=httpx.post(
+                f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=120))
+        )  # fmt: skip
+        waiting.start()
+        deadline = time.monotonic() + 30
+        while generator.waiting < 1:
+            assert time.monotonic() < deadline, "the first request never queued"
+            time.sleep(0.01)
+        refused = httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
+    waiting.join(timeout=120)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "queue is full" in refused.text
+    assert answers["first"].status_code == 200 and generator.waiting == 0
+
+
+def test_metrics_count_outcomes(server):
+    httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=120)
+    httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", "seed": -5}, timeout=30)
+    text = httpx.get(f"{server.url}/metrics").text
+    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("sa_")}
+    assert (
+        counts['sa_requests_total{outcome="ok"}'] >= 1 and counts['sa_requests_total{outcome="invalid"}'] >= 1
+    )
+    assert counts["sa_request_seconds_count"] >= 1 and counts["sa_queue_depth"] == 0
+
+
+def test_an_api_key_guards_all_but_health(keyed):
+    assert httpx.get(f"{keyed.url}/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
+        response = httpx.get(f"{keyed.url}/v1/models", headers=headers)
+        assert response.status_code == 401 and API_KEY not in response.text
+    refused = httpx.post(f"{keyed.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
+    assert refused.status_code == 401
+    good = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(f"{keyed.url}/v1/models", headers=good).status_code == 200
+    assert httpx.get(f"{keyed.url}/metrics", headers=good).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "arguments,message",
+    [(["--max-queue", "0"], "--max-queue must be at least 1"), (["--port", "70000"], "--port must be in")],
+)
+def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "plan_from_arguments", lambda *a: pytest.fail("nothing may load"))
+    assert cli.main(["--model", "tiny-random", *arguments]) == 2
+    assert message in capsys.readouterr().err
