@@ -5,9 +5,12 @@ count of waiting and running requests turns the next one away with 429."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -18,8 +21,9 @@ from fastapi.responses import JSONResponse, Response
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.runtime.requests import resolve_request
+from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
+from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request
+from stable_audio_rt.serve.jobs import Job, JobStore
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import RESPONSE_FORMATS, GenerateBody
 
@@ -31,7 +35,9 @@ RETRY_AFTER_S = 1
 class ServeSettings:
     model_name: str  # what /v1/models lists
     api_key: str | None = None  # every endpoint but /health needs it when set
-    max_queue: int = 16  # requests waiting or running before 429
+    max_queue: int = 16  # requests and jobs waiting or running before 429
+    job_ttl_s: float = 3600.0  # how long a finished job's result is kept
+    max_result_bytes: int = 512 * 2**20  # finished results kept at most; the oldest go first
 
 
 class Generator:
@@ -63,10 +69,39 @@ class Generator:
 
 
 def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
-    app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP")
     metrics = ServeMetrics()
     generator = Generator(pipe, settings.max_queue, metrics)
-    app.state.generator = generator
+
+    async def encoded(resolved: ResolvedRequest, response_format: str) -> tuple[bytes, GenerationResult]:
+        """Run on the pipeline (in a worker thread) and encode; metrics for each outcome."""
+        began = time.perf_counter()
+        try:
+            result = await anyio.to_thread.run_sync(generator.run, resolved)
+        except StableAudioError:  # the request's own fault (an engine's profile): 422
+            raise
+        except Exception:
+            metrics.requests.labels("failed").inc()
+            raise
+        content = audio_bytes(result.audio[0], result.sample_rate, RESPONSE_FORMATS[response_format][0])
+        metrics.requests.labels("ok").inc()
+        metrics.latency.observe(time.perf_counter() - began)
+        metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))
+        metrics.batch_rows.observe(result.audio.shape[0])
+        return content, result
+
+    async def run_job(job: Job) -> bytes:
+        return (await encoded(job.resolved, job.response_format))[0]
+
+    store = JobStore(run_job, generator.leave, settings.job_ttl_s, settings.max_result_bytes)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = asyncio.create_task(store.work())
+        yield
+        worker.cancel()
+
+    app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
+    app.state.generator, app.state.jobs = generator, store
 
     def authorized(request: Request) -> None:
         if settings.api_key is None:
@@ -110,27 +145,50 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/audio/generate", dependencies=[Depends(authorized)])
     async def generate(body: GenerateBody) -> Response:
-        began = time.perf_counter()
         resolved = resolve_request(body.request(), pipe.config)  # refused (422) before it waits
         generator.admit()
         try:
-            result = await anyio.to_thread.run_sync(generator.run, resolved)
-        except StableAudioError:  # the request's own fault (an engine's profile): 422 below
-            raise
-        except Exception:
-            metrics.requests.labels("failed").inc()
-            raise
+            content, result = await encoded(resolved, body.response_format)
         finally:
             generator.leave()
-        file_format, media_type = RESPONSE_FORMATS[body.response_format]
-        content = audio_bytes(result.audio[0], result.sample_rate, file_format)
-        seconds = time.perf_counter() - began
-        audio_seconds = result.audio.shape[-1] / result.sample_rate
-        metrics.requests.labels("ok").inc()
-        metrics.latency.observe(seconds)
-        metrics.rtf.observe(sum(result.timings.values()) / audio_seconds)
-        metrics.batch_rows.observe(result.audio.shape[0])
         headers = {"X-Seed": str(result.seed), "X-Sample-Rate": str(result.sample_rate)}
-        return Response(content, media_type=media_type, headers=headers)
+        return Response(content, media_type=RESPONSE_FORMATS[body.response_format][1], headers=headers)
+
+    def found(job_id: str) -> Job:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id!r} (unknown, or its result expired)")
+        return job
+
+    @app.post("/v1/audio/jobs", status_code=202, dependencies=[Depends(authorized)])
+    async def submit(body: GenerateBody) -> JSONResponse:
+        resolved = resolve_request(body.request(), pipe.config)
+        generator.admit()  # its place is given back when the worker is done with it
+        job = store.submit(resolved, body.response_format)
+        location = f"/v1/audio/jobs/{job.id}"
+        return JSONResponse(job.view(), status_code=202, headers={"Location": location})
+
+    @app.get("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
+    async def status(job_id: str) -> dict:
+        return found(job_id).view()
+
+    @app.get("/v1/audio/jobs/{job_id}/content", dependencies=[Depends(authorized)])
+    async def content(job_id: str) -> Response:
+        job = found(job_id)
+        if job.status != "done":
+            detail = f"job {job_id} is {job.status}"
+            if job.error:
+                detail += f": {job.error}"
+            if job.finished is None:
+                detail += f"; poll GET /v1/audio/jobs/{job_id} until it is done"
+            raise HTTPException(409, detail)
+        headers = {"X-Seed": str(job.resolved.seed)}
+        return Response(job.content, media_type=RESPONSE_FORMATS[job.response_format][1], headers=headers)
+
+    @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
+    async def cancel(job_id: str) -> dict:
+        job = found(job_id)
+        store.cancel(job)
+        return job.view()
 
     return app

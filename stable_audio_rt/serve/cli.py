@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sa-serve",
         description="Serve Stable Audio Open over HTTP: POST /v1/audio/generate (vLLM-Omni's fields), "
-        "GET /v1/models, /metrics (Prometheus), /health, /docs.",
+        "jobs at /v1/audio/jobs (submit, poll, download, cancel), GET /v1/models, /metrics "
+        "(Prometheus), /health, /docs.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"require `Authorization: Bearer KEY` (default: ${API_KEY_VARIABLE} when set, else none)",
     )
     p.add_argument(
-        "--max-queue", type=int, default=16, help="requests waiting or running before 429 (default: 16)"
+        "--max-queue",
+        type=int,
+        default=16,
+        help="requests and jobs waiting or running before 429 (default: 16)",
+    )
+    p.add_argument(
+        "--job-ttl-s",
+        type=float,
+        default=3600.0,
+        help="how long a finished job's result is kept (default: 3600)",
     )
     return p
 
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     with reported_errors("sa-serve", "not serving") as failed:
         if args.max_queue < 1:
             raise ConfigError("--max-queue must be at least 1")
+        if args.job_ttl_s <= 0:
+            raise ConfigError("--job-ttl-s must be positive")
         if not 0 <= args.port < 2**16:
             raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
         plan = plan_from_arguments(args, "sa-serve")
@@ -63,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sa-serve: warming up", file=sys.stderr)
         pipe.generate("warm-up", **WARMUP)
         api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-        settings = ServeSettings(str(plan.model or plan.engines), api_key, args.max_queue)
+        settings = ServeSettings(str(plan.model or plan.engines), api_key, args.max_queue, args.job_ttl_s)
     if failed.exit_status is not None:
         return failed.exit_status
     serve(pipe, settings, args.host, args.port)

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-import uvicorn
+from serving import QUICK, Running
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -18,9 +18,6 @@ from stable_audio_rt.serve import cli
 from stable_audio_rt.serve.app import ServeSettings, create_app
 
 API_KEY = "test-key-not-a-secret"
-# Short requests: 2 steps of half a second of the tiny model.
-QUICK = {"audio_length": 0.5, "num_inference_steps": 2}
-START_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -28,31 +25,10 @@ def pipe():
     return StableAudio.load("tiny-random", device="cpu", cuda_graph=False)
 
 
-class Running:
-    """A uvicorn server in a thread on a free port of 127.0.0.1, stopped by `stop`."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture(scope="module")
 def server(pipe):
     app = create_app(pipe, ServeSettings("tiny-random", max_queue=1))
     running = Running(app)
-    running.app = app
     yield running
     running.stop()
 
@@ -187,7 +163,11 @@ def test_an_api_key_guards_all_but_health(keyed):
 
 @pytest.mark.parametrize(
     "arguments,message",
-    [(["--max-queue", "0"], "--max-queue must be at least 1"), (["--port", "70000"], "--port must be in")],
+    [
+        (["--max-queue", "0"], "--max-queue must be at least 1"),
+        (["--port", "70000"], "--port must be in"),
+        (["--job-ttl-s", "0"], "--job-ttl-s must be positive"),
+    ],
 )
 def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "plan_from_arguments", lambda *a: pytest.fail("nothing may load"))
