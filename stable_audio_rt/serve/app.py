@@ -98,6 +98,9 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = asyncio.create_task(store.work())
         yield
+        # Shutdown (SIGTERM): uvicorn has stopped accepting and finished the open requests;
+        # the accepted jobs run to their end before the worker goes.
+        await store.drain()
         worker.cancel()
 
     app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)

@@ -1,12 +1,14 @@
 """sa-serve: load a model once, warm it, and answer generation requests over HTTP.
 
 Listens on 127.0.0.1 unless told otherwise; with an API key (--api-key or SA_SERVE_API_KEY)
-every endpoint but /health needs `Authorization: Bearer <key>`.
+every endpoint but /health needs `Authorization: Bearer <key>`. SIGTERM (or Ctrl-C) stops
+accepting, finishes the open requests and the accepted jobs, then exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -87,6 +89,7 @@ def serve(pipe: StableAudio, settings: ServeSettings, host: str, port: int) -> N
 
     from stable_audio_rt.serve.app import create_app
 
+    logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
     uvicorn.run(create_app(pipe, settings), host=host, port=port, log_level="info")
 
 

@@ -6,6 +6,7 @@ byte cap evicts the oldest."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from typing import Literal
 from stable_audio_rt.runtime.requests import ResolvedRequest
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
+LOG = logging.getLogger("stable_audio_rt.serve")
 
 
 @dataclass
@@ -78,7 +80,13 @@ class JobStore:
                     await self._run(job)
             finally:
                 self.release()
+                self.queue.task_done()
+            LOG.info("job %s %s", job.id, job.status)
             self.expire()
+
+    async def drain(self) -> None:
+        """Until every job submitted so far has finished (a shutdown loses none silently)."""
+        await self.queue.join()
 
     async def _run(self, job: Job) -> None:
         job.status = "running"

@@ -2,6 +2,10 @@
 gives the synchronous endpoint's bytes; unknown ids, early downloads, cancelling a queued and a
 running job, a failing job, and results expiring after their time to live."""
 
+import signal
+import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -120,3 +124,34 @@ def test_the_result_cap_evicts_the_oldest(pipe):
         assert httpx.get(f"{running.url}/v1/audio/jobs/{second['id']}/content").status_code == 200
     finally:
         running.stop()
+
+
+def test_sigterm_finishes_every_accepted_job_then_exits():
+    with socket.socket() as probe:  # a free port for the server process
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--model", "tiny-random",
+               "--device", "cpu", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + POLL_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "sa-serve did not start"
+            time.sleep(0.2)
+        accepted = [
+            httpx.post(f"{url}/v1/audio/jobs", json={"input": p, **QUICK}).json()["id"] for p in "abc"
+        ]
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=POLL_TIMEOUT_S)
+    finally:
+        process.kill()
+    # uvicorn re-raises the signal once its graceful shutdown is over: killed by SIGTERM, after.
+    assert process.returncode == -signal.SIGTERM and "Application shutdown complete" in log, log[-3000:]
+    finished = log.index("Application shutdown complete")
+    assert all(-1 < log.find(f"job {job_id} done") < finished for job_id in accepted), log[-3000:]
