@@ -10,10 +10,11 @@ import time
 
 import httpx
 import pytest
-from serving import QUICK, Running
+from serving import QUICK
 
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import ServeSettings, create_app
+from stable_audio_rt.serve.background import BackgroundServer
 
 POLL_TIMEOUT_S = 120
 
@@ -25,7 +26,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def server(pipe):
-    running = Running(create_app(pipe, ServeSettings("tiny-random", max_queue=4)))
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", max_queue=4)))
     yield running
     running.stop()
 
@@ -105,7 +106,7 @@ def test_a_failing_job_reports_its_error_and_the_next_one_runs(server, monkeypat
 
 
 def test_results_expire_after_their_time_to_live(pipe):
-    running = Running(create_app(pipe, ServeSettings("tiny-random", job_ttl_s=0.5)))
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", job_ttl_s=0.5)))
     try:
         job = _submit(running, {"input": "x", **QUICK})
         _wait(running, job["id"], "done")
@@ -116,7 +117,7 @@ def test_results_expire_after_their_time_to_live(pipe):
 
 
 def test_the_result_cap_evicts_the_oldest(pipe):
-    running = Running(create_app(pipe, ServeSettings("tiny-random", max_result_bytes=150_000)))
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", max_result_bytes=150_000)))
     try:  # one 0.5 s stereo WAV is ~88 kB: the cap holds one
         first, second = (_submit(running, {"input": p, **QUICK}) for p in "ab")
         _wait(running, second["id"], "done")  # every read first forgets what is over the cap

@@ -10,12 +10,13 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from serving import QUICK, Running
+from serving import QUICK
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve import cli
 from stable_audio_rt.serve.app import ServeSettings, create_app
+from stable_audio_rt.serve.background import BackgroundServer
 
 API_KEY = "test-key-not-a-secret"
 
@@ -28,14 +29,14 @@ def pipe():
 @pytest.fixture(scope="module")
 def server(pipe):
     app = create_app(pipe, ServeSettings("tiny-random", max_queue=1))
-    running = Running(app)
+    running = BackgroundServer(app)
     yield running
     running.stop()
 
 
 @pytest.fixture(scope="module")
 def keyed(pipe):
-    running = Running(create_app(pipe, ServeSettings("tiny-random", api_key=API_KEY)))
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", api_key=API_KEY)))
     yield running
     running.stop()
 
