@@ -27,8 +27,8 @@ SUBTYPES = {
     ("RAW", "float"): "FLOAT",
 }
 SampleFormat = Literal["pcm16", "float"]
-# Full scale of 16-bit PCM: 1.0 ↦ 32767 (libsndfile's own scale for float → 16-bit).
-PCM16_SCALE = 32767
+# 16-bit PCM: sample = x · 2¹⁵, rounded, within [−2¹⁵, 2¹⁵ − 1]; readers divide by 2¹⁵.
+PCM16_SCALE = 2**15
 
 
 class AudioFileError(StableAudioError):
@@ -130,7 +130,7 @@ def _write(
     if sample_format == "pcm16":
         # Rounded here, not by libsndfile, whose float → 16-bit conversion differs by format (WAV
         # and FLAC of one clip were 1 LSB apart): every format then holds the same samples.
-        data = np.clip(np.round(data * PCM16_SCALE), -PCM16_SCALE - 1, PCM16_SCALE).astype(np.int16)
+        data = np.clip(np.round(data * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1).astype(np.int16)
     subtype = SUBTYPES[file_format, sample_format]
     sf.write(
         target,
