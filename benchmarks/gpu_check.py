@@ -5,6 +5,8 @@ moment it exists, so a run cut short keeps what it measured.
     python benchmarks/wheelhouse.py build                 # where an index is reachable (~10 MB)
     python benchmarks/gpu_check.py --wheelhouse .whl      # on the GPU machine, from a checkout
     python benchmarks/gpu_check.py --dry-run              # the same flow on the CPU, tiny models
+    python benchmarks/gpu_check.py --wheelhouse .whl --parts "small,peer,speed fp32,kernels"
+                                                          # a rerun of what a cut run missed
 
 In order of what the GPU results must show first, each part skipped (and recorded) when its
 estimate does not fit in what is left of --budget-s, cut where it stands when the budget runs
@@ -65,6 +67,18 @@ GOALS = (  # (name, the row it reads, the bound): issue 18's goals for an H100/H
     ("SAO 1.0 full window, bf16 or fp16, CUDA graph ≤ 1.0 s", "speed full graph", 1.0),
     ("trimmed 10 s clip ≤ 0.3 s", "speed trim graph", 0.3),
     ("Small 11.9 s clip ≤ 0.1 s", "small batch 1", 0.1),
+)
+# The parts, in the order they run (gpu_check_parts.run_all), as --parts names them.
+PARTS = (
+    "tests",
+    "correctness",
+    "speed bf16",
+    "small",
+    "peer",
+    "speed fp16",
+    "speed fp32",
+    "kernels",
+    "tensorrt",
 )
 PEER_GOAL_RATIO = 4.0
 PEER_GOAL = f"≥ {PEER_GOAL_RATIO:.0f}× diffusers on the same GPU and work"
@@ -287,7 +301,11 @@ class Check:
         return False
 
     def attempt(self, part: str, estimate_key: str, run: Callable[[], None]) -> None:
-        """Run a part if its estimate fits; a failure is recorded and the next part goes on."""
+        """Run a part if asked for and its estimate fits; a failure is recorded and the next part
+        goes on."""
+        if self.args.parts is not None and part not in self.args.parts:
+            self.results.skip(part, "not asked for (--parts)")
+            return
         if not self.fits(estimate_key, part):
             return
         self.mark(part)
@@ -346,6 +364,14 @@ def install(args: argparse.Namespace) -> tuple[dict, Path | None]:
     return record, target
 
 
+def _parts(text: str) -> frozenset[str]:
+    asked = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = asked - set(PARTS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"unknown parts {sorted(unknown)}: choose from {', '.join(PARTS)}")
+    return frozenset(asked)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -359,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="warm requests per row, after one cold")
     parser.add_argument(
         "--dry-run", action="store_true", help="the same flow on the CPU with the tiny models"
+    )
+    parser.add_argument(
+        "--parts",
+        type=_parts,
+        help=f"only these parts, comma-separated (a rerun for what a cut run missed): {', '.join(PARTS)}",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:

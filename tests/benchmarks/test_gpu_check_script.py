@@ -113,7 +113,7 @@ def test_a_part_running_when_the_budget_is_spent_is_cut_where_it_stands(monkeypa
     header = {"gpu": "test GPU", "date": "2026-11-28", "torch": "-", "triton": "-", "python": "-"}
     budget = gpu_check.Budget(0.5)
     results = gpu_check.Results(tmp_path, {**header, "budget_s": budget.seconds})
-    check = gpu_check.Check(argparse.Namespace(dry_run=False), budget, results, env={})
+    check = gpu_check.Check(argparse.Namespace(dry_run=False, parts=None), budget, results, env={})
     ran_after = []
 
     def slow_part() -> None:
@@ -134,6 +134,20 @@ def test_a_part_running_when_the_budget_is_spent_is_cut_where_it_stands(monkeypa
     reasons = {s["part"]: s["reason"] for s in _report(tmp_path)["skipped"]}
     assert reasons["tests"].startswith("cut at") and "during a slow row" in reasons["tests"]
     assert "budget left" in reasons["correctness"]
+
+
+def test_parts_runs_only_what_is_asked_for(tmp_path):
+    command = [sys.executable, str(SCRIPT), "--dry-run", "--repeats", "1", "--parts", "correctness,small",
+               "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env=_offline_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = _report(tmp_path)
+    assert report["correctness"][0]["passed"] and [r["batch"] for r in report["small"]] == [1, 2]
+    assert "speed" not in report and "tests" not in report and "peer" not in report
+    reasons = {s["part"]: s["reason"] for s in report["skipped"]}
+    assert all(reasons[p] == "not asked for (--parts)" for p in ("tests", "speed bf16", "peer", "kernels"))
+    refused = subprocess.run([*command[:-2], "--parts", "speed,bogus"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "unknown parts ['bogus', 'speed']" in refused.stderr
 
 
 def _gpu_check_module(monkeypatch):
