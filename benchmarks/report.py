@@ -23,8 +23,16 @@ def header(device: torch.device) -> dict[str, Any]:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": name,
+        "cpu": cpu_model(),  # named in every result: CPUs here differ between machines
         "torch": torch.__version__,
     }
+
+
+def cpu_model() -> str:
+    """The processor's name as Linux reports it ("unknown" elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def emit(report: dict[str, Any], path: Path | None) -> None:

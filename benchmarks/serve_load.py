@@ -23,6 +23,7 @@ import httpx
 import torch
 from report import emit, header
 
+from stable_audio_rt.bench.runner import percentile
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
@@ -40,18 +41,6 @@ def resident_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status: this benchmark reads Linux's memory figures")
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def sequential(client: httpx.Client, url: str, count: int) -> dict:
     seconds = []
     began = time.perf_counter()
@@ -64,7 +53,7 @@ def sequential(client: httpx.Client, url: str, count: int) -> dict:
     return {
         "requests": count,
         "p50_s": round(statistics.median(seconds), 4),
-        "p99_s": round(percentile(seconds, 0.99), 4),
+        "p99_s": round(percentile(seconds, 99), 4),
         "requests_per_s": round(count / total, 2),
     }
 
@@ -90,7 +79,7 @@ def concurrent(url: str, clients: int) -> dict:
         "all_answered_200": statuses == {"200": clients},
         "wall_s": round(time.perf_counter() - began, 2),
         "p50_s": round(statistics.median(seconds), 4),
-        "p99_s": round(percentile(seconds, 0.99), 4),
+        "p99_s": round(percentile(seconds, 99), 4),
     }
 
 
@@ -119,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     report = {
         **header(torch.device("cpu")),
-        "cpu": cpu_model(),
         "command": " ".join(["python", "benchmarks/serve_load.py", *arguments]),
         "request": BODY,
         "sequential": {**steady, "rss_after_warmup_mb": round(after_warmup, 1),

@@ -63,9 +63,11 @@ class Generator:
         self.waiting -= 1
         self.metrics.queue_depth.set(self.waiting)
 
-    def run(self, resolved):
+    def run(self, resolved: ResolvedRequest, file_format: str) -> tuple[bytes, GenerationResult]:
+        """Generate, then encode (still off the event loop: a long clip's FLAC takes a while)."""
         with self.lock:
-            return self.pipe.run_resolved(resolved)
+            result = self.pipe.run_resolved(resolved)
+        return audio_bytes(result.audio[0], result.sample_rate, file_format), result
 
 
 def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
@@ -76,13 +78,13 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         """Run on the pipeline (in a worker thread) and encode; metrics for each outcome."""
         began = time.perf_counter()
         try:
-            result = await anyio.to_thread.run_sync(generator.run, resolved)
+            file_format = RESPONSE_FORMATS[response_format][0]
+            content, result = await anyio.to_thread.run_sync(generator.run, resolved, file_format)
         except StableAudioError:  # the request's own fault (an engine's profile): 422
             raise
         except Exception:
             metrics.requests.labels("failed").inc()
             raise
-        content = audio_bytes(result.audio[0], result.sample_rate, RESPONSE_FORMATS[response_format][0])
         metrics.requests.labels("ok").inc()
         metrics.latency.observe(time.perf_counter() - began)
         metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))

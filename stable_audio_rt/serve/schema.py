@@ -14,8 +14,13 @@ from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
 
 # The seed range sa-run accepts (requests.py): [0, 2**63).
 SEED_LIMIT = 2**63
-# response_format → (soundfile format, media type).
-RESPONSE_FORMATS = {"wav": ("WAV", "audio/wav"), "flac": ("FLAC", "audio/flac"), "pcm": ("RAW", "audio/L16")}
+# response_format → (soundfile format, media type). Raw PCM is little-endian (as OpenAI's and
+# vLLM-Omni's "pcm"), so not audio/L16, which is big-endian by RFC 2586.
+RESPONSE_FORMATS = {
+    "wav": ("WAV", "audio/wav"),
+    "flac": ("FLAC", "audio/flac"),
+    "pcm": ("RAW", "application/octet-stream"),
+}
 
 
 class GenerateBody(BaseModel):

@@ -92,11 +92,11 @@ def test_a_failing_job_reports_its_error_and_the_next_one_runs(server, monkeypat
     generator = server.app.state.generator
     calls = []
 
-    def fail_once(resolved):
+    def fail_once(resolved, file_format):
         calls.append(resolved)
         if len(calls) == 1:
             raise RuntimeError("the device fell over")
-        return type(generator).run(generator, resolved)
+        return type(generator).run(generator, resolved, file_format)
 
     monkeypatch.setattr(generator, "run", fail_once)
     failed, fine = _submit(server, {"input": "x", **QUICK}), _submit(server, {"input": "y", **QUICK})

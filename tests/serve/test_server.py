@@ -77,6 +77,7 @@ def test_every_format_holds_the_same_samples(server):
     assert flac.headers["content-type"] == "audio/flac"
     assert np.array_equal(sf.read(io.BytesIO(flac.content), dtype="int16", always_2d=True)[0], wav)
     pcm = httpx.post(f"{server.url}/v1/audio/generate", json={**base, "response_format": "pcm"}, timeout=120)
+    assert pcm.headers["content-type"] == "application/octet-stream"
     assert np.array_equal(np.frombuffer(pcm.content, "<i2").reshape(-1, 2), wav)
 
 
@@ -106,7 +107,7 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize("body,named", BAD_BODIES)
 def test_bad_requests_are_refused_by_name_before_they_wait(server, body, named):
-    server.app.state.generator.run = lambda resolved: pytest.fail("a bad request reached the model")
+    server.app.state.generator.run = lambda *_: pytest.fail("a bad request reached the model")
     try:
         response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30)
     finally:

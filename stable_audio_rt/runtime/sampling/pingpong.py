@@ -58,7 +58,7 @@ class Pingpong(Sampler):
         inputs, state = request.inputs, request.state
         steps, t0 = resolved.request.steps, resolved.start_level
         times = logsnr_shifted_times(steps, t0, device=randomness.device)
-        inputs.start_scale.fill_(t0 if resolved.init_audio is not None else 1.0)
+        inputs.start_scale.fill_(t0)  # 1 (pure noise) unless audio-to-audio starts later
         inputs.reference_scale.fill_(1 - t0)
         state.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
         inputs.times.copy_(times[:-1])
