@@ -1,9 +1,11 @@
 """Switching a loaded model between the torch maths and the Triton kernels.
 
-"auto" takes the kernels on a CUDA device when Triton is installed and the torch maths
-(SDPA attention, eager Snake) otherwise, so CPU runs keep their default path. "compiled" keeps
-SDPA and fuses Snake with torch.compile (Inductor: one C++ loop on the CPU instead of five
-passes over the VAE's largest activations; it needs a C compiler and costs a few seconds once).
+"auto" takes the kernels on a CUDA device when Triton is installed, "compiled" on the CPU and
+the torch maths (SDPA attention, eager Snake: the reference path) otherwise. "compiled" keeps
+SDPA, and on the CPU loads the VAE channels-last (`OobleckVAE.use_channels_last_`), and fuses
+Snake with torch.compile (Inductor: one C++ loop on the CPU instead of five passes over the VAE's
+largest activations, 2.5× faster in fp32 and 10× in bf16 on a 2-core EPYC; it needs a C
+compiler, costs a few seconds once, and falls back to eager with a warning without one).
 """
 
 from __future__ import annotations
@@ -57,20 +59,21 @@ def resolve_kernels(choice: KernelChoice, device: torch.device) -> Kernels:
         raise ConfigError(f"kernels must be one of {KERNEL_CHOICES}, got {choice!r}")
     if choice in ("torch", "compiled"):
         return choice
+    untriton: Kernels = "compiled" if device.type == "cpu" else "torch"
     if importlib.util.find_spec("triton") is None:
         if choice == "triton":
             raise ConfigError("kernels='triton' needs Triton: pip install 'stable-audio-rt[gpu]'")
-        return "torch"
+        return untriton
     from stable_audio_rt.kernels.ops import kernels_runnable_on
 
     if kernels_runnable_on(device):
-        return "triton" if choice == "triton" or device.type == "cuda" else "torch"
+        return "triton" if choice == "triton" or device.type == "cuda" else untriton
     if choice == "triton":
         raise ConfigError(
             f"kernels='triton' runs on CUDA devices, not {device} (on the CPU only under "
             "TRITON_INTERPRET=1, for tests); use kernels='torch' or 'auto'"
         )
-    return "torch"
+    return untriton
 
 
 def use_kernels(kernels: Kernels, dit: DiT, vae: OobleckVAE) -> None:

@@ -28,11 +28,13 @@ SnakeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def snake_eager(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
-    """x + inv_beta·sin²(alpha·x) for x (B, C, T) and per-channel alpha, inv_beta (C,), in at
-    least fp32 (the Triton kernel `stable_audio_rt::snake` computes the same)."""
+    """x + inv_beta·sin²(alpha·x) for x (B, C, T) or (B, C, 1, T) and per-channel alpha, inv_beta
+    (C,), in at least fp32 (the Triton kernel `stable_audio_rt::snake` computes the same)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
+    per_channel = (-1,) + (1,) * (x.dim() - 2)
+    alpha, inv_beta = alpha.to(dtype).view(per_channel), inv_beta.to(dtype).view(per_channel)
     xw = x.to(dtype)
-    return (xw + inv_beta.to(dtype)[:, None] * torch.sin(alpha.to(dtype)[:, None] * xw).pow(2)).to(x.dtype)
+    return (xw + inv_beta * torch.sin(alpha * xw).pow(2)).to(x.dtype)
 
 
 class Snake(nn.Module):
@@ -109,6 +111,27 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_t1(self.snake1(x))
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
+
+
+def conv_as_2d(conv: nn.Conv1d | nn.ConvTranspose1d) -> nn.Conv2d | nn.ConvTranspose2d:
+    """The same convolution over (B, C, 1, T), its weight in channels-last memory order."""
+    two_d = nn.Conv2d if isinstance(conv, nn.Conv1d) else nn.ConvTranspose2d
+    out = two_d(
+        conv.in_channels,
+        conv.out_channels,
+        (1, conv.kernel_size[0]),
+        stride=(1, conv.stride[0]),
+        padding=(0, conv.padding[0]),
+        dilation=(1, conv.dilation[0]),
+        bias=conv.bias is not None,
+        device="meta",
+    )
+    out.weight = nn.Parameter(
+        conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last), requires_grad=False
+    )
+    if conv.bias is not None:
+        out.bias = conv.bias
+    return out
 
 
 def _widths(config: OobleckConfig) -> list[int]:
@@ -207,12 +230,29 @@ class OobleckVAE(nn.Module):
         self.config = config
         self.encoder = OobleckEncoder(config)
         self.decoder = OobleckDecoder(config)
+        self.channels_last = False
+
+    def use_channels_last_(self) -> OobleckVAE:
+        """Run every convolution as its 2-D twin over (B, C, 1, T) in channels-last memory order
+        (one-way; after the weights are loaded). oneDNN runs the Oobleck convolutions 1.2–3×
+        faster so on the CPU (benchmarks/bench_vae_layout.py); the outputs are the same maths."""
+        for module in self.modules():
+            for name, child in module.named_children():
+                if isinstance(child, nn.Conv1d | nn.ConvTranspose1d):
+                    setattr(module, name, conv_as_2d(child))
+        self.channels_last = True
+        return self
+
+    def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return net(x)
+        return net(x.unsqueeze(2).contiguous(memory_format=torch.channels_last)).squeeze(2).contiguous()
 
     def encode_moments(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return bottleneck_moments(self.encoder(audio))
+        return bottleneck_moments(self._run(self.encoder, audio))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents)
+        return self._run(self.decoder, latents)
 
     def set_snake(self, activation: SnakeFn) -> None:
         """Swap every Snake's maths (eager by default; the Triton op on GPU)."""

@@ -21,6 +21,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
+from stable_audio_rt.precision import DtypeChoice, DtypeRequest, choose_dtype
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
@@ -48,10 +49,10 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 @dataclass(frozen=True)
 class WeightOptions:
     """What the torch backend loads and how (engine folders carry their own precision and
-    kernels): the model's and T5's dtypes, the attention and Snake maths, the checkpoint's
-    layout and the Hub token."""
+    kernels): the model's dtype ("auto": `precision.choose_dtype`) and T5's, the attention and
+    Snake maths, the checkpoint's layout and the Hub token."""
 
-    dtype: torch.dtype = torch.float32
+    dtype: DtypeRequest = "auto"
     t5_dtype: torch.dtype = torch.float32
     kernels: KernelChoice = "auto"
     layout: Layout = "auto"
@@ -68,7 +69,8 @@ class LoadPlan:
     # (None: not checked).
     model: str | Path | None
     engines: Path | None
-    options: WeightOptions  # kernels resolved for this device (torch)
+    options: WeightOptions  # dtype and kernels resolved for this device (torch)
+    dtype_choice: DtypeChoice | None = None  # torch: what "auto" chose and why
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +90,8 @@ class LoadPlan:
         placement = Placement(options.dtype, self.device, options.t5_dtype)
         loaded = load_model(self.model, placement, options.layout, options.token)
         use_kernels(options.kernels, loaded.dit, loaded.vae)
+        if self.device.type == "cpu" and options.kernels == "compiled":
+            loaded.vae.use_channels_last_()  # oneDNN's fastest layout for its convolutions
         return TorchComponents(loaded)
 
 
@@ -104,8 +108,10 @@ def plan_load(
     if choice.backend == "torch":
         source = choice.model or model or DEFAULT_REPO
         config = read_config(source, options.layout, options.token)
-        resolved = replace(options, kernels=resolve_kernels(options.kernels, choice.device))
-        return LoadPlan(choice, config, source, None, resolved)
+        dtype = choose_dtype(options.dtype, choice.device)
+        kernels = resolve_kernels(options.kernels, choice.device)
+        resolved = replace(options, dtype=dtype.dtype, kernels=kernels)
+        return LoadPlan(choice, config, source, None, resolved, dtype)
     if options.kernels == "triton":
         raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
     return LoadPlan(choice, Manifest.read(engines).model_config, model, engines, options)

@@ -26,6 +26,7 @@ from stable_audio_rt.kernels.switch import KernelChoice
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
+from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
 from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
@@ -110,7 +111,7 @@ class StableAudio:
         engines: str | Path | None = None,
         backend: Backend = "auto",
         device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: DtypeRequest = "auto",
         t5_dtype: torch.dtype = torch.float32,
         kernels: KernelChoice = "auto",
         cuda_graph: bool = True,
@@ -126,9 +127,10 @@ class StableAudio:
         `backend`: "auto" (with engines: tensorrt when the folder has plans for this GPU, else
         onnxruntime; without: torch), "torch", "onnxruntime" or "tensorrt". `device`: default
         CUDA when available (onnxruntime: the CPU). `dtype`, `t5_dtype` and `kernels` apply to
-        torch: T5 runs in fp32 unless `t5_dtype=torch.float16` (as stable-audio-tools casts it);
-        `kernels` picks the DiT attention and VAE Snake maths: "auto" (Triton on CUDA, torch
-        elsewhere), "triton", "compiled" or "torch".
+        torch: `dtype` "auto" (default) is bf16 on a CPU with bf16 matrix units and fp32
+        elsewhere (`precision.choose_dtype`); T5 runs in fp32 unless `t5_dtype=torch.float16`
+        (as stable-audio-tools casts it); `kernels` picks the DiT attention and VAE Snake maths:
+        "auto" (Triton on CUDA, compiled on the CPU), "triton", "compiled" or "torch".
         """
         options = WeightOptions(dtype, t5_dtype, kernels, layout, token)
         plan = plan_load(model, engines, backend, device, options)

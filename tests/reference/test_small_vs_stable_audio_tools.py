@@ -17,6 +17,7 @@ import pytest
 import torch
 from checkpoints import sat_model_config
 from numerics import rel_error
+from reference_path import REFERENCE_PATH
 from safetensors.torch import save_file
 from test_vs_stable_audio_tools import REFERENCE_T5_NAME, _import_reference
 
@@ -69,7 +70,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(checkpoint):
-    return StableAudio.from_pretrained(checkpoint[0], device="cpu", t5_dtype=torch.float16)
+    return StableAudio.from_pretrained(checkpoint[0], device="cpu", t5_dtype=torch.float16, **REFERENCE_PATH)
 
 
 def test_config_parses_to_small_structure(ours):
@@ -142,6 +143,6 @@ def test_exported_small_runs_in_onnxruntime_like_torch(checkpoint, tmp_path):
         seconds_total=0.6, seed=3, sample_size=FRAMES * 2048, cfg_scale=4.0, negative_prompt="hiss"
     )
     from_graphs = engines.generate(["rain on a tin roof", "warm synth pad"], **options)
-    torch_backend = StableAudio.from_pretrained(folder, device="cpu")
+    torch_backend = StableAudio.from_pretrained(folder, device="cpu", **REFERENCE_PATH)
     from_torch = torch_backend.generate(["rain on a tin roof", "warm synth pad"], **options)
     assert rel_error(from_graphs.latents, from_torch.latents) <= LATENT_REL_TOL

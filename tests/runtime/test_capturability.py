@@ -12,6 +12,7 @@ requests of one shape with different prompts and seeds. Each check is broken on 
 import numpy as np
 import pytest
 import torch
+from reference_path import REFERENCE_PATH
 from runtime.capture_watch import RegionWatch
 
 from stable_audio_rt.runtime import region
@@ -24,7 +25,8 @@ RATE = 44100
 @pytest.fixture(scope="module")
 def pipes():
     pipes = {
-        name: StableAudio.from_pretrained(name, device="cpu") for name in ("tiny-random", "tiny-random-small")
+        name: StableAudio.from_pretrained(name, device="cpu", **REFERENCE_PATH)
+        for name in ("tiny-random", "tiny-random-small")
     }
     # What runs on CUDA by default: the Triton kernels (here under the interpreter) and, as the
     # reference casts it, an fp16 T5.

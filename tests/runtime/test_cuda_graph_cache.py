@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.runtime import pipeline as pipeline_module
 from stable_audio_rt.runtime.cuda_graph import CapturedRequest, GraphCache
@@ -47,7 +48,7 @@ def _stand_in_capture(request, run):
 @pytest.fixture
 def graphed(monkeypatch):
     """The tiny model with the graph path on (as on CUDA) and the stand-in capture."""
-    pipe = StableAudio.from_pretrained("tiny-random", device="cpu")
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
     monkeypatch.setattr(StableAudio, "uses_graphs", property(lambda self: self.cuda_graph))
     monkeypatch.setattr(pipeline_module, "capture_request", _stand_in_capture)
     return pipe
@@ -95,7 +96,7 @@ def _drifting(readings):
 
 def test_auto_decode_chunk_is_read_once_so_drifting_free_memory_keeps_one_key(monkeypatch):
     # Only the key is computed (no run), so the pipeline may claim CUDA on this CPU machine.
-    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", cuda_graph=False)
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
     pipe.device = torch.device("cuda")
     gib = 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", _drifting([(g * gib, 80 * gib) for g in (40, 39, 38)]))

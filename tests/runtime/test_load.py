@@ -4,6 +4,7 @@ fingerprint that ties an engine folder to a random model's weights."""
 
 import pytest
 import torch
+from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.bench import cli as bench_cli
 from stable_audio_rt.errors import ConfigError
@@ -30,8 +31,8 @@ def test_a_random_model_is_planned_from_its_name_alone(name, monkeypatch):
 
 
 def test_load_gives_the_same_model_as_from_pretrained():
-    loaded = StableAudio.load("tiny-random", device="cpu", cuda_graph=False)
-    named = StableAudio.from_pretrained("tiny-random", device="cpu", cuda_graph=False)
+    loaded = StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
+    named = StableAudio.from_pretrained("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
     options = dict(steps=3, seed=7, seconds_total=0.5)
     assert torch.equal(loaded.generate("x", **options).audio, named.generate("x", **options).audio)
 

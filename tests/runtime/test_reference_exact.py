@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torchsde
+from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -17,7 +18,7 @@ RATE = 44100
 
 @pytest.fixture(scope="module")
 def pipe():
-    return StableAudio.from_pretrained("tiny-random", device="cpu")
+    return StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
 
 
 def _sampler_state(pipe, request):

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+from reference_path import REFERENCE_PATH
 from serving import QUICK
 
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -21,7 +22,7 @@ POLL_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False)
+    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from reference_path import REFERENCE_PATH
 from serving import QUICK
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
@@ -23,7 +24,7 @@ API_KEY = "test-key-not-a-secret"
 
 @pytest.fixture(scope="module")
 def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False)
+    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
 
 
 @pytest.fixture(scope="module")

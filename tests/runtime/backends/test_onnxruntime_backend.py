@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoints import build_reference, write_diffusers_checkpoint
+from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
@@ -29,7 +30,7 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def torch_pipe(tiny_diffusers_dir):
-    return StableAudio.from_pretrained(tiny_diffusers_dir, device="cpu")
+    return StableAudio.from_pretrained(tiny_diffusers_dir, device="cpu", **REFERENCE_PATH)
 
 
 # Latent cosine distance to the torch backend: fp32 graphs equal it to rounding (the issue's

@@ -1,0 +1,87 @@
+"""The CPU's default path: `dtype="auto"` picks bf16 from what torch reports of the CPU, and
+`kernels="auto"` (compiled Snake, channels-last VAE convolutions) computes the reference maths."""
+
+import copy
+
+import pytest
+import torch
+from numerics import FP32_REL_TOL, rel_error
+from reference_path import REFERENCE_PATH
+
+from stable_audio_rt import precision
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.vae import OobleckVAE
+from stable_audio_rt.runtime import load
+from stable_audio_rt.runtime.pipeline import StableAudio
+
+CPU = torch.device("cpu")
+NO_BF16 = {name: False for name in precision.BF16_MATRIX_FEATURES} | {"cpu_name": "Old CPU", "avx2": True}
+
+
+@pytest.mark.parametrize("feature", precision.BF16_MATRIX_FEATURES)
+def test_auto_is_bf16_where_the_cpu_multiplies_bf16(feature):
+    choice = precision.choose_dtype("auto", CPU, NO_BF16 | {feature: True, "cpu_name": "New CPU"})
+    assert choice.dtype == torch.bfloat16
+    assert choice.line() == f"dtype bf16: auto: New CPU multiplies bf16 in hardware ({feature})"
+
+
+def test_auto_is_fp32_without_bf16_units_and_on_cuda():
+    choice = precision.choose_dtype("auto", CPU, NO_BF16)
+    assert choice.dtype == torch.float32
+    assert "Old CPU has no bf16 matrix units" in choice.reason
+    assert precision.choose_dtype("auto", torch.device("cuda"), NO_BF16 | {"avx512_bf16": True}).dtype == (
+        torch.float32
+    )
+
+
+def test_a_named_dtype_is_kept_and_bad_ones_refused():
+    assert precision.choose_dtype(torch.float16, CPU).dtype == torch.float16
+    with pytest.raises(ConfigError, match="dtype must be a torch dtype or 'auto'"):
+        precision.choose_dtype("fast", CPU)
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        precision.choose_dtype(torch.int8, CPU)
+
+
+def test_the_plan_reads_the_capability_from_torch(monkeypatch):
+    for answer, dtype in ((NO_BF16, torch.float32), (NO_BF16 | {"amx_bf16": True}, torch.bfloat16)):
+        monkeypatch.setattr(precision, "cpu_capabilities", lambda answer=answer: answer)
+        plan = load.plan_load("tiny-random", device="cpu")
+        assert (plan.options.dtype, plan.dtype_choice.dtype) == (dtype, dtype)
+        assert plan.options.kernels == "compiled"
+    # What this machine's torch says, whatever it is, is a bool per feature.
+    monkeypatch.undo()
+    answer = precision.cpu_capabilities()
+    assert all(isinstance(answer.get(f, False), bool) for f in ("avx512_bf16", "amx_bf16"))
+
+
+@torch.no_grad()
+def test_channels_last_vae_is_the_same_maths(tiny_model):
+    vae = tiny_model.vae
+    fast = copy.deepcopy(vae).use_channels_last_()
+    latents = torch.randn(2, vae.config.latent_dim, 7)
+    audio = torch.randn(2, vae.config.audio_channels, 7 * vae.config.downsampling_ratio)
+    assert rel_error(fast.decode(latents), vae.decode(latents)) <= FP32_REL_TOL
+    for ours, reference in zip(fast.encode_moments(audio), vae.encode_moments(audio), strict=True):
+        assert rel_error(ours, reference) <= FP32_REL_TOL
+
+
+def test_channels_last_keeps_weights_and_refits_every_convolution():
+    vae = OobleckVAE(TINY.vae)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    vae.use_channels_last_()
+    after = vae.state_dict()
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert torch.equal(after[name].reshape(tensor.shape), tensor), name
+    assert not any(isinstance(m, torch.nn.Conv1d | torch.nn.ConvTranspose1d) for m in vae.modules())
+
+
+def test_default_cpu_path_in_fp32_equals_the_reference_path():
+    options = dict(seconds_total=0.5, steps=3, seed=torch.randint(2**31, ()).item())
+    fast = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.float32)
+    reference = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    assert fast.components.model.vae.channels_last and not reference.components.model.vae.channels_last
+    ours, theirs = fast.generate("rain", **options), reference.generate("rain", **options)
+    assert torch.equal(ours.latents, theirs.latents)  # the DiT's maths is the same code
+    assert rel_error(ours.audio, theirs.audio) <= FP32_REL_TOL
