@@ -18,6 +18,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
+from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request
@@ -119,7 +120,7 @@ def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
     plan = plan_load(args.model, args.engines, args.backend, args.device, options)
     if args.backend == "auto":
         print(f"{program}: {plan.choice.line()}", file=sys.stderr)
-    if args.dtype == "auto" and plan.dtype_choice is not None:
+    if args.dtype == "auto" and plan.choice.backend == "torch":
         print(f"{program}: {plan.dtype_choice.line()}", file=sys.stderr)
     if plan.choice.backend == "torch" and is_random(plan.model):
         print(f"{plan.model}: random weights, so the output is noise (a smoke test)", file=sys.stderr)
@@ -296,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request(request, config)
         check_output_path(args.output)
+        found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
+        if found is not None:
+            print(f"sa-run: {found.line()}", file=sys.stderr)
         pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
         result: GenerationResult = pipe.run_resolved(resolved, progress=True)
         paths = result.save(args.output, args.format, clip=not args.no_clip, normalize=args.normalize)

@@ -21,7 +21,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
-from stable_audio_rt.precision import DtypeChoice, DtypeRequest, choose_dtype
+from stable_audio_rt.precision import DTYPES, DtypeChoice, DtypeRequest, choose_dtype
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
@@ -70,7 +70,7 @@ class LoadPlan:
     model: str | Path | None
     engines: Path | None
     options: WeightOptions  # dtype and kernels resolved for this device (torch)
-    dtype_choice: DtypeChoice | None = None  # torch: what "auto" chose and why
+    dtype_choice: DtypeChoice  # the DiT's dtype and why (torch: what "auto" chose)
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +114,9 @@ def plan_load(
         return LoadPlan(choice, config, source, None, resolved, dtype)
     if options.kernels == "triton":
         raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
-    return LoadPlan(choice, Manifest.read(engines).model_config, model, engines, options)
+    manifest = Manifest.read(engines)
+    dtype = DtypeChoice(DTYPES[manifest.components["dit"].precision], "the engines' precision")
+    return LoadPlan(choice, manifest.model_config, model, engines, options, dtype)
 
 
 def _choose_backend(

@@ -12,12 +12,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.runtime.audio_io import audio_bytes
@@ -29,6 +30,13 @@ from stable_audio_rt.serve.schema import RESPONSE_FORMATS, GenerateBody
 
 # What a client waits before retrying a full queue (seconds, the Retry-After header).
 RETRY_AFTER_S = 1
+# The page at /: its own inline script and style, its API calls to this server, its audio as
+# blobs, and nothing else (no fetch from elsewhere: it works offline); not framed by other sites,
+# since it takes the API key.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' blob:; "
+    "media-src blob:; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Generator:
 
 def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
     metrics = ServeMetrics()
+    page = (resources.files("stable_audio_rt.serve") / "static" / "index.html").read_text(encoding="utf-8")
     generator = Generator(pipe, settings.max_queue, metrics)
 
     async def encoded(resolved: ResolvedRequest, response_format: str) -> tuple[bytes, GenerationResult]:
@@ -124,6 +133,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
     async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
         metrics.requests.labels("invalid").inc()
         return await request_validation_exception_handler(request, error)
+
+    # Open without the API key: the page holds no secret, and its API calls carry the key.
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/health")
     async def health() -> dict:

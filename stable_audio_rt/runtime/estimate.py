@@ -1,0 +1,93 @@
+"""How long a CPU request takes at the least, said before it starts when that is minutes.
+
+The request's FLOPs (bench/flops.py: its matrix products and convolutions) over the rate this
+CPU multiplies matrices at in the model's dtype, measured now on one DiT-sized product. The
+products are most of the work and run at best at that rate, so the figure is a floor; the
+faster options that apply to the request are named with it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from stable_audio_rt.bench.flops import matmul, request_flops
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.precision import NAMES, choose_dtype
+from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
+
+# A request whose floor reaches this is announced (seconds).
+ANNOUNCE_FROM_S = 60.0
+# t5-base, the text encoder of both models (reference-spec §6): d_model, d_ff, layers.
+T5_BASE_DIMS = (768, 3072, 12)
+# The probe: the DiT feed-forward's product at this many token rows, timed a few times.
+PROBE_ROWS = 512
+PROBE_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class Estimate:
+    flops: int
+    gflops_per_s: float  # this CPU's matrix rate in the model's dtype, measured now
+    dtype: torch.dtype
+    faster: tuple[str, ...]  # options that would shorten it
+
+    @property
+    def seconds(self) -> float:
+        return self.flops / (self.gflops_per_s * 1e9)
+
+    def line(self) -> str:
+        minutes = self.seconds / 60
+        text = (
+            f"this request is {self.flops / 1e12:.1f} TFLOP: at least {minutes:.0f} min on this CPU "
+            f"({NAMES[self.dtype]} products at {self.gflops_per_s:.0f} GFLOP/s, measured now)"
+        )
+        return text + (f"; faster: {'; '.join(self.faster)}" if self.faster else "")
+
+
+def matrix_rate(width: int, device: torch.device, dtype: torch.dtype) -> float:
+    """GFLOP/s of one (PROBE_ROWS × width) @ (width × 4·width) product, best of a few."""
+    a = torch.randn(PROBE_ROWS, width, device=device, dtype=dtype)
+    b = torch.randn(width, 4 * width, device=device, dtype=dtype)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        began = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - began)
+    return matmul(PROBE_ROWS, width, 4 * width) / best / 1e9
+
+
+def estimate(
+    config: StableAudioConfig, resolved: ResolvedRequest, device: torch.device, dtype: torch.dtype
+) -> Estimate:
+    """The request's floor on `device` in `dtype`, with the options that would shorten it."""
+    request = resolved.request
+    uses_cfg = request.cfg_scale != 1.0
+    flops = request_flops(config, resolved.batch, resolved.frames, request.steps, uses_cfg, T5_BASE_DIMS)
+    rate = matrix_rate(config.dit.embed_dim, device, dtype)
+    faster = []
+    trimmed = resolve_request(replace(request, window="trim"), config).frames if _full(request) else None
+    if trimmed is not None and trimmed < resolved.frames:
+        faster.append(f"--window trim ({trimmed} latent frames for this clip instead of {resolved.frames})")
+    if config.objective == "v":
+        faster.append("Stable Audio Open Small (--model stabilityai/stable-audio-open-small, 8 steps)")
+    if dtype == torch.float32 and choose_dtype("auto", device).dtype == torch.bfloat16:
+        faster.append("--dtype bf16 (this CPU multiplies bf16 in hardware)")
+    return Estimate(flops.total, rate, dtype, tuple(faster))
+
+
+def _full(request: GenerationRequest) -> bool:
+    return request.window == "full" and request.frames is None and request.sample_size is None
+
+
+def announce(
+    config: StableAudioConfig, resolved: ResolvedRequest, device: torch.device, dtype: torch.dtype
+) -> Estimate | None:
+    """The estimate of a CPU request, when it is minutes; None otherwise (and on a GPU)."""
+    if device.type != "cpu":
+        return None
+    found = estimate(config, resolved, device, dtype)
+    return found if found.seconds >= ANNOUNCE_FROM_S else None
