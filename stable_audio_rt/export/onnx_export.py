@@ -27,7 +27,7 @@ from torch import nn
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
-from stable_audio_rt.models.vae import restore_fp32_parameters_
+from stable_audio_rt.models.vae import cast_keeping_fp32_
 from stable_audio_rt.precision import DTYPES
 
 DEFAULT_OPSET = 18
@@ -45,7 +45,7 @@ class ExportError(StableAudioError):
 
 def cast_for_export(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `module` in `dtype`, with the parameters it keeps in fp32 restored to fp32."""
-    return restore_fp32_parameters_(copy.deepcopy(module).to(dtype).eval())
+    return cast_keeping_fp32_(copy.deepcopy(module), dtype).eval()
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from stable_audio_rt.models.config import (
 )
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
-from stable_audio_rt.models.vae import OobleckVAE, restore_fp32_parameters_
+from stable_audio_rt.models.vae import OobleckVAE, cast_keeping_fp32_
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_SMALL = "tiny-random-small"
@@ -108,9 +108,11 @@ def random_model(
     with torch.device("meta"):
         ours = [DiT(config.dit), OobleckVAE(config.vae), NumberConditioners(config.conditioning)]
     parts = [m.to_empty(device="cpu") for m in ours] + [t5]
-    dit, vae, numbers, t5 = (randomize_(m, generator).to(device, dtype) for m in parts)
-    t5 = t5.to(dtype=t5_dtype)
-    restore_fp32_parameters_(vae)
+    dit, vae, numbers, t5 = (randomize_(m, generator) for m in parts)
+    # Each part cast once from its fp32 values: T5 and Snake's α, β are not rounded through
+    # `dtype` on their way to fp32.
+    dit, numbers, t5 = dit.to(device, dtype), numbers.to(device, dtype), t5.to(device, t5_dtype)
+    cast_keeping_fp32_(vae, dtype, device)
     conditioner = Conditioner(cond, numbers, T5TextEncoder(t5), build_tokenizer(cond.t5_max_length))
     return StableAudioModel(config, dit, vae, conditioner)
 

@@ -56,12 +56,20 @@ class Snake(nn.Module):
         return self.activation(x, alpha, inv_beta)
 
 
-def restore_fp32_parameters_(module: nn.Module) -> nn.Module:
-    """After casting `module` to a lower precision, put back in fp32 the parameters its
-    submodules keep in fp32 (`fp32_parameters`, e.g. Snake's α and β); in place."""
-    for owner in module.modules():
-        for name in getattr(owner, "fp32_parameters", ()):
-            getattr(owner, name).data = getattr(owner, name).data.float()
+def cast_keeping_fp32_(
+    module: nn.Module, dtype: torch.dtype, device: torch.device | str | None = None
+) -> nn.Module:
+    """`module.to(device, dtype)`, except the parameters its submodules keep in fp32
+    (`fp32_parameters`, e.g. Snake's α and β), which keep their fp32 values (not values
+    rounded through `dtype` and back); in place."""
+    kept = [
+        (owner, name, getattr(owner, name).data)
+        for owner in module.modules()
+        for name in getattr(owner, "fp32_parameters", ())
+    ]
+    module.to(device=device, dtype=dtype)
+    for owner, name, value in kept:
+        getattr(owner, name).data = value.to(device=getattr(owner, name).device, dtype=torch.float32)
     return module
 
 

@@ -4,6 +4,8 @@ import pytest
 import torch
 from numerics import FP32_REL_TOL, rel_error
 
+from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.models.vae import bottleneck_sample
 
 
@@ -41,3 +43,18 @@ def test_snake_stays_fp32_in_half_precision(tiny_model):
     out = snake(x)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, snake(x.float()).to(torch.bfloat16))
+
+
+def test_a_lower_precision_model_keeps_the_fp32_values_it_keeps_in_fp32():
+    """bf16 random models are the fp32 ones cast once: T5 (run in fp32) and Snake's α, β hold
+    exactly the fp32 model's values, not values rounded through bf16 and back."""
+    seed = torch.randint(2**31, ()).item()
+    fp32 = random_model(TINY, seed=seed)
+    bf16 = random_model(TINY, seed=seed, dtype=torch.bfloat16)
+    snake32, snake16 = fp32.vae.decoder.snake1, bf16.vae.decoder.snake1
+    assert snake16.alpha.dtype == torch.float32 and torch.equal(snake16.alpha, snake32.alpha)
+    assert not torch.equal(snake32.alpha, snake32.alpha.bfloat16().float())  # rounding would show
+    t5_32, t5_16 = fp32.conditioner.text_encoder, bf16.conditioner.text_encoder
+    for (name, ours), reference in zip(t5_16.state_dict().items(), t5_32.state_dict().values(), strict=True):
+        assert ours.dtype == torch.float32 and torch.equal(ours, reference), name
+    assert bf16.vae.decoder.conv1.weight.dtype == torch.bfloat16

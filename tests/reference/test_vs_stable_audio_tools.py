@@ -24,6 +24,7 @@ import pytest
 import torch
 from checkpoints import build_reference, write_single_file_checkpoint
 from numerics import rel_error
+from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -99,7 +100,7 @@ def reference_model(checkpoint):
 
 @pytest.fixture(scope="module")
 def ours(checkpoint):
-    return StableAudio.from_pretrained(checkpoint[0], device="cpu", t5_dtype=torch.float16)
+    return StableAudio.from_pretrained(checkpoint[0], device="cpu", t5_dtype=torch.float16, **REFERENCE_PATH)
 
 
 CASES = {
