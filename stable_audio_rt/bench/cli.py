@@ -3,9 +3,12 @@
 For each backend × precision × workload (frames × steps × batch) it runs one cold request and
 warm repeats, and reports per-stage latency (p50/p90/min/max), the real-time factor both ways,
 peak memory, the FLOPs of each stage and their fraction of the GEMM floor measured on the DiT's
-own product shapes, and quality against the fp32 torch run of the same seed (latent cosine
-distance, waveform SNR). With --diffusers, diffusers' StableAudioPipeline runs the same work on
-the same weights, interleaved with ours, and the ratio is reported per pair.
+own product shapes in the row's precision, and quality against the fp32 torch run of the same
+seed (latent cosine distance, waveform SNR). With --diffusers, diffusers' StableAudioPipeline runs
+the same work on the same weights in the same precision as each of our rows, interleaved with
+it, and the ratio is reported per pair. With --precision-report, each non-fp32 torch row's
+stages (T5, one DiT call per noise level, the decode) are compared one call each with fp32 on
+the same inputs.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -25,28 +29,67 @@ from tqdm.auto import tqdm
 from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.bench import flops as flop_counts
 from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
+from stable_audio_rt.bench.precision_report import StageError, StageOutput, compare, stage_outputs
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
-from stable_audio_rt.precision import DTYPES
+from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype
 from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
-from stable_audio_rt.runtime.load import resolve_device
+from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_CFG_SCALE
+from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
 from stable_audio_rt.trt_import import import_tensorrt
+
+if TYPE_CHECKING:
+    from stable_audio_rt.bench.peer import PeerPipelines
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "all")
 DEFAULT_MODEL = "random-stable-audio-open-1.0"
+SMALL_MODEL = "random-stable-audio-open-small"
 SEED = 1234
+DEFAULT_BATCH = 1
+# The SAO 1.0 comparison of the benchmark issue: 64 latent frames (2.97 s), 10 steps.
+SAO_PRESET_FRAMES, SAO_PRESET_STEPS = 64, 10
 
-EPILOG = """examples:
+
+@dataclass(frozen=True)
+class Preset:
+    """A named workload; every flag given explicitly overrides its field."""
+
+    model: str
+    frames: int | None  # None: the model's whole window
+    steps: int
+    cfg_scale: float
+    batch: int
+
+    def describe(self, name: str) -> str:
+        frames = self.frames or read_config(self.model).latent_frames
+        window = f"{frames} frames" + ("" if self.frames else " (the whole window)")
+        cfg = f"CFG {self.cfg_scale:g} with a negative prompt" if self.cfg_scale != 1.0 else "no CFG"
+        return f"{name}: --model {self.model}, {window}, {self.steps} steps, {cfg}, batch {self.batch}"
+
+
+PRESETS: dict[str, Preset] = {
+    "sao": Preset(DEFAULT_MODEL, SAO_PRESET_FRAMES, SAO_PRESET_STEPS, DEFAULT_CFG_SCALE, DEFAULT_BATCH),
+    # Small's own defaults (its model card): the whole window, 8 pingpong steps, no CFG.
+    "small": Preset(SMALL_MODEL, None, RF_DEFAULT_STEPS, RF_DEFAULT_CFG_SCALE, DEFAULT_BATCH),
+}
+
+EPILOG = """presets (explicit flags override each field):
+  {presets}
+
+examples:
+  sa-bench --preset sao --precision bf16 fp32 --diffusers --precision-report --json sao.json
+  sa-bench --preset small --precision auto --precision-report --markdown small.md
   sa-bench --frames 64 --steps 10 --repeats 3 --json bench.json --markdown bench.md --plot bench.png
   sa-bench --backend all --engines engines/sao-fp32 --frames 32 64 128 --steps 10 --diffusers
   sa-bench --model stabilityai/stable-audio-open-small --device cuda --precision fp16 bf16
-"""
+""".format(presets="\n  ".join(p.describe(name) for name, p in PRESETS.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="a named workload, listed below; flags given explicitly override its fields",
+    )
+    p.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help=f"{MODEL_HELP}; timings do not depend on the weights (default: {DEFAULT_MODEL}, no "
-        "download). With --engines, the weights they were exported from",
+        help=f"{MODEL_HELP}; timings do not depend on the weights (default: the preset's, else "
+        f"{DEFAULT_MODEL}, no download). With --engines, the weights they were exported from",
     )
     p.add_argument(
         "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
@@ -69,22 +116,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=BACKENDS, default="torch", help="default: torch; all = every available"
     )
     p.add_argument(
-        "--precision", nargs="+", choices=DTYPES, default=["fp32"], help="torch precisions (default fp32)"
+        "--precision",
+        nargs="+",
+        choices=DTYPE_CHOICES,
+        default=["fp32"],
+        help="torch precisions (default fp32); auto = what StableAudio.load picks on this device (bf16 "
+        "on a CPU with bf16 matrix units, else fp32), labelled auto→its choice. An fp32 row always "
+        "runs first: it is every quality column's reference",
     )
     p.add_argument(
-        "--frames", type=int, nargs="+", help="latent frames per request (default: the model's window)"
+        "--precision-report",
+        action="store_true",
+        help="for each non-fp32 torch row, one call of each stage (T5, the DiT at σ = 500, 100, 10, "
+        "0.3 or, for rectified flow, t = 0.9, 0.5, 0.1, the VAE decode) against the fp32 row on "
+        "the same inputs: SNR (dB) and max relative error per stage",
     )
-    p.add_argument("--steps", type=int, nargs="+", help="sampler steps (default: the model's)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1], help="clips per request (default: 1)")
-    p.add_argument("--cfg-scale", type=float, help="default: the model's (CFG doubles the DiT rows)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        nargs="+",
+        help="latent frames per request (default: the preset's, else the model's window)",
+    )
+    p.add_argument(
+        "--steps", type=int, nargs="+", help="sampler steps (default: the preset's, else the model's)"
+    )
+    p.add_argument("--batch", type=int, nargs="+", help="clips per request (default: the preset's, else 1)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        help="default: the preset's, else the model's (CFG doubles the DiT rows and adds a negative prompt)",
+    )
     p.add_argument("--warmup", type=int, default=1, help="untimed requests after the cold one (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed warm requests (default 3)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument(
         "--diffusers",
         action="store_true",
-        help="also run diffusers' pipeline on the same work and weights: the --model folder when it is "
-        "in the diffusers layout, else random weights of its geometry that ours then loads",
+        help="also run diffusers' pipeline on the same work and weights, in each of our rows' precision "
+        "(every diffusers module in it, T5 included): the --model folder when it is in the diffusers "
+        "layout, else random weights of its geometry that ours then loads",
     )
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the summary table here")
@@ -128,13 +198,29 @@ def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
     return (c.d_model, c.d_ff, c.num_layers)
 
 
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the preset's fields where no flag was given (without a preset: the default
+    model and batch 1); frames, steps and CFG left unset fall to the model's own."""
+    preset = PRESETS.get(args.preset)
+    filled = {
+        "model": preset.model if preset else DEFAULT_MODEL,
+        "frames": [preset.frames] if preset and preset.frames else None,
+        "steps": [preset.steps] if preset else None,
+        "cfg_scale": preset.cfg_scale if preset else None,
+        "batch": [preset.batch if preset else DEFAULT_BATCH],
+    }
+    given = vars(args)
+    return argparse.Namespace(**{**given, **{k: v for k, v in filled.items() if given[k] is None}})
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = apply_preset(build_parser().parse_args(argv))
     command = " ".join(["sa-bench", *(sys.argv[1:] if argv is None else argv)])
     with reported_errors("sa-bench", "nothing written") as failed:
         config = read_config(args.model)
         _check(args, config.latent_frames)
         device = resolve_device(args.device)
+        _check_precision_report(args, device)
         defaults = with_model_defaults(GenerationRequest(prompts=("x",), cfg_scale=args.cfg_scale), config)
         frames = args.frames or [config.latent_frames]
         if args.diffusers and len(frames) > 1:
@@ -150,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "command": command,
             "model": args.model,
+            "preset": args.preset,
             **_run(args, config, device, workloads),
         }
     if failed.exit_status is not None:
@@ -164,86 +251,165 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_precision_report(args: argparse.Namespace, device: torch.device) -> None:
+    """--precision-report needs a torch row whose precision resolves to other than fp32 here."""
+    if not args.precision_report:
+        return
+    torch_rows = args.backend in ("torch", "all")
+    resolved = {p: choose_dtype(DTYPES.get(p, p), device).dtype for p in args.precision}
+    if not torch_rows or all(dtype == torch.float32 for dtype in resolved.values()):
+        asked = ", ".join(f"{p} = {NAMES[d]}" for p, d in resolved.items())
+        raise ConfigError(
+            f"--precision-report compares non-fp32 torch rows with fp32, and this run has none "
+            f"(--backend {args.backend}; --precision {asked} on {device.type}): add --precision bf16 or fp16"
+        )
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def _pipelines(
-    args: argparse.Namespace, device: torch.device, source: str
-) -> list[tuple[str, str, Callable]]:
-    """(backend, precision, loader) in run order. The fp32 torch run comes first whatever is
-    asked: it is the reference of every quality column."""
-    # Eager runs (no CUDA graph): the stage columns need the stages' own timings.
-    entries: list[tuple[str, str, Callable]] = [
-        ("torch", "fp32", lambda: StableAudio.from_pretrained(
-            source, device=device, dtype=torch.float32, cuda_graph=False))
-    ]  # fmt: skip
+@dataclass(frozen=True)
+class Row:
+    """One of our configurations: how it loads, and what its precision and kernels resolved to."""
+
+    backend: str
+    label: str  # the tables' name: "bf16", "auto→bf16", an engine folder's precision
+    precision: str  # resolved
+    dtype: torch.dtype  # of its GEMM floor and its diffusers peer
+    kernels: str | None  # torch: the resolved kernels; engine folders carry their own
+    dtype_reason: str | None  # torch: why this dtype (precision.choose_dtype)
+    load: Callable[[], StableAudio]
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.label}"
+
+    @property
+    def compared_with_fp32(self) -> bool:
+        """Whether --precision-report compares this row's stages with the fp32 row's."""
+        return self.backend == "torch" and self.dtype != torch.float32
+
+
+def _torch_row(source: str, device: torch.device, requested: str) -> Row:
+    """A torch row planned as `StableAudio.load` plans it ("auto" dtype and kernels resolved for
+    the device), run eagerly (no CUDA graph): the stage columns need the stages' own timings."""
+    options = WeightOptions(dtype=DTYPES.get(requested, requested))
+    plan = plan_load(source, backend="torch", device=device, options=options)
+    choice = plan.dtype_choice
+    name = NAMES[choice.dtype]
+    label = f"auto→{name}" if requested == "auto" else name
+    return Row("torch", label, name, choice.dtype, plan.options.kernels, choice.reason,
+               lambda: StableAudio.from_plan(plan, cuda_graph=False))  # fmt: skip
+
+
+def _rows(args: argparse.Namespace, device: torch.device, source: str) -> list[Row]:
+    """Our rows in run order. The fp32 torch row comes first whatever is asked: it is the
+    reference of every quality column and of the precision report."""
+    rows = [_torch_row(source, device, "fp32")]
     if args.backend in ("torch", "all"):
-        for precision in (p for p in args.precision if p != "fp32"):
-            entries.append(("torch", precision, lambda p=precision: StableAudio.from_pretrained(
-                source, device=device, dtype=DTYPES[p], cuda_graph=False)))  # fmt: skip
+        rows += [_torch_row(source, device, p) for p in args.precision if p != "fp32"]
     if args.engines is None:
-        return entries
+        return rows
     manifest = Manifest.read(args.engines)
     precision = manifest.components["dit"].precision
     engine_backends = [b for b in ("onnxruntime", "tensorrt") if args.backend in (b, "all")]
     if args.backend == "all" and tensorrt_unusable(args.engines, manifest, device) is not None:
         engine_backends.remove("tensorrt")  # "all" means every backend that can run here
+    dtype = DTYPES.get(precision, torch.float32)
     for backend in engine_backends:
-        entries.append((backend, precision, lambda b=backend: StableAudio.from_engines(
-            args.engines, b, device, cuda_graph=False)))  # fmt: skip
-    return entries
+        rows.append(Row(backend, precision, precision, dtype, None, None, lambda b=backend: (
+            StableAudio.from_engines(args.engines, b, device, cuda_graph=False))))  # fmt: skip
+    return rows
+
+
+def _peer_pipelines(args: argparse.Namespace, config, frames: int, device: torch.device) -> PeerPipelines:
+    """diffusers' pipeline on our weights: the --model folder when it is a diffusers checkpoint,
+    else random weights of its geometry written once to a folder that our rows then load."""
+    from stable_audio_rt.bench.peer import PeerPipelines, build_peer, load_peer
+
+    if (Path(args.model) / "model_index.json").is_file():
+        first = load_peer(Path(args.model), frames)
+    else:
+        first = build_peer(config, frames)
+    return PeerPipelines(first, frames, device)
 
 
 def _run(args: argparse.Namespace, config, device: torch.device, workloads: list[Workload]) -> dict:
-    peer = None
-    if args.diffusers:
-        from stable_audio_rt.bench.peer import build_peer, load_peer
-
-        if (Path(args.model) / "model_index.json").is_file():  # a diffusers checkpoint: share it
-            peer = load_peer(Path(args.model), workloads[0].frames)
-        else:
-            peer = build_peer(config, workloads[0].frames)
-    source = str(peer.folder) if peer is not None else args.model
+    peers = _peer_pipelines(args, config, workloads[0].frames, device) if args.diffusers else None
+    source = str(peers.folder) if peers is not None else args.model
     if args.engines is not None:
         # Before any run: the quality columns compare the engines with `source`'s weights.
         from stable_audio_rt.runtime.backends.onnxruntime_backend import require_same_weights
 
         require_same_weights(args.engines, Manifest.read(args.engines), source)
-    entries = _pipelines(args, device, source)
+    rows = _rows(args, device, source)
+    # One call per stage depends on the frames and clips, not on the steps.
+    report_shapes = {(w.frames, w.batch): w for w in workloads}
     gemm_rates: dict[str, dict] = {}
-    runs, references, peer_reports, t5_dims = [], {}, [], None
-    bar = tqdm(total=len(entries) * len(workloads), desc="sa-bench", unit="run")
-    for backend, precision, load in entries:
+    reference_stages: dict[tuple[int, int], dict[str, StageOutput]] = {}
+    runs, references, peer_reports, precision_reports, t5_dims = [], {}, [], [], None
+    bar = tqdm(total=len(rows) * len(workloads), desc="sa-bench", unit="run")
+    for index, row in enumerate(rows):
         began = time.perf_counter()
-        pipe = load()
+        pipe = row.load()
         load_s = time.perf_counter() - began
-        t5_dims = t5_dims or _t5_dims(pipe)  # the first entry is the torch reference
+        t5_dims = t5_dims or _t5_dims(pipe)  # the first row is the torch reference
         for workload in workloads:
-            bar.set_description(f"{backend} {precision} {workload.frames} frames × {workload.steps} steps")
+            bar.set_description(f"{row.name} {workload.frames} frames × {workload.steps} steps")
             measured = run_workload(pipe, workload, args.warmup, args.repeats)
             result = measured.pop("result")
             key = (workload.frames, workload.steps, workload.batch)
-            references.setdefault(key, result)  # the first entry is the fp32 torch reference
-            library = "onnxruntime" if backend == "onnxruntime" else "torch"  # cuBLAS for tensorrt
-            dtype = DTYPES.get(precision, torch.float32)
-            rate = _gemm_rate(gemm_rates, library, config, workload, device, dtype)
-            runs.append(_run_row(backend, precision, workload, load_s, measured, result, references[key],
-                                 config, t5_dims, rate, library))  # fmt: skip
+            references.setdefault(key, result)  # the first row is the fp32 torch reference
+            library = "onnxruntime" if row.backend == "onnxruntime" else "torch"  # cuBLAS for tensorrt
+            floor = _gemm_rate(gemm_rates, library, config, workload, device, row.dtype)
+            runs.append(_run_row(row, workload, load_s, measured, result, references[key], config, t5_dims,
+                                 floor, gemm_rates[floor]["gflops_per_s"], library))  # fmt: skip
             bar.update()
-        if peer is not None:
+        if args.precision_report and index == 0:
+            reference_stages = {key: stage_outputs(pipe, w) for key, w in report_shapes.items()}
+        elif args.precision_report and row.compared_with_fp32:
+            for key, workload in report_shapes.items():
+                errors = compare(stage_outputs(pipe, workload), reference_stages[key])
+                precision_reports.append(_precision_entry(row, rows[0], workload, errors))
+        if peers is not None:
+            peer = peers.peer(row.dtype)
             pairs = interleave_with_peer(peer, pipe, workloads[0], args.repeats)
-            peer_reports.append({"ours": f"{backend} {precision}", **pairs})
+            peer_reports.append({
+                "ours": row.name,
+                "ours_precision": row.precision,
+                "diffusers_precision": NAMES[peer.dtype],
+                "diffusers_dtypes": peer.module_dtypes(),  # T5 included; our torch rows keep it fp32
+                **pairs,
+            })  # fmt: skip
         del pipe
     bar.close()
-    return {"gemm_floor": gemm_rates, "runs": runs, "peer": peer_reports}
+    return {
+        "gemm_floor": gemm_rates,
+        "runs": runs,
+        "peer": peer_reports,
+        "precision_report": precision_reports,
+    }
+
+
+def _precision_entry(row: Row, reference: Row, workload: Workload, errors: list[StageError]) -> dict:
+    return {
+        "ours": row.name,
+        "precision": row.precision,
+        "kernels": row.kernels,
+        "reference": f"{reference.name} (kernels {reference.kernels}): same weights, same inputs",
+        "frames": workload.frames,
+        "batch": workload.batch,
+        "cfg_scale": workload.cfg_scale,
+        "stages": [asdict(e) for e in errors],
+    }
 
 
 def _run_row(
-    backend, precision, workload, load_s, measured, result, reference, config, t5_dims, rate, library
-):
+    row: Row, workload, load_s, measured, result, reference, config, t5_dims, floor_key, rate, library
+) -> dict:
     counted = flop_counts.request_flops(
         config, workload.batch, workload.frames, workload.steps, workload.uses_cfg, t5_dims
     )
@@ -251,8 +417,11 @@ def _run_row(
     warm_total = measured["warm_s"]["total"]["p50"]
     dit_floor = counted.dit_step / (rate * 1e9)
     return {
-        "backend": backend,
-        "precision": precision,
+        "backend": row.backend,
+        "precision": row.precision,
+        "label": row.label,
+        "kernels": row.kernels,
+        "dtype_reason": row.dtype_reason,
         "frames": workload.frames,
         "steps": workload.steps,
         "batch": workload.batch,
@@ -265,6 +434,7 @@ def _run_row(
         "flops": {**asdict(counted), "sampling": counted.sampling, "total": counted.total},
         "floor": {
             "library": library,
+            "gemm": floor_key,
             "gflops_per_s": rate,
             "dit_step_s": dit_floor,
             "dit_step_fraction": dit_floor / measured["per_step_s"],
@@ -284,9 +454,10 @@ def _quality(result, reference) -> dict:
     }
 
 
-def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dtype) -> float:
-    """GFLOP/s of `library` on this workload's DiT step shapes (GEMM efficiency depends on the
-    rows, so it is measured once per library, dtype and rows × frames)."""
+def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dtype) -> str:
+    """The key in `cache` of `library`'s GFLOP/s on this workload's DiT step shapes in `dtype`
+    (GEMM efficiency depends on the rows, so it is measured once per library, dtype and
+    rows × frames)."""
     rows = workload.rows
     name = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
     key = f"{name} {rows}x{workload.frames}"
@@ -302,8 +473,10 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
         cache[key] = {
             "gflops_per_s": rate.gflops_per_s,
             "shapes": f"DiT step, {rows} rows × {workload.frames} frames",
+            "library": library,
+            "dtype": "float32" if library == "onnxruntime" else str(dtype).removeprefix("torch."),
         }
-    return cache[key]["gflops_per_s"]
+    return key
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ weights. diffusers is an optional dependency of the benchmark only.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,15 @@ class Peer:
     pipeline: object  # diffusers.StableAudioPipeline
     folder: Path  # the shared weights, in the diffusers layout
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.transformer.dtype
+
+    def module_dtypes(self) -> dict[str, str]:
+        """Each module's dtype as loaded (the report records what ran, not what was asked)."""
+        modules = ("transformer", "vae", "text_encoder", "projection_model")
+        return {m: str(getattr(self.pipeline, m).dtype).removeprefix("torch.") for m in modules}
+
     def generate(
         self,
         prompt: str,
@@ -45,16 +55,20 @@ class Peer:
         seconds: float,
         seed: int,
     ):
-        return self.pipeline(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            num_inference_steps=steps,
-            guidance_scale=cfg_scale,
-            audio_end_in_s=seconds,
-            num_waveforms_per_prompt=batch,
-            generator=torch.Generator().manual_seed(seed),
-            output_type="pt",
-        ).audios
+        with warnings.catch_warnings():
+            # diffusers' Brownian tree queries its own rounded ends; torchsde clamps them and
+            # warns on every step (the runtime's sampler silences the same warning).
+            warnings.filterwarnings("ignore", message="Should have", module="torchsde")
+            return self.pipeline(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=steps,
+                guidance_scale=cfg_scale,
+                audio_end_in_s=seconds,
+                num_waveforms_per_prompt=batch,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="pt",
+            ).audios
 
 
 def _diffusers():
@@ -102,9 +116,16 @@ def diffusers_modules(config: StableAudioConfig, frames: int) -> tuple:
     return transformer, oobleck, projection
 
 
-def load_peer(folder: Path, frames: int) -> Peer:
-    """diffusers' pipeline from a diffusers-layout checkpoint folder, with a `frames` window."""
-    pipeline = _diffusers().StableAudioPipeline.from_pretrained(folder)
+def load_peer(
+    folder: Path, frames: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> Peer:
+    """diffusers' pipeline from a diffusers-layout checkpoint folder, with a `frames` window, every
+    module (T5 included) in `dtype` as `torch_dtype` loads it (keeping in fp32 whatever diffusers
+    keeps there), on `device`."""
+    with warnings.catch_warnings():
+        # torch_dtype is the keyword every diffusers ≥ 0.30 knows; later ones rename it and warn.
+        warnings.filterwarnings("ignore", message="`torch_dtype` is deprecated", category=FutureWarning)
+        pipeline = _diffusers().StableAudioPipeline.from_pretrained(folder, torch_dtype=dtype).to(device)
     # The pipeline's window is the transformer's sample_size; nothing else reads it.
     pipeline.transformer.register_to_config(sample_size=frames)
     pipeline.set_progress_bar_config(disable=True)
@@ -144,3 +165,23 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = Non
     folder = Path(folder or tempfile.mkdtemp(prefix="sa-bench-peer-"))
     pipeline.save_pretrained(folder, safe_serialization=True)
     return Peer(pipeline, folder)
+
+
+class PeerPipelines:
+    """The peer in each precision it is paired at, all from one weights folder written once.
+
+    One pipeline is held at a time (two real-size ones would double the memory), and each
+    precision is loaded from the folder's fp32 files: casting an already cast pipeline back
+    would not give the same weights.
+    """
+
+    def __init__(self, first: Peer, frames: int, device: torch.device) -> None:
+        self.folder, self.frames, self.device = first.folder, frames, device
+        first.pipeline.to(device)
+        self._current = first
+
+    def peer(self, dtype: torch.dtype) -> Peer:
+        if self._current.dtype != dtype:
+            self._current = None  # let the previous pipeline go before the next one loads
+            self._current = load_peer(self.folder, self.frames, dtype, self.device)
+        return self._current

@@ -18,3 +18,13 @@ def snr_db(ours: torch.Tensor, reference: torch.Tensor) -> float:
     noise = (ours.double() - reference.double()).pow(2).sum().item()
     signal = reference.double().pow(2).sum().item()
     return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+def max_relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours − reference| / max |reference|: the worst element against the tensor's scale
+    (element-wise ratios explode wherever the reference crosses zero)."""
+    worst = (ours.double() - reference.double()).abs().max().item()
+    scale = reference.double().abs().max().item()
+    if scale == 0:
+        return 0.0 if worst == 0 else math.inf
+    return worst / scale

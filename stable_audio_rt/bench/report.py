@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +20,25 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def _snr(value: float) -> str:
+    return "identical" if value == math.inf else f"{value:.1f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
+    preset = f" (preset {report['preset']})" if report.get("preset") else ""
     lines = [
-        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}: `{report['command']}`",
+        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}: `{report['command']}`"
+        f"{preset}",
         "",
-        "| backend | precision | frames | steps | batch | warm p50 (s) | RTF | × real time | per step (s) "
-        "| step / GEMM floor | latent cos. dist. | SNR (dB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | precision | kernels | frames | steps | batch | warm p50 (s) | RTF | × real time "
+        "| per step (s) | step / GEMM floor | latent cos. dist. | SNR (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
         q = run["quality"]
         lines.append(
-            f"| {run['backend']} | {run['precision']} | {run['frames']} | {run['steps']} | {run['batch']} "
+            f"| {run['backend']} | {run['label']} | {run['kernels'] or 'engine'} | {run['frames']} "
+            f"| {run['steps']} | {run['batch']} "
             f"| {_fmt(run['warm_s']['total']['p50'])} | {_fmt(run['rtf'])} | {_fmt(run['x_real_time'])} "
             f"| {_fmt(run['per_step_s'])} | {_fmt(run['floor']['dit_step_fraction'], 2)} "
             f"| {_fmt(q['latent_cosine_distance'], 2)} | {_fmt(q['waveform_snr_db'], 3)} |"
@@ -38,15 +46,47 @@ def markdown(report: dict[str, Any]) -> str:
     for peer in report.get("peer", []):
         lines += [
             "",
-            f"diffusers StableAudioPipeline on the same weights and work ({peer['frames']} frames, "
-            f"{peer['steps']} steps, batch {peer['batch']}), interleaved with ours ({peer['ours']}): "
-            f"ours {_fmt(peer['ours_s_p50'])} s, "
+            f"diffusers StableAudioPipeline in {peer['diffusers_precision']} (every module, T5 included) "
+            f"on the same weights and work ({peer['frames']} frames, {peer['steps']} steps, batch "
+            f"{peer['batch']}), interleaved with ours ({peer['ours']}): ours {_fmt(peer['ours_s_p50'])} s, "
             f"diffusers {_fmt(peer['diffusers_s_p50'])} s, ratio ×{_fmt(peer['ratio_p50'])} (per pair: "
             f"{', '.join(_fmt(p['ratio']) for p in peer['pairs'])}).",
         ]
-    floors = ", ".join(f"{k}: {v['gflops_per_s']:.0f}" for k, v in report["gemm_floor"].items())
-    lines += ["", f"GEMM rate (GFLOP/s) on the DiT step's product shapes (library, rows × frames): {floors}."]
+    lines += _precision_table(report.get("precision_report", []))
+    floors = "; ".join(
+        f"{v['library']} {v['dtype']} ({v['shapes'].removeprefix('DiT step, ')}): {v['gflops_per_s']:.0f}"
+        for v in report["gemm_floor"].values()
+    )
+    lines += [
+        "",
+        f"GEMM floor (GFLOP/s) on the DiT step's product shapes, per library and precision; each row's "
+        f"step is compared with its own precision's: {floors}.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _precision_table(entries: list[dict[str, Any]]) -> list[str]:
+    """One line per compared row and shape: each stage's SNR (dB) and max relative error."""
+    if not entries:
+        return []
+    stages = [s["stage"] for s in entries[0]["stages"]]
+    lines = [
+        "",
+        f"Precision, one call per stage against {entries[0]['reference']} (SNR dB / max relative "
+        f"error; DiT stages: the DiT output, and in brackets the sampler's guided denoised estimate):",
+        "",
+        "| ours | frames | batch | " + " | ".join(stages) + " |",
+        "|---|---|---|" + "---|" * len(stages),
+    ]
+    for entry in entries:
+        cells = []
+        for stage in entry["stages"]:
+            cell = f"{_snr(stage['snr_db'])} / {_fmt(stage['max_relative_error'], 2)}"
+            if stage["denoised_snr_db"] is not None:
+                cell += f" ({_snr(stage['denoised_snr_db'])})"
+            cells.append(cell)
+        lines.append(f"| {entry['ours']} | {entry['frames']} | {entry['batch']} | {' | '.join(cells)} |")
+    return lines
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -59,7 +99,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     series: dict[str, list[tuple[int, float, float]]] = {}
     for run in report["runs"]:
-        key = f"{run['backend']} {run['precision']} (steps {run['steps']}, batch {run['batch']})"
+        key = f"{run['backend']} {run['label']} (steps {run['steps']}, batch {run['batch']})"
         series.setdefault(key, []).append(
             (run["frames"], run["warm_s"]["total"]["p50"], run["floor"]["request_s"])
         )

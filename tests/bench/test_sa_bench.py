@@ -1,22 +1,29 @@
 """sa-bench on the tiny model: the report's schema and arithmetic, FLOP counts against a hand
-count, the markdown and plot files, the diffusers peer and onnxruntime rows, and bad arguments
-refused before any work."""
+count, the markdown and plot files, the diffusers peer (in each row's precision) and onnxruntime
+rows, the auto row, the presets, and bad arguments refused before any work."""
 
+import functools
 import json
+import math
 
 import pytest
 import torch
+from conftest import SEED
 
+from stable_audio_rt import precision
 from stable_audio_rt.bench import cli
 from stable_audio_rt.bench.flops import dit_step_flops, request_flops, t5_flops, vae_decode_flops
+from stable_audio_rt.bench.precision_report import compare, stage_outputs
+from stable_audio_rt.bench.runner import NEGATIVE_PROMPT, PROMPT, Workload
 from stable_audio_rt.models.config import TINY
+from stable_audio_rt.runtime.pipeline import StableAudio
 
 # The tests' diffusers checkpoint's T5 (tests/checkpoints.py): d_model 128, d_ff 256, 2 layers.
 T5_DIMS = (128, 256, 2)
 RUN_FIELDS = {
-    "backend", "precision", "frames", "steps", "batch", "cfg_scale", "audio_seconds", "load_s", "cold_s",
-    "warm_s", "per_step_s", "tokenize_s", "t5_s", "peak_memory_mb", "rtf", "x_real_time", "flops", "floor",
-    "quality",
+    "backend", "precision", "label", "kernels", "dtype_reason", "frames", "steps", "batch", "cfg_scale",
+    "audio_seconds", "load_s", "cold_s", "warm_s", "per_step_s", "tokenize_s", "t5_s", "peak_memory_mb",
+    "rtf", "x_real_time", "flops", "floor", "quality",
 }  # fmt: skip
 
 
@@ -68,7 +75,8 @@ def bench_run(tmp_path_factory, engines, tiny_diffusers_dir):
 
 def test_report_has_every_field_and_right_arithmetic(bench_run):
     _, report = bench_run
-    assert {"date", "device", "torch", "command", "model", "gemm_floor", "runs", "peer"} <= report.keys()
+    assert {"date", "device", "torch", "command", "model", "preset", "gemm_floor", "runs", "peer",
+            "precision_report"} <= report.keys()  # fmt: skip
     assert {(r["backend"], r["frames"]) for r in report["runs"]} == {
         ("torch", 4),
         ("torch", 8),
@@ -131,6 +139,7 @@ def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path):
         (["--diffusers", "--frames", "4", "8"], "give one --frames value"),
         (["--model", "tiny-random-small", "--diffusers"], "Stable Audio Open 1.0's structure only"),
         (["--engines", "."], "is not an engine folder (no manifest.json)"),
+        (["--precision-report"], "compares non-fp32 torch rows with fp32, and this run has none"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, monkeypatch, tmp_path):
@@ -169,3 +178,129 @@ def test_small_runs_with_its_own_defaults(tmp_path):
     (run,) = json.loads((tmp_path / "s.json").read_text())["runs"]
     assert (run["steps"], run["cfg_scale"]) == (8, 1.0)
     assert run["floor"]["gflops_per_s"] > 0 and run["flops"]["steps"] == 8
+
+
+def test_peer_runs_in_the_precision_of_each_row(tmp_path, tiny_diffusers_dir, monkeypatch):
+    paired = []
+    interleave = cli.interleave_with_peer
+
+    def spy(peer, ours, workload, repeats):
+        pipeline = peer.pipeline
+        paired.append(
+            (ours.dtype, pipeline.transformer.dtype, pipeline.vae.dtype, pipeline.text_encoder.dtype)
+        )
+        return interleave(peer, ours, workload, repeats)
+
+    monkeypatch.setattr(cli, "interleave_with_peer", spy)
+    argv = ["--model", str(tiny_diffusers_dir), "--precision", "bf16", "--diffusers", "--frames", "8",
+            "--steps", "2", "--repeats", "1", "--warmup", "0", "--json", str(tmp_path / "p.json"),
+            "--markdown", str(tmp_path / "p.md")]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert paired == [(torch.float32,) * 4, (torch.bfloat16,) * 4]
+    fp32, bf16 = json.loads((tmp_path / "p.json").read_text())["peer"]
+    assert (fp32["ours"], fp32["diffusers_precision"]) == ("torch fp32", "fp32")
+    assert (bf16["ours"], bf16["diffusers_precision"]) == ("torch bf16", "bf16")
+    assert set(bf16["diffusers_dtypes"].values()) == {"bfloat16"}
+    assert "StableAudioPipeline in bf16" in (tmp_path / "p.md").read_text()
+
+
+def test_auto_row_is_resolved_labelled_floored_and_precision_reported(tmp_path, monkeypatch):
+    # A CPU with bf16 matrix units, whatever this one has: auto resolves to bf16.
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": True, "cpu_name": "TestCPU"})
+    argv = ["--model", "tiny-random", "--device", "cpu", "--precision", "auto", "--precision-report",
+            "--frames", "8", "--steps", "2", "--repeats", "1", "--warmup", "0",
+            "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md")]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    reference, auto = report["runs"]
+    assert (reference["label"], reference["kernels"]) == ("fp32", "compiled")
+    assert (auto["label"], auto["precision"], auto["kernels"]) == ("auto→bf16", "bf16", "compiled")
+    assert "TestCPU" in auto["dtype_reason"]
+    # Each row's step against the GEMM floor of its own precision.
+    assert (reference["floor"]["gemm"], auto["floor"]["gemm"]) == ("torch-float32 2x8", "torch-bfloat16 2x8")
+    assert auto["floor"]["gflops_per_s"] == report["gemm_floor"]["torch-bfloat16 2x8"]["gflops_per_s"]
+    (entry,) = report["precision_report"]
+    assert (entry["ours"], entry["frames"], entry["batch"]) == ("torch auto→bf16", 8, 1)
+    assert [s["stage"] for s in entry["stages"]] == V_STAGES
+    assert all(math.isfinite(s["snr_db"]) and s["snr_db"] < BF16_SNR_BELOW_DB for s in entry["stages"])
+    table = (tmp_path / "a.md").read_text()
+    assert "| torch | auto→bf16 | compiled |" in table and "Precision, one call per stage" in table
+    assert "torch bfloat16 (2 rows × 8 frames)" in table
+
+
+# The report's stages for each objective, in order.
+V_STAGES = ["t5", "dit σ=500", "dit σ=100", "dit σ=10", "dit σ=0.3", "decode"]
+RF_STAGES = ["t5", "dit t=0.9", "dit t=0.5", "dit t=0.1", "decode"]
+# bf16 keeps 8 bits of mantissa: no stage of it comes near this against fp32, and fp32 against
+# itself is above the other bound (a comparison of the wrong tensors breaks one or the other).
+BF16_SNR_BELOW_DB, FP32_SNR_ABOVE_DB = 80.0, 100.0
+
+
+@pytest.mark.parametrize(
+    "model,cfg_scale,stages", [("tiny-random", 7.0, V_STAGES), ("tiny-random-small", 1.0, RF_STAGES)]
+)
+def test_precision_report_has_each_stage_bf16_below_and_fp32_above_the_bounds(model, cfg_scale, stages):
+    workload = Workload(frames=8, steps=2, batch=1, seed=SEED, cfg_scale=cfg_scale)
+    load = functools.partial(StableAudio.from_pretrained, model, device="cpu")
+    reference = stage_outputs(load(dtype=torch.float32), workload)
+    bf16 = compare(stage_outputs(load(dtype=torch.bfloat16), workload), reference)
+    fp32 = compare(stage_outputs(load(dtype=torch.float32), workload), reference)  # a second load
+    assert [e.stage for e in bf16] == [e.stage for e in fp32] == stages
+    for low, high in zip(bf16, fp32, strict=True):
+        assert math.isfinite(low.snr_db) and low.snr_db < BF16_SNR_BELOW_DB, low
+        assert 0 < low.max_relative_error < 1, low
+        assert high.snr_db >= FP32_SNR_ABOVE_DB, high
+        assert (low.denoised_snr_db is None) == (not low.stage.startswith("dit")), low
+    rows = 2 if cfg_scale != 1.0 else 1
+    assert all(reference[s].output.shape[0] == rows for s in stages if s.startswith("dit"))
+    # Each level is a different input: the DiT's outputs differ.
+    dit_outputs = [reference[s].output for s in stages if s.startswith("dit")]
+    assert not torch.equal(dit_outputs[0], dit_outputs[-1])
+
+
+def test_precision_report_dit_stage_is_the_dit_on_the_sampler_input_at_that_sigma():
+    # Independently of the sampler's code: at σ the v-model sees (x0 + σ·ε)/√(σ² + 1) at time
+    # atan(σ)·2/π, on the [prompt; negative prompt] rows, with the seeded draws (latents, then noise).
+    sigma, frames = 10.0, 8
+    workload = Workload(frames=frames, steps=2, batch=1, seed=SEED, cfg_scale=7.0)
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.float32)
+    reported = stage_outputs(pipe, workload)[f"dit σ={sigma:g}"].output
+    generator = torch.Generator().manual_seed(SEED)
+    latents, noise = (torch.randn(1, TINY.dit.io_channels, frames, generator=generator) for _ in range(2))
+    x = ((latents + sigma * noise) / math.sqrt(sigma**2 + 1)).repeat(2, 1, 1)
+    conditioner = pipe.components.conditioner
+    seconds = {"seconds_start": torch.zeros(1), "seconds_total": torch.tensor([frames * 2048 / 44100])}
+    with torch.no_grad():
+        context, global_cond = conditioner.encode(*conditioner.tokenize([PROMPT]), seconds)
+        negative, _ = conditioner.encode(*conditioner.tokenize([NEGATIVE_PROMPT]), seconds)
+        t = torch.full((2,), math.atan(sigma) * 2 / math.pi)
+        v = pipe.components.model.dit(x, t, torch.cat((context, negative)), global_cond.repeat(2, 1))
+    torch.testing.assert_close(reported, v, rtol=1e-4, atol=1e-5)
+
+
+def test_presets_set_defaults_that_flags_override():
+    def settings(*argv):
+        args = cli.apply_preset(cli.build_parser().parse_args(list(argv)))
+        return args.model, args.frames, args.steps, args.cfg_scale, args.batch
+
+    assert settings() == (cli.DEFAULT_MODEL, None, None, None, [1])
+    assert settings("--preset", "sao") == ("random-stable-audio-open-1.0", [64], [10], 7.0, [1])
+    # Small: its whole window (frames left to the model), 8 steps, no CFG.
+    assert settings("--preset", "small") == ("random-stable-audio-open-small", None, [8], 1.0, [1])
+    overridden = ("--preset", "sao", "--model", "tiny-random", "--frames", "8", "--steps", "2", "--cfg-scale",
+                  "3", "--batch", "2")  # fmt: skip
+    assert settings(*overridden) == ("tiny-random", [8], [2], 3.0, [2])
+    help_text = cli.build_parser().format_help()
+    assert "--preset {sao,small}" in help_text
+    assert "sao: --model random-stable-audio-open-1.0, 64 frames, 10 steps, CFG 7" in help_text
+    assert "small: --model random-stable-audio-open-small" in help_text
+
+
+def test_a_preset_runs_with_its_settings(tmp_path):
+    argv = ["--preset", "sao", "--model", "tiny-random", "--frames", "8", "--repeats", "1", "--warmup", "0",
+            "--json", str(tmp_path / "s.json")]  # fmt: skip
+    assert cli.main(argv) == 0
+    report = json.loads((tmp_path / "s.json").read_text())
+    (run,) = report["runs"]
+    assert report["preset"] == "sao"
+    assert (run["frames"], run["steps"], run["cfg_scale"], run["batch"]) == (8, 10, 7.0, 1)
