@@ -19,7 +19,7 @@ import torch
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.attention import SDPA, AttentionFunctions
 from stable_audio_rt.models.dit import DiT
-from stable_audio_rt.models.vae import OobleckVAE, snake_eager
+from stable_audio_rt.models.vae import OobleckVAE, SnakeFn, snake_eager
 
 KernelChoice = Literal["auto", "triton", "compiled", "torch"]
 KERNEL_CHOICES: tuple[KernelChoice, ...] = ("auto", "triton", "compiled", "torch")
@@ -27,11 +27,12 @@ Kernels = Literal["triton", "compiled", "torch"]
 
 
 class CompiledSnake:
-    """`snake_eager` fused by torch.compile; falls back to eager (with one warning) where
-    compilation fails, e.g. without a C compiler."""
+    """`snake` (default `snake_eager`) fused by torch.compile; falls back to it eagerly (with one
+    warning) where compilation fails, e.g. without a C compiler."""
 
-    def __init__(self) -> None:
-        self._compiled = torch.compile(snake_eager, dynamic=True)
+    def __init__(self, snake: SnakeFn = snake_eager) -> None:
+        self._snake = snake
+        self._compiled = torch.compile(snake, dynamic=True)
         self._failed = False
 
     def __call__(self, x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ class CompiledSnake:
             except Exception as e:  # Inductor raises many kinds (no compiler, unsupported op)
                 warnings.warn(f"torch.compile of Snake failed ({e}); running it eagerly", stacklevel=2)
                 self._failed = True
-        return snake_eager(x, alpha, inv_beta)
+        return self._snake(x, alpha, inv_beta)
 
 
 def triton_attention() -> AttentionFunctions:
