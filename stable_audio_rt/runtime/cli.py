@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from stable_audio_rt.errors import RequestError, reported_errors
+from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.estimate import announce
+from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request
@@ -46,6 +47,7 @@ EXAMPLES = """examples:
   sa-run "smoke test" --model tiny-random -o noise.wav      # no download; makes noise
   sa-run "ambient drone" --engines engines/ -o drone.wav     # TensorRT plans from sa-export --fp16
 """
+SA_RUN_RANGES = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -247,24 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | None:
     """--keep-range / --inpaint-range → a keep mask at the model rate over the inpaint audio."""
-    if args.inpaint_audio is None:
-        if args.keep_range or args.inpaint_range:
-            raise RequestError("--keep-range/--inpaint-range need --inpaint-audio")
-        return None
-    if bool(args.keep_range) == bool(args.inpaint_range):
-        raise RequestError("inpainting needs either --keep-range or --inpaint-range (not both)")
-    samples, rate = read_audio(args.inpaint_audio)
-    seconds = samples.shape[-1] / rate
-    length = round(samples.shape[-1] * sample_rate / rate)
-    ranges = args.keep_range or args.inpaint_range
-    mask = np.zeros(length) if args.keep_range else np.ones(length)
-    for start, end in ranges:
-        if not 0 <= start < end <= seconds:
-            raise RequestError(
-                f"range {start},{end} is outside {args.inpaint_audio} (0–{seconds:.2f} s) or empty"
-            )
-        mask[int(start * sample_rate) : int(end * sample_rate)] = 1.0 if args.keep_range else 0.0
-    return mask
+    reference = None
+    if args.inpaint_audio is not None:
+        samples, rate = read_audio(args.inpaint_audio)
+        reference = (samples.shape[-1], rate)
+    return inpaint_mask(
+        reference, args.keep_range, args.inpaint_range, sample_rate, SA_RUN_RANGES, str(args.inpaint_audio)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ cropped on the host. Text-to-audio, audio-to-audio and RePaint inpainting share 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -42,6 +42,8 @@ from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking
 DEFAULT_STREAM_CHUNK_FRAMES = 64
 
 EngineBackend = Literal["onnxruntime", "tensorrt"]
+# Called with (steps done, steps in all) as sampling goes (`run_resolved`'s on_step).
+StepCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -170,15 +172,22 @@ class StableAudio:
     def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
         return self.run_resolved(resolve_request(request, self.config), progress)
 
-    def run_resolved(self, resolved: ResolvedRequest, progress: bool = False) -> GenerationResult:
-        """Run a request already checked against this model's config (see `resolve_request`)."""
+    def run_resolved(
+        self, resolved: ResolvedRequest, progress: bool = False, on_step: StepCallback | None = None
+    ) -> GenerationResult:
+        """Run a request already checked against this model's config (see `resolve_request`).
+
+        `on_step(done, total)` is called after each sampler step when the request runs eagerly;
+        replayed as a CUDA graph, the whole request is one call, so it is called once, with
+        (total, total), after the replay. An exception it raises stops the request there (at a
+        step boundary) and propagates."""
         timings: dict[str, float] = {}
         shape = self.request_shape(resolved)
         self._check(shape, shape.decode_chunk)
         if self.uses_graphs:
-            audio, latents = self._run_graph(resolved, shape, timings)
+            audio, latents = self._run_graph(resolved, shape, timings, on_step)
         else:
-            audio, latents = self._run_eager(resolved, shape, timings, progress)
+            audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
         with _stage(timings, "postprocess", audio.device):
             audio = audio[:, :, resolved.clip(self.config.sample_rate)].contiguous()
         return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents, timings)
@@ -222,26 +231,46 @@ class StableAudio:
         return request
 
     def _run_eager(
-        self, resolved: ResolvedRequest, shape: RequestShape, timings: dict[str, float], progress: bool
+        self,
+        resolved: ResolvedRequest,
+        shape: RequestShape,
+        timings: dict[str, float],
+        progress: bool,
+        on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with _stage(timings, "prepare", self.device):
             request = self._fresh(shape, resolved)
-        return self._eager_region(request, timings, progress)
+        return self._eager_region(request, timings, progress, on_step)
 
     def _eager_region(
-        self, request: RequestBuffers, timings: dict[str, float], progress: bool = False
+        self,
+        request: RequestBuffers,
+        timings: dict[str, float],
+        progress: bool = False,
+        on_step: StepCallback | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         def stage(name: str):
             return _stage(timings, name, self.device)
 
-        bar = tqdm(total=request.state.steps, desc="sampling", unit="step", disable=not progress)
-        region.sample(request, self.components, stage, on_step=lambda _: bar.update())
+        steps = request.state.steps
+        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
+
+        def stepped(i: int) -> None:
+            bar.update()
+            if on_step is not None:
+                on_step(i + 1, steps)
+
+        region.sample(request, self.components, stage, on_step=stepped)
         bar.close()
         region.decode(request, self.components, stage)
         return request.audio.cpu(), request.state.x.cpu()
 
     def _run_graph(
-        self, resolved: ResolvedRequest, shape: RequestShape, timings: dict[str, float]
+        self,
+        resolved: ResolvedRequest,
+        shape: RequestShape,
+        timings: dict[str, float],
+        on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.graphs.get(shape)
         with _stage(timings, "prepare", self.device):
@@ -252,7 +281,7 @@ class StableAudio:
                 request = self._fresh(shape, resolved)
         if entry is None:
             if shape in self.graphs.failed:
-                return self._eager_region(request, timings)
+                return self._eager_region(request, timings, on_step=on_step)
             try:
                 with _stage(timings, "capture", self.device):
                     entry = capture_request(request, lambda r: region.run_region(r, self.components))
@@ -266,10 +295,14 @@ class StableAudio:
                         stacklevel=3,
                     )
                     self._capture_warned = True
-                return self._eager_region(request, timings)  # its inputs are intact: only read
+                # Its inputs are intact: only read.
+                return self._eager_region(request, timings, on_step=on_step)
             self.graphs.add(shape, entry)
         with _stage(timings, "replay", self.device):
-            return entry.replay()
+            outputs = entry.replay()
+        if on_step is not None:
+            on_step(shape.steps, shape.steps)
+        return outputs
 
     def write_inputs(self, request: RequestBuffers, resolved: ResolvedRequest) -> None:
         """The request's host part into its buffers (fresh ones, or a captured graph's)."""

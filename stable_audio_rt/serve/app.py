@@ -1,7 +1,10 @@
 """The ASGI app: FastAPI (typed bodies whose validation errors name the field, OpenAPI docs at
 /docs) on uvicorn. The pipeline is loaded and warmed before the app exists, so /health is ready
 whenever it answers. Generation runs in a worker thread, one at a time on the pipeline; a bounded
-count of waiting and running requests turns the next one away with 429."""
+count of waiting and running requests turns the next one away with 429. Bodies are JSON, or
+multipart/form-data with uploaded reference audio (`bodies.py`), each checked in full before it
+waits; a synchronous request whose client goes away gives its place up (at the next step
+boundary once it runs)."""
 
 from __future__ import annotations
 
@@ -15,21 +18,29 @@ from dataclasses import dataclass
 from importlib import resources
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
-from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request
-from stable_audio_rt.serve.jobs import Job, JobStore
+from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, StepCallback
+from stable_audio_rt.runtime.requests import ResolvedRequest
+from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
+from stable_audio_rt.serve.jobs import Job, JobStore, Stopped
 from stable_audio_rt.serve.metrics import ServeMetrics
-from stable_audio_rt.serve.schema import RESPONSE_FORMATS, GenerateBody
+from stable_audio_rt.serve.schema import OPENAPI_BODY, RESPONSE_FORMATS, GenerateBody
 
 # What a client waits before retrying a full queue (seconds, the Retry-After header).
 RETRY_AFTER_S = 1
+# How often a request waiting for the model checks that it should still run (its client there,
+# its job not cancelled or timed out), in seconds.
+WAIT_POLL_S = 0.05
+# What a request whose client went away answers (never sent): nginx's "client closed request".
+CLIENT_CLOSED = 499
+# The largest request body, uploads included (sa-serve --max-upload-mb).
+DEFAULT_MAX_UPLOAD_MB = 50
 # The page at /: its own inline script and style, its API calls to this server, its audio as
 # blobs, and nothing else (no fetch from elsewhere: it works offline); not framed by other sites,
 # since it takes the API key.
@@ -45,7 +56,9 @@ class ServeSettings:
     api_key: str | None = None  # every endpoint but /health needs it when set
     max_queue: int = 16  # requests and jobs waiting or running before 429
     job_ttl_s: float = 3600.0  # how long a finished job's result is kept
-    max_result_bytes: int = 512 * 2**20  # finished results kept at most; the oldest go first
+    max_result_bytes: int = 512 * MIB  # finished results kept at most; the oldest go first
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MIB  # a larger request body is refused (413)
+    job_timeout_s: float | None = None  # a job queued or running this long after submission fails
 
 
 class Generator:
@@ -71,11 +84,21 @@ class Generator:
         self.waiting -= 1
         self.metrics.queue_depth.set(self.waiting)
 
-    def run(self, resolved: ResolvedRequest, file_format: str) -> tuple[bytes, GenerationResult]:
-        """Generate, then encode (still off the event loop: a long clip's FLAC takes a while)."""
-        with self.lock:
-            result = self.pipe.run_resolved(resolved)
-        return audio_bytes(result.audio[0], result.sample_rate, file_format), result
+    def run(
+        self, resolved: ResolvedRequest, file_format: str, on_step: StepCallback
+    ) -> tuple[list[bytes], GenerationResult]:
+        """Wait for the model, generate, then encode each clip (still off the event loop: a long
+        clip's FLAC takes a while). `on_step(done, total)` is called while the request waits
+        (with 0 done) and after each step; it raises `Stopped` to stop the request there."""
+        total = resolved.request.steps
+        while not self.lock.acquire(timeout=WAIT_POLL_S):
+            on_step(0, total)
+        try:
+            on_step(0, total)
+            result = self.pipe.run_resolved(resolved, on_step=on_step)
+        finally:
+            self.lock.release()
+        return [audio_bytes(clip, result.sample_rate, file_format) for clip in result.audio], result
 
 
 def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
@@ -83,13 +106,18 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
     page = (resources.files("stable_audio_rt.serve") / "static" / "index.html").read_text(encoding="utf-8")
     generator = Generator(pipe, settings.max_queue, metrics)
 
-    async def encoded(resolved: ResolvedRequest, response_format: str) -> tuple[bytes, GenerationResult]:
+    async def encoded(
+        resolved: ResolvedRequest, response_format: str, on_step: StepCallback
+    ) -> tuple[list[bytes], GenerationResult]:
         """Run on the pipeline (in a worker thread) and encode; metrics for each outcome."""
         began = time.perf_counter()
         try:
             file_format = RESPONSE_FORMATS[response_format][0]
-            content, result = await anyio.to_thread.run_sync(generator.run, resolved, file_format)
+            contents, result = await anyio.to_thread.run_sync(generator.run, resolved, file_format, on_step)
         except StableAudioError:  # the request's own fault (an engine's profile): 422
+            raise
+        except Stopped:
+            metrics.requests.labels("stopped").inc()
             raise
         except Exception:
             metrics.requests.labels("failed").inc()
@@ -98,12 +126,25 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         metrics.latency.observe(time.perf_counter() - began)
         metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))
         metrics.batch_rows.observe(result.audio.shape[0])
-        return content, result
+        return contents, result
 
-    async def run_job(job: Job) -> bytes:
-        return (await encoded(job.resolved, job.response_format))[0]
+    async def run_job(job: Job) -> list[bytes]:
+        return (await encoded(job.resolved, job.response_format, job.on_step))[0]
 
-    store = JobStore(run_job, generator.leave, settings.job_ttl_s, settings.max_result_bytes)
+    store = JobStore(
+        run_job, generator.leave, settings.job_ttl_s, settings.max_result_bytes, settings.job_timeout_s
+    )
+
+    async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
+        """The body read under the upload limit (413), then checked and resolved off the event
+        loop (422 naming the problem), all before it takes a place in the queue."""
+        try:
+            body = await read_body(request, settings.max_upload_bytes)
+        except BodyTooLarge as e:
+            metrics.requests.labels("invalid").inc()
+            raise HTTPException(413, str(e)) from e
+        content_type = request.headers.get("content-type", "")
+        return await anyio.to_thread.run_sync(parse_generation, body, content_type, pipe.config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,13 +203,28 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
     async def prometheus() -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/audio/generate", dependencies=[Depends(authorized)])
-    async def generate(body: GenerateBody) -> Response:
-        resolved = resolve_request(body.request(), pipe.config)  # refused (422) before it waits
+    @app.post("/v1/audio/generate", dependencies=[Depends(authorized)], openapi_extra=OPENAPI_BODY)
+    async def generate(request: Request) -> Response:
+        body, resolved = await parsed(request)
+        if body.n > 1:
+            raise RequestError(
+                f"n={body.n}: this endpoint returns one clip; submit several as a job (POST /v1/audio/jobs) "
+                "and download each with GET /v1/audio/jobs/{id}/content?index=k"
+            )
         generator.admit()
+        gone = threading.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, gone))
+
+        def on_step(done: int, total: int) -> None:
+            if gone.is_set():
+                raise Stopped("the client disconnected")
+
         try:
-            content, result = await encoded(resolved, body.response_format)
+            (content,), result = await encoded(resolved, body.response_format, on_step)
+        except Stopped:  # nobody is there to read an answer
+            return Response(status_code=CLIENT_CLOSED)
         finally:
+            watcher.cancel()
             generator.leave()
         headers = {"X-Seed": str(result.seed), "X-Sample-Rate": str(result.sample_rate)}
         return Response(content, media_type=RESPONSE_FORMATS[body.response_format][1], headers=headers)
@@ -179,9 +235,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
             raise HTTPException(404, f"no job {job_id!r} (unknown, or its result expired)")
         return job
 
-    @app.post("/v1/audio/jobs", status_code=202, dependencies=[Depends(authorized)])
-    async def submit(body: GenerateBody) -> JSONResponse:
-        resolved = resolve_request(body.request(), pipe.config)
+    @app.post(
+        "/v1/audio/jobs", status_code=202, dependencies=[Depends(authorized)], openapi_extra=OPENAPI_BODY
+    )
+    async def submit(request: Request) -> JSONResponse:
+        body, resolved = await parsed(request)
         generator.admit()  # its place is given back when the worker is done with it
         job = store.submit(resolved, body.response_format)
         location = f"/v1/audio/jobs/{job.id}"
@@ -192,7 +250,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         return found(job_id).view()
 
     @app.get("/v1/audio/jobs/{job_id}/content", dependencies=[Depends(authorized)])
-    async def content(job_id: str) -> Response:
+    async def content(job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")) -> Response:
         job = found(job_id)
         if job.status != "done":
             detail = f"job {job_id} is {job.status}"
@@ -201,8 +259,12 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
             if job.finished is None:
                 detail += f"; poll GET /v1/audio/jobs/{job_id} until it is done"
             raise HTTPException(409, detail)
+        if index >= len(job.content):
+            raise HTTPException(404, f"job {job_id} has {len(job.content)} clip(s): no index {index}")
         headers = {"X-Seed": str(job.resolved.seed)}
-        return Response(job.content, media_type=RESPONSE_FORMATS[job.response_format][1], headers=headers)
+        return Response(
+            job.content[index], media_type=RESPONSE_FORMATS[job.response_format][1], headers=headers
+        )
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
     async def cancel(job_id: str) -> dict:
@@ -211,3 +273,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         return job.view()
 
     return app
+
+
+async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
+    """Set `gone` when the client closes its connection: with the body read, that is the only
+    message left to receive."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    gone.set()

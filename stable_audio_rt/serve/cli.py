@@ -15,7 +15,8 @@ import sys
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.serve.app import ServeSettings
+from stable_audio_rt.serve.app import DEFAULT_MAX_UPLOAD_MB, ServeSettings
+from stable_audio_rt.serve.bodies import MIB
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
@@ -27,6 +28,8 @@ EXAMPLES = """examples:
   sa-serve --engines engines/sao-fp16 --port 9000    # TensorRT plans from sa-export --fp16
   curl -s 127.0.0.1:8000/v1/audio/generate -H 'Content-Type: application/json' \\
        -d '{"input": "rain on a tin roof", "audio_length": 5}' -o rain.wav
+  curl -s 127.0.0.1:8000/v1/audio/generate -F init_audio=@loop.wav \\
+       -F 'request={"input": "jazz drums", "init_noise_level": 3}' -o variation.wav
 """
 
 
@@ -60,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="how long a finished job's result is kept (default: 3600)",
     )
+    p.add_argument(
+        "--job-timeout-s",
+        type=float,
+        help="a job still queued or running this many seconds after it was submitted fails "
+        "(a running one stops at its next step boundary; default: no limit)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"the largest request body in MiB, uploaded audio included; larger ones get 413 "
+        f"(default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
     return p
 
 
@@ -70,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--max-queue must be at least 1")
         if args.job_ttl_s <= 0:
             raise ConfigError("--job-ttl-s must be positive")
+        if args.job_timeout_s is not None and args.job_timeout_s <= 0:
+            raise ConfigError("--job-timeout-s must be positive")
+        if args.max_upload_mb <= 0:
+            raise ConfigError("--max-upload-mb must be positive")
         if not 0 <= args.port < 2**16:
             raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
         plan = plan_from_arguments(args, "sa-serve")
@@ -77,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print("sa-serve: warming up", file=sys.stderr)
         pipe.generate("warm-up", **WARMUP)
         api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-        settings = ServeSettings(str(plan.model or plan.engines), api_key, args.max_queue, args.job_ttl_s)
+        settings = ServeSettings(
+            str(plan.model or plan.engines),
+            api_key,
+            max_queue=args.max_queue,
+            job_ttl_s=args.job_ttl_s,
+            max_upload_bytes=int(args.max_upload_mb * MIB),
+            job_timeout_s=args.job_timeout_s,
+        )
     if failed.exit_status is not None:
         return failed.exit_status
     serve(pipe, settings, args.host, args.port)

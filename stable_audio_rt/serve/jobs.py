@@ -1,7 +1,8 @@
 """Jobs: submit, poll, download, cancel, for clips that take longer than a client wants to hold
 a connection. One worker takes queued jobs in order and runs each on the pipeline as the
-synchronous endpoint does; finished results are kept until their time to live passes or the
-byte cap evicts the oldest."""
+synchronous endpoint does, its status showing the steps done; finished results are kept until
+their time to live passes or the byte cap evicts the oldest. A job cancelled, or still queued or
+running past its timeout, stops at the next step boundary."""
 
 from __future__ import annotations
 
@@ -19,15 +20,21 @@ Status = Literal["queued", "running", "done", "failed", "cancelled"]
 LOG = logging.getLogger("stable_audio_rt.serve")
 
 
+class Stopped(Exception):
+    """A request stopped before its end: its job cancelled or timed out, or its client gone."""
+
+
 @dataclass
 class Job:
     id: str
     resolved: ResolvedRequest
     response_format: str
+    deadline: float | None = None  # time.monotonic() past which it fails (--job-timeout-s)
     status: Status = "queued"
     created: float = field(default_factory=time.monotonic)
     finished: float | None = None
-    content: bytes | None = None
+    steps_done: int = 0
+    content: list[bytes] | None = None  # one file per clip
     error: str | None = None
 
     def view(self) -> dict:
@@ -35,53 +42,86 @@ class Job:
             "id": self.id,
             "status": self.status,
             "seed": self.resolved.seed,
-            "steps": self.resolved.request.steps,
+            "steps_done": self.steps_done,
+            "steps_total": self.resolved.request.steps,
+            "n": self.resolved.request.num_outputs,
             "response_format": self.response_format,
             **({"error": self.error} if self.error is not None else {}),
         }
 
+    def overdue(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
-# A job's run: the resolved request and format in, the audio file's bytes out.
-Runner = Callable[[Job], Awaitable[bytes]]
+    def on_step(self, done: int, total: int) -> None:
+        """Progress, from the thread that generates; raising stops the run at this step boundary
+        (once the job is no longer running: cancelled, or failed by its timeout)."""
+        if self.status != "running" or self.overdue(time.monotonic()):
+            raise Stopped(f"job {self.id} stopped")
+        self.steps_done = done
+
+
+# A job's run: the job in, one file's bytes per clip out.
+Runner = Callable[[Job], Awaitable[list[bytes]]]
 
 
 class JobStore:
-    def __init__(self, run: Runner, release: Callable[[], None], ttl_s: float, max_result_bytes: int) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        release: Callable[[], None],
+        ttl_s: float,
+        max_result_bytes: int,
+        timeout_s: float | None = None,
+    ) -> None:
         """`release` is called once per submitted job when the worker is done with it (its place
-        in the server's bounded queue)."""
+        in the server's bounded queue). A job still queued or running `timeout_s` after it was
+        submitted fails (None: no limit)."""
         self.run, self.release = run, release
-        self.ttl_s, self.max_result_bytes = ttl_s, max_result_bytes
+        self.ttl_s, self.max_result_bytes, self.timeout_s = ttl_s, max_result_bytes, timeout_s
         self.jobs: dict[str, Job] = {}
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
 
     def submit(self, resolved: ResolvedRequest, response_format: str) -> Job:
         self.expire()
         job = Job(secrets.token_urlsafe(12), resolved, response_format)
+        if self.timeout_s is not None:
+            job.deadline = job.created + self.timeout_s
         self.jobs[job.id] = job
         self.queue.put_nowait(job)
         return job
 
     def get(self, job_id: str) -> Job | None:
+        self.time_out()
         self.expire()
         return self.jobs.get(job_id)
 
     def cancel(self, job: Job) -> None:
-        """Queued: it will not run. Running: its result is discarded when the step loop ends
-        (a captured request cannot stop between steps)."""
+        """Queued: it will not run. Running: it stops at its next step boundary (a request
+        replayed as one CUDA graph has none: it finishes, and its result is discarded)."""
         if job.status in ("queued", "running"):
             job.status, job.finished = "cancelled", time.monotonic()
+
+    def time_out(self) -> None:
+        """Fail the jobs still queued or running past their deadline (a running one stops at its
+        next step boundary, as a cancelled one does)."""
+        now = time.monotonic()
+        for job in self.jobs.values():
+            if job.status in ("queued", "running") and job.overdue(now):
+                job.status, job.finished = "failed", now
+                job.error = f"timed out after {self.timeout_s:g} s (sa-serve --job-timeout-s)"
 
     async def work(self) -> None:
         """The worker: one job at a time, in submission order, until cancelled."""
         while True:
             job = await self.queue.get()
             try:
-                if job.status == "queued":  # not cancelled while it waited
+                self.time_out()
+                if job.status == "queued":  # not cancelled or timed out while it waited
                     await self._run(job)
             finally:
                 self.release()
                 self.queue.task_done()
-            LOG.info("job %s %s", job.id, job.status)
+            LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
             self.expire()
 
     async def drain(self) -> None:
@@ -93,10 +133,12 @@ class JobStore:
         try:
             content = await self.run(job)
         except Exception as e:  # the job reports it; the worker goes on
-            if job.status == "running":
+            self.time_out()  # a run stopped by its deadline says so
+            if job.status == "running":  # else cancelled or timed out: it says so already
                 job.status, job.error = "failed", f"{type(e).__name__}: {e}"
         else:
-            if job.status == "running":  # else cancelled meanwhile: the result is discarded
+            self.time_out()
+            if job.status == "running":  # else cancelled or timed out meanwhile: discarded
                 job.status, job.content = "done", content
         job.finished = job.finished or time.monotonic()
 
@@ -108,9 +150,13 @@ class JobStore:
         ]:
             del self.jobs[job.id]
         kept = sorted((j for j in self.jobs.values() if j.content is not None), key=lambda j: j.finished)
-        total = sum(len(j.content) for j in kept)
+        total = sum(_size(j) for j in kept)
         for job in kept:
             if total <= self.max_result_bytes:
                 break
-            total -= len(job.content)
+            total -= _size(job)
             del self.jobs[job.id]
+
+
+def _size(job: Job) -> int:
+    return sum(len(clip) for clip in job.content)

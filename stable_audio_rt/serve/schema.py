@@ -1,14 +1,19 @@
-"""The body of `POST /v1/audio/generate`: vLLM-Omni's field names, so its clients work unchanged,
-plus ours, one name per thing. Unknown fields are refused by name; the model's own limits are
-checked by `resolve_request`, as for sa-run."""
+"""The body of `POST /v1/audio/generate` and `POST /v1/audio/jobs`: vLLM-Omni's field names, so
+its clients work unchanged, plus ours, one name per thing. Unknown fields are refused by name;
+the model's own limits are checked by `resolve_request`, as for sa-run. Reference audio is never
+a field of the JSON: it is uploaded beside it (multipart/form-data, `bodies.py`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stable_audio_rt.errors import RequestError
+from stable_audio_rt.runtime.inpaint_ranges import Range, RangeNames, inpaint_mask
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_INIT_NOISE_LEVEL
 from stable_audio_rt.runtime.sampling.guidance import DEFAULT_APG_SCALE, GUIDANCE_KINDS
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
 
@@ -21,6 +26,11 @@ RESPONSE_FORMATS = {
     "flac": ("FLAC", "audio/flac"),
     "pcm": ("RAW", "application/octet-stream"),
 }
+# Clips one request may ask for (`n`): each is a row of the one batch the model runs.
+MAX_CLIPS = 8
+# The upload fields: audio-to-audio's and inpainting's reference audio.
+AUDIO_FIELDS = ("init_audio", "inpaint_audio")
+SERVE_RANGES = RangeNames("an inpaint_audio upload", "keep_ranges", "inpaint_ranges")
 
 
 class GenerateBody(BaseModel):
@@ -38,8 +48,41 @@ class GenerateBody(BaseModel):
     apg_scale: float = Field(DEFAULT_APG_SCALE, ge=0, le=1)
     noise: Literal[NOISE_KINDS] = "gaussian"  # type: ignore[valid-type]
     window: Literal[WINDOWS] = "full"  # type: ignore[valid-type]
+    n: int = Field(
+        1, ge=1, le=MAX_CLIPS, description="clips (num_outputs); more than one through the job API only"
+    )
+    init_noise_level: float | None = Field(
+        None, gt=0, description="with an init_audio upload: its starting noise (default: sa-run's)"
+    )
+    keep_ranges: list[Range] | None = Field(
+        None, description="with an inpaint_audio upload: [start, end] seconds kept, the rest regenerated"
+    )
+    inpaint_ranges: list[Range] | None = Field(
+        None, description="with an inpaint_audio upload: [start, end] seconds regenerated, the rest kept"
+    )
 
-    def request(self) -> GenerationRequest:
+    @model_validator(mode="before")
+    @classmethod
+    def _audio_is_uploaded(cls, data: Any) -> Any:
+        """A path (or anything) given as audio in the JSON is refused with where audio goes."""
+        given = [name for name in AUDIO_FIELDS if isinstance(data, dict) and name in data]
+        if given:
+            raise ValueError(
+                f"{given[0]} is not a JSON field: upload the audio as the file field {given[0]} of a "
+                "multipart/form-data body (the server reads no paths)"
+            )
+        return data
+
+    def request(self, uploads: dict[str, tuple[np.ndarray, int]], model_rate: int) -> GenerationRequest:
+        """The request these fields and decoded uploads (field → (samples, rate)) ask for."""
+        init, inpaint = uploads.get("init_audio"), uploads.get("inpaint_audio")
+        if self.init_noise_level is not None and init is None:
+            raise RequestError("init_noise_level needs an init_audio upload (audio-to-audio)")
+        reference = None if inpaint is None else (inpaint[0].shape[-1], inpaint[1])
+        mask = inpaint_mask(
+            reference, self.keep_ranges, self.inpaint_ranges, model_rate, SERVE_RANGES, "inpaint_audio"
+        )
+        level = DEFAULT_INIT_NOISE_LEVEL if self.init_noise_level is None else self.init_noise_level
         return GenerationRequest(
             prompts=(self.input,),
             negative_prompt=self.negative_prompt,
@@ -52,4 +95,30 @@ class GenerateBody(BaseModel):
             apg_scale=self.apg_scale,
             noise=self.noise,
             window=self.window,
+            num_outputs=self.n,
+            init_audio=init,
+            init_noise_level=level,
+            inpaint_audio=inpaint,
+            inpaint_mask=mask,
         )
+
+
+# The generation endpoints' body for /docs: they read it themselves, as JSON or multipart.
+OPENAPI_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": GenerateBody.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["request"],
+                    "properties": {
+                        "request": {"type": "string", "description": "the JSON body, as above"},
+                        **{name: {"type": "string", "format": "binary"} for name in AUDIO_FIELDS},
+                    },
+                }
+            },
+        },
+    }
+}

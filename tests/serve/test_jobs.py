@@ -1,23 +1,30 @@
 """sa-serve's jobs over real HTTP on 127.0.0.1 with the tiny model: submit → poll → download
-gives the synchronous endpoint's bytes; unknown ids, early downloads, cancelling a queued and a
-running job, a failing job, and results expiring after their time to live."""
+gives the synchronous endpoint's bytes; several clips per job; the steps done while it runs;
+unknown ids, early downloads, cancelling a queued and a running job (stopped at a step), jobs
+timing out, a failing job, results expiring after their time to live, and a real SIGTERM."""
 
 import signal
 import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
+import torch
 from reference_path import REFERENCE_PATH
 from serving import QUICK
 
+from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.serve.app import ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
 
 POLL_TIMEOUT_S = 120
+# Steps the tiny model takes tens of seconds over: a job certainly still running when stopped.
+LONG = {"audio_length": 0.5, "num_inference_steps": 2000}
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +59,60 @@ def _submit(server, body: dict) -> dict:
 def test_a_job_gives_the_synchronous_endpoints_audio(server):
     body = {"input": "rain", "seed": 99, "response_format": "flac", **QUICK}
     job = _submit(server, body)
-    assert job["status"] in ("queued", "running") and job["seed"] == 99 and job["steps"] == 2
+    assert job["status"] in ("queued", "running") and job["seed"] == 99 and job["steps_total"] == 2
     assert _wait(server, job["id"], "done", "failed")["status"] == "done"
     content = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}/content")
     sync = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
     assert content.status_code == 200 and content.headers["content-type"] == "audio/flac"
     assert content.headers["x-seed"] == "99" and content.content == sync.content
+
+
+def test_a_job_of_n_clips_gives_each_of_the_apis_clips(server, pipe):
+    job = _submit(server, {"input": "rain", "seed": 5, "n": 2, **QUICK})
+    assert job["n"] == 2
+    _wait(server, job["id"], "done")
+    alone = pipe.generate("rain", seed=5, num_outputs=2, seconds_total=0.5, steps=2)
+    url = f"{server.url}/v1/audio/jobs/{job['id']}/content"
+    clips = [httpx.get(url, params={"index": k}).content for k in range(2)]
+    assert clips == [audio_bytes(clip, alone.sample_rate, "WAV") for clip in alone.audio]
+    assert clips[0] != clips[1] and httpx.get(url).content == clips[0]  # index 0 by default
+    beyond = httpx.get(url, params={"index": 2})
+    assert beyond.status_code == 404 and "has 2 clip(s): no index 2" in beyond.text
+    assert httpx.get(url, params={"index": -1}).status_code == 422
+
+
+def test_a_running_jobs_status_counts_its_steps(server):
+    generator, steps = server.app.state.generator, 100
+    with generator.lock:  # held until the job is seen running with no step done
+        job = _submit(server, {"input": "x", "audio_length": 0.5, "num_inference_steps": steps})
+        view = _wait(server, job["id"], "running")
+        assert (view["steps_done"], view["steps_total"]) == (0, steps)
+    seen, deadline = [], time.monotonic() + POLL_TIMEOUT_S
+    while (view := httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json())["status"] == "running":
+        assert time.monotonic() < deadline, view
+        seen.append(view["steps_done"])
+        time.sleep(0.01)
+    assert view["status"] == "done" and view["steps_done"] == steps
+    assert seen == sorted(seen) and any(0 < done < steps for done in seen), seen
+
+
+def test_the_pipeline_reports_each_step_and_stops_when_told(pipe):
+    """What job progress and stopping are built on: `run_resolved(on_step=...)`, run eagerly."""
+    resolved = resolve_request(GenerationRequest(("x",), seed=4, seconds_total=0.5, steps=3), pipe.config)
+    calls = []
+    reported = pipe.run_resolved(resolved, on_step=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert torch.equal(reported.audio, pipe.run_resolved(resolved).audio)
+
+    def stop_after_two(done: int, total: int) -> None:
+        calls.append(done)
+        if done == 2:
+            raise InterruptedError("stop here")
+
+    calls.clear()
+    with pytest.raises(InterruptedError, match="stop here"):
+        pipe.run_resolved(resolved, on_step=stop_after_two)
+    assert calls == [1, 2]
 
 
 def test_unknown_jobs_and_bad_bodies(server):
@@ -89,15 +144,66 @@ def test_cancelling_a_queued_and_a_running_job(server):
         assert gone.status_code == 409 and "is cancelled" in gone.text
 
 
+def test_cancelling_a_job_mid_run_stops_it_at_a_step(server):
+    generator = server.app.state.generator
+    job = _submit(server, {"input": "x", **LONG})
+    _stepping(server, job["id"])
+    assert httpx.delete(f"{server.url}/v1/audio/jobs/{job['id']}").json()["status"] == "cancelled"
+    _free(generator)  # long before its 2000 steps could end
+    view = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json()
+    assert view["status"] == "cancelled" and view["steps_done"] < view["steps_total"]
+
+
+def _stepping(server, job_id: str) -> None:
+    """Until the job has run a step."""
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while _wait(server, job_id, "running")["steps_done"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def _free(generator, timeout_s: float = 30) -> None:
+    """Until every place in the queue is given back."""
+    deadline = time.monotonic() + timeout_s
+    while generator.waiting:
+        assert time.monotonic() < deadline, "a place was never given back"
+        time.sleep(0.05)
+
+
+def test_jobs_time_out_queued_and_running(pipe):
+    timeout_s = 1.0
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", job_timeout_s=timeout_s)))
+    try:
+        generator, message = running.app.state.generator, "timed out after 1 s (sa-serve --job-timeout-s)"
+        with generator.lock:  # the model is busy: one job waits for it, one in the queue
+            first = _submit(running, {"input": "a", **QUICK})
+            _wait(running, first["id"], "running")
+            second = _submit(running, {"input": "b", **QUICK})
+            time.sleep(timeout_s)
+            for job in (first, second):
+                view = _wait(running, job["id"], "failed")
+                assert view["error"] == message and view["steps_done"] == 0
+        _free(generator)
+        stepping = _submit(running, {"input": "c", **LONG})  # times out mid-run
+        view = _wait(running, stepping["id"], "failed", "done")
+        assert view["status"] == "failed" and view["error"] == message
+        _free(generator)  # stopped at a step, long before its 2000 steps could end
+        assert httpx.get(f"{running.url}/v1/audio/jobs/{stepping['id']}").json()["steps_done"] < 2000
+        quick = _submit(running, {"input": "d", **QUICK})  # the worker goes on
+        assert _wait(running, quick["id"], "done", "failed")["status"] == "done"
+    finally:
+        running.stop()
+
+
 def test_a_failing_job_reports_its_error_and_the_next_one_runs(server, monkeypatch):
     generator = server.app.state.generator
     calls = []
 
-    def fail_once(resolved, file_format):
+    def fail_once(resolved, file_format, on_step):
         calls.append(resolved)
         if len(calls) == 1:
             raise RuntimeError("the device fell over")
-        return type(generator).run(generator, resolved, file_format)
+        return type(generator).run(generator, resolved, file_format, on_step)
 
     monkeypatch.setattr(generator, "run", fail_once)
     failed, fine = _submit(server, {"input": "x", **QUICK}), _submit(server, {"input": "y", **QUICK})
@@ -129,6 +235,8 @@ def test_the_result_cap_evicts_the_oldest(pipe):
 
 
 def test_sigterm_finishes_every_accepted_job_then_exits():
+    """Every accepted job ends known: the running one and the queued ones finish before the
+    process exits, a cancelled one is logged as such; none is lost silently."""
     with socket.socket() as probe:  # a free port for the server process
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -136,19 +244,23 @@ def test_sigterm_finishes_every_accepted_job_then_exits():
                "--device", "cpu", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
+        server = SimpleNamespace(url=f"http://127.0.0.1:{port}")  # what _submit and _wait read
         deadline = time.monotonic() + POLL_TIMEOUT_S
         while True:
             try:
-                if httpx.get(f"{url}/health").status_code == 200:
+                if httpx.get(f"{server.url}/health").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline and process.poll() is None, "sa-serve did not start"
             time.sleep(0.2)
-        accepted = [
-            httpx.post(f"{url}/v1/audio/jobs", json={"input": p, **QUICK}).json()["id"] for p in "abc"
-        ]
+        # Long enough to be seen running while the others wait: 200 steps.
+        running = _submit(server, {"input": "a", "audio_length": 0.5, "num_inference_steps": 200})["id"]
+        queued = [_submit(server, {"input": p, **QUICK})["id"] for p in "bc"]
+        cancelled = _submit(server, {"input": "d", **QUICK})["id"]
+        httpx.delete(f"{server.url}/v1/audio/jobs/{cancelled}")
+        _stepping(server, running)
+        assert [_wait(server, job_id, "queued")["status"] for job_id in queued] == ["queued"] * 2
         process.send_signal(signal.SIGTERM)
         _, log = process.communicate(timeout=POLL_TIMEOUT_S)
     finally:
@@ -156,4 +268,5 @@ def test_sigterm_finishes_every_accepted_job_then_exits():
     # uvicorn re-raises the signal once its graceful shutdown is over: killed by SIGTERM, after.
     assert process.returncode == -signal.SIGTERM and "Application shutdown complete" in log, log[-3000:]
     finished = log.index("Application shutdown complete")
-    assert all(-1 < log.find(f"job {job_id} done") < finished for job_id in accepted), log[-3000:]
+    assert all(-1 < log.find(f"job {job_id} done") < finished for job_id in [running, *queued]), log[-3000:]
+    assert -1 < log.find(f"job {cancelled} cancelled") < finished, log[-3000:]

@@ -20,6 +20,8 @@ from stable_audio_rt.serve.app import ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
 
 API_KEY = "test-key-not-a-secret"
+# Steps the tiny model takes tens of seconds over: a request certainly still running when stopped.
+LONG_STEPS = 2000
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,12 @@ BAD_BODIES = [
     ({"input": "x", "noise": "pink"}, "noise"),
     ({"input": "x", "window": "half"}, "window"),
     ({"input": "x", "negative_prompt": 5}, "negative_prompt"),
+    ({"input": "x", "n": 0}, '"loc":["body","n"]'),
+    ({"input": "x", "n": 9}, '"loc":["body","n"],"msg":"Input should be less than or equal to 8"'),
+    (
+        {"input": "x", "n": 2},
+        "n=2: this endpoint returns one clip; submit several as a job (POST /v1/audio/jobs)",
+    ),
 ]
 
 
@@ -141,6 +149,57 @@ def test_a_full_queue_answers_429_and_the_waiting_request_completes(server):
     assert answers["first"].status_code == 200 and generator.waiting == 0
 
 
+def _until(condition, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _abandoned(server, body: dict, read_timeout_s: float) -> threading.Thread:
+    """A client that gives up waiting for the answer and closes its connection."""
+
+    def post() -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{server.url}/v1/audio/generate", json=body, timeout=httpx.Timeout(30, read=read_timeout_s)
+            )
+
+    client = threading.Thread(target=post)
+    client.start()
+    return client
+
+
+def test_a_client_that_disconnects_while_queued_frees_its_place_unrun(server, monkeypatch):
+    generator, ran = server.app.state.generator, []
+    monkeypatch.setattr(generator.pipe, "run_resolved", lambda *a, **k: ran.append(a))
+    with generator.lock:  # the model is busy: the request waits in the queue
+        client = _abandoned(server, {"input": "x", **QUICK}, read_timeout_s=2)
+        _until(lambda: generator.waiting == 1, "the request never queued")
+        client.join(timeout=30)
+        # Its place is given back while the model is still busy, so it can no longer run.
+        _until(lambda: generator.waiting == 0, "the abandoned request kept its place")
+    assert ran == []
+
+
+def test_a_client_that_disconnects_while_running_stops_it_at_a_step(server, pipe, monkeypatch):
+    generator, steps = server.app.state.generator, []
+
+    def counted(resolved, progress=False, on_step=None):
+        def step(done: int, total: int) -> None:
+            steps.append(done)
+            on_step(done, total)
+
+        return type(pipe).run_resolved(pipe, resolved, progress, step)
+
+    monkeypatch.setattr(generator.pipe, "run_resolved", counted)
+    client = _abandoned(server, {"input": "x", "audio_length": 0.5, "num_inference_steps": LONG_STEPS}, 2)
+    _until(lambda: steps, "the request never started")
+    client.join(timeout=30)
+    _until(lambda: generator.waiting == 0, "the abandoned request ran on")
+    assert 0 < max(steps) < LONG_STEPS
+
+
 def test_metrics_count_outcomes(server):
     httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=120)
     httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", "seed": -5}, timeout=30)
@@ -170,6 +229,8 @@ def test_an_api_key_guards_all_but_health(keyed):
         (["--max-queue", "0"], "--max-queue must be at least 1"),
         (["--port", "70000"], "--port must be in"),
         (["--job-ttl-s", "0"], "--job-ttl-s must be positive"),
+        (["--job-timeout-s", "-1"], "--job-timeout-s must be positive"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
     ],
 )
 def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys, monkeypatch):

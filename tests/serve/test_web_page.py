@@ -139,7 +139,7 @@ def test_generate_plays_and_offers_the_apis_wav(browser, server, pipe):
     # The model held busy, so the running job's status is on the page long enough to be seen.
     with server.app.state.generator.lock:
         browser.find_element(By.ID, "generate").click()
-        _text_shows(browser, "status", "running", f"{steps} steps")
+        _text_shows(browser, "status", "running", f"step 0 of {steps}")
         assert not browser.find_element(By.ID, "generate").is_enabled()  # one generation at a time
     (result,) = _results(browser, 1)
     assert not browser.find_element(By.ID, "progress").is_displayed()

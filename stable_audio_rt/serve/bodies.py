@@ -1,0 +1,157 @@
+"""A generation body as it arrives: JSON, or multipart/form-data holding the same JSON in its
+`request` field beside the reference audio as file fields (`init_audio` for audio-to-audio,
+`inpaint_audio` for inpainting). The body is read whole into memory under the upload limit and
+the audio decoded from those bytes: nothing on the server's disks is read or written, and no
+path a client names is opened.
+
+The multipart parser is this module's own (RFC 7578 over bytes already in memory, headers by the
+standard library's parser): Starlette's needs python-multipart, which sa-serve does not install,
+and spools large files to temporary files."""
+
+from __future__ import annotations
+
+import io
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.utils import collapse_rfc2231_value
+
+import numpy as np
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from stable_audio_rt.errors import RequestError
+from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request
+from stable_audio_rt.serve.schema import AUDIO_FIELDS, GenerateBody
+
+MULTIPART = "multipart/form-data"
+REQUEST_FIELD = "request"  # the multipart field holding the JSON body
+MIB = 2**20
+CRLF = b"\r\n"
+
+
+class BodyTooLarge(Exception):
+    """The body is over the upload limit (413)."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to be over `limit` bytes: from its declared
+    length before any of it is read, else while it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(_too_large(limit))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(_too_large(limit))
+    return bytes(body)
+
+
+def _too_large(limit: int) -> str:
+    return f"the request body is over the upload limit of {limit / MIB:g} MiB (sa-serve --max-upload-mb)"
+
+
+def split_body(body: bytes, content_type: str) -> tuple[bytes, dict[str, bytes]]:
+    """The JSON body and the uploaded files by field name (none for a JSON body). JSON is taken
+    as FastAPI takes it: with a JSON content type or none; any other type is refused, so a web
+    page cannot post it cross-origin as a form or text without the browser asking first."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type in ("", "application/json") or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return body, {}
+    if media_type != MULTIPART:
+        raise HTTPException(
+            415,
+            f"unsupported Content-Type {media_type!r}: send application/json, or {MULTIPART} with uploads",
+        )
+    fields: dict[str, bytes] = {}
+    files: dict[str, bytes] = {}
+    for name, filename, content in form_parts(body, content_type):
+        if name in fields or name in files:
+            raise RequestError(f"multipart field {name!r} is given twice")
+        if name == REQUEST_FIELD:
+            fields[name] = content  # a text field, or a file (curl -F request=@body.json)
+        elif name in AUDIO_FIELDS:
+            if filename is None:
+                raise RequestError(
+                    f"{name} must be an uploaded file (e.g. curl -F {name}=@clip.wav), not a text field: "
+                    "the server reads no paths"
+                )
+            files[name] = content
+        else:
+            raise RequestError(
+                f"unknown multipart field {name!r}: send {REQUEST_FIELD!r} (the JSON body) and at most "
+                f"one of {', '.join(AUDIO_FIELDS)} as a file"
+            )
+    if REQUEST_FIELD not in fields:
+        raise RequestError(f"a multipart body needs a {REQUEST_FIELD!r} field holding the JSON body")
+    return fields[REQUEST_FIELD], files
+
+
+def form_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
+    """multipart/form-data (RFC 7578) → (field name, file name or None, content) per part."""
+    header = Message()
+    header["content-type"] = content_type
+    boundary = header.get_boundary()
+    if not boundary:
+        raise RequestError("a multipart/form-data body needs a boundary in its Content-Type")
+    delimiter = b"--" + boundary.encode("latin-1")
+    position = body.find(delimiter)
+    if position < 0:
+        raise RequestError("the multipart body has no part: its boundary never occurs")
+    parts = []
+    while True:
+        position += len(delimiter)
+        if body.startswith(b"--", position):  # the close delimiter
+            return parts
+        begin = body.find(CRLF, position)  # after the delimiter's optional whitespace
+        end = body.find(CRLF + delimiter, begin) if begin >= 0 else -1
+        if end < 0:
+            raise RequestError("the multipart body ends inside a part (no closing boundary)")
+        # Headers run from the delimiter line's end to a blank line (at once, for none).
+        head_end = body.find(CRLF + CRLF, begin, end)
+        if head_end < 0:
+            raise RequestError("a multipart part has no blank line after its headers")
+        content_start = head_end + 2 * len(CRLF)
+        headers = BytesHeaderParser().parsebytes(body[begin + len(CRLF) : content_start])
+        name = headers.get_param("name", header="content-disposition")
+        if headers.get_content_disposition() != "form-data" or name is None:
+            raise RequestError("each multipart part needs Content-Disposition: form-data with a name")
+        parts.append((collapse_rfc2231_value(name), headers.get_filename(), body[content_start:end]))
+        position = end + len(CRLF)
+
+
+def decode_audio(field: str, content: bytes) -> tuple[np.ndarray, int]:
+    """An uploaded file → (channels, samples) float32 and its rate, as `read_audio` reads a path."""
+    import soundfile as sf
+
+    try:
+        data, rate = sf.read(io.BytesIO(content), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        reason = getattr(e, "error_string", str(e))
+        raise RequestError(
+            f"{field}: cannot read the upload as audio ({reason}); send a WAV, FLAC, OGG or MP3 file"
+        ) from e
+    if data.shape[0] == 0:
+        raise RequestError(f"{field}: the uploaded audio is empty")
+    return data.T.copy(), rate
+
+
+def parse_generation(
+    body: bytes, content_type: str, config: StableAudioConfig
+) -> tuple[GenerateBody, ResolvedRequest]:
+    """A body checked field by field, its uploads decoded, and the request resolved as sa-run's
+    is: every refusal a 422 naming the problem, before the request waits for the model. Run off
+    the event loop: decoding and resampling an upload take a while."""
+    json_body, files = split_body(body, content_type)
+    try:
+        fields = GenerateBody.model_validate_json(json_body)
+    except ValidationError as e:  # worded as FastAPI words a bad JSON body
+        errors = e.errors(include_url=False)
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors]) from e
+    uploads = {name: decode_audio(name, content) for name, content in files.items()}
+    return fields, resolve_request(fields.request(uploads, config.sample_rate), config)

@@ -1,0 +1,242 @@
+"""Audio-to-audio and inpainting over real HTTP on 127.0.0.1 with the tiny model: the reference
+audio uploaded (multipart/form-data) beside the JSON body, on the synchronous endpoint and as a
+job, the bytes equal to the Python API's for the same request and audio; bad uploads refused
+(413 over the limit, 422 naming the problem) before they take a place in the queue, leaving no
+job behind."""
+
+import io
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from reference_path import REFERENCE_PATH
+from serving import QUICK
+
+from stable_audio_rt.runtime.audio_io import audio_bytes
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.serve.app import ServeSettings, create_app
+from stable_audio_rt.serve.background import BackgroundServer
+from stable_audio_rt.serve.bodies import MIB
+
+RATE = 44100
+# A small upload limit, so an oversized body is quick to send.
+SMALL_LIMIT = MIB // 2
+POLL_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
+
+
+@pytest.fixture(scope="module")
+def server(pipe):
+    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", max_upload_bytes=SMALL_LIMIT)))
+    yield running
+    running.stop()
+
+
+def _tone(seconds: float, rate: int, channels: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * (220 + 110 * c) * t) for c in range(channels)], axis=1)
+
+
+def _file(samples: np.ndarray, rate: int, file_format: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=file_format)
+    return buffer.getvalue()
+
+
+def _decoded(upload: bytes) -> tuple[np.ndarray, int]:
+    """The upload as the server reads it: (channels, samples) float32 and its rate."""
+    data, rate = sf.read(io.BytesIO(upload), dtype="float32", always_2d=True)
+    return data.T.copy(), rate
+
+
+def _post(server, path: str, body: dict, **files: bytes) -> httpx.Response:
+    """The body as JSON, or with files as multipart/form-data."""
+    if not files:
+        return httpx.post(f"{server.url}{path}", json=body, timeout=POLL_TIMEOUT_S)
+    uploads = {name: (f"{name}.wav", content, "audio/wav") for name, content in files.items()}
+    return httpx.post(
+        f"{server.url}{path}", data={"request": json.dumps(body)}, files=uploads, timeout=POLL_TIMEOUT_S
+    )
+
+
+def test_audio_to_audio_gives_the_apis_audio_for_the_same_upload(server, pipe):
+    upload = _file(_tone(1.0, RATE, 2), RATE)
+    body = {"input": "jazz drums", "seed": 3, "init_noise_level": 3.0, **QUICK}
+    response = _post(server, "/v1/audio/generate", body, init_audio=upload)
+    assert response.status_code == 200, response.text
+    alone = pipe.generate(
+        "jazz drums", seed=3, init_audio=_decoded(upload), init_noise_level=3.0, seconds_total=0.5, steps=2
+    )
+    assert response.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+    plain = {"input": "jazz drums", "seed": 3, **QUICK}
+    text_only = httpx.post(f"{server.url}/v1/audio/generate", json=plain, timeout=POLL_TIMEOUT_S)
+    assert text_only.status_code == 200 and text_only.content != response.content  # the upload counts
+
+
+def test_an_inpainting_job_gives_the_apis_audio_for_the_same_upload(server, pipe):
+    rate = 22050  # resampled to the model's rate, as sa-run's files are
+    upload = _file(_tone(1.0, rate, 1), rate, "FLAC")
+    body = {"input": "guitar", "seed": 8, "keep_ranges": [[0, 0.25]], "num_inference_steps": 2}
+    job = _post(server, "/v1/audio/jobs", body, inpaint_audio=upload)
+    assert job.status_code == 202, job.text
+    served = httpx.get(f"{_done(server, job.json()['id'])}/content")
+    keep = np.zeros(RATE)  # 1 s of the reference at the model's rate, its first quarter kept
+    keep[: RATE // 4] = 1
+    alone = pipe.generate("guitar", seed=8, steps=2, inpaint_audio=_decoded(upload), inpaint_mask=keep)
+    assert alone.audio.shape[-1] == RATE  # the clip's length is the reference's
+    assert served.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+
+
+def _done(server, job_id: str) -> str:
+    """The job's URL once it is done."""
+    url = f"{server.url}/v1/audio/jobs/{job_id}"
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while (view := httpx.get(url).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, view
+        time.sleep(0.05)
+    assert view["status"] == "done", view
+    return url
+
+
+TONE = _file(_tone(1.0, RATE, 2), RATE)
+BAD_UPLOADS = [
+    ({"init_audio": b"not audio at all"}, {}, "init_audio: cannot read the upload as audio"),
+    ({"init_audio": _file(np.zeros((0, 2)), RATE)}, {}, "init_audio: the uploaded audio is empty"),
+    ({"inpaint_audio": _file(_tone(0.5, RATE, 3), RATE)}, {"keep_ranges": [[0, 0.1]]}, "give mono or stereo"),
+    (
+        {"init_audio": TONE, "inpaint_audio": TONE},
+        {"keep_ranges": [[0, 0.5]]},
+        "give init_audio (audio-to-audio) or inpaint_audio (inpainting), not both",
+    ),
+    ({"inpaint_audio": TONE}, {}, "inpainting needs either keep_ranges or inpaint_ranges (not both)"),
+    (
+        {"inpaint_audio": TONE},
+        {"keep_ranges": [[0, 0.5]], "inpaint_ranges": [[0.5, 1]]},
+        "inpainting needs either keep_ranges or inpaint_ranges (not both)",
+    ),
+    (
+        {"inpaint_audio": TONE},
+        {"keep_ranges": [[0.5, 5]]},
+        "range 0.5,5.0 is outside inpaint_audio (0–1.00 s)",
+    ),
+    ({"inpaint_audio": TONE}, {"inpaint_ranges": [[0.6, 0.2]]}, "range 0.6,0.2 is outside inpaint_audio"),
+    ({"inpaint_audio": TONE}, {"keep_ranges": [[0.5]]}, '"keep_ranges",0'),
+    ({}, {"inpaint_ranges": [[0, 1]]}, "keep_ranges/inpaint_ranges need an inpaint_audio upload"),
+    (
+        {"init_audio": TONE},
+        {"init_noise_level": 0.2},
+        "init_noise_level (0.2) must be greater than sigma_min",
+    ),
+    ({"init_audio": TONE}, {"init_noise_level": -1}, '"init_noise_level"'),
+    ({}, {"init_noise_level": 2}, "init_noise_level needs an init_audio upload"),
+    ({"audio": TONE}, {}, "unknown multipart field 'audio'"),
+]
+
+
+@pytest.mark.parametrize("files,fields,named", BAD_UPLOADS, ids=[named for *_, named in BAD_UPLOADS])
+@pytest.mark.parametrize("path", ["/v1/audio/generate", "/v1/audio/jobs"])
+def test_bad_uploads_are_refused_by_name_before_they_wait(server, path, files, fields, named):
+    response = _refused(server, lambda: _post(server, path, {"input": "x", **QUICK, **fields}, **files))
+    assert response.status_code == 422 and named in response.text, response.text
+
+
+def _refused(server, send: Callable[[], httpx.Response]) -> httpx.Response:
+    """`send()`'s answer, checking it reached neither the model nor the queue, and left no job."""
+    generator, jobs = server.app.state.generator, server.app.state.jobs.jobs
+    before = set(jobs)
+    generator.run = lambda *_: pytest.fail("a refused request reached the model")
+    try:
+        response = send()
+    finally:
+        del generator.run  # the class's method again
+    assert generator.waiting == 0 and set(jobs) == before
+    return response
+
+
+def _multipart(server, content: bytes, content_type: str) -> httpx.Response:
+    headers = {"Content-Type": content_type}
+    return httpx.post(f"{server.url}/v1/audio/jobs", content=content, headers=headers, timeout=30)
+
+
+BOUNDARY = "b0undary"
+FORM = f"multipart/form-data; boundary={BOUNDARY}"
+REQUEST_PART = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="request"\r\n\r\n{{"input": "x"}}\r\n'
+BAD_FORMS = [
+    ("multipart/form-data", REQUEST_PART, "needs a boundary in its Content-Type"),
+    (FORM, "no delimiter anywhere", "its boundary never occurs"),
+    (FORM, REQUEST_PART.removesuffix("\r\n"), "ends inside a part (no closing boundary)"),
+    (FORM, f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n--{BOUNDARY}--", "with a name"),
+    (FORM, REQUEST_PART + REQUEST_PART + f"--{BOUNDARY}--", "multipart field 'request' is given twice"),
+    (FORM, f"--{BOUNDARY}--", "a multipart body needs a 'request' field holding the JSON body"),
+    (
+        FORM,
+        REQUEST_PART.replace('"x"}', '"x",') + f"--{BOUNDARY}--",
+        '"type":"json_invalid","loc":["body"',
+    ),
+    (
+        FORM,
+        REQUEST_PART
+        + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="init_audio"\r\n\r\n/etc/passwd\r\n'
+        + f"--{BOUNDARY}--",
+        "init_audio must be an uploaded file (e.g. curl -F init_audio=@clip.wav), not a text field",
+    ),
+]
+
+
+@pytest.mark.parametrize("content_type,content,named", BAD_FORMS, ids=[named for *_, named in BAD_FORMS])
+def test_malformed_multipart_bodies_are_refused_by_name(server, content_type, content, named):
+    response = _refused(server, lambda: _multipart(server, content.encode(), content_type))
+    assert response.status_code == 422 and named in response.text, response.text
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_other_content_types_are_refused(server, content_type):
+    """Not read as JSON: a web page may post these cross-origin without the browser asking first."""
+    send = lambda: _multipart(server, b'{"input": "x"}', content_type)  # noqa: E731
+    response = _refused(server, send)
+    assert response.status_code == 415 and f"unsupported Content-Type '{content_type}'" in response.text
+
+
+def test_a_hand_written_multipart_body_is_read(server):
+    """curl's and browsers' form: the JSON as a file part too, and a preamble before the first part."""
+    body = (
+        f"preamble\r\n--{BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="request"; filename="body.json"\r\n'
+        f"Content-Type: application/json\r\n\r\n"
+        f'{{"input": "x", "audio_length": 0.5, "num_inference_steps": 2, "seed": 1}}\r\n--{BOUNDARY}--\r\n'
+    )
+    response = _multipart(server, body.encode(), FORM)
+    assert response.status_code == 202 and response.json()["seed"] == 1, response.text
+    _done(server, response.json()["id"])
+
+
+def test_a_path_given_as_audio_in_json_is_refused(server):
+    body = {"input": "x", "init_audio": "/etc/passwd"}
+    response = _refused(server, lambda: httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30))
+    assert response.status_code == 422, response.text
+    assert "init_audio is not a JSON field: upload the audio as the file field init_audio" in response.text
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared length", "chunked"])
+def test_an_upload_over_the_limit_is_413_naming_it(server, chunked):
+    upload = TONE * 4  # ~700 kB > SMALL_LIMIT
+    assert len(upload) > SMALL_LIMIT
+    url = f"{server.url}/v1/audio/generate"
+    if chunked:  # no Content-Length: refused as it streams in
+        form = httpx.Request("POST", url, data={"request": '{"input": "x"}'}, files={"init_audio": upload})
+        headers = {"Content-Type": form.headers["content-type"]}
+        response = _refused(server, lambda: httpx.post(url, content=iter(form.stream), headers=headers))
+    else:
+        response = _refused(
+            server, lambda: _post(server, "/v1/audio/generate", {"input": "x"}, init_audio=upload)
+        )
+    assert response.status_code == 413, response.text
+    assert "over the upload limit of 0.5 MiB (sa-serve --max-upload-mb)" in response.text
