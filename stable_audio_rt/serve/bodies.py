@@ -1,24 +1,21 @@
 """A generation body as it arrives: JSON, or multipart/form-data holding the same JSON in its
 `request` field beside the reference audio as file fields (`init_audio` for audio-to-audio,
-`inpaint_audio` for inpainting). The body is read whole into memory under the upload limit and
-the audio decoded from those bytes: nothing on the server's disks is read or written, and no
-path a client names is opened.
-
-The multipart parser is this module's own (RFC 7578 over bytes already in memory, headers by the
-standard library's parser): Starlette's needs python-multipart, which sa-serve does not install,
-and spools large files to temporary files."""
+`inpaint_audio` for inpainting). The body is read whole into memory under the upload limit, split
+by python-multipart (the parser FastAPI's forms use) and the audio decoded from those bytes:
+nothing on the server's disks is read or written, and no path a client names is opened."""
 
 from __future__ import annotations
 
 import io
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.utils import collapse_rfc2231_value
+import math
 
 import numpy as np
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from python_multipart import FormParser
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import Field, File, parse_options_header
 from starlette.requests import Request
 
 from stable_audio_rt.errors import RequestError
@@ -29,7 +26,6 @@ from stable_audio_rt.serve.schema import AUDIO_FIELDS, GenerateBody
 MULTIPART = "multipart/form-data"
 REQUEST_FIELD = "request"  # the multipart field holding the JSON body
 MIB = 2**20
-CRLF = b"\r\n"
 
 
 class BodyTooLarge(Exception):
@@ -58,7 +54,8 @@ def split_body(body: bytes, content_type: str) -> tuple[bytes, dict[str, bytes]]
     """The JSON body and the uploaded files by field name (none for a JSON body). JSON is taken
     as FastAPI takes it: with a JSON content type or none; any other type is refused, so a web
     page cannot post it cross-origin as a form or text without the browser asking first."""
-    media_type = content_type.split(";")[0].strip().lower()
+    media_type_bytes, params = parse_options_header(content_type)
+    media_type = media_type_bytes.decode("latin-1")
     if media_type in ("", "application/json") or (
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
@@ -70,18 +67,19 @@ def split_body(body: bytes, content_type: str) -> tuple[bytes, dict[str, bytes]]
         )
     fields: dict[str, bytes] = {}
     files: dict[str, bytes] = {}
-    for name, filename, content in form_parts(body, content_type):
+    for part in form_parts(body, params.get(b"boundary")):
+        name = (part.field_name or b"").decode("utf-8", "replace")
         if name in fields or name in files:
             raise RequestError(f"multipart field {name!r} is given twice")
-        if name == REQUEST_FIELD:
-            fields[name] = content  # a text field, or a file (curl -F request=@body.json)
+        if name == REQUEST_FIELD:  # a text field, or a file (curl -F request=@body.json)
+            fields[name] = (part.value or b"") if isinstance(part, Field) else part.file_object.getvalue()
         elif name in AUDIO_FIELDS:
-            if filename is None:
+            if isinstance(part, Field):
                 raise RequestError(
                     f"{name} must be an uploaded file (e.g. curl -F {name}=@clip.wav), not a text field: "
                     "the server reads no paths"
                 )
-            files[name] = content
+            files[name] = part.file_object.getvalue()
         else:
             raise RequestError(
                 f"unknown multipart field {name!r}: send {REQUEST_FIELD!r} (the JSON body) and at most "
@@ -92,37 +90,32 @@ def split_body(body: bytes, content_type: str) -> tuple[bytes, dict[str, bytes]]
     return fields[REQUEST_FIELD], files
 
 
-def form_parts(body: bytes, content_type: str) -> list[tuple[str, str | None, bytes]]:
-    """multipart/form-data (RFC 7578) → (field name, file name or None, content) per part."""
-    header = Message()
-    header["content-type"] = content_type
-    boundary = header.get_boundary()
-    if not boundary:
-        raise RequestError("a multipart/form-data body needs a boundary in its Content-Type")
-    delimiter = b"--" + boundary.encode("latin-1")
-    position = body.find(delimiter)
-    if position < 0:
-        raise RequestError("the multipart body has no part: its boundary never occurs")
-    parts = []
-    while True:
-        position += len(delimiter)
-        if body.startswith(b"--", position):  # the close delimiter
-            return parts
-        begin = body.find(CRLF, position)  # after the delimiter's optional whitespace
-        end = body.find(CRLF + delimiter, begin) if begin >= 0 else -1
-        if end < 0:
-            raise RequestError("the multipart body ends inside a part (no closing boundary)")
-        # Headers run from the delimiter line's end to a blank line (at once, for none).
-        head_end = body.find(CRLF + CRLF, begin, end)
-        if head_end < 0:
-            raise RequestError("a multipart part has no blank line after its headers")
-        content_start = head_end + 2 * len(CRLF)
-        headers = BytesHeaderParser().parsebytes(body[begin + len(CRLF) : content_start])
-        name = headers.get_param("name", header="content-disposition")
-        if headers.get_content_disposition() != "form-data" or name is None:
-            raise RequestError("each multipart part needs Content-Disposition: form-data with a name")
-        parts.append((collapse_rfc2231_value(name), headers.get_filename(), body[content_start:end]))
-        position = end + len(CRLF)
+def form_parts(body: bytes, boundary: bytes | None) -> list[Field | File]:
+    """multipart/form-data (RFC 7578) → its parts in order: a `File` for a part with a file name,
+    else a `Field`. python-multipart's parser itself, not through Starlette's `request.form()`,
+    which words every parse error "Invalid multipart data.", silently drops a part cut off by the
+    body's end (an upload would go missing), and spools files over 1 MiB to disk."""
+    parts: list[Field | File] = []
+    ended = False
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
+
+    # Files are kept in memory however large (the body is already under the upload limit):
+    # python-multipart would otherwise move those over 1 MiB to temporary files.
+    config = {"MAX_MEMORY_FILE_SIZE": math.inf}
+    try:
+        parser = FormParser(
+            MULTIPART, parts.append, parts.append, on_end=on_end, boundary=boundary, config=config
+        )
+        parser.write(body)
+        parser.finalize()
+    except FormParserError as e:
+        raise RequestError(f"malformed multipart body: {e}") from e
+    if not ended:  # finalize() does not check that the body is complete; the end callback does
+        raise RequestError("malformed multipart body: it ends before its closing boundary")
+    return parts
 
 
 def decode_audio(field: str, content: bytes) -> tuple[np.ndarray, int]:
