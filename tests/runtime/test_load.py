@@ -27,7 +27,11 @@ def test_a_random_model_is_planned_from_its_name_alone(name, monkeypatch):
     monkeypatch.setattr(source, "random_model", lambda *a, **k: pytest.fail("no weights before the load"))
     plan = load.plan_load(name, device="cpu")
     assert plan.config is RANDOM_MODELS[name] and plan.model == name
-    assert (plan.choice.backend, plan.device, plan.options.kernels) == ("torch", torch.device("cpu"), "compiled")
+    assert (plan.choice.backend, plan.device, plan.options.kernels) == (
+        "torch",
+        torch.device("cpu"),
+        "compiled",
+    )
 
 
 def test_load_gives_the_same_model_as_from_pretrained():
