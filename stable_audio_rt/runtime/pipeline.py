@@ -6,6 +6,8 @@ its host part (tokens, seeded draws, the σ table) is written into them, then th
 (`region.py`: conditioning, every step, the decode) runs: eagerly, or on a CUDA device as one
 captured CUDA graph per shape, replayed for every later request of that shape. The audio is
 cropped on the host. Text-to-audio, audio-to-audio and RePaint inpainting share that path.
+Text-to-audio requests of one `batch_key` can run as one batch (`run_batch`), each row getting
+exactly what its request gets alone.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.load import Backend, LoadPlan, WeightOptions, plan_load
+from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
@@ -181,16 +184,35 @@ class StableAudio:
         replayed as a CUDA graph, the whole request is one call, so it is called once, with
         (total, total), after the replay. An exception it raises stops the request there (at a
         step boundary) and propagates."""
+        return self.run_batch([resolved], on_step, progress)[0]
+
+    def run_batch(
+        self,
+        resolved: Sequence[ResolvedRequest],
+        on_step: StepCallback | None = None,
+        progress: bool = False,
+    ) -> list[GenerationResult]:
+        """Run requests of one `batch_key` as one batch: one result per request, each equal to
+        what `run_resolved` gives it alone (its own prompts, seed, CFG scale, numbers and clip);
+        the timings are the batch's. Requests that cannot share a batch are refused
+        (RequestError). `on_step` as in `run_resolved`, for the whole batch."""
         timings: dict[str, float] = {}
-        shape = self.request_shape(resolved)
+        shape = planning.batch_shape(resolved, lambda: self._auto_decode_chunk)
         self._check(shape, shape.decode_chunk)
         if self.uses_graphs:
             audio, latents = self._run_graph(resolved, shape, timings, on_step)
         else:
             audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
+        rate, results = self.config.sample_rate, []
         with _stage(timings, "postprocess", audio.device):
-            audio = audio[:, :, resolved.clip(self.config.sample_rate)].contiguous()
-        return GenerationResult(audio, self.config.sample_rate, resolved.seed, latents, timings)
+            for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
+                clip = audio[rows, :, one.clip(rate)].contiguous()
+                results.append(GenerationResult(clip, rate, one.seed, latents[rows], timings))
+        return results
+
+    def batch_key(self, resolved: ResolvedRequest) -> BatchKey | None:
+        """Requests with equal keys can run as one batch (`run_batch`); None: only alone."""
+        return planning.batch_key(resolved, lambda: self._auto_decode_chunk)
 
     def generate_stream(self, prompt: str | Sequence[str], **options) -> Iterator[torch.Tensor]:
         """Like `generate`, but yields the clip's audio (B, channels, n) float32 on the CPU in
@@ -204,7 +226,7 @@ class StableAudio:
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
         self._check(shape, chunk)
-        request = self._fresh(shape, resolved)
+        request = self._fresh(shape, [resolved])
         region.sample(request, self.components)
         clip = resolved.clip(self.config.sample_rate)
         position = 0
@@ -223,16 +245,16 @@ class StableAudio:
 
     def prepare(self, resolved: ResolvedRequest) -> RequestBuffers:
         """Fresh buffers for the request, its inputs written: ready for `region.run_region`."""
-        return self._fresh(self.request_shape(resolved), resolved)
+        return self._fresh(self.request_shape(resolved), [resolved])
 
-    def _fresh(self, shape: RequestShape, resolved: ResolvedRequest) -> RequestBuffers:
+    def _fresh(self, shape: RequestShape, resolved: Sequence[ResolvedRequest]) -> RequestBuffers:
         request = allocate_request(shape, self.components, planning.number_ids(self.components))
         self.write_inputs(request, resolved)
         return request
 
     def _run_eager(
         self,
-        resolved: ResolvedRequest,
+        resolved: Sequence[ResolvedRequest],
         shape: RequestShape,
         timings: dict[str, float],
         progress: bool,
@@ -267,7 +289,7 @@ class StableAudio:
 
     def _run_graph(
         self,
-        resolved: ResolvedRequest,
+        resolved: Sequence[ResolvedRequest],
         shape: RequestShape,
         timings: dict[str, float],
         on_step: StepCallback | None,
@@ -304,9 +326,13 @@ class StableAudio:
             on_step(shape.steps, shape.steps)
         return outputs
 
-    def write_inputs(self, request: RequestBuffers, resolved: ResolvedRequest) -> None:
-        """The request's host part into its buffers (fresh ones, or a captured graph's)."""
-        planning.write_inputs(request, resolved, self.components, self.sampler)
+    def write_inputs(
+        self, request: RequestBuffers, resolved: ResolvedRequest | Sequence[ResolvedRequest]
+    ) -> None:
+        """The host part of a request (or of a batch's requests, in row order) into its buffers
+        (fresh ones, or a captured graph's)."""
+        batch = [resolved] if isinstance(resolved, ResolvedRequest) else resolved
+        planning.write_inputs(request, batch, self.components, self.sampler)
 
     def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(

@@ -20,6 +20,10 @@ from stable_audio_rt.serve.bodies import MIB
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
+# Dynamic batching: clips per pipeline call, and how long a batch waits for more requests (a
+# short wait: an idle server answers a lone request that much later).
+DEFAULT_MAX_BATCH = 4
+DEFAULT_BATCH_WAIT_MS = 10.0
 # The warm-up request: the shortest that runs every stage (and loads every lazy piece).
 WARMUP = dict(seconds_total=0.5, steps=2, seed=0)
 
@@ -76,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the largest request body in MiB, uploaded audio included; larger ones get 413 "
         f"(default: {DEFAULT_MAX_UPLOAD_MB})",
     )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="requests waiting together that can share a pipeline call (text-to-audio with the same "
+        "window, steps, CFG on or off, guidance, noise kind, σ range, negative prompt given or not) "
+        "run as one batch of up to this many clips, each getting its own prompt, seed and settings' "
+        f"audio; 1 runs every request alone (default: {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_BATCH_WAIT_MS,
+        help="how long a batch waits for more requests to join it before it runs (default: "
+        f"{DEFAULT_BATCH_WAIT_MS:g}; longer batches more under light load, at that much added latency)",
+    )
     return p
 
 
@@ -90,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--job-timeout-s must be positive")
         if args.max_upload_mb <= 0:
             raise ConfigError("--max-upload-mb must be positive")
+        if args.max_batch < 1:
+            raise ConfigError("--max-batch must be at least 1")
+        if args.batch_wait_ms < 0:
+            raise ConfigError("--batch-wait-ms must be ≥ 0")
         if not 0 <= args.port < 2**16:
             raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
         plan = plan_from_arguments(args, "sa-serve")
@@ -104,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             job_ttl_s=args.job_ttl_s,
             max_upload_bytes=int(args.max_upload_mb * MIB),
             job_timeout_s=args.job_timeout_s,
+            max_batch=args.max_batch,
+            batch_wait_ms=args.batch_wait_ms,
         )
     if failed.exit_status is not None:
         return failed.exit_status

@@ -1,8 +1,10 @@
 """Jobs: submit, poll, download, cancel, for clips that take longer than a client wants to hold
 a connection. One worker takes queued jobs in order and runs each on the pipeline as the
-synchronous endpoint does, its status showing the steps done; finished results are kept until
-their time to live passes or the byte cap evicts the oldest. A job cancelled, or still queued or
-running past its timeout, stops at the next step boundary."""
+synchronous endpoint does, its status showing the steps done; the jobs queued right behind it
+that may share its batch (`BatchRule`) start with it, so the server's batcher can run them as one
+pipeline call. Finished results are kept until their time to live passes or the byte cap evicts
+the oldest. A job cancelled, or still queued or running past its timeout, stops at the next step
+boundary (in a batch: its batch-mates run on, and its rows are discarded)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -64,6 +66,22 @@ class Job:
 Runner = Callable[[Job], Awaitable[list[bytes]]]
 
 
+@dataclass(frozen=True)
+class BatchRule:
+    """Which jobs may start together: those of one key (None: alone), up to `max_rows` clips."""
+
+    key: Callable[[ResolvedRequest], Hashable | None]
+    max_rows: int = 1
+
+    def joins(self, group: list[Job], job: Job) -> bool:
+        key = self.key(group[0].resolved)
+        rows = sum(j.resolved.batch for j in group) + job.resolved.batch
+        return key is not None and self.key(job.resolved) == key and rows <= self.max_rows
+
+
+ALONE = BatchRule(lambda resolved: None)
+
+
 class JobStore:
     def __init__(
         self,
@@ -72,11 +90,12 @@ class JobStore:
         ttl_s: float,
         max_result_bytes: int,
         timeout_s: float | None = None,
+        batch: BatchRule = ALONE,
     ) -> None:
         """`release` is called once per submitted job when the worker is done with it (its place
         in the server's bounded queue). A job still queued or running `timeout_s` after it was
-        submitted fails (None: no limit)."""
-        self.run, self.release = run, release
+        submitted fails (None: no limit). `batch`: which queued jobs start together."""
+        self.run, self.release, self.batch = run, release, batch
         self.ttl_s, self.max_result_bytes, self.timeout_s = ttl_s, max_result_bytes, timeout_s
         self.jobs: dict[str, Job] = {}
         self.queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -111,18 +130,31 @@ class JobStore:
                 job.error = f"timed out after {self.timeout_s:g} s (sa-serve --job-timeout-s)"
 
     async def work(self) -> None:
-        """The worker: one job at a time, in submission order, until cancelled."""
+        """The worker, until cancelled: the next job in submission order, with the jobs already
+        queued right behind it that may share its batch; the first that may not waits, queued,
+        until these are done."""
+        held: Job | None = None
         while True:
-            job = await self.queue.get()
-            try:
-                self.time_out()
-                if job.status == "queued":  # not cancelled or timed out while it waited
-                    await self._run(job)
-            finally:
-                self.release()
-                self.queue.task_done()
-            LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
-            self.expire()
+            group = [held or await self.queue.get()]
+            held = None
+            while not self.queue.empty():
+                job = self.queue.get_nowait()
+                if not self.batch.joins(group, job):
+                    held = job
+                    break
+                group.append(job)
+            await asyncio.gather(*(self._work_on(job) for job in group))
+
+    async def _work_on(self, job: Job) -> None:
+        try:
+            self.time_out()
+            if job.status == "queued":  # not cancelled or timed out while it waited
+                await self._run(job)
+        finally:
+            self.release()
+            self.queue.task_done()
+        LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
+        self.expire()
 
     async def drain(self) -> None:
         """Until every job submitted so far has finished (a shutdown loses none silently)."""

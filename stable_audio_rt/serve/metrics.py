@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # Real-time factor: compute seconds per second of audio.
 RTF_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1, 3, 10)
+# Requests or clips per pipeline call.
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 16)
 
 
 class ServeMetrics:
@@ -26,7 +28,13 @@ class ServeMetrics:
             "sa_rtf", "Real-time factor of generation", buckets=RTF_BUCKETS, registry=self.registry
         )
         self.batch_rows = Histogram(
-            "sa_batch_clips", "Clips per pipeline call", buckets=(1, 2, 4, 8, 16), registry=self.registry
+            "sa_batch_clips", "Clips per pipeline call", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.batch_requests = Histogram(
+            "sa_batch_requests",
+            "Requests per pipeline call (dynamic batching)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
 
     def text(self) -> bytes:

@@ -44,10 +44,14 @@ class DpmPP3MSDE(Sampler):
         return request.init_noise_level if request.init_audio is not None else request.sigma_max
 
     def write(
-        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
+        self,
+        request: RequestBuffers,
+        resolved: ResolvedRequest,
+        randomness: RequestRandomness,
+        rows: slice = slice(None),
     ) -> None:
         settings, inputs, state, device = resolved.request, request.inputs, request.state, randomness.device
-        steps, latents = settings.steps, tuple(inputs.noise.shape)
+        steps, latents = settings.steps, tuple(inputs.noise[rows].shape)
         sigmas = polyexponential_sigmas(steps, settings.sigma_min, resolved.start_level, device=device)
         inputs.start_scale.copy_(sigmas[0])
         inputs.reference_scale.fill_(1.0)
@@ -55,10 +59,10 @@ class DpmPP3MSDE(Sampler):
             step_noise = brownian_step_noise(sigmas, latents, randomness.brownian_seed(), device)
         else:
             step_noise = gaussian_step_noise(randomness, steps, latents)
-        state.step_noise.copy_(step_noise)
+        state.step_noise[:, rows].copy_(step_noise)
         if state.inpaint is not None:
             state.inpaint.keep.copy_(resolved.inpaint_keep.view(1, 1, -1))
-            state.inpaint.renoise.copy_(randomness.randn(steps, *latents))
+            state.inpaint.renoise[:, rows].copy_(randomness.randn(steps, *latents))
         inputs.times.copy_(sigma_to_t(sigmas[:-1]))
         state.scalars.copy_(step_table(sigmas))
 

@@ -50,7 +50,8 @@ def split_along(v: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor,
 def guide(
     denoised_cond: torch.Tensor, denoised_uncond: torch.Tensor, scale: torch.Tensor, guidance: Guidance
 ) -> torch.Tensor:
-    """The guided denoised estimate from the two halves' estimates; `scale` is a 0-d tensor."""
+    """The guided denoised estimate from the two halves' estimates; `scale` is a 0-d tensor, or
+    (B, 1, 1) with each row's own scale (a batch of requests)."""
     diff = denoised_cond - denoised_uncond
     if guidance.norm_threshold > 0:
         norm = diff.norm(p=2, dim=[-1, -2], keepdim=True)

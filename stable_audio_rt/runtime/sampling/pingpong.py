@@ -51,7 +51,11 @@ class Pingpong(Sampler):
         return request.init_noise_level if request.init_audio is not None else 1.0
 
     def write(
-        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
+        self,
+        request: RequestBuffers,
+        resolved: ResolvedRequest,
+        randomness: RequestRandomness,
+        rows: slice = slice(None),
     ) -> None:
         """The DiT sees the raw time t; audio-to-audio starts from (1 − t0)·z_ref + t0·ε as
         stable-audio-tools mixes it."""
@@ -60,7 +64,8 @@ class Pingpong(Sampler):
         times = logsnr_shifted_times(steps, t0, device=randomness.device)
         inputs.start_scale.fill_(t0)  # 1 (pure noise) unless audio-to-audio starts later
         inputs.reference_scale.fill_(1 - t0)
-        state.step_noise.copy_(pingpong_step_noise(randomness, steps, tuple(inputs.noise.shape)))
+        latents = tuple(inputs.noise[rows].shape)
+        state.step_noise[:, rows].copy_(pingpong_step_noise(randomness, steps, latents))
         inputs.times.copy_(times[:-1])
         state.scalars.copy_(pingpong_table(times))
 

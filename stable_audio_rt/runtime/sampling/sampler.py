@@ -32,8 +32,13 @@ class Sampler(ABC):
 
     @abstractmethod
     def write(
-        self, request: RequestBuffers, resolved: ResolvedRequest, randomness: RequestRandomness
+        self,
+        request: RequestBuffers,
+        resolved: ResolvedRequest,
+        randomness: RequestRandomness,
+        rows: slice = slice(None),
     ) -> None:
         """Into the request's inputs and sampler state, after the initial (and posterior) noise
         draws: the start and reference scales, the step noise (and RePaint's), the DiT's times
-        and the step table, in the reference's order of draws."""
+        and the step table, in the reference's order of draws. `rows`: the batch rows that are
+        this request's (a batch of requests shares the schedule, each draws its own noise)."""

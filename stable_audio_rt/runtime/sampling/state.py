@@ -36,7 +36,7 @@ class SamplerState:
     scalars: torch.Tensor  # (N, len(Col)) per-step scalars, float32
     denoiser: StepModel  # the DiT bound to this request's conditioning and σ's
     step_noise: torch.Tensor  # (N, B, C, T)
-    cfg_scale: torch.Tensor  # 0-d float32
+    cfg_scale: torch.Tensor  # (B, 1, 1) float32: each row's own scale (rows of a batch may differ)
     uses_cfg: bool
     guidance: Guidance = CFG
     inpaint: RePaintState | None = None
@@ -76,7 +76,7 @@ def allocate_state(
         scalars=torch.zeros((steps, len(Col)), **f32),
         denoiser=denoiser,
         step_noise=torch.zeros((steps, *shape), **f32),
-        cfg_scale=torch.zeros((), **f32),
+        cfg_scale=torch.zeros((batch, 1, 1), **f32),
         uses_cfg=uses_cfg,
         guidance=guidance,
         inpaint=RePaintState(

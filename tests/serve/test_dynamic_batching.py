@@ -1,0 +1,137 @@
+"""sa-serve's dynamic batching over real HTTP on 127.0.0.1 with the tiny model: concurrent
+requests that can share a pipeline call run as one batch, each answered with its own audio (what
+the Python API gives it alone, within the batch's float32 rounding: tests/runtime/test_batching.py);
+a request that fails in a batch gets its own error while its batch-mates complete; a job cancelled
+in a running batch is discarded while its batch-mate finishes; the batch-size metric."""
+
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from reference_path import REFERENCE_PATH
+from serving import QUICK
+
+from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.serve.app import ServeSettings, create_app
+from stable_audio_rt.serve.background import BackgroundServer
+
+# Long enough for every request sent at once to arrive before its batch runs.
+BATCH_WAIT_MS = 500
+MAX_BATCH = 4
+# Each row of a batch differs from its request alone by float32 rounding amplified by the random
+# decoder (≤ 1.2e-4 of the largest sample, tests/runtime/test_batching.py): a few 16-bit steps.
+PCM_TOLERANCE = 4e-4
+POLL_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
+
+
+@pytest.fixture
+def server(pipe):
+    settings = ServeSettings("tiny-random", max_batch=MAX_BATCH, batch_wait_ms=BATCH_WAIT_MS)
+    running = BackgroundServer(create_app(pipe, settings))
+    yield running
+    running.stop()
+
+
+def _post_together(server, bodies: list[dict]) -> list[httpx.Response]:
+    responses: list[httpx.Response | None] = [None] * len(bodies)
+
+    def post(k: int) -> None:
+        responses[k] = httpx.post(f"{server.url}/v1/audio/generate", json=bodies[k], timeout=120)
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return responses
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith(f"{name} "))
+
+
+def test_concurrent_requests_run_as_one_batch_each_with_its_own_audio(server, pipe):
+    bodies = [
+        {"input": "rain", "seed": 1, "guidance_scale": 7.0, **QUICK},
+        {"input": "wind", "seed": 2, "guidance_scale": 3.0, **QUICK},
+        {"input": "drums", "seed": 3, "guidance_scale": 5.0, **QUICK},
+    ]
+    responses = _post_together(server, bodies)
+    assert [r.status_code for r in responses] == [200] * 3, [r.text for r in responses]
+    assert (_metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")) == (1, 3)
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.headers["x-seed"] == str(body["seed"])
+        served, _ = sf.read(io.BytesIO(response.content), dtype="float32", always_2d=True)
+        alone = pipe.generate(
+            body["input"], seed=body["seed"], cfg_scale=body["guidance_scale"], seconds_total=0.5, steps=2
+        ).audio[0]
+        expected = alone.clamp(-1, 1).T.numpy()
+        assert np.abs(served - expected).max() <= PCM_TOLERANCE * np.abs(expected).max() + 2**-15
+
+
+def test_requests_that_cannot_share_a_batch_run_apart(server):
+    bodies = [
+        {"input": "a", "seed": 1, **QUICK},
+        {"input": "b", "seed": 2, "audio_length": 0.5, "num_inference_steps": 3},
+    ]
+    assert [r.status_code for r in _post_together(server, bodies)] == [200, 200]
+    assert (_metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")) == (2, 2)
+
+
+def test_a_request_that_fails_in_a_batch_gets_its_own_error(server, pipe, monkeypatch):
+    def broken_batch(resolved, on_step=None, progress=False):
+        if len(resolved) > 1:  # a batch of one is how run_resolved runs
+            raise RuntimeError("the batch fell over")
+        return type(pipe).run_batch(pipe, resolved, on_step, progress)
+
+    def fails_for_bad(resolved, progress=False, on_step=None):
+        if resolved.request.prompts == ("bad",):
+            raise RuntimeError("this request fell over")
+        return type(pipe).run_resolved(pipe, resolved, progress, on_step)
+
+    monkeypatch.setattr(pipe, "run_batch", broken_batch)
+    monkeypatch.setattr(pipe, "run_resolved", fails_for_bad)
+    bodies = [{"input": p, "seed": 1, **QUICK} for p in ("good", "bad", "fine")]
+    assert [r.status_code for r in _post_together(server, bodies)] == [200, 500, 200]
+    assert _metric(server, "sa_batch_requests_sum") == 3
+
+
+def _wait(server, job_id: str, *statuses: str) -> dict:
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while (view := httpx.get(f"{server.url}/v1/audio/jobs/{job_id}").json())["status"] not in statuses:
+        assert time.monotonic() < deadline, view
+        time.sleep(0.02)
+    return view
+
+
+def _submit(server, body: dict) -> str:
+    response = httpx.post(f"{server.url}/v1/audio/jobs", json=body, timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(server):
+    long = {"audio_length": 0.5, "num_inference_steps": 100}
+    generator = server.app.state.generator
+    with generator.lock:  # the model is busy with a first job: the next two queue behind it
+        first = _submit(server, {"input": "x", **QUICK})
+        _wait(server, first, "running")
+        cancelled, finished = _submit(server, {"input": "a", **long}), _submit(server, {"input": "b", **long})
+    while _wait(server, cancelled, "running", "done")["steps_done"] < 1:  # they start as one batch
+        time.sleep(0.01)
+    assert _wait(server, finished, "running", "done")["status"] == "running"
+    assert httpx.delete(f"{server.url}/v1/audio/jobs/{cancelled}").json()["status"] == "cancelled"
+    view = _wait(server, finished, "done", "failed")
+    assert view["status"] == "done" and view["steps_done"] == long["num_inference_steps"]
+    assert httpx.get(f"{server.url}/v1/audio/jobs/{cancelled}").json()["status"] == "cancelled"
+    assert (_metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")) == (2, 3)
