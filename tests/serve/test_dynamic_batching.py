@@ -12,12 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from reference_path import REFERENCE_PATH
-from serving import QUICK
-
-from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.serve.app import ServeSettings, create_app
-from stable_audio_rt.serve.background import BackgroundServer
+from serving import QUICK, serving
 
 # Long enough for every request sent at once to arrive before its batch runs.
 BATCH_WAIT_MS = 500
@@ -28,17 +23,10 @@ PCM_TOLERANCE = 4e-4
 POLL_TIMEOUT_S = 60
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
-
-
 @pytest.fixture
 def server(pipe):
-    settings = ServeSettings("tiny-random", max_batch=MAX_BATCH, batch_wait_ms=BATCH_WAIT_MS)
-    running = BackgroundServer(create_app(pipe, settings))
-    yield running
-    running.stop()
+    with serving(pipe, max_batch=MAX_BATCH, batch_wait_ms=BATCH_WAIT_MS) as running:
+        yield running
 
 
 def _post_together(server, bodies: list[dict]) -> list[httpx.Response]:

@@ -13,11 +13,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from reference_path import REFERENCE_PATH
-from serving import QUICK
+from serving import QUICK, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.serve.app import ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
@@ -28,15 +26,9 @@ LONG = {"audio_length": 0.5, "num_inference_steps": 2000}
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
-
-
-@pytest.fixture(scope="module")
 def server(pipe):
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", max_queue=4)))
-    yield running
-    running.stop()
+    with serving(pipe, max_queue=4) as running:
+        yield running
 
 
 def _wait(server, job_id: str, *statuses: str) -> dict:

@@ -10,14 +10,10 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from reference_path import REFERENCE_PATH
-from serving import QUICK
+from serving import QUICK, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve import cli
-from stable_audio_rt.serve.app import ServeSettings, create_app
-from stable_audio_rt.serve.background import BackgroundServer
 
 API_KEY = "test-key-not-a-secret"
 # Steps the tiny model takes tens of seconds over: a request certainly still running when stopped.
@@ -25,23 +21,15 @@ LONG_STEPS = 2000
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
-
-
-@pytest.fixture(scope="module")
 def server(pipe):
-    app = create_app(pipe, ServeSettings("tiny-random", max_queue=1))
-    running = BackgroundServer(app)
-    yield running
-    running.stop()
+    with serving(pipe, max_queue=1) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def keyed(pipe):
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", api_key=API_KEY)))
-    yield running
-    running.stop()
+    with serving(pipe, api_key=API_KEY) as running:
+        yield running
 
 
 def _wav(response: httpx.Response) -> np.ndarray:

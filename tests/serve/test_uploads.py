@@ -13,13 +13,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from reference_path import REFERENCE_PATH
-from serving import QUICK
+from serving import QUICK, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.serve.app import ServeSettings, create_app
-from stable_audio_rt.serve.background import BackgroundServer
 from stable_audio_rt.serve.bodies import MIB
 
 RATE = 44100
@@ -29,15 +25,9 @@ POLL_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
-
-
-@pytest.fixture(scope="module")
 def server(pipe):
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", max_upload_bytes=SMALL_LIMIT)))
-    yield running
-    running.stop()
+    with serving(pipe, max_upload_bytes=SMALL_LIMIT) as running:
+        yield running
 
 
 def _tone(seconds: float, rate: int, channels: int) -> np.ndarray:

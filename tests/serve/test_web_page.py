@@ -15,16 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from reference_path import REFERENCE_PATH
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
+from serving import serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.serve.app import ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,22 +63,15 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return StableAudio.load("tiny-random", device="cpu", cuda_graph=False, **REFERENCE_PATH)
-
-
-@pytest.fixture(scope="module")
 def server(pipe):
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random")))
-    yield running
-    running.stop()
+    with serving(pipe) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def keyed(pipe):
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", api_key=API_KEY)))
-    yield running
-    running.stop()
+    with serving(pipe, api_key=API_KEY) as running:
+        yield running
 
 
 def _open(browser: WebDriver, server: BackgroundServer) -> str:
