@@ -5,7 +5,6 @@ engine folders exported from them once per session."""
 from __future__ import annotations
 
 import os
-import secrets
 
 # Triton decides at import whether kernels are compiled or interpreted: the kernel tests run
 # them on the CPU under the interpreter, so it is on before anything imports Triton.
@@ -14,10 +13,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 from checkpoints import build_reference, write_diffusers_checkpoint, write_single_file_checkpoint
+from seeding import SEED
 
 from stable_audio_rt.models.config import TINY
-
-SEED = int(os.environ.get("SA_TEST_SEED", secrets.randbelow(2**31)))
 
 
 def pytest_report_header() -> str:

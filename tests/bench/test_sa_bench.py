@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import SEED
+from seeding import SEED
 
 from stable_audio_rt import precision
 from stable_audio_rt.bench import cli
