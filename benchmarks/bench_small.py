@@ -25,7 +25,7 @@ from report import emit, header
 
 from stable_audio_rt import precision
 from stable_audio_rt.bench.quality import snr_db
-from stable_audio_rt.precision import DTYPES, NAMES
+from stable_audio_rt.precision import NAMES, dtype_request
 from stable_audio_rt.runtime.load import WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import StableAudio
 
@@ -37,9 +37,7 @@ VARIANTS = ("fp32/torch", "fp32/compiled", "auto/auto")
 
 def run(variant: str, device: torch.device, args: argparse.Namespace) -> tuple[dict, torch.Tensor]:
     dtype_name, kernels = variant.split("/")
-    plan = plan_load(
-        MODEL, device=device, options=WeightOptions(DTYPES.get(dtype_name, dtype_name), kernels=kernels)
-    )
+    plan = plan_load(MODEL, device=device, options=WeightOptions(dtype_request(dtype_name), kernels=kernels))
     pipe = StableAudio.from_plan(plan, cuda_graph=False)
     options = dict(seed=1, vae_chunk=args.vae_chunk)
     runs = [pipe.generate(PROMPT, **options) for _ in range(args.warmup + args.repeats)][args.warmup :]

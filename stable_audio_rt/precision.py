@@ -22,6 +22,11 @@ DtypeRequest = torch.dtype | Literal["auto"]
 BF16_MATRIX_FEATURES = ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16")
 
 
+def dtype_request(name: str) -> DtypeRequest:
+    """A CLI precision name (DTYPE_CHOICES) as the dtype argument of `StableAudio.load`."""
+    return "auto" if name == "auto" else DTYPES[name]
+
+
 @dataclass(frozen=True)
 class DtypeChoice:
     """The model dtype to load and why (the CLIs print `line()`)."""

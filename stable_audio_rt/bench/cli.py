@@ -36,7 +36,7 @@ from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_wor
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
-from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype
+from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
 from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
 from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -256,7 +256,7 @@ def _check_precision_report(args: argparse.Namespace, device: torch.device) -> N
     if not args.precision_report:
         return
     torch_rows = args.backend in ("torch", "all")
-    resolved = {p: choose_dtype(DTYPES.get(p, p), device).dtype for p in args.precision}
+    resolved = {p: choose_dtype(dtype_request(p), device).dtype for p in args.precision}
     if not torch_rows or all(dtype == torch.float32 for dtype in resolved.values()):
         asked = ", ".join(f"{p} = {NAMES[d]}" for p, d in resolved.items())
         raise ConfigError(
@@ -296,7 +296,7 @@ class Row:
 def _torch_row(source: str, device: torch.device, requested: str) -> Row:
     """A torch row planned as `StableAudio.load` plans it ("auto" dtype and kernels resolved for
     the device), run eagerly (no CUDA graph): the stage columns need the stages' own timings."""
-    options = WeightOptions(dtype=DTYPES.get(requested, requested))
+    options = WeightOptions(dtype=dtype_request(requested))
     plan = plan_load(source, backend="torch", device=device, options=options)
     choice = plan.dtype_choice
     name = NAMES[choice.dtype]

@@ -16,7 +16,7 @@ from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
-from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES
+from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, dtype_request
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
 from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
@@ -117,8 +117,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
     """The backend, device, kernels and config, checked before anything loads."""
-    dtype = "auto" if args.dtype == "auto" else DTYPES[args.dtype]
-    options = WeightOptions(dtype, DTYPES[args.t5_dtype], args.kernels)
+    options = WeightOptions(dtype_request(args.dtype), DTYPES[args.t5_dtype], args.kernels)
     plan = plan_load(args.model, args.engines, args.backend, args.device, options)
     if args.backend == "auto":
         print(f"{program}: {plan.choice.line()}", file=sys.stderr)

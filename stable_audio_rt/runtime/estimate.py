@@ -16,7 +16,7 @@ import torch
 from stable_audio_rt.bench.flops import matmul, request_flops
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.precision import NAMES, choose_dtype
-from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
+from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, window_frames
 
 # A request whose floor reaches this is announced (seconds).
 ANNOUNCE_FROM_S = 60.0
@@ -65,11 +65,14 @@ def estimate(
 ) -> Estimate:
     """The request's floor on `device` in `dtype`, with the options that would shorten it."""
     request = resolved.request
-    uses_cfg = request.cfg_scale != 1.0
-    flops = request_flops(config, resolved.batch, resolved.frames, request.steps, uses_cfg, T5_BASE_DIMS)
+    flops = request_flops(
+        config, resolved.batch, resolved.frames, request.steps, request.uses_cfg, T5_BASE_DIMS
+    )
     rate = matrix_rate(config.dit.embed_dim, device, dtype)
     faster = []
-    trimmed = resolve_request(replace(request, window="trim"), config).frames if _full(request) else None
+    # The trimmed window from the clip's length alone: resolving again would re-read its audio.
+    trim = replace(request, window="trim")
+    trimmed = window_frames(trim, resolved.seconds_total, config) if _full(request) else None
     if trimmed is not None and trimmed < resolved.frames:
         faster.append(f"--window trim ({trimmed} latent frames for this clip instead of {resolved.frames})")
     if config.objective == "v":

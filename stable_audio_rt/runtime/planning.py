@@ -52,7 +52,7 @@ def request_shape(resolved: ResolvedRequest, auto_decode_chunk: Callable[[], int
         frames=resolved.frames,
         steps=request.steps,
         mode=mode,
-        uses_cfg=request.cfg_scale != 1.0,
+        uses_cfg=request.uses_cfg,
         negative_prompt=request.negative_prompt is not None,
         guidance=request.guidance_settings,
         decode_chunk=chunk,

@@ -79,6 +79,11 @@ class GenerationRequest:
     def guidance_settings(self) -> Guidance:
         return Guidance(self.guidance, self.apg_scale, self.cfg_norm_threshold)
 
+    @property
+    def uses_cfg(self) -> bool:
+        """Whether the DiT also runs the unconditional rows (the scale is set: model defaults)."""
+        return self.cfg_scale != 1.0
+
 
 @dataclass(frozen=True)
 class ResolvedRequest:
@@ -200,7 +205,9 @@ def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -
     check_chunking(config.vae, chunk, overlap)
 
 
-def _window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
+def window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
+    """The latent frames the request denoises: its explicit window, else the model's (full) or
+    the clip's (trim)."""
     ratio = config.vae.downsampling_ratio
     if request.sample_size is not None:
         frames = request.sample_size // ratio  # stable-audio-tools rounds down
@@ -240,7 +247,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             raise RequestError(
                 f"seconds_start ({request.seconds_start}) must be less than the clip ({total:.2f} s)"
             )
-    frames = _window_frames(request, total, config)
+    frames = window_frames(request, total, config)
     window_samples = frames * ratio
     if total * rate > window_samples:
         raise RequestError(
