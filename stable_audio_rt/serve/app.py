@@ -30,7 +30,7 @@ from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, Step
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
-from stable_audio_rt.serve.jobs import BatchRule, Job, JobStore, Stopped
+from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import OPENAPI_BODY, RESPONSE_FORMATS, GenerateBody
 
@@ -42,6 +42,12 @@ WAIT_POLL_S = 0.05
 # What a request whose client went away answers (never sent): nginx's "client closed request".
 CLIENT_CLOSED = 499
 MS_PER_S = 1000
+# How often a job's worker reports its steps to the board and learns which to stop (seconds): to
+# the board in this process, and to a board shared by Ray Serve replicas.
+LOCAL_REPORT_S = 0.05
+SHARED_REPORT_S = 0.5
+# How long a worker's claim waits for a job to be queued before it asks again (seconds).
+CLAIM_WAIT_S = 1.0
 # The largest request body, uploads included (sa-serve --max-upload-mb).
 DEFAULT_MAX_UPLOAD_MB = 50
 # The page at /: its own inline script and style, its API calls to this server, its audio as
@@ -243,7 +249,17 @@ class Generator:
             ticket.finish(result)
 
 
-def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
+@dataclass(frozen=True)
+class SharedJobs:
+    """Jobs on a board that other servers share (Ray Serve replicas): it bounds them (a full board
+    refuses a job, 429), and this server's worker runs its share of them as `owner`."""
+
+    board: Board
+    owner: str
+
+
+def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | None = None) -> FastAPI:
+    """The app on `pipe`; its jobs on a board of its own unless `shared`."""
     metrics = ServeMetrics()
     page = (resources.files("stable_audio_rt.serve") / "static" / "index.html").read_text(encoding="utf-8")
     generator = Generator(
@@ -271,17 +287,20 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))
         return contents, result
 
-    async def run_job(job: Job) -> list[bytes]:
-        return (await encoded(job.resolved, job.response_format, job.on_step))[0]
+    async def run_job(resolved: ResolvedRequest, response_format: str, on_step: StepCallback) -> list[bytes]:
+        return (await encoded(resolved, response_format, on_step))[0]
 
-    store = JobStore(
-        run_job,
-        generator.leave,
-        settings.job_ttl_s,
-        settings.max_result_bytes,
-        settings.job_timeout_s,
-        batch=BatchRule(generator.batch_key, settings.max_batch),
-    )
+    if shared is None:  # its jobs hold places in this server's bounded queue until they settle
+        board: Board = JobBoard(
+            settings.job_ttl_s,
+            settings.max_result_bytes,
+            settings.job_timeout_s,
+            on_settled=generator.leave,
+        )
+        worker = JobWorker(board, run_job, "sa-serve", settings.max_batch, LOCAL_REPORT_S, CLAIM_WAIT_S)
+    else:
+        board = shared.board
+        worker = JobWorker(board, run_job, shared.owner, settings.max_batch, SHARED_REPORT_S, CLAIM_WAIT_S)
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
@@ -296,15 +315,20 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = asyncio.create_task(store.work())
+        working = asyncio.create_task(worker.work())
         yield
-        # Shutdown (SIGTERM): uvicorn has stopped accepting and finished the open requests;
-        # the accepted jobs run to their end before the worker goes.
-        await store.drain()
-        worker.cancel()
+        # Shutdown (SIGTERM): uvicorn has stopped accepting and finished the open requests.
+        if shared is None:  # the accepted jobs run to their end before the worker goes
+            await board.idle()
+            working.cancel()
+        else:  # the jobs this replica holds run to their end; the other replicas run the rest
+            worker.close()
+            await working
 
     app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
-    app.state.generator, app.state.jobs = generator, store
+    app.state.generator, app.state.jobs = generator, board
+    if shared is not None:
+        app.add_middleware(ReplicaHeader, replica=shared.owner)
 
     def authorized(request: Request) -> None:
         if settings.api_key is None:
@@ -377,50 +401,69 @@ def create_app(pipe: StableAudio, settings: ServeSettings) -> FastAPI:
         headers = {"X-Seed": str(result.seed), "X-Sample-Rate": str(result.sample_rate)}
         return Response(content, media_type=RESPONSE_FORMATS[body.response_format][1], headers=headers)
 
-    def found(job_id: str) -> Job:
-        job = store.get(job_id)
-        if job is None:
+    def found(job_id: str, answer: dict | Reading | None) -> dict | Reading:
+        if answer is None:
             raise HTTPException(404, f"no job {job_id!r} (unknown, or its result expired)")
-        return job
+        return answer
 
     @app.post(
         "/v1/audio/jobs", status_code=202, dependencies=[Depends(authorized)], openapi_extra=OPENAPI_BODY
     )
     async def submit(request: Request) -> JSONResponse:
         body, resolved = await parsed(request)
-        generator.admit()  # its place is given back when the worker is done with it
-        job = store.submit(resolved, body.response_format)
-        location = f"/v1/audio/jobs/{job.id}"
-        return JSONResponse(job.view(), status_code=202, headers={"Location": location})
+        if shared is None:
+            generator.admit()  # its place is given back when it settles
+        view = await board.submit(resolved, body.response_format, generator.batch_key(resolved))
+        if view is None:  # a shared board bounds the jobs of every replica
+            metrics.requests.labels("rejected_busy").inc()
+            raise HTTPException(
+                429, "the job queue is full; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}
+            )
+        location = f"/v1/audio/jobs/{view['id']}"
+        return JSONResponse(view, status_code=202, headers={"Location": location})
 
     @app.get("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
     async def status(job_id: str) -> dict:
-        return found(job_id).view()
+        return found(job_id, await board.read(job_id)).view
 
     @app.get("/v1/audio/jobs/{job_id}/content", dependencies=[Depends(authorized)])
     async def content(job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")) -> Response:
-        job = found(job_id)
-        if job.status != "done":
-            detail = f"job {job_id} is {job.status}"
-            if job.error:
-                detail += f": {job.error}"
-            if job.finished is None:
+        reading = found(job_id, await board.read(job_id, index))
+        view = reading.view
+        if view["status"] != "done":
+            detail = f"job {job_id} is {view['status']}"
+            if "error" in view:
+                detail += f": {view['error']}"
+            if not reading.finished:
                 detail += f"; poll GET /v1/audio/jobs/{job_id} until it is done"
             raise HTTPException(409, detail)
-        if index >= len(job.content):
-            raise HTTPException(404, f"job {job_id} has {len(job.content)} clip(s): no index {index}")
-        headers = {"X-Seed": str(job.resolved.seed)}
-        return Response(
-            job.content[index], media_type=RESPONSE_FORMATS[job.response_format][1], headers=headers
-        )
+        if reading.clip is None:
+            raise HTTPException(404, f"job {job_id} has {reading.clips} clip(s): no index {index}")
+        headers = {"X-Seed": str(view["seed"])}
+        media_type = RESPONSE_FORMATS[reading.response_format][1]
+        return Response(reading.clip, media_type=media_type, headers=headers)
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
     async def cancel(job_id: str) -> dict:
-        job = found(job_id)
-        store.cancel(job)
-        return job.view()
+        return found(job_id, await board.cancel(job_id))
 
     return app
+
+
+class ReplicaHeader:
+    """ASGI middleware: every answer says which replica gave it (`X-Replica`), what load balancing
+    and a replica's death look like from outside."""
+
+    def __init__(self, app, replica: str) -> None:
+        self.app, self.header = app, (b"x-replica", replica.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, sending if scope["type"] == "http" else send)
 
 
 async def _watch_disconnect(request: Request, gone: threading.Event) -> None:

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
@@ -96,44 +97,104 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a batch waits for more requests to join it before it runs (default: "
         f"{DEFAULT_BATCH_WAIT_MS:g}; longer batches more under light load, at that much added latency)",
     )
+    ray = p.add_argument_group(
+        "Ray Serve",
+        "serve through Ray Serve instead (pip install 'stable-audio-rt[ray]'): the same API and page, "
+        "replicas of the model over a Ray cluster's GPUs (one each) or CPUs, jobs readable through any",
+    )
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve and serve through its proxy")
+    ray.add_argument(
+        "--address",
+        help="the Ray cluster to join: 'auto' (the one this machine is part of) or ray://HOST:10001 "
+        "(default: start a Ray on this machine)",
+    )
+    count = ray.add_mutually_exclusive_group()
+    count.add_argument(
+        "--replicas", type=int, help="this many replicas (default: one per GPU of the cluster, or 1)"
+    )
+    count.add_argument(
+        "--min-replicas",
+        type=int,
+        help="autoscale on ongoing requests from this many replicas (default with --max-replicas: 1)",
+    )
+    ray.add_argument("--max-replicas", type=int, help="... up to this many")
+    ray.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1,
+        help="CPUs each replica takes where the cluster has no GPU (its torch threads; default: 1)",
+    )
     return p
 
 
+def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeSettings:
+    """The server's settings, checked (a ConfigError names the option), before anything loads."""
+    if args.max_queue < 1:
+        raise ConfigError("--max-queue must be at least 1")
+    if args.job_ttl_s <= 0:
+        raise ConfigError("--job-ttl-s must be positive")
+    if args.job_timeout_s is not None and args.job_timeout_s <= 0:
+        raise ConfigError("--job-timeout-s must be positive")
+    if args.max_upload_mb <= 0:
+        raise ConfigError("--max-upload-mb must be positive")
+    if args.max_batch < 1:
+        raise ConfigError("--max-batch must be at least 1")
+    if args.batch_wait_ms < 0:
+        raise ConfigError("--batch-wait-ms must be ≥ 0")
+    if not 0 <= args.port < 2**16:
+        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    return ServeSettings(
+        model_name,
+        args.api_key or os.environ.get(API_KEY_VARIABLE),
+        max_queue=args.max_queue,
+        job_ttl_s=args.job_ttl_s,
+        max_upload_bytes=int(args.max_upload_mb * MIB),
+        job_timeout_s=args.job_timeout_s,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+
+
+def loaded(args: argparse.Namespace) -> tuple[StableAudio, ServeSettings]:
+    """The pipeline the arguments name, loaded and warmed, and the server's settings."""
+    settings = settings_from_arguments(args, "")  # checked before the plan prints its choices
+    plan = plan_from_arguments(args, "sa-serve")
+    settings = replace(settings, model_name=str(plan.model or plan.engines))
+    pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
+    print("sa-serve: warming up", file=sys.stderr)
+    pipe.generate("warm-up", **WARMUP)
+    return pipe, settings
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.ray:
+        return serve_on_ray(args, argv)
     with reported_errors("sa-serve", "not serving") as failed:
-        if args.max_queue < 1:
-            raise ConfigError("--max-queue must be at least 1")
-        if args.job_ttl_s <= 0:
-            raise ConfigError("--job-ttl-s must be positive")
-        if args.job_timeout_s is not None and args.job_timeout_s <= 0:
-            raise ConfigError("--job-timeout-s must be positive")
-        if args.max_upload_mb <= 0:
-            raise ConfigError("--max-upload-mb must be positive")
-        if args.max_batch < 1:
-            raise ConfigError("--max-batch must be at least 1")
-        if args.batch_wait_ms < 0:
-            raise ConfigError("--batch-wait-ms must be ≥ 0")
-        if not 0 <= args.port < 2**16:
-            raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
-        plan = plan_from_arguments(args, "sa-serve")
-        pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
-        print("sa-serve: warming up", file=sys.stderr)
-        pipe.generate("warm-up", **WARMUP)
-        api_key = args.api_key or os.environ.get(API_KEY_VARIABLE)
-        settings = ServeSettings(
-            str(plan.model or plan.engines),
-            api_key,
-            max_queue=args.max_queue,
-            job_ttl_s=args.job_ttl_s,
-            max_upload_bytes=int(args.max_upload_mb * MIB),
-            job_timeout_s=args.job_timeout_s,
-            max_batch=args.max_batch,
-            batch_wait_ms=args.batch_wait_ms,
-        )
+        pipe, settings = loaded(args)
     if failed.exit_status is not None:
         return failed.exit_status
     serve(pipe, settings, args.host, args.port)
+    return 0
+
+
+def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
+    """sa-serve --ray: the options checked and Ray Serve there, before Ray starts."""
+    with reported_errors("sa-serve", "not serving") as failed:
+        if args.max_replicas is not None and args.replicas is not None:
+            raise ConfigError("--replicas is a fixed count: give it, or --min-replicas/--max-replicas")
+        try:
+            from stable_audio_rt.serve import ray_serve
+        except ImportError as e:
+            raise ConfigError(
+                f"sa-serve --ray needs Ray Serve ({e}): pip install 'stable-audio-rt[ray]'"
+            ) from e
+        settings_from_arguments(args, "")
+        ray_serve.replica_count_options(args, 0)
+    if failed.exit_status is not None:
+        return failed.exit_status
+    ray_serve.serve_on_ray(args, argv)
     return 0
 
 

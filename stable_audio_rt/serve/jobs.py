@@ -1,10 +1,19 @@
 """Jobs: submit, poll, download, cancel, for clips that take longer than a client wants to hold
-a connection. One worker takes queued jobs in order and runs each on the pipeline as the
-synchronous endpoint does, its status showing the steps done; the jobs queued right behind it
-that may share its batch (`BatchRule`) start with it, so the server's batcher can run them as one
-pipeline call. Finished results are kept until their time to live passes or the byte cap evicts
-the oldest. A job cancelled, or still queued or running past its timeout, stops at the next step
-boundary (in a batch: its batch-mates run on, and its rows are discarded)."""
+a connection.
+
+Two parts, so that one server or many replicas (Ray Serve) run the same code:
+- `JobBoard` holds every job's state: its request, status, steps done and result. sa-serve keeps
+  one in its process; under Ray Serve it is a deployment of its own that every replica reads,
+  so a job submitted through one replica is read and cancelled through any.
+- `JobWorker` runs jobs: it claims the oldest queued job together with the jobs queued right
+  behind it that may share its batch (the server's batcher then runs them as one pipeline call),
+  reports their steps while they run (learning which were cancelled or timed out: they stop at
+  the next step boundary; in a batch their batch-mates run on), then hands their results in.
+  Every replica runs one.
+
+A job whose worker stops reporting (its replica died) for longer than the lease goes back to the
+queue for another worker, a bounded number of times. Finished results are kept until their time
+to live passes or the byte cap evicts the oldest."""
 
 from __future__ import annotations
 
@@ -14,12 +23,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
+from stable_audio_rt.runtime.pipeline import StepCallback
 from stable_audio_rt.runtime.requests import ResolvedRequest
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
 LOG = logging.getLogger("stable_audio_rt.serve")
+# How many workers may take a job whose worker went silent, before it fails.
+MAX_ATTEMPTS = 3
 
 
 class Stopped(Exception):
@@ -31,6 +43,7 @@ class Job:
     id: str
     resolved: ResolvedRequest
     response_format: str
+    key: Hashable | None  # what it must share with jobs to start with them (None: alone)
     deadline: float | None = None  # time.monotonic() past which it fails (--job-timeout-s)
     status: Status = "queued"
     created: float = field(default_factory=time.monotonic)
@@ -38,6 +51,9 @@ class Job:
     steps_done: int = 0
     content: list[bytes] | None = None  # one file per clip
     error: str | None = None
+    attempt: int = 0  # bumped each time it is claimed: reports of an earlier claim are ignored
+    owner: str | None = None  # the worker holding it (claimed, its result not yet handed in)
+    seen: float = 0.0  # time.monotonic() of its owner's last report
 
     def view(self) -> dict:
         return {
@@ -48,137 +64,223 @@ class Job:
             "steps_total": self.resolved.request.steps,
             "n": self.resolved.request.num_outputs,
             "response_format": self.response_format,
+            "attempts": self.attempt,  # workers that took it: more than 1, a replica running it died
             **({"error": self.error} if self.error is not None else {}),
         }
 
     def overdue(self, now: float) -> bool:
         return self.deadline is not None and now > self.deadline
 
-    def on_step(self, done: int, total: int) -> None:
-        """Progress, from the thread that generates; raising stops the run at this step boundary
-        (once the job is no longer running: cancelled, or failed by its timeout)."""
-        if self.status != "running" or self.overdue(time.monotonic()):
-            raise Stopped(f"job {self.id} stopped")
-        self.steps_done = done
-
-
-# A job's run: the job in, one file's bytes per clip out.
-Runner = Callable[[Job], Awaitable[list[bytes]]]
+    @property
+    def rows(self) -> int:
+        return self.resolved.batch
 
 
 @dataclass(frozen=True)
-class BatchRule:
-    """Which jobs may start together: those of one key (None: alone), up to `max_rows` clips."""
+class Claim:
+    """A job as a worker runs it."""
 
-    key: Callable[[ResolvedRequest], Hashable | None]
-    max_rows: int = 1
-
-    def joins(self, group: list[Job], job: Job) -> bool:
-        key = self.key(group[0].resolved)
-        rows = sum(j.resolved.batch for j in group) + job.resolved.batch
-        return key is not None and self.key(job.resolved) == key and rows <= self.max_rows
+    id: str
+    attempt: int
+    resolved: ResolvedRequest
+    response_format: str
 
 
-ALONE = BatchRule(lambda resolved: None)
+@dataclass(frozen=True)
+class Reading:
+    """What a job's status and download endpoints answer from."""
+
+    view: dict
+    response_format: str
+    finished: bool
+    clip: bytes | None  # the clip asked for, when done and it exists
+    clips: int  # how many it has (0 until done)
 
 
-class JobStore:
+class JobBoard:
+    """Every job's state. Its methods are coroutines that never wait on another (but `claim`'s
+    wait for work and `idle`), so it serves the event loop of sa-serve, or of its own Ray Serve
+    replica, without locks."""
+
     def __init__(
         self,
-        run: Runner,
-        release: Callable[[], None],
         ttl_s: float,
         max_result_bytes: int,
         timeout_s: float | None = None,
-        batch: BatchRule = ALONE,
+        lease_s: float | None = None,
+        max_jobs: int | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
-        """`release` is called once per submitted job when the worker is done with it (its place
-        in the server's bounded queue). A job still queued or running `timeout_s` after it was
-        submitted fails (None: no limit). `batch`: which queued jobs start together."""
-        self.run, self.release, self.batch = run, release, batch
+        """A job still queued or running `timeout_s` after it was submitted fails (None: no
+        limit). A running job whose worker has not reported for `lease_s` is queued again (None:
+        workers never go silent: one process). `submit` refuses a job while `max_jobs` are queued
+        or held (None: the caller bounds them). `on_settled` is called once per job when no
+        worker holds it any more and it will not run (its place in sa-serve's bounded queue)."""
         self.ttl_s, self.max_result_bytes, self.timeout_s = ttl_s, max_result_bytes, timeout_s
-        self.jobs: dict[str, Job] = {}
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.lease_s, self.max_jobs, self.on_settled = lease_s, max_jobs, on_settled
+        self.jobs: dict[str, Job] = {}  # in submission order
+        self.unsettled = 0  # queued or held
+        self.changed = asyncio.Condition()  # notified when a job is queued or settles
 
-    def submit(self, resolved: ResolvedRequest, response_format: str) -> Job:
-        self.expire()
-        job = Job(secrets.token_urlsafe(12), resolved, response_format)
+    async def submit(
+        self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
+    ) -> dict | None:
+        """The new job's view, or None when `max_jobs` are already queued or held."""
+        await self._tidy()
+        if self.max_jobs is not None and self.unsettled >= self.max_jobs:
+            return None
+        job = Job(secrets.token_urlsafe(12), resolved, response_format, key)
         if self.timeout_s is not None:
             job.deadline = job.created + self.timeout_s
         self.jobs[job.id] = job
-        self.queue.put_nowait(job)
-        return job
+        self.unsettled += 1
+        async with self.changed:
+            self.changed.notify_all()
+        return job.view()
 
-    def get(self, job_id: str) -> Job | None:
-        self.time_out()
-        self.expire()
-        return self.jobs.get(job_id)
+    async def read(self, job_id: str, index: int = 0) -> Reading | None:
+        await self._tidy()
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        clips = job.content or []
+        clip = clips[index] if index < len(clips) else None
+        return Reading(job.view(), job.response_format, job.finished is not None, clip, len(clips))
 
-    def cancel(self, job: Job) -> None:
+    async def cancel(self, job_id: str) -> dict | None:
         """Queued: it will not run. Running: it stops at its next step boundary (a request
         replayed as one CUDA graph has none: it finishes, and its result is discarded)."""
+        await self._tidy()
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
         if job.status in ("queued", "running"):
-            job.status, job.finished = "cancelled", time.monotonic()
+            await self._end(job, "cancelled")
+        return job.view()
 
-    def time_out(self) -> None:
-        """Fail the jobs still queued or running past their deadline (a running one stops at its
-        next step boundary, as a cancelled one does)."""
-        now = time.monotonic()
-        for job in self.jobs.values():
-            if job.status in ("queued", "running") and job.overdue(now):
-                job.status, job.finished = "failed", now
-                job.error = f"timed out after {self.timeout_s:g} s (sa-serve --job-timeout-s)"
-
-    async def work(self) -> None:
-        """The worker, until cancelled: the next job in submission order, with the jobs already
-        queued right behind it that may share its batch; the first that may not waits, queued,
-        until these are done."""
-        held: Job | None = None
+    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]:
+        """The oldest queued job and the ones queued right behind it that may share its batch
+        (up to `max_rows` clips), now held by `owner`; waits up to `wait_s` for one to be queued."""
+        deadline = time.monotonic() + wait_s
         while True:
-            group = [held or await self.queue.get()]
-            held = None
-            while not self.queue.empty():
-                job = self.queue.get_nowait()
-                if not self.batch.joins(group, job):
-                    held = job
-                    break
-                group.append(job)
-            await asyncio.gather(*(self._work_on(job) for job in group))
-
-    async def _work_on(self, job: Job) -> None:
-        try:
-            self.time_out()
-            if job.status == "queued":  # not cancelled or timed out while it waited
-                await self._run(job)
-        finally:
-            self.release()
-            self.queue.task_done()
-        LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
-        self.expire()
-
-    async def drain(self) -> None:
-        """Until every job submitted so far has finished (a shutdown loses none silently)."""
-        await self.queue.join()
-
-    async def _run(self, job: Job) -> None:
-        job.status = "running"
-        try:
-            content = await self.run(job)
-        except Exception as e:  # the job reports it; the worker goes on
-            self.time_out()  # a run stopped by its deadline says so
-            if job.status == "running":  # else cancelled or timed out: it says so already
-                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
-        else:
-            self.time_out()
-            if job.status == "running":  # else cancelled or timed out meanwhile: discarded
-                job.status, job.content = "done", content
-        job.finished = job.finished or time.monotonic()
-
-    def expire(self) -> None:
-        """Forget jobs finished longer than the TTL ago, then the oldest results over the cap."""
+            await self._tidy()
+            group = self._next_group(max_rows)
+            left = deadline - time.monotonic()
+            if group or left <= 0:
+                break
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait(), left)
+                except TimeoutError:
+                    pass
         now = time.monotonic()
+        for job in group:
+            job.status, job.owner, job.seen, job.steps_done = "running", owner, now, 0
+            job.attempt += 1
+        return [Claim(j.id, j.attempt, j.resolved, j.response_format) for j in group]
+
+    def _next_group(self, max_rows: int) -> list[Job]:
+        group: list[Job] = []
+        for job in self.jobs.values():
+            if job.status != "queued":
+                continue
+            if group and not (
+                job.key is not None
+                and job.key == group[0].key
+                and sum(j.rows for j in group) + job.rows <= max_rows
+            ):
+                break
+            group.append(job)
+            if group[0].key is None:
+                break
+        return group
+
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]:
+        """A worker's progress: {job id: (attempt, steps done)} for the jobs it runs. Answers the
+        ids of those it should stop (cancelled, timed out, or claimed again by another worker)."""
+        await self._tidy()
+        now, stop = time.monotonic(), []
+        for job_id, (attempt, done) in steps.items():
+            job = self.jobs.get(job_id)
+            if job is None or job.attempt != attempt or job.owner != owner:
+                stop.append(job_id)
+                continue
+            job.seen = now
+            if job.status == "running":
+                job.steps_done = done
+            else:
+                stop.append(job_id)
+        return stop
+
+    async def finish(
+        self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
+    ) -> None:
+        """A worker hands a claimed job in: its clips, or why it failed (a stopped job's answer is
+        discarded: it says cancelled or failed already)."""
+        await self._tidy()  # a run stopped by its deadline says so
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.owner is None:
+            return  # expired, or claimed again after its worker went silent
+        job.owner = None
+        if job.status == "running":
+            job.steps_done = steps_done
+            if error is None:
+                job.status, job.content = "done", content
+            else:
+                job.status, job.error = "failed", error
+            job.finished = time.monotonic()
+        await self._settle(job)
+
+    async def idle(self) -> None:
+        """Until no job is queued or held (a shutdown loses none silently)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.unsettled == 0)
+
+    async def _end(self, job: Job, status: Status, error: str | None = None) -> None:
+        job.status, job.error, job.finished = status, error, time.monotonic()
+        if job.owner is None:  # else its worker settles it when it hands it in
+            await self._settle(job)
+
+    async def _settle(self, job: Job) -> None:
+        self.unsettled -= 1
+        LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
+        if self.on_settled is not None:
+            self.on_settled()
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _tidy(self) -> None:
+        """Time out the jobs past their deadline, queue again those whose worker went silent, and
+        forget the expired."""
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            if job.status in ("queued", "running") and job.overdue(now):
+                error = f"timed out after {self.timeout_s:g} s (sa-serve --job-timeout-s)"
+                await self._end(job, "failed", error)
+            elif job.owner is not None and self.lease_s is not None and now - job.seen > self.lease_s:
+                await self._requeue(job)
+        self._expire(now)
+
+    async def _requeue(self, job: Job) -> None:
+        """Its worker went silent (its replica died): another worker takes it, or it fails."""
+        owner, job.owner = job.owner, None
+        if job.status != "running":  # cancelled or timed out while held: it ends here
+            await self._settle(job)
+        elif job.attempt < MAX_ATTEMPTS:
+            job.status, job.steps_done = "queued", 0
+            LOG.warning("job %s queued again: its worker %s stopped reporting", job.id, owner)
+            async with self.changed:
+                self.changed.notify_all()
+        else:
+            error = f"its worker stopped reporting {job.attempt} times (replicas died)"
+            await self._end(job, "failed", error)
+
+    def _expire(self, now: float) -> None:
+        """Forget jobs finished longer than the TTL ago, then the oldest results over the cap."""
         for job in [
-            j for j in self.jobs.values() if j.finished is not None and now - j.finished > self.ttl_s
+            j
+            for j in self.jobs.values()
+            if j.finished is not None and j.owner is None and now - j.finished > self.ttl_s
         ]:
             del self.jobs[job.id]
         kept = sorted((j for j in self.jobs.values() if j.content is not None), key=lambda j: j.finished)
@@ -192,3 +294,110 @@ class JobStore:
 
 def _size(job: Job) -> int:
     return sum(len(clip) for clip in job.content)
+
+
+class Board(Protocol):
+    """What workers and the app call: a `JobBoard` in this process, or the handle of one served by
+    Ray Serve (`ray_serve.RemoteBoard`)."""
+
+    async def submit(
+        self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
+    ) -> dict | None: ...
+    async def read(self, job_id: str, index: int = 0) -> Reading | None: ...
+    async def cancel(self, job_id: str) -> dict | None: ...
+    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]: ...
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]: ...
+    async def finish(
+        self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
+    ) -> None: ...
+
+
+# A job's run: its request, file format and step callback in, one file's bytes per clip out.
+Runner = Callable[[ResolvedRequest, str, StepCallback], Awaitable[list[bytes]]]
+
+
+@dataclass
+class _Running:
+    """A claimed job while its worker runs it: its steps, and whether the board said stop."""
+
+    claim: Claim
+    steps_done: int = 0
+    stop: bool = False
+
+    def on_step(self, done: int, total: int) -> None:
+        """From the thread that generates; raising stops the run at this step boundary."""
+        if self.stop:
+            raise Stopped(f"job {self.claim.id} stopped")
+        self.steps_done = done
+
+
+class JobWorker:
+    """Claims jobs from the board a group at a time (what may share a batch, up to `max_rows`
+    clips), runs them concurrently through `run`, and reports their steps every `report_s`."""
+
+    def __init__(
+        self, board: Board, run: Runner, owner: str, max_rows: int, report_s: float, claim_wait_s: float
+    ) -> None:
+        self.board, self.run, self.owner, self.max_rows = board, run, owner, max_rows
+        self.report_s, self.claim_wait_s = report_s, claim_wait_s
+        self.running: dict[str, _Running] = {}
+        self.closing = False  # set by `close`
+        self._claiming: asyncio.Task | None = None
+
+    def close(self) -> None:
+        """Claim no more: `work` returns once the group in hand is handed in (a claim in flight is
+        dropped: what it took is held by nobody reporting, and its lease queues it again)."""
+        self.closing = True
+        if self._claiming is not None:
+            self._claiming.cancel()
+
+    async def work(self) -> None:
+        """Until cancelled, or until `closing` is set and the group in hand is handed in."""
+        reports = asyncio.create_task(self._report())
+        try:
+            while not self.closing:
+                self._claiming = asyncio.create_task(
+                    self.board.claim(self.owner, self.max_rows, self.claim_wait_s)
+                )
+                try:
+                    group = await self._claiming
+                except asyncio.CancelledError:
+                    if self.closing:
+                        break
+                    raise
+                except Exception:  # a shared board restarting: ask again
+                    LOG.exception("claiming jobs failed")
+                    await asyncio.sleep(self.claim_wait_s)
+                    continue
+                await asyncio.gather(*(self._run(claim) for claim in group))
+        finally:
+            reports.cancel()
+
+    async def _run(self, claim: Claim) -> None:
+        running = self.running[claim.id] = _Running(claim)
+        content, error = None, None
+        try:
+            content = await self.run(claim.resolved, claim.response_format, running.on_step)
+        except Exception as e:  # the job reports it; the worker goes on
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            del self.running[claim.id]
+        try:
+            await self.board.finish(claim.id, claim.attempt, running.steps_done, content, error)
+        except Exception:  # a shared board gone: its lease puts the job back in the queue
+            LOG.exception("handing in job %s failed", claim.id)
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.report_s)
+            if not self.running:
+                continue
+            steps = {job_id: (r.claim.attempt, r.steps_done) for job_id, r in list(self.running.items())}
+            try:
+                stop = await self.board.report(self.owner, steps)
+            except Exception:  # the board restarting: report again next time
+                LOG.exception("reporting job steps failed")
+                continue
+            for job_id in stop:
+                if job_id in self.running:
+                    self.running[job_id].stop = True

@@ -1,0 +1,207 @@
+"""sa-serve on Ray Serve: the same app (API, web page, batching) in replicas over GPUs and machines.
+
+One application of two deployments:
+- `sa-serve`, the ingress: each replica loads the model and serves `create_app` on it, so dynamic
+  batching is done once, by our batcher in each replica (never also by `@serve.batch`). One GPU
+  per replica where the cluster has GPUs, else `--replica-cpus` CPUs. A fixed count
+  (`--replicas`) or autoscaling on ongoing requests (`--min-replicas`/`--max-replicas`).
+- `jobs`, one replica holding every job (`jobs.JobBoard`): any replica reads or cancels any job,
+  each replica's worker claims queued jobs from it, and a job whose replica died is queued again
+  for another (its lease expires).
+
+`sa-serve --ray` deploys it from the command line; `app_builder` deploys it from a Serve config
+file (`serve run` / `serve deploy`), its `args` being sa-serve's options. This module imports Ray:
+import it only once Ray is known to be there (`require_ray`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.runtime.requests import ResolvedRequest
+from stable_audio_rt.serve.app import SharedJobs, create_app
+from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
+from stable_audio_rt.serve.jobs import Claim, JobBoard, Reading
+
+APP_NAME = "sa-serve"
+INGRESS_NAME = "sa-serve"
+BOARD_NAME = "jobs"
+# A running job whose replica has not reported its steps for this long (seconds) is queued again:
+# many report periods (app.SHARED_REPORT_S), and longer than Serve takes to see a replica die.
+JOB_LEASE_S = 10.0
+# Requests a replica takes at once beyond its own queue (--max-queue): job polls, downloads,
+# /health and /metrics, answered while its generations run.
+READ_HEADROOM = 32
+# Calls the job board takes at once: every replica's claim (a long poll), reports and reads.
+BOARD_MAX_ONGOING = 1000
+# The longest a call to the job board may take (seconds) beyond its own wait.
+BOARD_TIMEOUT_S = 30.0
+
+
+class SharedJobBoard(JobBoard):
+    """The job board as its own deployment: it logs each job's end, as sa-serve does."""
+
+    def __init__(self, *args: Any) -> None:
+        logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
+        super().__init__(*args)
+
+
+class RemoteBoard:
+    """The job board served by Ray Serve, called as `jobs.Board` through its handle. A call not
+    answered in BOARD_TIMEOUT_S (the board's replica gone, and no other yet) raises TimeoutError:
+    the server answers 500 and a worker asks again, never hangs."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def _call(self, method: str, *args: Any, wait_s: float = 0.0) -> Any:
+        return await asyncio.wait_for(getattr(self.handle, method).remote(*args), BOARD_TIMEOUT_S + wait_s)
+
+    async def submit(
+        self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
+    ) -> dict | None:
+        return await self._call("submit", resolved, response_format, key)
+
+    async def read(self, job_id: str, index: int = 0) -> Reading | None:
+        return await self._call("read", job_id, index)
+
+    async def cancel(self, job_id: str) -> dict | None:
+        return await self._call("cancel", job_id)
+
+    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]:
+        return await self._call("claim", owner, max_rows, wait_s, wait_s=wait_s)
+
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]:
+        return await self._call("report", owner, steps)
+
+    async def finish(
+        self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
+    ) -> None:
+        await self._call("finish", job_id, attempt, steps_done, content, error)
+
+
+@serve.ingress()
+class ServeReplica:
+    """One replica of the ingress: sa-serve's app on its own copy of the model."""
+
+    def __init__(self, argv: list[str], board: DeploymentHandle) -> None:
+        logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
+        self.pipe, self.settings = loaded(build_parser().parse_args(argv))
+        owner = serve.get_replica_context().replica_id.unique_id
+        self.shared = SharedJobs(RemoteBoard(board), owner)
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.pipe, self.settings, self.shared)
+
+
+def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
+    """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
+    replica aiming at a full batch in flight). By default one per GPU, or one on CPUs."""
+    if args.min_replicas is not None or args.max_replicas is not None:
+        low = 1 if args.min_replicas is None else args.min_replicas
+        high = max(low, 1) if args.max_replicas is None else args.max_replicas
+        if low < 0 or high < max(low, 1):
+            raise ConfigError(f"need 0 ≤ --min-replicas ≤ --max-replicas ≥ 1, got {low} and {high}")
+        target = max(1, args.max_batch)
+        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+        return {"autoscaling_config": scaling}
+    count = args.replicas if args.replicas is not None else max(1, cluster_gpus)
+    if count < 1:
+        raise ConfigError(f"--replicas must be at least 1, got {count}")
+    return {"num_replicas": count}
+
+
+def most_replicas(options: dict[str, Any]) -> int:
+    scaling = options.get("autoscaling_config")
+    return options["num_replicas"] if scaling is None else scaling["max_replicas"]
+
+
+def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
+    """The application for sa-serve's arguments `argv` (checked here, before any replica loads).
+    Replicas take a GPU each when `cluster_gpus` > 0 and --device is not cpu."""
+    args = build_parser().parse_args(argv)
+    settings = settings_from_arguments(args, "")
+    on_gpus = cluster_gpus > 0 and not (args.device or "").startswith("cpu")
+    counts = replica_count_options(args, cluster_gpus if on_gpus else 0)
+    resources = {"num_gpus": 1} if on_gpus else {"num_cpus": args.replica_cpus}
+    if settings.api_key is not None:  # to the replicas, wherever they run, not in their arguments
+        resources["runtime_env"] = {"env_vars": {API_KEY_VARIABLE: settings.api_key}}
+        argv = _without_api_key(argv)
+    board = serve.deployment(SharedJobBoard, name=BOARD_NAME).options(
+        num_replicas=1,
+        max_ongoing_requests=BOARD_MAX_ONGOING,
+        ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False},  # claims and reports, many a second
+    )
+    ingress = serve.deployment(ServeReplica, name=INGRESS_NAME).options(
+        max_ongoing_requests=settings.max_queue + READ_HEADROOM,
+        ray_actor_options=resources,
+        **counts,
+    )
+    max_jobs = settings.max_queue * most_replicas(counts)
+    jobs = board.bind(
+        settings.job_ttl_s, settings.max_result_bytes, settings.job_timeout_s, JOB_LEASE_S, max_jobs
+    )
+    return ingress.bind(argv, jobs)
+
+
+def _without_api_key(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--api-key":
+            skip = True
+        elif not arg.startswith("--api-key="):
+            kept.append(arg)
+    return kept
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """For a Serve config file: `import_path: stable_audio_rt.serve.ray_serve:app_builder`, its
+    `args` sa-serve's long options with underscores (`{"model": "...", "max_batch": 4,
+    "min_replicas": 1, "max_replicas": 8, "no_cuda_graph": true}`)."""
+    import ray
+
+    return build_application(options_to_argv(args), int(ray.cluster_resources().get("GPU", 0)))
+
+
+def options_to_argv(options: dict[str, Any]) -> list[str]:
+    """sa-serve's command line for a config file's `args`: true adds a flag, false or null none."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
+    """sa-serve --ray: connect to (or start) Ray, deploy, and serve until SIGINT or SIGTERM."""
+    import ray
+
+    ray.init(address=args.address, include_dashboard=False if args.address is None else None)
+    try:
+        application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
+        serve.start(http_options={"host": args.host, "port": args.port})
+        print(f"sa-serve: deploying on Ray ({ray.cluster_resources()})", flush=True)
+        serve.run(application, name=APP_NAME, route_prefix="/")
+        print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
+        stop = threading.Event()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, lambda *_: stop.set())
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,127 @@
+"""The job board that replicas share, without a server: which queued jobs a worker claims
+together, a silent worker's jobs queued again for another (its late reports and results ignored),
+jobs failing after too many silent workers, a cancelled job settling once when its worker hands it
+in, and a full board refusing jobs."""
+
+import asyncio
+import time
+
+import pytest
+
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.serve.jobs import MAX_ATTEMPTS, JobBoard
+
+# A lease the tests outlive by sleeping (seconds).
+LEASE_S = 0.05
+
+
+def _resolved(pipe, steps: int = 2, outputs: int = 1):
+    request = GenerationRequest(("x",), seconds_total=0.5, steps=steps, num_outputs=outputs)
+    return resolve_request(request, pipe.config)
+
+
+def _board(**kwargs) -> tuple[JobBoard, list[int]]:
+    settled = []
+    board = JobBoard(3600.0, 1 << 30, on_settled=lambda: settled.append(1), **kwargs)
+    return board, settled
+
+
+def test_a_claim_takes_the_oldest_and_the_jobs_right_behind_it_that_share_its_batch(pipe):
+    async def scenario():
+        board, _ = _board()
+        views = [
+            await board.submit(_resolved(pipe, outputs=rows), "wav", key)
+            for rows, key in [(1, "a"), (2, "a"), (1, "b"), (1, "a"), (1, None), (1, None)]
+        ]
+        ids = [v["id"] for v in views]
+        first = await board.claim("w1", max_rows=4, wait_s=0)
+        second = await board.claim("w2", max_rows=4, wait_s=0)  # "b" stops the first group
+        third = await board.claim("w1", max_rows=1, wait_s=0)
+        fourth = await board.claim("w1", max_rows=4, wait_s=0)  # None: always alone
+        return ids, [[c.id for c in group] for group in (first, second, third, fourth)]
+
+    ids, groups = asyncio.run(scenario())
+    assert groups == [ids[0:2], [ids[2]], [ids[3]], [ids[4]]]
+
+
+def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe):
+    async def scenario():
+        board, settled = _board(lease_s=LEASE_S)
+        job = (await board.submit(_resolved(pipe), "wav", None))["id"]
+        (lost,) = await board.claim("dead", 1, 0)
+        assert await board.report("dead", {job: (lost.attempt, 1)}) == []
+        await asyncio.sleep(2 * LEASE_S)  # "dead" reports no more
+        (again,) = await board.claim("alive", 1, 0)
+        assert (again.id, again.attempt) == (job, 2)
+        assert await board.report("dead", {job: (lost.attempt, 2)}) == [job], "told to stop"
+        await board.finish(job, lost.attempt, 2, [b"stale"], None)
+        assert (await board.read(job)).view["status"] == "running" and settled == []
+        await board.finish(job, again.attempt, 2, [b"fresh"], None)
+        reading = await board.read(job)
+        return reading, settled
+
+    reading, settled = asyncio.run(scenario())
+    assert reading.view["status"] == "done" and reading.view["attempts"] == 2
+    assert reading.clip == b"fresh" and settled == [1]
+
+
+def test_a_job_whose_workers_keep_going_silent_fails(pipe):
+    async def scenario():
+        board, settled = _board(lease_s=LEASE_S)
+        job = (await board.submit(_resolved(pipe), "wav", None))["id"]
+        for _ in range(MAX_ATTEMPTS):
+            assert len(await board.claim("dying", 1, 0)) == 1
+            await asyncio.sleep(2 * LEASE_S)
+        assert await board.claim("alive", 1, 0) == []
+        return (await board.read(job)).view, settled
+
+    view, settled = asyncio.run(scenario())
+    assert view["status"] == "failed" and f"stopped reporting {MAX_ATTEMPTS} times" in view["error"]
+    assert settled == [1]
+
+
+def test_a_cancelled_running_job_settles_once_when_handed_in(pipe):
+    async def scenario():
+        board, settled = _board()
+        job = (await board.submit(_resolved(pipe, steps=50), "wav", None))["id"]
+        (claim,) = await board.claim("w", 1, 0)
+        assert (await board.cancel(job))["status"] == "cancelled"
+        assert settled == [], "its worker still runs it: its place is not free yet"
+        assert await board.report("w", {job: (claim.attempt, 3)}) == [job]
+        await board.finish(job, claim.attempt, 3, None, "Stopped: job stopped")
+        await board.finish(job, claim.attempt, 3, None, "again")  # a repeat changes nothing
+        await asyncio.wait_for(board.idle(), 1)
+        return (await board.read(job)).view, settled
+
+    view, settled = asyncio.run(scenario())
+    assert view["status"] == "cancelled" and "error" not in view and settled == [1]
+
+
+def test_a_full_board_refuses_and_a_claim_waits_for_work(pipe):
+    async def scenario():
+        board, _ = _board(max_jobs=1)
+        assert await board.submit(_resolved(pipe), "wav", None) is not None
+        assert await board.submit(_resolved(pipe), "wav", None) is None
+        await board.claim("w", 1, 0)
+        began = time.monotonic()
+        assert await board.claim("w", 1, 0.2) == []  # nothing queued: it waited, then gave up
+        waited = time.monotonic() - began
+        late = asyncio.create_task(board.claim("w", 1, 5))
+        await asyncio.sleep(0.05)
+        board.max_jobs = None
+        await board.submit(_resolved(pipe), "wav", None)
+        return waited, await asyncio.wait_for(late, 1)
+
+    waited, late = asyncio.run(scenario())
+    assert waited >= 0.2 and len(late) == 1
+
+
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_a_claim_counts_clips_not_jobs(pipe, outputs):
+    async def scenario():
+        board, _ = _board()
+        for _ in range(3):
+            await board.submit(_resolved(pipe, outputs=outputs), "wav", "k")
+        return await board.claim("w", max_rows=3, wait_s=0)
+
+    assert len(asyncio.run(scenario())) == 3 // outputs

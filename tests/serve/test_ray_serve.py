@@ -1,0 +1,202 @@
+"""sa-serve on Ray Serve, on a Ray started and stopped here (127.0.0.1, CPU replicas of the tiny
+model, built from the Serve config file's builder as `serve run` would): both replicas answer the
+same API with the same bytes as one server; a job is read and cancelled through either; and with
+one replica killed under load every request ends (answered, or an error; none hangs), the replica
+is replaced and serves, and the jobs submitted before the kill finish."""
+
+import io
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile
+from serving import QUICK
+
+from stable_audio_rt.runtime.audio_io import audio_bytes
+from stable_audio_rt.serve import cli
+
+ray = pytest.importorskip("ray", reason="Ray Serve is the [ray] extra (pip install -e '.[ray]')")
+import yaml  # noqa: E402 (Ray's dependency)
+from ray import serve  # noqa: E402
+
+from stable_audio_rt.serve import ray_serve  # noqa: E402
+
+CONFIG = Path(__file__).parents[2] / "deploy" / "ray-serve.yaml"
+# The tiny model on the reference path, two replicas of one CPU each.
+ARGS = {"model": "tiny-random", "device": "cpu", "dtype": "fp32", "kernels": "torch", "replicas": 2}
+# Time bounds (seconds): Ray and two replicas starting on 2 busy cores; one request; a replica
+# replaced and warmed; the load's length after the kill.
+START_S, REQUEST_S, REPLACE_S = 240, 60, 180
+# Long jobs (seconds of tiny-model steps on one thread): running when the replica dies. Their
+# steps differ, so they never share a batch: each replica's worker claims one.
+LONG_STEPS = (1500, 1700)
+# One step of a 16-bit sample.
+ONE_SAMPLE_STEP = 1
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(ray_serve.app_builder(ARGS), name=ray_serve.APP_NAME, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_S
+        while httpx.get(f"{url}/health").status_code != 200:
+            assert time.monotonic() < deadline, "sa-serve on Ray did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _replicas_answering(url: str, method: str, path: str, count: int, **kwargs) -> list[httpx.Response]:
+    """`count` answers, asked one after another (Serve spreads them over its replicas)."""
+    return [httpx.request(method, f"{url}{path}", timeout=REQUEST_S, **kwargs) for _ in range(count)]
+
+
+def test_the_config_file_names_this_builder_and_sa_serves_options():
+    config = yaml.safe_load(CONFIG.read_text())
+    (application,) = config["applications"]
+    assert application["import_path"] == "stable_audio_rt.serve.ray_serve:app_builder"
+    argv = ray_serve.options_to_argv(application["args"])
+    args = cli.build_parser().parse_args(argv)
+    assert args.model == application["args"]["model"] and args.max_replicas is not None
+
+
+def test_both_replicas_answer_with_one_servers_bytes(cluster, pipe):
+    body = {"input": "rain", "seed": 7, **QUICK}
+    answers = _replicas_answering(cluster, "POST", "/v1/audio/generate", 12, json=body)
+    alone = pipe.generate("rain", seed=7, seconds_total=0.5, steps=2)
+    assert {a.status_code for a in answers} == {200} and len({a.content for a in answers}) == 1
+    # A replica computes with one thread (Ray sets its CPUs), this process with more: fp32 sums in
+    # another order, ~1e-6 apart, may round to the neighbouring 16-bit sample and no further.
+    served = soundfile.read(io.BytesIO(answers[0].content), dtype="int16")[0].astype(np.int32)
+    here = soundfile.read(io.BytesIO(audio_bytes(alone.audio[0], alone.sample_rate, "WAV")), dtype="int16")
+    assert np.abs(served - here[0]).max() <= ONE_SAMPLE_STEP
+    assert len({a.headers["x-replica"] for a in answers}) == 2, "one replica answered every request"
+
+
+def test_a_job_is_read_and_cancelled_through_either_replica(cluster):
+    job = httpx.post(f"{cluster}/v1/audio/jobs", json={"input": "x", **QUICK}, timeout=REQUEST_S).json()
+    readers, view = set(), job
+    deadline = time.monotonic() + REQUEST_S
+    while len(readers) < 2 or view["status"] != "done":
+        answer = httpx.get(f"{cluster}/v1/audio/jobs/{job['id']}")
+        view = answer.json()
+        readers.add(answer.headers["x-replica"])
+        assert time.monotonic() < deadline, (readers, view)
+    contents = _replicas_answering(cluster, "GET", f"/v1/audio/jobs/{job['id']}/content", 8)
+    assert len({c.headers["x-replica"] for c in contents}) == 2 and len({c.content for c in contents}) == 1
+    long = httpx.post(f"{cluster}/v1/audio/jobs", json={"input": "y", "audio_length": 0.5,
+                                                        "num_inference_steps": 5000}).json()  # fmt: skip
+    cancelled = httpx.delete(f"{cluster}/v1/audio/jobs/{long['id']}").json()
+    views = _replicas_answering(cluster, "GET", f"/v1/audio/jobs/{long['id']}", 8)
+    assert cancelled["status"] == "cancelled" and {v.json()["status"] for v in views} == {"cancelled"}
+    assert len({v.headers["x-replica"] for v in views}) == 2
+
+
+class _Load:
+    """Clients posting short requests back to back until stopped; every request's outcome kept."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.outcomes: list[tuple[float, str, str | None]] = []  # (time, outcome, replica)
+        self.threads = [threading.Thread(target=self._client, args=(k,)) for k in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self, k: int) -> None:
+        with httpx.Client(timeout=REQUEST_S) as client:
+            while not self.stop.is_set():
+                body = {"input": f"load {k}", **QUICK}
+                try:
+                    answer = client.post(f"{self.url}/v1/audio/generate", json=body)
+                except httpx.TimeoutException:
+                    self.outcomes.append((time.monotonic(), "hung", None))
+                except httpx.TransportError as e:
+                    self.outcomes.append((time.monotonic(), f"connection: {e}", None))
+                else:
+                    replica = answer.headers.get("x-replica")
+                    self.outcomes.append((time.monotonic(), str(answer.status_code), replica))
+
+    def replicas_since(self, since: float) -> Counter:
+        return Counter(r for t, outcome, r in list(self.outcomes) if t > since and outcome == "200")
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(REQUEST_S + 10)
+            assert not thread.is_alive(), "a client never got an answer"
+
+
+def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
+    load = _Load(cluster, clients=4)
+    try:
+        began = time.monotonic()
+        while len(load.replicas_since(began)) < 2:
+            assert time.monotonic() < began + REQUEST_S, load.outcomes[-10:]
+            time.sleep(0.1)
+        jobs = [
+            httpx.post(f"{cluster}/v1/audio/jobs", json={"input": f"long {steps}", "audio_length": 0.5,
+                                                         "num_inference_steps": steps}).json()["id"]
+            for steps in LONG_STEPS
+        ]  # fmt: skip
+        while not all(_view(cluster, job)["steps_done"] > 0 for job in jobs):  # one on each replica
+            assert time.monotonic() < began + REQUEST_S, [_view(cluster, job) for job in jobs]
+            time.sleep(0.2)
+        victim, survivor = list(load.replicas_since(began))
+        ray.kill(_replica_actor(victim), no_restart=True)
+        killed = time.monotonic()
+        while len(set(load.replicas_since(killed)) - {victim}) < 2:  # the survivor and a new one
+            assert time.monotonic() < killed + REPLACE_S, Counter(o for _, o, _ in load.outcomes)
+            time.sleep(0.5)
+        replaced = time.monotonic()
+    finally:
+        load.finish()
+    outcomes = Counter(outcome for _, outcome, _ in load.outcomes)
+    assert outcomes["hung"] == 0 and outcomes["200"] > 0, outcomes
+    failed = [(t, outcome) for t, outcome, _ in load.outcomes if outcome != "200"]
+    assert all(killed <= t <= replaced and not outcome.startswith("4") for t, outcome in failed), (
+        f"only requests caught by the kill may fail, and with a server's error: {failed}"
+    )
+    assert victim not in load.replicas_since(replaced)
+    attempts = []
+    for job in jobs:  # one ran on the killed replica: queued again once its lease ran out
+        deadline = time.monotonic() + REPLACE_S
+        while (view := _view(cluster, job))["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, view
+            time.sleep(0.5)
+        assert view["status"] == "done" and view["steps_done"] == view["steps_total"], view
+        assert httpx.get(f"{cluster}/v1/audio/jobs/{job}/content").status_code == 200
+        attempts.append(view["attempts"])
+    assert sorted(attempts) == [1, 2], "the killed replica's job ran again elsewhere; the other once"
+    status = serve.status().applications[ray_serve.APP_NAME].deployments[ray_serve.INGRESS_NAME]
+    assert status.replica_states.get("RUNNING") == 2, status
+
+
+def _view(url: str, job_id: str) -> dict:
+    return httpx.get(f"{url}/v1/audio/jobs/{job_id}", timeout=REQUEST_S).json()
+
+
+def _replica_actor(unique_id: str):
+    (name,) = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].endswith(f"#{ray_serve.INGRESS_NAME}#{unique_id}")
+    ]
+    return ray.get_actor(name, namespace="serve")
