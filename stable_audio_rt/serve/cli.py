@@ -18,6 +18,7 @@ from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import DEFAULT_MAX_UPLOAD_MB, ServeSettings
 from stable_audio_rt.serve.bodies import MIB
+from stable_audio_rt.serve.ray_options import replica_count_options
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
@@ -108,11 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the Ray cluster to join: 'auto' (the one this machine is part of) or ray://HOST:10001 "
         "(default: start a Ray on this machine)",
     )
-    count = ray.add_mutually_exclusive_group()
-    count.add_argument(
+    ray.add_argument(
         "--replicas", type=int, help="this many replicas (default: one per GPU of the cluster, or 1)"
     )
-    count.add_argument(
+    ray.add_argument(
         "--min-replicas",
         type=int,
         help="autoscale on ongoing requests from this many replicas (default with --max-replicas: 1)",
@@ -182,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
 def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
     """sa-serve --ray: the options checked and Ray Serve there, before Ray starts."""
     with reported_errors("sa-serve", "not serving") as failed:
-        if args.max_replicas is not None and args.replicas is not None:
-            raise ConfigError("--replicas is a fixed count: give it, or --min-replicas/--max-replicas")
         try:
             from stable_audio_rt.serve import ray_serve
         except ImportError as e:
@@ -191,7 +189,7 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
                 f"sa-serve --ray needs Ray Serve ({e}): pip install 'stable-audio-rt[ray]'"
             ) from e
         settings_from_arguments(args, "")
-        ray_serve.replica_count_options(args, 0)
+        replica_count_options(args, 0)
     if failed.exit_status is not None:
         return failed.exit_status
     ray_serve.serve_on_ray(args, argv)

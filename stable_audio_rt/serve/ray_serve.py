@@ -26,11 +26,11 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
 from stable_audio_rt.serve.jobs import Claim, JobBoard, Reading
+from stable_audio_rt.serve.ray_options import most_replicas, options_to_argv, replica_count_options
 
 APP_NAME = "sa-serve"
 INGRESS_NAME = "sa-serve"
@@ -43,6 +43,10 @@ JOB_LEASE_S = 10.0
 READ_HEADROOM = 32
 # Calls the job board takes at once: every replica's claim (a long poll), reports and reads.
 BOARD_MAX_ONGOING = 1000
+# Where a Ray started by sa-serve --ray (no --address) listens: this machine only.
+LOCAL_RAY_ADDRESS = "127.0.0.1"
+# How often the waiting command line looks for a stop signal (seconds).
+SIGNAL_POLL_S = 0.5
 # The longest a call to the job board may take (seconds) beyond its own wait.
 BOARD_TIMEOUT_S = 30.0
 
@@ -103,28 +107,6 @@ class ServeReplica:
         return create_app(self.pipe, self.settings, self.shared)
 
 
-def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
-    """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
-    replica aiming at a full batch in flight). By default one per GPU, or one on CPUs."""
-    if args.min_replicas is not None or args.max_replicas is not None:
-        low = 1 if args.min_replicas is None else args.min_replicas
-        high = max(low, 1) if args.max_replicas is None else args.max_replicas
-        if low < 0 or high < max(low, 1):
-            raise ConfigError(f"need 0 ≤ --min-replicas ≤ --max-replicas ≥ 1, got {low} and {high}")
-        target = max(1, args.max_batch)
-        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
-        return {"autoscaling_config": scaling}
-    count = args.replicas if args.replicas is not None else max(1, cluster_gpus)
-    if count < 1:
-        raise ConfigError(f"--replicas must be at least 1, got {count}")
-    return {"num_replicas": count}
-
-
-def most_replicas(options: dict[str, Any]) -> int:
-    scaling = options.get("autoscaling_config")
-    return options["num_replicas"] if scaling is None else scaling["max_replicas"]
-
-
 def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
     """The application for sa-serve's arguments `argv` (checked here, before any replica loads).
     Replicas take a GPU each when `cluster_gpus` > 0 and --device is not cpu."""
@@ -175,33 +157,33 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     return build_application(options_to_argv(args), int(ray.cluster_resources().get("GPU", 0)))
 
 
-def options_to_argv(options: dict[str, Any]) -> list[str]:
-    """sa-serve's command line for a config file's `args`: true adds a flag, false or null none."""
-    argv: list[str] = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not False and value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
 def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
-    """sa-serve --ray: connect to (or start) Ray, deploy, and serve until SIGINT or SIGTERM."""
+    """sa-serve --ray: connect to (or start) Ray, deploy, and serve until SIGINT or SIGTERM; then
+    the replicas finish what they hold and the app is deleted (with Serve and Ray themselves when
+    this process started them: a cluster's other applications are left alone)."""
     import ray
 
-    ray.init(address=args.address, include_dashboard=False if args.address is None else None)
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    if args.address is None:  # a Ray of this process alone: nothing else may join it
+        ray.init(include_dashboard=False, _node_ip_address=LOCAL_RAY_ADDRESS)
+    else:
+        ray.init(address=args.address)
     try:
         application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
         serve.start(http_options={"host": args.host, "port": args.port})
         print(f"sa-serve: deploying on Ray ({ray.cluster_resources()})", flush=True)
         serve.run(application, name=APP_NAME, route_prefix="/")
         print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
-        stop = threading.Event()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, lambda *_: stop.set())
-        stop.wait()
+        # Woken now and then: a signal may reach one of Ray's threads, and only the main thread
+        # runs Python's handlers.
+        while not stop.wait(SIGNAL_POLL_S):
+            pass
+        print("sa-serve: stopping: the replicas finish the requests and jobs they hold", flush=True)
     finally:
-        serve.shutdown()
+        if args.address is None:
+            serve.shutdown()
+        else:
+            serve.delete(APP_NAME)
         ray.shutdown()

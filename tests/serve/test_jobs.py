@@ -4,7 +4,6 @@ unknown ids, early downloads, cancelling a queued and a running job (stopped at 
 timing out, a failing job, results expiring after their time to live, and a real SIGTERM."""
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from serving import QUICK, serving
+from serving import QUICK, free_port, serving, wait_healthy
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
@@ -229,23 +228,13 @@ def test_the_result_cap_evicts_the_oldest(pipe):
 def test_sigterm_finishes_every_accepted_job_then_exits():
     """Every accepted job ends known: the running one and the queued ones finish before the
     process exits, a cancelled one is logged as such; none is lost silently."""
-    with socket.socket() as probe:  # a free port for the server process
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--model", "tiny-random",
                "--device", "cpu", "--port", str(port)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         server = SimpleNamespace(url=f"http://127.0.0.1:{port}")  # what _submit and _wait read
-        deadline = time.monotonic() + POLL_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{server.url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, "sa-serve did not start"
-            time.sleep(0.2)
+        wait_healthy(server.url, process, POLL_TIMEOUT_S)
         # Long enough to be seen running while the others wait: 200 steps.
         running = _submit(server, {"input": "a", "audio_length": 0.5, "num_inference_steps": 200})["id"]
         queued = [_submit(server, {"input": p, **QUICK})["id"] for p in "bc"]

@@ -1,0 +1,45 @@
+"""What sa-serve's options mean to Ray Serve, without importing Ray (checked before Ray starts):
+how many replicas, and a Serve config file's `args` as sa-serve's command line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from stable_audio_rt.errors import ConfigError
+
+
+def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
+    """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
+    replica aiming at a full batch in flight). By default one per GPU, or one on CPUs."""
+    if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
+        raise ConfigError("--replicas is a fixed count: give it, or --min-replicas/--max-replicas")
+    if args.min_replicas is not None or args.max_replicas is not None:
+        low = 1 if args.min_replicas is None else args.min_replicas
+        high = max(low, 1) if args.max_replicas is None else args.max_replicas
+        if low < 0 or high < max(low, 1):
+            raise ConfigError(f"need 0 ≤ --min-replicas ≤ --max-replicas ≥ 1, got {low} and {high}")
+        target = max(1, args.max_batch)
+        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+        return {"autoscaling_config": scaling}
+    count = args.replicas if args.replicas is not None else max(1, cluster_gpus)
+    if count < 1:
+        raise ConfigError(f"--replicas must be at least 1, got {count}")
+    return {"num_replicas": count}
+
+
+def most_replicas(options: dict[str, Any]) -> int:
+    scaling = options.get("autoscaling_config")
+    return options["num_replicas"] if scaling is None else scaling["max_replicas"]
+
+
+def options_to_argv(options: dict[str, Any]) -> list[str]:
+    """sa-serve's command line for a config file's `args`: true adds a flag, false or null none."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    return argv

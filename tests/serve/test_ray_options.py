@@ -1,0 +1,75 @@
+"""sa-serve --ray's options, checked before Ray starts (no Ray needed): replica counts fixed, by
+the cluster's GPUs, or autoscaled; contradictions and impossible counts named; a missing Ray one
+clear line; a Serve config file's args turned into sa-serve's command line."""
+
+import sys
+
+import pytest
+
+from stable_audio_rt.serve import cli
+from stable_audio_rt.serve.ray_options import most_replicas, options_to_argv, replica_count_options
+
+
+def _args(*argv: str):
+    return cli.build_parser().parse_args(["--ray", *argv])
+
+
+@pytest.mark.parametrize(
+    "argv,gpus,expected",
+    [
+        ([], 0, {"num_replicas": 1}),
+        ([], 4, {"num_replicas": 4}),  # one per GPU
+        (["--replicas", "3"], 8, {"num_replicas": 3}),
+        (["--max-replicas", "6"], 0,
+         {"autoscaling_config": {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 4}}),
+        (["--min-replicas", "0", "--max-replicas", "2", "--max-batch", "8"], 0,
+         {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2, "target_ongoing_requests": 8}}),
+        (["--min-replicas", "2"], 0,
+         {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 4}}),
+    ],
+)  # fmt: skip
+def test_replica_counts(argv, gpus, expected):
+    options = replica_count_options(_args(*argv), gpus)
+    assert options == expected
+    scaling = expected.get("autoscaling_config", {})
+    assert most_replicas(options) == scaling.get("max_replicas", expected.get("num_replicas"))
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--replicas", "2", "--max-replicas", "4"], "--replicas is a fixed count"),
+        (["--replicas", "2", "--min-replicas", "1"], "--replicas is a fixed count"),
+        (["--replicas", "0"], "--replicas must be at least 1, got 0"),
+        (["--min-replicas", "3", "--max-replicas", "2"], "got 3 and 2"),
+        (["--min-replicas", "0", "--max-replicas", "0"], "got 0 and 0"),
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+    ],
+)
+def test_bad_ray_options_are_refused_before_ray_starts(argv, message, capsys, monkeypatch):
+    import stable_audio_rt.serve.ray_serve as ray_serve  # Ray is there: its start is refused
+
+    monkeypatch.setattr(ray_serve, "serve_on_ray", lambda *a: pytest.fail("Ray was started"))
+    assert cli.main(["--ray", "--model", "tiny-random", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_without_ray_sa_serve_ray_is_one_clear_line(capsys, monkeypatch):
+    import stable_audio_rt.serve as package
+
+    monkeypatch.setitem(sys.modules, "stable_audio_rt.serve.ray_serve", None)  # its import fails
+    monkeypatch.delattr(package, "ray_serve", raising=False)  # as if never imported
+    assert cli.main(["--ray", "--model", "tiny-random"]) == 2
+    err = capsys.readouterr().err
+    assert "sa-serve --ray needs Ray Serve" in err and "pip install 'stable-audio-rt[ray]'" in err
+    assert "Traceback" not in err
+
+
+def test_a_config_files_args_are_sa_serves_options():
+    argv = options_to_argv(
+        {"model": "m", "max_batch": 4, "no_cuda_graph": True, "api_key": None, "job_timeout_s": 60.0,
+         "ray": False}
+    )  # fmt: skip
+    assert argv == ["--model", "m", "--max-batch", "4", "--no-cuda-graph", "--job-timeout-s", "60.0"]
+    args = cli.build_parser().parse_args(argv)
+    assert (args.model, args.max_batch, args.no_cuda_graph, args.job_timeout_s) == ("m", 4, True, 60.0)
