@@ -36,9 +36,9 @@ try:  # the [ray] extra
 except ImportError as e:
     sys.exit(f"serve_ray.py needs Ray Serve ({e}): pip install -e '.[ray]'")
 
-# Answers asked for after the start, to warm each replica (more than replicas: Serve's routing
-# is random).
-WARMUP_PER_REPLICA = 3
+# Warm-up requests one after another, at most this many per replica, until each has answered
+# (Serve's routing picks among idle replicas at random).
+WARMUP_PER_REPLICA = 20
 
 
 def layout(text: str) -> tuple[int, float]:
@@ -56,14 +56,18 @@ def deploy(model: str, replicas: int, cpus: float, max_batch: int, clients: int)
     serve.run(ray_serve.app_builder(options), name=ray_serve.APP_NAME, route_prefix="/")
 
 
-def answering_replicas(url: str, body: dict, count: int) -> Counter:
-    replicas: Counter = Counter()
-    for seed in range(count):
+def answering_replicas(url: str, body: dict, replicas: int) -> Counter:
+    """Requests one after another until `replicas` replicas have answered (or the warm-up's
+    bound): how many each answered."""
+    answered: Counter = Counter()
+    for seed in range(WARMUP_PER_REPLICA * replicas):
         seeded = {**body, "seed": seed}
         answer = httpx.post(f"{url}/v1/audio/generate", json=seeded, timeout=REQUEST_TIMEOUT_S)
         answer.raise_for_status()
-        replicas[answer.headers["x-replica"]] += 1
-    return replicas
+        answered[answer.headers["x-replica"]] += 1
+        if len(answered) == replicas:
+            break
+    return answered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             began = time.perf_counter()
             deploy(args.model, replicas, cpus, args.max_batch, args.clients)  # until every replica is up
             start_s = time.perf_counter() - began
-            warmed = answering_replicas(url, body, WARMUP_PER_REPLICA * replicas)
+            warmed = answering_replicas(url, body, replicas)
             concurrent(url, args.clients, body)  # untimed: batch shapes met once (compiled kernels)
             crowd = concurrent(url, args.clients, body)
             row = {"replicas": replicas, "cpus_per_replica": cpus, "start_s": round(start_s, 1),

@@ -171,7 +171,7 @@ class JobBoard:
             async with self.changed:
                 try:
                     await asyncio.wait_for(self.changed.wait(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not yet the builtin's alias on Python 3.10
                     pass
         now = time.monotonic()
         for job in group:
