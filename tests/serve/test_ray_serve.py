@@ -32,6 +32,7 @@ from ray import serve  # noqa: E402
 from stable_audio_rt.serve import ray_serve  # noqa: E402
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "ray-serve.yaml"
+RAYSERVICE = Path(__file__).parents[2] / "deploy" / "kuberay-rayservice.yaml"
 # The tiny model on the reference path, two replicas of one CPU each.
 ARGS = {"model": "tiny-random", "device": "cpu", "dtype": "fp32", "kernels": "torch", "replicas": 2}
 # Time bounds (seconds): Ray and two replicas starting on 2 busy cores; one request (it may wait
@@ -91,13 +92,16 @@ def test_sa_serve_ray_serves_then_ctrl_c_lets_the_running_job_finish():
     assert stopping < log.find(f"job {job} done"), log[-3000:]
 
 
-def test_the_config_file_names_this_builder_and_sa_serves_options():
+def test_the_config_files_name_this_builder_and_sa_serves_options():
     config = yaml.safe_load(CONFIG.read_text())
     (application,) = config["applications"]
     assert application["import_path"] == "stable_audio_rt.serve.ray_serve:app_builder"
     argv = options_to_argv(application["args"])
     args = cli.build_parser().parse_args(argv)
     assert args.model == application["args"]["model"] and args.max_replicas is not None
+    service = yaml.safe_load(RAYSERVICE.read_text())
+    assert service["kind"] == "RayService"
+    assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"] == config["applications"]
 
 
 def test_both_replicas_answer_with_one_servers_bytes(cluster, pipe):
