@@ -322,7 +322,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             await board.idle()
             working.cancel()
         else:  # the jobs this replica holds run to their end; the other replicas run the rest
-            worker.close()
+            worker.closing = True
             await working
 
     app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)

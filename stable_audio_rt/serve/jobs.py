@@ -219,10 +219,14 @@ class JobBoard:
         discarded: it says cancelled or failed already)."""
         await self._tidy()  # a run stopped by its deadline says so
         job = self.jobs.get(job_id)
-        if job is None or job.attempt != attempt or job.owner is None:
+        if job is None or job.attempt != attempt:
             return  # expired, or claimed again after its worker went silent
+        if job.owner is None and job.status != "queued":
+            return  # settled already
+        # Queued with this attempt: its lease ran out a moment ago and nobody took it again, so
+        # its result stands.
         job.owner = None
-        if job.status == "running":
+        if job.status in ("running", "queued"):
             job.steps_done = steps_done
             if error is None:
                 job.status, job.content = "done", content
@@ -341,30 +345,17 @@ class JobWorker:
         self.board, self.run, self.owner, self.max_rows = board, run, owner, max_rows
         self.report_s, self.claim_wait_s = report_s, claim_wait_s
         self.running: dict[str, _Running] = {}
-        self.closing = False  # set by `close`
-        self._claiming: asyncio.Task | None = None
-
-    def close(self) -> None:
-        """Claim no more: `work` returns once the group in hand is handed in (a claim in flight is
-        dropped: what it took is held by nobody reporting, and its lease queues it again)."""
-        self.closing = True
-        if self._claiming is not None:
-            self._claiming.cancel()
+        self.closing = False  # set: claim no more; `work` returns once the group in hand is in
 
     async def work(self) -> None:
         """Until cancelled, or until `closing` is set and the group in hand is handed in."""
         reports = asyncio.create_task(self._report())
         try:
             while not self.closing:
-                self._claiming = asyncio.create_task(
-                    self.board.claim(self.owner, self.max_rows, self.claim_wait_s)
-                )
+                # A claim in flight is awaited even when closing (within `claim_wait_s`): cancelling
+                # a remote call here would not stop it taking jobs that nobody then runs.
                 try:
-                    group = await self._claiming
-                except asyncio.CancelledError:
-                    if self.closing:
-                        break
-                    raise
+                    group = await self.board.claim(self.owner, self.max_rows, self.claim_wait_s)
                 except Exception:  # a shared board restarting: ask again
                     LOG.exception("claiming jobs failed")
                     await asyncio.sleep(self.claim_wait_s)

@@ -17,8 +17,10 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
     if args.min_replicas is not None or args.max_replicas is not None:
         low = 1 if args.min_replicas is None else args.min_replicas
         high = max(low, 1) if args.max_replicas is None else args.max_replicas
-        if low < 0 or high < max(low, 1):
-            raise ConfigError(f"need 0 ≤ --min-replicas ≤ --max-replicas ≥ 1, got {low} and {high}")
+        if low < 1:  # Serve would stop the last one while jobs wait: only HTTP requests wake it
+            raise ConfigError(f"--min-replicas must be at least 1 (queued jobs need a replica), got {low}")
+        if high < low:
+            raise ConfigError(f"--max-replicas ({high}) must be at least --min-replicas ({low})")
         target = max(1, args.max_batch)
         scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
         return {"autoscaling_config": scaling}

@@ -45,6 +45,9 @@ READ_HEADROOM = 32
 BOARD_MAX_ONGOING = 1000
 # Where a Ray started by sa-serve --ray (no --address) listens: this machine only.
 LOCAL_RAY_ADDRESS = "127.0.0.1"
+# How long a stopping replica may take to finish the jobs it runs without --job-timeout-s
+# (seconds); past it, Ray stops it and the board's lease queues them again.
+DRAIN_TIMEOUT_S = 600.0
 # How often the waiting command line looks for a stop signal (seconds).
 SIGNAL_POLL_S = 0.5
 # The longest a call to the job board may take (seconds) beyond its own wait.
@@ -112,7 +115,10 @@ def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
     Replicas take a GPU each when `cluster_gpus` > 0 and --device is not cpu."""
     args = build_parser().parse_args(argv)
     settings = settings_from_arguments(args, "")
-    on_gpus = cluster_gpus > 0 and not (args.device or "").startswith("cpu")
+    # --device says where; without it, GPUs if the cluster has some now (a config file for a
+    # cluster whose GPU nodes join later should say `device: cuda`).
+    device = args.device or ""
+    on_gpus = device.startswith("cuda") or (not device and cluster_gpus > 0)
     counts = replica_count_options(args, cluster_gpus if on_gpus else 0)
     resources = {"num_gpus": 1} if on_gpus else {"num_cpus": args.replica_cpus}
     if settings.api_key is not None:  # to the replicas, wherever they run, not in their arguments
@@ -127,6 +133,8 @@ def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
     ingress = serve.deployment(ServeReplica, name=INGRESS_NAME).options(
         max_ongoing_requests=settings.max_queue + READ_HEADROOM,
         ray_actor_options=resources,
+        # A replica stopping (scaled down, redeployed) first finishes the jobs it runs.
+        graceful_shutdown_timeout_s=settings.job_timeout_s or DRAIN_TIMEOUT_S,
         **counts,
     )
     max_jobs = settings.max_queue * most_replicas(counts)
@@ -163,13 +171,13 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
     this process started them: a cluster's other applications are left alone)."""
     import ray
 
-    stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
     if args.address is None:  # a Ray of this process alone: nothing else may join it
         ray.init(include_dashboard=False, _node_ip_address=LOCAL_RAY_ADDRESS)
     else:
         ray.init(address=args.address)
+    stop = threading.Event()  # after ray.init, whose own SIGTERM handler would kill the replicas
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
     try:
         application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
         serve.start(http_options={"host": args.host, "port": args.port})

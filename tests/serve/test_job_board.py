@@ -65,6 +65,21 @@ def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe):
     assert reading.clip == b"fresh" and settled == [1]
 
 
+def test_a_result_handed_in_just_after_the_lease_ran_out_stands(pipe):
+    async def scenario():
+        board, settled = _board(lease_s=LEASE_S)
+        job = (await board.submit(_resolved(pipe), "wav", None))["id"]
+        (claim,) = await board.claim("slow", 1, 0)
+        await asyncio.sleep(2 * LEASE_S)
+        assert (await board.read(job)).view["status"] == "queued"  # queued again, not yet taken
+        await board.finish(job, claim.attempt, 2, [b"late"], None)
+        return await board.read(job), await board.claim("other", 1, 0), settled
+
+    reading, taken, settled = asyncio.run(scenario())
+    assert reading.view["status"] == "done" and reading.clip == b"late" and reading.view["attempts"] == 1
+    assert taken == [] and settled == [1]
+
+
 def test_a_job_whose_workers_keep_going_silent_fails(pipe):
     async def scenario():
         board, settled = _board(lease_s=LEASE_S)

@@ -63,10 +63,10 @@ def _replicas_answering(url: str, method: str, path: str, count: int, **kwargs) 
     return [httpx.request(method, f"{url}{path}", timeout=REQUEST_S, **kwargs) for _ in range(count)]
 
 
-def test_sa_serve_ray_serves_then_ctrl_c_lets_the_running_job_finish():
-    """The command line: a local Ray started, the app deployed, a job run; Ctrl-C (SIGINT to the
-    whole process group, Ray's own processes included) ends the job before everything stops.
-    First in this file: no other Ray runs beside it."""
+def test_sa_serve_ray_serves_then_sigterm_lets_the_running_job_finish():
+    """The command line: a local Ray started, the app deployed, a job run; SIGTERM (as `kill` or
+    `docker stop` sends it) lets the job end before everything stops. First in this file: no
+    other Ray runs beside it."""
     port = free_port()
     command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--ray", "--model", "tiny-random",
                "--device", "cpu", "--replicas", "1", "--port", str(port)]  # fmt: skip
@@ -82,7 +82,7 @@ def test_sa_serve_ray_serves_then_ctrl_c_lets_the_running_job_finish():
         while _view(url, job)["steps_done"] < 1:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         log, _ = process.communicate(timeout=REQUEST_S)
     finally:
         if process.poll() is None:
