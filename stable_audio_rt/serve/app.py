@@ -326,7 +326,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             await working
 
     app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
-    app.state.generator, app.state.jobs = generator, board
+    app.state.generator, app.state.jobs, app.state.worker = generator, board, worker
     if shared is not None:
         app.add_middleware(ReplicaHeader, replica=shared.owner)
 

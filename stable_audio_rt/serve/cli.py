@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--min-replicas",
         type=int,
-        help="autoscale on ongoing requests from this many replicas, at least 1 (default with "
+        help="autoscale on ongoing requests and jobs from this many replicas, at least 1 (default with "
         "--max-replicas: 1)",
     )
     ray.add_argument("--max-replicas", type=int, help="... up to this many")

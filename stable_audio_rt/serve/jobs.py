@@ -87,6 +87,14 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """The board's answer to a worker's report."""
+
+    stop: list[str]  # the ids of its jobs it should stop
+    queued: int  # jobs waiting for a worker (what replicas are scaled on, with requests)
+
+
+@dataclass(frozen=True)
 class Reading:
     """What a job's status and download endpoints answer from."""
 
@@ -195,9 +203,10 @@ class JobBoard:
                 break
         return group
 
-    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]:
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress:
         """A worker's progress: {job id: (attempt, steps done)} for the jobs it runs. Answers the
-        ids of those it should stop (cancelled, timed out, or claimed again by another worker)."""
+        ids of those it should stop (cancelled, timed out, or claimed again by another worker),
+        and how many jobs are queued."""
         await self._tidy()
         now, stop = time.monotonic(), []
         for job_id, (attempt, done) in steps.items():
@@ -210,7 +219,7 @@ class JobBoard:
                 job.steps_done = done
             else:
                 stop.append(job_id)
-        return stop
+        return Progress(stop, sum(job.status == "queued" for job in self.jobs.values()))
 
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
@@ -310,7 +319,7 @@ class Board(Protocol):
     async def read(self, job_id: str, index: int = 0) -> Reading | None: ...
     async def cancel(self, job_id: str) -> dict | None: ...
     async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]: ...
-    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]: ...
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress: ...
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
     ) -> None: ...
@@ -345,6 +354,7 @@ class JobWorker:
         self.board, self.run, self.owner, self.max_rows = board, run, owner, max_rows
         self.report_s, self.claim_wait_s = report_s, claim_wait_s
         self.running: dict[str, _Running] = {}
+        self.queued = 0  # jobs queued on the board at its last answer (0 while this one idles)
         self.closing = False  # set: claim no more; `work` returns once the group in hand is in
 
     async def work(self) -> None:
@@ -378,17 +388,24 @@ class JobWorker:
         except Exception:  # a shared board gone: its lease puts the job back in the queue
             LOG.exception("handing in job %s failed", claim.id)
 
+    def load(self) -> dict[str, float]:
+        """What this worker adds to its replica's load: the jobs it runs, and those queued on the
+        board (every busy worker sees the same queue; an idle one would have claimed them)."""
+        return {"jobs_running": float(len(self.running)), "jobs_queued": float(self.queued)}
+
     async def _report(self) -> None:
         while True:
             await asyncio.sleep(self.report_s)
             if not self.running:
+                self.queued = 0
                 continue
             steps = {job_id: (r.claim.attempt, r.steps_done) for job_id, r in list(self.running.items())}
             try:
-                stop = await self.board.report(self.owner, steps)
+                progress = await self.board.report(self.owner, steps)
             except Exception:  # the board restarting: report again next time
                 LOG.exception("reporting job steps failed")
                 continue
-            for job_id in stop:
+            self.queued = progress.queued
+            for job_id in progress.stop:
                 if job_id in self.running:
                     self.running[job_id].stop = True

@@ -8,6 +8,9 @@ from typing import Any
 
 from stable_audio_rt.errors import ConfigError
 
+# Serve's autoscaling rule for sa-serve: its default, with jobs counted as requests.
+JOBS_AND_REQUESTS_POLICY = "stable_audio_rt.serve.ray_serve:jobs_and_requests_policy"
+
 
 def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
     """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
@@ -22,7 +25,8 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
         if high < low:
             raise ConfigError(f"--max-replicas ({high}) must be at least --min-replicas ({low})")
         target = max(1, args.max_batch)
-        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target}
+        scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target,
+                   "policy": {"policy_function": JOBS_AND_REQUESTS_POLICY}}  # fmt: skip
         return {"autoscaling_config": scaling}
     count = args.replicas if args.replicas is not None else max(1, cluster_gpus)
     if count < 1:

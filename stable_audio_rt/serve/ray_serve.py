@@ -24,12 +24,13 @@ from collections.abc import Hashable
 from typing import Any
 
 from ray import serve
+from ray.serve.config import AutoscalingContext
 from ray.serve.handle import DeploymentHandle
 
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
-from stable_audio_rt.serve.jobs import Claim, JobBoard, Reading
+from stable_audio_rt.serve.jobs import Claim, JobBoard, Progress, Reading
 from stable_audio_rt.serve.ray_options import most_replicas, options_to_argv, replica_count_options
 
 APP_NAME = "sa-serve"
@@ -87,7 +88,7 @@ class RemoteBoard:
     async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]:
         return await self._call("claim", owner, max_rows, wait_s, wait_s=wait_s)
 
-    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> list[str]:
+    async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress:
         return await self._call("report", owner, steps)
 
     async def finish(
@@ -108,6 +109,23 @@ class ServeReplica:
 
     def __serve_build_asgi_app__(self):
         return create_app(self.pipe, self.settings, self.shared)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """For `jobs_and_requests_policy`: the jobs this replica runs and those queued (`app` is
+        the ASGI app Serve took from `__serve_build_asgi_app__`)."""
+        return self.app.state.worker.load()
+
+
+def jobs_and_requests_policy(ctx: AutoscalingContext) -> tuple[float, dict]:
+    """Ray Serve's default rule (replicas = ongoing requests / target per replica) with the jobs
+    counted as requests: those the replicas run and those queued on the board, so a backlog of
+    jobs adds replicas as one of requests does. Serve applies the bounds and delays around it."""
+    if ctx.current_num_replicas == 0:
+        return ctx.target_num_replicas, {}
+    metrics = ctx.aggregated_metrics or {}
+    running = sum(metrics.get("jobs_running", {}).values())
+    queued = max(metrics.get("jobs_queued", {}).values(), default=0.0)
+    return (ctx.total_num_requests + running + queued) / ctx.config.get_target_ongoing_requests(), {}
 
 
 def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:

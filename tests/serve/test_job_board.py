@@ -49,11 +49,11 @@ def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe):
         board, settled = _board(lease_s=LEASE_S)
         job = (await board.submit(_resolved(pipe), "wav", None))["id"]
         (lost,) = await board.claim("dead", 1, 0)
-        assert await board.report("dead", {job: (lost.attempt, 1)}) == []
+        assert (await board.report("dead", {job: (lost.attempt, 1)})).stop == []
         await asyncio.sleep(2 * LEASE_S)  # "dead" reports no more
         (again,) = await board.claim("alive", 1, 0)
         assert (again.id, again.attempt) == (job, 2)
-        assert await board.report("dead", {job: (lost.attempt, 2)}) == [job], "told to stop"
+        assert (await board.report("dead", {job: (lost.attempt, 2)})).stop == [job], "told to stop"
         await board.finish(job, lost.attempt, 2, [b"stale"], None)
         assert (await board.read(job)).view["status"] == "running" and settled == []
         await board.finish(job, again.attempt, 2, [b"fresh"], None)
@@ -102,7 +102,7 @@ def test_a_cancelled_running_job_settles_once_when_handed_in(pipe):
         (claim,) = await board.claim("w", 1, 0)
         assert (await board.cancel(job))["status"] == "cancelled"
         assert settled == [], "its worker still runs it: its place is not free yet"
-        assert await board.report("w", {job: (claim.attempt, 3)}) == [job]
+        assert (await board.report("w", {job: (claim.attempt, 3)})).stop == [job]
         await board.finish(job, claim.attempt, 3, None, "Stopped: job stopped")
         await board.finish(job, claim.attempt, 3, None, "again")  # a repeat changes nothing
         await asyncio.wait_for(board.idle(), 1)

@@ -7,7 +7,18 @@ import sys
 import pytest
 
 from stable_audio_rt.serve import cli
-from stable_audio_rt.serve.ray_options import most_replicas, options_to_argv, replica_count_options
+from stable_audio_rt.serve.ray_options import (
+    JOBS_AND_REQUESTS_POLICY,
+    most_replicas,
+    options_to_argv,
+    replica_count_options,
+)
+
+
+def _scaling(low: int, high: int, target: int) -> dict:
+    policy = {"policy_function": JOBS_AND_REQUESTS_POLICY}
+    scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target, "policy": policy}
+    return {"autoscaling_config": scaling}
 
 
 def _args(*argv: str):
@@ -21,11 +32,11 @@ def _args(*argv: str):
         ([], 4, {"num_replicas": 4}),  # one per GPU
         (["--replicas", "3"], 8, {"num_replicas": 3}),
         (["--max-replicas", "6"], 0,
-         {"autoscaling_config": {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 4}}),
+         _scaling(1, 6, 4)),
         (["--min-replicas", "1", "--max-replicas", "2", "--max-batch", "8"], 0,
-         {"autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8}}),
+         _scaling(1, 2, 8)),
         (["--min-replicas", "2"], 0,
-         {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 4}}),
+         _scaling(2, 2, 4)),
     ],
 )  # fmt: skip
 def test_replica_counts(argv, gpus, expected):

@@ -41,6 +41,12 @@ START_S, REQUEST_S, REPLACE_S = 240, 120, 180
 # Long jobs: still running when the replica dies (a few seconds of tiny-model steps on one
 # thread). Their steps differ, so they never share a batch: each replica's worker claims one.
 LONG_STEPS = (400, 500)
+# The autoscaled app: one replica to start, two at most, one request or job each at a time; a
+# backlog of jobs that keeps one replica busy well past Serve's 30 s upscale delay.
+SCALED_APP = "sa-serve-scaled"
+SCALED = {**{k: v for k, v in ARGS.items() if k != "replicas"}, "min_replicas": 1, "max_replicas": 2,
+          "max_batch": 1}  # fmt: skip
+BACKLOG_JOBS, BACKLOG_STEPS = 16, 500
 # One step of a 16-bit sample.
 ONE_SAMPLE_STEP = 1
 
@@ -226,3 +232,37 @@ def _replica_actor(unique_id: str):
         if actor["name"].endswith(f"#{ray_serve.INGRESS_NAME}#{unique_id}")
     ]
     return ray.get_actor(name, namespace="serve")
+
+
+def test_a_backlog_of_jobs_alone_adds_a_replica(cluster):
+    """Autoscaling counts the jobs running and queued as requests (`jobs_and_requests_policy`):
+    with no HTTP request in flight, a queue of jobs takes a second app from one replica to two
+    (after Serve's upscale delay); the jobs cancelled then each end at once."""
+    serve.run(ray_serve.app_builder(SCALED), name=SCALED_APP, route_prefix="/scaled")
+    try:
+        url = f"{cluster}/scaled"
+        jobs = [
+            httpx.post(f"{url}/v1/audio/jobs", json={"input": f"backlog {k}", "audio_length": 0.5,
+                                                     "num_inference_steps": BACKLOG_STEPS}).json()["id"]
+            for k in range(BACKLOG_JOBS)
+        ]  # fmt: skip
+        deadline = time.monotonic() + REPLACE_S
+        while _running_replicas(SCALED_APP) < 2:
+            assert time.monotonic() < deadline, [_view(url, job)["status"] for job in jobs]
+            time.sleep(1)
+        for job in jobs:  # the rest of the backlog is not needed: each stops at a step boundary
+            httpx.delete(f"{url}/v1/audio/jobs/{job}")
+        ended = []
+        for job in jobs:
+            while (view := _view(url, job))["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline, view
+                time.sleep(0.2)
+            ended.append(view["status"])
+        assert "done" in ended and set(ended) <= {"done", "cancelled"}, ended
+    finally:
+        serve.delete(SCALED_APP)
+
+
+def _running_replicas(app: str) -> int:
+    status = serve.status().applications[app].deployments[ray_serve.INGRESS_NAME]
+    return status.replica_states.get("RUNNING", 0)
