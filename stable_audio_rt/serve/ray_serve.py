@@ -3,15 +3,16 @@
 One application of two deployments:
 - `sa-serve`, the ingress: each replica loads the model and serves `create_app` on it, so dynamic
   batching is done once, by our batcher in each replica (never also by `@serve.batch`). One GPU
-  per replica where the cluster has GPUs, else `--replica-cpus` CPUs. A fixed count
-  (`--replicas`) or autoscaling on ongoing requests (`--min-replicas`/`--max-replicas`).
+  per replica (`--device cuda`, or the cluster has GPUs), else `--replica-cpus` CPUs. A fixed
+  count (`--replicas`) or autoscaling on ongoing requests and jobs (`--min-replicas`/
+  `--max-replicas`, `jobs_and_requests_policy`).
 - `jobs`, one replica holding every job (`jobs.JobBoard`): any replica reads or cancels any job,
   each replica's worker claims queued jobs from it, and a job whose replica died is queued again
   for another (its lease expires).
 
 `sa-serve --ray` deploys it from the command line; `app_builder` deploys it from a Serve config
-file (`serve run` / `serve deploy`), its `args` being sa-serve's options. This module imports Ray:
-import it only once Ray is known to be there (`require_ray`)."""
+file (`serve run` / `serve deploy`), its `args` being sa-serve's options. This module imports Ray
+(the [ray] extra); what can be checked without it is in `ray_options`."""
 
 from __future__ import annotations
 
@@ -130,7 +131,7 @@ def jobs_and_requests_policy(ctx: AutoscalingContext) -> tuple[float, dict]:
 
 def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
     """The application for sa-serve's arguments `argv` (checked here, before any replica loads).
-    Replicas take a GPU each when `cluster_gpus` > 0 and --device is not cpu."""
+    Replicas take a GPU each with --device cuda, or without --device when `cluster_gpus` > 0."""
     args = build_parser().parse_args(argv)
     settings = settings_from_arguments(args, "")
     # --device says where; without it, GPUs if the cluster has some now (a config file for a
