@@ -30,7 +30,7 @@ from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, Step
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
-from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped
+from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped, joins
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import OPENAPI_BODY, RESPONSE_FORMATS, GenerateBody
 
@@ -222,7 +222,7 @@ class Generator:
         with self.arrived:
             while True:
                 for ticket in list(self.pending):
-                    if batch and not self._joins(batch, ticket):
+                    if batch and not joins(batch, ticket, self.max_batch):
                         continue
                     self.pending.remove(ticket)
                     ticket.taken = True
@@ -231,14 +231,6 @@ class Generator:
                 if batch[0].key is None or sum(t.rows for t in batch) >= self.max_batch or left <= 0:
                     return batch
                 self.arrived.wait(left)
-
-    def _joins(self, batch: list[_Ticket], ticket: _Ticket) -> bool:
-        key = batch[0].key
-        return (
-            key is not None
-            and ticket.key == key
-            and sum(t.rows for t in batch) + ticket.rows <= self.max_batch
-        )
 
     def _run_alone(self, ticket: _Ticket) -> None:
         try:
@@ -297,10 +289,10 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             settings.job_timeout_s,
             on_settled=generator.leave,
         )
-        worker = JobWorker(board, run_job, "sa-serve", settings.max_batch, LOCAL_REPORT_S, CLAIM_WAIT_S)
+        owner, report_s = "sa-serve", LOCAL_REPORT_S
     else:
-        board = shared.board
-        worker = JobWorker(board, run_job, shared.owner, settings.max_batch, SHARED_REPORT_S, CLAIM_WAIT_S)
+        board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
+    worker = JobWorker(board, run_job, owner, settings.max_batch, report_s, CLAIM_WAIT_S)
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event

@@ -21,7 +21,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -36,6 +36,26 @@ MAX_ATTEMPTS = 3
 
 class Stopped(Exception):
     """A request stopped before its end: its job cancelled or timed out, or its client gone."""
+
+
+class Batchable(Protocol):
+    """A waiting request or job as batches are formed: its batch key (None: alone) and rows."""
+
+    @property
+    def key(self) -> Hashable | None: ...
+    @property
+    def rows(self) -> int: ...
+
+
+def joins(group: Sequence[Batchable], candidate: Batchable, max_rows: int) -> bool:
+    """Whether `candidate` may run in one batch with `group`: the same batch key, and room for
+    its rows in `max_rows` clips (the rule of the server's batcher and of job claims alike)."""
+    key = group[0].key
+    return (
+        key is not None
+        and candidate.key == key
+        and sum(member.rows for member in group) + candidate.rows <= max_rows
+    )
 
 
 @dataclass
@@ -192,11 +212,7 @@ class JobBoard:
         for job in self.jobs.values():
             if job.status != "queued":
                 continue
-            if group and not (
-                job.key is not None
-                and job.key == group[0].key
-                and sum(j.rows for j in group) + job.rows <= max_rows
-            ):
+            if group and not joins(group, job, max_rows):
                 break
             group.append(job)
             if group[0].key is None:
