@@ -212,10 +212,7 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
     assert victim not in load.replicas_since(replaced)
     attempts = []
     for job in jobs:  # one ran on the killed replica: queued again once its lease ran out
-        deadline = time.monotonic() + REPLACE_S
-        while (view := _view(cluster, job))["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, view
-            time.sleep(0.5)
+        view = _ended(cluster, job, time.monotonic() + REPLACE_S)
         assert view["status"] == "done" and view["steps_done"] == view["steps_total"], view
         assert httpx.get(f"{cluster}/v1/audio/jobs/{job}/content").status_code == 200
         attempts.append(view["attempts"])
@@ -226,6 +223,14 @@ def test_a_replica_killed_under_load_is_replaced_and_no_request_hangs(cluster):
 
 def _view(url: str, job_id: str) -> dict:
     return httpx.get(f"{url}/v1/audio/jobs/{job_id}", timeout=REQUEST_S).json()
+
+
+def _ended(url: str, job_id: str, deadline: float) -> dict:
+    """The job's view once it is no longer queued or running (before `deadline`)."""
+    while (view := _view(url, job_id))["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, view
+        time.sleep(0.2)
+    return view
 
 
 def _replica_actor(unique_id: str):
@@ -255,12 +260,7 @@ def test_a_backlog_of_jobs_alone_adds_a_replica(cluster):
             time.sleep(1)
         for job in jobs:  # the rest of the backlog is not needed: each stops at a step boundary
             httpx.delete(f"{url}/v1/audio/jobs/{job}")
-        ended = []
-        for job in jobs:
-            while (view := _view(url, job))["status"] in ("queued", "running"):
-                assert time.monotonic() < deadline, view
-                time.sleep(0.2)
-            ended.append(view["status"])
+        ended = [_ended(url, job, deadline)["status"] for job in jobs]
         assert "done" in ended and set(ended) <= {"done", "cancelled"}, ended
     finally:
         serve.delete(SCALED_APP)
