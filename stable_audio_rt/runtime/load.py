@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.kernels.packed_linear import pack_linears_
 from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
@@ -92,6 +93,7 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             loaded.vae.use_channels_last_()  # oneDNN's fastest layout for its convolutions
+            pack_linears_(loaded.dit)  # bf16 products without a weight reorder per call
         return TorchComponents(loaded)
 
 
