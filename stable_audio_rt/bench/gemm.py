@@ -1,6 +1,7 @@
 """The machine's dense GEMM rate on the DiT's own product shapes, per math library.
 
-torch (its BLAS: MKL or oneDNN on the CPU, cuBLAS on CUDA) and onnxruntime (its MLAS on the
+torch (on the CPU its products as a loaded model runs them: oneDNN with packed weights where
+`kernels/packed_linear.py` packs, else MKL or oneDNN; cuBLAS on CUDA) and onnxruntime (its MLAS on the
 CPU) each multiply the step's (tokens × k) by (k × n) weight shapes; the rate is the step's
 GEMM FLOPs over the summed time of one product of each shape, scaled by its count (on CUDA,
 the whole step's products replayed as one captured graph). A stage's
@@ -12,11 +13,13 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 
 from stable_audio_rt.bench.flops import Gemm
+from stable_audio_rt.kernels.packed_linear import linear_as_run
 from stable_audio_rt.runtime.timing import stopwatch
 
 
@@ -41,13 +44,13 @@ def torch_gemm_rate(
     gemms: list[Gemm], device: torch.device, dtype: torch.dtype, repeats: int = 3
 ) -> GemmRate:
     options = {"device": device, "dtype": dtype}
-    operands = [(torch.randn(g.m, g.k, **options), torch.randn(g.k, g.n, **options), g) for g in gemms]
     if device.type == "cuda":
+        operands = [(torch.randn(g.m, g.k, **options), torch.randn(g.k, g.n, **options), g) for g in gemms]
         total = _captured_step_seconds(operands, device, repeats)
-    else:
-        total = sum(
-            _median_seconds(lambda a=a, b=b: torch.mm(a, b), repeats) * g.count for a, b, g in operands
-        )
+    else:  # each product as the loaded model runs it (packed where packed_linear.packs says so)
+        with torch.inference_mode():
+            layers = [(torch.randn(g.m, g.k, dtype=dtype), linear_as_run(g.k, g.n, dtype), g) for g in gemms]
+            total = sum(_median_seconds(partial(layer, a), repeats) * g.count for a, layer, g in layers)
     flops = sum(g.flops for g in gemms)
     return GemmRate("torch", flops / total / 1e9, total)
 

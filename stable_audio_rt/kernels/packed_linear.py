@@ -1,28 +1,46 @@
-"""bf16 linear layers with their weights packed once into oneDNN's blocked layout, for the CPU.
+"""Linear layers with their weights packed once into oneDNN's blocked layout, for the CPU.
 
-`F.linear` on bf16 CPU tensors hands the weight to oneDNN in its plain layout, which oneDNN
-reorders on every call. Packing it once at load gives the same numbers, bit for bit, and runs
-the DiT's products 1.07-1.14x faster on an AVX512-BF16 CPU (`benchmarks/bench_packed_linear.py`).
-The ops are the ones Inductor's freezing pass emits for bf16 linears (torch.ops.mkldnn); where
-this torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
+bf16: `F.linear` hands the weight to oneDNN in its plain layout, which oneDNN reorders on every
+call. Packing it once at load gives the same numbers, bit for bit, and runs the DiT's products
+1.06-1.15x faster on an AVX512-BF16 CPU. fp32: `F.linear` runs MKL, which on an AMD EPYC ran
+the DiT's products at 70-130 GFLOP/s against oneDNN's 105-200 (the step 1.6-1.8x faster; the
+sums in another order, ~2e-6 relative); where MKL is as fast (Intel), packing would not pay, so
+fp32 is packed only where a probe at load measures it faster (`packs`). Measured by
+`benchmarks/bench_packed_linear.py`.
+
+The ops are the ones Inductor's freezing pass emits for linears (torch.ops.mkldnn); where this
+torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+# fp32 is packed when its product is at least this much faster packed than plain: a margin over
+# timing noise, so that a CPU where both run alike (MKL at its best) keeps one answer.
+FP32_PACK_MIN_SPEEDUP = 1.2
+# The probe: one 64-frame CFG step's token rows (2 × (64 frames + the global token)), best of a few.
+PROBE_ROWS = 130
+PROBE_REPEATS = 3
 
-def packing_available() -> bool:
-    """Whether this torch and CPU run oneDNN's packed bf16 linear."""
+
+def packing_available(dtype: torch.dtype) -> bool:
+    """Whether this torch and CPU run oneDNN's packed linear in `dtype` (bf16 or fp32)."""
     mkldnn = torch.ops.mkldnn
-    return (
+    if not (
         torch.backends.mkldnn.is_available()
         and hasattr(mkldnn, "_reorder_linear_weight")
         and hasattr(mkldnn, "_linear_pointwise")
-        and hasattr(mkldnn, "_is_mkldnn_bf16_supported")
-        and bool(mkldnn._is_mkldnn_bf16_supported())
-    )
+    ):
+        return False
+    if dtype == torch.bfloat16:
+        return hasattr(mkldnn, "_is_mkldnn_bf16_supported") and bool(mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 class PackedLinear(nn.Module):
@@ -43,25 +61,56 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
 
-def _packable(weight: torch.Tensor) -> bool:
-    return weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+def _best_seconds(layer: nn.Module, x: torch.Tensor) -> float:
+    layer(x)
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        began = time.perf_counter()
+        layer(x)
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
-def pack_linears_(module: nn.Module) -> int:
-    """Replace every bf16 CPU `nn.Linear` inside `module` with a `PackedLinear`, in place.
+@functools.cache  # a property of this CPU and torch: measured once per process, one answer after
+def packs(dtype: torch.dtype, in_features: int, out_features: int) -> bool:
+    """Whether CPU linears of this dtype and shape are packed: bf16 always (oneDNN runs it either
+    way; packing only saves the reorder), fp32 where the packed product measures
+    FP32_PACK_MIN_SPEEDUP faster than the plain one, other dtypes never."""
+    if not packing_available(dtype):
+        return False
+    if dtype == torch.bfloat16:
+        return True
+    with torch.inference_mode():
+        plain = nn.Linear(in_features, out_features, bias=False)
+        x = torch.randn(PROBE_ROWS, in_features)
+        return _best_seconds(plain, x) >= FP32_PACK_MIN_SPEEDUP * _best_seconds(PackedLinear(plain), x)
 
-    Returns how many were packed: 0 where `packing_available()` is false. Other dtypes are left
-    alone (fp32 through MKL's packed path measured no faster)."""
-    if not packing_available():
-        return 0
-    swaps = [
+
+def pack_linears_(module: nn.Module, decide: Callable[[torch.dtype, int, int], bool] = packs) -> int:
+    """Replace the CPU `nn.Linear`s inside `module` whose dtype `decide` packs (default: `packs`)
+    with `PackedLinear`s, in place; one decision per dtype, on its largest layer's shape. Returns
+    how many were packed."""
+    linears = [
         (parent, name, child)
         for parent in module.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear
-        and child.weight.dtype == torch.bfloat16
-        and child.weight.device.type == "cpu"
+        if type(child) is nn.Linear and child.weight.device.type == "cpu"
     ]
-    for parent, name, child in swaps:
-        setattr(parent, name, PackedLinear(child))
-    return len(swaps)
+    by_dtype: dict[torch.dtype, list[tuple[nn.Module, str, nn.Linear]]] = {}
+    for found in linears:
+        by_dtype.setdefault(found[2].weight.dtype, []).append(found)
+    packed = 0
+    for dtype, group in by_dtype.items():
+        largest = max((child for _, _, child in group), key=lambda child: child.weight.numel())
+        if decide(dtype, largest.in_features, largest.out_features):
+            for parent, name, child in group:
+                setattr(parent, name, PackedLinear(child))
+            packed += len(group)
+    return packed
+
+
+def linear_as_run(in_features: int, out_features: int, dtype: torch.dtype) -> nn.Module:
+    """A random bias-free CPU linear of this shape as a loaded model runs it (packed where `packs`
+    says so): what the CPU's rate probes time."""
+    linear = nn.Linear(in_features, out_features, bias=False, dtype=dtype)
+    return PackedLinear(linear) if packs(dtype, in_features, out_features) else linear

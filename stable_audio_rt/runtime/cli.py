@@ -103,7 +103,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="attention and Snake maths of the torch backend: triton (fused kernels, CUDA), compiled "
         "(Snake fused by torch.compile and, on the CPU, channels-last VAE convolutions: a 3-4x faster "
-        "decode there, a few seconds to compile once; and a bf16 DiT's weights packed for oneDNN), "
+        "decode there, a few seconds to compile once; and the DiT's weights packed for oneDNN where faster), "
         "torch (SDPA and eager), or auto (default: triton on CUDA, compiled on the CPU)",
     )
     p.add_argument(

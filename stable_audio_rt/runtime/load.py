@@ -93,7 +93,7 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             loaded.vae.use_channels_last_()  # oneDNN's fastest layout for its convolutions
-            pack_linears_(loaded.dit)  # bf16 products without a weight reorder per call
+            pack_linears_(loaded.dit)  # oneDNN's packed weights where they run faster
         return TorchComponents(loaded)
 
 

@@ -1,14 +1,16 @@
-"""bf16 linears with oneDNN-packed weights (the CPU fast path): the same product as `nn.Linear`,
-swapped in only where they apply, and the DiT step they serve as accurate as the plain one."""
+"""Linears with oneDNN-packed weights (the CPU fast path): the same product as `nn.Linear`,
+swapped in per dtype as decided (bf16 always, fp32 where measured faster), and the DiT step
+they serve as accurate as the plain one."""
 
 import copy
 
 import pytest
 import torch
-from numerics import rel_error
+from numerics import FP32_REL_TOL, rel_error
 from torch import nn
 
-from stable_audio_rt.kernels.packed_linear import PackedLinear, pack_linears_, packing_available
+from stable_audio_rt.kernels import packed_linear
+from stable_audio_rt.kernels.packed_linear import PackedLinear, pack_linears_, packing_available, packs
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.io_spec import axis_sizes, component_specs, sample_inputs
@@ -16,56 +18,102 @@ from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
 from stable_audio_rt.runtime.pipeline import StableAudio
 
-pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch/CPU has no packed bf16 linear")
+DTYPES = [
+    pytest.param(
+        dtype,
+        marks=pytest.mark.skipif(not packing_available(dtype), reason=f"no packed oneDNN linear in {dtype}"),
+    )
+    for dtype in (torch.bfloat16, torch.float32)
+]
+BF16 = pytest.mark.skipif(not packing_available(torch.bfloat16), reason="no packed oneDNN linear in bf16")
 
-BF16_HALF_ULP = 2.0**-8  # rounding the fp32 accumulator to bf16: half of bf16's 2^-7 spacing
+# Rounding the fp32 accumulator to the output: half of the dtype's spacing (2^-7 bf16, 2^-23 fp32).
+HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 FP32_EPS = 2.0**-23
 
 
 def _product_bound(x: torch.Tensor, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact product of the bf16 operands (fp64) and what a bf16 linear may miss it by: the
-    output's rounding plus the fp32 accumulation's error over K terms (K·eps·Σ|x·w|)."""
+    """The exact product of the operands (fp64) and what a linear in their dtype may miss it by:
+    the output's rounding plus the fp32 accumulation's error over K terms (K·eps·Σ|x·w|)."""
     x64, w64 = x.double(), linear.weight.detach().double()
     exact = x64 @ w64.T
     magnitude = x64.abs() @ w64.abs().T
     if linear.bias is not None:
         exact = exact + linear.bias.detach().double()
         magnitude = magnitude + linear.bias.detach().double().abs()
-    return exact, BF16_HALF_ULP * exact.abs() + (x.shape[-1] + 1) * FP32_EPS * magnitude + 1e-30
+    return exact, HALF_ULP[x.dtype] * exact.abs() + (x.shape[-1] + 1) * FP32_EPS * magnitude + 1e-30
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 96), (2, 33, 96), (130, 96)])
-def test_packed_linear_is_a_bf16_linear(bias, shape):
-    linear = nn.Linear(96, 160, bias=bias).to(torch.bfloat16)
-    x = torch.randn(shape, dtype=torch.bfloat16)
+def test_packed_linear_is_a_linear(dtype, bias, shape):
+    linear = nn.Linear(96, 160, bias=bias).to(dtype)
+    x = torch.randn(shape, dtype=dtype)
     with torch.inference_mode():
         ours, plain = PackedLinear(linear)(x), linear(x)
     exact, bound = _product_bound(x, linear)
-    assert ours.dtype == torch.bfloat16 and ours.shape == plain.shape
+    assert ours.dtype == dtype and ours.shape == plain.shape
     assert bool(((plain.double() - exact).abs() <= bound).all())  # the bound holds for nn.Linear
     assert bool(((ours.double() - exact).abs() <= bound).all())
 
 
-def test_only_bf16_linears_are_packed():
-    model = nn.Sequential(
-        nn.Linear(8, 8).to(torch.bfloat16), nn.Sequential(nn.Linear(8, 8).to(torch.bfloat16)), nn.Linear(8, 8)
+@BF16
+def test_each_dtype_is_packed_as_decided_on_its_largest_layer():
+    def model():
+        return nn.Sequential(
+            nn.Linear(8, 8).to(torch.bfloat16),
+            nn.Sequential(nn.Linear(8, 24).to(torch.bfloat16)),
+            nn.Linear(8, 8),
+            nn.Linear(16, 8),
+        )
+
+    asked = []
+
+    def only_bf16(dtype, in_features, out_features):
+        asked.append((dtype, in_features, out_features))
+        return dtype == torch.bfloat16
+
+    unpacked = model()
+    fp32_weight = unpacked[2].weight
+    assert pack_linears_(unpacked, only_bf16) == 2
+    assert sorted(asked, key=str) == sorted([(torch.bfloat16, 8, 24), (torch.float32, 16, 8)], key=str)
+    assert isinstance(unpacked[0], PackedLinear) and isinstance(unpacked[1][0], PackedLinear)
+    assert type(unpacked[2]) is nn.Linear and unpacked[2].weight is fp32_weight
+    assert pack_linears_(unpacked, only_bf16) == 0  # nothing left that may be packed
+    everything = model()
+    assert pack_linears_(everything, lambda *shape: True) == 4
+    assert not any(type(m) is nn.Linear for m in everything.modules())
+
+
+@BF16
+def test_fp32_is_packed_only_where_measured_faster_by_the_margin(monkeypatch):
+    packs.cache_clear()
+    monkeypatch.setattr(
+        packed_linear, "_best_seconds", lambda layer, x: 1.0 if type(layer) is nn.Linear else 0.9
     )
-    fp32_weight = model[2].weight
-    assert pack_linears_(model) == 2
-    assert isinstance(model[0], PackedLinear) and isinstance(model[1][0], PackedLinear)
-    assert type(model[2]) is nn.Linear and model[2].weight is fp32_weight
-    assert pack_linears_(model) == 0  # nothing left to pack
+    assert not packs(torch.float32, 32, 64)  # 1.11x: under the margin
+    assert packs(torch.float32, 32, 64) is False  # one answer per process, however the timing drifts
+    monkeypatch.setattr(
+        packed_linear, "_best_seconds", lambda layer, x: 1.0 if type(layer) is nn.Linear else 0.8
+    )
+    assert packs(torch.float32, 32, 64) is False
+    assert packs(torch.float32, 32, 96)  # 1.25x: a new shape is measured
+    assert packs(torch.bfloat16, 32, 64) and not packs(torch.float16, 32, 64)
+    packs.cache_clear()
 
 
 @torch.inference_mode()
-def test_packed_dit_step_is_as_accurate_as_the_plain_one():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_dit_step_is_as_accurate_as_the_plain_one(dtype):
     config = TINY
     seed = torch.randint(2**31, ()).item()
     reference = randomize_(DiT(config.dit), torch.Generator().manual_seed(seed)).eval()
-    plain = copy.deepcopy(reference).to(torch.bfloat16)
+    plain = copy.deepcopy(reference).to(dtype)
     packed = copy.deepcopy(plain)
-    assert pack_linears_(packed) == sum(type(m) is nn.Linear for m in plain.modules()) > 0
+    assert (
+        pack_linears_(packed, lambda *shape: True) == sum(type(m) is nn.Linear for m in plain.modules()) > 0
+    )
     spec = component_specs(config)["dit"]
     x, t, context, global_cond = sample_inputs(
         spec, axis_sizes(config, 2, 9), torch.float32, torch.Generator().manual_seed(seed), 2
@@ -75,12 +123,16 @@ def test_packed_dit_step_is_as_accurate_as_the_plain_one():
         step = TorchDiTStep(dit, 1, 2, config.conditioning.context_tokens)
         step.bind(t[:1], context, global_cond)
         outputs.append(step(x.to(step.global_tokens.dtype), 0).float())
-    fp32, bf16_plain, bf16_packed = outputs
-    # The same maths in bf16: no further from fp32 than the plain bf16 step, within rounding's
-    # spread (measured bit-equal on an AVX512-BF16 EPYC).
-    assert rel_error(bf16_packed, fp32) <= 2 * rel_error(bf16_plain, fp32)
+    fp32, ours_plain, ours_packed = outputs
+    if dtype == torch.float32:
+        assert rel_error(ours_packed, fp32) <= FP32_REL_TOL  # the same sums in another order
+    else:
+        # The same maths in bf16: no further from fp32 than the plain bf16 step, within
+        # rounding's spread (measured bit-equal on an AVX512-BF16 EPYC).
+        assert rel_error(ours_packed, fp32) <= 2 * rel_error(ours_plain, fp32)
 
 
+@BF16
 def test_the_cpu_fast_path_packs_the_bf16_dit_and_the_reference_path_does_not():
     load = dict(device="cpu", kernels="torch")
     fp32 = StableAudio.from_pretrained("tiny-random", dtype=torch.float32, **load)

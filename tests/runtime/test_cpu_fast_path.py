@@ -1,5 +1,6 @@
 """The CPU's default path: `dtype="auto"` picks bf16 from what torch reports of the CPU, and
-`kernels="auto"` (compiled Snake, channels-last VAE convolutions) computes the reference maths."""
+`kernels="auto"` (compiled Snake, channels-last VAE convolutions, packed linears) computes the
+reference maths."""
 
 import copy
 
@@ -83,5 +84,10 @@ def test_default_cpu_path_in_fp32_equals_the_reference_path():
     reference = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
     assert fast.components.model.vae.channels_last and not reference.components.model.vae.channels_last
     ours, theirs = fast.generate("rain", **options), reference.generate("rain", **options)
-    assert torch.equal(ours.latents, theirs.latents)  # the DiT's maths is the same code
-    assert rel_error(ours.audio, theirs.audio) <= FP32_REL_TOL
+    # The same maths; where oneDNN's packed fp32 product runs (faster than MKL here), its sums
+    # in another order. Each stage is compared on the same input: the random decoder amplifies
+    # the latents' ~1e-6 differences (1.6e-4 measured in the audio).
+    assert rel_error(ours.latents, theirs.latents) <= FP32_REL_TOL
+    with torch.inference_mode():
+        decoded = fast.components.decode(theirs.latents)[..., : theirs.audio.shape[-1]]
+    assert rel_error(decoded, theirs.audio) <= FP32_REL_TOL
