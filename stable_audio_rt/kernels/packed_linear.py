@@ -15,11 +15,13 @@ torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
+
+from stable_audio_rt.runtime.timing import best_seconds
 
 # fp32 is packed when its product is at least this much faster packed than plain: a margin over
 # timing noise, so that a CPU where both run alike (MKL at its best) keeps one answer.
@@ -61,16 +63,6 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
 
-def _best_seconds(layer: nn.Module, x: torch.Tensor) -> float:
-    layer(x)
-    best = float("inf")
-    for _ in range(PROBE_REPEATS):
-        began = time.perf_counter()
-        layer(x)
-        best = min(best, time.perf_counter() - began)
-    return best
-
-
 @functools.cache  # a property of this CPU and torch: measured once per process, one answer after
 def packs(dtype: torch.dtype, in_features: int, out_features: int) -> bool:
     """Whether CPU linears of this dtype and shape are packed: bf16 always (oneDNN runs it either
@@ -83,7 +75,9 @@ def packs(dtype: torch.dtype, in_features: int, out_features: int) -> bool:
     with torch.inference_mode():
         plain = nn.Linear(in_features, out_features, bias=False)
         x = torch.randn(PROBE_ROWS, in_features)
-        return _best_seconds(plain, x) >= FP32_PACK_MIN_SPEEDUP * _best_seconds(PackedLinear(plain), x)
+        packed = PackedLinear(plain)
+        plain_s = best_seconds(partial(plain, x), PROBE_REPEATS)
+        return plain_s >= FP32_PACK_MIN_SPEEDUP * best_seconds(partial(packed, x), PROBE_REPEATS)
 
 
 def pack_linears_(module: nn.Module, decide: Callable[[torch.dtype, int, int], bool] = packs) -> int:

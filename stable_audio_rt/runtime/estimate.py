@@ -9,7 +9,6 @@ faster options that apply to the request are named with it.
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -19,6 +18,7 @@ from stable_audio_rt.kernels.packed_linear import linear_as_run
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.precision import NAMES, choose_dtype
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, window_frames
+from stable_audio_rt.runtime.timing import best_seconds
 
 # A request whose floor reaches this is announced (seconds).
 ANNOUNCE_FROM_S = 60.0
@@ -59,12 +59,7 @@ def matrix_rate(width: int, device: torch.device, dtype: torch.dtype) -> float:
         b = torch.randn(width, 4 * width, device=device, dtype=dtype)
         product = functools.partial(torch.mm, mat2=b)
     with torch.inference_mode():
-        product(a)
-        best = float("inf")
-        for _ in range(PROBE_REPEATS):
-            began = time.perf_counter()
-            product(a)
-            best = min(best, time.perf_counter() - began)
+        best = best_seconds(functools.partial(product, a), PROBE_REPEATS)
     return matmul(PROBE_ROWS, width, 4 * width) / best / 1e9
 
 

@@ -89,14 +89,14 @@ def test_each_dtype_is_packed_as_decided_on_its_largest_layer():
 @BF16
 def test_fp32_is_packed_only_where_measured_faster_by_the_margin(monkeypatch):
     packs.cache_clear()
-    monkeypatch.setattr(
-        packed_linear, "_best_seconds", lambda layer, x: 1.0 if type(layer) is nn.Linear else 0.9
-    )
+
+    def timed(packed_s):  # best_seconds(partial(layer, x), repeats): plain 1 s, packed packed_s
+        return lambda call, repeats: 1.0 if type(call.func) is nn.Linear else packed_s
+
+    monkeypatch.setattr(packed_linear, "best_seconds", timed(0.9))
     assert not packs(torch.float32, 32, 64)  # 1.11x: under the margin
     assert packs(torch.float32, 32, 64) is False  # one answer per process, however the timing drifts
-    monkeypatch.setattr(
-        packed_linear, "_best_seconds", lambda layer, x: 1.0 if type(layer) is nn.Linear else 0.8
-    )
+    monkeypatch.setattr(packed_linear, "best_seconds", timed(0.8))
     assert packs(torch.float32, 32, 64) is False
     assert packs(torch.float32, 32, 96)  # 1.25x: a new shape is measured
     assert packs(torch.bfloat16, 32, 64) and not packs(torch.float16, 32, 64)
