@@ -1,12 +1,12 @@
 """Linear layers with their weights packed once into oneDNN's blocked layout, for the CPU.
 
 bf16: `F.linear` hands the weight to oneDNN in its plain layout, which oneDNN reorders on every
-call. Packing it once at load gives the same numbers, bit for bit, and runs the DiT's products
-1.06-1.15x faster on an AVX512-BF16 CPU. fp32: `F.linear` runs MKL, which on an AMD EPYC ran
-the DiT's products at 70-130 GFLOP/s against oneDNN's 105-200 (the step 1.6-1.8x faster; the
-sums in another order, ~2e-6 relative); where MKL is as fast (Intel), packing would not pay, so
-fp32 is packed only where a probe at load measures it faster (`packs`). Measured by
-`benchmarks/bench_packed_linear.py`.
+call. Packing it once at load gives the same numbers, bit for bit, and runs a DiT step
+1.06-1.31x faster on an AVX512-BF16 AMD EPYC. fp32: `F.linear` runs MKL, which on that EPYC ran
+the DiT's products at 60-75 % of oneDNN's rate (a step 1.21-1.53x faster packed; the sums in
+another order, ~1.5e-6 relative); where MKL is as fast (Intel), packing would not pay, so fp32
+is packed only where a probe at load measures it faster (`packs`). Measured by
+`benchmarks/bench_packed_linear.py` (`benchmarks/results/packed_linear_cpu.json`).
 
 The ops are the ones Inductor's freezing pass emits for linears (torch.ops.mkldnn); where this
 torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.

@@ -4,7 +4,7 @@
 the torch maths (SDPA attention, eager Snake: the reference path) otherwise. "compiled" keeps
 SDPA, and on the CPU loads the VAE channels-last (`OobleckVAE.use_channels_last_`), packs the
 DiT's linear weights for oneDNN once where that runs faster (`packed_linear`: bf16 always, the
-same numbers; fp32 where MKL is slower, 1.6-1.8x faster steps on an AMD EPYC),
+same numbers; fp32 where MKL is slower, 1.2-1.5x faster steps on an AMD EPYC),
 and fuses Snake with torch.compile (Inductor: one C++ loop on the CPU instead of five passes over
 the VAE's largest activations, 2.5× faster in fp32 and 10× in bf16 on a 2-core EPYC; it needs a C
 compiler, costs a few seconds once, and falls back to eager with a warning without one).
