@@ -43,8 +43,8 @@ def _median_seconds(fn, repeats: int) -> float:
 def torch_gemm_rate(
     gemms: list[Gemm], device: torch.device, dtype: torch.dtype, repeats: int = 3
 ) -> GemmRate:
-    options = {"device": device, "dtype": dtype}
     if device.type == "cuda":
+        options = {"device": device, "dtype": dtype}
         operands = [(torch.randn(g.m, g.k, **options), torch.randn(g.k, g.n, **options), g) for g in gemms]
         total = _captured_step_seconds(operands, device, repeats)
     else:  # each product as the loaded model runs it (packed where packed_linear.packs says so)

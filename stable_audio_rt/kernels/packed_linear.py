@@ -14,9 +14,8 @@ torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -63,7 +62,7 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
 
-@functools.cache  # a property of this CPU and torch: measured once per process, one answer after
+@cache  # a property of this CPU and torch: measured once per process, one answer after
 def packs(dtype: torch.dtype, in_features: int, out_features: int) -> bool:
     """Whether CPU linears of this dtype and shape are packed: bf16 always (oneDNN runs it either
     way; packing only saves the reorder), fp32 where the packed product measures
