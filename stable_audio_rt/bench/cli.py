@@ -17,6 +17,7 @@ import argparse
 import itertools
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -325,20 +326,36 @@ def _rows(args: argparse.Namespace, device: torch.device, source: str) -> list[R
     return rows
 
 
-def _peer_pipelines(args: argparse.Namespace, config, frames: int, device: torch.device) -> PeerPipelines:
+def _peer_pipelines(
+    args: argparse.Namespace, config, frames: int, device: torch.device, scratch: Path
+) -> PeerPipelines:
     """diffusers' pipeline on our weights: the --model folder when it is a diffusers checkpoint,
-    else random weights of its geometry written once to a folder that our rows then load."""
+    else random weights of its geometry written once to `scratch`, which our rows then load."""
     from stable_audio_rt.bench.peer import PeerPipelines, build_peer, load_peer
 
     if (Path(args.model) / "model_index.json").is_file():
         first = load_peer(Path(args.model), frames)
     else:
-        first = build_peer(config, frames)
+        first = build_peer(config, frames, scratch)
     return PeerPipelines(first, frames, device)
 
 
 def _run(args: argparse.Namespace, config, device: torch.device, workloads: list[Workload]) -> dict:
-    peers = _peer_pipelines(args, config, workloads[0].frames, device) if args.diffusers else None
+    if not args.diffusers:
+        return _measure(args, config, device, workloads, None)
+    # The peer's random weights (4.9 GB at Stable Audio Open 1.0's size) last as long as the run.
+    with tempfile.TemporaryDirectory(prefix="sa-bench-peer-") as scratch:
+        peers = _peer_pipelines(args, config, workloads[0].frames, device, Path(scratch))
+        return _measure(args, config, device, workloads, peers)
+
+
+def _measure(
+    args: argparse.Namespace,
+    config,
+    device: torch.device,
+    workloads: list[Workload],
+    peers: PeerPipelines | None,
+) -> dict:
     source = str(peers.folder) if peers is not None else args.model
     if args.engines is not None:
         # Before any run: the quality columns compare the engines with `source`'s weights.

@@ -7,7 +7,6 @@ weights. diffusers is an optional dependency of the benchmark only.
 
 from __future__ import annotations
 
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +131,9 @@ def load_peer(
     return Peer(pipeline, Path(folder))
 
 
-def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = None) -> Peer:
+def build_peer(config: StableAudioConfig, frames: int, folder: Path) -> Peer:
     """diffusers' pipeline with a `frames`-frame window at `config`'s geometry and random
-    weights, written to `folder` (a temporary one by default) for our pipeline to load."""
+    weights, written to `folder` for our pipeline to load (the caller removes it)."""
     if config.objective != "v" or config.dit.qk_norm:
         raise ConfigError("the diffusers peer exists for Stable Audio Open 1.0's structure only")
     from transformers import T5Config, T5EncoderModel
@@ -162,7 +161,6 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path | None = Non
         scheduler=diffusers.CosineDPMSolverMultistepScheduler(**SCHEDULER),
     )
     pipeline.set_progress_bar_config(disable=True)
-    folder = Path(folder or tempfile.mkdtemp(prefix="sa-bench-peer-"))
     pipeline.save_pretrained(folder, safe_serialization=True)
     return Peer(pipeline, folder)
 

@@ -5,6 +5,7 @@ rows, the auto row, the presets, and bad arguments refused before any work."""
 import functools
 import json
 import math
+import tempfile
 
 import pytest
 import torch
@@ -114,10 +115,14 @@ def test_markdown_and_plot_are_written(bench_run):
     assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path):
+def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the peer's weights are written
     argv = ["--model", "tiny-random", "--frames", "8", "--steps", "2", "--repeats", "2", "--warmup", "0",
             "--diffusers", "--json", str(tmp_path / "p.json")]  # fmt: skip
     assert cli.main(argv) == 0
+    assert not list(scratch.glob("sa-bench-peer-*"))  # the peer's weights (GBs at real size) are gone
     (peer,) = json.loads((tmp_path / "p.json").read_text())["peer"]
     assert (peer["frames"], peer["steps"], peer["batch"]) == (8, 2, 1)
     assert len(peer["pairs"]) == 2
