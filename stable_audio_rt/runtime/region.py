@@ -143,15 +143,22 @@ def allocate_request(shape: RequestShape, components: Components, number_ids: li
 def condition(request: RequestBuffers, components: Components) -> tuple[torch.Tensor, torch.Tensor]:
     """(R, S, D) context and (R, G) global: rows [cond; uncond] when CFG is on."""
     inputs, conditioner = request.inputs, components.conditioner
-    context, global_cond = conditioner.encode(inputs.input_ids, inputs.attention_mask, inputs.numbers)
-    if not request.shape.uses_cfg:
-        return context, global_cond
     if inputs.negative_ids is not None:
-        negative, _ = conditioner.encode(inputs.negative_ids, inputs.negative_mask, inputs.numbers)
+        # Prompt and negative prompt in one encoder call, rows [prompt; negative]: T5's rows are
+        # independent, and one call of 2B rows runs its products faster than two of B.
+        context, global_both = conditioner.encode(
+            torch.cat((inputs.input_ids, inputs.negative_ids)),
+            torch.cat((inputs.attention_mask, inputs.negative_mask)),
+            {name: value.repeat(2) for name, value in inputs.numbers.items()},
+        )
+        global_cond = global_both[: request.shape.batch]
     else:
-        negative = torch.zeros_like(context)
+        context, global_cond = conditioner.encode(inputs.input_ids, inputs.attention_mask, inputs.numbers)
+        if not request.shape.uses_cfg:
+            return context, global_cond
+        context = torch.cat((context, torch.zeros_like(context)))
     # The global condition is the positive one in both halves (reference-spec §3).
-    return torch.cat((context, negative)), torch.cat((global_cond, global_cond))
+    return context, torch.cat((global_cond, global_cond))
 
 
 def start(request: RequestBuffers, components: Components) -> None:
