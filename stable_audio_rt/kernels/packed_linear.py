@@ -52,11 +52,13 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # No batch-size hint: requests vary the rows, and the hint measured no faster.
         packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-        self.register_buffer("packed_weight", packed, persistent=False)
+        # Named `weight` as in nn.Linear: code that reads a linear's weight dtype (transformers'
+        # T5 feed-forward does) still finds it; the tensor itself is opaque.
+        self.register_buffer("weight", packed, persistent=False)
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"

@@ -93,7 +93,9 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             loaded.vae.use_channels_last_()  # oneDNN's fastest layout for its convolutions
-            pack_linears_(loaded.dit)  # oneDNN's packed weights where they run faster
+            # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
+            pack_linears_(loaded.dit)
+            pack_linears_(loaded.conditioner.text_encoder)
         return TorchComponents(loaded)
 
 
