@@ -8,10 +8,13 @@ scale of a trained VAE's latents) per variant:
 
 - "eager (B, C, T)": what `kernels="torch"` runs: nn.Conv1d / ConvTranspose1d, eager Snake with its
   fp32 island (five passes over each activation);
-- "compiled channels-last": what `kernels="auto"` runs on the CPU: every convolution as its 2-D
-  twin over (B, C, 1, T) in channels-last order (oneDNN's fastest layout for these shapes) and
-  Snake fused by torch.compile, its maths in fp32 inside the fused loop;
-- "compiled channels-last, bf16 Snake": the same without the fp32 island (Snake's maths in the
+- "compiled channels-last, apart" (before 2026-11-29): every convolution as its 2-D twin over
+  (B, C, 1, T) in channels-last order (oneDNN's fastest layout for these shapes) and Snake
+  fused by torch.compile, its maths in fp32 inside the fused loop, each op writing fresh memory;
+- "compiled channels-last": what `kernels="auto"` runs on the CPU: the same, with each residual
+  unit's add fused into its last convolution (`use_onednn_vae_`) and every Snake whose input
+  is not read after writing into it (`CompiledSnake.in_place`);
+- "compiled channels-last, bf16 Snake": that without the fp32 island (Snake's maths in the
   activation dtype), to show what the island costs and buys.
 
 Each variant reports seconds, its FLOP rate, the fraction of the matrix rate of its dtype (one
@@ -31,7 +34,7 @@ from report import emit, header
 
 from stable_audio_rt.bench.flops import vae_decode_flops
 from stable_audio_rt.bench.quality import snr_db
-from stable_audio_rt.kernels.switch import CompiledSnake
+from stable_audio_rt.kernels.switch import CompiledSnake, use_onednn_vae_
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.models.vae import OobleckVAE, cast_keeping_fp32_, snake_eager
@@ -48,18 +51,23 @@ def snake_in_activation_dtype(x: torch.Tensor, alpha: torch.Tensor, inv_beta: to
     return x + inv_beta * torch.sin(alpha * x).pow(2)
 
 
-VARIANTS = {
-    "eager (B, C, T)": (False, snake_eager),
-    "compiled channels-last": (True, CompiledSnake()),
-    "compiled channels-last, bf16 Snake": (True, CompiledSnake(snake_in_activation_dtype)),
+def channels_last_only(vae: OobleckVAE, dtype: torch.dtype) -> None:
+    vae.use_channels_last_()
+
+
+VARIANTS = {  # name: (layout, Snake, whether Snakes write into their input)
+    "eager (B, C, T)": (None, snake_eager, False),
+    "compiled channels-last, apart": (channels_last_only, CompiledSnake(), False),
+    "compiled channels-last": (use_onednn_vae_, CompiledSnake(), True),
+    "compiled channels-last, bf16 Snake": (use_onednn_vae_, CompiledSnake(snake_in_activation_dtype), True),
 }
 
 
-def decoder(base: OobleckVAE, dtype: torch.dtype, channels_last: bool, snake) -> OobleckVAE:
+def decoder(base: OobleckVAE, dtype: torch.dtype, layout, snake, in_place: bool) -> OobleckVAE:
     vae = cast_keeping_fp32_(copy.deepcopy(base), dtype)
-    if channels_last:
-        vae.use_channels_last_()
-    vae.set_snake(snake)
+    if layout is not None:
+        layout(vae, dtype)
+    vae.set_snake(snake, snake.in_place if in_place else None)
     return vae
 
 
@@ -81,10 +89,10 @@ def main() -> None:
     rows, reference = [], None
     for name in args.dtypes:
         dtype = DTYPES[name]
-        for variant, (channels_last, snake) in VARIANTS.items():
+        for variant, (layout, snake, in_place) in VARIANTS.items():
             if variant.endswith("bf16 Snake") and dtype == torch.float32:
                 continue  # no island to drop in fp32
-            vae = decoder(base, dtype, channels_last, snake)
+            vae = decoder(base, dtype, layout, snake, in_place)
             with torch.inference_mode():
                 vae.decode(latents[..., : min(args.frames, 16)].to(dtype))  # compile, warm the allocator
                 began = time.perf_counter()

@@ -30,18 +30,20 @@ PROBE_ROWS = 130
 PROBE_REPEATS = 3
 
 
-def packing_available(dtype: torch.dtype) -> bool:
-    """Whether this torch and CPU run oneDNN's packed linear in `dtype` (bf16 or fp32)."""
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether this torch has oneDNN and it multiplies `dtype` on this CPU (bf16 or fp32)."""
     mkldnn = torch.ops.mkldnn
-    if not (
-        torch.backends.mkldnn.is_available()
-        and hasattr(mkldnn, "_reorder_linear_weight")
-        and hasattr(mkldnn, "_linear_pointwise")
-    ):
+    if not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.bfloat16:
         return hasattr(mkldnn, "_is_mkldnn_bf16_supported") and bool(mkldnn._is_mkldnn_bf16_supported())
     return dtype == torch.float32
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    """Whether this torch and CPU run oneDNN's packed linear in `dtype` (bf16 or fp32)."""
+    ops = ("_reorder_linear_weight", "_linear_pointwise")
+    return all(hasattr(torch.ops.mkldnn, op) for op in ops) and onednn_runs(dtype)
 
 
 class PackedLinear(nn.Module):

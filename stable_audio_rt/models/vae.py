@@ -25,6 +25,12 @@ OUTER_KERNEL = 7
 
 
 SnakeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (x, conv, h) → x + conv(h): a residual unit's output; an implementation may write it into x.
+ResidualAddFn = Callable[[torch.Tensor, nn.Module, torch.Tensor], torch.Tensor]
+
+
+def residual_add(x: torch.Tensor, conv: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return x + conv(h)
 
 
 def snake_eager(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
@@ -38,21 +44,30 @@ def snake_eager(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) ->
 
 
 class Snake(nn.Module):
-    """x + 1/(e^β + 1e-9) · sin²(e^α · x), α and β per channel, log-scale."""
+    """x + 1/(e^β + 1e-9) · sin²(e^α · x), α and β per channel, log-scale.
+
+    `overwrites_input`: nothing reads this Snake's input after it (every Snake of the VAE but a
+    residual unit's first, whose input is the residual), so `activation_in_place` may write
+    the output into the input's memory where one is set.
+    """
 
     fp32_parameters = ("alpha", "beta")
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, overwrites_input: bool = False) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
         self.beta = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
+        self.overwrites_input = overwrites_input
         self.activation: SnakeFn = snake_eager
+        self.activation_in_place: SnakeFn | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # fp32 at least: fp16's 1e-9 underflows and 1/e^β can overflow (reference-spec §5).
         dtype = torch.promote_types(torch.promote_types(x.dtype, self.alpha.dtype), torch.float32)
         alpha = self.alpha.to(dtype).exp()
         inv_beta = 1.0 / (self.beta.to(dtype).exp() + SNAKE_EPS)
+        if self.overwrites_input and self.activation_in_place is not None:
+            return self.activation_in_place(x, alpha, inv_beta)
         return self.activation(x, alpha, inv_beta)
 
 
@@ -84,11 +99,13 @@ class ResidualUnit(nn.Module):
             dilation=dilation,
             padding=dilation * (RES_UNIT_KERNEL - 1) // 2,
         )
-        self.snake2 = Snake(channels)
+        self.snake2 = Snake(channels, overwrites_input=True)
         self.conv2 = nn.Conv1d(channels, channels, 1)
+        self.residual_add: ResidualAddFn = residual_add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        """x + conv2(snake2(conv1(snake1(x)))); x may be overwritten (the VAE's own intermediate)."""
+        return self.residual_add(x, self.conv2, self.snake2(self.conv1(self.snake1(x))))
 
 
 def _res_units(channels: int) -> list[ResidualUnit]:
@@ -99,7 +116,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.res_unit1, self.res_unit2, self.res_unit3 = _res_units(c_in)
-        self.snake1 = Snake(c_in)
+        self.snake1 = Snake(c_in, overwrites_input=True)
         self.conv1 = nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +127,7 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
-        self.snake1 = Snake(c_in)
+        self.snake1 = Snake(c_in, overwrites_input=True)
         self.conv_t1 = nn.ConvTranspose1d(
             c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2)
         )
@@ -157,7 +174,7 @@ class OobleckEncoder(nn.Module):
         self.block = nn.ModuleList(
             EncoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(config.strides)
         )
-        self.snake1 = Snake(widths[-1])
+        self.snake1 = Snake(widths[-1], overwrites_input=True)
         self.conv2 = nn.Conv1d(widths[-1], 2 * config.latent_dim, 3, padding=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -177,7 +194,7 @@ class OobleckDecoder(nn.Module):
         self.block = nn.ModuleList(
             DecoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(reversed(config.strides))
         )
-        self.snake1 = Snake(widths[-1])
+        self.snake1 = Snake(widths[-1], overwrites_input=True)
         self.conv2 = nn.Conv1d(
             widths[-1], config.audio_channels, OUTER_KERNEL, padding=OUTER_KERNEL // 2, bias=False
         )
@@ -262,8 +279,16 @@ class OobleckVAE(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self._run(self.decoder, latents)
 
-    def set_snake(self, activation: SnakeFn) -> None:
-        """Swap every Snake's maths (eager by default; the Triton op on GPU)."""
+    def set_snake(self, activation: SnakeFn, in_place: SnakeFn | None = None) -> None:
+        """Swap every Snake's maths (eager by default; the Triton op on GPU), and the same maths
+        written into its input (`in_place`) for the Snakes whose input is not read after."""
         for module in self.modules():
             if isinstance(module, Snake):
-                module.activation = activation
+                module.activation, module.activation_in_place = activation, in_place
+
+    def set_residual_add(self, residual: ResidualAddFn) -> None:
+        """Swap every residual unit's last convolution and add (`residual_add` by default; one
+        fused in-place oneDNN call on the CPU, `kernels/conv_add.py`)."""
+        for module in self.modules():
+            if isinstance(module, ResidualUnit):
+                module.residual_add = residual

@@ -16,7 +16,7 @@ import torch
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.kernels.packed_linear import pack_linears_
-from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels
+from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels, use_onednn_vae_
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
@@ -92,7 +92,7 @@ class LoadPlan:
         loaded = load_model(self.model, placement, options.layout, options.token)
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
-            loaded.vae.use_channels_last_()  # oneDNN's fastest layout for its convolutions
+            use_onednn_vae_(loaded.vae, options.dtype)
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)

@@ -84,8 +84,11 @@ def test_compiled_snake_falls_back_to_eager_with_a_warning(generator):
     def broken(*args):
         raise RuntimeError("no C compiler")
 
-    snake._compiled = broken
+    snake._compiled = {False: broken, True: broken}
     x, alpha, inv_beta = torch.randn(1, 3, 50, generator=generator), torch.rand(3) + 0.5, torch.rand(3) + 0.5
     with pytest.warns(UserWarning, match="no C compiler"):
         out = snake(x, alpha, inv_beta)
-    assert torch.equal(out, snake_eager(x, alpha, inv_beta))
+    expected = snake_eager(x, alpha, inv_beta)
+    assert torch.equal(out, expected)
+    target = x.clone()
+    assert snake.in_place(target, alpha, inv_beta) is target and torch.equal(target, expected)

@@ -15,6 +15,7 @@ from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.io_spec import axis_sizes, component_specs, sample_inputs
 from stable_audio_rt.models.random_init import randomize_
+from stable_audio_rt.runtime import load
 from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
 from stable_audio_rt.runtime.pipeline import StableAudio
 
@@ -144,3 +145,18 @@ def test_the_cpu_fast_path_packs_the_bf16_dit_and_the_reference_path_does_not():
     reference = fp32.generate("rain", **options).latents
     ours, theirs = fast.generate("rain", **options).latents, plain.generate("rain", **options).latents
     assert rel_error(ours, reference) <= 2 * rel_error(theirs, reference)
+
+
+@pytest.mark.skipif(not packing_available(torch.float32), reason="no packed oneDNN linear in fp32")
+def test_the_cpu_fast_path_packs_t5_and_conditions_as_the_reference_path(monkeypatch):
+    # Pack wherever the load packs (the tiny T5's probe alone could go either way on a CPU).
+    monkeypatch.setattr(load, "pack_linears_", lambda module: pack_linears_(module, lambda *shape: True))
+    reference = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.float32, kernels="torch")
+    fast = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.float32)
+    t5 = fast.components.conditioner.text_encoder
+    assert not any(type(m) is nn.Linear for m in t5.modules())
+    assert sum(isinstance(m, PackedLinear) for m in t5.modules()) > 0
+    # A negative prompt: both prompts go through the packed T5 in one call.
+    options = dict(negative_prompt="noise", seconds_total=0.5, steps=2, seed=torch.randint(2**31, ()).item())
+    ours, theirs = fast.generate("rain", **options).latents, reference.generate("rain", **options).latents
+    assert rel_error(ours, theirs) <= FP32_REL_TOL
