@@ -4,14 +4,15 @@ torch (on the CPU its products as a loaded model runs them: oneDNN with packed w
 `kernels/packed_linear.py` packs, else MKL or oneDNN; cuBLAS on CUDA) and onnxruntime (its MLAS on the
 CPU) each multiply the step's (tokens × k) by (k × n) weight shapes; the rate is the step's
 GEMM FLOPs over the summed time of one product of each shape, scaled by its count (on CUDA,
-the whole step's products replayed as one captured graph). A stage's
-"floor" is its FLOPs at that rate: no implementation on this machine and library does better.
+the whole step's products replayed as one captured graph). On the CPU each product's time is the
+fastest of a few: a floor is a bound, and the fastest run is the least disturbed by the rest of
+the machine (a median of three once read half the rate). A stage's "floor" is its FLOPs at that
+rate: no implementation on this machine and library does better.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,7 +21,7 @@ import torch
 
 from stable_audio_rt.bench.flops import Gemm
 from stable_audio_rt.kernels.packed_linear import linear_as_run
-from stable_audio_rt.runtime.timing import stopwatch
+from stable_audio_rt.runtime.timing import best_seconds, stopwatch
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,6 @@ class GemmRate:
     library: str
     gflops_per_s: float
     seconds_per_step: float  # the step's GEMMs, timed
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def torch_gemm_rate(
@@ -50,7 +41,7 @@ def torch_gemm_rate(
     else:  # each product as the loaded model runs it (packed where packed_linear.packs says so)
         with torch.inference_mode():
             layers = [(torch.randn(g.m, g.k, dtype=dtype), linear_as_run(g.k, g.n, dtype), g) for g in gemms]
-            total = sum(_median_seconds(partial(layer, a), repeats) * g.count for a, layer, g in layers)
+            total = sum(best_seconds(partial(layer, a), repeats) * g.count for a, layer, g in layers)
     flops = sum(g.flops for g in gemms)
     return GemmRate("torch", flops / total / 1e9, total)
 
@@ -104,6 +95,6 @@ def onnxruntime_gemm_rate(gemms: list[Gemm], repeats: int = 3) -> GemmRate:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         a = rng.standard_normal((g.m, g.k), dtype=np.float32)
-        total += _median_seconds(lambda session=session, a=a: session.run(None, {"a": a}), repeats) * g.count
+        total += best_seconds(lambda session=session, a=a: session.run(None, {"a": a}), repeats) * g.count
     flops = sum(g.flops for g in gemms)
     return GemmRate("onnxruntime", flops / total / 1e9, total)

@@ -4,8 +4,10 @@ Run apart, the 1×1 convolution writes a fresh tensor and the add reads it and x
 third. oneDNN's convolution with a binary "add" post-op adds x as it writes each output, into x's
 own memory: one pass and no fresh memory, which on the CPU also saves a page fault per 4 KiB
 of the decoder's largest activations (0.1–0.5 GB each at the full window). The same maths: in
-fp32 bit-equal, in bf16 rounded once instead of twice. A decode 1.06× faster in fp32 and
-1.09–1.10× in bf16, 0.4 dB closer to fp32 (2-core AMD EPYC; `benchmarks/bench_vae_layout.py`).
+fp32 bit-equal, in bf16 rounded once instead of twice (0.4 dB closer to fp32). Alone it made a
+decode 1.06× faster in fp32 and 1.09–1.10× in bf16 (2-core AMD EPYC, interleaved in one
+process); with Snake written in place too (`CompiledSnake.in_place`), 1.2× in both
+(`benchmarks/bench_vae_layout.py`, "apart" against "compiled channels-last").
 
 The op is the one Inductor emits for a convolution followed by an add (torch.ops.mkldnn); it
 takes the channels-last 2-D convolutions of `OobleckVAE.use_channels_last_`.

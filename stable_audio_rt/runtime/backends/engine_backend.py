@@ -209,8 +209,8 @@ class EngineComponents:
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
     ) -> None:
         """Refuse, before any work, a request the engines' profiles cannot run."""
-        self.graphs["t5"].check_shape(batch)
         self.graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
+        self.graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
         self.graphs["vae_decoder"].check_shape(batch, decode_frames)
         if encodes:
             self._encoder().check_shape(1, frames)
