@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stable_audio_rt.errors import ConfigError
@@ -44,13 +45,28 @@ class NumberConditioners(nn.ModuleDict):
 
 
 class T5TextEncoder(nn.Module):
-    """transformers' T5 encoder; padded positions of the output are exact zeros (output × mask)."""
+    """transformers' T5 encoder; padded positions of the output are exact zeros (output × mask).
+
+    `skips_padding` (off by default; the CPU's eager fast path turns it on): run T5 only over the
+    positions up to the last one any prompt uses, the rest of the output zeros as the mask makes
+    them anyway. The used tokens' outputs are the same maths (masked keys weigh exactly 0; T5's
+    position bias is relative). It reads the mask on the host, so a CUDA graph or an export
+    cannot take it.
+    """
 
     def __init__(self, t5_encoder: nn.Module) -> None:
         super().__init__()
         self.t5 = t5_encoder
+        self.skips_padding = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.skips_padding:
+            return self._encode(input_ids, attention_mask)
+        used = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask.any() else 1
+        hidden = self._encode(input_ids[:, :used], attention_mask[:, :used])
+        return F.pad(hidden, (0, 0, 0, input_ids.shape[-1] - used))
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.t5(
             input_ids=input_ids, attention_mask=self._full_mask(attention_mask)
         ).last_hidden_state

@@ -96,6 +96,7 @@ class LoadPlan:
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)
+            loaded.conditioner.text_encoder.skips_padding = True  # eager here: no graph to keep static
         return TorchComponents(loaded)
 
 

@@ -148,7 +148,7 @@ def test_the_cpu_fast_path_packs_the_bf16_dit_and_the_reference_path_does_not():
 
 
 @pytest.mark.skipif(not packing_available(torch.float32), reason="no packed oneDNN linear in fp32")
-def test_the_cpu_fast_path_packs_t5_and_conditions_as_the_reference_path(monkeypatch):
+def test_the_cpu_fast_path_packs_t5_skips_its_padding_and_conditions_as_the_reference_path(monkeypatch):
     # Pack wherever the load packs (the tiny T5's probe alone could go either way on a CPU).
     monkeypatch.setattr(load, "pack_linears_", lambda module: pack_linears_(module, lambda *shape: True))
     reference = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.float32, kernels="torch")
@@ -156,6 +156,7 @@ def test_the_cpu_fast_path_packs_t5_and_conditions_as_the_reference_path(monkeyp
     t5 = fast.components.conditioner.text_encoder
     assert not any(type(m) is nn.Linear for m in t5.modules())
     assert sum(isinstance(m, PackedLinear) for m in t5.modules()) > 0
+    assert t5.skips_padding and not reference.components.conditioner.text_encoder.skips_padding
     # A negative prompt: both prompts go through the packed T5 in one call.
     options = dict(negative_prompt="noise", seconds_total=0.5, steps=2, seed=torch.randint(2**31, ()).item())
     ours, theirs = fast.generate("rain", **options).latents, reference.generate("rain", **options).latents

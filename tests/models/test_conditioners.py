@@ -1,6 +1,8 @@
 """Conditioning against diffusers: number conditioners vs StableAudioProjectionModel, and the
 assembled context/global condition vs StableAudioPipeline's encode_prompt/encode_duration."""
 
+import copy
+
 import pytest
 import torch
 from numerics import FP32_REL_TOL, rel_error
@@ -63,3 +65,20 @@ def test_padded_prompt_tokens_are_exact_zeros(tiny_model):
     text = tiny_model.conditioner.text_encoder(ids, mask)
     assert torch.all(text[mask == 0] == 0)
     assert torch.all(text[mask == 1].abs().sum(-1) > 0)
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [["rain"], ["rain on a tin roof, distant thunder", "a dog barks"], ["", "x" * 200]],
+)
+@torch.no_grad()
+def test_t5_over_the_used_positions_only_is_the_same_encoding(tiny_model, prompts):
+    encoder = copy.deepcopy(tiny_model.conditioner.text_encoder)
+    ids, mask = tiny_model.conditioner.tokenize(prompts)
+    full = encoder(ids, mask)
+    encoder.skips_padding = True
+    ours = encoder(ids, mask)
+    assert ours.shape == full.shape
+    assert torch.all(ours[mask == 0] == 0)
+    # The used positions: the same maths (masked keys weigh exactly 0; the position bias is relative).
+    assert rel_error(ours, full) <= FP32_REL_TOL
