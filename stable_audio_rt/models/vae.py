@@ -46,18 +46,18 @@ def snake_eager(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) ->
 class Snake(nn.Module):
     """x + 1/(e^β + 1e-9) · sin²(e^α · x), α and β per channel, log-scale.
 
-    `overwrites_input`: nothing reads this Snake's input after it (every Snake of the VAE but a
+    `may_overwrite_input`: nothing reads this Snake's input after it (every Snake of the VAE but a
     residual unit's first, whose input is the residual), so `activation_in_place` may write
     the output into the input's memory where one is set.
     """
 
     fp32_parameters = ("alpha", "beta")
 
-    def __init__(self, channels: int, overwrites_input: bool = False) -> None:
+    def __init__(self, channels: int, may_overwrite_input: bool = False) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
         self.beta = nn.Parameter(torch.zeros(channels, dtype=torch.float32))
-        self.overwrites_input = overwrites_input
+        self.may_overwrite_input = may_overwrite_input
         self.activation: SnakeFn = snake_eager
         self.activation_in_place: SnakeFn | None = None
 
@@ -66,7 +66,7 @@ class Snake(nn.Module):
         dtype = torch.promote_types(torch.promote_types(x.dtype, self.alpha.dtype), torch.float32)
         alpha = self.alpha.to(dtype).exp()
         inv_beta = 1.0 / (self.beta.to(dtype).exp() + SNAKE_EPS)
-        if self.overwrites_input and self.activation_in_place is not None:
+        if self.may_overwrite_input and self.activation_in_place is not None:
             return self.activation_in_place(x, alpha, inv_beta)
         return self.activation(x, alpha, inv_beta)
 
@@ -99,7 +99,7 @@ class ResidualUnit(nn.Module):
             dilation=dilation,
             padding=dilation * (RES_UNIT_KERNEL - 1) // 2,
         )
-        self.snake2 = Snake(channels, overwrites_input=True)
+        self.snake2 = Snake(channels, may_overwrite_input=True)
         self.conv2 = nn.Conv1d(channels, channels, 1)
         self.residual_add: ResidualAddFn = residual_add
 
@@ -116,7 +116,7 @@ class EncoderBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         self.res_unit1, self.res_unit2, self.res_unit3 = _res_units(c_in)
-        self.snake1 = Snake(c_in, overwrites_input=True)
+        self.snake1 = Snake(c_in, may_overwrite_input=True)
         self.conv1 = nn.Conv1d(c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +127,7 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
-        self.snake1 = Snake(c_in, overwrites_input=True)
+        self.snake1 = Snake(c_in, may_overwrite_input=True)
         self.conv_t1 = nn.ConvTranspose1d(
             c_in, c_out, 2 * stride, stride=stride, padding=math.ceil(stride / 2)
         )
@@ -174,7 +174,7 @@ class OobleckEncoder(nn.Module):
         self.block = nn.ModuleList(
             EncoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(config.strides)
         )
-        self.snake1 = Snake(widths[-1], overwrites_input=True)
+        self.snake1 = Snake(widths[-1], may_overwrite_input=True)
         self.conv2 = nn.Conv1d(widths[-1], 2 * config.latent_dim, 3, padding=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
@@ -194,7 +194,7 @@ class OobleckDecoder(nn.Module):
         self.block = nn.ModuleList(
             DecoderBlock(widths[i], widths[i + 1], s) for i, s in enumerate(reversed(config.strides))
         )
-        self.snake1 = Snake(widths[-1], overwrites_input=True)
+        self.snake1 = Snake(widths[-1], may_overwrite_input=True)
         self.conv2 = nn.Conv1d(
             widths[-1], config.audio_channels, OUTER_KERNEL, padding=OUTER_KERNEL // 2, bias=False
         )
