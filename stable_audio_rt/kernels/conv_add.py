@@ -6,8 +6,9 @@ own memory: one pass and no fresh memory, which on the CPU also saves a page fau
 of the decoder's largest activations (0.1–0.5 GB each at the full window). The same maths: in
 fp32 bit-equal, in bf16 rounded once instead of twice (0.4 dB closer to fp32). Alone it made a
 decode 1.06× faster in fp32 and 1.09–1.10× in bf16 (2-core AMD EPYC, interleaved in one
-process); with Snake written in place too (`CompiledSnake.in_place`), 1.2× in both
-(`benchmarks/bench_vae_layout.py`, "apart" against "compiled channels-last").
+process); with Snake written in place too (`CompiledSnake.in_place`), 1.20× (bf16) and 1.23×
+(fp32) at 256 latent frames, 1.41× and 1.25× at the full 1024 (`benchmarks/bench_vae_layout.py`,
+"apart" against "compiled channels-last").
 
 The op is the one Inductor emits for a convolution followed by an add (torch.ops.mkldnn); it
 takes the channels-last 2-D convolutions of `OobleckVAE.use_channels_last_`.
