@@ -5,6 +5,7 @@ engine folders exported from them once per session."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 # Triton decides at import whether kernels are compiled or interpreted: the kernel tests run
 # them on the CPU under the interpreter, so it is on before anything imports Triton.
@@ -20,6 +21,31 @@ from stable_audio_rt.models.config import TINY
 
 def pytest_report_header() -> str:
     return f"stable-audio-rt test seed: {SEED} (rerun with SA_TEST_SEED={SEED})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recorded_mallopt() -> Iterator[list[tuple[int, int]]]:
+    """The CLIs' malloc policy (`runtime/cpu_memory.py`) recorded instead of applied, from before
+    any fixture runs a CLI: applied, it would last the pytest process's life.
+    tests/runtime/test_cpu_memory.py applies it in a subprocess."""
+    from stable_audio_rt.runtime import cpu_memory
+
+    calls: list[tuple[int, int]] = []
+
+    def record(param: int, value: int) -> int:
+        calls.append((param, value))
+        return 1  # mallopt's success
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_memory, "glibc_mallopt", lambda: record)
+        yield calls
+
+
+@pytest.fixture
+def mallopt_calls(recorded_mallopt) -> list[tuple[int, int]]:
+    """The mallopt calls from here on in this test."""
+    recorded_mallopt.clear()
+    return recorded_mallopt
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
 from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
+from stable_audio_rt.runtime.cli import add_reuse_memory_argument
+from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed requests after the cold one (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed warm requests (default 3)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    add_reuse_memory_argument(p)
     p.add_argument(
         "--diffusers",
         action="store_true",
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         _check(args, config.latent_frames)
         device = resolve_device(args.device)
         _check_precision_report(args, device)
+        # Before any load, as sa-run; diffusers runs in this process under the same policy.
+        memory = use_memory_policy(args.reuse_memory, device)
         defaults = with_model_defaults(GenerationRequest(prompts=("x",), cfg_scale=args.cfg_scale), config)
         frames = args.frames or [config.latent_frames]
         if args.diffusers and len(frames) > 1:
@@ -235,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": _device_name(device),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "malloc": memory,
             "command": command,
             "model": args.model,
             "preset": args.preset,

@@ -26,9 +26,10 @@ def _snr(value: float) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     preset = f" (preset {report['preset']})" if report.get("preset") else ""
+    memory = f", malloc: {report['malloc']}" if report.get("malloc") else ""  # absent before 2026-11-29
     lines = [
-        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}: `{report['command']}`"
-        f"{preset}",
+        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}{memory}: "
+        f"`{report['command']}`{preset}",
         "",
         "| backend | precision | kernels | frames | steps | batch | warm p50 (s) | RTF | × real time "
         "| per step (s) | step / GEMM floor | latent cos. dist. | SNR (dB) |",

@@ -18,6 +18,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, dtype_request
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
+from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
@@ -69,6 +70,19 @@ def _vae_chunk(text: str) -> int | str | None:
         ) from e
 
 
+def add_reuse_memory_argument(p: argparse.ArgumentParser) -> None:
+    """--reuse-memory / --no-reuse-memory (`cpu_memory.use_memory_policy`): sa-run's, sa-serve's
+    and sa-bench's."""
+    p.add_argument(
+        "--reuse-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on the CPU, have glibc's malloc keep freed memory for the next allocation instead of "
+        "handing it back to the system (default: on; a 256- to 1024-frame decode 10-15%% faster, and "
+        "the process keeps its peak memory between requests); --no-reuse-memory: malloc's defaults",
+    )
+
+
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The options that say what to load and where: sa-run's, and sa-serve's the same."""
     p.add_argument(
@@ -114,12 +128,15 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
         help="T5 precision (default: fp32, the most accurate; fp16 casts T5 as "
         "stable-audio-tools does, for reference-exact runs)",
     )
+    add_reuse_memory_argument(p)
 
 
 def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
-    """The backend, device, kernels and config, checked before anything loads."""
+    """The backend, device, kernels and config, checked before anything loads; on the CPU, the
+    process's malloc set to reuse freed memory unless --no-reuse-memory."""
     options = WeightOptions(dtype_request(args.dtype), DTYPES[args.t5_dtype], args.kernels)
     plan = plan_load(args.model, args.engines, args.backend, args.device, options)
+    use_memory_policy(args.reuse_memory, plan.device)
     if args.backend == "auto":
         print(f"{program}: {plan.choice.line()}", file=sys.stderr)
     if args.dtype == "auto" and plan.choice.backend == "torch":

@@ -76,8 +76,9 @@ def bench_run(tmp_path_factory, engines, tiny_diffusers_dir):
 
 def test_report_has_every_field_and_right_arithmetic(bench_run):
     _, report = bench_run
-    assert {"date", "device", "torch", "command", "model", "preset", "gemm_floor", "runs", "peer",
-            "precision_report"} <= report.keys()  # fmt: skip
+    assert {"date", "device", "torch", "malloc", "command", "model", "preset", "gemm_floor", "runs",
+            "peer", "precision_report"} <= report.keys()  # fmt: skip
+    assert report["malloc"] == "freed memory kept for reuse (glibc mallopt)"  # sa-run's default on a CPU
     assert {(r["backend"], r["frames"]) for r in report["runs"]} == {
         ("torch", 4),
         ("torch", 8),

@@ -177,3 +177,23 @@ def test_cuda_graph_flag_reaches_the_pipeline(flag, expected, tmp_path, monkeypa
     monkeypatch.setattr(StableAudio, "from_plan", record)
     assert cli.main(["x", "--model", "tiny-random", "-o", str(tmp_path / "x.wav"), *flag]) == 130
     assert seen["cuda_graph"] is expected
+
+
+@pytest.mark.parametrize(
+    "flag,device,applied",
+    [([], "cpu", True), (["--no-reuse-memory"], "cpu", False), ([], "cuda", False)],
+)
+def test_malloc_reuses_freed_memory_on_the_cpu_unless_told_not_to(
+    flag, device, applied, tmp_path, monkeypatch, mallopt_calls
+):
+    from stable_audio_rt.runtime import cpu_memory
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # before generating
+
+    monkeypatch.setattr(StableAudio, "from_plan", stop)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only planned, never used
+    argv = ["x", "--model", "tiny-random", "--device", device, "-o", str(tmp_path / "x.wav"), *flag]
+    assert cli.main(argv) == 130
+    expected = [(cpu_memory.M_MMAP_MAX, 0), (cpu_memory.M_TRIM_THRESHOLD, cpu_memory.NEVER_TRIM)]
+    assert mallopt_calls == (expected if applied else [])

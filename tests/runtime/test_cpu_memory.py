@@ -1,0 +1,58 @@
+"""The CLIs' malloc policy: applied in a fresh process (it lasts the process's life), freed memory
+is reused instead of faulted in again; where the C library is not glibc nothing changes."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stable_audio_rt.runtime import cpu_memory
+
+# Allocate, touch and free a block well above glibc's largest mmap threshold (32 MiB) a few
+# times (the heap settles after two), then count the page faults of touching one more: each
+# fresh 4 KiB page faults once.
+FAULTS_OF_ONE_MORE_BLOCK = """
+import resource, sys, torch
+from stable_audio_rt.runtime.cpu_memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+BYTES = 64 * 2**20
+for _ in range(3):
+    torch.ones(BYTES // 4)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(BYTES // 4)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+PAGES = 64 * 2**20 // 4096
+
+
+def faults_of_one_more_block(policy: str) -> int:
+    run = subprocess.run(
+        [sys.executable, "-c", FAULTS_OF_ONE_MORE_BLOCK, policy], capture_output=True, text=True, check=True
+    )
+    return int(run.stdout)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's mallopt")
+def test_freed_memory_is_reused_instead_of_faulted_in_again():
+    assert faults_of_one_more_block("default") >= PAGES * 0.9  # fresh pages from the kernel
+    assert faults_of_one_more_block("keep") <= PAGES * 0.05  # the freed blocks' pages again
+
+
+def test_without_glibc_nothing_changes(monkeypatch):
+    monkeypatch.setattr(cpu_memory, "glibc_mallopt", lambda: None)
+    assert not cpu_memory.keep_freed_memory()
+    assert cpu_memory.use_memory_policy(True, torch.device("cpu")) == "malloc's defaults"
+
+
+@pytest.mark.parametrize("reuse,device", [(False, "cpu"), (True, "cuda")])
+def test_the_policy_is_left_alone_off_the_cpu_or_when_declined(reuse, device, mallopt_calls):
+    assert cpu_memory.use_memory_policy(reuse, torch.device(device)) == "malloc's defaults"
+    assert mallopt_calls == []
+
+
+def test_a_refused_setting_is_reported(monkeypatch):
+    monkeypatch.setattr(cpu_memory, "glibc_mallopt", lambda: lambda param, value: 0)
+    assert not cpu_memory.keep_freed_memory()
