@@ -6,9 +6,13 @@ freed, and it trims the heap's free top. Every large activation of a CPU request
 page fault per 4 KiB page, each page zeroed by the kernel, on every step. With mmap off and no
 trimming, freed blocks stay in the heap and the next step's activations reuse them.
 
-Measured on a 2-core AMD EPYC, bf16, SAO 1.0's geometry (torch 2.13; results in the README's CPU
-section): the 1024-frame decode 15.1-15.5 s → 13.7-13.8 s at a peak 6 % higher; one CFG DiT step
-at 1024 frames 13.5-14.3 s → 13.0-13.8 s; a 64-frame, 10-step request 9.3-9.4 s → 8.7-9.0 s.
+Measured on a 2-core AMD EPYC (torch 2.13), Stable Audio Open Small's full window, 8 steps, in
+alternating sa-bench runs (`benchmarks/results/malloc_reuse_small_cpu/`): the bf16 decode 3.92
+and 4.31 s → 3.32 and 3.67 s, the request 7.79 and 8.51 s → 7.34 and 7.75 s; in fp32 the decode
+8.1 s → 6.7-7.0 s. The cost is memory: the heap holds what it once held, and what is freed in
+pieces fragments, so the peak rises (one model in the process: Small's 2.7 GB → 3.0-3.2 GB;
+sa-bench's two rows, fp32 then bf16: 3.8 → 5.7 GB). At 64 frames the activations are small and
+it makes no measurable difference.
 
 It is a process-wide policy that lasts as long as the process (the heap keeps its peak size
 between requests), so the CLIs set it, on the CPU, and the library never does it by itself.
