@@ -4,7 +4,11 @@ By default glibc serves each allocation above its mmap threshold (128 KiB, risin
 32 MiB as such blocks are freed) with fresh pages from the kernel and gives them back when it is
 freed, and it trims the heap's free top. Every large activation of a CPU request then costs one
 page fault per 4 KiB page, each page zeroed by the kernel, on every step. With mmap off and no
-trimming, freed blocks stay in the heap and the next step's activations reuse them.
+trimming, freed blocks stay in the heap and the next step's activations reuse them. Threads
+other than the main one get heaps of their own from glibc (arenas), which take blocks above
+64 MiB from mmap whatever the setting, so one arena serves every thread: sa-serve runs requests
+on a worker thread (on this 2-core EPYC, Small's decode there: 4.2 s with malloc's defaults,
+3.8-3.95 s with the main heap's settings alone, 3.35-3.4 s with one arena).
 
 Measured on a 2-core AMD EPYC (torch 2.13), Stable Audio Open Small's full window, 8 steps, in
 alternating sa-bench runs (`benchmarks/results/malloc_reuse_small_cpu/`): the bf16 decode 3.92
@@ -29,6 +33,7 @@ import torch
 # mallopt's parameter numbers (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 # The largest trim threshold mallopt takes (an int): the heap's free top is never given back.
 NEVER_TRIM = 2**31 - 1
 
@@ -50,8 +55,8 @@ def keep_freed_memory() -> bool:
     mallopt = glibc_mallopt()
     if mallopt is None:
         return False
-    # mallopt returns 1 on success, 0 on an error.
-    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
+    return all(mallopt(param, value) == 1 for param, value in settings)  # 0: refused
 
 
 def use_memory_policy(reuse: bool, device: torch.device) -> str:

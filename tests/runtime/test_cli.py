@@ -195,5 +195,9 @@ def test_malloc_reuses_freed_memory_on_the_cpu_unless_told_not_to(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only planned, never used
     argv = ["x", "--model", "tiny-random", "--device", device, "-o", str(tmp_path / "x.wav"), *flag]
     assert cli.main(argv) == 130
-    expected = [(cpu_memory.M_MMAP_MAX, 0), (cpu_memory.M_TRIM_THRESHOLD, cpu_memory.NEVER_TRIM)]
+    expected = [
+        (cpu_memory.M_ARENA_MAX, 1),
+        (cpu_memory.M_MMAP_MAX, 0),
+        (cpu_memory.M_TRIM_THRESHOLD, cpu_memory.NEVER_TRIM),
+    ]
     assert mallopt_calls == (expected if applied else [])

@@ -10,35 +10,50 @@ import torch
 
 from stable_audio_rt.runtime import cpu_memory
 
-# Allocate, touch and free a block well above glibc's largest mmap threshold (32 MiB) a few
-# times (the heap settles after two), then count the page faults of touching one more: each
-# fresh 4 KiB page faults once.
+# Allocate, touch and free a block above both glibc's largest mmap threshold (32 MiB) and a
+# thread arena's largest heap (64 MiB) a few times (the heap settles after two), then count the
+# page faults of touching one more: each fresh 4 KiB page faults once. On the main thread, and
+# on another (as sa-serve's worker), whose arena would take such a block from mmap.
 FAULTS_OF_ONE_MORE_BLOCK = """
-import resource, sys, torch
+import resource, sys, threading, torch
 from stable_audio_rt.runtime.cpu_memory import keep_freed_memory
-if sys.argv[1] == "keep":
+policy, where = sys.argv[1:]
+if policy == "keep":
     assert keep_freed_memory()
-BYTES = 64 * 2**20
-for _ in range(3):
+BYTES = 96 * 2**20
+faults = []
+def touch():
+    for _ in range(3):
+        torch.ones(BYTES // 4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(BYTES // 4)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(BYTES // 4)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+if where == "thread":
+    thread = threading.Thread(target=touch)
+    thread.start()
+    thread.join()
+else:
+    touch()
+print(faults[0])
 """
-PAGES = 64 * 2**20 // 4096
+PAGES = 96 * 2**20 // 4096
 
 
-def faults_of_one_more_block(policy: str) -> int:
+def faults_of_one_more_block(policy: str, where: str) -> int:
     run = subprocess.run(
-        [sys.executable, "-c", FAULTS_OF_ONE_MORE_BLOCK, policy], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FAULTS_OF_ONE_MORE_BLOCK, policy, where],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return int(run.stdout)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's mallopt")
-def test_freed_memory_is_reused_instead_of_faulted_in_again():
-    assert faults_of_one_more_block("default") >= PAGES * 0.9  # fresh pages from the kernel
-    assert faults_of_one_more_block("keep") <= PAGES * 0.05  # the freed blocks' pages again
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_freed_memory_is_reused_instead_of_faulted_in_again(where):
+    assert faults_of_one_more_block("default", where) >= PAGES * 0.9  # fresh pages from the kernel
+    assert faults_of_one_more_block("keep", where) <= PAGES * 0.05  # the freed blocks' pages again
 
 
 def test_without_glibc_nothing_changes(monkeypatch):
