@@ -62,7 +62,8 @@ class T5TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if not self.skips_padding:
             return self._encode(input_ids, attention_mask)
-        used = int(attention_mask.any(0).nonzero().max()) + 1 if attention_mask.any() else 1
+        used_columns = attention_mask.any(0).nonzero()
+        used = int(used_columns.max()) + 1 if len(used_columns) else 1
         hidden = self._encode(input_ids[:, :used], attention_mask[:, :used])
         return F.pad(hidden, (0, 0, 0, input_ids.shape[-1] - used))
 
