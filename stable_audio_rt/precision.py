@@ -82,6 +82,9 @@ FP32_ISLANDS: dict[str, str] = {
     "same SNR with and without it (20.4 and 19.6 s, one run each: "
     "benchmarks/results/vae_layout_cpu.json)",
     "rope": "rotary embedding applied in fp32, as stable-audio-tools' apply_rotary_pos_emb does",
+    "attention": "the DiT's attention in fp32 on the CPU (kernels='compiled', models.attention."
+    "FP32_SDPA): torch's bf16 flash kernel is no faster there, and a bf16 step runs 2-3 % faster "
+    "with it on a 2-core AVX512-BF16 EPYC (64 and 512 frames, interleaved)",
     "timestep": "the timestep features, a σ-dependent quantity, in fp32 (reference-spec §3)",
     "sampler": "the sampler's state and update in fp32: bf16 would round x at every step",
 }

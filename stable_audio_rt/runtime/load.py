@@ -18,6 +18,7 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.kernels.packed_linear import pack_linears_
 from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels, use_onednn_vae_
 from stable_audio_rt.manifest import Manifest
+from stable_audio_rt.models.attention import FP32_SDPA
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
@@ -93,6 +94,7 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             use_onednn_vae_(loaded.vae, options.dtype)
+            loaded.dit.set_attention(FP32_SDPA)
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)
