@@ -11,23 +11,34 @@ import torch
 from stable_audio_rt.runtime import cpu_memory
 
 # Allocate, touch and free a block above both glibc's largest mmap threshold (32 MiB) and a
-# thread arena's largest heap (64 MiB) a few times (the heap settles after two), then count the
-# page faults of touching one more: each fresh 4 KiB page faults once. On the main thread, and
-# on another (as sa-serve's worker), whose arena would take such a block from mmap.
+# thread arena's largest heap (64 MiB) a few times, then count the page faults of touching one
+# more: each fresh 4 KiB page faults once. On the main thread, and on another (as sa-serve's
+# worker), whose arena would take such a block from mmap. The block comes from malloc itself:
+# torch's 64-byte-aligned blocks come from memalign, which on glibc 2.36 asks for a little more
+# than the block, so one block freed and taken again alone is reused only when it merges with a
+# free neighbour, which a lone block's layout leaves to chance (the module's note).
 FAULTS_OF_ONE_MORE_BLOCK = """
-import resource, sys, threading, torch
+import ctypes, resource, sys, threading
 from stable_audio_rt.runtime.cpu_memory import keep_freed_memory
 policy, where = sys.argv[1:]
 if policy == "keep":
     assert keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
 BYTES = 96 * 2**20
 faults = []
+def touched_block():
+    block = libc.malloc(BYTES)
+    ctypes.memset(block, 1, BYTES)
+    return block
 def touch():
     for _ in range(3):
-        torch.ones(BYTES // 4)
+        libc.free(touched_block())
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(BYTES // 4)
+    block = touched_block()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    libc.free(block)
 if where == "thread":
     thread = threading.Thread(target=touch)
     thread.start()
