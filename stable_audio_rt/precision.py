@@ -82,9 +82,9 @@ FP32_ISLANDS: dict[str, str] = {
     "same SNR with and without it (20.4 and 19.6 s, one run each: "
     "benchmarks/results/vae_layout_cpu.json)",
     "rope": "rotary embedding applied in fp32, as stable-audio-tools' apply_rotary_pos_emb does",
-    "attention": "the DiT's attention in fp32 on the CPU (kernels='compiled', models.attention."
-    "FP32_SDPA): torch's bf16 flash kernel is no faster there, and a bf16 step runs 2-3 % faster "
-    "with it on a 2-core AVX512-BF16 EPYC (64 and 512 frames, interleaved)",
+    "attention": "the DiT's attention in fp32 on a CPU where a probe at load finds it faster than "
+    "bf16 SDPA (kernels/cpu_attention.py): a bf16 step 2-3 % faster on a 2-core AVX512-BF16 EPYC "
+    "(64 and 512 frames, interleaved), the same SNR",
     "timestep": "the timestep features, a σ-dependent quantity, in fp32 (reference-spec §3)",
     "sampler": "the sampler's state and update in fp32: bf16 would round x at every step",
 }

@@ -5,8 +5,8 @@ the torch maths (SDPA attention, eager Snake: the reference path) otherwise. "co
 SDPA, and on the CPU:
 - loads the VAE channels-last (`OobleckVAE.use_channels_last_`), each residual add fused into
   its convolution (`conv_add`);
-- runs the DiT's attention in fp32 (`models.attention.FP32_SDPA`: faster there than torch's bf16
-  flash kernel, 2-3 % of a bf16 step on a 2-core EPYC);
+- runs the DiT's attention in fp32 where a probe at load finds it faster than SDPA in the
+  model's dtype (`cpu_attention`: 2-3 % of a bf16 step on a 2-core EPYC);
 - packs the DiT's and T5's linear weights for oneDNN once where that runs faster
   (`packed_linear`: bf16 always, the same numbers; fp32 where MKL is slower, 1.2-1.5x faster
   steps on an AMD EPYC);

@@ -95,7 +95,7 @@ class AttentionFunctions:
 
 
 SDPA = AttentionFunctions()
-# The CPU's pair (kernels="compiled"): on a 2-core AVX512-BF16 EPYC, a bf16 DiT step runs 2-3 %
-# faster with it at 64 and 512 frames (torch's bf16 flash kernel is no faster than its fp32 one
-# at these lengths), and the rotated q and k are not rounded to bf16. precision.FP32_ISLANDS names it.
+# The CPU's pair where it runs faster (kernels/cpu_attention.py decides; a bf16 DiT step 2-3 %
+# faster on a 2-core AVX512-BF16 EPYC), the rotated q and k not rounded to bf16 on the way.
+# precision.FP32_ISLANDS names it.
 FP32_SDPA = AttentionFunctions(fp32_self_attention, fp32_cross_attention)

@@ -15,10 +15,10 @@ from typing import Literal
 import torch
 
 from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.kernels.cpu_attention import cpu_attention
 from stable_audio_rt.kernels.packed_linear import pack_linears_
 from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels, use_onednn_vae_
 from stable_audio_rt.manifest import Manifest
-from stable_audio_rt.models.attention import FP32_SDPA
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
@@ -94,7 +94,7 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             use_onednn_vae_(loaded.vae, options.dtype)
-            loaded.dit.set_attention(FP32_SDPA)
+            loaded.dit.set_attention(cpu_attention(loaded.config, options.dtype))
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)
