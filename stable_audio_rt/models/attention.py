@@ -33,9 +33,13 @@ def partial_rope_fp32(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
     Half-split: dim j pairs with dim j + half (not interleaved pairs). Computed and returned in fp32.
     """
     half = cos.shape[-1]
-    x32 = x.float()
-    x1, x2, rest = x32[..., :half], x32[..., half : 2 * half], x32[..., 2 * half :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+    out = x.to(torch.float32, copy=True)  # the rest passes through; the rotated dims are rewritten
+    x1, x2 = out[..., :half], out[..., half : 2 * half]
+    # In place on the copy, not a concatenation of new pieces: half the time at the DiT's sizes.
+    x2_sin = x2 * sin
+    x2.mul_(cos).addcmul_(x1, sin)  # x2 cos + x1 sin
+    x1.mul_(cos).sub_(x2_sin)  # x1 cos - x2 sin
+    return out
 
 
 def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,13 @@ from stable_audio_rt.models.config import DiTConfig
 QK_NORM_EPS = 1e-6
 
 
+def plus_linear(residual: torch.Tensor, linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """residual + linear(x): the block's residual sums, in one pass where the linear has a fused
+    form (`forward_plus`, the CPU's packed linears: the sum made before rounding to the dtype)."""
+    fused = getattr(linear, "forward_plus", None)
+    return fused(x, residual) if fused is not None else residual + linear(x)
+
+
 class QKNorm(nn.Module):
     """LayerNorm over the head dim of queries and keys, before RoPE (Stable Audio Open Small's
     qk_norm "ln"; stable-audio-tools' Attention, eps QK_NORM_EPS), back in the input dtype."""
@@ -41,15 +48,21 @@ class SelfAttention(nn.Module):
         self.qk_norm = QKNorm(dim // num_heads) if qk_norm else None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attention: AttentionFunctions
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention: AttentionFunctions,
+        residual: torch.Tensor,
     ) -> torch.Tensor:
+        """residual + the self-attention of x."""
         b, t, _ = x.shape
         # (B, T, 3D) → 3 × (B, H, T, Dh)
         q, k, v = self.to_qkv(x).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q, k)
         out = attention.self_attention(q, k, v, cos, sin)
-        return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
+        return plus_linear(residual, self.to_out, out.transpose(1, 2).reshape(b, t, -1))
 
 
 class CrossAttention(nn.Module):
@@ -73,14 +86,19 @@ class CrossAttention(nn.Module):
         return k, v
 
     def forward(
-        self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], attention: AttentionFunctions
+        self,
+        x: torch.Tensor,
+        kv: tuple[torch.Tensor, torch.Tensor],
+        attention: AttentionFunctions,
+        residual: torch.Tensor,
     ) -> torch.Tensor:
+        """residual + the cross-attention of x to the context's K and V."""
         b, t, _ = x.shape
         q = self.to_q(x).view(b, t, self.num_heads, -1).transpose(1, 2)
         if self.qk_norm is not None:
             q = self.qk_norm.q_norm(q).to(q.dtype)
         out = attention.cross_attention(q, *kv)
-        return self.to_out(out.transpose(1, 2).reshape(b, t, -1))
+        return plus_linear(residual, self.to_out, out.transpose(1, 2).reshape(b, t, -1))
 
 
 class SwiGLU(nn.Module):
@@ -91,9 +109,10 @@ class SwiGLU(nn.Module):
         self.proj_in = nn.Linear(dim, 2 * inner_dim)
         self.proj_out = nn.Linear(inner_dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + the feed-forward of x."""
         a, gate = self.proj_in(x).chunk(2, dim=-1)
-        return self.proj_out(a * F.silu(gate))
+        return plus_linear(residual, self.proj_out, a * F.silu(gate))
 
 
 class DiTBlock(nn.Module):
@@ -117,9 +136,9 @@ class DiTBlock(nn.Module):
         sin: torch.Tensor,
         attention: AttentionFunctions,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_norm(x), cos, sin, attention)
-        x = x + self.cross_attn(self.cross_attn_norm(x), context_kv, attention)
-        return x + self.ff(self.ff_norm(x))
+        x = self.self_attn(self.self_attn_norm(x), cos, sin, attention, residual=x)
+        x = self.cross_attn(self.cross_attn_norm(x), context_kv, attention, residual=x)
+        return self.ff(self.ff_norm(x), residual=x)
 
 
 def _mlp(dim_in: int, dim_out: int, bias: bool) -> nn.Sequential:

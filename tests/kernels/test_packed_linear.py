@@ -12,7 +12,7 @@ from torch import nn
 from stable_audio_rt.kernels import packed_linear
 from stable_audio_rt.kernels.packed_linear import PackedLinear, pack_linears_, packing_available, packs
 from stable_audio_rt.models.config import TINY
-from stable_audio_rt.models.dit import DiT
+from stable_audio_rt.models.dit import DiT, plus_linear
 from stable_audio_rt.models.io_spec import axis_sizes, component_specs, sample_inputs
 from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.runtime import load
@@ -33,16 +33,22 @@ HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 FP32_EPS = 2.0**-23
 
 
-def _product_bound(x: torch.Tensor, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact product of the operands (fp64) and what a linear in their dtype may miss it by:
-    the output's rounding plus the fp32 accumulation's error over K terms (K·eps·Σ|x·w|)."""
+def _product_bound(
+    x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact product of the operands (fp64), plus `residual` if given, and what a linear in
+    their dtype may miss it by: one rounding of the output plus the fp32 accumulation's error
+    over K terms (K·eps·Σ|x·w|)."""
     x64, w64 = x.double(), linear.weight.detach().double()
     exact = x64 @ w64.T
     magnitude = x64.abs() @ w64.abs().T
     if linear.bias is not None:
         exact = exact + linear.bias.detach().double()
         magnitude = magnitude + linear.bias.detach().double().abs()
-    return exact, HALF_ULP[x.dtype] * exact.abs() + (x.shape[-1] + 1) * FP32_EPS * magnitude + 1e-30
+    if residual is not None:
+        exact = exact + residual.double()
+        magnitude = magnitude + residual.double().abs()
+    return exact, HALF_ULP[x.dtype] * exact.abs() + (x.shape[-1] + 2) * FP32_EPS * magnitude + 1e-30
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -57,6 +63,23 @@ def test_packed_linear_is_a_linear(dtype, bias, shape):
     assert ours.dtype == dtype and ours.shape == plain.shape
     assert bool(((plain.double() - exact).abs() <= bound).all())  # the bound holds for nn.Linear
     assert bool(((ours.double() - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_plus_is_the_residual_plus_the_product_rounded_once(dtype, bias):
+    linear = nn.Linear(96, 160, bias=bias).to(dtype)
+    x = torch.randn(2, 33, 96, dtype=dtype)
+    residual = 4 * torch.randn(2, 33, 160, dtype=dtype)
+    with torch.inference_mode():
+        ours = PackedLinear(linear).forward_plus(x, residual)
+        plain = plus_linear(residual, linear, x)  # a plain linear: the sum after the product
+    exact, bound = _product_bound(x, linear, residual)  # one rounding, after the sum
+    assert ours.dtype == dtype and ours.shape == residual.shape
+    assert torch.equal(plain, residual + linear(x))
+    assert bool(((ours.double() - exact).abs() <= bound).all())
+    if dtype == torch.bfloat16:  # the bound is tight enough to see the plain sum's two roundings
+        assert not bool(((plain.double() - exact).abs() <= bound).all())
 
 
 @BF16

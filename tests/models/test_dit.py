@@ -90,8 +90,10 @@ def test_partial_rope_is_half_split_on_first_dims(generator):
     """Dims j and j + 16 rotate together by position · 10000^(-j/16); dims 32-63 pass through."""
     positions, head_dim, rotary_dim = 5, 64, 32
     x = torch.randn(positions, head_dim, generator=generator)
+    given = x.clone()
     cos, sin = rope_tables(positions, rotary_dim, 10000.0)
     out = apply_partial_rope(x, cos, sin)
+    assert torch.equal(x, given)  # rotated in a copy: an fp32 input is left as it was
     half = rotary_dim // 2
     for p in range(positions):
         for j in range(half):
