@@ -24,6 +24,13 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def seeded_global_rng() -> None:
+    """torch's global generator (module inits, `torch.randn` without a generator) seeded from the
+    run's seed too: fresh each run, and replayed by SA_TEST_SEED with the same test selection."""
+    torch.manual_seed(SEED)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def recorded_mallopt() -> Iterator[list[tuple[int, int]]]:
     """The CLIs' malloc policy (`runtime/cpu_memory.py`) recorded instead of applied, from before
     any fixture runs a CLI: applied, it would last the pytest process's life.

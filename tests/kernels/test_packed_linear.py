@@ -33,6 +33,15 @@ HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 FP32_EPS = 2.0**-23
 
 
+def _random_linear(bias: bool, dtype: torch.dtype, generator: torch.Generator) -> nn.Linear:
+    """A 96 → 160 linear with weights (and bias) drawn from the test run's generator."""
+    linear = nn.Linear(96, 160, bias=bias)
+    with torch.no_grad():
+        for param in linear.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) / 96**0.5)
+    return linear.to(dtype)
+
+
 def _product_bound(
     x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,9 +63,9 @@ def _product_bound(
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 96), (2, 33, 96), (130, 96)])
-def test_packed_linear_is_a_linear(dtype, bias, shape):
-    linear = nn.Linear(96, 160, bias=bias).to(dtype)
-    x = torch.randn(shape, dtype=dtype)
+def test_packed_linear_is_a_linear(dtype, bias, shape, generator):
+    linear = _random_linear(bias, dtype, generator)
+    x = torch.randn(shape, generator=generator).to(dtype)
     with torch.inference_mode():
         ours, plain = PackedLinear(linear)(x), linear(x)
     exact, bound = _product_bound(x, linear)
@@ -67,10 +76,10 @@ def test_packed_linear_is_a_linear(dtype, bias, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_plus_is_the_residual_plus_the_product_rounded_once(dtype, bias):
-    linear = nn.Linear(96, 160, bias=bias).to(dtype)
-    x = torch.randn(2, 33, 96, dtype=dtype)
-    residual = 4 * torch.randn(2, 33, 160, dtype=dtype)
+def test_forward_plus_is_the_residual_plus_the_product_rounded_once(dtype, bias, generator):
+    linear = _random_linear(bias, dtype, generator)
+    x = torch.randn(2, 33, 96, generator=generator).to(dtype)
+    residual = (4 * torch.randn(2, 33, 160, generator=generator)).to(dtype)
     with torch.inference_mode():
         ours = PackedLinear(linear).forward_plus(x, residual)
         plain = plus_linear(residual, linear, x)  # a plain linear: the sum after the product
