@@ -33,38 +33,31 @@ HALF_ULP = {torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 FP32_EPS = 2.0**-23
 
 
-def _random_linear(bias: bool, dtype: torch.dtype, generator: torch.Generator) -> nn.Linear:
-    """A 96 → 160 linear with weights (and bias) drawn from the test run's generator."""
-    linear = nn.Linear(96, 160, bias=bias)
-    with torch.no_grad():
-        for param in linear.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) / 96**0.5)
-    return linear.to(dtype)
-
-
 def _product_bound(
     x: torch.Tensor, linear: nn.Linear, residual: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact product of the operands (fp64), plus `residual` if given, and what a linear in
     their dtype may miss it by: one rounding of the output plus the fp32 accumulation's error
-    over K terms (K·eps·Σ|x·w|)."""
+    over its terms (K products, the bias and the residual: terms·eps·Σ|term|)."""
     x64, w64 = x.double(), linear.weight.detach().double()
     exact = x64 @ w64.T
     magnitude = x64.abs() @ w64.abs().T
     if linear.bias is not None:
         exact = exact + linear.bias.detach().double()
         magnitude = magnitude + linear.bias.detach().double().abs()
+    terms = x.shape[-1] + 1
     if residual is not None:
         exact = exact + residual.double()
         magnitude = magnitude + residual.double().abs()
-    return exact, HALF_ULP[x.dtype] * exact.abs() + (x.shape[-1] + 2) * FP32_EPS * magnitude + 1e-30
+        terms += 1
+    return exact, HALF_ULP[x.dtype] * exact.abs() + terms * FP32_EPS * magnitude + 1e-30
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(1, 1, 96), (2, 33, 96), (130, 96)])
 def test_packed_linear_is_a_linear(dtype, bias, shape, generator):
-    linear = _random_linear(bias, dtype, generator)
+    linear = randomize_(nn.Linear(96, 160, bias=bias), generator).to(dtype)
     x = torch.randn(shape, generator=generator).to(dtype)
     with torch.inference_mode():
         ours, plain = PackedLinear(linear)(x), linear(x)
@@ -77,7 +70,7 @@ def test_packed_linear_is_a_linear(dtype, bias, shape, generator):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_forward_plus_is_the_residual_plus_the_product_rounded_once(dtype, bias, generator):
-    linear = _random_linear(bias, dtype, generator)
+    linear = randomize_(nn.Linear(96, 160, bias=bias), generator).to(dtype)
     x = torch.randn(2, 33, 96, generator=generator).to(dtype)
     residual = (4 * torch.randn(2, 33, 160, generator=generator)).to(dtype)
     with torch.inference_mode():
