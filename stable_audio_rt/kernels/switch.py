@@ -77,7 +77,9 @@ def triton_attention() -> AttentionFunctions:
     from stable_audio_rt.kernels import ops
 
     return AttentionFunctions(
-        self_attention=ops.triton_self_attention, cross_attention=ops.triton_cross_attention
+        self_attention=ops.triton_self_attention,
+        cross_attention=ops.triton_cross_attention,
+        takes_key_bias=False,
     )
 
 

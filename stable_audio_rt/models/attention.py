@@ -7,6 +7,7 @@ The Triton kernels issue replaces these functions with fused ones of the same si
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,7 +51,29 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 SelfAttentionFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 ]
-CrossAttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# (q, k, v) → out; those that take it also `key_bias=` (`AttentionFunctions.takes_key_bias`).
+CrossAttentionFn = Callable[..., torch.Tensor]
+
+
+def merge_zero_tokens(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The context (B, S, D) with its positions that are zero in every row (T5's pads, and the
+    unconditional half's whole prompt) merged into one zero token at the end, and the logit bias
+    (1, 1, 1, S') that weighs that token as all of them: log(count), 0 elsewhere. None: nothing merged.
+
+    Exact: cross-attention has no position term, so equal context tokens give every query equal
+    keys and values (whatever the projections), and n equal keys take n times one key's softmax
+    weight. It shortens each step's cross-attention from S to S' keys (reference-spec §2.7).
+    """
+    zero = (context == 0).all(dim=-1).all(dim=0)
+    count = int(zero.sum())
+    if count < 2:
+        return context, None
+    merged = torch.cat((context[:, ~zero], context.new_zeros(context.shape[0], 1, context.shape[2])), dim=1)
+    key_bias = torch.zeros(1, 1, 1, merged.shape[1], device=context.device, dtype=torch.float32)
+    key_bias[..., -1] = math.log(count)
+    return merged, key_bias
 
 
 def sdpa_self_attention(
@@ -60,13 +83,16 @@ def sdpa_self_attention(
     return F.scaled_dot_product_attention(apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin), v)
 
 
-def sdpa_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """GQA cross-attention, no mask (padded context tokens take part with logit 0, §2.7)."""
+def sdpa_cross_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """GQA cross-attention, no mask (padded context tokens take part with logit 0, §2.7; or
+    merged into one token weighed by `key_bias`)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
-    return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
 
 
 def fp32_self_attention(
@@ -80,13 +106,15 @@ def fp32_self_attention(
     return out.to(q.dtype)
 
 
-def fp32_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def fp32_cross_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """`sdpa_cross_attention` in fp32, each KV head's query heads folded into its query rows
     (B, Hkv, H/Hkv · T, Dh): each row's maths as there, without repeating K and V; the output in
     q's dtype."""
     batch, heads, length, head_dim = q.shape
     folded = q.float().reshape(batch, k.shape[1], -1, head_dim)
-    out = F.scaled_dot_product_attention(folded, k.float(), v.float())
+    out = F.scaled_dot_product_attention(folded, k.float(), v.float(), attn_mask=key_bias)
     return out.view(batch, heads, length, head_dim).to(q.dtype)
 
 
@@ -96,6 +124,9 @@ class AttentionFunctions:
 
     self_attention: SelfAttentionFn = sdpa_self_attention
     cross_attention: CrossAttentionFn = sdpa_cross_attention
+    # Whether cross_attention takes `key_bias`, a float32 (1, 1, 1, S) added to every query's
+    # logits: the weight of merged context pads (`merge_zero_tokens`).
+    takes_key_bias: bool = True
 
 
 SDPA = AttentionFunctions()

@@ -1,7 +1,8 @@
 """The Stable Audio diffusion transformer (reference-spec §2).
 
 x: (B, C, T) latents, t: (B,) diffusion time, context: (B, S, cond_token_dim),
-global_cond: (B, global_cond_dim) → v: (B, C, T). No masks anywhere.
+global_cond: (B, global_cond_dim) → v: (B, C, T). No masks; the one bias, optional, weighs the
+context's merged pads (`models.attention.merge_zero_tokens`: the same maths, fewer keys).
 """
 
 from __future__ import annotations
@@ -91,13 +92,19 @@ class CrossAttention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor],
         attention: AttentionFunctions,
         residual: torch.Tensor,
+        key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """residual + the cross-attention of x to the context's K and V."""
+        """residual + the cross-attention of x to the context's K and V (merged tokens weighed by
+        `key_bias`, `models.attention.merge_zero_tokens`)."""
         b, t, _ = x.shape
         q = self.to_q(x).view(b, t, self.num_heads, -1).transpose(1, 2)
         if self.qk_norm is not None:
             q = self.qk_norm.q_norm(q).to(q.dtype)
-        out = attention.cross_attention(q, *kv)
+        out = (
+            attention.cross_attention(q, *kv)
+            if key_bias is None
+            else attention.cross_attention(q, *kv, key_bias=key_bias)
+        )
         return plus_linear(residual, self.to_out, out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -135,9 +142,10 @@ class DiTBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attention: AttentionFunctions,
+        key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.self_attn(self.self_attn_norm(x), cos, sin, attention, residual=x)
-        x = self.cross_attn(self.cross_attn_norm(x), context_kv, attention, residual=x)
+        x = self.cross_attn(self.cross_attn_norm(x), context_kv, attention, residual=x, key_bias=key_bias)
         return self.ff(self.ff_norm(x), residual=x)
 
 
@@ -206,14 +214,21 @@ class DiT(nn.Module):
         x: torch.Tensor,
         global_token: torch.Tensor,
         context_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        key_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The per-step part of the forward, given the σ-only and context-only parts."""
+        """The per-step part of the forward, given the σ-only and context-only parts (`key_bias`:
+        where the context's zero tokens were merged, `models.attention.merge_zero_tokens`)."""
+        if key_bias is not None and not self.attention.takes_key_bias:
+            raise ValueError(
+                "this DiT's cross-attention takes no key bias (the Triton kernels): bind the context "
+                "without merging its zero tokens"
+            )
         x = self.preprocess_conv(x) + x
         h = self.project_in(x.transpose(1, 2))  # (B, T, C) → (B, T, D)
         h = torch.cat((global_token, h), dim=1)  # (B, T+1, D), global token at position 0
         cos, sin = self.rope(h.shape[1], h.device)
         for block, kv in zip(self.blocks, context_kv, strict=True):
-            h = block(h, kv, cos, sin, self.attention)
+            h = block(h, kv, cos, sin, self.attention, key_bias)
         out = self.project_out(h).transpose(1, 2)[:, :, 1:]  # drop the global token → (B, C, T)
         return self.postprocess_conv(out) + out
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from numerics import rel_error
 
-from stable_audio_rt.models.attention import FP32_SDPA, SDPA, rope_tables
+from stable_audio_rt.models.attention import FP32_SDPA, SDPA, merge_zero_tokens, rope_tables
 
 # Stable Audio Open's head geometry: 64-dim heads, RoPE on the first 32 (reference-spec §2.6).
 HEAD_DIM, ROTARY_DIM, ROPE_BASE = 64, 32, 10000.0
@@ -58,5 +58,52 @@ def test_fp32_pair_rounds_the_exact_result_once_in_bf16(heads, kv_heads, generat
     assert rel_error(ours, exact) <= _one_bf16_rounding(exact) + FP32_TOL
     exact = SDPA.cross_attention(q.double(), context_k.double(), context_v.double())
     ours = FP32_SDPA.cross_attention(q, context_k, context_v)
+    assert ours.dtype == torch.bfloat16
+    assert rel_error(ours, exact) <= _one_bf16_rounding(exact) + FP32_TOL
+
+
+def test_merge_zero_tokens_keeps_the_rest_and_weighs_one_zero_token_as_all(generator):
+    """Positions zero in every row go (in any order: cross-attention has no position term); one
+    zero token at the end carries log(their count); a position zero in one row only stays."""
+    rows, length, width = 2, int(torch.randint(4, 140, (), generator=generator)), 8
+    context = torch.randn(rows, length, width, generator=generator)
+    shared = torch.rand(length, generator=generator) < 0.6
+    shared[:2] = True  # at least two to merge
+    context[:, shared] = 0
+    context[0, ~shared & (torch.rand(length, generator=generator) < 0.5)] = 0  # one row's only
+    merged, key_bias = merge_zero_tokens(context)
+    assert torch.equal(merged, torch.cat((context[:, ~shared], torch.zeros(rows, 1, width)), dim=1))
+    expected = torch.zeros(1, 1, 1, merged.shape[1])
+    expected[..., -1] = math.log(int(shared.sum()))
+    assert key_bias.dtype == torch.float32 and torch.allclose(key_bias, expected, rtol=1e-7, atol=0)
+
+
+def test_merge_zero_tokens_leaves_a_context_with_fewer_than_two(generator):
+    context = torch.randn(2, 9, 4, generator=generator)
+    context[:, 3] = 0
+    merged, key_bias = merge_zero_tokens(context)
+    assert merged is context and key_bias is None
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(6, 6), (6, 2)])
+def test_one_key_with_the_bias_attends_as_its_copies(heads, kv_heads, generator):
+    """m equal keys and values (what m zero context tokens project to) against one of them with
+    logit bias log m: the same output from both pairs in fp32, and the fp32 pair's bf16 output the
+    exact result rounded once."""
+    q, _, _, _, _, context_k, context_v = _attention_inputs(heads, kv_heads, torch.float32, generator)
+    copies = int(torch.randint(2, 120, (), generator=generator))
+    pad_k, pad_v = torch.randn(2, 2, kv_heads, 1, HEAD_DIM, generator=generator)
+    full_k = torch.cat((context_k, pad_k.expand(-1, -1, copies, -1)), dim=2)
+    full_v = torch.cat((context_v, pad_v.expand(-1, -1, copies, -1)), dim=2)
+    one_k, one_v = torch.cat((context_k, pad_k), dim=2), torch.cat((context_v, pad_v), dim=2)
+    key_bias = torch.zeros(1, 1, 1, one_k.shape[2])
+    key_bias[..., -1] = math.log(copies)
+    for pair in (SDPA, FP32_SDPA):
+        expected = SDPA.cross_attention(q, full_k, full_v)
+        assert rel_error(pair.cross_attention(q, one_k, one_v, key_bias=key_bias), expected) <= FP32_TOL
+    exact = SDPA.cross_attention(
+        q.bfloat16().double(), full_k.bfloat16().double(), full_v.bfloat16().double()
+    )
+    ours = FP32_SDPA.cross_attention(q.bfloat16(), one_k.bfloat16(), one_v.bfloat16(), key_bias=key_bias)
     assert ours.dtype == torch.bfloat16
     assert rel_error(ours, exact) <= _one_bf16_rounding(exact) + FP32_TOL

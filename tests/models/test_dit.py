@@ -1,6 +1,7 @@
 """Our DiT against diffusers' StableAudioDiTModel on the same random weights (CPU, fp32)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,7 +9,15 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from numerics import FP32_REL_TOL, rel_error
 
 from stable_audio_rt.models import dit as dit_module
-from stable_audio_rt.models.attention import apply_partial_rope, rope_tables
+from stable_audio_rt.models.attention import (
+    FP32_SDPA,
+    SDPA,
+    apply_partial_rope,
+    merge_zero_tokens,
+    rope_tables,
+)
+from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.random_init import randomize_
 
 
 def _inputs(config, batch, frames, generator):
@@ -54,6 +63,37 @@ def test_dit_split_forward_equals_forward(tiny_model, generator):
     dit = tiny_model.dit
     split = dit.forward_with_context_kv(x, dit.global_token(t, global_cond), dit.context_kv(context))
     assert torch.equal(split, dit(x, t, context, global_cond))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("attention", [SDPA, FP32_SDPA], ids=["sdpa", "fp32_sdpa"])
+@torch.no_grad()
+def test_merged_zero_tokens_give_the_same_v(qk_norm, attention, generator):
+    """The context's pads (zero in every row) merged into one weighed token: the v of attending to
+    each of them, also where qk-norm's bias makes their key non-zero (Small)."""
+    dit = randomize_(dit_module.DiT(dataclasses.replace(TINY.dit, qk_norm=qk_norm), attention), generator)
+    x, t, context, global_cond = _inputs(TINY, 2, 9, generator)
+    prompt = TINY.conditioning.t5_max_length
+    used = [int(n) for n in torch.randint(1, prompt, (2,), generator=generator)]
+    for row, length in enumerate(used):
+        context[row, length:prompt] = 0  # T5's pads: zero, the timing tokens after them not
+    merged, key_bias = merge_zero_tokens(context)
+    assert merged.shape[1] == context.shape[1] - (prompt - max(used)) + 1
+    token = dit.global_token(t, global_cond)
+    expected = dit.forward_with_context_kv(x, token, dit.context_kv(context))
+    ours = dit.forward_with_context_kv(x, token, dit.context_kv(merged), key_bias)
+    assert rel_error(ours, expected) <= FP32_REL_TOL
+
+
+@torch.no_grad()
+def test_a_key_bias_for_attention_that_takes_none_is_refused(tiny_model, generator):
+    x, t, context, global_cond = _inputs(tiny_model.config, 1, 3, generator)
+    dit = copy.deepcopy(tiny_model.dit)
+    dit.set_attention(dataclasses.replace(SDPA, takes_key_bias=False))
+    with pytest.raises(ValueError, match="takes no key bias"):
+        dit.forward_with_context_kv(
+            x, dit.global_token(t, global_cond), dit.context_kv(context), torch.zeros(1, 1, 1, 1)
+        )
 
 
 @torch.no_grad()

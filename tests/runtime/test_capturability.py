@@ -33,6 +33,9 @@ def pipes():
     pipes["tiny-random, triton, fp16 T5"] = StableAudio.from_pretrained(
         "tiny-random", device="cpu", kernels="triton", t5_dtype=torch.float16
     )
+    for pipe in pipes.values():
+        # As on CUDA: the whole context, not the CPU's prompt-length K/V (a shape per prompt).
+        pipe.components.merge_zero_tokens = False
     return pipes
 
 

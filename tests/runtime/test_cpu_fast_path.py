@@ -14,6 +14,7 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.vae import OobleckVAE
 from stable_audio_rt.runtime import load
+from stable_audio_rt.runtime.backends.torch_backend import TorchComponents, TorchDiTStep
 from stable_audio_rt.runtime.pipeline import StableAudio
 
 CPU = torch.device("cpu")
@@ -91,3 +92,27 @@ def test_default_cpu_path_in_fp32_equals_the_reference_path():
     with torch.inference_mode():
         decoded = fast.components.decode(theirs.latents)[..., : theirs.audio.shape[-1]]
     assert rel_error(decoded, theirs.audio) <= FP32_REL_TOL
+
+
+@torch.no_grad()
+def test_cpu_steps_attend_to_the_prompt_tokens_only(tiny_model, generator):
+    """The torch backend on the CPU binds the context with its pads merged (one weighed token):
+    shorter K/V, contiguous, and the same v as the step that attends to every pad."""
+    config, steps, rows = tiny_model.config, 2, 2
+    step = TorchComponents(tiny_model).step_model(steps, rows)
+    prompt, tokens = config.conditioning.t5_max_length, config.conditioning.context_tokens
+    plain = TorchDiTStep(tiny_model.dit, steps, rows, tokens)
+    assert step.merge_zero_tokens and not plain.merge_zero_tokens
+    context = torch.randn(rows, tokens, config.dit.cond_token_dim, generator=generator)
+    used = int(torch.randint(1, prompt - 1, (), generator=generator))
+    context[:, used:prompt] = 0
+    t = torch.rand(steps, generator=generator)
+    global_cond = torch.randn(rows, config.dit.global_cond_dim, generator=generator)
+    for denoiser in (step, plain):
+        denoiser.bind(t, context, global_cond)
+    k, v = step.bound_kv[0]
+    assert k.shape[2] == v.shape[2] == tokens - (prompt - used) + 1
+    assert k.is_contiguous() and v.is_contiguous()
+    x = torch.randn(rows, config.dit.io_channels, 5, generator=generator)
+    for i in range(steps):
+        assert rel_error(step(x, i), plain(x, i)) <= FP32_REL_TOL
