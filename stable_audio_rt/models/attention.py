@@ -57,10 +57,11 @@ SelfAttentionFn = Callable[
 CrossAttentionFn = Callable[..., torch.Tensor]
 
 
-def merge_zero_tokens(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def merge_zero_tokens(context: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The context (B, S, D) with its positions that are zero in every row (T5's pads, and the
-    unconditional half's whole prompt) merged into one zero token at the end, and the logit bias
-    (1, 1, 1, S') that weighs that token as all of them: log(count), 0 elsewhere. None: nothing merged.
+    unconditional half's whole prompt) merged into zero tokens at the end, as few as make the
+    length S' a multiple of `multiple` (one at least), and the logit bias (1, 1, 1, S') that weighs
+    them as all of them: log(count / their number) on each, 0 elsewhere. None: nothing merged.
 
     Exact: cross-attention has no position term, so equal context tokens give every query equal
     keys and values (whatever the projections), and n equal keys take n times one key's softmax
@@ -68,11 +69,16 @@ def merge_zero_tokens(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """
     zero = (context == 0).all(dim=-1).all(dim=0)
     count = int(zero.sum())
-    if count < 2:
+    kept = context.shape[1] - count
+    length = -(-(kept + 1) // multiple) * multiple
+    if count < 2 or length >= context.shape[1]:
         return context, None
-    merged = torch.cat((context[:, ~zero], context.new_zeros(context.shape[0], 1, context.shape[2])), dim=1)
-    key_bias = torch.zeros(1, 1, 1, merged.shape[1], device=context.device, dtype=torch.float32)
-    key_bias[..., -1] = math.log(count)
+    pads = length - kept
+    merged = torch.cat(
+        (context[:, ~zero], context.new_zeros(context.shape[0], pads, context.shape[2])), dim=1
+    )
+    key_bias = torch.zeros(1, 1, 1, length, device=context.device, dtype=torch.float32)
+    key_bias[..., kept:] = math.log(count / pads)
     return merged, key_bias
 
 

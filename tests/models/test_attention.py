@@ -62,26 +62,37 @@ def test_fp32_pair_rounds_the_exact_result_once_in_bf16(heads, kv_heads, generat
     assert rel_error(ours, exact) <= _one_bf16_rounding(exact) + FP32_TOL
 
 
-def test_merge_zero_tokens_keeps_the_rest_and_weighs_one_zero_token_as_all(generator):
-    """Positions zero in every row go (in any order: cross-attention has no position term); one
-    zero token at the end carries log(their count); a position zero in one row only stays."""
-    rows, length, width = 2, int(torch.randint(4, 140, (), generator=generator)), 8
+@pytest.mark.parametrize("multiple", [1, 8, 16])
+def test_merge_zero_tokens_keeps_the_rest_and_weighs_the_zero_tokens_as_all(multiple, generator):
+    """Positions zero in every row go (in any order: cross-attention has no position term); the
+    fewest zero tokens that make the length a multiple of `multiple` take their place, their
+    weights e^bias summing to the count; a position zero in one row only stays."""
+    rows, length, width = 2, int(torch.randint(40, 140, (), generator=generator)), 8
     context = torch.randn(rows, length, width, generator=generator)
-    shared = torch.rand(length, generator=generator) < 0.6
-    shared[:2] = True  # at least two to merge
+    shared = torch.rand(length, generator=generator) < 0.7
+    shared[: multiple + 1] = True  # enough to merge
     context[:, shared] = 0
     context[0, ~shared & (torch.rand(length, generator=generator) < 0.5)] = 0  # one row's only
-    merged, key_bias = merge_zero_tokens(context)
-    assert torch.equal(merged, torch.cat((context[:, ~shared], torch.zeros(rows, 1, width)), dim=1))
-    expected = torch.zeros(1, 1, 1, merged.shape[1])
-    expected[..., -1] = math.log(int(shared.sum()))
-    assert key_bias.dtype == torch.float32 and torch.allclose(key_bias, expected, rtol=1e-7, atol=0)
+    merged, key_bias = merge_zero_tokens(context, multiple)
+    kept = int((~shared).sum())
+    pads = merged.shape[1] - kept
+    assert merged.shape[1] % multiple == 0 and 1 <= pads <= multiple
+    assert torch.equal(merged, torch.cat((context[:, ~shared], torch.zeros(rows, pads, width)), dim=1))
+    assert key_bias.dtype == torch.float32 and key_bias.shape == (1, 1, 1, merged.shape[1])
+    assert torch.equal(key_bias[..., :kept], torch.zeros(1, 1, 1, kept))
+    weights = key_bias[0, 0, 0, kept:].double().exp()
+    assert torch.allclose(weights, weights[0].expand(pads)) and math.isclose(
+        weights.sum().item(), int(shared.sum()), rel_tol=1e-6
+    )
 
 
-def test_merge_zero_tokens_leaves_a_context_with_fewer_than_two(generator):
+def test_merge_zero_tokens_leaves_a_context_it_would_not_shorten(generator):
     context = torch.randn(2, 9, 4, generator=generator)
     context[:, 3] = 0
-    merged, key_bias = merge_zero_tokens(context)
+    merged, key_bias = merge_zero_tokens(context)  # one zero position: nothing to merge
+    assert merged is context and key_bias is None
+    context[:, 4:8] = 0
+    merged, key_bias = merge_zero_tokens(context, 16)  # 4 of 9 merged would pad to 16
     assert merged is context and key_bias is None
 
 

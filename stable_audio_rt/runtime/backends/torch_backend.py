@@ -11,6 +11,12 @@ from stable_audio_rt.models.attention import merge_zero_tokens
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
 
+# The merged context's length is padded to a multiple of this: torch's CPU attention runs key
+# lengths of a multiple of 16 2-3x faster than their neighbours (2-core AVX512 EPYC, torch 2.13:
+# 130 query rows, 16 keys 0.18 ms, 15 keys 0.36 ms; a softmax over a last dim of 15 takes 12x
+# one of 16).
+MERGED_KEYS_MULTIPLE = 16
+
 
 class TorchDiTStep:
     """Per-step DiT call with the request's global tokens (N, R, 1, D) and context K/V precomputed
@@ -48,7 +54,7 @@ class TorchDiTStep:
         self.global_tokens.copy_(tokens.view(self.global_tokens.shape))
         context = context.to(param)
         if self.merge_zero_tokens:
-            context, self.key_bias = merge_zero_tokens(context)
+            context, self.key_bias = merge_zero_tokens(context, MERGED_KEYS_MULTIPLE)
         # Contiguous (R, Hkv, S', Dh) views at the start of each buffer.
         rows, heads, _, head_dim = self.context_kv[0][0].shape
         shape = (rows, heads, context.shape[1], head_dim)
