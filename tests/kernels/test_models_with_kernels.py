@@ -3,7 +3,7 @@ maths (tiny config, CPU, Triton's interpreter)."""
 
 import pytest
 import torch
-from numerics import FP32_REL_TOL, rel_error
+from numerics import rel_error
 
 from stable_audio_rt import StableAudio
 from stable_audio_rt.errors import ConfigError
@@ -52,15 +52,17 @@ def test_vae_decode_with_snake_kernel_equals_eager(model, generator):
 
 def test_pipeline_with_kernels_equals_torch_maths():
     options = dict(seconds_total=0.1, steps=3, seed=11, frames=4)
-    runs = {
-        kernels: StableAudio.from_pretrained(
-            TINY_RANDOM, device="cpu", dtype=torch.float32, kernels=kernels
-        ).generate("a", **options)
+    pipes = {
+        kernels: StableAudio.from_pretrained(TINY_RANDOM, device="cpu", dtype=torch.float32, kernels=kernels)
         for kernels in ("torch", "triton")
     }
+    runs = {kernels: pipe.generate("a", **options) for kernels, pipe in pipes.items()}
     assert rel_error(runs["triton"].latents, runs["torch"].latents) <= FP32_TOL
-    # The latents' ~1e-6 differences pass through the random-weight VAE's gain (5e-5 seen).
-    assert rel_error(runs["triton"].audio, runs["torch"].audio) <= FP32_REL_TOL
+    # Each decoder on the same latents: the random-weight VAE multiplies the latents' ~5e-6
+    # differences by ~20 (1e-4 seen), which would measure its gain, not the kernels.
+    with torch.inference_mode():
+        decoded = pipes["torch"].components.decode(runs["triton"].latents)
+    assert rel_error(runs["triton"].audio, decoded[..., : runs["triton"].audio.shape[-1]]) <= FP32_TOL
 
 
 def test_auto_takes_the_compiled_snake_on_the_cpu():
