@@ -93,7 +93,7 @@ def sdpa_cross_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """GQA cross-attention, no mask (padded context tokens take part with logit 0, §2.7; or
-    merged into one token weighed by `key_bias`)."""
+    merged into a few zero tokens weighed by `key_bias`, `merge_zero_tokens`)."""
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k = k.repeat_interleave(group, dim=1)

@@ -22,8 +22,8 @@ class TorchDiTStep:
     """Per-step DiT call with the request's global tokens (N, R, 1, D) and context K/V precomputed
     by `bind` (they depend only on σ and the conditioning).
 
-    merge_zero_tokens: the context's all-zero tokens merged into one (`merge_zero_tokens`), so each
-    step attends to the prompt's tokens only. The K/V length then depends on the prompt, which a
+    merge_zero_tokens: the context's all-zero tokens merged (`merge_zero_tokens`, into as few zero
+    tokens as make MERGED_KEYS_MULTIPLE keys), so each step attends to the prompt's tokens only. The K/V length then depends on the prompt, which a
     CUDA graph's fixed shapes cannot follow: for eager runs (the CPU's), with attention functions
     that take the merged tokens' bias.
     """
