@@ -23,9 +23,9 @@ class TorchDiTStep:
     by `bind` (they depend only on σ and the conditioning).
 
     merge_zero_tokens: the context's all-zero tokens merged (`merge_zero_tokens`, into as few zero
-    tokens as make MERGED_KEYS_MULTIPLE keys), so each step attends to the prompt's tokens only. The K/V length then depends on the prompt, which a
-    CUDA graph's fixed shapes cannot follow: for eager runs (the CPU's), with attention functions
-    that take the merged tokens' bias.
+    tokens as make a multiple of MERGED_KEYS_MULTIPLE keys), so each step attends to the prompt's
+    tokens only. The K/V length then depends on the prompt, which a CUDA graph's fixed shapes
+    cannot follow: for eager runs (the CPU's), with attention functions that take the bias.
     """
 
     def __init__(
