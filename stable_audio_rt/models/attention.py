@@ -70,7 +70,7 @@ def merge_zero_tokens(context: torch.Tensor, multiple: int = 1) -> tuple[torch.T
     zero = (context == 0).all(dim=-1).all(dim=0)
     count = int(zero.sum())
     kept = context.shape[1] - count
-    length = -(-(kept + 1) // multiple) * multiple
+    length = math.ceil((kept + 1) / multiple) * multiple
     if count < 2 or length >= context.shape[1]:
         return context, None
     pads = length - kept

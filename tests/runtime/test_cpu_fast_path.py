@@ -3,6 +3,7 @@
 reference maths."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -100,8 +101,9 @@ def test_default_cpu_path_in_fp32_equals_the_reference_path():
 
 @torch.no_grad()
 def test_cpu_steps_attend_to_the_prompt_tokens_only(tiny_model, generator):
-    """The torch backend on the CPU binds the context with its pads merged (one weighed token):
-    shorter K/V, contiguous, and the same v as the step that attends to every pad."""
+    """The torch backend on the CPU binds the context with its pads merged (as few weighed zero
+    tokens as make a multiple of MERGED_KEYS_MULTIPLE keys): shorter K/V, contiguous, and the
+    same v as the step that attends to every pad."""
     config, steps, rows = tiny_model.config, 2, 2
     step = TorchComponents(tiny_model).step_model(steps, rows)
     prompt, tokens = config.conditioning.t5_max_length, config.conditioning.context_tokens
@@ -116,7 +118,7 @@ def test_cpu_steps_attend_to_the_prompt_tokens_only(tiny_model, generator):
         denoiser.bind(t, context, global_cond)
     k, v = step.bound_kv[0]
     kept = tokens - (prompt - used)
-    merged = -(-(kept + 1) // MERGED_KEYS_MULTIPLE) * MERGED_KEYS_MULTIPLE
+    merged = math.ceil((kept + 1) / MERGED_KEYS_MULTIPLE) * MERGED_KEYS_MULTIPLE
     assert k.shape[2] == v.shape[2] == min(merged, tokens)  # left whole where it would not shorten
     assert k.is_contiguous() and v.is_contiguous()
     x = torch.randn(rows, config.dit.io_channels, 5, generator=generator)
