@@ -1,12 +1,17 @@
 """Whole-request CUDA graphs on a real GPU: replay equals the eager run in every mode, later
-requests of one shape replay with their own inputs, and a replay allocates nothing."""
+requests of one shape replay with their own inputs, a replay allocates nothing, and requests on
+worker threads (as sa-serve runs them) capture and replay as on one thread."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 from stable_audio_rt.bench.quality import cosine_distance
-from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.audio_io import audio_bytes
+from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 
 RATE = 44100
@@ -20,6 +25,8 @@ DIFFERENT_SEEDS_MIN_COSINE = 1e-3
 # the random decoder's gain magnifies; the CPU's bf16 run measured 2.4e-5. Still 10x below two
 # seeds' distance.
 BATCH_AUDIO_COSINE_TOL = 1e-4
+# A WAV of 16-bit stereo holds at least this many bytes per sample frame.
+BYTES_PER_STEREO_PCM16_SAMPLE = 4
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +101,40 @@ def test_a_batch_replays_as_one_graph_with_each_request_its_own(pipes, generator
         assert cosine_distance(ours.latents, alone.latents) <= REPLAY_COSINE_TOL
         assert ours.audio.shape == alone.audio.shape  # its own clip length
         assert cosine_distance(ours.audio, alone.audio) <= BATCH_AUDIO_COSINE_TOL
+
+
+# sa-serve's worker threads (serve/app.py: each request on a thread of a pool, the model held by
+# one at a time, the others resolving their requests and encoding their audio meanwhile).
+WORKER_THREADS = 4
+
+
+def test_worker_threads_capture_and_replay_as_sa_serve_runs_them(pipes, generator):
+    """Requests of two shapes on a pool of threads, as sa-serve runs them: each shape captured
+    once by whichever thread meets it first and replayed by the others, no capture failed (a
+    failure falls back to eager with only a warning), and each answer its request's eager run."""
+    graphed, eager = pipes
+    seeds = torch.randint(0, 2**31, (8,), generator=generator).tolist()
+    # Step counts no other test of this module uses: two shapes this test captures itself.
+    requests = [
+        GenerationRequest((f"prompt {k}",), seconds_total=1.0, steps=(5, 6)[k % 2], seed=seed)
+        for k, seed in enumerate(seeds)
+    ]
+    model = threading.Lock()
+
+    def serve(request: GenerationRequest) -> tuple[GenerationResult, bytes]:
+        resolved = resolve_request(request, graphed.config)  # off the model, as the server parses
+        with model:
+            result = graphed.run_resolved(resolved)
+        return result, audio_bytes(result.audio[0], result.sample_rate, "WAV")  # off the model too
+
+    before = graphed.graphs.captures, graphed.graphs.replays
+    with ThreadPoolExecutor(WORKER_THREADS) as pool:
+        answers = list(pool.map(serve, requests))
+    after = graphed.graphs.captures, graphed.graphs.replays
+    assert not graphed.graphs.failed, f"captures failed for {graphed.graphs.failed}"
+    assert (after[0] - before[0], after[1] - before[1]) == (2, len(requests) - 2)
+    for request, (result, wav) in zip(requests, answers, strict=True):
+        alone = eager.run(request)
+        assert cosine_distance(result.latents, alone.latents) <= REPLAY_COSINE_TOL
+        assert cosine_distance(result.audio, alone.audio) <= REPLAY_COSINE_TOL
+        assert len(wav) > result.audio.shape[-1] * BYTES_PER_STEREO_PCM16_SAMPLE
