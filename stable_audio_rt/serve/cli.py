@@ -120,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ray.add_argument("--max-replicas", type=int, help="... up to this many")
     ray.add_argument(
+        "--upscale-delay-s",
+        type=float,
+        help="autoscaling: how long the load must call for more replicas before one is added "
+        "(default: Ray Serve's, 30 s)",
+    )
+    ray.add_argument(
+        "--downscale-delay-s",
+        type=float,
+        help="autoscaling: how long it must call for fewer before one is stopped (default: Ray "
+        "Serve's, 600 s)",
+    )
+    ray.add_argument(
         "--replica-cpus",
         type=float,
         default=1,

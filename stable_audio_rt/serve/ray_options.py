@@ -10,14 +10,26 @@ from stable_audio_rt.errors import ConfigError
 
 # Serve's autoscaling rule for sa-serve: its default, with jobs counted as requests.
 JOBS_AND_REQUESTS_POLICY = "stable_audio_rt.serve.ray_serve:jobs_and_requests_policy"
+# sa-serve's options that are Serve's autoscaling_config fields of the same names (unset: Serve's
+# defaults).
+AUTOSCALING_DELAYS = ("upscale_delay_s", "downscale_delay_s")
 
 
 def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
     """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
-    replica aiming at a full batch in flight). By default one per GPU, or one on CPUs."""
+    replica aiming at a full batch in flight, after the delays asked for). By default one per GPU,
+    or one on CPUs."""
     if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
         raise ConfigError("--replicas is a fixed count: give it, or --min-replicas/--max-replicas")
-    if args.min_replicas is not None or args.max_replicas is not None:
+    autoscaled = args.min_replicas is not None or args.max_replicas is not None
+    delays = {name: getattr(args, name) for name in AUTOSCALING_DELAYS if getattr(args, name) is not None}
+    for name, seconds in delays.items():
+        flag = "--" + name.replace("_", "-")
+        if not autoscaled:
+            raise ConfigError(f"{flag} applies to autoscaling: give --min-replicas/--max-replicas too")
+        if seconds < 0:
+            raise ConfigError(f"{flag} must be at least 0 seconds, got {seconds:g}")
+    if autoscaled:
         low = 1 if args.min_replicas is None else args.min_replicas
         high = max(low, 1) if args.max_replicas is None else args.max_replicas
         if low < 1:  # Serve would stop the last one while jobs wait: only HTTP requests wake it
@@ -26,7 +38,7 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
             raise ConfigError(f"--max-replicas ({high}) must be at least --min-replicas ({low})")
         target = max(1, args.max_batch)
         scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target,
-                   "policy": {"policy_function": JOBS_AND_REQUESTS_POLICY}}  # fmt: skip
+                   "policy": {"policy_function": JOBS_AND_REQUESTS_POLICY}, **delays}  # fmt: skip
         return {"autoscaling_config": scaling}
     count = args.replicas if args.replicas is not None else max(1, cluster_gpus)
     if count < 1:

@@ -15,10 +15,10 @@ from stable_audio_rt.serve.ray_options import (
 )
 
 
-def _scaling(low: int, high: int, target: int) -> dict:
+def _scaling(low: int, high: int, target: int, **delays: float) -> dict:
     policy = {"policy_function": JOBS_AND_REQUESTS_POLICY}
     scaling = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": target, "policy": policy}
-    return {"autoscaling_config": scaling}
+    return {"autoscaling_config": scaling | delays}
 
 
 def _args(*argv: str):
@@ -37,6 +37,10 @@ def _args(*argv: str):
          _scaling(1, 2, 8)),
         (["--min-replicas", "2"], 0,
          _scaling(2, 2, 4)),
+        (["--max-replicas", "3", "--upscale-delay-s", "5"], 0,
+         _scaling(1, 3, 4, upscale_delay_s=5.0)),
+        (["--max-replicas", "3", "--upscale-delay-s", "0", "--downscale-delay-s", "120"], 0,
+         _scaling(1, 3, 4, upscale_delay_s=0.0, downscale_delay_s=120.0)),
     ],
 )  # fmt: skip
 def test_replica_counts(argv, gpus, expected):
@@ -55,6 +59,9 @@ def test_replica_counts(argv, gpus, expected):
         (["--min-replicas", "3", "--max-replicas", "2"], "--max-replicas (2) must be at least"),
         (["--min-replicas", "0", "--max-replicas", "2"], "--min-replicas must be at least 1"),
         (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--upscale-delay-s", "5"], "--upscale-delay-s applies to autoscaling"),
+        (["--replicas", "2", "--downscale-delay-s", "5"], "--downscale-delay-s applies to autoscaling"),
+        (["--max-replicas", "2", "--upscale-delay-s", "-1"], "--upscale-delay-s must be at least 0"),
     ],
 )
 def test_bad_ray_options_are_refused_before_ray_starts(argv, message, capsys, monkeypatch):

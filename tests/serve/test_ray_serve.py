@@ -41,13 +41,15 @@ START_S, REQUEST_S, REPLACE_S = 240, 120, 180
 # Long jobs: still running when the replica dies (a few seconds of tiny-model steps on one
 # thread). Their steps differ, so they never share a batch: each replica's worker claims one.
 LONG_STEPS = (400, 500)
-# The autoscaled app: one replica to start, two at most, one request or job each at a time; a
-# backlog of jobs that keeps one replica busy for minutes, well past Serve's 30 s upscale delay
-# and 30 s look-back (the test cancels what is left once the second replica runs), and how long
-# the scale-up may take on a busy 2-core machine (120 s measured).
+# The autoscaled app: one replica to start, two at most, one request or job each at a time,
+# a replica added after the load has called for it UPSCALE_DELAY_S (Serve's default: 30 s); a
+# backlog of jobs that keeps one replica busy for minutes (the test cancels what is left once the
+# second replica runs), and how long the scale-up may take on a busy 2-core machine (120 s
+# measured with Serve's default delay).
 SCALED_APP = "sa-serve-scaled"
+UPSCALE_DELAY_S = 2
 SCALED = {**{k: v for k, v in ARGS.items() if k != "replicas"}, "min_replicas": 1, "max_replicas": 2,
-          "max_batch": 1}  # fmt: skip
+          "max_batch": 1, "upscale_delay_s": UPSCALE_DELAY_S}  # fmt: skip
 BACKLOG_JOBS, BACKLOG_STEPS = 24, 800
 SCALE_UP_S = 300
 # One step of a 16-bit sample.
@@ -245,7 +247,8 @@ def _replica_actor(unique_id: str):
 def test_a_backlog_of_jobs_alone_adds_a_replica(cluster):
     """Autoscaling counts the jobs running and queued as requests (`jobs_and_requests_policy`):
     with no HTTP request in flight, a queue of jobs takes a second app from one replica to two
-    (after Serve's upscale delay); the jobs cancelled then each end at once."""
+    (after the upscale delay asked for, `--upscale-delay-s`); the jobs cancelled then each end at
+    once."""
     serve.run(ray_serve.app_builder(SCALED), name=SCALED_APP, route_prefix="/scaled")
     try:
         url = f"{cluster}/scaled"
