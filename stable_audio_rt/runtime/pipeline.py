@@ -284,7 +284,18 @@ class StableAudio:
 
         region.sample(request, self.components, stage, on_step=stepped)
         bar.close()
-        region.decode(request, self.components, stage)
+        # The decode's own bar: on a CPU it takes seconds to minutes after the last step.
+        decoding: tqdm | None = None  # made at the first report, which gives the window count
+
+        def decoded(done: int, total: int) -> None:
+            nonlocal decoding
+            if decoding is None:
+                decoding = tqdm(total=total, desc="decoding", unit="chunk", disable=not progress)
+            decoding.update(done - decoding.n)
+
+        region.decode(request, self.components, stage, on_window=decoded)
+        if decoding is not None:
+            decoding.close()
         return request.audio.cpu(), request.state.x.cpu()
 
     def _run_graph(

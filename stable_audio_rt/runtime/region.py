@@ -24,7 +24,7 @@ from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.sampling.guidance import Guidance, dit_rows
 from stable_audio_rt.runtime.sampling.state import SamplerState, allocate_state
 from stable_audio_rt.runtime.sampling.step import sampler_step
-from stable_audio_rt.runtime.vae_decode import decode_latents
+from stable_audio_rt.runtime.vae_decode import WindowCallback, decode_latents
 
 Mode = Literal["text", "audio", "inpaint"]
 Stage = Callable[[str], AbstractContextManager[None]]
@@ -194,8 +194,14 @@ def sample(
                     on_step(i)
 
 
-def decode(request: RequestBuffers, components: Components, stage: Stage = no_stage) -> None:
-    """The latents' audio into `request.audio` (float32), in one call or in chunks."""
+def decode(
+    request: RequestBuffers,
+    components: Components,
+    stage: Stage = no_stage,
+    on_window: WindowCallback | None = None,
+) -> None:
+    """The latents' audio into `request.audio` (float32), in one call or in chunks (`on_window`:
+    `vae_decode.decode_latents`'s progress)."""
     shape = request.shape
     with torch.no_grad(), stage("decode"):
         audio = decode_latents(
@@ -204,6 +210,7 @@ def decode(request: RequestBuffers, components: Components, stage: Stage = no_st
             components.config.vae,
             shape.decode_chunk,
             shape.decode_overlap,
+            on_window,
         )
         request.audio.copy_(audio)
 

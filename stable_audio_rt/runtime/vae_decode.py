@@ -21,6 +21,8 @@ from stable_audio_rt.models.config import OobleckConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
+# on_window(done, total): before the first window (0 done) and after each, for progress.
+WindowCallback = Callable[[int, int], None]
 # Decoder activations per latent frame, in units of (top width × ratio × dtype bytes): a few
 # live activations plus Snake's fp32 temporaries. Used only to size `auto` chunks on a GPU.
 ACTIVATIONS_PER_FRAME = 8
@@ -83,15 +85,29 @@ def decode_latents(
     config: OobleckConfig,
     chunk_frames: int | None = None,
     overlap_frames: int | None = None,
+    on_window: WindowCallback | None = None,
 ) -> torch.Tensor:
-    """The full decode, in one call or in chunks (equal within float error)."""
+    """The full decode, in one call or in chunks (equal within float error); `on_window(done,
+    total)` before the first window and after each (one window: one call)."""
+    report = on_window if on_window is not None else _no_report
     if chunk_frames is None:
-        return decode(latents)
+        report(0, 1)
+        audio = decode(latents)
+        report(1, 1)
+        return audio
     overlap = decoder_receptive_frames(config) if overlap_frames is None else overlap_frames
     check_chunking(config, chunk_frames, overlap)
-    return torch.cat(
-        list(decode_chunks(decode, latents, config.downsampling_ratio, chunk_frames, overlap)), -1
-    )
+    total = len(plan_windows(latents.shape[-1], chunk_frames, overlap))
+    report(0, total)
+    pieces = []
+    for piece in decode_chunks(decode, latents, config.downsampling_ratio, chunk_frames, overlap):
+        pieces.append(piece)
+        report(len(pieces), total)
+    return torch.cat(pieces, -1)
+
+
+def _no_report(done: int, total: int) -> None:
+    """No progress wanted."""
 
 
 def auto_chunk_frames(config: OobleckConfig, device: torch.device, dtype: torch.dtype) -> int | None:

@@ -11,6 +11,7 @@ from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0, TINY
 from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.models.vae import OobleckVAE, decoder_receptive_frames
 from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.runtime.vae_decode import decode_chunks, decode_latents, plan_windows
 
 # Chunks run the same convolutions on the same samples as the full decode; only the lengths
@@ -102,3 +103,35 @@ def test_stream_concatenates_to_the_full_output():
     assert len(pieces) > 1
     full = pipe.generate("x", **{**options, "vae_chunk": None}).audio
     assert rel_error(torch.cat(pieces, -1), full) <= CHUNK_REL_TOL
+
+
+@pytest.mark.parametrize("chunk", [None, 21])
+def test_progress_is_reported_before_the_first_window_and_after_each(tiny_vae, generator, chunk):
+    """`on_window(done, total)`: (0, n) before any decoding, then once per window, in order; the
+    audio is the decode's."""
+    z = torch.randn(1, TINY.vae.latent_dim, 50, generator=generator)
+    reports, decoded_before = [], []
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        decoded_before.append(len(reports))  # how many reports preceded this window's decode
+        return tiny_vae.decode(latents)
+
+    with torch.no_grad():
+        audio = decode_latents(decode, z, TINY.vae, chunk, on_window=lambda *report: reports.append(report))
+        expected = decode_latents(tiny_vae.decode, z, TINY.vae, chunk)
+    windows = 1 if chunk is None else len(plan_windows(50, chunk, decoder_receptive_frames(TINY.vae)))
+    assert windows > 1 or chunk is None
+    assert reports == [(done, windows) for done in range(windows + 1)]
+    assert decoded_before == list(range(1, windows + 1))
+    assert torch.equal(audio, expected)
+
+
+def test_generate_with_progress_shows_the_decode(capsys):
+    """With progress, a bar for the decode after the sampling's, counting its chunks."""
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    request = GenerationRequest(("x",), seconds_total=1.0, steps=2, seed=1, vae_chunk=24)
+    resolved = resolve_request(request, pipe.config)
+    windows = len(plan_windows(pipe.request_shape(resolved).frames, 24, decoder_receptive_frames(TINY.vae)))
+    pipe.run_resolved(resolved, progress=True)
+    bars = capsys.readouterr().err
+    assert "sampling" in bars and "decoding: 100%" in bars and f"{windows}/{windows}" in bars
