@@ -28,6 +28,9 @@ DEFAULT_MAX_BATCH = 4
 DEFAULT_BATCH_WAIT_MS = 10.0
 # The warm-up request: the shortest that runs every stage (and loads every lazy piece).
 WARMUP = dict(seconds_total=0.5, steps=2, seed=0)
+# The Ray Serve group's options besides --ray itself: meaningless without it.
+RAY_ONLY = ("address", "replicas", "min_replicas", "max_replicas", "upscale_delay_s", "downscale_delay_s",
+            "replica_cpus")  # fmt: skip
 
 EXAMPLES = """examples:
   sa-serve --model tiny-random                       # a smoke test on http://127.0.0.1:8000
@@ -168,6 +171,18 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
     )
 
 
+def refuse_ray_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Without --ray, the Ray Serve group's options would do nothing: name them."""
+    given = [
+        f"--{dest.replace('_', '-')}" for dest in RAY_ONLY if getattr(args, dest) != parser.get_default(dest)
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of sa-serve --ray "
+            "(replicas on Ray Serve): add --ray, or leave them out to serve from this process"
+        )
+
+
 def loaded(args: argparse.Namespace) -> tuple[StableAudio, ServeSettings]:
     """The pipeline the arguments name, loaded and warmed, and the server's settings."""
     settings = settings_from_arguments(args, "")  # checked before the plan prints its choices
@@ -181,10 +196,12 @@ def loaded(args: argparse.Namespace) -> tuple[StableAudio, ServeSettings]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.ray:
         return serve_on_ray(args, argv)
     with reported_errors("sa-serve", "not serving") as failed:
+        refuse_ray_options(args, parser)
         pipe, settings = loaded(args)
     if failed.exit_status is not None:
         return failed.exit_status

@@ -91,3 +91,21 @@ def test_a_config_files_args_are_sa_serves_options():
     assert argv == ["--model", "m", "--max-batch", "4", "--no-cuda-graph", "--job-timeout-s", "60.0"]
     args = cli.build_parser().parse_args(argv)
     assert (args.model, args.max_batch, args.no_cuda_graph, args.job_timeout_s) == ("m", 4, True, 60.0)
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--max-replicas", "4"], "--max-replicas is an option of sa-serve --ray"),
+        (
+            ["--replicas", "2", "--upscale-delay-s", "1"],
+            "--replicas, --upscale-delay-s are options of sa-serve --ray",
+        ),
+        (["--replica-cpus", "2"], "--replica-cpus is an option of sa-serve --ray"),
+    ],
+)
+def test_ray_options_without_ray_are_refused_before_the_model_loads(argv, named, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "loaded", lambda args: pytest.fail("the model was loaded"))
+    assert cli.main(["--model", "tiny-random", *argv]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "add --ray" in err
