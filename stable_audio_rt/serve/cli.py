@@ -18,7 +18,7 @@ from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import DEFAULT_MAX_UPLOAD_MB, ServeSettings
 from stable_audio_rt.serve.bodies import MIB
-from stable_audio_rt.serve.ray_options import replica_count_options
+from stable_audio_rt.serve.ray_options import option_flag, replica_count_options
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
@@ -173,9 +173,7 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
 
 def refuse_ray_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Without --ray, the Ray Serve group's options would do nothing: name them."""
-    given = [
-        f"--{dest.replace('_', '-')}" for dest in RAY_ONLY if getattr(args, dest) != parser.get_default(dest)
-    ]
+    given = [option_flag(dest) for dest in RAY_ONLY if getattr(args, dest) != parser.get_default(dest)]
     if given:
         raise ConfigError(
             f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of sa-serve --ray "

@@ -15,6 +15,11 @@ JOBS_AND_REQUESTS_POLICY = "stable_audio_rt.serve.ray_serve:jobs_and_requests_po
 AUTOSCALING_DELAYS = ("upscale_delay_s", "downscale_delay_s")
 
 
+def option_flag(dest: str) -> str:
+    """sa-serve's command-line flag for an option's name: upscale_delay_s → --upscale-delay-s."""
+    return "--" + dest.replace("_", "-")
+
+
 def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[str, Any]:
     """Serve's options for how many replicas: fixed, or autoscaled on ongoing requests (each
     replica aiming at a full batch in flight, after the delays asked for). By default one per GPU,
@@ -24,7 +29,7 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
     autoscaled = args.min_replicas is not None or args.max_replicas is not None
     delays = {name: getattr(args, name) for name in AUTOSCALING_DELAYS if getattr(args, name) is not None}
     for name, seconds in delays.items():
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         if not autoscaled:
             raise ConfigError(f"{flag} applies to autoscaling: give --min-replicas/--max-replicas too")
         if seconds < 0:
@@ -55,7 +60,7 @@ def options_to_argv(options: dict[str, Any]) -> list[str]:
     """sa-serve's command line for a config file's `args`: true adds a flag, false or null none."""
     argv: list[str] = []
     for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
+        flag = option_flag(name)
         if value is True:
             argv.append(flag)
         elif value is not False and value is not None:
