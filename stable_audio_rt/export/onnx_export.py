@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +91,7 @@ def export_component(
     external = spec.name in EXTERNAL_DATA
     # The exporter logs a warning per optional torchvision op it cannot register: noise here.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), without_slices_split():
         warnings.simplefilter("ignore")  # the exporter's notes on renamed axes and opset versions
         try:
             torch.onnx.export(
@@ -118,6 +120,33 @@ def export_component(
     if data.exists():
         files.append(data)
     return files
+
+
+@contextmanager
+def without_slices_split() -> Iterator[None]:
+    """torch.onnx.export's optimizer (onnxscript's) without its SlicesSplit rewrite.
+
+    SlicesSplit is the one default rule with two output nodes, and onnxscript matches those by
+    scanning the whole graph for every node it tries: quadratic in the graph's size. On the real
+    SAO 1.0 DiT it took 100 of the export's 161 s (onnxscript 0.7.2, this project's 2-core CPU),
+    and it rewrites nothing in our graphs: every component of both families gave the same graph
+    with and without it (the DiT's is compared in tests/export/test_onnx_optimizer.py). Where
+    onnxscript no longer has the rule list this reads, the export runs its optimizer unchanged."""
+    try:
+        from onnxscript import rewriter
+        from onnxscript.rewriter.rules.common import slice_split_rule
+    except ImportError:
+        yield
+        return
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", ())
+    if slice_split_rule not in rules:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(rule for rule in rules if rule is not slice_split_rule)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 def _plugin_table() -> dict:

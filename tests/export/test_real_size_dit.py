@@ -1,8 +1,9 @@
 """The real Stable Audio Open 1.0 DiT (random weights, 1.06 B parameters) exports at fp32 with its
 weights in one external-data file, and onnxruntime matches PyTorch at a short frame count.
 
-The heaviest test of the suite: about 2.5 minutes and 13 GB peak RSS on a 2-core CPU (measured:
-export 94 s at 8.8 GB, onnxruntime load + run 18 s at 13 GB).
+The heaviest test of the suite: about 1.7 minutes and 13 GB peak RSS on a 2-core CPU (measured
+2026-11-30 on an AMD EPYC: export 62 s, onnxruntime load 14 s and run; 3.1 minutes before the
+export left onnxscript's quadratic SlicesSplit rewrite out, `onnx_export.without_slices_split`).
 """
 
 import resource
