@@ -11,7 +11,8 @@ Plugin tensors are linear (contiguous), so the strides passed to the kernels fol
 shapes. Names match the ONNX nodes of `onnx_plugins`: "stable_audio_rt::<kernel>".
 
 Docs followed (TensorRT 10.x/11.x Python API, tensorrt.plugin): `register` (type hints on every
-input and the return are required), `autotune` and `aot_impl` (hints optional), TensorDesc,
+input and the return are required), `autotune` (hints optional) and `aot_impl` (its return hint
+is required by TensorRT's own validation, plugin/_validate.py, though the docs say optional), TensorDesc,
 ShapeExpr (`is_constant`, `constant_value()`), `cdiv`, KernelLaunchParams, SymInt32, SymIntExprs.
 No `impl` (Python run-time) is defined: only the AOT path, so engines never call back into Python.
 """
@@ -83,6 +84,8 @@ def _autotune(trtp: ModuleType, spec: KernelSpec, activations: list[int], tables
 def register_plugins() -> tuple[str, ...]:
     """Register the plugins with tensorrt.plugin once per process; returns their ids."""
     trt, trtp = import_tensorrt()
+    # aot_impl's return hint, which TensorRT checks when the decorator runs.
+    aot_result = tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
     rope_id = f"{NAMESPACE}::{ROPE_SELF_ATTENTION.name}"
     cross_id = f"{NAMESPACE}::{GQA_CROSS_ATTENTION.name}"
     snake_id = f"{NAMESPACE}::{SNAKE.name}"
@@ -98,7 +101,7 @@ def register_plugins() -> tuple[str, ...]:
         return _autotune(trtp, ROPE_SELF_ATTENTION, [0, 1, 2, 5], [3, 4])
 
     @trtp.aot_impl(rope_id)
-    def rope_aot(q, k, v, cos, sin, outputs, tactic):
+    def rope_aot(q, k, v, cos, sin, outputs, tactic) -> aot_result:
         batch, heads, tokens, _ = q.shape_expr
         head_dim = _constant(q.shape_expr[3], "the head dim")
         half = _constant(cos.shape_expr[1], "the RoPE width")
@@ -117,7 +120,7 @@ def register_plugins() -> tuple[str, ...]:
         return _autotune(trtp, GQA_CROSS_ATTENTION, [0, 1, 2, 3], [])
 
     @trtp.aot_impl(cross_id)
-    def cross_aot(q, k, v, outputs, tactic):
+    def cross_aot(q, k, v, outputs, tactic) -> aot_result:
         batch, heads, q_len, _ = q.shape_expr
         kv_heads, kv_len = k.shape_expr[1], k.shape_expr[2]
         head_dim = _constant(q.shape_expr[3], "the head dim")
@@ -140,7 +143,7 @@ def register_plugins() -> tuple[str, ...]:
         return _autotune(trtp, SNAKE, [0, 3], [1, 2])
 
     @trtp.aot_impl(snake_id)
-    def snake_aot(x, alpha, inv_beta, outputs, tactic):
+    def snake_aot(x, alpha, inv_beta, outputs, tactic) -> aot_result:
         batch, channels, length = x.shape_expr
         constexprs = snake_constexprs(SNAKE.tactic(tactic))
         rows = batch * channels

@@ -77,7 +77,11 @@ class SymInt32:
         self.value = value.value if isinstance(value, ShapeExpr) else int(value)
 
 
-class SymIntExprs(list):
+class SymExprs:
+    """.../trt_plugin_aot_impl/SymExprs: the base of the symbolic-expression iterables."""
+
+
+class SymIntExprs(SymExprs, list):
     """.../trt_plugin_aot_impl/SymIntExprs: the extra kernel arguments, in order."""
 
     @classmethod
@@ -85,9 +89,6 @@ class SymIntExprs(list):
         if not all(isinstance(e, SymInt32) for e in exprs):
             raise TypeError("SymIntExprs holds SymInt32 values only (AOT extras are integers)")
         return cls(exprs)
-
-
-SymExprs = SymIntExprs
 
 
 class KernelLaunchParams:
@@ -169,4 +170,29 @@ def autotune(plugin_id: str):
 
 def aot_impl(plugin_id: str):
     # (inp0, ..., attrs..., outputs, tactic) -> Tuple[str|bytes, str|bytes, KernelLaunchParams, SymExprs]
-    return _attach("aot_impl", plugin_id, ["outputs", "tactic"])
+    attach = _attach("aot_impl", plugin_id, ["outputs", "tactic"])
+
+    def decorate(fn):
+        _check_aot_return_hint(fn)
+        return attach(fn)
+
+    return decorate
+
+
+def _check_aot_return_hint(fn) -> None:
+    # TensorRT's plugin/_validate.py (_validate_aot_impl, 10.9 to 11.1) requires this hint, though
+    # the docs call aot_impl's hints optional: "No return annotation found for aot_impl function".
+    ret = inspect.signature(fn).return_annotation
+    if ret is inspect.Parameter.empty:
+        raise ValueError(f"No return annotation found for aot_impl function {fn.__name__}")
+    args = typing.get_args(ret)
+    if typing.get_origin(ret) is not tuple or len(args) != 4:
+        raise ValueError(f"aot_impl's return annotation is {ret}, not a 4-tuple")
+    for index in (0, 1):
+        names = typing.get_args(args[index]) or (args[index],)
+        if not all(a in (str, bytes) for a in names):
+            raise ValueError(
+                f"aot_impl's return annotation at {index} is {args[index]}: expected str or bytes"
+            )
+    if not issubclass(args[2], KernelLaunchParams) or not issubclass(args[3], SymExprs):
+        raise ValueError(f"aot_impl's return annotation {ret}: expected KernelLaunchParams, then SymExprs")
