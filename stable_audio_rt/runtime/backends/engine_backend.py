@@ -132,7 +132,11 @@ class EngineTextEncoder:
 class EngineDiTStep:
     """The DiT graph with one request's buffers, allocated up front on the device (before any
     captured region) and filled in place by `bind`: t (N, R) float32, context (R, S, D) and
-    global (R, G) in the types of the graph's inputs, S, D and G from its manifest spec."""
+    global (R, G) in the types of the graph's inputs, S, D and G from its manifest spec.
+
+    Each step copies its row of t into a buffer of its own, which the graph takes: a view of the
+    table would start i·R·4 bytes into it, and TensorRT takes only 256-byte aligned addresses
+    (`IExecutionContext::setTensorAddress`); the copy is a device copy, so it can be captured."""
 
     def __init__(self, graph: EngineGraph, steps: int, rows: int) -> None:
         self.graph = graph
@@ -144,6 +148,7 @@ class EngineDiTStep:
         _, tokens, width = specs["context"].axes
         _, global_width = specs["global_cond"].axes
         self.t = buffer("t", steps, rows)
+        self.t_step = buffer("t", rows)
         self.context = buffer("context", rows, tokens, width)
         self.global_cond = buffer("global_cond", rows, global_width)
 
@@ -156,13 +161,14 @@ class EngineDiTStep:
 
     def __call__(self, model_input: torch.Tensor, i: int) -> torch.Tensor:
         self.graph.check_shape(model_input.shape[0], model_input.shape[-1])
-        feeds = {"x": model_input, "t": self.t[i], "context": self.context, "global_cond": self.global_cond}
+        self.t_step.copy_(self.t[i])
+        feeds = {"x": model_input, "t": self.t_step, "context": self.context, "global_cond": self.global_cond}
         # v in the graph's type, overwritten by the next step: the sampler consumes it within
         # the step and casts it to float32 itself, so neither an allocation nor a copy per step.
         return self.graph.run_reusing(feeds)[0]
 
     def buffers(self) -> list[torch.Tensor]:
-        return [self.t, self.context, self.global_cond]
+        return [self.t, self.t_step, self.context, self.global_cond]
 
 
 def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) -> None:

@@ -47,9 +47,22 @@ from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.backends.engine_backend import EngineComponents, EngineGraph
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
+TENSOR_ADDRESS_ALIGNMENT = 256
+
 
 class EngineRunError(StableAudioError):
     """TensorRT refused to run an engine (its log says why)."""
+
+
+def check_aligned(component: str, name: str, tensor: torch.Tensor) -> None:
+    """Refuse an address TensorRT does not take: `IExecutionContext::setTensorAddress` wants
+    "at least 256-byte alignment" (a view into a larger tensor may start anywhere)."""
+    if tensor.data_ptr() % TENSOR_ADDRESS_ALIGNMENT:
+        raise EngineRunError(
+            f"{component}'s {name} starts at an address TensorRT does not take (not "
+            f"{TENSOR_ADDRESS_ALIGNMENT}-byte aligned): pass a tensor of its own, not a view into another"
+        )
 
 
 def torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
@@ -198,6 +211,8 @@ class TrtGraph(EngineGraph):
         # The inputs are in the engine's types (checked equal to the spec's when it was opened).
         context = self._context(tuple(tuple(value.shape) for value in values))
         for spec, tensor in zip([*self.entry.inputs, *self.entry.outputs], [*values, *outputs], strict=True):
+            if self.stream is not None:  # on a GPU (the CPU's stand-in takes torch's 64-byte CPU memory)
+                check_aligned(self.name, spec.name, tensor)
             if not context.set_tensor_address(spec.name, tensor.data_ptr()):
                 raise EngineRunError(f"TensorRT refused the address of {self.name}'s {spec.name}")
         if self.stream is None:  # the CPU: only the contract-test stand-in runs here

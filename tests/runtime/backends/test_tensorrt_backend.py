@@ -30,6 +30,7 @@ from stable_audio_rt.runtime.backends.tensorrt_backend import (
     EngineRunError,
     TrtComponents,
     TrtGraph,
+    check_aligned,
     torch_dtype,
 )
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -166,6 +167,7 @@ def test_dit_step_fills_buffers_allocated_before_bind(plans, deserialized, gener
     )
     assert [(b.shape, b.dtype) for b in step.buffers()] == [
         ((steps, rows), torch.float32),
+        ((rows,), torch.float32),
         ((rows, tokens, width), torch.float16),
         ((rows, global_width), torch.float16),
     ]
@@ -187,7 +189,10 @@ def test_dit_step_fills_buffers_allocated_before_bind(plans, deserialized, gener
         assert _max_rel(v, reference(x, i)) <= MAX_REL
         # The engine read the step's own buffers (what a captured CUDA graph replays), not copies.
         bound = engine.contexts[-1].executions[-1]["addresses"]
-        assert bound["t"] == step.t[i].data_ptr()
+        # t from a buffer of its own holding step i's row (a view of the table would start
+        # mid-allocation, where TensorRT takes no address), each step the same
+        assert bound["t"] == step.t_step.data_ptr() and step.t_step.storage_offset() == 0
+        assert torch.equal(step.t_step, step.t[i])
         assert bound["context"] == step.context.data_ptr()
         assert bound["global_cond"] == step.global_cond.data_ptr()
     # New values bound in place change what the engine sees (a copy: the step overwrites its v).
@@ -216,6 +221,18 @@ def test_dit_step_binds_fp16_input_and_output_by_address(plans, deserialized, ge
         bound = engine.contexts[-1].executions[-1]["addresses"]
         assert bound["x"] == x.data_ptr() and bound["v"] == outputs[0].data_ptr()
     assert outputs[0] is outputs[1] and outputs[0].dtype == torch.float16
+
+
+def test_addresses_off_trts_alignment_are_refused_by_name():
+    """setTensorAddress takes 256-byte aligned pointers only: a view that starts elsewhere is refused
+    with the tensor named, one that starts on the boundary passes."""
+    base = torch.zeros(1024)
+    aligned = next(
+        i for i in range(64) if (base.data_ptr() + 4 * i) % tensorrt_backend.TENSOR_ADDRESS_ALIGNMENT == 0
+    )
+    check_aligned("dit", "t", base[aligned:])
+    with pytest.raises(EngineRunError, match="dit's t starts at an address TensorRT does not take"):
+        check_aligned("dit", "t", base[aligned + 2 :])
 
 
 def test_one_execution_context_per_shape_bucket_on_profile_zero(plans, deserialized, generator):
