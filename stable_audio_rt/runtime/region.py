@@ -167,6 +167,9 @@ def start(request: RequestBuffers, components: Components) -> None:
     inputs, state = request.inputs, request.state
     state.denoiser.bind(inputs.times, *condition(request, components))
     state.x.copy_(inputs.noise * inputs.start_scale)
+    # The first steps weigh the ring's unwritten slots by zero, and 0·NaN is NaN: a replay must
+    # not inherit a non-finite value from the request before it.
+    state.denoised.zero_()
     if inputs.reference_audio is None:
         return
     mean, std = components.encode_moments(inputs.reference_audio)

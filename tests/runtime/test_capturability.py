@@ -122,6 +122,21 @@ def test_region_is_capturable_and_replays_with_new_inputs(pipes, generator, case
     assert [t.untyped_storage().data_ptr() for t in buffers.buffers()] == storages
 
 
+def test_a_non_finite_value_left_by_one_request_does_not_reach_the_next(pipes, generator):
+    """A replay reuses the last request's buffers; the history slots the first steps weigh by zero
+    must not carry its NaN or inf (an fp16 overflow, say) into the next request."""
+    pipe = pipes["tiny-random"]
+    seeds = torch.randint(0, 2**31, (2,), generator=generator).tolist()
+    buffers = pipe.prepare(_resolved(pipe, "warm analog pad", seeds[0], {}))
+    region.run_region(buffers, pipe.components)
+    buffers.state.denoised[0].fill_(float("nan"))
+    buffers.state.denoised[1:].fill_(float("inf"))
+    resolved = _resolved(pipe, "rain on a tin roof", seeds[1], {})
+    pipe.write_inputs(buffers, resolved)
+    region.run_region(buffers, pipe.components)
+    assert torch.equal(buffers.state.x, pipe.run_resolved(resolved).latents)
+
+
 def _sync_in_guidance(monkeypatch):
     guide = region.sampler_step.__globals__["guide"]
 
