@@ -109,9 +109,14 @@ def capture_request(request: RequestBuffers, run: Callable[[RequestBuffers], Non
             run(request)
     current.wait_stream(side)
     torch.cuda.synchronize(device)
+    # torch.cuda.graph empties the cache on entry: emptied here first, the warm-up's cached
+    # blocks are not counted against the new pool (which then measured about nothing).
+    torch.cuda.empty_cache()
     reserved = torch.cuda.memory_reserved(device)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # On the request's device: torch.cuda.graph's default capture stream is made once, on
+    # whichever device is current the first time.
+    with torch.cuda.graph(graph, stream=side):
         run(request)
     pool_bytes = torch.cuda.memory_reserved(device) - reserved
     return CapturedRequest(

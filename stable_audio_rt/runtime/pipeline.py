@@ -33,6 +33,7 @@ from stable_audio_rt.runtime import planning, region
 from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
+from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.runtime.load import Backend, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
@@ -199,10 +200,11 @@ class StableAudio:
         timings: dict[str, float] = {}
         shape = planning.batch_shape(resolved, lambda: self._auto_decode_chunk)
         self._check(shape, shape.decode_chunk)
-        if self.uses_graphs:
-            audio, latents = self._run_graph(resolved, shape, timings, on_step)
-        else:
-            audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
+        with on_device(self.device):
+            if self.uses_graphs:
+                audio, latents = self._run_graph(resolved, shape, timings, on_step)
+            else:
+                audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
         rate, results = self.config.sample_rate, []
         with _stage(timings, "postprocess", audio.device):
             for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
@@ -226,18 +228,23 @@ class StableAudio:
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
         self._check(shape, chunk)
-        request = self._fresh(shape, [resolved])
-        region.sample(request, self.components)
+        with on_device(self.device):
+            request = self._fresh(shape, [resolved])
+            region.sample(request, self.components)
         clip = resolved.clip(self.config.sample_rate)
+        ratio = self.config.vae.downsampling_ratio
+        pieces = decode_chunks(self.components.decode, request.state.x, ratio, chunk, overlap)
         position = 0
-        with torch.no_grad():
-            for piece in decode_chunks(
-                self.components.decode, request.state.x, self.config.vae.downsampling_ratio, chunk, overlap
-            ):
-                lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
-                if lo < hi:
-                    yield piece[..., lo - position : hi - position].float().cpu()
-                position += piece.shape[-1]
+        while True:
+            # Each piece decoded on the device, without grad; between pieces the caller has the thread.
+            with torch.no_grad(), on_device(self.device):
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
+            if lo < hi:
+                yield piece[..., lo - position : hi - position].float().cpu()
+            position += piece.shape[-1]
 
     def request_shape(self, resolved: ResolvedRequest) -> RequestShape:
         """What fixes this request's buffers and executed ops (its CUDA graph's key)."""

@@ -82,6 +82,30 @@ def test_replay_allocates_nothing(pipes):
     assert torch.cuda.memory_allocated() == allocated
 
 
+def test_each_graph_counts_its_pool_and_the_memory_cap_evicts(pipes):
+    """A capture records the memory its private pool holds (torch.cuda.graph empties the cache on
+    entry, which once cancelled the pool against the warm-up's freed blocks: about 0 bytes, and
+    the cap on the graphs' memory never evicted). The pool is the segments torch's allocator
+    files under the graph's pool id; a cap of one graph's pool keeps only the newest."""
+    graphed, _ = pipes
+    cache = graphed.graphs
+    cache.clear()
+    saved_cap = cache.max_bytes
+    try:
+        # Step counts no other test here uses (its cache is emptied around this test anyway).
+        graphed.generate("x", seconds_total=1.0, steps=11, seed=1)
+        first_shape, first = next(iter(cache.entries.items()))
+        pool = first.graph.pool()
+        in_pool = sum(s["total_size"] for s in torch.cuda.memory_snapshot() if s["segment_pool_id"] == pool)
+        assert in_pool > 0 and first.bytes >= in_pool
+        cache.max_bytes = first.bytes
+        graphed.generate("x", seconds_total=1.0, steps=12, seed=1)
+        assert first_shape not in cache.entries and len(cache.entries) == 1
+    finally:
+        cache.max_bytes = saved_cap
+        cache.clear()
+
+
 def test_a_batch_replays_as_one_graph_with_each_request_its_own(pipes, generator):
     """run_batch under a CUDA graph: one capture for the merged shape, and each request's rows
     as its eager run alone gives them (its own prompt, seed, CFG scale and length)."""

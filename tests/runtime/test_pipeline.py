@@ -116,3 +116,31 @@ def test_keep_mask_reduces_to_frames_fully_kept(first_regenerated, expected_kept
     latent = keep_mask_to_latent(keep, 2048)
     assert latent.tolist()[:expected_kept_frames] == [True] * expected_kept_frames
     assert latent[expected_kept_frames].item() is False
+
+
+def test_requests_run_with_the_pipelines_device_current(pipe, monkeypatch):
+    """Triton launches on, and torch.cuda.graph captures on, torch's *current* device: a pipeline on
+    cuda:N makes N current for its work (run_batch, and each piece of generate_stream), and the
+    caller's thread gets its own back between stream pieces."""
+    from stable_audio_rt.runtime import pipeline
+
+    entered: list[torch.device] = []
+    inside = [False]
+
+    class Recording:
+        def __init__(self, device):
+            entered.append(device)
+
+        def __enter__(self):
+            inside[0] = True
+
+        def __exit__(self, *exc):
+            inside[0] = False
+
+    monkeypatch.setattr(pipeline, "on_device", Recording)
+    pipe.generate("x", seconds_total=1.0, steps=2, seed=1)
+    assert entered == [pipe.device]
+    entered.clear()
+    for _ in pipe.generate_stream("x", seconds_total=2.5, steps=2, seed=1, vae_chunk=24):
+        assert not inside[0], "the device stays current only while the pipeline works"
+    assert len(entered) >= 3 and set(entered) == {pipe.device}

@@ -67,7 +67,7 @@ class OrtGraph(EngineGraph):
 
     def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         binding = self.session.io_binding()
-        device_type, device_id = self.device.type, self.device.index or 0
+        device_type, device_id = self.device.type, _device_id(self.device)
         for bind, specs, tensors in (
             (binding.bind_input, self.entry.inputs, values),
             (binding.bind_output, self.entry.outputs, outputs),
@@ -86,7 +86,7 @@ class OrtGraph(EngineGraph):
         self.session.run_with_iobinding(binding)
 
 
-def _provider(device: torch.device) -> str:
+def _provider(device: torch.device) -> str | tuple[str, dict]:
     import onnxruntime as ort
 
     if device.type == "cpu":
@@ -96,7 +96,15 @@ def _provider(device: torch.device) -> str:
             "onnxruntime has no CUDA provider here: install onnxruntime-gpu (pip install "
             "'stable-audio-rt[gpu]'), or run the onnxruntime backend on device 'cpu'"
         )
-    return "CUDAExecutionProvider"
+    # The session on the pipeline's GPU (the provider's default is GPU 0 whatever cuda:N says).
+    return "CUDAExecutionProvider", {"device_id": _device_id(device)}
+
+
+def _device_id(device: torch.device) -> int:
+    """The device's index; plain "cuda" is torch's current device, as for torch's own tensors."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if device.type == "cuda" else 0
 
 
 class OrtComponents(EngineComponents):

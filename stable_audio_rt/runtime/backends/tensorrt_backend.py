@@ -28,7 +28,6 @@ context once before capturing it, so its shape-dependent setup happens outside t
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,6 +44,7 @@ from stable_audio_rt.manifest import (
 )
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.backends.engine_backend import EngineComponents, EngineGraph
+from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
 # IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
@@ -124,7 +124,7 @@ class TrtGraph(EngineGraph):
         super().__init__(manifest, name, entry, device, DTYPES[entry.precision])
         plan = checked_plan(folder, manifest, name, trt.__version__, gpu_identity(device))
         self.trt, self.rebuild = trt, f"rebuild the plans with {rebuild_hint(folder, manifest)}"
-        with self._on_device():
+        with on_device(self.device):
             self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # kept alive with its engine
             self.engine = self.runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
@@ -136,9 +136,6 @@ class TrtGraph(EngineGraph):
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # Input shapes → their execution context.
         self.contexts: dict[tuple[tuple[int, ...], ...], Any] = {}
-
-    def _on_device(self):
-        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
 
     def _stream_handle(self) -> int:
         return self.stream.cuda_stream if self.stream is not None else 0
@@ -187,7 +184,7 @@ class TrtGraph(EngineGraph):
         input shapes set, the plan's output shapes checked against the manifest's)."""
         if shapes in self.contexts:
             return self.contexts[shapes]
-        with self._on_device():
+        with on_device(self.device):
             context = self.engine.create_execution_context()
             context.set_optimization_profile_async(0, self._stream_handle())
         for spec, shape in zip(self.entry.inputs, shapes, strict=True):
@@ -220,7 +217,7 @@ class TrtGraph(EngineGraph):
         else:
             current = torch.cuda.current_stream(self.device)
             self.stream.wait_stream(current)
-            with self._on_device():
+            with on_device(self.device):
                 ran = context.execute_async_v3(self.stream.cuda_stream)
             current.wait_stream(self.stream)
         if not ran:

@@ -176,3 +176,21 @@ def test_dit_step_output_is_allocated_once_per_shape(engines, generator):
     kept, fresh = graph.run(feeds)[0], graph.run(feeds)[0]
     assert kept.dtype == torch.float32 and kept.data_ptr() != fresh.data_ptr()
     assert torch.equal(kept, first.float()) and torch.equal(fresh, kept)
+
+
+def test_cuda_sessions_run_on_the_pipelines_gpu(monkeypatch):
+    """The CUDA provider runs on GPU 0 unless told: a pipeline on cuda:N gives it device_id N."""
+    import onnxruntime as ort
+
+    from stable_audio_rt.runtime.backends import onnxruntime_backend
+
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert onnxruntime_backend._provider(torch.device("cuda", 1)) == (
+        "CUDAExecutionProvider",
+        {"device_id": 1},
+    )
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert onnxruntime_backend._provider(torch.device("cuda")) == ("CUDAExecutionProvider", {"device_id": 3})
+    assert onnxruntime_backend._provider(CPU) == "CPUExecutionProvider"
