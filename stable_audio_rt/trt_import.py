@@ -13,18 +13,35 @@ class TensorRTUnavailable(StableAudioError, RuntimeError):
     """TensorRT's Python package (or its native libraries) is not installed."""
 
 
-def import_tensorrt() -> tuple[ModuleType, ModuleType]:
-    """(tensorrt, tensorrt.plugin), or a one-line error that says how to install them."""
+def import_tensorrt() -> ModuleType:
+    """tensorrt, or a one-line error that says how to install it. Running plans needs nothing
+    more: their AOT plugins' kernels are in the engine."""
     try:
         import tensorrt
+    except (ImportError, OSError) as e:
+        raise TensorRTUnavailable(
+            f"TensorRT is not usable here ({_one_line(e)}); install it with pip install "
+            "'stable-audio-rt[trt]' on a machine with an NVIDIA GPU and driver"
+        ) from e
+    return tensorrt
+
+
+def import_tensorrt_plugin() -> tuple[ModuleType, ModuleType]:
+    """(tensorrt, tensorrt.plugin): what building engines with our kernels' plugins needs (the
+    Python AOT plugins of TensorRT 10.9 and later)."""
+    tensorrt = import_tensorrt()
+    try:
         import tensorrt.plugin
     except (ImportError, OSError) as e:
-        reason = " ".join(str(e).split())  # one line, whatever the loader printed
         raise TensorRTUnavailable(
-            f"TensorRT is not usable here ({reason}); install it with pip install 'stable-audio-rt[trt]' "
-            "on a machine with an NVIDIA GPU and driver"
+            f"TensorRT {tensorrt.__version__} has no usable tensorrt.plugin ({_one_line(e)}): building with "
+            "--trt-plugins needs TensorRT 10.9 or later (Python AOT plugins); export without them otherwise"
         ) from e
     return tensorrt, tensorrt.plugin
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())  # whatever the loader printed
 
 
 def gpu_identity(device: torch.device) -> tuple[str, str]:

@@ -47,7 +47,7 @@ def build_engine(
 ) -> str:
     """Build `plan_path` from `onnx_path`, atomically; returns the TensorRT version used.
     The timing cache beside the plan is read when present and written back."""
-    trt, _ = import_tensorrt()
+    trt = import_tensorrt()
     if entry.plugins:
         from stable_audio_rt.kernels.trt_plugins import register_plugins  # needs Triton
 

@@ -34,7 +34,7 @@ from stable_audio_rt.kernels.specs import (
     attention_constexprs,
     snake_constexprs,
 )
-from stable_audio_rt.trt_import import import_tensorrt
+from stable_audio_rt.trt_import import import_tensorrt_plugin
 
 TYPE_COMBINATION = "FP32|FP16|BF16"
 
@@ -83,7 +83,7 @@ def _autotune(trtp: ModuleType, spec: KernelSpec, activations: list[int], tables
 @functools.cache
 def register_plugins() -> tuple[str, ...]:
     """Register the plugins with tensorrt.plugin once per process; returns their ids."""
-    trt, trtp = import_tensorrt()
+    trt, trtp = import_tensorrt_plugin()
     # aot_impl's return hint, which TensorRT checks when the decorator runs.
     aot_result = tuple[bytes, bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
     rope_id = f"{NAMESPACE}::{ROPE_SELF_ATTENTION.name}"

@@ -10,12 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakes.tensorrt
 import pytest
 
 from stable_audio_rt.kernels import trt_plugins
 from stable_audio_rt.kernels.ptx import HIDDEN_PARAMETERS
 from stable_audio_rt.kernels.specs import KERNELS
-from stable_audio_rt.trt_import import TensorRTUnavailable
+from stable_audio_rt.trt_import import TensorRTUnavailable, import_tensorrt
 
 ARCH = 90
 
@@ -71,7 +72,17 @@ def test_output_has_the_shape_of_the_first_input(calls):
 
 def test_without_tensorrt_one_clear_error():
     with pytest.raises(TensorRTUnavailable, match=r"pip install 'stable-audio-rt\[trt\]'"):
-        trt_plugins.import_tensorrt()
+        trt_plugins.import_tensorrt_plugin()
+
+
+def test_plans_run_without_tensorrt_plugin_and_only_plugin_builds_need_it(monkeypatch):
+    """A TensorRT without tensorrt.plugin (before 10.9's Python AOT plugins) still runs plans
+    (their plugins' kernels are in the engine); building with our plugins says what it needs."""
+    monkeypatch.setitem(sys.modules, "tensorrt", fakes.tensorrt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)  # what `import` then fails on
+    assert import_tensorrt() is fakes.tensorrt
+    with pytest.raises(TensorRTUnavailable, match="needs TensorRT 10.9 or later"):
+        trt_plugins.import_tensorrt_plugin()
 
 
 def test_the_tensorrt_backend_loads_neither_the_plugins_nor_triton():

@@ -36,7 +36,7 @@ def tensorrt_unusable(folder: Path, manifest: Manifest, device: torch.device) ->
     from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
     try:
-        trt, _ = import_tensorrt()
+        trt = import_tensorrt()
         gpu = gpu_identity(device)
         for name in REQUIRED:
             checked_plan(folder, manifest, name, trt.__version__, gpu)

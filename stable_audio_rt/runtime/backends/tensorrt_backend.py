@@ -117,7 +117,7 @@ class TrtGraph(EngineGraph):
     """One component's TensorRT plan, deserialized, with one execution context per shape bucket."""
 
     def __init__(self, folder: Path, manifest: Manifest, name: str, device: torch.device) -> None:
-        trt, _ = import_tensorrt()
+        trt = import_tensorrt()
         entry = manifest.entry(folder, name)
         if entry.precision not in DTYPES:
             raise EngineFolderError(f"{name} is {entry.precision}, which the TensorRT backend cannot feed")
