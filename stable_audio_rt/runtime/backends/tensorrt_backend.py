@@ -7,8 +7,10 @@ Thin, and written by NVIDIA's TensorRT 10.x/11.x Python API documentation
 - infer/Core/Engine.html (ICudaEngine): `num_io_tensors`, `get_tensor_name(i)`,
   `get_tensor_mode(name)` (`TensorIOMode.INPUT` / `OUTPUT`), `get_tensor_dtype(name)`,
   `num_optimization_profiles`, `get_tensor_profile_shape(name, 0)` ([min, opt, max]),
-  `create_execution_context()`.
-- infer/Core/ExecutionContext.html (IExecutionContext): `set_optimization_profile_async(0,
+  `device_memory_size_v2`, `create_execution_context(strategy=ExecutionContextAllocationStrategy.
+  USER_MANAGED)`.
+- infer/Core/ExecutionContext.html (IExecutionContext): `set_device_memory(pointer, size)`
+  (256-byte aligned, at least `device_memory_size_v2`), `set_optimization_profile_async(0,
   stream)`, `set_input_shape(name, shape)` (False outside the profile), `get_tensor_shape(name)`,
   `set_tensor_address(name, pointer)`, `execute_async_v3(stream_handle)` (False on failure).
 - infer/FoundationalTypes/DataType.html: FLOAT, HALF, BF16, INT32, INT64, BOOL.
@@ -20,7 +22,10 @@ plugin's compiled kernel is part of the engine, which needs no Python module or 
 run time (NVIDIA/TensorRT samples/python/quickly_deployable_plugins, "Loading and running a TRT
 engine containing an AOT plugin"). One execution
 context per input-shape bucket: a CUDA graph captured on one context never sees its shapes (or
-TensorRT's shape-dependent internal buffers) changed by another request's shapes. On CUDA the
+TensorRT's shape-dependent internal buffers) changed by another request's shapes. The contexts of
+one engine share one scratch buffer of the engine's size (the default, STATIC, gives each context
+its own at the largest profile's size, so every new clip length cost a whole one, outside torch's
+allocator); they never run at once: every run is ordered on the caller's stream. On CUDA the
 engine runs on a torch-owned side stream joined to the caller's stream by events, with no host
 synchronisation, so a CUDA graph can capture it (TensorRT's CUDA-graph guidance: run each
 context once before capturing it, so its shape-dependent setup happens outside the capture).
@@ -47,7 +52,8 @@ from stable_audio_rt.runtime.backends.engine_backend import EngineComponents, En
 from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
-# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment." (and
+# set_device_memory: "256-byte aligned device memory").
 TENSOR_ADDRESS_ALIGNMENT = 256
 
 
@@ -136,6 +142,21 @@ class TrtGraph(EngineGraph):
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         # Input shapes → their execution context.
         self.contexts: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self.scratch: torch.Tensor | None = None  # the contexts' device memory, made with the first
+
+    def _new_context(self) -> Any:
+        """An execution context on the engine's shared scratch memory (TensorRT before 10.1, which
+        lacks the V2 memory calls: one with memory of its own)."""
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        if size is None:
+            return self.engine.create_execution_context()
+        strategy = self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        context = self.engine.create_execution_context(strategy=strategy)
+        if self.scratch is None:  # a run before any capture (the warm-up) makes it
+            self.scratch = torch.empty(size + TENSOR_ADDRESS_ALIGNMENT, dtype=torch.uint8, device=self.device)
+        start = self.scratch.data_ptr()
+        context.set_device_memory(start + (-start % TENSOR_ADDRESS_ALIGNMENT), size)
+        return context
 
     def _stream_handle(self) -> int:
         return self.stream.cuda_stream if self.stream is not None else 0
@@ -185,7 +206,7 @@ class TrtGraph(EngineGraph):
         if shapes in self.contexts:
             return self.contexts[shapes]
         with on_device(self.device):
-            context = self.engine.create_execution_context()
+            context = self._new_context()
             context.set_optimization_profile_async(0, self._stream_handle())
         for spec, shape in zip(self.entry.inputs, shapes, strict=True):
             if not context.set_input_shape(spec.name, shape):

@@ -244,6 +244,20 @@ class Runtime:
         return ICudaEngine(plan)
 
 
+class ExecutionContextAllocationStrategy(enum.Enum):
+    """Core/Engine.html: how a context gets its device memory (STATIC: its own, at the largest
+    profile's size; USER_MANAGED: set_device_memory before running)."""
+
+    STATIC = 0
+    ON_PROFILE_CHANGE = 1
+    USER_MANAGED = 2
+
+
+# A stand-in engine's scratch need: any size works, the checks are what matter.
+STAND_IN_DEVICE_MEMORY = 4096
+DEVICE_MEMORY_ALIGNMENT = 256
+
+
 class ICudaEngine:
     """Core/Engine.html: num_io_tensors, get_tensor_name(index), get_tensor_mode(name),
     get_tensor_dtype(name), get_tensor_shape(name) (−1 for dynamic dimensions),
@@ -295,8 +309,14 @@ class ICudaEngine:
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[list[int]]:
         return [list(dims) for dims in self._profiles[profile_index][name]]
 
-    def create_execution_context(self) -> "IExecutionContext":
-        context = IExecutionContext(self)
+    @property
+    def device_memory_size_v2(self) -> int:
+        return STAND_IN_DEVICE_MEMORY
+
+    def create_execution_context(
+        self, strategy: ExecutionContextAllocationStrategy = ExecutionContextAllocationStrategy.STATIC
+    ) -> "IExecutionContext":
+        context = IExecutionContext(self, strategy)
         self.contexts.append(context)
         return context
 
@@ -324,8 +344,9 @@ class IExecutionContext:
     set_input_shape(name, shape) → bool, get_tensor_shape(name), set_tensor_address(name,
     memory) → bool, execute_async_v3(stream_handle) → bool. Records what each execution bound."""
 
-    def __init__(self, engine: ICudaEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: ICudaEngine, strategy: ExecutionContextAllocationStrategy) -> None:
+        self.engine, self.strategy = engine, strategy
+        self.device_memory: int | None = None  # set_device_memory's pointer
         self.profile_set: int | None = None  # the index given to set_optimization_profile_async
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.addresses: dict[str, int] = {}
@@ -361,6 +382,13 @@ class IExecutionContext:
             return list(self.engine._shapes_of_outputs(self.shapes)[name])
         return self.engine.get_tensor_shape(name)
 
+    def set_device_memory(self, memory: int, size: int) -> None:
+        # "memory: 256-byte aligned device memory. size: ... at least as large as
+        # CudaEngine.get_device_memory_size_v2"; the bindings raise on an error.
+        if memory % DEVICE_MEMORY_ALIGNMENT or size < self.engine.device_memory_size_v2:
+            raise RuntimeError(f"set_device_memory({memory:#x}, {size}): unaligned or too small")
+        self.device_memory = int(memory)
+
     def set_tensor_address(self, name: str, memory: int) -> bool:
         if self.engine.get_tensor_mode(name) is TensorIOMode.NONE:
             return False
@@ -374,6 +402,8 @@ class IExecutionContext:
             n not in self.addresses for n in inputs + outputs
         ):
             return False  # TensorRT: every input shape and every I/O address must be set
+        if self.strategy is ExecutionContextAllocationStrategy.USER_MANAGED and self.device_memory is None:
+            return False  # a user-managed context runs only once given its memory
         binding = engine.session.io_binding()
         for name in inputs:
             numpy_type = _NUMPY_TYPES[engine.get_tensor_dtype(name)]
@@ -388,5 +418,6 @@ class IExecutionContext:
             "profile": self.profile_set,
             "shapes": dict(self.shapes),
             "addresses": dict(self.addresses),
+            "device_memory": self.device_memory,
         })  # fmt: skip
         return True

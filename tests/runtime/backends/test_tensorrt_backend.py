@@ -258,6 +258,17 @@ def test_one_execution_context_per_shape_bucket_on_profile_zero(plans, deseriali
     for context in engine.contexts:
         assert context.profile_set == 0
         assert {e["stream"] for e in context.executions} == {0}  # the CPU: no stream
+    # One scratch buffer of the engine's size for all of them (the default gives each context its
+    # own, at the largest profile's size), made once and 256-byte aligned.
+    assert {c.strategy for c in engine.contexts} == {
+        fakes.tensorrt.ExecutionContextAllocationStrategy.USER_MANAGED
+    }
+    memory = {e["device_memory"] for c in engine.contexts for e in c.executions}
+    assert len(memory) == 1 and memory.pop() % tensorrt_backend.TENSOR_ADDRESS_ALIGNMENT == 0
+    scratch = graph.scratch
+    assert scratch.numel() >= engine.device_memory_size_v2
+    graph.run(_random_inputs("vae_decoder", generator, 2, 9))
+    assert len(engine.contexts) == 4 and graph.scratch is scratch
 
 
 def test_addresses_are_those_of_the_tensors_passed_and_returned(plans, deserialized, generator):
