@@ -204,18 +204,30 @@ def decode(
     on_window: WindowCallback | None = None,
 ) -> None:
     """The latents' audio into `request.audio` (float32), in one call or in chunks (`on_window`:
-    `vae_decode.decode_latents`'s progress)."""
-    shape = request.shape
+    `vae_decode.decode_latents`'s progress, over all rows).
+
+    One row at a time: a clip's audio depends only on its own latents, so a batch decodes to the
+    same audio, and its decoder memory is one clip's whatever the batch (the `auto` chunk is
+    sized for one clip; at the full window one fp32 clip takes 5.7 GB on the CPU). The decode's
+    products are large enough per clip that a batch gained little from sharing them."""
+    shape, latents = request.shape, request.state.x
+    rows = latents.shape[0]
     with torch.no_grad(), stage("decode"):
-        audio = decode_latents(
-            components.decode,
-            request.state.x,
-            components.config.vae,
-            shape.decode_chunk,
-            shape.decode_overlap,
-            on_window,
-        )
-        request.audio.copy_(audio)
+        for row in range(rows):
+
+            def report(done: int, total: int, row: int = row) -> None:
+                if on_window is not None:
+                    on_window(row * total + done, rows * total)
+
+            audio = decode_latents(
+                components.decode,
+                latents[row : row + 1],
+                components.config.vae,
+                shape.decode_chunk,
+                shape.decode_overlap,
+                report,
+            )
+            request.audio[row : row + 1].copy_(audio)
 
 
 def run_region(request: RequestBuffers, components: Components, stage: Stage = no_stage) -> None:

@@ -10,6 +10,7 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0, TINY
 from stable_audio_rt.models.random_init import randomize_
 from stable_audio_rt.models.vae import OobleckVAE, decoder_receptive_frames
+from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.runtime.vae_decode import decode_chunks, decode_latents, plan_windows
@@ -135,3 +136,34 @@ def test_generate_with_progress_shows_the_decode(capsys):
     pipe.run_resolved(resolved, progress=True)
     bars = capsys.readouterr().err
     assert "sampling" in bars and "decoding: 100%" in bars and f"{windows}/{windows}" in bars
+
+
+@pytest.mark.parametrize("chunk", [None, 24])
+def test_a_batch_decodes_one_row_at_a_time_to_each_rows_own_audio(generator, chunk):
+    """The decoder sees one clip at a time (its memory is one clip's whatever the batch), each row's
+    audio is what decoding its latents alone gives, and progress counts the windows of all rows."""
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    request = GenerationRequest(("x",), seconds_total=1.5, steps=2, seed=1, num_outputs=3, vae_chunk=chunk)
+    buffers = pipe.prepare(resolve_request(request, pipe.config))
+    rows, frames = buffers.state.x.shape[0], buffers.shape.frames
+    buffers.state.x.copy_(torch.randn(buffers.state.x.shape, generator=generator))
+    decoder_rows, reports = [], []
+    components = pipe.components
+
+    class Spying:
+        config = components.config
+
+        @staticmethod
+        def decode(latents):
+            decoder_rows.append(latents.shape[0])
+            return components.decode(latents)
+
+    region.decode(buffers, Spying, on_window=lambda *report: reports.append(report))
+    windows = 1 if chunk is None else len(plan_windows(frames, chunk, decoder_receptive_frames(TINY.vae)))
+    assert rows == 3 and decoder_rows == [1] * (rows * windows)
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports)
+    assert reports[0] == (0, rows * windows) and reports[-1] == (rows * windows, rows * windows)
+    with torch.no_grad():
+        for row in range(rows):
+            alone = decode_latents(components.decode, buffers.state.x[row : row + 1], TINY.vae, chunk)
+            assert torch.equal(buffers.audio[row : row + 1], alone)

@@ -217,7 +217,7 @@ class EngineComponents:
         """Refuse, before any work, a request the engines' profiles cannot run."""
         self.graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
         self.graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
-        self.graphs["vae_decoder"].check_shape(batch, decode_frames)
+        self.graphs["vae_decoder"].check_shape(1, decode_frames)  # region.decode: one row at a time
         if encodes:
             self._encoder().check_shape(1, frames)
 
