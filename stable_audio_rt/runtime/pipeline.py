@@ -40,7 +40,12 @@ from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocat
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.timing import stopwatch
-from stable_audio_rt.runtime.vae_decode import auto_chunk_frames, check_chunking, decode_chunks
+from stable_audio_rt.runtime.vae_decode import (
+    auto_chunk_frames,
+    check_chunking,
+    decode_chunks,
+    one_clip_at_a_time,
+)
 
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
 DEFAULT_STREAM_CHUNK_FRAMES = 64
@@ -233,7 +238,8 @@ class StableAudio:
             region.sample(request, self.components)
         clip = resolved.clip(self.config.sample_rate)
         ratio = self.config.vae.downsampling_ratio
-        pieces = decode_chunks(self.components.decode, request.state.x, ratio, chunk, overlap)
+        decode = one_clip_at_a_time(self.components.decode)  # as region.decode
+        pieces = decode_chunks(decode, request.state.x, ratio, chunk, overlap)
         position = 0
         while True:
             # Each piece decoded on the device, without grad; between pieces the caller has the thread.

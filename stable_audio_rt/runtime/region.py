@@ -24,7 +24,7 @@ from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.sampling.guidance import Guidance, dit_rows
 from stable_audio_rt.runtime.sampling.state import SamplerState, allocate_state
 from stable_audio_rt.runtime.sampling.step import sampler_step
-from stable_audio_rt.runtime.vae_decode import WindowCallback, decode_latents
+from stable_audio_rt.runtime.vae_decode import WindowCallback, decode_latents, one_clip_at_a_time
 
 Mode = Literal["text", "audio", "inpaint"]
 Stage = Callable[[str], AbstractContextManager[None]]
@@ -204,30 +204,18 @@ def decode(
     on_window: WindowCallback | None = None,
 ) -> None:
     """The latents' audio into `request.audio` (float32), in one call or in chunks (`on_window`:
-    `vae_decode.decode_latents`'s progress, over all rows).
-
-    One row at a time: a clip's audio depends only on its own latents, so a batch decodes to the
-    same audio, and its decoder memory is one clip's whatever the batch (the `auto` chunk is
-    sized for one clip; at the full window one fp32 clip takes 5.7 GB on the CPU). The decode's
-    products are large enough per clip that a batch gained little from sharing them."""
-    shape, latents = request.shape, request.state.x
-    rows = latents.shape[0]
+    `vae_decode.decode_latents`'s progress), each window one clip at a time (`one_clip_at_a_time`)."""
+    shape = request.shape
     with torch.no_grad(), stage("decode"):
-        for row in range(rows):
-
-            def report(done: int, total: int, row: int = row) -> None:
-                if on_window is not None:
-                    on_window(row * total + done, rows * total)
-
-            audio = decode_latents(
-                components.decode,
-                latents[row : row + 1],
-                components.config.vae,
-                shape.decode_chunk,
-                shape.decode_overlap,
-                report,
-            )
-            request.audio[row : row + 1].copy_(audio)
+        audio = decode_latents(
+            one_clip_at_a_time(components.decode),
+            request.state.x,
+            components.config.vae,
+            shape.decode_chunk,
+            shape.decode_overlap,
+            on_window,
+        )
+        request.audio.copy_(audio)
 
 
 def run_region(request: RequestBuffers, components: Components, stage: Stage = no_stage) -> None:
