@@ -166,7 +166,10 @@ def test_the_cpu_fast_path_packs_the_bf16_dit_and_the_reference_path_does_not():
     fast = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.bfloat16)
     assert not any(type(m) is nn.Linear for m in fast.components.model.dit.modules())
     assert not any(isinstance(m, PackedLinear) for m in plain.components.model.dit.modules())
-    options = dict(seconds_total=0.5, steps=3, seed=torch.randint(2**31, ()).item())
+    # Four clips, whose errors are compared together: two bf16 errors (3-9 % each after 3 CFG
+    # steps) of one clip have a volatile ratio (up to 1.99 over 1700 seeds); over four clips the
+    # same seeds gave 0.74-1.45 where one clip gave 0.65-1.99 (seeds 1570-1589).
+    options = dict(seconds_total=0.5, steps=3, seed=torch.randint(2**31, ()).item(), num_outputs=4)
     reference = fp32.generate("rain", **options).latents
     ours, theirs = fast.generate("rain", **options).latents, plain.generate("rain", **options).latents
     assert rel_error(ours, reference) <= 2 * rel_error(theirs, reference)

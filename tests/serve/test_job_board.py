@@ -9,10 +9,32 @@ import time
 import pytest
 
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.serve import jobs
 from stable_audio_rt.serve.jobs import MAX_ATTEMPTS, JobBoard
 
-# A lease the tests outlive by sleeping (seconds).
+# A lease (seconds) the tests outlive by moving the board's clock, not by sleeping: with a real
+# clock, a busy machine pausing 50 ms between two awaits would end a lease the test meant to keep.
 LEASE_S = 0.05
+
+
+class Clock:
+    """time.monotonic as the job board reads it, advanced by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(jobs, "time", clock)
+    return clock
 
 
 def _resolved(pipe, steps: int = 2, outputs: int = 1):
@@ -44,13 +66,13 @@ def test_a_claim_takes_the_oldest_and_the_jobs_right_behind_it_that_share_its_ba
     assert groups == [ids[0:2], [ids[2]], [ids[3]], [ids[4]]]
 
 
-def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe):
+def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe, clock):
     async def scenario():
         board, settled = _board(lease_s=LEASE_S)
         job = (await board.submit(_resolved(pipe), "wav", None))["id"]
         (lost,) = await board.claim("dead", 1, 0)
         assert (await board.report("dead", {job: (lost.attempt, 1)})).stop == []
-        await asyncio.sleep(2 * LEASE_S)  # "dead" reports no more
+        clock.advance(2 * LEASE_S)  # "dead" reports no more
         (again,) = await board.claim("alive", 1, 0)
         assert (again.id, again.attempt) == (job, 2)
         assert (await board.report("dead", {job: (lost.attempt, 2)})).stop == [job], "told to stop"
@@ -65,12 +87,12 @@ def test_a_silent_workers_job_runs_again_and_its_late_answer_is_ignored(pipe):
     assert reading.clip == b"fresh" and settled == [1]
 
 
-def test_a_result_handed_in_just_after_the_lease_ran_out_stands(pipe):
+def test_a_result_handed_in_just_after_the_lease_ran_out_stands(pipe, clock):
     async def scenario():
         board, settled = _board(lease_s=LEASE_S)
         job = (await board.submit(_resolved(pipe), "wav", None))["id"]
         (claim,) = await board.claim("slow", 1, 0)
-        await asyncio.sleep(2 * LEASE_S)
+        clock.advance(2 * LEASE_S)
         assert (await board.read(job)).view["status"] == "queued"  # queued again, not yet taken
         await board.finish(job, claim.attempt, 2, [b"late"], None)
         return await board.read(job), await board.claim("other", 1, 0), settled
@@ -80,13 +102,13 @@ def test_a_result_handed_in_just_after_the_lease_ran_out_stands(pipe):
     assert taken == [] and settled == [1]
 
 
-def test_a_job_whose_workers_keep_going_silent_fails(pipe):
+def test_a_job_whose_workers_keep_going_silent_fails(pipe, clock):
     async def scenario():
         board, settled = _board(lease_s=LEASE_S)
         job = (await board.submit(_resolved(pipe), "wav", None))["id"]
         for _ in range(MAX_ATTEMPTS):
             assert len(await board.claim("dying", 1, 0)) == 1
-            await asyncio.sleep(2 * LEASE_S)
+            clock.advance(2 * LEASE_S)
         assert await board.claim("alive", 1, 0) == []
         return (await board.read(job)).view, settled
 
