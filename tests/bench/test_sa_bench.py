@@ -91,8 +91,8 @@ def test_report_has_every_field_and_right_arithmetic(bench_run):
         assert run["audio_seconds"] == pytest.approx(run["frames"] * 2048 / 44100)
         assert run["rtf"] == pytest.approx(warm / run["audio_seconds"])
         assert run["x_real_time"] == pytest.approx(1 / run["rtf"])
-        assert run["warm_s"]["total"]["min"] <= warm <= run["warm_s"]["total"]["max"]
-        assert run["per_step_s"] == pytest.approx(run["warm_s"]["sampling"]["p50"] / 2, rel=0.5)
+        # The median of each run's sampling / steps is the median sampling time / steps (2 steps).
+        assert run["per_step_s"] == pytest.approx(run["warm_s"]["sampling"]["p50"] / 2, rel=1e-12)
         expected = request_flops(TINY, 1, run["frames"], 2, True, T5_DIMS)
         assert run["flops"]["dit_step"] == expected.dit_step and run["flops"]["total"] == expected.total
         floor = run["floor"]

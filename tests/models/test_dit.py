@@ -57,12 +57,21 @@ def test_dit_matches_diffusers(tiny_model, tiny_reference, batch, frames, genera
 
 
 @torch.no_grad()
-def test_dit_split_forward_equals_forward(tiny_model, generator):
-    """The σ-only and context-only parts computed once, then reused, give the same v."""
-    x, t, context, global_cond = _inputs(tiny_model.config, 2, 9, generator)
+def test_dit_split_forward_reuses_the_context_kv_and_equals_diffusers(tiny_model, tiny_reference, generator):
+    """The context's K/V computed once and reused for steps of other x and t (as a request's
+    steps reuse them), each step's v equal to diffusers' full forward, the K/V left unchanged."""
+    _, _, context, global_cond = _inputs(tiny_model.config, 2, 9, generator)
     dit = tiny_model.dit
-    split = dit.forward_with_context_kv(x, dit.global_token(t, global_cond), dit.context_kv(context))
-    assert torch.equal(split, dit(x, t, context, global_cond))
+    context_kv = dit.context_kv(context)
+    kept = [t.clone() for pair in context_kv for t in pair]  # per block: (K, V)
+    for _ in range(3):
+        x, t, _, _ = _inputs(tiny_model.config, 2, 9, generator)
+        split = dit.forward_with_context_kv(x, dit.global_token(t, global_cond), context_kv)
+        reference = _reference_v(tiny_reference.transformer, x, t, context, global_cond)
+        assert rel_error(split, reference) <= FP32_REL_TOL
+    assert all(
+        torch.equal(a, b) for a, b in zip(kept, torch.utils._pytree.tree_leaves(context_kv), strict=True)
+    )
 
 
 @pytest.mark.parametrize("qk_norm", [False, True])
