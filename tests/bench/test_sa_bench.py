@@ -100,7 +100,7 @@ def test_report_has_every_field_and_right_arithmetic(bench_run):
     reference = [r for r in report["runs"] if r["backend"] == "torch"]
     assert all(r["quality"]["latent_cosine_distance"] is None for r in reference)
     ort = [r for r in report["runs"] if r["backend"] == "onnxruntime"]
-    assert all(r["quality"]["latent_cosine_distance"] <= 1e-4 for r in ort)  # fp32 graphs vs torch fp32
+    assert all(r["quality"]["latent_cosine_distance"] <= 1e-8 for r in ort)  # fp32 vs fp32: rounding
     assert set(report["gemm_floor"]) == {
         "torch-float32 2x4",
         "torch-float32 2x8",

@@ -532,4 +532,4 @@ def test_sa_bench_measures_the_plans(plans, deserialized, tiny_diffusers_dir, tm
     assert bench_cli.main(argv) == 0 and deserialized
     runs = json.loads((tmp_path / "b.json").read_text())["runs"]
     assert [r["backend"] for r in runs] == ["torch", "tensorrt"]
-    assert runs[1]["quality"]["latent_cosine_distance"] <= 1e-4  # fp32 graphs vs torch fp32
+    assert runs[1]["quality"]["latent_cosine_distance"] <= 1e-8  # fp32 vs fp32: rounding
