@@ -113,6 +113,8 @@ def one_clip_at_a_time(decode: Decoder) -> Decoder:
     takes 5.7 GB on the CPU). Measured at no cost: a clip's products are large enough alone."""
 
     def each_clip(latents: torch.Tensor) -> torch.Tensor:
+        if latents.shape[0] == 1:  # one clip: its audio as decoded, without a copy by torch.cat
+            return decode(latents)
         return torch.cat([decode(latents[row : row + 1]) for row in range(latents.shape[0])])
 
     return each_clip
