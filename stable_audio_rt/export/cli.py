@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(COMPONENTS)} (default: all)",
     )
     p.add_argument(
-        "--max-batch", type=int, default=1, help="clips per request the engines accept (default: 1)"
+        "--max-batch",
+        type=int,
+        default=1,
+        help="clips per request T5 and the DiT accept (default: 1; the VAE takes one: "
+        "batches decode clip by clip)",
     )
     p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")

@@ -82,8 +82,8 @@ class ExportSettings:
     def frame_range(self, latent_frames: int) -> tuple[int, int, int]:
         return self.frames or (1, latent_frames, latent_frames)
 
-    def profile(self, rows_per_clip: int, latent_frames: int) -> Profile:
-        rows = rows_per_clip * self.max_batch
+    def profile(self, rows: int, latent_frames: int) -> Profile:
+        """The profile of a component whose runs take up to `rows` rows (`ComponentSpec.max_rows`)."""
         return Profile(batch=(1, rows, rows), frames=self.frame_range(latent_frames))
 
 
@@ -184,7 +184,7 @@ def export_engines(
         for name in settings.components:
             if on_component is not None:
                 on_component(name)
-            rows = component_specs(model.config)[name].rows_per_clip
+            rows = component_specs(model.config)[name].max_rows(settings.max_batch)
             profile = settings.profile(rows, model.config.latent_frames)
             entry = _reusable(old, out, name, manifest, settings, profile)
             if entry is not None:

@@ -44,6 +44,13 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     # The batch a request needs per clip: the DiT and T5 see [cond; uncond] rows (CFG).
     rows_per_clip: int = 1
+    # Runs one clip at a time whatever the request's batch: a batch decodes clip by clip
+    # (runtime/vae_decode.one_clip_at_a_time) and the reference audio is one clip.
+    one_clip_per_run: bool = False
+
+    def max_rows(self, max_batch: int) -> int:
+        """The most rows one run of the component takes for requests of up to `max_batch` clips."""
+        return self.rows_per_clip * (1 if self.one_clip_per_run else max_batch)
 
 
 class VAEEncoderMoments(nn.Module):
@@ -82,12 +89,16 @@ def component_specs(config: StableAudioConfig) -> dict[str, ComponentSpec]:
             rows_per_clip=2,
         ),
         "vae_decoder": ComponentSpec(
-            "vae_decoder", (TensorSpec("latents", latents),), (TensorSpec("audio", audio),)
+            "vae_decoder",
+            (TensorSpec("latents", latents),),
+            (TensorSpec("audio", audio),),
+            one_clip_per_run=True,
         ),
         "vae_encoder": ComponentSpec(
             "vae_encoder",
             (TensorSpec("audio", audio),),
             (TensorSpec("mean", latents), TensorSpec("scale", latents)),
+            one_clip_per_run=True,
         ),
     }
 

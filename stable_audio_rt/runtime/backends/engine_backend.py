@@ -23,7 +23,7 @@ from stable_audio_rt.manifest import (
     Manifest,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
-from stable_audio_rt.models.io_spec import COMPONENTS
+from stable_audio_rt.models.io_spec import COMPONENTS, component_specs
 from stable_audio_rt.models.source import fingerprint
 from stable_audio_rt.models.vae import posterior_std
 from stable_audio_rt.runtime.sampling.guidance import dit_rows
@@ -45,15 +45,20 @@ class EngineGraph:
     ) -> None:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
         self.ratio = manifest.model_config.vae.downsampling_ratio
+        self.one_clip_per_run = component_specs(manifest.model_config)[name].one_clip_per_run
         # Input shapes → the output tensors `run_reusing` fills for them.
         self.reused_outputs: dict[tuple[tuple[int, ...], ...], list[torch.Tensor]] = {}
 
     def check_shape(self, batch: int, frames: int | None = None) -> None:
         low, _, high = self.entry.batch
         if not low <= batch <= high:
+            fix = (
+                "it runs one clip at a time, so pass the clips one by one (vae_decode.one_clip_at_a_time)"
+                if self.one_clip_per_run
+                else "re-export with a larger --max-batch"
+            )
             raise ConfigError(
-                f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: re-export "
-                f"with a larger --max-batch"
+                f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: {fix}"
             )
         if frames is not None and not self.entry.frames[0] <= frames <= self.entry.frames[2]:
             low, _, high = self.entry.frames

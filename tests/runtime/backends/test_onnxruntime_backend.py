@@ -81,6 +81,10 @@ def test_frames_outside_the_profile(engines):
         pipe.generate("x", frames=65, steps=2, seconds_total=1.0)
     with pytest.raises(ConfigError, match=r"dit engine takes batch 1–4 rows, this request needs 6"):
         pipe.generate(["a", "b", "c"], steps=2, seconds_total=1.0)
+    # The VAE's engines are built for one clip: a batch decodes clip by clip.
+    two_clips = torch.zeros(2, pipe.components.config.dit.io_channels, 16)
+    with pytest.raises(ConfigError, match=r"vae_decoder engine takes batch 1–1 rows, .* one clip at a time"):
+        pipe.components.decode(two_clips)
 
 
 @pytest.fixture
