@@ -7,6 +7,8 @@ in a running batch is discarded while its batch-mate finishes; the batch-size me
 import io
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -14,8 +16,9 @@ import pytest
 import soundfile as sf
 from serving import QUICK, serving
 
-# Long enough for every request sent at once to arrive before its batch runs.
-BATCH_WAIT_MS = 500
+# Every request of a batch is already waiting when the model is let go (`_held_until_waiting`),
+# so the window only makes a batch that could take more wait a moment: no timing to win.
+BATCH_WAIT_MS = 20
 MAX_BATCH = 4
 # Each row of a batch differs from its request alone by float32 rounding amplified by the random
 # decoder (≤ 1.2e-4 of the largest sample, tests/runtime/test_batching.py): a few 16-bit steps.
@@ -29,6 +32,19 @@ def server(pipe):
         yield running
 
 
+@contextmanager
+def _held_until_waiting(server, requests: int) -> Iterator[None]:
+    """The model held while the block sends requests, and let go once `requests` of them wait
+    for it: they meet the batcher together however slowly their threads start."""
+    generator = server.app.state.generator
+    with generator.lock:
+        yield
+        deadline = time.monotonic() + POLL_TIMEOUT_S
+        while len(generator.pending) < requests:
+            assert time.monotonic() < deadline, f"{len(generator.pending)} of {requests} requests arrived"
+            time.sleep(0.01)
+
+
 def _post_together(server, bodies: list[dict]) -> list[httpx.Response]:
     responses: list[httpx.Response | None] = [None] * len(bodies)
 
@@ -36,8 +52,9 @@ def _post_together(server, bodies: list[dict]) -> list[httpx.Response]:
         responses[k] = httpx.post(f"{server.url}/v1/audio/generate", json=bodies[k], timeout=120)
 
     threads = [threading.Thread(target=post, args=(k,)) for k in range(len(bodies))]
-    for thread in threads:
-        thread.start()
+    with _held_until_waiting(server, len(bodies)):
+        for thread in threads:
+            thread.start()
     for thread in threads:
         thread.join(timeout=120)
     return responses
@@ -108,11 +125,19 @@ def _submit(server, body: dict) -> str:
     return response.json()["id"]
 
 
-def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(server):
-    long = {"audio_length": 0.5, "num_inference_steps": 100}
+@pytest.fixture
+def pair_server(pipe):
+    """Batches of two that wait for their second clip as long as a test waits: a claimed pair of
+    jobs becomes one batch however far apart its two threads reach the batcher."""
+    with serving(pipe, max_batch=2, batch_wait_ms=POLL_TIMEOUT_S * 1000) as running:
+        yield running
+
+
+def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(pair_server):
+    server, long = pair_server, {"audio_length": 0.5, "num_inference_steps": 100}
     generator = server.app.state.generator
     with generator.lock:  # the model is busy with a first job: the next two queue behind it
-        first = _submit(server, {"input": "x", **QUICK})
+        first = _submit(server, {"input": "x", "n": 2, **QUICK})  # a full batch: it runs at once
         _wait(server, first, "running")
         cancelled, finished = _submit(server, {"input": "a", **long}), _submit(server, {"input": "b", **long})
     while _wait(server, cancelled, "running", "done")["steps_done"] < 1:  # they start as one batch

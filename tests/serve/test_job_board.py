@@ -9,32 +9,11 @@ import time
 import pytest
 
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
-from stable_audio_rt.serve import jobs
 from stable_audio_rt.serve.jobs import MAX_ATTEMPTS, JobBoard
 
 # A lease (seconds) the tests outlive by moving the board's clock, not by sleeping: with a real
 # clock, a busy machine pausing 50 ms between two awaits would end a lease the test meant to keep.
 LEASE_S = 0.05
-
-
-class Clock:
-    """time.monotonic as the job board reads it, advanced by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(jobs, "time", clock)
-    return clock
 
 
 def _resolved(pipe, steps: int = 2, outputs: int = 1):
