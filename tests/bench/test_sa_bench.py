@@ -167,13 +167,31 @@ def test_engines_from_other_weights_are_refused_before_any_run(
     assert "was built from other weights" in capsys.readouterr().err
 
 
-def test_gemm_rate_is_positive_for_both_libraries():
+@pytest.mark.parametrize("library", ["torch", "onnxruntime"])
+def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, monkeypatch):
+    """Each product's timer answers its own time: the rate must count every product `count`
+    times, and the products timed must be the step's shapes."""
+    from stable_audio_rt.bench import gemm
     from stable_audio_rt.bench.flops import dit_step_gemms
-    from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 
     gemms = dit_step_gemms(TINY.dit, 2, 8, TINY.conditioning.context_tokens)
-    assert torch_gemm_rate(gemms, torch.device("cpu"), torch.float32).gflops_per_s > 0
-    assert onnxruntime_gemm_rate(gemms).gflops_per_s > 0
+    shapes, times = [], iter(1e-4 * (k + 1) for k in range(len(gemms)))
+
+    def timed(product, repeats):
+        out = product()
+        shapes.append(tuple((out[0] if isinstance(out, list) else out).shape))
+        return next(times)
+
+    monkeypatch.setattr(gemm, "best_seconds", timed)
+    rate = (
+        gemm.torch_gemm_rate(gemms, torch.device("cpu"), torch.float32)
+        if library == "torch"
+        else gemm.onnxruntime_gemm_rate(gemms)
+    )
+    assert shapes == [(g.m, g.n) for g in gemms]
+    step_s = sum(1e-4 * (k + 1) * g.count for k, g in enumerate(gemms))
+    assert rate.library == library and rate.seconds_per_step == pytest.approx(step_s, rel=1e-12)
+    assert rate.gflops_per_s == pytest.approx(sum(g.flops for g in gemms) / step_s / 1e9, rel=1e-12)
 
 
 def test_small_runs_with_its_own_defaults(tmp_path):

@@ -63,9 +63,23 @@ def test_short_requests_and_gpus_are_not_announced(slow_cpu):
     )
 
 
-def test_the_measured_rate_is_a_real_product_rate():
-    rate = estimate.matrix_rate(64, CPU, torch.float32)
-    assert 0.01 < rate < 1e6  # GFLOP/s: a finite, measured figure
+def test_the_measured_rate_is_the_probes_flops_over_its_time(monkeypatch):
+    """The timer answers a fixed time: the rate must be the probe's FLOPs over it, from a product
+    of the probe's shape that really ran."""
+    seconds, products = 2e-3, []
+
+    def timed(product, repeats):
+        products.append(product())
+        return seconds
+
+    monkeypatch.setattr(estimate, "best_seconds", timed)
+    width = 64
+    rate = estimate.matrix_rate(width, CPU, torch.float32)
+    (product,) = products
+    assert product.shape == (estimate.PROBE_ROWS, 4 * width) and torch.isfinite(product).all()
+    assert rate == pytest.approx(2 * estimate.PROBE_ROWS * width * 4 * width / seconds / 1e9, rel=1e-12)
+    monkeypatch.undo()
+    assert estimate.matrix_rate(width, CPU, torch.float32) > 0  # and the real timer gives a figure
 
 
 def test_sa_run_says_so_before_loading(slow_cpu, monkeypatch, tmp_path, capsys):
