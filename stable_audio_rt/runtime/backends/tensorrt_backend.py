@@ -25,7 +25,10 @@ context per input-shape bucket: a CUDA graph captured on one context never sees 
 TensorRT's shape-dependent internal buffers) changed by another request's shapes. The contexts of
 one engine share one scratch buffer of the engine's size (the default, STATIC, gives each context
 its own at the largest profile's size, so every new clip length cost a whole one, outside torch's
-allocator); they never run at once: every run is ordered on the caller's stream. On CUDA the
+allocator); they never run at once: every run is ordered on the caller's stream. Requests of one
+shape but other step counts capture the same context into graphs of their own, each with its own
+tensor addresses: NVIDIA's TensorRT-Edge-LLM runtime does the same (its EngineExecutor keeps a
+graph per set of binding addresses and shapes on one USER_MANAGED context). On CUDA the
 engine runs on a torch-owned side stream joined to the caller's stream by events, with no host
 synchronisation, so a CUDA graph can capture it (TensorRT's CUDA-graph guidance: run each
 context once before capturing it, so its shape-dependent setup happens outside the capture).
