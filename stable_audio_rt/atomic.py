@@ -1,33 +1,62 @@
 """Atomic writes: a file is either its old self or completely written, never half-written.
 
 Every writer goes through a temp file in the destination's folder (so the final rename stays on
-one filesystem, where os.replace is atomic) that is removed if the write fails.
+one filesystem, where os.replace is atomic) that is removed if the write fails. Temp files and
+folders are created as `open` and `mkdir` create them (0666 and 0777 less the umask), not private
+as `tempfile`'s are (0600, 0700): a WAV or an engine folder must be readable by whoever could
+read a file written plainly there, such as a server running as another user. A file written over
+an existing one keeps that one's permissions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+# The permissions `open` and `mkdir` ask for; the umask then takes away what it takes away.
+NEW_FILE_MODE = 0o666
+NEW_FOLDER_MODE = 0o777
+
+
+def _beside(path: Path, create: Callable[[Path], None]) -> Path:
+    """A new entry made by `create` under a name nobody uses beside `path`: a dot (out of
+    listings), `path`'s stem, random hex digits, and its extension (writers such as matplotlib and
+    soundfile pick the format by it)."""
+    while True:
+        candidate = path.with_name(f".{path.stem}.{secrets.token_hex(4)}{path.suffix}")
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE))
+
+
+def new_folder_beside(path: Path) -> Path:
+    """A new empty folder beside `path`, hidden, with a folder's usual permissions, to be filled and
+    then renamed onto `path`."""
+    return _beside(Path(path), lambda candidate: candidate.mkdir(NEW_FOLDER_MODE))
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A fresh temp path beside `path`, renamed onto it when the block succeeds, removed when not.
-
-    The temp name keeps `path`'s extension, for writers that pick the format by it (matplotlib,
-    soundfile), and starts with a dot so it stays out of listings while it exists.
-    """
+    """A fresh temp path beside `path`, renamed onto it when the block succeeds, removed when not."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _beside(path, _new_file)
     try:
-        yield Path(tmp)
+        yield tmp
+        if path.exists():
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -13,14 +13,14 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from stable_audio_rt import __version__
+from stable_audio_rt.atomic import new_folder_beside
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     DEFAULT_OPSET,
@@ -179,7 +179,7 @@ def export_engines(
         old = None if settings.force or not out.is_dir() else Manifest.read(out)
     except StableAudioError:
         old = None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = new_folder_beside(out)
     try:
         for name in settings.components:
             if on_component is not None:
@@ -195,7 +195,8 @@ def export_engines(
             manifest.components[name] = entry
         model.conditioner.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
         numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
-        save_file(numbers, tmp / NUMBERS_FILE)
+        # Written by us: safetensors' save_file makes its file private (0600).
+        (tmp / NUMBERS_FILE).write_bytes(save(numbers))
         manifest.write(tmp)
         _swap_in(tmp, out)
     except BaseException:

@@ -4,6 +4,7 @@ random inputs with onnxruntime, the manifest, reuse, and the CLI."""
 import json
 import os
 import re
+import stat
 
 import numpy as np
 import onnxruntime as ort
@@ -75,6 +76,17 @@ def test_manifest_records_everything(engines, model):
         for file, record in entry.files.items():
             assert record == FileRecord(sha256_file(folder / file), (folder / file).stat().st_size)
     assert "dit.onnx.data" in manifest.components["dit"].files  # weights in one external file
+
+
+def test_the_folder_reads_as_plainly_written_files_do(engines):
+    """Readable by whoever could read a file written plainly there (a server running as another
+    user), not private as temp folders and safetensors' files are made."""
+    folder, _ = engines["fp32"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
 
 
 def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
