@@ -246,6 +246,7 @@ def _failed(verification: Verification | VerificationSkipped) -> bool:
 
 def _swap_in(tmp: Path, out: Path) -> None:
     if out.exists():
+        shutil.copymode(out, tmp)  # a folder exported again keeps the permissions it was given
         old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
         out.rename(old)
         tmp.rename(out)

@@ -4,6 +4,7 @@ random inputs with onnxruntime, the manifest, reuse, and the CLI."""
 import json
 import os
 import re
+import shutil
 import stat
 
 import numpy as np
@@ -87,6 +88,13 @@ def test_the_folder_reads_as_plainly_written_files_do(engines):
     for path in [folder, *folder.rglob("*")]:
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def test_a_folder_exported_again_keeps_its_permissions(engines, tiny_diffusers_dir, tmp_path):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    folder.chmod(0o750)
+    export_engines(tiny_diffusers_dir, folder, ExportSettings("fp32", max_batch=2, frames=(1, 16, 64)))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and Manifest.read(folder).components
 
 
 def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
