@@ -23,7 +23,7 @@ from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
-from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request
+from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request_as
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_CFG_SCALE,
     DEFAULT_INIT_NOISE_LEVEL,
@@ -49,6 +49,19 @@ EXAMPLES = """examples:
   sa-run "ambient drone" --engines engines/ -o drone.wav     # TensorRT plans from sa-export --fp16
 """
 SA_RUN_RANGES = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
+# The request fields whose options are named otherwise, for refusals in sa-run's terms.
+SA_RUN_NAMES = {
+    "seconds_total": "--seconds",
+    "seconds_start": "--start",
+    "cfg_scale": "--cfg-scale",
+    "num_outputs": "--num-outputs",
+    "init_audio": "--init-audio",
+    "init_noise_level": "--init-noise-level",
+    "inpaint_audio": "--inpaint-audio",
+    "apg_scale": "--apg-scale",
+    "cfg_norm_threshold": "--cfg-norm-threshold",
+    "vae_chunk": "--vae-chunk",
+}
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -303,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             sigma_min=args.sigma_min,
             sigma_max=args.sigma_max,
         )
-        resolved = resolve_request(request, config)
+        resolved = resolve_request_as(request, config, SA_RUN_NAMES)
         check_output_path(args.output)
         found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
         if found is not None:

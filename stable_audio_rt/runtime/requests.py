@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -131,7 +133,7 @@ def _check_model_support(request: GenerationRequest, config: StableAudioConfig) 
     """What this model's conditioning and sampler cannot do, refused by name."""
     numbers = {n.id for n in config.conditioning.numbers}
     if request.seconds_start and "seconds_start" not in numbers:
-        raise RequestError("this model has no seconds_start conditioning: leave seconds_start at 0")
+        raise RequestError("this model is not conditioned on a start time: leave seconds_start at 0")
     sampler_for(config).check(request)
 
 
@@ -221,6 +223,18 @@ def window_frames(request: GenerationRequest, seconds_total: float, config: Stab
     if request.window == "full":
         return config.latent_frames
     return math.ceil(seconds_total * config.sample_rate / ratio)
+
+
+def resolve_request_as(
+    request: GenerationRequest, config: StableAudioConfig, names: Mapping[str, str]
+) -> ResolvedRequest:
+    """`resolve_request`, its refusals naming the request's fields as the caller's interface
+    names them (`names`: GenerationRequest field → sa-run option or sa-serve body field)."""
+    try:
+        return resolve_request(request, config)
+    except RequestError as e:
+        field = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        raise RequestError(field.sub(lambda found: names[found.group(1)], str(e))) from e
 
 
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:

@@ -20,8 +20,8 @@ from starlette.requests import Request
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request
-from stable_audio_rt.serve.schema import AUDIO_FIELDS, GenerateBody
+from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request_as
+from stable_audio_rt.serve.schema import AUDIO_FIELDS, BODY_NAMES, GenerateBody
 
 MULTIPART = "multipart/form-data"
 REQUEST_FIELD = "request"  # the multipart field holding the JSON body
@@ -147,4 +147,4 @@ def parse_generation(
         errors = e.errors(include_url=False)
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors]) from e
     uploads = {name: decode_audio(name, content) for name, content in files.items()}
-    return fields, resolve_request(fields.request(uploads, config.sample_rate), config)
+    return fields, resolve_request_as(fields.request(uploads, config.sample_rate), config, BODY_NAMES)

@@ -31,6 +31,13 @@ MAX_CLIPS = 8
 # The upload fields: audio-to-audio's and inpainting's reference audio.
 AUDIO_FIELDS = ("init_audio", "inpaint_audio")
 SERVE_RANGES = RangeNames("an inpaint_audio upload", "keep_ranges", "inpaint_ranges")
+# The request fields this body names otherwise, for refusals in its terms.
+BODY_NAMES = {
+    "seconds_total": "audio_length",
+    "seconds_start": "audio_start",
+    "cfg_scale": "guidance_scale",
+    "num_outputs": "n",
+}
 
 
 class GenerateBody(BaseModel):

@@ -37,15 +37,15 @@ def no_model_load(monkeypatch):
 
 
 BAD_ARGUMENTS = [
-    (["--seconds", "0"], r"seconds_total must be in \(0, 2\.97\]"),
-    (["--seconds", "99"], r"seconds_total must be in \(0, 2\.97\] for this model, got 99"),
-    (["--start", "2", "--seconds", "1"], r"seconds_start \(2\.0\) must be less than seconds_total"),
+    (["--seconds", "0"], r"--seconds must be in \(0, 2\.97\]"),  # sa-run's own names
+    (["--seconds", "99"], r"--seconds must be in \(0, 2\.97\] for this model, got 99"),
+    (["--start", "2", "--seconds", "1"], r"--start \(2\.0\) must be less than --seconds"),
     (["--steps", "0"], r"steps must be at least 1"),
-    (["--cfg-scale", "-1"], r"cfg_scale must be ≥ 0"),
+    (["--cfg-scale", "-1"], r"--cfg-scale must be ≥ 0"),
     (["--sigma-max", "0.3"], r"sigma_max \(0\.3\) must be greater than sigma_min \(0\.3\)"),
     (
         ["--init-audio", "{in}/tone.wav", "--init-noise-level", "0.2"],
-        r"init_noise_level \(0\.2\) must be greater",
+        r"--init-noise-level \(0\.2\) must be greater",
     ),
     (
         ["--inpaint-audio", "{in}/tone.wav", "--keep-range", "0.5,5"],
@@ -154,9 +154,9 @@ def test_small_smoke_model_runs_with_its_defaults(tmp_path, capsys):
 @pytest.mark.parametrize(
     "arguments,message",
     [
-        (["--start", "0.2"], "no seconds_start conditioning"),
+        (["--start", "0.2"], "not conditioned on a start time: leave --start at 0"),
         (["--noise", "brownian"], "fresh Gaussian noise each step"),
-        (["--seconds", "3.5"], r"seconds_total must be in \(0, 2\.97\]"),
+        (["--seconds", "3.5"], r"--seconds must be in \(0, 2\.97\]"),
     ],
 )
 def test_small_refusals_come_before_the_model_loads(arguments, message, tmp_path, capsys, no_model_load):

@@ -111,7 +111,7 @@ def test_unknown_jobs_and_bad_bodies(server):
     assert httpx.get(f"{server.url}/v1/audio/jobs/nope/content").status_code == 404
     assert httpx.delete(f"{server.url}/v1/audio/jobs/nope").status_code == 404
     refused = httpx.post(f"{server.url}/v1/audio/jobs", json={"input": "x", "audio_length": 60})
-    assert refused.status_code == 422 and "seconds_total must be in" in refused.text
+    assert refused.status_code == 422 and "audio_length must be in" in refused.text
     assert server.app.state.generator.waiting == 0, "a refused job holds no place"
 
 

@@ -78,10 +78,10 @@ BAD_BODIES = [
     ({"input": 3}, "input"),
     ({"input": "x", "bogus": 1}, "bogus"),
     ({"input": "x", "audio_length": -1}, "audio_length"),
-    ({"input": "x", "audio_length": 60}, "seconds_total must be in (0, 2.97]"),
+    ({"input": "x", "audio_length": 60}, "audio_length must be in (0, 2.97]"),  # the body's names
     (
         {"input": "x", "audio_start": 2, "audio_length": 1},
-        "seconds_start (2.0) must be less than seconds_total",
+        "audio_start (2.0) must be less than audio_length",
     ),
     ({"input": "x", "num_inference_steps": 0}, "num_inference_steps"),
     ({"input": "x", "guidance_scale": -1}, "guidance_scale"),

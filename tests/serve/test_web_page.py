@@ -170,7 +170,7 @@ def test_refusals_are_shown_readably(browser, server):
     _open(browser, server)
     _fill(browser, prompt="rain", seconds=60, steps=2)
     browser.find_element(By.ID, "generate").click()
-    _text_shows(browser, "error", "Error 422: seconds_total must be in (0, 2.97]")
+    _text_shows(browser, "error", "Error 422: audio_length must be in (0, 2.97]")
     _fill(browser, seconds=0.5, steps=0)
     browser.find_element(By.ID, "generate").click()
     _text_shows(browser, "error", "Error 422: steps: Input should be greater than or equal to 1")

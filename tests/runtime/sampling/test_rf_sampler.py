@@ -111,7 +111,7 @@ def test_defaults_follow_the_model():
 @pytest.mark.parametrize(
     "options,message",
     [
-        (dict(seconds_start=0.5), "no seconds_start conditioning"),
+        (dict(seconds_start=0.5), "not conditioned on a start time: leave seconds_start at 0"),
         (dict(noise="brownian"), "fresh Gaussian noise each step"),
         (
             dict(init_audio=(torch.zeros(2, 4410), 44100), init_noise_level=1.5),
