@@ -233,7 +233,8 @@ def resolve_request_as(
     try:
         return resolve_request(request, config)
     except RequestError as e:
-        field = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+        # A field's name standing alone, not part of a path or file name ("/clips/init_audio.wav").
+        field = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, names)) + r")(?![\w/-]|\.\w)")
         raise RequestError(field.sub(lambda found: names[found.group(1)], str(e))) from e
 
 

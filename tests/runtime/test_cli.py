@@ -56,6 +56,7 @@ BAD_ARGUMENTS = [
     (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
+    (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
