@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -20,6 +21,10 @@ from pathlib import Path
 # The permissions `open` and `mkdir` ask for; the umask then takes away what it takes away.
 NEW_FILE_MODE = 0o666
 NEW_FOLDER_MODE = 0o777
+
+
+# `_beside`'s names: a dot, the stem, 8 hex digits, the extension.
+TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}(?P<suffix>\.[^.]*)?")
 
 
 def _beside(path: Path, create: Callable[[Path], None]) -> Path:
@@ -33,6 +38,13 @@ def _beside(path: Path, create: Callable[[Path], None]) -> Path:
         except FileExistsError:
             continue
         return candidate
+
+
+def written_for(name: str) -> str | None:
+    """The name a temp file or folder called `name` was made for (left by a write that was
+    killed), or None if `name` is not one of ours."""
+    found = TEMP_NAME.fullmatch(name)
+    return None if found is None else found["stem"] + (found["suffix"] or "")
 
 
 def _new_file(path: Path) -> None:

@@ -34,15 +34,24 @@ from stable_audio_rt.models.config import (
     OobleckConfig,
     StableAudioConfig,
 )
-from stable_audio_rt.models.io_spec import AXIS_NAMES, ELEMENT_KINDS, TensorSpec, axis_sizes
+from stable_audio_rt.models.io_spec import AXIS_NAMES, COMPONENTS, ELEMENT_KINDS, TensorSpec, axis_sizes
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 TOKENIZER_DIR = "tokenizer"
 NUMBERS_FILE = "number_conditioners.safetensors"
+TIMING_CACHE = "timing.cache"  # TensorRT's, kept beside the plans (export/trt_build.py)
+# What each component may have in the folder: its graph, its external weights, its TensorRT plan.
+COMPONENT_SUFFIXES = (".onnx", ".onnx.data", ".plan")
 # Files above this size are checked by size at load time, not re-hashed (a 4 GB DiT would
 # take seconds on every start); sa-export still records their hash.
 REHASH_LIMIT = 1 << 28
+
+
+def folder_names() -> frozenset[str]:
+    """Every name sa-export and its TensorRT build may write in an engine folder."""
+    per_component = (f"{name}{suffix}" for name in COMPONENTS for suffix in COMPONENT_SUFFIXES)
+    return frozenset({MANIFEST, TOKENIZER_DIR, NUMBERS_FILE, TIMING_CACHE, *per_component})
 
 
 class EngineFolderError(CheckpointError):

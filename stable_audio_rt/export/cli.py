@@ -90,21 +90,25 @@ def main(argv: list[str] | None = None) -> int:
         force=args.force,
         trt_plugins=args.trt_plugins,
     )
-    bar = tqdm(total=len(settings.components), desc="export", unit="component")
-    started: list[str] = []
+    bars: list[tqdm] = []  # made at the first component: a refusal before it shows no bar
 
     def on_component(name: str) -> None:
-        if started:
-            bar.update(1)
-        started.append(name)
-        bar.set_description(f"export {name}")
+        if bars:
+            bars[0].update(1)
+        else:
+            bars.append(tqdm(total=len(settings.components), desc="export", unit="component"))
+        bars[0].set_description(f"export {name}")
 
-    with reported_errors("sa-export", "the engine folder was left as it was", bar.close) as failed:
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
+
+    with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
         manifest = export_engines(args.model, args.out, settings, on_component=on_component)
     if failed.exit_status is not None:
         return failed.exit_status
-    bar.update(1)
-    bar.close()
+    bars[0].update(1)
+    close_bar()
     for name, entry in manifest.components.items():
         check = entry.verification
         detail = (

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors.torch import save
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import new_folder_beside
+from stable_audio_rt.atomic import new_folder_beside, written_for
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     DEFAULT_OPSET,
@@ -40,6 +40,7 @@ from stable_audio_rt.manifest import (
     VerificationSkipped,
     config_to_dict,
     file_record,
+    folder_names,
 )
 from stable_audio_rt.models.checkpoint import Layout
 from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
@@ -50,6 +51,8 @@ from stable_audio_rt.precision import DTYPES
 # Third-party versions from their installed metadata; ours from the package itself, since a
 # checkout run through PYTHONPATH (the offline GPU machines) has no installed metadata.
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
+# Names of what a refused --out folder holds, listed in the refusal.
+FOREIGN_SHOWN = 5
 # Latent frames and batch of the verification inputs: odd sizes inside every profile.
 VERIFY_FRAMES = 7
 
@@ -85,6 +88,25 @@ class ExportSettings:
     def profile(self, rows: int, latent_frames: int) -> Profile:
         """The profile of a component whose runs take up to `rows` rows (`ComponentSpec.max_rows`)."""
         return Profile(batch=(1, rows, rows), frames=self.frame_range(latent_frames))
+
+
+def _check_replaceable(out: Path) -> None:
+    """An export replaces its folder whole: refuse one holding anything an export did not write
+    (a user's files: `--out ~/Music` must not delete them), and a file in its place."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file: --out takes the folder to write the engines into")
+    ours = folder_names()
+    foreign = sorted(
+        entry.name
+        for entry in (out.iterdir() if out.is_dir() else ())
+        if entry.name not in ours and written_for(entry.name) not in ours
+    )
+    if foreign:
+        shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (", …" if len(foreign) > FOREIGN_SHOWN else "")
+        raise ExportError(
+            f"{out} holds what sa-export did not write ({shown}), and an export replaces its folder "
+            f"whole: give a new or empty folder, or move those out first"
+        )
 
 
 def tool_versions() -> dict[str, str]:
@@ -166,6 +188,7 @@ def export_engines(
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
+    _check_replaceable(out)
     settings.check(read_config(source, layout, token).latent_frames)
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(

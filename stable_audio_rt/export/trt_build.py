@@ -18,11 +18,17 @@ from pathlib import Path
 
 from stable_audio_rt.atomic import write_atomically
 from stable_audio_rt.errors import StableAudioError
-from stable_audio_rt.manifest import ComponentEntry, Manifest, PlanRecord, file_record, profile_shapes
+from stable_audio_rt.manifest import (
+    TIMING_CACHE,
+    ComponentEntry,
+    Manifest,
+    PlanRecord,
+    file_record,
+    profile_shapes,
+)
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.trt_import import gpu_identity, import_tensorrt
 
-TIMING_CACHE = "timing.cache"
 # TensorRT's default builder optimization level (0–5; higher builds longer for faster engines).
 DEFAULT_OPTIMIZATION_LEVEL = 3
 DEFAULT_WORKSPACE_GIB = 8

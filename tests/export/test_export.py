@@ -135,6 +135,32 @@ def test_cli_missing_output_folder(tiny_diffusers_dir, tmp_path, capsys):
     assert "folder" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
 
+def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tmp_path, capsys):
+    """An export replaces its folder whole, so `--out` at a folder of the user's is refused before
+    anything is loaded or written, and the folder stays as it was."""
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "song.wav").write_bytes(b"RIFF")
+    (music / "t5.onnx").write_bytes(b"an export's name is fine beside it")
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(music)]) == 2
+    err = capsys.readouterr().err
+    assert "music holds what sa-export did not write (song.wav)" in err and "component/s" not in err  # no bar
+    assert sorted(p.name for p in music.iterdir()) == ["song.wav", "t5.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["music"]  # no temp folder beside it
+    a_file = tmp_path / "engines"
+    a_file.write_text("not a folder")
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(a_file)]) == 2
+    assert "engines is a file" in capsys.readouterr().err and a_file.read_text() == "not a folder"
+
+
+def test_a_killed_writes_leftovers_do_not_block_the_next_export(engines, tiny_diffusers_dir, tmp_path):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    (folder / ".dit.0123abcd.plan").write_bytes(b"half a plan")  # atomic_path's name for dit.plan
+    (folder / ".dit.onnx.89abcdef.data").write_bytes(b"half the weights")
+    export_engines(tiny_diffusers_dir, folder, ExportSettings("fp32", max_batch=2, frames=(1, 16, 64)))
+    assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
 def test_tool_versions_need_no_installed_metadata_for_this_package(monkeypatch):
     # The offline GPU machines run the checkout through PYTHONPATH: no dist-info of ours there.
     import importlib.metadata

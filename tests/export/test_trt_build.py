@@ -12,12 +12,12 @@ import pytest
 
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.export.trt_build import (
-    TIMING_CACHE,
     EngineBuildError,
     EngineBuildSettings,
     build_engine,
     profile_shapes,
 )
+from stable_audio_rt.manifest import TIMING_CACHE
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.trt_import import TensorRTUnavailable
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stable_audio_rt.atomic import atomic_path, new_folder_beside, write_atomically
+from stable_audio_rt.atomic import atomic_path, new_folder_beside, write_atomically, written_for
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -58,3 +58,11 @@ def test_a_file_written_over_keeps_its_permissions(tmp_path: Path, umask):
     path.chmod(0o640)
     write_atomically(path, "new")
     assert path.read_text() == "new" and _mode(path) == 0o640
+
+
+@pytest.mark.parametrize("name", ["dit.plan", "dit.onnx.data", "manifest.json", "tokenizer"])
+def test_a_temp_name_says_what_it_was_for(tmp_path: Path, name):
+    with atomic_path(tmp_path / name) as tmp:
+        assert written_for(tmp.name) == name
+    assert written_for(new_folder_beside(tmp_path / name).name) == name
+    assert written_for(name) is None and written_for(".notes.txt") is None
