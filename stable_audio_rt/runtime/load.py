@@ -25,6 +25,7 @@ from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
 from stable_audio_rt.precision import DTYPES, DtypeChoice, DtypeRequest, choose_dtype
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
+from stable_audio_rt.runtime.backends.engine_backend import require_components
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
 from stable_audio_rt.trt_import import import_tensorrt
@@ -122,6 +123,7 @@ def plan_load(
     if options.kernels == "triton":
         raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
     manifest = Manifest.read(engines)
+    require_components(engines, manifest)
     dtype = DtypeChoice(DTYPES[manifest.components["dit"].precision], "the engines' precision")
     return LoadPlan(choice, manifest.model_config, model, engines, options, dtype)
 

@@ -31,6 +31,27 @@ from stable_audio_rt.runtime.sampling.guidance import dit_rows
 REQUIRED = ("t5", "dit", "vae_decoder")
 
 
+def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str:
+    """How to add `adding` to an engine folder and keep what it has: an export writes only the
+    components it is given, and reuses those that did not change."""
+    wanted = ",".join(c for c in COMPONENTS if c in manifest.components or c in adding)
+    return (
+        f"export the folder again with {', '.join(adding)} added, as it was exported (the same precision, "
+        f"--max-batch and --frames; unchanged components are reused): "
+        f"`sa-export --model {manifest.source} --out {folder} --components {wanted}`"
+    )
+
+
+def require_components(folder: Path, manifest: Manifest) -> None:
+    """Refuse a folder without the components every request runs."""
+    missing = [c for c in REQUIRED if c not in manifest.components]
+    if missing:
+        raise EngineFolderError(
+            f"{folder} lacks {', '.join(missing)}, which every request runs: "
+            f"{export_again(folder, manifest, missing)}"
+        )
+
+
 class EngineGraph:
     """One exported component as a backend runs it: its manifest entry, its profile, the types
     and shapes of its I/O. Subclasses open the engine and implement `run`."""
@@ -196,12 +217,8 @@ class EngineComponents:
         manifest = Manifest.read(folder)
         if model is not None:
             require_same_weights(folder, manifest, model)
-        missing = [c for c in REQUIRED if c not in manifest.components]
-        if missing:
-            raise EngineFolderError(
-                f"{folder} lacks {missing}: export them with `sa-export --components ...`"
-            )
-        self.config = manifest.model_config
+        require_components(folder, manifest)
+        self.folder, self.manifest, self.config = folder, manifest, manifest.model_config
         self.device = device
         self.graphs = {
             c: open_graph(folder, manifest, c, device) for c in COMPONENTS if c in manifest.components
@@ -230,7 +247,7 @@ class EngineComponents:
         if "vae_encoder" not in self.graphs:
             raise EngineFolderError(
                 "this request needs the VAE encoder (audio-to-audio or inpainting), which the engine folder "
-                "lacks: export it with `sa-export --components vae_encoder`"
+                f"lacks: {export_again(self.folder, self.manifest, ('vae_encoder',))}"
             )
         return self.graphs["vae_encoder"]
 

@@ -2,6 +2,7 @@
 latents; broken, edited or foreign engine folders are refused with the fix named."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -132,10 +133,16 @@ def test_missing_folder_and_missing_encoder(tmp_path, tiny_diffusers_dir, engine
     folder = tmp_path / "no-encoder"
     export_engines(tiny_diffusers_dir, folder, ExportSettings(components=("t5", "dit", "vae_decoder")))
     pipe = StableAudio.from_engines(folder)
-    with pytest.raises(
-        EngineFolderError, match="needs the VAE encoder .* `sa-export --components vae_encoder`"
-    ):
+    # The command adds the encoder and keeps the rest: an export writes only the components given.
+    every = "t5,dit,vae_decoder,vae_encoder"
+    again = f"`sa-export --model {tiny_diffusers_dir} --out {folder} --components {every}`"
+    with pytest.raises(EngineFolderError, match=f"needs the VAE encoder .* {re.escape(again)}"):
         pipe.generate("x", steps=2, init_audio=(np.zeros(RATE, np.float32), RATE))
+    no_dit = tmp_path / "no-dit"
+    export_engines(tiny_diffusers_dir, no_dit, ExportSettings(components=("t5", "vae_decoder")))
+    for load in (lambda: StableAudio.from_engines(no_dit), lambda: StableAudio.load(engines=no_dit)):
+        with pytest.raises(EngineFolderError, match=r"no-dit lacks dit, which every request runs: .*dit"):
+            load()  # was a KeyError from load's plan
 
 
 def test_engines_from_other_weights_are_refused(engines, tmp_path):
