@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
-    p.add_argument("--force", action="store_true", help="re-export components even when they could be reused")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-export components even when they could be reused, and replace the folder even where "
+        "that drops components it has",
+    )
     p.add_argument(
         "--trt-plugins",
         action="store_true",

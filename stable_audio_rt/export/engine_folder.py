@@ -32,6 +32,7 @@ from stable_audio_rt.export.onnx_export import (
 )
 from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.manifest import (
+    MANIFEST,
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
@@ -106,6 +107,25 @@ def _check_replaceable(out: Path) -> None:
         raise ExportError(
             f"{out} holds what sa-export did not write ({shown}), and an export replaces its folder "
             f"whole: give a new or empty folder, or move those out first"
+        )
+
+
+def _check_nothing_dropped(out: Path, settings: ExportSettings) -> None:
+    """An export writes exactly its components: refuse one that would silently drop components
+    the folder has (`--components vae_encoder` meant as "add the encoder"), unless forced."""
+    if settings.force or not (out / MANIFEST).is_file():
+        return
+    try:
+        had = Manifest.read(out).components
+    except StableAudioError:  # not readable as ours: nothing to keep
+        return
+    dropped = [name for name in COMPONENTS if name in had and name not in settings.components]
+    if dropped:
+        keep = ",".join(name for name in COMPONENTS if name in had or name in settings.components)
+        raise ExportError(
+            f"{out} has {', '.join(dropped)}, which this export would drop (it writes exactly "
+            f"--components): give --components {keep} to keep them (unchanged ones are reused), or "
+            f"--force to replace the folder with {','.join(settings.components)} only"
         )
 
 
@@ -189,6 +209,7 @@ def export_engines(
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
     _check_replaceable(out)
+    _check_nothing_dropped(out, settings)
     settings.check(read_config(source, layout, token).latent_frames)
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime as ort
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from stable_audio_rt.export import cli
-from stable_audio_rt.export.engine_folder import ExportSettings, export_engines, tool_versions
+from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines, tool_versions
 from stable_audio_rt.manifest import FileRecord, Manifest
 from stable_audio_rt.models.checkpoint import sha256_file
 from stable_audio_rt.models.io_spec import (
@@ -151,6 +152,18 @@ def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tm
     a_file.write_text("not a folder")
     assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(a_file)]) == 2
     assert "engines is a file" in capsys.readouterr().err and a_file.read_text() == "not a folder"
+
+
+def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, tiny_diffusers_dir, tmp_path):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    before = sorted(p.name for p in folder.iterdir())
+    encoder_only = ExportSettings("fp32", components=("vae_encoder",), max_batch=2, frames=(1, 16, 64))
+    with pytest.raises(ExportError, match=r"has t5, dit, vae_decoder, which this export would drop .* "
+                       r"--components t5,dit,vae_decoder,vae_encoder to keep them"):  # fmt: skip
+        export_engines(tiny_diffusers_dir, folder, encoder_only)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    forced = export_engines(tiny_diffusers_dir, folder, replace(encoder_only, force=True))
+    assert list(forced.components) == ["vae_encoder"] and not (folder / "dit.onnx").exists()
 
 
 def test_a_killed_writes_leftovers_do_not_block_the_next_export(engines, tiny_diffusers_dir, tmp_path):
