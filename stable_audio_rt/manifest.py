@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,11 @@ class Manifest:
     tools: dict[str, str]
     components: dict[str, ComponentEntry] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+
+    def components_adding(self, adding: Iterable[str]) -> str:
+        """The `--components` value that keeps this folder's components and adds `adding`."""
+        wanted = set(self.components) | set(adding)
+        return ",".join(name for name in COMPONENTS if name in wanted)
 
     def write(self, folder: Path) -> None:
         write_atomically(folder / MANIFEST, json.dumps(_manifest_json(self), indent=2) + "\n")

@@ -32,7 +32,6 @@ from stable_audio_rt.export.onnx_export import (
 )
 from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.manifest import (
-    MANIFEST,
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
@@ -110,22 +109,28 @@ def _check_replaceable(out: Path) -> None:
         )
 
 
-def _check_nothing_dropped(out: Path, settings: ExportSettings) -> None:
+def _old_manifest(out: Path, settings: ExportSettings) -> Manifest | None:
+    """The manifest of the folder this export replaces: what it may reuse and must not drop
+    (None when forced, or when there is none readable as ours)."""
+    if settings.force or not out.is_dir():
+        return None
+    try:
+        return Manifest.read(out)
+    except StableAudioError:
+        return None
+
+
+def _check_nothing_dropped(out: Path, old: Manifest | None, settings: ExportSettings) -> None:
     """An export writes exactly its components: refuse one that would silently drop components
     the folder has (`--components vae_encoder` meant as "add the encoder"), unless forced."""
-    if settings.force or not (out / MANIFEST).is_file():
-        return
-    try:
-        had = Manifest.read(out).components
-    except StableAudioError:  # not readable as ours: nothing to keep
-        return
+    had = {} if old is None else old.components
     dropped = [name for name in COMPONENTS if name in had and name not in settings.components]
     if dropped:
-        keep = ",".join(name for name in COMPONENTS if name in had or name in settings.components)
         raise ExportError(
             f"{out} has {', '.join(dropped)}, which this export would drop (it writes exactly "
-            f"--components): give --components {keep} to keep them (unchanged ones are reused), or "
-            f"--force to replace the folder with {','.join(settings.components)} only"
+            f"--components): give --components {old.components_adding(settings.components)} to keep "
+            f"them (unchanged ones are reused), or --force to replace the folder with "
+            f"{','.join(settings.components)} only"
         )
 
 
@@ -209,7 +214,8 @@ def export_engines(
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
     _check_replaceable(out)
-    _check_nothing_dropped(out, settings)
+    old = _old_manifest(out, settings)
+    _check_nothing_dropped(out, old, settings)
     settings.check(read_config(source, layout, token).latent_frames)
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(
@@ -219,10 +225,6 @@ def export_engines(
         opset=settings.opset,
         tools=tool_versions(),
     )
-    try:
-        old = None if settings.force or not out.is_dir() else Manifest.read(out)
-    except StableAudioError:
-        old = None
     tmp = new_folder_beside(out)
     try:
         for name in settings.components:

@@ -34,7 +34,7 @@ REQUIRED = ("t5", "dit", "vae_decoder")
 def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str:
     """How to add `adding` to an engine folder and keep what it has: an export writes only the
     components it is given, and reuses those that did not change."""
-    wanted = ",".join(c for c in COMPONENTS if c in manifest.components or c in adding)
+    wanted = manifest.components_adding(adding)
     return (
         f"export the folder again with {', '.join(adding)} added, as it was exported (the same precision, "
         f"--max-batch and --frames; unchanged components are reused): "
