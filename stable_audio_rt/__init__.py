@@ -37,10 +37,12 @@ from stable_audio_rt.errors import (
     StableAudioError,
 )
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "GenerationRequest",
     "GenerationResult",
     "ModelAccessError",
     "RequestError",

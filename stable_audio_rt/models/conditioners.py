@@ -5,6 +5,7 @@ into the DiT's cross-attention context (B, S, cond_dim) and global condition (B,
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -89,7 +90,18 @@ class T5TextEncoder(nn.Module):
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded, truncated."""
+    """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded,
+    truncated as stable-audio-tools does, with a warning for each prompt that loses words."""
+    # One token more than the model reads: a prompt that fills it loses words to the truncation.
+    longer = tokenizer(list(prompts), truncation=True, max_length=max_length + 1)["input_ids"]
+    for prompt, ids in zip(prompts, longer, strict=True):
+        if len(ids) > max_length:
+            warnings.warn(
+                f"the prompt {prompt[:40]!r}… is over {max_length} T5 tokens; the model reads the "
+                f"first {max_length} and ignores the rest",
+                UserWarning,
+                stacklevel=2,
+            )
     batch = tokenizer(
         list(prompts),
         padding="max_length",

@@ -7,6 +7,7 @@ libraries are imported where used: the offline GPU image lacks them and runs eve
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -27,17 +28,29 @@ SUBTYPES = {
     ("RAW", "float"): "FLOAT",
 }
 SampleFormat = Literal["pcm16", "float"]
+SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("pcm16", "float")
 # 16-bit PCM: sample = x · 2¹⁵, rounded, within [−2¹⁵, 2¹⁵ − 1]; readers divide by 2¹⁵.
 PCM16_SCALE = 2**15
+
+
+# Input samples past a crop that soxr's filter reads, per unit of the downsampling ratio: a
+# cropped resample with them equals the whole one (measured from 10 Hz to 192 kHz into 44.1 kHz).
+RESAMPLE_CONTEXT = 4096
 
 
 class AudioFileError(StableAudioError):
     """An audio file cannot be read or written as asked."""
 
 
-def check_output_path(path: str | Path) -> Path:
-    """Refuse, before any work, an output path we could not write."""
+def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -> Path:
+    """Refuse, before any work, an output path (and sample format) we could not write."""
     path = Path(path)
+    if sample_format not in SAMPLE_FORMATS:
+        raise AudioFileError(f"unknown sample format {sample_format!r}: use {' or '.join(SAMPLE_FORMATS)}")
+    if path.is_dir():
+        raise AudioFileError(
+            f"cannot write {path}: it is a folder; name a file in it, such as {path / 'clip.wav'}"
+        )
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise AudioFileError(
             f"cannot write {path}: unsupported extension {path.suffix!r} (use {', '.join(OUTPUT_FORMATS)})"
@@ -63,11 +76,23 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return data.T.copy(), rate
 
 
-def to_model_audio(audio: np.ndarray, rate: int, target_rate: int, length: int) -> torch.Tensor:
-    """(channels, samples) at `rate` → (2, length) float32 at `target_rate`: resampled with soxr,
-    mono duplicated to stereo, zero-padded or cropped at the end."""
+def samples_read_for(length: int, rate: int, target_rate: int) -> int:
+    """How many samples at `rate` give the first `length` at `target_rate` as resampling all of
+    the audio would: what covers them, and the resampler's context after."""
+    if rate == target_rate:
+        return length
+    return math.ceil(length * rate / target_rate) + RESAMPLE_CONTEXT * math.ceil(rate / target_rate)
+
+
+def to_model_audio(
+    audio: np.ndarray, rate: int, target_rate: int, length: int, what: str = "audio"
+) -> torch.Tensor:
+    """(channels, samples) at `rate` → (2, length) float32 at `target_rate`: resampled with soxr
+    (only the part the `length` needs, so a long or low-rate clip costs no more than a short
+    one), mono duplicated to stereo, zero-padded or cropped at the end."""
     if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise AudioFileError(f"audio has shape {audio.shape}; give mono or stereo (channels, samples)")
+        raise AudioFileError(f"{what} has shape {audio.shape}; give mono or stereo (channels, samples)")
+    audio = audio[:, : samples_read_for(length, rate, target_rate)]
     if rate != target_rate:
         import soxr
 
@@ -92,7 +117,7 @@ def write_audio(
 
     `normalize` scales the peak to full scale first; `clip` then limits samples to [−1, 1].
     """
-    path = check_output_path(path)
+    path = check_output_path(path, sample_format)
     file_format = OUTPUT_FORMATS[path.suffix.lower()]
     with atomic_path(path) as tmp:
         _write(tmp, audio, rate, file_format, sample_format, clip, normalize)

@@ -15,6 +15,7 @@ import numpy as np
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
+from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, dtype_request
 from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
@@ -277,14 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _inpaint_mask(args: argparse.Namespace, sample_rate: int) -> np.ndarray | None:
+def _inpaint_mask(args: argparse.Namespace, config: StableAudioConfig) -> np.ndarray | None:
     """--keep-range / --inpaint-range → a keep mask at the model rate over the inpaint audio."""
     reference = None
     if args.inpaint_audio is not None:
         samples, rate = read_audio(args.inpaint_audio)
         reference = (samples.shape[-1], rate)
     return inpaint_mask(
-        reference, args.keep_range, args.inpaint_range, sample_rate, SA_RUN_RANGES, str(args.inpaint_audio)
+        reference, args.keep_range, args.inpaint_range, config, SA_RUN_RANGES, str(args.inpaint_audio)
     )
 
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             init_audio=args.init_audio,
             init_noise_level=args.init_noise_level,
             inpaint_audio=args.inpaint_audio,
-            inpaint_mask=_inpaint_mask(args, config.sample_rate),
+            inpaint_mask=_inpaint_mask(args, config),
             window=args.window,
             frames=args.frames,
             noise=args.noise,

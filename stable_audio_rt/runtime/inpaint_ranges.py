@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stable_audio_rt.errors import RequestError
+from stable_audio_rt.models.config import StableAudioConfig
 
 # (start, end) in seconds of the reference audio.
 Range = tuple[float, float]
@@ -28,15 +29,17 @@ def inpaint_mask(
     reference: tuple[int, int] | None,
     keep_ranges: Sequence[Range] | None,
     inpaint_ranges: Sequence[Range] | None,
-    model_rate: int,
+    config: StableAudioConfig,
     names: RangeNames,
     source: str,
 ) -> np.ndarray | None:
-    """A keep mask (1 = keep) at `model_rate` over the reference audio, or None without one.
+    """A keep mask (1 = keep) at the model's rate over the reference audio, or None without one.
 
     `reference` is the reference's (sample count, sample rate), None when none was given;
-    exactly one of the range lists must then be non-empty. `source` names the reference in
+    exactly one of the range lists must then be non-empty, each range within the reference and
+    the model's window (what lies past it is never generated). `source` names the reference in
     messages (its path, or its upload field)."""
+    model_rate, window_seconds = config.sample_rate, config.sample_size / config.sample_rate
     if reference is None:
         if keep_ranges or inpaint_ranges:
             raise RequestError(f"{names.keep}/{names.inpaint} need {names.audio}")
@@ -48,8 +51,12 @@ def inpaint_mask(
     length = round(samples * model_rate / rate)
     keep = bool(keep_ranges)
     mask = np.zeros(length) if keep else np.ones(length)
+    if seconds <= window_seconds:
+        usable, where = seconds, f"{source} (0–{seconds:.2f} s)"
+    else:
+        usable, where = window_seconds, f"the model's window (0–{window_seconds:.2f} s; {source} is longer)"
     for start, end in keep_ranges or inpaint_ranges:
-        if not 0 <= start < end <= seconds:
-            raise RequestError(f"range {start},{end} is outside {source} (0–{seconds:.2f} s) or empty")
+        if not 0 <= start < end <= usable:
+            raise RequestError(f"range {start},{end} is outside {where} or empty")
         mask[int(start * model_rate) : int(end * model_rate)] = 1.0 if keep else 0.0
     return mask

@@ -30,13 +30,14 @@ from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
-from stable_audio_rt.runtime.audio_io import SampleFormat, write_audio
+from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.runtime.load import Backend, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.region import RequestBuffers, RequestShape, allocate_request
+from stable_audio_rt.runtime.request_values import prompts_of
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.timing import stopwatch
@@ -77,9 +78,16 @@ class GenerationResult:
         clip: bool = True,
         normalize: bool = False,
     ) -> list[Path]:
+        """Write each clip to WAV or FLAC by the extension (`paths` says where), as 16-bit PCM
+        or float ("float": 32-bit in WAV, 24-bit in FLAC); `normalize` scales each clip's peak to
+        full scale, `clip` then limits samples to [-1, 1]. Every path is checked before the
+        first is written."""
+        paths = self.paths(path)
+        for p in paths:
+            check_output_path(p, sample_format)
         return [
             write_audio(p, clip_audio, self.sample_rate, sample_format, clip, normalize)
-            for p, clip_audio in zip(self.paths(path), self.audio, strict=True)
+            for p, clip_audio in zip(paths, self.audio, strict=True)
         ]
 
 
@@ -175,8 +183,7 @@ class StableAudio:
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
         cfg_scale, seed, negative_prompt, num_outputs, init_audio, inpaint_audio, ...)."""
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
-        return self.run(GenerationRequest(prompts=prompts, **options), progress=progress)
+        return self.run(GenerationRequest(prompts=prompts_of(prompt), **options), progress=progress)
 
     def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
         return self.run_resolved(resolve_request(request, self.config), progress)
@@ -221,21 +228,28 @@ class StableAudio:
         """Requests with equal keys can run as one batch (`run_batch`); None: only alone."""
         return planning.batch_key(resolved, lambda: self._auto_decode_chunk)
 
-    def generate_stream(self, prompt: str | Sequence[str], **options) -> Iterator[torch.Tensor]:
+    def generate_stream(
+        self, prompt: str | Sequence[str], *, progress: bool = False, **options
+    ) -> Iterator[torch.Tensor]:
         """Like `generate`, but yields the clip's audio (B, channels, n) float32 on the CPU in
         consecutive pieces as the VAE decodes them, so playback can start before the decode ends.
-        The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly."""
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
-        resolved = resolve_request(GenerationRequest(prompts=prompts, **options), self.config)
+        The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly. The
+        request is checked here, at the call; sampling starts at the first piece asked for."""
+        resolved = resolve_request(GenerationRequest(prompts=prompts_of(prompt), **options), self.config)
         shape = self.request_shape(resolved)
         chunk = shape.decode_chunk if shape.decode_chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
         overlap = resolved.request.vae_overlap
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
         check_chunking(self.config.vae, chunk, overlap)
         self._check(shape, chunk)
+        return self._stream(resolved, shape, chunk, overlap, progress)
+
+    def _stream(
+        self, resolved: ResolvedRequest, shape: RequestShape, chunk: int, overlap: int, progress: bool
+    ) -> Iterator[torch.Tensor]:
         with on_device(self.device):
             request = self._fresh(shape, [resolved])
-            region.sample(request, self.components)
+            self._sample(request, progress=progress)
         clip = resolved.clip(self.config.sample_rate)
         ratio = self.config.vae.downsampling_ratio
         decode = one_clip_at_a_time(self.components.decode)  # as region.decode
@@ -287,16 +301,7 @@ class StableAudio:
         def stage(name: str):
             return _stage(timings, name, self.device)
 
-        steps = request.state.steps
-        bar = tqdm(total=steps, desc="sampling", unit="step", disable=not progress)
-
-        def stepped(i: int) -> None:
-            bar.update()
-            if on_step is not None:
-                on_step(i + 1, steps)
-
-        region.sample(request, self.components, stage, on_step=stepped)
-        bar.close()
+        self._sample(request, stage, progress, on_step)
         # The decode's own bar: on a CPU it takes seconds to minutes after the last step.
         decoding: tqdm | None = None  # made at the first report, which gives the window count
 
@@ -310,6 +315,24 @@ class StableAudio:
         if decoding is not None:
             decoding.close()
         return request.audio.cpu(), request.state.x.cpu()
+
+    def _sample(
+        self,
+        request: RequestBuffers,
+        stage: region.Stage = region.no_stage,
+        progress: bool = False,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        """`region.sample` with a bar for its steps, reporting each to `on_step`."""
+        steps = request.state.steps
+        with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
+
+            def stepped(i: int) -> None:
+                bar.update()
+                if on_step is not None:
+                    on_step(i + 1, steps)
+
+            region.sample(request, self.components, stage, on_step=stepped)
 
     def _run_graph(
         self,

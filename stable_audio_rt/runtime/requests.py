@@ -11,6 +11,7 @@ import dataclasses
 import math
 import re
 import secrets
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from stable_audio_rt.errors import RequestError
+from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
+from stable_audio_rt.runtime.request_values import float_samples, whole_number, with_plain_values
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_INIT_NOISE_LEVEL,
     DEFAULT_SIGMA_MAX,
@@ -100,19 +102,31 @@ class ResolvedRequest:
     inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
 
     def clip(self, sample_rate: int) -> slice:
-        """The output's samples within the window: [start, total) as diffusers crops."""
-        return slice(int(self.request.seconds_start * sample_rate), int(self.seconds_total * sample_rate))
+        return clip_samples(self.request.seconds_start, self.seconds_total, sample_rate)
+
+
+def clip_samples(seconds_start: float, seconds_total: float, sample_rate: int) -> slice:
+    """The output's samples within the window: [start, total) as diffusers crops."""
+    return slice(int(seconds_start * sample_rate), int(seconds_total * sample_rate))
 
 
 def _audio(value: AudioInput, what: str) -> tuple[np.ndarray, int]:
     if isinstance(value, (str, Path)):
-        return read_audio(value)
-    samples, rate = value
-    samples = np.asarray(samples.detach().cpu() if isinstance(samples, torch.Tensor) else samples, np.float32)
+        samples, rate = read_audio(value)
+    elif isinstance(value, tuple) and len(value) == 2:
+        samples, rate = float_samples(value[0], what), whole_number(value[1], f"{what}'s sample rate")
+    else:
+        raise RequestError(
+            f"{what} must be a file path or (samples, sample_rate), got {type(value).__name__}"
+        )
     samples = samples[None] if samples.ndim == 1 else samples
     if samples.ndim != 2 or samples.shape[-1] == 0:
         raise RequestError(f"{what} must be (channels, samples) or (samples,) with samples > 0")
-    return samples, int(rate)
+    if rate <= 0:
+        raise RequestError(f"{what}'s sample rate must be a positive number of Hz, got {rate}")
+    if not np.isfinite(samples).all():
+        raise RequestError(f"{what} has NaN or infinite samples")
+    return samples, rate
 
 
 def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -196,15 +210,18 @@ def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: 
 
 
 def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -> None:
-    chunk = request.vae_chunk
+    chunk, overlap = request.vae_chunk, request.vae_overlap
     if chunk is None or chunk == "auto":
-        if request.vae_overlap is not None:
-            check_chunking(config.vae, 2 * request.vae_overlap + 1, request.vae_overlap)
-        return
-    if not isinstance(chunk, int) or isinstance(chunk, bool):
+        if overlap is None:
+            return
+        chunk = 2 * overlap + 1  # the overlap alone: the smallest chunk it allows
+    elif not isinstance(chunk, int):
         raise RequestError(f"vae_chunk must be a number of latent frames, 'auto' or None, got {chunk!r}")
-    overlap = decoder_receptive_frames(config.vae) if request.vae_overlap is None else request.vae_overlap
-    check_chunking(config.vae, chunk, overlap)
+    overlap = decoder_receptive_frames(config.vae) if overlap is None else overlap
+    try:
+        check_chunking(config.vae, chunk, overlap, names=("vae_chunk", "vae_overlap"))
+    except ConfigError as e:
+        raise RequestError(str(e)) from e
 
 
 def window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
@@ -242,10 +259,17 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     """Check `request` against the model's limits and make every quantity concrete."""
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
     max_seconds = config.sample_size / rate
-    request = with_model_defaults(request, config)
+    request = with_model_defaults(with_plain_values(request), config)
     _check_ranges(request, max_seconds)
     _check_model_support(request, config)
     _check_vae_chunking(request, config)
+    if request.negative_prompt is not None and not request.uses_cfg:
+        warnings.warn(
+            "the negative prompt has no effect at a CFG scale of 1 (no unconditional pass runs); "
+            "give a CFG scale above 1 to use it",
+            UserWarning,
+            stacklevel=2,
+        )
 
     reference, reference_seconds = None, None
     source = request.init_audio if request.init_audio is not None else request.inpaint_audio
@@ -262,6 +286,12 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             raise RequestError(
                 f"seconds_start ({request.seconds_start}) must be less than the clip ({total:.2f} s)"
             )
+    clip = clip_samples(request.seconds_start, total, rate)
+    if clip.stop <= clip.start:
+        raise RequestError(
+            f"the clip from seconds_start ({request.seconds_start}) to seconds_total ({total}) holds no "
+            f"sample at {rate} Hz: make it at least 1/{rate} s long"
+        )
     frames = window_frames(request, total, config)
     window_samples = frames * ratio
     if total * rate > window_samples:
@@ -272,7 +302,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
 
     init_audio = inpaint_audio = inpaint_keep = None
     if reference is not None:
-        audio = to_model_audio(*reference, rate, window_samples)
+        audio = to_model_audio(*reference, rate, window_samples, what)
         if request.init_audio is not None:
             init_audio = audio
         else:

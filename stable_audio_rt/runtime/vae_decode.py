@@ -48,19 +48,25 @@ def plan_windows(frames: int, chunk_frames: int, overlap_frames: int) -> list[Wi
     return [Window(s, bounds[k], bounds[k + 1]) for k, s in enumerate(starts)]
 
 
-def check_chunking(config: OobleckConfig, chunk_frames: int, overlap_frames: int) -> None:
-    """Refuse chunking that would not equal the full decode."""
+def check_chunking(
+    config: OobleckConfig,
+    chunk_frames: int,
+    overlap_frames: int,
+    names: tuple[str, str] = ("chunk_frames", "overlap_frames"),
+) -> None:
+    """Refuse chunking that would not equal the full decode (`names`: the caller's for the two)."""
+    chunk_name, overlap_name = names
     field = decoder_receptive_frames(config)
     if overlap_frames < field:
         raise ConfigError(
-            f"overlap_frames={overlap_frames} is below the decoder's receptive field of {field} latent "
+            f"{overlap_name}={overlap_frames} is below the decoder's receptive field of {field} latent "
             f"frames (computed from its strides and kernels); chunks would not equal the full decode: "
-            f"use overlap_frames ≥ {field}"
+            f"use {overlap_name} ≥ {field}"
         )
     if chunk_frames <= 2 * overlap_frames:
         raise ConfigError(
-            f"chunk_frames={chunk_frames} must exceed twice the overlap ({2 * overlap_frames}) so that "
-            f"each chunk adds new frames; use chunk_frames ≥ {2 * overlap_frames + 1}"
+            f"{chunk_name}={chunk_frames} must exceed twice the overlap ({2 * overlap_frames}) so that "
+            f"each chunk adds new frames; use {chunk_name} ≥ {2 * overlap_frames + 1}"
         )
 
 

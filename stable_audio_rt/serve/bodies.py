@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.runtime.audio_io import samples_read_for
 from stable_audio_rt.runtime.requests import ResolvedRequest, resolve_request_as
 from stable_audio_rt.serve.schema import AUDIO_FIELDS, BODY_NAMES, GenerateBody
 
@@ -118,12 +119,17 @@ def form_parts(body: bytes, boundary: bytes | None) -> list[Field | File]:
     return parts
 
 
-def decode_audio(field: str, content: bytes) -> tuple[np.ndarray, int]:
-    """An uploaded file → (channels, samples) float32 and its rate, as `read_audio` reads a path."""
+def decode_audio(field: str, content: bytes, config: StableAudioConfig) -> tuple[np.ndarray, int]:
+    """An uploaded file → (channels, samples) float32 and its rate, as `read_audio` reads a path,
+    but only as far as the model's window reaches (with the resampler's context): a few MiB of
+    compressed silence or a low sample rate would otherwise decode to gigabytes."""
     import soundfile as sf
 
     try:
-        data, rate = sf.read(io.BytesIO(content), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(content)) as upload:
+            needed = samples_read_for(config.sample_size, upload.samplerate, config.sample_rate)
+            data = upload.read(needed, dtype="float32", always_2d=True)
+            rate = upload.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         reason = getattr(e, "error_string", str(e))
         raise RequestError(
@@ -146,5 +152,5 @@ def parse_generation(
     except ValidationError as e:  # worded as FastAPI words a bad JSON body
         errors = e.errors(include_url=False)
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors]) from e
-    uploads = {name: decode_audio(name, content) for name, content in files.items()}
-    return fields, resolve_request_as(fields.request(uploads, config.sample_rate), config, BODY_NAMES)
+    uploads = {name: decode_audio(name, content, config) for name, content in files.items()}
+    return fields, resolve_request_as(fields.request(uploads, config), config, BODY_NAMES)

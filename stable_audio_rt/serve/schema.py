@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stable_audio_rt.errors import RequestError
+from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.runtime.inpaint_ranges import Range, RangeNames, inpaint_mask
 from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_INIT_NOISE_LEVEL
@@ -80,14 +81,16 @@ class GenerateBody(BaseModel):
             )
         return data
 
-    def request(self, uploads: dict[str, tuple[np.ndarray, int]], model_rate: int) -> GenerationRequest:
+    def request(
+        self, uploads: dict[str, tuple[np.ndarray, int]], config: StableAudioConfig
+    ) -> GenerationRequest:
         """The request these fields and decoded uploads (field → (samples, rate)) ask for."""
         init, inpaint = uploads.get("init_audio"), uploads.get("inpaint_audio")
         if self.init_noise_level is not None and init is None:
             raise RequestError("init_noise_level needs an init_audio upload (audio-to-audio)")
         reference = None if inpaint is None else (inpaint[0].shape[-1], inpaint[1])
         mask = inpaint_mask(
-            reference, self.keep_ranges, self.inpaint_ranges, model_rate, SERVE_RANGES, "inpaint_audio"
+            reference, self.keep_ranges, self.inpaint_ranges, config, SERVE_RANGES, "inpaint_audio"
         )
         level = DEFAULT_INIT_NOISE_LEVEL if self.init_noise_level is None else self.init_noise_level
         return GenerationRequest(

@@ -2,6 +2,7 @@
 assembled context/global condition vs StableAudioPipeline's encode_prompt/encode_duration."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -82,3 +83,16 @@ def test_t5_over_the_used_positions_only_is_the_same_encoding(tiny_model, prompt
     assert torch.all(ours[mask == 0] == 0)
     # The used positions: the same maths (masked keys weigh exactly 0; the position bias is relative).
     assert rel_error(ours, full) <= FP32_REL_TOL
+
+
+def test_a_prompt_longer_than_t5_reads_warns_that_its_end_is_ignored(tiny_model):
+    conditioner = tiny_model.conditioner
+    length = conditioner.config.t5_max_length
+    fits, too_long = "rain", " ".join(["rain"] * length)
+    assert len(conditioner.tokenizer(too_long)["input_ids"]) > length
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conditioner.tokenize([fits])
+    with pytest.warns(UserWarning, match=rf"is over {length} T5 tokens; the model reads the first {length}"):
+        ids, _ = conditioner.tokenize([fits, too_long])
+    assert ids.shape == (2, length)

@@ -24,6 +24,7 @@ def inputs(tmp_path):
     t = np.arange(RATE) / RATE
     sf.write(folder / "tone.wav", 0.3 * np.sin(2 * np.pi * 330 * t), RATE)
     sf.write(folder / "empty.wav", np.zeros((0, 2)), RATE)
+    sf.write(folder / "long.wav", np.zeros(4 * RATE), RATE)  # past the tiny model's 2.97 s window
     (folder / "text.wav").write_text("not audio")
     return folder
 
@@ -50,6 +51,10 @@ BAD_ARGUMENTS = [
     (
         ["--inpaint-audio", "{in}/tone.wav", "--keep-range", "0.5,5"],
         r"range 0\.5,5\.0 is outside .*tone\.wav",
+    ),
+    (
+        ["--inpaint-audio", "{in}/long.wav", "--inpaint-range", "3,3.5"],
+        r"range 3\.0,3\.5 is outside the model's window \(0–2\.97 s; .*long\.wav is longer\)",
     ),
     (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range or --inpaint-range"),
     (["--keep-range", "0,1"], r"--keep-range/--inpaint-range need --inpaint-audio"),

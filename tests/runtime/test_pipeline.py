@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 from reference_path import REFERENCE_PATH
 
+from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.models.vae import bottleneck_sample
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, keep_mask_to_latent, resolve_request
@@ -62,8 +63,12 @@ def test_windows(pipe):
 def test_negative_prompt_changes_only_the_unconditional_half(pipe):
     plain = pipe.generate("x", seconds_total=1.0, steps=3, seed=5)
     negative = pipe.generate("x", seconds_total=1.0, steps=3, seed=5, negative_prompt="noise")
-    no_cfg_a = pipe.generate("x", seconds_total=1.0, steps=3, seed=5, cfg_scale=1.0)
-    no_cfg_b = pipe.generate("x", seconds_total=1.0, steps=3, seed=5, cfg_scale=1.0, negative_prompt="noise")
+    no_cfg = dict(seconds_total=1.0, steps=3, seed=5, cfg_scale=1.0)
+    no_cfg_a = pipe.generate("x", **no_cfg)
+    with pytest.warns(UserWarning, match="the negative prompt has no effect at a CFG scale of 1"):
+        no_cfg_b = pipe.generate(
+            "x", seconds_total=1.0, steps=3, seed=5, cfg_scale=1.0, negative_prompt="noise"
+        )
     assert not torch.equal(plain.latents, negative.latents)
     assert torch.equal(no_cfg_a.latents, no_cfg_b.latents)
 
@@ -144,3 +149,18 @@ def test_requests_run_with_the_pipelines_device_current(pipe, monkeypatch):
     for _ in pipe.generate_stream("x", seconds_total=2.5, steps=2, seed=1, vae_chunk=24):
         assert not inside[0], "the device stays current only while the pipeline works"
     assert len(entered) >= 3 and set(entered) == {pipe.device}
+
+
+def test_a_stream_is_refused_at_the_call_not_at_its_first_piece(pipe):
+    with pytest.raises(RequestError, match="steps must be at least 1"):
+        pipe.generate_stream("x", steps=0)
+
+
+def test_saving_several_clips_checks_every_path_before_writing_any(pipe, tmp_path):
+    result = pipe.generate(["a", "b"], seconds_total=0.5, steps=2, seed=3, window="trim")
+    (tmp_path / "clip_1.wav").mkdir()
+    with pytest.raises(StableAudioError, match=r"clip_1\.wav: it is a folder; name a file in it"):
+        result.save(tmp_path / "clip.wav")
+    with pytest.raises(StableAudioError, match=r"unknown sample format 'pcm24': use pcm16 or float"):
+        result.save(tmp_path / "other.wav", sample_format="pcm24")
+    assert [p.name for p in tmp_path.iterdir()] == ["clip_1.wav"], "nothing may be written"

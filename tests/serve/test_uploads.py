@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 from serving import QUICK, serving
 
-from stable_audio_rt.runtime.audio_io import audio_bytes
-from stable_audio_rt.serve.bodies import MIB
+from stable_audio_rt.runtime.audio_io import audio_bytes, samples_read_for
+from stable_audio_rt.serve.bodies import MIB, decode_audio
 
 RATE = 44100
 # A small upload limit, so an oversized body is quick to send.
@@ -85,6 +85,22 @@ def test_an_inpainting_job_gives_the_apis_audio_for_the_same_upload(server, pipe
     assert served.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
 
 
+def test_a_long_upload_is_decoded_only_as_far_as_the_window_reaches(server, pipe):
+    """1000 s at 10 Hz in 20 KB: the server decodes the window and the resampler's context, not
+    hours at 44.1 kHz, and answers the API's audio for the whole clip."""
+    rate = 10
+    upload = _file(np.random.default_rng().uniform(-0.5, 0.5, (1000 * rate, 1)), rate)
+    samples, _ = decode_audio("init_audio", upload, pipe.config)
+    assert samples.shape[-1] == samples_read_for(pipe.config.sample_size, rate, RATE) < 1000 * rate
+    body = {"input": "drone", "seed": 4, "init_noise_level": 3.0, **QUICK}
+    response = _post(server, "/v1/audio/generate", body, init_audio=upload)
+    assert response.status_code == 200, response.text
+    alone = pipe.generate(
+        "drone", seed=4, init_audio=_decoded(upload), init_noise_level=3.0, seconds_total=0.5, steps=2
+    )
+    assert response.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+
+
 def _done(server, job_id: str) -> str:
     """The job's URL once it is done."""
     url = f"{server.url}/v1/audio/jobs/{job_id}"
@@ -118,6 +134,11 @@ BAD_UPLOADS = [
         "range 0.5,5.0 is outside inpaint_audio (0–1.00 s)",
     ),
     ({"inpaint_audio": TONE}, {"inpaint_ranges": [[0.6, 0.2]]}, "range 0.6,0.2 is outside inpaint_audio"),
+    (
+        {"inpaint_audio": _file(_tone(4.0, 8000, 1), 8000)},  # past the tiny model's window
+        {"inpaint_ranges": [[3, 3.5]]},
+        "range 3.0,3.5 is outside the model's window (0–2.97 s; inpaint_audio is longer)",
+    ),
     ({"inpaint_audio": TONE}, {"keep_ranges": [[0.5]]}, '"keep_ranges",0'),
     ({}, {"inpaint_ranges": [[0, 1]]}, "keep_ranges/inpaint_ranges need an inpaint_audio upload"),
     (

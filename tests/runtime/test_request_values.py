@@ -1,0 +1,142 @@
+"""The Python API's values: numpy and torch numbers taken as the plain ones, mistyped and
+non-finite values refused by name before any model work, integer PCM scaled as soundfile reads
+it, and a long or low-rate reference resampled only as far as the window needs."""
+
+import re
+
+import numpy as np
+import pytest
+import soxr
+import torch
+
+from stable_audio_rt.errors import RequestError, StableAudioError
+from stable_audio_rt.models.config import TINY
+from stable_audio_rt.runtime.audio_io import samples_read_for, to_model_audio
+from stable_audio_rt.runtime.request_values import prompts_of
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+
+RATE = TINY.sample_rate
+NAN, INF = float("nan"), float("inf")
+
+BAD_VALUES = [
+    (dict(steps=2.0), r"steps must be a whole number, got 2\.0 \(float\)"),
+    (dict(steps=True), r"steps must be a whole number, got True"),
+    (dict(steps="2"), r"steps must be a whole number, got '2' \(str\)"),
+    (dict(num_outputs=np.float64(2)), r"num_outputs must be a whole number"),
+    (dict(seed=1.5), r"seed must be a whole number, got 1\.5"),
+    (dict(frames=40.5), r"frames must be a whole number"),
+    (dict(vae_chunk=32.0), r"vae_chunk must be a whole number"),
+    (dict(vae_chunk="big"), r"vae_chunk must be a number of latent frames, 'auto' or None"),
+    (dict(cfg_scale=NAN), r"cfg_scale must be a finite number, got nan"),
+    (dict(cfg_scale=INF), r"cfg_scale must be a finite number, got inf"),
+    (dict(cfg_scale="7"), r"cfg_scale must be a number, got '7' \(str\)"),
+    (dict(sigma_max=INF), r"sigma_max must be a finite number"),
+    (dict(seconds_start=NAN), r"seconds_start must be a finite number"),
+    (dict(seconds_total=np.float32("nan")), r"seconds_total must be a finite number"),
+    (dict(cfg_norm_threshold=NAN), r"cfg_norm_threshold must be a finite number"),
+    (dict(negative_prompt=["hiss"]), r"negative_prompt must be one string .* got \['hiss'\]"),
+    (
+        dict(seconds_total=1e-5),
+        r"the clip from seconds_start \(0\.0\) to seconds_total \(1e-05\) holds no sample",
+    ),
+    (dict(seconds_start=0.5, seconds_total=0.5 + 1e-6), r"holds no sample at 44100 Hz"),
+    (dict(vae_chunk=8), r"vae_chunk=8 must exceed twice the overlap"),
+    (dict(vae_chunk=64, vae_overlap=1), r"vae_overlap=1 is below the decoder's receptive field"),
+]
+
+
+@pytest.mark.parametrize("options,message", BAD_VALUES, ids=[m for _, m in BAD_VALUES])
+def test_bad_values_are_refused_by_name(options, message):
+    with pytest.raises(RequestError, match=message):
+        resolve_request(GenerationRequest(("x",), **options), TINY)
+
+
+def test_numpy_and_torch_numbers_resolve_as_plain_ones():
+    generator = np.random.default_rng()
+    steps, seed, outputs = (int(v) for v in generator.integers(1, 50, 3))
+    seconds, cfg = round(float(generator.uniform(0.5, 2.5)), 3), float(generator.uniform(1.5, 9))
+    plain = resolve_request(
+        GenerationRequest(
+            ("x",), steps=steps, seed=seed, num_outputs=outputs, seconds_total=seconds, cfg_scale=cfg
+        ),
+        TINY,
+    )
+    scalars = resolve_request(
+        GenerationRequest(
+            ("x",),
+            steps=np.int64(steps),
+            seed=torch.tensor(seed),
+            num_outputs=np.uint8(outputs),
+            seconds_total=np.float64(seconds),
+            cfg_scale=torch.tensor(cfg, dtype=torch.float64),
+        ),
+        TINY,
+    )
+    assert plain == scalars
+    assert type(scalars.seed) is int and type(scalars.request.steps) is int
+    assert type(scalars.request.cfg_scale) is float
+
+
+@pytest.mark.parametrize("prompt", [None, 123, ["a", 2]])
+def test_a_prompt_that_is_not_text_is_refused(prompt):
+    with pytest.raises(RequestError, match=r"the prompt must be a string or a list of strings"):
+        prompts_of(prompt)
+
+
+@pytest.mark.parametrize(
+    "dtype,full_scale,centre", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 2**7, 2**7)]
+)
+def test_integer_pcm_is_scaled_as_soundfile_reads_it(dtype, full_scale, centre):
+    info = np.iinfo(dtype)
+    pcm = np.random.default_rng().integers(info.min, info.max, (2, RATE // 2), endpoint=True).astype(dtype)
+    as_floats = ((pcm.astype(np.float64) - centre) / full_scale).astype(np.float32)
+    for given in (pcm, torch.from_numpy(pcm)):
+        from_pcm = resolve_request(GenerationRequest(("x",), init_audio=(given, RATE)), TINY)
+        from_floats = resolve_request(GenerationRequest(("x",), init_audio=(as_floats, RATE)), TINY)
+        assert torch.equal(from_pcm.init_audio, from_floats.init_audio)
+    assert from_floats.init_audio.abs().max() <= 1.0
+
+
+BAD_AUDIO = [
+    ((np.full((2, RATE), np.nan, np.float32), RATE), r"init_audio has NaN or infinite samples"),
+    ((np.full((2, RATE), np.inf, np.float32), RATE), r"init_audio has NaN or infinite samples"),
+    ((np.zeros((2, RATE), np.int64), RATE), r"init_audio's samples are int64: give floats in \[-1, 1\]"),
+    ((np.zeros((2, RATE), bool), RATE), r"init_audio's samples are bool"),
+    (
+        (np.zeros((2, RATE), np.float32), 0),
+        r"init_audio's sample rate must be a positive number of Hz, got 0",
+    ),
+    ((np.zeros((2, RATE), np.float32), 44100.5), r"init_audio's sample rate must be a whole number"),
+    (
+        np.zeros((2, RATE), np.float32),
+        r"init_audio must be a file path or \(samples, sample_rate\), got ndarray",
+    ),
+    ((np.zeros((6, RATE), np.float32), RATE), r"init_audio has shape \(6, 44100\); give mono or stereo"),
+]
+
+
+@pytest.mark.parametrize("audio,message", BAD_AUDIO, ids=[m for _, m in BAD_AUDIO])
+def test_bad_reference_audio_is_refused_by_name(audio, message):
+    with pytest.raises(StableAudioError, match=message):
+        resolve_request(GenerationRequest(("x",), init_audio=audio), TINY)
+
+
+@pytest.mark.parametrize("rate", [10, 8000, 22050, 48000, 96000, 192000])
+def test_a_long_reference_is_resampled_only_as_far_as_the_window_needs(rate, monkeypatch):
+    """The window's samples equal resampling the whole clip, and the resampler is given only
+    what covers the window and its filter's context, however long the clip."""
+    length = RATE * 2
+    clip = np.random.default_rng().uniform(-1, 1, (2, 4 * samples_read_for(length, rate, RATE)))
+    clip = clip.astype(np.float32)
+    whole = soxr.resample(clip.T, rate, RATE).T[:, :length]
+    given: list[int] = []
+    resample = soxr.resample
+    monkeypatch.setattr(soxr, "resample", lambda x, *a, **k: given.append(len(x)) or resample(x, *a, **k))
+    cropped = to_model_audio(clip, rate, RATE, length)
+    assert torch.equal(cropped, torch.from_numpy(np.ascontiguousarray(whole)))
+    assert given == [samples_read_for(length, rate, RATE)] and given[0] < clip.shape[1]
+
+
+def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
+    with pytest.warns(UserWarning, match=re.escape("the negative prompt has no effect at a CFG scale of 1")):
+        resolve_request(GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0), TINY)
