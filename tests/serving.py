@@ -14,6 +14,8 @@ from stable_audio_rt.serve.background import BackgroundServer
 
 # Short requests: 2 steps of half a second of the tiny model.
 QUICK = {"audio_length": 0.5, "num_inference_steps": 2}
+# The tests' long requests run thousands of quick steps (sa-serve's own limit is 500).
+TEST_MAX_STEPS = 10_000
 # How often a starting server is asked whether it is ready (seconds).
 HEALTH_POLL_S = 0.2
 
@@ -42,6 +44,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
 @contextmanager
 def serving(pipe: StableAudio, **settings) -> Iterator[BackgroundServer]:
     """sa-serve's app on `pipe` with these ServeSettings, on 127.0.0.1 until the block ends."""
+    settings.setdefault("max_steps", TEST_MAX_STEPS)
     running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", **settings)))
     try:
         yield running

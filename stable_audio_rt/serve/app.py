@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Annotated
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.runtime.audio_io import audio_bytes
@@ -32,7 +35,14 @@ from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
 from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped, joins
 from stable_audio_rt.serve.metrics import ServeMetrics
-from stable_audio_rt.serve.schema import OPENAPI_BODY, RESPONSE_FORMATS, GenerateBody
+from stable_audio_rt.serve.schema import (
+    AUDIO_CONTENT,
+    BODY_RESPONSES,
+    ERROR_RESPONSES,
+    OPENAPI_BODY,
+    RESPONSE_FORMATS,
+    GenerateBody,
+)
 
 # What a client waits before retrying a full queue (seconds, the Retry-After header).
 RETRY_AFTER_S = 1
@@ -48,6 +58,19 @@ LOCAL_REPORT_S = 0.05
 SHARED_REPORT_S = 0.5
 # How long a worker's claim waits for a job to be queued before it asks again (seconds).
 CLAIM_WAIT_S = 1.0
+# A refused value is echoed in the 422 only up to this many characters of JSON (a 50 MB body is not).
+ECHO_LIMIT = 200
+JOB_RESPONSES = {**ERROR_RESPONSES, 404: {"description": "no such job (unknown, or its result expired)"}}
+# The API key as a Bearer credential, read as RFC 6750 says (the scheme in any case); /docs
+# documents it and can send it.
+BearerCredentials = Annotated[
+    HTTPAuthorizationCredentials | None,
+    Depends(HTTPBearer(auto_error=False, description="sa-serve --api-key")),
+]
+# The most sampler steps a request may ask for (sa-serve --max-steps): the range of
+# stable-audio-tools' own web UI (its gradio slider, 1–500), so that one request cannot hold the
+# model for hours.
+DEFAULT_MAX_STEPS = 500
 # The largest request body, uploads included (sa-serve --max-upload-mb).
 DEFAULT_MAX_UPLOAD_MB = 50
 # The page at /: its own inline script and style, its API calls to this server, its audio as
@@ -67,6 +90,7 @@ class ServeSettings:
     job_ttl_s: float = 3600.0  # how long a finished job's result is kept
     max_result_bytes: int = 512 * MIB  # finished results kept at most; the oldest go first
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MIB  # a larger request body is refused (413)
+    max_steps: int = DEFAULT_MAX_STEPS  # a request asking for more sampler steps is refused (422)
     job_timeout_s: float | None = None  # a job queued or running this long after submission fails
     # Clips (rows) one pipeline call may run for requests that share a batch key; 1: no batching
     # (sa-serve's own default is DEFAULT_MAX_BATCH).
@@ -303,7 +327,22 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             metrics.requests.labels("invalid").inc()
             raise HTTPException(413, str(e)) from e
         content_type = request.headers.get("content-type", "")
-        return await anyio.to_thread.run_sync(parse_generation, body, content_type, pipe.config)
+        try:
+            body, resolved = await anyio.to_thread.run_sync(parse_generation, body, content_type, pipe.config)
+        except HTTPException:  # 415
+            metrics.requests.labels("invalid").inc()
+            raise
+        if resolved.request.steps > settings.max_steps:
+            raise RequestError(
+                f"num_inference_steps={resolved.request.steps} is over this server's limit of "
+                f"{settings.max_steps} (sa-serve --max-steps)"
+            )
+        if body.model is not None and body.model != settings.model_name:
+            raise RequestError(
+                f"model {body.model!r} is not served here: this server runs {settings.model_name!r} "
+                "(GET /v1/models); give that, or leave model out"
+            )
+        return body, resolved
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -322,12 +361,16 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     if shared is not None:
         app.add_middleware(ReplicaHeader, replica=shared.owner)
 
-    def authorized(request: Request) -> None:
+    def authorized(credentials: BearerCredentials) -> None:
         if settings.api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-            raise HTTPException(401, "missing or wrong API key: send Authorization: Bearer <key>")
+        given = "" if credentials is None else credentials.credentials
+        if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+            raise HTTPException(
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     @app.exception_handler(StableAudioError)
     async def refused(request: Request, error: StableAudioError) -> JSONResponse:
@@ -336,15 +379,16 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, error: RequestValidationError) -> JSONResponse:
-        metrics.requests.labels("invalid").inc()
-        return await request_validation_exception_handler(request, error)
+        if request.method == "POST":  # a generation body (not a download's bad index)
+            metrics.requests.labels("invalid").inc()
+        return JSONResponse({"detail": jsonable_encoder(echoed(error.errors()))}, status_code=422)
 
     # Open without the API key: the page holds no secret, and its API calls carry the key.
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> dict:
         return {"status": "ready", "model": settings.model_name}
 
@@ -363,11 +407,22 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             }],
         }  # fmt: skip
 
-    @app.get("/metrics", dependencies=[Depends(authorized)])
+    @app.get(
+        "/metrics",
+        dependencies=[Depends(authorized)],
+        response_class=PlainTextResponse,
+        responses=ERROR_RESPONSES,
+    )
     async def prometheus() -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/audio/generate", dependencies=[Depends(authorized)], openapi_extra=OPENAPI_BODY)
+    @app.post(
+        "/v1/audio/generate",
+        dependencies=[Depends(authorized)],
+        openapi_extra=OPENAPI_BODY,
+        response_class=Response,
+        responses={200: AUDIO_CONTENT, **BODY_RESPONSES},
+    )
     async def generate(request: Request) -> Response:
         body, resolved = await parsed(request)
         if body.n > 1:
@@ -399,7 +454,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         return answer
 
     @app.post(
-        "/v1/audio/jobs", status_code=202, dependencies=[Depends(authorized)], openapi_extra=OPENAPI_BODY
+        "/v1/audio/jobs",
+        status_code=202,
+        dependencies=[Depends(authorized)],
+        openapi_extra=OPENAPI_BODY,
+        responses=BODY_RESPONSES,
     )
     async def submit(request: Request) -> JSONResponse:
         body, resolved = await parsed(request)
@@ -414,11 +473,16 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         location = f"/v1/audio/jobs/{view['id']}"
         return JSONResponse(view, status_code=202, headers={"Location": location})
 
-    @app.get("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
+    @app.get("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)
     async def status(job_id: str) -> dict:
         return found(job_id, await board.read(job_id)).view
 
-    @app.get("/v1/audio/jobs/{job_id}/content", dependencies=[Depends(authorized)])
+    @app.get(
+        "/v1/audio/jobs/{job_id}/content",
+        dependencies=[Depends(authorized)],
+        response_class=Response,
+        responses={200: AUDIO_CONTENT, **JOB_RESPONSES, 409: {"description": "the job is not done"}},
+    )
     async def content(job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")) -> Response:
         reading = found(job_id, await board.read(job_id, index))
         view = reading.view
@@ -431,11 +495,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             raise HTTPException(409, detail)
         if reading.clip is None:
             raise HTTPException(404, f"job {job_id} has {reading.clips} clip(s): no index {index}")
-        headers = {"X-Seed": str(view["seed"])}
+        headers = {"X-Seed": str(view["seed"]), "X-Sample-Rate": str(pipe.config.sample_rate)}
         media_type = RESPONSE_FORMATS[reading.response_format][1]
         return Response(reading.clip, media_type=media_type, headers=headers)
 
-    @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)])
+    @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)
     async def cancel(job_id: str) -> dict:
         return found(job_id, await board.cancel(job_id))
 
@@ -464,3 +528,19 @@ async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
     gone.set()
+
+
+def echoed(errors: Sequence[dict]) -> list[dict]:
+    """Validation errors as FastAPI words them, each refused value kept only when it is short
+    JSON: not a whole body that failed to parse, NaN, or bytes that are not UTF-8."""
+    kept = []
+    for error in errors:
+        error = dict(error)
+        try:
+            short = len(json.dumps(error.get("input"), allow_nan=False)) <= ECHO_LIMIT
+        except (TypeError, ValueError):
+            short = False
+        if not short:
+            del error["input"]
+        kept.append(error)
+    return kept

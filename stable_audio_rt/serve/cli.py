@@ -8,20 +8,24 @@ accepting, finishes the open requests and the accepted jobs, then exits.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import socket
 import sys
 from dataclasses import replace
 
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.serve.app import DEFAULT_MAX_UPLOAD_MB, ServeSettings
+from stable_audio_rt.serve.app import DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB, ServeSettings
 from stable_audio_rt.serve.bodies import MIB
 from stable_audio_rt.serve.ray_options import option_flag, replica_count_options
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
+# Connections the listening socket queues before they are accepted (uvicorn's default).
+LISTEN_BACKLOG = 2048
 # Dynamic batching: clips per pipeline call, and how long a batch waits for more requests (a
 # short wait: an idle server answers a lone request that much later).
 DEFAULT_MAX_BATCH = 4
@@ -84,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"the largest request body in MiB, uploaded audio included; larger ones get 413 "
         f"(default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=DEFAULT_MAX_STEPS,
+        help="the most sampler steps a request may ask for (num_inference_steps); more get 422 "
+        f"(default: {DEFAULT_MAX_STEPS}, the range of stable-audio-tools' own web UI)",
     )
     p.add_argument(
         "--max-batch",
@@ -153,6 +164,8 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
         raise ConfigError("--job-timeout-s must be positive")
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    if args.max_steps < 1:
+        raise ConfigError("--max-steps must be at least 1")
     if args.max_batch < 1:
         raise ConfigError("--max-batch must be at least 1")
     if args.batch_wait_ms < 0:
@@ -165,6 +178,7 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
         max_queue=args.max_queue,
         job_ttl_s=args.job_ttl_s,
         max_upload_bytes=int(args.max_upload_mb * MIB),
+        max_steps=args.max_steps,
         job_timeout_s=args.job_timeout_s,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
@@ -200,11 +214,55 @@ def main(argv: list[str] | None = None) -> int:
         return serve_on_ray(args, argv)
     with reported_errors("sa-serve", "not serving") as failed:
         refuse_ray_options(args, parser)
-        pipe, settings = loaded(args)
+        settings = settings_from_arguments(args, "")
+        listening = listening_socket(args.host, args.port)  # a port in use is said now, not after loading
+        try:
+            warn_if_open(listening, settings.api_key)
+            pipe, settings = loaded(args)
+        except BaseException:
+            listening.close()
+            raise
     if failed.exit_status is not None:
         return failed.exit_status
-    serve(pipe, settings, args.host, args.port)
+    serve(pipe, settings, listening)
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, listening before anything loads: a host that does not resolve or a
+    port already in use is refused in a moment, not after the model has loaded and warmed."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as e:
+        raise ConfigError(
+            f"--host {host}: not an address this machine has ({e.strerror}); give an IP address such "
+            "as 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from e
+    listening = socket.socket(family, kind, protocol)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        listening.bind(address)
+        # Listening at once holds the port; a client connecting while the model loads waits.
+        listening.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        listening.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror}): another server has the port? give --port"
+        ) from e
+    return listening
+
+
+def warn_if_open(listening: socket.socket, api_key: str | None) -> None:
+    """Listening beyond this machine without a key lets anyone who reaches it use the model."""
+    host = listening.getsockname()[0]
+    if api_key is None and not ipaddress.ip_address(host).is_loopback:
+        print(
+            f"sa-serve: warning: listening on {host} without an API key: anyone who can reach this "
+            f"machine can use the model; give --api-key (or ${API_KEY_VARIABLE})",
+            file=sys.stderr,
+        )
 
 
 def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
@@ -224,13 +282,17 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def serve(pipe: StableAudio, settings: ServeSettings, host: str, port: int) -> None:
+def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) -> None:
     import uvicorn
 
     from stable_audio_rt.serve.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
-    uvicorn.run(create_app(pipe, settings), host=host, port=port, log_level="info")
+    host, port = listening.getsockname()[:2]
+    config = uvicorn.Config(create_app(pipe, settings), host=host, port=port, log_level="info")
+    shown = f"[{host}]" if ":" in host else host
+    print(f"sa-serve: serving on http://{shown}:{port} (the web page at /, the API's docs at /docs)")
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ RESPONSE_FORMATS = {
 }
 # Clips one request may ask for (`n`): each is a row of the one batch the model runs.
 MAX_CLIPS = 8
+# The largest CFG scale a client may ask for: the range of stable-audio-tools' own web UI (its
+# gradio slider, 0–25); far beyond it the guidance only amplifies noise, and overflows.
+MAX_GUIDANCE_SCALE = 25.0
 # The upload fields: audio-to-audio's and inpainting's reference audio.
 AUDIO_FIELDS = ("init_audio", "inpaint_audio")
 SERVE_RANGES = RangeNames("an inpaint_audio upload", "keep_ranges", "inpaint_ranges")
@@ -42,14 +45,20 @@ BODY_NAMES = {
 
 
 class GenerateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and ±Infinity (which Python's JSON reads) are refused as numbers.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); may be left out")
     input: str = Field(min_length=1, description="the text prompt")
     negative_prompt: str | None = None
     audio_length: float | None = Field(None, gt=0, description="seconds (default: the model's window)")
     audio_start: float = Field(0.0, ge=0, description="seconds_start conditioning")
-    guidance_scale: float | None = Field(None, ge=0, description="CFG scale (default: the model's)")
-    num_inference_steps: int | None = Field(None, ge=1, description="sampler steps (default: the model's)")
+    guidance_scale: float | None = Field(
+        None, ge=0, le=MAX_GUIDANCE_SCALE, description="CFG scale (default: the model's)"
+    )
+    num_inference_steps: int | None = Field(
+        None, ge=1, description="sampler steps (default: the model's; at most sa-serve --max-steps)"
+    )
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="default: random, returned in X-Seed")
     response_format: Literal[tuple(RESPONSE_FORMATS)] = "wav"  # type: ignore[valid-type]
     guidance: Literal[GUIDANCE_KINDS] = "cfg"  # type: ignore[valid-type]
@@ -131,4 +140,20 @@ OPENAPI_BODY = {
             },
         },
     }
+}
+
+# What the endpoints answer besides their success, for /docs.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or wrong API key (sa-serve --api-key): send Authorization: Bearer <key>"},
+    422: {"description": "a bad body, value or upload: the detail names the field and the problem"},
+}
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    413: {"description": "the body is over the upload limit (sa-serve --max-upload-mb)"},
+    415: {"description": "a Content-Type other than application/json or multipart/form-data"},
+    429: {"description": "the queue is full: retry after the Retry-After header's seconds"},
+}
+AUDIO_CONTENT = {
+    "description": "the clip's bytes; its seed in X-Seed, its sample rate in X-Sample-Rate",
+    "content": {media_type: {} for _, media_type in RESPONSE_FORMATS.values()},
 }

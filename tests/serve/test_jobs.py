@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
-from serving import QUICK, free_port, serving, wait_healthy
+from serving import QUICK, TEST_MAX_STEPS, free_port, serving, wait_healthy
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
@@ -56,6 +56,7 @@ def test_a_job_gives_the_synchronous_endpoints_audio(server):
     sync = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
     assert content.status_code == 200 and content.headers["content-type"] == "audio/flac"
     assert content.headers["x-seed"] == "99" and content.content == sync.content
+    assert content.headers["x-sample-rate"] == "44100"  # a pcm clip's rate is known only from it
 
 
 def test_a_job_of_n_clips_gives_each_of_the_apis_clips(server, pipe):
@@ -163,7 +164,9 @@ def _free(generator, timeout_s: float = 30) -> None:
 
 def test_jobs_time_out_queued_and_running(pipe):
     timeout_s = 1.0
-    running = BackgroundServer(create_app(pipe, ServeSettings("tiny-random", job_timeout_s=timeout_s)))
+    running = BackgroundServer(
+        create_app(pipe, ServeSettings("tiny-random", job_timeout_s=timeout_s, max_steps=TEST_MAX_STEPS))
+    )
     try:
         generator, message = running.app.state.generator, "timed out after 1 s (sa-serve --job-timeout-s)"
         with generator.lock:  # the model is busy: one job waits for it, one in the queue

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-from serving import QUICK, free_port, wait_healthy
+from serving import QUICK, TEST_MAX_STEPS, free_port, wait_healthy
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.serve import cli
@@ -34,7 +34,8 @@ from stable_audio_rt.serve import ray_serve  # noqa: E402
 CONFIG = Path(__file__).parents[2] / "deploy" / "ray-serve.yaml"
 RAYSERVICE = Path(__file__).parents[2] / "deploy" / "kuberay-rayservice.yaml"
 # The tiny model on the reference path, two replicas of one CPU each.
-ARGS = {"model": "tiny-random", "device": "cpu", "dtype": "fp32", "kernels": "torch", "replicas": 2}
+ARGS = {"model": "tiny-random", "device": "cpu", "dtype": "fp32", "kernels": "torch", "replicas": 2,
+        "max_steps": TEST_MAX_STEPS}  # fmt: skip
 # Time bounds (seconds): Ray and two replicas starting on 2 busy cores; one request (it may wait
 # behind a long job); a replica replaced and warmed.
 START_S, REQUEST_S, REPLACE_S = 240, 120, 180

@@ -3,6 +3,8 @@ the Python API's for the same request, bad requests refused by name before they 
 key, a full queue, and the metrics. Each server stops at the end of its test module."""
 
 import io
+import json
+import socket
 import threading
 import time
 
@@ -10,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from serving import QUICK, serving
+from serving import QUICK, TEST_MAX_STEPS, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.serve import cli
@@ -40,12 +42,14 @@ def _wav(response: httpx.Response) -> np.ndarray:
 
 def test_health_and_models(server):
     assert httpx.get(f"{server.url}/health").json() == {"status": "ready", "model": "tiny-random"}
+    assert httpx.head(f"{server.url}/health").status_code == 200  # load balancers' probes
     (model,) = httpx.get(f"{server.url}/v1/models").json()["data"]
     assert model["id"] == "tiny-random" and model["sample_rate"] == 44100 and model["device"] == "cpu"
 
 
 def test_generate_returns_the_apis_audio_for_the_same_request(server, pipe):
-    body = {"input": "rain on a tin roof", "seed": 1234, **QUICK}
+    # vLLM-Omni's clients name the model; the served one is taken.
+    body = {"model": "tiny-random", "input": "rain on a tin roof", "seed": 1234, **QUICK}
     response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "audio/wav" and response.headers["x-seed"] == "1234"
@@ -84,6 +88,18 @@ BAD_BODIES = [
         "audio_start (2.0) must be less than audio_length",
     ),
     ({"input": "x", "num_inference_steps": 0}, "num_inference_steps"),
+    (
+        {"input": "x", "num_inference_steps": TEST_MAX_STEPS + 1},
+        f"num_inference_steps={TEST_MAX_STEPS + 1} is over this server's limit of {TEST_MAX_STEPS} "
+        "(sa-serve --max-steps)",
+    ),
+    ({"input": "x", "guidance_scale": 25.5}, '"loc":["body","guidance_scale"]'),
+    (
+        {"input": "x", "guidance_scale": float("inf")},
+        '"guidance_scale"],"msg":"Input should be a finite number"',
+    ),
+    ({"input": "x", "audio_length": float("nan")}, '"audio_length"],"msg":"Input should be a finite number"'),
+    ({"input": "x", "model": "someone/else"}, "model 'someone/else' is not served here: this server runs"),
     ({"input": "x", "guidance_scale": -1}, "guidance_scale"),
     ({"input": "x", "seed": -1}, "seed"),
     ({"input": "x", "seed": 2**63}, "seed"),
@@ -106,7 +122,9 @@ BAD_BODIES = [
 def test_bad_requests_are_refused_by_name_before_they_wait(server, body, named):
     server.app.state.generator.run = lambda *_: pytest.fail("a bad request reached the model")
     try:
-        response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30)
+        # As Python's json writes it: NaN and Infinity too (httpx's json= refuses them).
+        content, headers = json.dumps(body), {"Content-Type": "application/json"}
+        response = httpx.post(f"{server.url}/v1/audio/generate", content=content, headers=headers, timeout=30)
     finally:
         del server.app.state.generator.run  # the class's method again
     assert response.status_code == 422 and named in response.text, response.text
@@ -115,6 +133,17 @@ def test_bad_requests_are_refused_by_name_before_they_wait(server, body, named):
 def test_a_body_that_is_not_json_is_refused(server):
     response = httpx.post(f"{server.url}/v1/audio/generate", content=b"{not json", timeout=30)
     assert response.status_code == 422 and "json" in response.text.lower()
+
+
+@pytest.mark.parametrize(
+    "content", [b'{"input": "caf\xe9"}', b"{" + b"x" * 2_000_000], ids=["not UTF-8", "2 MB not JSON"]
+)
+def test_a_refusal_echoes_no_body_it_cannot_or_should_not_send(server, content):
+    """Bytes that are not UTF-8 were a 500 (the echo failed to encode), and a 2 MB body came
+    back whole in its 422."""
+    response = httpx.post(f"{server.url}/v1/audio/generate", content=content, timeout=30)
+    assert response.status_code == 422 and "json_invalid" in response.text
+    assert len(response.content) < 1000, len(response.content)
 
 
 def test_a_full_queue_answers_429_and_the_waiting_request_completes(server):
@@ -188,14 +217,20 @@ def test_a_client_that_disconnects_while_running_stops_it_at_a_step(server, pipe
     assert 0 < max(steps) < LONG_STEPS
 
 
+def _counts(server) -> dict[str, float]:
+    text = httpx.get(f"{server.url}/metrics").text
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("sa_")}
+
+
 def test_metrics_count_outcomes(server):
+    ok, invalid = 'sa_requests_total{outcome="ok"}', 'sa_requests_total{outcome="invalid"}'
+    before = _counts(server)
     httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=120)
     httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", "seed": -5}, timeout=30)
-    text = httpx.get(f"{server.url}/metrics").text
-    counts = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("sa_")}
-    assert (
-        counts['sa_requests_total{outcome="ok"}'] >= 1 and counts['sa_requests_total{outcome="invalid"}'] >= 1
-    )
+    httpx.post(f"{server.url}/v1/audio/generate", content="x", headers={"Content-Type": "text/plain"})  # 415
+    httpx.get(f"{server.url}/v1/audio/jobs/abc/content?index=-1")  # a bad download, not a generation
+    counts = _counts(server)
+    assert counts[ok] - before.get(ok, 0) == 1 and counts[invalid] - before.get(invalid, 0) == 2
     assert counts["sa_request_seconds_count"] >= 1 and counts["sa_queue_depth"] == 0
 
 
@@ -204,6 +239,9 @@ def test_an_api_key_guards_all_but_health(keyed):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
         response = httpx.get(f"{keyed.url}/v1/models", headers=headers)
         assert response.status_code == 401 and API_KEY not in response.text
+        assert response.headers["www-authenticate"] == "Bearer"  # RFC 6750's challenge
+    lowercase = {"Authorization": f"bearer {API_KEY}"}  # the scheme is case-insensitive (RFC 7235)
+    assert httpx.get(f"{keyed.url}/v1/models", headers=lowercase).status_code == 200
     refused = httpx.post(f"{keyed.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
     assert refused.status_code == 401
     good = {"Authorization": f"Bearer {API_KEY}"}
@@ -225,3 +263,47 @@ def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys,
     monkeypatch.setattr(cli, "plan_from_arguments", lambda *a: pytest.fail("nothing may load"))
     assert cli.main(["--model", "tiny-random", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_api_docs_say_what_the_endpoints_answer(server):
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    generate = spec["paths"]["/v1/audio/generate"]["post"]
+    assert set(generate["responses"]["200"]["content"]) == {
+        "audio/wav",
+        "audio/flac",
+        "application/octet-stream",
+    }
+    assert {"401", "413", "415", "422", "429"} <= set(generate["responses"])
+    content = spec["paths"]["/v1/audio/jobs/{job_id}/content"]["get"]["responses"]
+    assert "audio/wav" in content["200"]["content"] and {"404", "409"} <= set(content)
+    assert list(spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    (scheme,) = spec["components"]["securitySchemes"].values()
+    assert scheme == {"type": "http", "scheme": "bearer", "description": "sa-serve --api-key"}
+    assert (
+        "model"
+        in spec["paths"]["/v1/audio/generate"]["post"]["requestBody"]["content"]["application/json"][
+            "schema"
+        ]["properties"]
+    )
+
+
+def test_a_port_in_use_is_refused_before_loading(capsys, monkeypatch):
+    monkeypatch.setattr(cli, "plan_from_arguments", lambda *a: pytest.fail("nothing may load"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["--model", "tiny-random", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "host,key,warned", [("0.0.0.0", None, True), ("0.0.0.0", "k", False), ("127.0.0.1", None, False)]
+)
+def test_listening_beyond_this_machine_without_a_key_warns(host, key, warned, capsys):
+    class Bound:  # no socket on another interface is opened by the tests
+        def getsockname(self):
+            return (host, 8000)
+
+    cli.warn_if_open(Bound(), key)
+    assert ("without an API key: anyone who can reach this machine" in capsys.readouterr().err) == warned
