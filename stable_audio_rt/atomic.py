@@ -18,6 +18,8 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from stable_audio_rt.errors import WriteError
+
 # The permissions `open` and `mkdir` ask for; the umask then takes away what it takes away.
 NEW_FILE_MODE = 0o666
 NEW_FOLDER_MODE = 0o777
@@ -37,7 +39,20 @@ def _beside(path: Path, create: Callable[[Path], None]) -> Path:
             create(candidate)
         except FileExistsError:
             continue
+        except OSError as e:
+            raise WriteError(f"cannot write {path} ({e.strerror}): give a folder you can write to") from e
         return candidate
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse, before any work, a folder this process cannot create files in (read-only, another
+    user's, /proc): the write would otherwise fail only once the work is done."""
+    probe = Path(folder) / f".write-probe.{secrets.token_hex(4)}"
+    try:
+        _new_file(probe)
+    except OSError as e:
+        raise WriteError(f"cannot write in {folder} ({e.strerror}): give a folder you can write to") from e
+    probe.unlink()
 
 
 def written_for(name: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ class RequestError(StableAudioError):
     """A generation request asks for something impossible; the message says what to change."""
 
 
+class WriteError(StableAudioError):
+    """A result cannot be written where it was asked to go."""
+
+
 class ModelAccessError(CheckpointError):
     """A checkpoint could not be fetched: gated repo, no token, no network, unknown repo."""
 
@@ -41,10 +46,17 @@ def reported_errors(
 ) -> Iterator[Outcome]:
     """The CLIs' one policy: a StableAudioError becomes one line on stderr and exit status 2, Ctrl-C
     one line saying what was (not) written (`interrupted`) and 130; anything else is a bug and keeps
-    its traceback. `before_report` runs first (a progress bar closed so the line stands alone)."""
+    its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
+    Warnings raised in the block print as one line too."""
     outcome = Outcome()
+
+    def one_line(message, category, *_) -> None:  # not Python's file:line and source line
+        print(f"{program}: warning: {message}", file=sys.stderr)
+
     try:
-        yield outcome
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line
+            yield outcome
     except StableAudioError as e:
         before_report()
         print(f"{program}: error: {e}", file=sys.stderr)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from stable_audio_rt.atomic import write_atomically
+from stable_audio_rt import __version__
+from stable_audio_rt.atomic import check_writable, write_atomically
 from stable_audio_rt.bench import flops as flop_counts
 from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 from stable_audio_rt.bench.precision_report import StageError, StageOutput, compare, stage_outputs
@@ -41,6 +42,7 @@ from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype
 from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
 from stable_audio_rt.runtime.cli import add_reuse_memory_argument
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
+from stable_audio_rt.runtime.estimate import announce_benchmark
 from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
@@ -116,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
     )
     p.add_argument(
-        "--backend", choices=BACKENDS, default="torch", help="default: torch; all = every available"
+        "--backend",
+        choices=BACKENDS,
+        help="default: torch, or with --engines all; all = every backend that can run here",
     )
     p.add_argument(
         "--precision",
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="write the full report here")
     p.add_argument("--markdown", type=Path, help="write the summary table here")
     p.add_argument("--plot", type=Path, help="write latency vs frames here (.png)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
@@ -193,6 +198,8 @@ def _check(args: argparse.Namespace, window: int) -> None:
             raise ConfigError(f"{flag} must name a {suffix} file, got {path}")
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
+        if path is not None:
+            check_writable(path.parent)
 
 
 def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
@@ -212,6 +219,7 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
         "steps": [preset.steps] if preset else None,
         "cfg_scale": preset.cfg_scale if preset else None,
         "batch": [preset.batch if preset else DEFAULT_BATCH],
+        "backend": "all" if args.engines is not None else "torch",
     }
     given = vars(args)
     return argparse.Namespace(**{**given, **{k: v for k, v in filled.items() if given[k] is None}})
@@ -235,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
             Workload(f, s, b, SEED, defaults.cfg_scale)
             for f, s, b in itertools.product(frames, args.steps or [defaults.steps], args.batch)
         ]
+        found = announce_benchmark(config, workloads, 1 + args.warmup + args.repeats, device)
+        if found is not None:
+            print(f"sa-bench: {found.line()}", file=sys.stderr)
         report = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": _device_name(device),
@@ -248,14 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         }
     if failed.exit_status is not None:
         return failed.exit_status
-    if args.json:
-        write_json(report, args.json)
-    if args.markdown:
-        write_atomically(args.markdown, markdown(report))
-    if args.plot:
-        plot(report, args.plot)
     print(markdown(report))
-    return 0
+    with reported_errors("sa-bench", "the report above was not written") as failed:
+        if args.json:
+            write_json(report, args.json)
+        if args.markdown:
+            write_atomically(args.markdown, markdown(report))
+        if args.plot:
+            plot(report, args.plot)
+    return failed.exit_status or 0
 
 
 def _check_precision_report(args: argparse.Namespace, device: torch.device) -> None:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from stable_audio_rt import __version__
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
-from stable_audio_rt.export.onnx_export import DEFAULT_OPSET
+from stable_audio_rt.export.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
@@ -68,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "batches decode clip by clip)",
     )
     p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument(
+        "--opset",
+        type=int,
+        help=f"ONNX opset, {MIN_OPSET} or later (default: {DEFAULT_OPSET}; {BF16_MIN_OPSET} for --bf16, "
+        "the first whose Conv takes bfloat16)",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="emit attention and Snake as stable_audio_rt TensorRT plugin nodes (the fused Triton kernels) "
         "instead of standard ONNX ops; such graphs run in TensorRT only, not onnxruntime",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx
 from safetensors.torch import save
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import new_folder_beside, written_for
+from stable_audio_rt.atomic import check_writable, new_folder_beside, written_for
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
+    BF16_MIN_OPSET,
     DEFAULT_OPSET,
+    MIN_OPSET,
     ExportError,
     Profile,
     export_component,
@@ -63,7 +66,7 @@ class ExportSettings:
     components: tuple[str, ...] = COMPONENTS
     max_batch: int = 1
     frames: tuple[int, int, int] | None = None  # default: 1, the window, the window
-    opset: int = DEFAULT_OPSET
+    opset: int | None = None  # default: DEFAULT_OPSET, or BF16_MIN_OPSET for bf16 graphs
     force: bool = False
     # Emit the Triton kernels as TensorRT plugin nodes (graphs then run in TensorRT only).
     trt_plugins: bool = False
@@ -76,11 +79,32 @@ class ExportSettings:
             raise ExportError(
                 f"unknown component(s) {unknown or '(none given)'}; choose from {', '.join(COMPONENTS)}"
             )
+        twice = sorted({name for name in self.components if self.components.count(name) > 1})
+        if twice:
+            raise ExportError(f"component(s) {', '.join(twice)} given more than once in --components")
+        newest = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.onnx_opset <= newest:
+            raise ExportError(
+                f"opset {self.onnx_opset} is outside what this exporter writes: give --opset from "
+                f"{MIN_OPSET} to {newest} (the installed onnx's newest)"
+            )
+        if self.precision == "bf16" and self.onnx_opset < BF16_MIN_OPSET:
+            raise ExportError(
+                f"bf16 graphs need opset {BF16_MIN_OPSET} or later (ONNX's Conv takes bfloat16 from "
+                f"opset {BF16_MIN_OPSET}): give --opset {BF16_MIN_OPSET}, or leave --opset out"
+            )
         if self.max_batch < 1:
             raise ExportError(f"max batch must be at least 1, got {self.max_batch}")
         low, opt, high = self.frame_range(latent_frames)
         if not 1 <= low <= opt <= high:
             raise ExportError(f"frames {low}:{opt}:{high} must satisfy 1 ≤ min ≤ opt ≤ max")
+
+    @property
+    def onnx_opset(self) -> int:
+        """The opset the graphs are written in: the one asked for, else the precision's default."""
+        if self.opset is not None:
+            return self.opset
+        return BF16_MIN_OPSET if self.precision == "bf16" else DEFAULT_OPSET
 
     def frame_range(self, latent_frames: int) -> tuple[int, int, int]:
         return self.frames or (1, latent_frames, latent_frames)
@@ -213,16 +237,17 @@ def export_engines(
     out = Path(out)
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
+    check_writable(out.parent)
     _check_replaceable(out)
+    settings.check(read_config(source, layout, token).latent_frames)
     old = _old_manifest(out, settings)
     _check_nothing_dropped(out, old, settings)
-    settings.check(read_config(source, layout, token).latent_frames)
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(
         source=str(source),
         weights_sha256=fingerprint(source, model, layout, token),
         config=config_to_dict(model.config),
-        opset=settings.opset,
+        opset=settings.onnx_opset,
         tools=tool_versions(),
     )
     tmp = new_folder_beside(out)
@@ -256,7 +281,7 @@ def _build_entry(
 ):
     precision, note = settings.precision, ""
     spec, files, verification = _export_one(
-        model, name, precision, profile, folder, settings.opset, settings.trt_plugins
+        model, name, precision, profile, folder, settings.onnx_opset, settings.trt_plugins
     )
     if _failed(verification) and name == "t5" and precision == "fp16":
         # reference-spec §6: fp16 T5 has overflow hazards; keep it in fp32 where it fails.
@@ -264,7 +289,7 @@ def _build_entry(
         for f in files:
             f.unlink()
         precision = "fp32"
-        spec, files, verification = _export_one(model, name, precision, profile, folder, settings.opset)
+        spec, files, verification = _export_one(model, name, precision, profile, folder, settings.onnx_opset)
     if _failed(verification):
         raise ExportError(
             f"{name} at {precision}: onnxruntime differs from torch by {verification.max_rel:.3g} "

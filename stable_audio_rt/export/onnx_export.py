@@ -33,6 +33,11 @@ from stable_audio_rt.models.vae import cast_keeping_fp32_
 from stable_audio_rt.precision import DTYPES
 
 DEFAULT_OPSET = 18
+# torch's exporter writes opset 18 natively; it converts to older ones with onnx's version
+# converter, which fails on these graphs.
+MIN_OPSET = 18
+# ONNX's Conv and ConvTranspose take bfloat16 from opset 22 on (the VAE and the DiT's patching).
+BF16_MIN_OPSET = 22
 # Verification bounds on max|ort − torch fp32| / max|torch fp32|: fp32 graphs differ only in
 # summation order (~1e-6); fp16 keeps ~3 significant digits through deep stacks (measured
 # ≈ 1e-3 DiT, 5e-3 VAE on random weights); bf16 keeps ~2.

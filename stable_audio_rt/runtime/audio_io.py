@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from stable_audio_rt.atomic import atomic_path
+from stable_audio_rt.atomic import atomic_path, check_writable
 from stable_audio_rt.errors import StableAudioError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -57,12 +57,15 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
         )
     if not path.parent.is_dir():
         raise AudioFileError(f"cannot write {path}: folder {path.parent} does not exist (create it first)")
+    check_writable(path.parent)
     return path
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Any format soundfile reads → (channels, samples) float32 and its sample rate."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioFileError(f"{path} is a folder: give an audio file")
     if not path.is_file():
         raise AudioFileError(f"audio file {path} does not exist")
     import soundfile as sf

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stable_audio_rt import __version__
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--normalize", action="store_true", help="scale each clip's peak to full scale")
     p.add_argument("--no-clip", action="store_true", help="do not clip samples to [-1, 1] (float WAV only)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -9,11 +9,13 @@ faster options that apply to the request are named with it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from stable_audio_rt.bench.flops import matmul, request_flops
+from stable_audio_rt.bench.runner import Workload
 from stable_audio_rt.kernels.packed_linear import linear_as_run
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.precision import NAMES, choose_dtype
@@ -35,6 +37,7 @@ class Estimate:
     gflops_per_s: float  # this CPU's matrix rate in the model's dtype, measured now
     dtype: torch.dtype
     faster: tuple[str, ...]  # options that would shorten it
+    what: str = "this request"
 
     @property
     def seconds(self) -> float:
@@ -43,7 +46,7 @@ class Estimate:
     def line(self) -> str:
         minutes = self.seconds / 60
         text = (
-            f"this request is {self.flops / 1e12:.1f} TFLOP: at least {minutes:.0f} min on this CPU "
+            f"{self.what} is {self.flops / 1e12:.1f} TFLOP: at least {minutes:.0f} min on this CPU "
             f"({NAMES[self.dtype]} products at {self.gflops_per_s:.0f} GFLOP/s, measured now)"
         )
         return text + (f"; faster: {'; '.join(self.faster)}" if self.faster else "")
@@ -96,4 +99,20 @@ def announce(
     if device.type != "cpu":
         return None
     found = estimate(config, resolved, device, dtype)
+    return found if found.seconds >= ANNOUNCE_FROM_S else None
+
+
+def announce_benchmark(
+    config: StableAudioConfig, workloads: Sequence[Workload], runs: int, device: torch.device
+) -> Estimate | None:
+    """sa-bench's first row (fp32, always run) on a CPU, when it is minutes: each workload `runs`
+    times (cold, warm-up, timed), the rows after it on top."""
+    if device.type != "cpu":
+        return None
+    flops = runs * sum(
+        request_flops(config, w.batch, w.frames, w.steps, w.uses_cfg, T5_BASE_DIMS).total for w in workloads
+    )
+    rate = matrix_rate(config.dit.embed_dim, device, torch.float32)
+    faster = ("--preset sao or --preset small (short windows, few steps)", "fewer --frames and --steps")
+    found = Estimate(flops, rate, torch.float32, faster, what="this benchmark's fp32 row alone")
     return found if found.seconds >= ANNOUNCE_FROM_S else None

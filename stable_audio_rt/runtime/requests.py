@@ -293,6 +293,11 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             f"sample at {rate} Hz: make it at least 1/{rate} s long"
         )
     frames = window_frames(request, total, config)
+    if frames > config.latent_frames:
+        raise RequestError(
+            f"a window of {frames} latent frames is longer than the model's ({config.latent_frames}, "
+            f"{max_seconds:.2f} s): no clip is longer than that, so more frames only add work"
+        )
     window_samples = frames * ratio
     if total * rate > window_samples:
         raise RequestError(

@@ -15,6 +15,7 @@ import socket
 import sys
 from dataclasses import replace
 
+from stable_audio_rt import __version__
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="CPUs each replica takes where the cluster has no GPU (its torch threads; default: 1)",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

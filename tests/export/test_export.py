@@ -9,6 +9,7 @@ import stat
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -122,6 +123,9 @@ def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
         (["--frames", "64:16:1"], r"frames 64:16:1 must satisfy 1 ≤ min ≤ opt ≤ max"),
         (["--max-batch", "0"], r"max batch must be at least 1"),
         (["--fp16", "--components", ""], r"unknown component\(s\) \(none given\)"),
+        (["--components", "dit,t5,dit"], r"component\(s\) dit given more than once in --components"),
+        (["--opset", "5"], r"opset 5 is outside what this exporter writes: give --opset from 18 to \d+"),
+        (["--bf16", "--opset", "18"], r"bf16 graphs need opset 22 or later .*: give --opset 22"),
     ],
 )
 def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, arguments, message):
@@ -134,6 +138,27 @@ def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, argumen
 def test_cli_missing_output_folder(tiny_diffusers_dir, tmp_path, capsys):
     assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(tmp_path / "a" / "b")]) == 2
     assert "folder" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_a_folder_nothing_can_be_written_in_is_refused_before_loading(
+    tiny_diffusers_dir, capsys, monkeypatch
+):
+    monkeypatch.setattr(
+        "stable_audio_rt.export.engine_folder.load_model", lambda *a, **k: pytest.fail("loaded")
+    )
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", "/proc/engines"]) == 2
+    assert "cannot write in /proc (" in capsys.readouterr().err
+
+
+def test_bf16_graphs_are_written_at_the_opset_whose_conv_takes_bfloat16(tiny_diffusers_dir, tmp_path):
+    """At opset 18 the DiT's and the VAE's Conv on bfloat16 were invalid ONNX."""
+    settings = ExportSettings("bf16", components=("dit", "vae_decoder"), frames=(1, 8, 16))
+    manifest = export_engines(tiny_diffusers_dir, tmp_path / "engines", settings)
+    assert manifest.opset == 22
+    for name in settings.components:
+        graph = onnx.load(tmp_path / "engines" / f"{name}.onnx", load_external_data=False)
+        assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {22}
+        assert any(t.data_type == onnx.TensorProto.BFLOAT16 for t in graph.graph.initializer), name
 
 
 def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tmp_path, capsys):
@@ -162,6 +187,8 @@ def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, 
                        r"--components t5,dit,vae_decoder,vae_encoder to keep them"):  # fmt: skip
         export_engines(tiny_diffusers_dir, folder, encoder_only)
     assert sorted(p.name for p in folder.iterdir()) == before
+    with pytest.raises(ExportError, match=r"unknown component\(s\) \['unet'\]"):  # not "would drop"
+        export_engines(tiny_diffusers_dir, folder, replace(encoder_only, components=("unet",)))
     forced = export_engines(tiny_diffusers_dir, folder, replace(encoder_only, force=True))
     assert list(forced.components) == ["vae_encoder"] and not (folder / "dit.onnx").exists()
 

@@ -61,9 +61,13 @@ BAD_ARGUMENTS = [
     (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
+    (["--init-audio", "{in}"], r"/in is a folder: give an audio file"),
+    (["--frames", "65"], r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
     (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
+    (["-o", "/proc/clip.wav"], r"cannot write in /proc \(.*\): give a folder you can write to"),
+    (["-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it, such as .*/out/clip\.wav"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
     (["--backend", "tensorrt"], r"--backend tensorrt runs an engine folder: give --engines DIR"),
     (["--backend", "onnxruntime"], r"--backend onnxruntime runs an engine folder: give --engines DIR"),
@@ -207,3 +211,12 @@ def test_malloc_reuses_freed_memory_on_the_cpu_unless_told_not_to(
         (cpu_memory.M_TRIM_THRESHOLD, cpu_memory.NEVER_TRIM),
     ]
     assert mallopt_calls == (expected if applied else [])
+
+
+def test_warnings_print_as_one_line_naming_the_tool(tmp_path, capsys):
+    argv = ["x", "--model", "tiny-random", "--seconds", "0.5", "--steps", "2", "--window", "trim"]
+    argv += ["--cfg-scale", "1", "--negative-prompt", "hiss", "-o", str(tmp_path / "a.wav")]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "sa-run: warning: the negative prompt has no effect at a CFG scale of 1" in err
+    assert "UserWarning" not in err and "requests.py" not in err

@@ -6,6 +6,7 @@ import torch
 
 from stable_audio_rt import precision
 from stable_audio_rt.bench.flops import request_flops
+from stable_audio_rt.bench.runner import Workload
 from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0, STABLE_AUDIO_OPEN_SMALL, TINY
 from stable_audio_rt.runtime import cli, estimate
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -94,3 +95,19 @@ def test_sa_run_says_so_before_loading(slow_cpu, monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dtype fp32: auto:" in err and "has no bf16 matrix units" in err
     assert "sa-run: this request is" in err and "faster: --window trim" in err
+
+
+def test_sa_bench_says_how_long_its_fp32_row_takes_at_the_least(slow_cpu):
+    slow_cpu(True)
+    steps, runs = torch.randint(5, 100, ()).item(), torch.randint(1, 6, ()).item()
+    workloads = [Workload(frames, steps, 1, 0, 7.0) for frames in (64, 1024)]
+    found = estimate.announce_benchmark(STABLE_AUDIO_OPEN_1_0, workloads, runs, CPU)
+    each = [
+        request_flops(STABLE_AUDIO_OPEN_1_0, 1, f, steps, True, estimate.T5_BASE_DIMS).total
+        for f in (64, 1024)
+    ]
+    assert found.flops == runs * sum(each) and found.seconds == pytest.approx(runs * sum(each) / 10e9)
+    assert found.line().startswith("this benchmark's fp32 row alone is") and "--preset" in found.line()
+    tiny = [Workload(8, 2, 1, 0, 7.0)]
+    assert estimate.announce_benchmark(TINY, tiny, runs, CPU) is None
+    assert estimate.announce_benchmark(STABLE_AUDIO_OPEN_1_0, workloads, runs, torch.device("cuda")) is None

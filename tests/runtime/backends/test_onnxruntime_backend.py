@@ -79,7 +79,7 @@ def test_chunked_decode_through_onnxruntime(engines, torch_pipe):
 def test_frames_outside_the_profile(engines):
     pipe = StableAudio.from_engines(engines["fp32"][0])
     with pytest.raises(ConfigError, match=r"65 latent frames are outside the dit engine's profile 1–64"):
-        pipe.generate("x", frames=65, steps=2, seconds_total=1.0)
+        pipe.components.check_request(batch=1, uses_cfg=True, frames=65, decode_frames=16, encodes=False)
     with pytest.raises(ConfigError, match=r"dit engine takes batch 1–4 rows, this request needs 6"):
         pipe.generate(["a", "b", "c"], steps=2, seconds_total=1.0)
     # The VAE's engines are built for one clip: a batch decodes clip by clip.
