@@ -33,6 +33,7 @@ from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, Step
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
+from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S, Drain
 from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped, joins
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import (
@@ -91,6 +92,8 @@ class ServeSettings:
     max_result_bytes: int = 512 * MIB  # finished results kept at most; the oldest go first
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * MIB  # a larger request body is refused (413)
     max_steps: int = DEFAULT_MAX_STEPS  # a request asking for more sampler steps is refused (422)
+    # After a stop signal, how long finished jobs' results wait to be downloaded (`draining.py`).
+    drain_grace_s: float = DEFAULT_DRAIN_GRACE_S
     job_timeout_s: float | None = None  # a job queued or running this long after submission fails
     # Clips (rows) one pipeline call may run for requests that share a batch key; 1: no batching
     # (sa-serve's own default is DEFAULT_MAX_BATCH).
@@ -314,13 +317,23 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             on_settled=generator.leave,
         )
         owner, report_s = "sa-serve", LOCAL_REPORT_S
-    else:
+        drain: Drain | None = Drain(board, lambda: generator.waiting, settings.drain_grace_s)
+    else:  # Ray Serve drains its replicas itself
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
+        drain = None
     worker = JobWorker(board, run_job, owner, settings.max_batch, report_s, CLAIM_WAIT_S)
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
         loop (422 naming the problem), all before it takes a place in the queue."""
+        if drain is not None and drain.started:
+            metrics.requests.labels("rejected_stopping").inc()
+            raise HTTPException(
+                503,
+                "the server is stopping: it takes no new requests or jobs (those accepted finish and "
+                "can be downloaded); send this one to another server, or retry once it is back",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         try:
             body = await read_body(request, settings.max_upload_bytes)
         except BodyTooLarge as e:
@@ -348,7 +361,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         working = asyncio.create_task(worker.work())
         yield
-        # Shutdown (SIGTERM): uvicorn has stopped accepting and finished the open requests.
+        # Shutdown: after a drain (draining.py) nothing is left to run; after a second signal,
+        # uvicorn has stopped accepting and finished the open requests.
         if shared is None:  # the accepted jobs run to their end before the worker goes
             await board.idle()
             working.cancel()
@@ -358,6 +372,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
     app.state.generator, app.state.jobs, app.state.worker = generator, board, worker
+    app.state.drain = drain
     if shared is not None:
         app.add_middleware(ReplicaHeader, replica=shared.owner)
 
@@ -497,6 +512,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             raise HTTPException(404, f"job {job_id} has {reading.clips} clip(s): no index {index}")
         headers = {"X-Seed": str(view["seed"]), "X-Sample-Rate": str(pipe.config.sample_rate)}
         media_type = RESPONSE_FORMATS[reading.response_format][1]
+        if drain is not None:
+            drain.downloaded(job_id)
         return Response(reading.clip, media_type=media_type, headers=headers)
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)

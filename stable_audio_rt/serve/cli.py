@@ -21,6 +21,7 @@ from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB, ServeSettings
 from stable_audio_rt.serve.bodies import MIB
+from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S
 from stable_audio_rt.serve.ray_options import option_flag, replica_count_options
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
@@ -89,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"the largest request body in MiB, uploaded audio included; larger ones get 413 "
         f"(default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    p.add_argument(
+        "--drain-grace-s",
+        type=float,
+        default=DEFAULT_DRAIN_GRACE_S,
+        help="the first SIGTERM or Ctrl-C refuses new work (503) and lets the accepted requests and "
+        "jobs finish while still answering; it stops once every finished job's result has been "
+        "downloaded, or this many seconds after the work ran out; a second signal stops at once "
+        f"(default: {DEFAULT_DRAIN_GRACE_S:g})",
     )
     p.add_argument(
         "--max-steps",
@@ -166,6 +176,8 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
         raise ConfigError("--job-timeout-s must be positive")
     if args.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be positive")
+    if args.drain_grace_s < 0:
+        raise ConfigError("--drain-grace-s must be ≥ 0")
     if args.max_steps < 1:
         raise ConfigError("--max-steps must be at least 1")
     if args.max_batch < 1:
@@ -181,6 +193,7 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
         job_ttl_s=args.job_ttl_s,
         max_upload_bytes=int(args.max_upload_mb * MIB),
         max_steps=args.max_steps,
+        drain_grace_s=args.drain_grace_s,
         job_timeout_s=args.job_timeout_s,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
@@ -278,6 +291,11 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
             ) from e
         settings_from_arguments(args, "")
         replica_count_options(args, 0)
+        if args.drain_grace_s != DEFAULT_DRAIN_GRACE_S:
+            raise ConfigError(
+                "--drain-grace-s is for sa-serve in one process: under --ray, Ray Serve drains each "
+                "replica (its jobs finish; the others serve their results)"
+            )
     if failed.exit_status is not None:
         return failed.exit_status
     ray_serve.serve_on_ray(args, argv)
@@ -288,13 +306,15 @@ def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) 
     import uvicorn
 
     from stable_audio_rt.serve.app import create_app
+    from stable_audio_rt.serve.draining import DrainingServer
 
     logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
     host, port = listening.getsockname()[:2]
-    config = uvicorn.Config(create_app(pipe, settings), host=host, port=port, log_level="info")
+    app = create_app(pipe, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info")
     shown = f"[{host}]" if ":" in host else host
     print(f"sa-serve: serving on http://{shown}:{port} (the web page at /, the API's docs at /docs)")
-    uvicorn.Server(config).run(sockets=[listening])
+    DrainingServer(config, app.state.drain).run(sockets=[listening])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ gives the synchronous endpoint's bytes; several clips per job; the steps done wh
 unknown ids, early downloads, cancelling a queued and a running job (stopped at a step), jobs
 timing out, a failing job, results expiring after their time to live, and a real SIGTERM."""
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.serve.app import CLAIM_WAIT_S, ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
+from stable_audio_rt.serve.draining import Drain
+from stable_audio_rt.serve.jobs import JobBoard
 
 POLL_TIMEOUT_S = 120
 # Steps the tiny model takes tens of seconds over: a job certainly still running when stopped.
@@ -234,12 +237,13 @@ def test_the_result_cap_evicts_the_oldest(pipe):
         running.stop()
 
 
-def test_sigterm_finishes_every_accepted_job_then_exits():
-    """Every accepted job ends known: the running one and the queued ones finish before the
-    process exits, a cancelled one is logged as such; none is lost silently."""
+def test_sigterm_drains_every_accepted_job_and_serves_its_result_then_exits():
+    """Every accepted job ends known, and its client can fetch it: after SIGTERM new work gets
+    503 while the running and queued jobs finish and stay downloadable; once each is downloaded
+    the process exits by itself (a cancelled one is logged as such); none is lost silently."""
     port = free_port()
     command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--model", "tiny-random",
-               "--device", "cpu", "--port", str(port)]  # fmt: skip
+               "--device", "cpu", "--port", str(port), "--drain-grace-s", str(POLL_TIMEOUT_S)]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         server = SimpleNamespace(url=f"http://127.0.0.1:{port}")  # what _submit and _wait read
@@ -252,11 +256,38 @@ def test_sigterm_finishes_every_accepted_job_then_exits():
         _stepping(server, running)
         assert [_wait(server, job_id, "queued")["status"] for job_id in queued] == ["queued"] * 2
         process.send_signal(signal.SIGTERM)
+        refused = httpx.post(f"{server.url}/v1/audio/jobs", json={"input": "e", **QUICK}, timeout=30)
+        assert refused.status_code == 503 and "the server is stopping" in refused.text
+        for job_id in [running, *queued]:  # still answering: each finishes and is downloaded
+            _wait(server, job_id, "done")
+            assert httpx.get(f"{server.url}/v1/audio/jobs/{job_id}/content").status_code == 200
         _, log = process.communicate(timeout=POLL_TIMEOUT_S)
     finally:
         process.kill()
-    # uvicorn re-raises the signal once its graceful shutdown is over: killed by SIGTERM, after.
-    assert process.returncode == -signal.SIGTERM and "Application shutdown complete" in log, log[-3000:]
-    finished = log.index("Application shutdown complete")
-    assert all(-1 < log.find(f"job {job_id} done") < finished for job_id in [running, *queued]), log[-3000:]
-    assert -1 < log.find(f"job {cancelled} cancelled") < finished, log[-3000:]
+    assert process.returncode == 0 and "Application shutdown complete" in log, log[-3000:]
+    drained = log.index("every accepted job has finished and its result was downloaded")
+    assert all(-1 < log.find(f"job {job_id} done") < drained for job_id in [running, *queued]), log[-3000:]
+    assert -1 < log.find(f"job {cancelled} cancelled") < drained, log[-3000:]
+
+
+def test_a_drain_waits_for_downloads_only_as_long_as_its_grace(pipe):
+    board, busy = JobBoard(ttl_s=3600, max_result_bytes=2**20), [1]
+    drain = Drain(board, lambda: busy[0], grace_s=5.0)
+    assert not drain.over(0.0), "not draining"
+    resolved = resolve_request(GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1), pipe.config)
+
+    async def submitted() -> list[str]:
+        return [(await board.submit(resolved, "wav", None))["id"] for _ in range(2)]
+
+    fetched, left = asyncio.run(submitted())
+    for job_id in (fetched, left):
+        board.jobs[job_id].status = "done"
+    drain.start()
+    assert not drain.over(100.0), "a job still running"
+    busy[0] = 0
+    drain.downloaded(fetched)
+    assert not drain.over(100.0) and not drain.over(104.9), "a result not yet downloaded, within the grace"
+    assert drain.over(105.0)
+    drain.downloaded(left)
+    drain.idle_since = None
+    assert drain.over(105.0), "every result downloaded"

@@ -257,6 +257,8 @@ def test_an_api_key_guards_all_but_health(keyed):
         (["--job-ttl-s", "0"], "--job-ttl-s must be positive"),
         (["--job-timeout-s", "-1"], "--job-timeout-s must be positive"),
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+        (["--max-steps", "0"], "--max-steps must be at least 1"),
+        (["--drain-grace-s", "-1"], "--drain-grace-s must be ≥ 0"),
     ],
 )
 def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys, monkeypatch):
@@ -307,3 +309,9 @@ def test_listening_beyond_this_machine_without_a_key_warns(host, key, warned, ca
 
     cli.warn_if_open(Bound(), key)
     assert ("without an API key: anyone who can reach this machine" in capsys.readouterr().err) == warned
+
+
+def test_the_drain_grace_is_refused_under_ray_which_drains_itself(capsys):
+    pytest.importorskip("ray.serve", reason="Ray Serve is the [ray] extra")
+    assert cli.main(["--ray", "--model", "tiny-random", "--drain-grace-s", "5"]) == 2
+    assert "--drain-grace-s is for sa-serve in one process" in capsys.readouterr().err
