@@ -34,6 +34,8 @@ REAL_FIELDS = (
     "apg_scale",
     "cfg_norm_threshold",
 )
+# The sampler's tables hold the request's numbers in float32: a larger one overflows there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Integer PCM as soundfile reads it: signed samples over 2^(bits−1); unsigned 8-bit (WAV's)
 # centred on 128 first.
 PCM_DTYPES = (np.int16, np.int32, np.uint8)
@@ -61,8 +63,8 @@ def real_number(value: object, name: str) -> float:
         number = float(value)
     except (TypeError, ValueError, RuntimeError):
         raise _refuse(name, value, "a number") from None
-    if not math.isfinite(number):
-        raise _refuse(name, value, "a finite number")
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise _refuse(name, value, f"a finite number within ±{FLOAT32_MAX:.1e}")
     return number
 
 
