@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.kernels.switch import KernelChoice
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
@@ -48,6 +48,8 @@ from stable_audio_rt.runtime.vae_decode import (
     one_clip_at_a_time,
 )
 
+# What torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError).
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator"
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
 DEFAULT_STREAM_CHUNK_FRAMES = 64
 
@@ -97,6 +99,22 @@ def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterat
     with stopwatch(device) as elapsed:
         yield
     timings[name] = elapsed.seconds
+
+
+@contextmanager
+def _out_of_memory_refused(shape: RequestShape, device: torch.device) -> Iterator[None]:
+    """Running out of memory is the request's size, not a bug: a RequestError naming what
+    shrinks it, not torch's allocator traceback."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and CPU_ALLOCATOR_FAILED not in str(e):
+            raise
+        raise RequestError(
+            f"out of memory on {device}: {shape.batch} clip(s) of {shape.frames} latent frames need more "
+            "than it has; ask for fewer clips, a shorter clip with the window trimmed, or decode in "
+            "chunks (vae_chunk)"
+        ) from e
 
 
 class StableAudio:
@@ -212,7 +230,7 @@ class StableAudio:
         timings: dict[str, float] = {}
         shape = planning.batch_shape(resolved, lambda: self._auto_decode_chunk)
         self._check(shape, shape.decode_chunk)
-        with on_device(self.device):
+        with on_device(self.device), _out_of_memory_refused(shape, self.device):
             if self.uses_graphs:
                 audio, latents = self._run_graph(resolved, shape, timings, on_step)
             else:

@@ -164,3 +164,24 @@ def test_saving_several_clips_checks_every_path_before_writing_any(pipe, tmp_pat
     with pytest.raises(StableAudioError, match=r"unknown sample format 'pcm24': use pcm16 or float"):
         result.save(tmp_path / "other.wav", sample_format="pcm24")
     assert [p.name for p in tmp_path.iterdir()] == ["clip_1.wav"], "nothing may be written"
+
+
+def test_running_out_of_memory_is_a_refusal_naming_what_shrinks_the_request(pipe, monkeypatch):
+    from stable_audio_rt.runtime import pipeline
+
+    def fails(message: str):
+        def allocate(*args, **kwargs):
+            raise RuntimeError(message)
+
+        return allocate
+
+    # torch's CPU allocator's own words, as a request of 100000 clips met them.
+    refused = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"
+    monkeypatch.setattr(pipeline, "allocate_request", fails(refused))
+    with pytest.raises(
+        RequestError, match=r"out of memory on cpu: 3 clip\(s\) of 64 latent frames need more"
+    ):
+        pipe.generate("x", num_outputs=3, steps=2, seconds_total=1.0)
+    monkeypatch.setattr(pipeline, "allocate_request", fails("a bug, not memory"))
+    with pytest.raises(RuntimeError, match="a bug, not memory"):  # other failures keep their traceback
+        pipe.generate("x", steps=2, seconds_total=1.0)
