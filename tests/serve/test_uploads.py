@@ -57,15 +57,21 @@ def _post(server, path: str, body: dict, **files: bytes) -> httpx.Response:
     )
 
 
-def test_audio_to_audio_gives_the_apis_audio_for_the_same_upload(server, pipe):
-    upload = _file(_tone(1.0, RATE, 2), RATE)
-    body = {"input": "jazz drums", "seed": 3, "init_noise_level": 3.0, **QUICK}
+def _varied_as_the_api_varies(server, pipe, prompt: str, seed: int, upload: bytes) -> httpx.Response:
+    """Audio-to-audio on the upload, served; its bytes checked against the Python API's on the
+    file the upload holds."""
+    body = {"input": prompt, "seed": seed, "init_noise_level": 3.0, **QUICK}
     response = _post(server, "/v1/audio/generate", body, init_audio=upload)
     assert response.status_code == 200, response.text
     alone = pipe.generate(
-        "jazz drums", seed=3, init_audio=_decoded(upload), init_noise_level=3.0, seconds_total=0.5, steps=2
+        prompt, seed=seed, init_audio=_decoded(upload), init_noise_level=3.0, seconds_total=0.5, steps=2
     )
     assert response.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+    return response
+
+
+def test_audio_to_audio_gives_the_apis_audio_for_the_same_upload(server, pipe):
+    response = _varied_as_the_api_varies(server, pipe, "jazz drums", 3, _file(_tone(1.0, RATE, 2), RATE))
     plain = {"input": "jazz drums", "seed": 3, **QUICK}
     text_only = httpx.post(f"{server.url}/v1/audio/generate", json=plain, timeout=POLL_TIMEOUT_S)
     assert text_only.status_code == 200 and text_only.content != response.content  # the upload counts
@@ -92,13 +98,7 @@ def test_a_long_upload_is_decoded_only_as_far_as_the_window_reaches(server, pipe
     upload = _file(np.random.default_rng().uniform(-0.5, 0.5, (1000 * rate, 1)), rate)
     samples, _ = decode_audio("init_audio", upload, pipe.config)
     assert samples.shape[-1] == samples_read_for(pipe.config.sample_size, rate, RATE) < 1000 * rate
-    body = {"input": "drone", "seed": 4, "init_noise_level": 3.0, **QUICK}
-    response = _post(server, "/v1/audio/generate", body, init_audio=upload)
-    assert response.status_code == 200, response.text
-    alone = pipe.generate(
-        "drone", seed=4, init_audio=_decoded(upload), init_noise_level=3.0, seconds_total=0.5, steps=2
-    )
-    assert response.content == audio_bytes(alone.audio[0], alone.sample_rate, "WAV")
+    _varied_as_the_api_varies(server, pipe, "drone", 4, upload)
 
 
 def _done(server, job_id: str) -> str:
