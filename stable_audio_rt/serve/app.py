@@ -403,9 +403,16 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
-    async def health() -> dict:
-        return {"status": "ready", "model": settings.model_name}
+    @app.api_route(
+        "/health",
+        methods=["GET", "HEAD"],
+        responses={503: {"description": "stopping (draining): send new work elsewhere"}},
+    )
+    async def health() -> JSONResponse:
+        # A load balancer's probe sees a draining server as not ready, so it routes new work away.
+        if drain is not None and drain.started:
+            return JSONResponse({"status": "stopping", "model": settings.model_name}, status_code=503)
+        return JSONResponse({"status": "ready", "model": settings.model_name})
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict:

@@ -258,6 +258,8 @@ def test_sigterm_drains_every_accepted_job_and_serves_its_result_then_exits():
         process.send_signal(signal.SIGTERM)
         refused = httpx.post(f"{server.url}/v1/audio/jobs", json={"input": "e", **QUICK}, timeout=30)
         assert refused.status_code == 503 and "the server is stopping" in refused.text
+        health = httpx.get(f"{server.url}/health")  # a load balancer's probe: route new work away
+        assert health.status_code == 503 and health.json()["status"] == "stopping"
         for job_id in [running, *queued]:  # still answering: each finishes and is downloaded
             _wait(server, job_id, "done")
             assert httpx.get(f"{server.url}/v1/audio/jobs/{job_id}/content").status_code == 200
