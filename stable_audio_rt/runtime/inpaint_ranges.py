@@ -51,12 +51,14 @@ def inpaint_mask(
     length = round(samples * model_rate / rate)
     keep = bool(keep_ranges)
     mask = np.zeros(length) if keep else np.ones(length)
-    if seconds <= window_seconds:
+    # A reference as long as the window may be an upload decoded only that far (sa-serve).
+    if seconds < window_seconds:
         usable, where = seconds, f"{source} (0–{seconds:.2f} s)"
     else:
-        usable, where = window_seconds, f"the model's window (0–{window_seconds:.2f} s; {source} is longer)"
+        usable, where = window_seconds, f"the model's window (0–{window_seconds:.2f} s)"
+    option = names.keep if keep else names.inpaint
     for start, end in keep_ranges or inpaint_ranges:
         if not 0 <= start < end <= usable:
-            raise RequestError(f"range {start},{end} is outside {where} or empty")
+            raise RequestError(f"{option}: {start},{end} is outside {where} or empty")
         mask[int(start * model_rate) : int(end * model_rate)] = 1.0 if keep else 0.0
     return mask

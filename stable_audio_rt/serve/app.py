@@ -61,6 +61,7 @@ SHARED_REPORT_S = 0.5
 CLAIM_WAIT_S = 1.0
 # A refused value is echoed in the 422 only up to this many characters of JSON (a 50 MB body is not).
 ECHO_LIMIT = 200
+ECHOED_ERRORS = 20  # the most validation errors a 422 lists
 JOB_RESPONSES = {**ERROR_RESPONSES, 404: {"description": "no such job (unknown, or its result expired)"}}
 # The API key as a Bearer credential, read as RFC 6750 says (the scheme in any case); /docs
 # documents it and can send it.
@@ -326,14 +327,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
         loop (422 naming the problem), all before it takes a place in the queue."""
-        if drain is not None and drain.started:
-            metrics.requests.labels("rejected_stopping").inc()
-            raise HTTPException(
-                503,
-                "the server is stopping: it takes no new requests or jobs (those accepted finish and "
-                "can be downloaded); send this one to another server, or retry once it is back",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+        refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
         try:
             body = await read_body(request, settings.max_upload_bytes)
         except BodyTooLarge as e:
@@ -345,17 +339,30 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         except HTTPException:  # 415
             metrics.requests.labels("invalid").inc()
             raise
-        if resolved.request.steps > settings.max_steps:
+        steps = resolved.request.steps
+        if steps > settings.max_steps:
+            asked = "the model's default of " if body.num_inference_steps is None else ""
             raise RequestError(
-                f"num_inference_steps={resolved.request.steps} is over this server's limit of "
-                f"{settings.max_steps} (sa-serve --max-steps)"
+                f"num_inference_steps: {asked}{steps} is over this server's limit of {settings.max_steps} "
+                "(sa-serve --max-steps): ask for fewer"
             )
         if body.model is not None and body.model != settings.model_name:
             raise RequestError(
-                f"model {body.model!r} is not served here: this server runs {settings.model_name!r} "
-                "(GET /v1/models); give that, or leave model out"
+                f"model {shortened(body.model)!r} is not served here: this server runs "
+                f"{settings.model_name!r} (GET /v1/models); give that, or leave model out"
             )
+        refuse_if_stopping()
         return body, resolved
+
+    def refuse_if_stopping() -> None:
+        if drain is not None and drain.started:
+            metrics.requests.labels("rejected_stopping").inc()
+            raise HTTPException(
+                503,
+                "the server is stopping: it takes no new requests or jobs (those accepted finish and "
+                "can be downloaded); send this one to another server, or retry once it is back",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -364,6 +371,9 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         # Shutdown: after a drain (draining.py) nothing is left to run; after a second signal,
         # uvicorn has stopped accepting and finished the open requests.
         if shared is None:  # the accepted jobs run to their end before the worker goes
+            if drain is not None and drain.cut_short:  # unless a second signal said stop now
+                for job_id in [job.id for job in board.jobs.values() if job.status in ("queued", "running")]:
+                    await board.cancel(job_id)
             await board.idle()
             working.cancel()
         else:  # the jobs this replica holds run to their end; the other replicas run the rest
@@ -520,7 +530,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         headers = {"X-Seed": str(view["seed"]), "X-Sample-Rate": str(pipe.config.sample_rate)}
         media_type = RESPONSE_FORMATS[reading.response_format][1]
         if drain is not None:
-            drain.downloaded(job_id)
+            drain.downloaded(job_id, index)
         return Response(reading.clip, media_type=media_type, headers=headers)
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)
@@ -555,16 +565,27 @@ async def _watch_disconnect(request: Request, gone: threading.Event) -> None:
 
 
 def echoed(errors: Sequence[dict]) -> list[dict]:
-    """Validation errors as FastAPI words them, each refused value kept only when it is short
-    JSON: not a whole body that failed to parse, NaN, or bytes that are not UTF-8."""
+    """Validation errors as FastAPI words them, bounded: the first ECHOED_ERRORS of them, each
+    refused value kept only when it is short JSON (not a whole body that failed to parse, NaN,
+    or bytes that are not UTF-8), and long field names cut short."""
     kept = []
-    for error in errors:
-        error = dict(error)
+    for error in errors[:ECHOED_ERRORS]:
+        error = {
+            **error,
+            "loc": [shortened(part) if isinstance(part, str) else part for part in error["loc"]],
+        }
         try:
             short = len(json.dumps(error.get("input"), allow_nan=False)) <= ECHO_LIMIT
         except (TypeError, ValueError):
             short = False
         if not short:
-            del error["input"]
+            error.pop("input", None)
         kept.append(error)
+    if len(errors) > ECHOED_ERRORS:
+        kept.append({"msg": f"and {len(errors) - ECHOED_ERRORS} more errors"})
     return kept
+
+
+def shortened(text: str) -> str:
+    """`text` as a refusal echoes it: at most ECHO_LIMIT characters."""
+    return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"

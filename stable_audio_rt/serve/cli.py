@@ -188,7 +188,7 @@ def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeS
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     return ServeSettings(
         model_name,
-        args.api_key or os.environ.get(API_KEY_VARIABLE),
+        args.api_key or os.environ.get(API_KEY_VARIABLE) or None,  # an empty key is none
         max_queue=args.max_queue,
         job_ttl_s=args.job_ttl_s,
         max_upload_bytes=int(args.max_upload_mb * MIB),

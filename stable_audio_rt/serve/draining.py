@@ -3,8 +3,9 @@
 The first SIGTERM or Ctrl-C starts a drain: new requests and jobs get 503, while those already
 accepted run to their end and the server keeps listening, so that their clients can still poll
 and download. It stops once nothing is left to run and every finished job's result has been
-downloaded, or `grace_s` after the work ran out, whichever is first. A second signal stops as
-uvicorn does: open requests finish, and so do the accepted jobs.
+downloaded, or `grace_s` after the work ran out, whichever is first. A second signal stops at
+once: open requests finish as uvicorn finishes them, and the jobs still queued or running are
+cancelled (a running one at its next step).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class Drain:
         """`busy()`: requests and jobs accepted and not yet settled."""
         self.board, self.busy, self.grace_s = board, busy, grace_s
         self.started = False
-        self.delivered: set[str] = set()  # jobs whose result has been downloaded at least once
+        self.cut_short = False  # a second signal: stop without waiting for jobs or downloads
+        self.fetched: dict[str, set[int]] = {}  # job id → the indices of its clips downloaded
         self.idle_since: float | None = None  # when the drain last found nothing left to run
 
     def start(self) -> None:
@@ -42,8 +44,8 @@ class Drain:
             self.grace_s,
         )
 
-    def downloaded(self, job_id: str) -> None:
-        self.delivered.add(job_id)
+    def downloaded(self, job_id: str, index: int) -> None:
+        self.fetched.setdefault(job_id, set()).add(index)
 
     def over(self, now: float) -> bool:
         """Whether the server may stop now: nothing left to run, and every finished result
@@ -53,14 +55,13 @@ class Drain:
         if self.busy():
             self.idle_since = None
             return False
-        self.delivered &= self.board.jobs.keys()  # expired jobs need no delivery
-        waiting = [
+        waiting = [  # every clip of a finished job is downloaded once (expired ones are gone)
             job.id
             for job in self.board.jobs.values()
-            if job.status == "done" and job.id not in self.delivered
+            if job.status == "done" and len(self.fetched.get(job.id, ())) < len(job.content or ())
         ]
         if not waiting:
-            LOG.info("stopping: every accepted job has finished and its result was downloaded")
+            LOG.info("stopping: nothing left to run or download")
             return True
         self.idle_since = self.idle_since if self.idle_since is not None else now
         if now - self.idle_since >= self.grace_s:
@@ -77,8 +78,9 @@ class DrainingServer(uvicorn.Server):
         self.drain = drain
 
     def handle_exit(self, sig, frame) -> None:
-        if self.drain.started:
-            super().handle_exit(sig, frame)  # a second signal: uvicorn's own stop
+        if self.drain.started:  # a second signal: uvicorn's own stop, the jobs cancelled
+            self.drain.cut_short = True
+            super().handle_exit(sig, frame)
         else:
             self.drain.start()
 

@@ -152,6 +152,7 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "the body is over the upload limit (sa-serve --max-upload-mb)"},
     415: {"description": "a Content-Type other than application/json or multipart/form-data"},
     429: {"description": "the queue is full: retry after the Retry-After header's seconds"},
+    503: {"description": "the server is stopping (draining): send new work elsewhere"},
 }
 AUDIO_CONTENT = {
     "description": "the clip's bytes; its seed in X-Seed, its sample rate in X-Sample-Rate",

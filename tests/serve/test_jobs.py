@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import httpx
@@ -267,29 +268,60 @@ def test_sigterm_drains_every_accepted_job_and_serves_its_result_then_exits():
     finally:
         process.kill()
     assert process.returncode == 0 and "Application shutdown complete" in log, log[-3000:]
-    drained = log.index("every accepted job has finished and its result was downloaded")
+    drained = log.index("stopping: nothing left to run or download")
     assert all(-1 < log.find(f"job {job_id} done") < drained for job_id in [running, *queued]), log[-3000:]
     assert -1 < log.find(f"job {cancelled} cancelled") < drained, log[-3000:]
 
 
-def test_a_drain_waits_for_downloads_only_as_long_as_its_grace(pipe):
+def test_a_drain_waits_for_every_clips_download_only_as_long_as_its_grace(pipe):
     board, busy = JobBoard(ttl_s=3600, max_result_bytes=2**20), [1]
     drain = Drain(board, lambda: busy[0], grace_s=5.0)
     assert not drain.over(0.0), "not draining"
-    resolved = resolve_request(GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1), pipe.config)
+    resolved = resolve_request(
+        GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1, num_outputs=2), pipe.config
+    )
 
     async def submitted() -> list[str]:
         return [(await board.submit(resolved, "wav", None))["id"] for _ in range(2)]
 
     fetched, left = asyncio.run(submitted())
     for job_id in (fetched, left):
-        board.jobs[job_id].status = "done"
+        board.jobs[job_id].status, board.jobs[job_id].content = "done", [b"clip 0", b"clip 1"]
     drain.start()
     assert not drain.over(100.0), "a job still running"
     busy[0] = 0
-    drain.downloaded(fetched)
-    assert not drain.over(100.0) and not drain.over(104.9), "a result not yet downloaded, within the grace"
+    drain.downloaded(fetched, 0)
+    drain.downloaded(fetched, 1)
+    drain.downloaded(left, 0)
+    assert not drain.over(100.0) and not drain.over(104.9), "a clip not yet downloaded, within the grace"
     assert drain.over(105.0)
-    drain.downloaded(left)
+    drain.downloaded(left, 1)
     drain.idle_since = None
-    assert drain.over(105.0), "every result downloaded"
+    assert drain.over(105.0), "every clip downloaded"
+
+
+def test_a_second_signal_cancels_the_jobs_left_and_stops():
+    port = free_port()
+    command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--model", "tiny-random", "--device", "cpu",
+               "--port", str(port), "--max-steps", str(TEST_MAX_STEPS)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        server = SimpleNamespace(url=f"http://127.0.0.1:{port}")
+        wait_healthy(server.url, process, POLL_TIMEOUT_S)
+        jobs = [_submit(server, {"input": p, **LONG})["id"] for p in "ab"]  # minutes of steps each
+        _stepping(server, jobs[0])
+        process.send_signal(signal.SIGTERM)
+        _until_answered(server.url, lambda health: health.status_code == 503)  # draining
+        process.send_signal(signal.SIGTERM)
+        _, log = process.communicate(timeout=POLL_TIMEOUT_S)
+    finally:
+        process.kill()
+    assert all(f"job {job_id} cancelled" in log for job_id in jobs), log[-3000:]
+    assert "Application shutdown complete" in log, log[-3000:]
+
+
+def _until_answered(url: str, answered: Callable[[httpx.Response], bool]) -> None:
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while not answered(httpx.get(f"{url}/health")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -15,6 +15,7 @@ import soundfile as sf
 from serving import QUICK, TEST_MAX_STEPS, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
+from stable_audio_rt.serve import app as app_module
 from stable_audio_rt.serve import cli
 
 API_KEY = "test-key-not-a-secret"
@@ -90,7 +91,7 @@ BAD_BODIES = [
     ({"input": "x", "num_inference_steps": 0}, "num_inference_steps"),
     (
         {"input": "x", "num_inference_steps": TEST_MAX_STEPS + 1},
-        f"num_inference_steps={TEST_MAX_STEPS + 1} is over this server's limit of {TEST_MAX_STEPS} "
+        f"num_inference_steps: {TEST_MAX_STEPS + 1} is over this server's limit of {TEST_MAX_STEPS} "
         "(sa-serve --max-steps)",
     ),
     ({"input": "x", "guidance_scale": 25.5}, '"loc":["body","guidance_scale"]'),
@@ -136,14 +137,59 @@ def test_a_body_that_is_not_json_is_refused(server):
 
 
 @pytest.mark.parametrize(
-    "content", [b'{"input": "caf\xe9"}', b"{" + b"x" * 2_000_000], ids=["not UTF-8", "2 MB not JSON"]
+    "content,named",
+    [
+        (b'{"input": "caf\xe9"}', "json_invalid"),
+        (b"{" + b"x" * 2_000_000, "json_invalid"),
+        (json.dumps({"input": "x", "k" * 2_000_000: 1}).encode(), "extra_forbidden"),
+        (
+            json.dumps({"input": "x", **{f"field{i}": i for i in range(20_000)}}).encode(),
+            "and 19980 more errors",
+        ),
+        (json.dumps({"input": "x", "model": "m" * 2_000_000}).encode(), "is not served here"),
+    ],
+    ids=["not UTF-8", "2 MB not JSON", "a 2 MB field name", "20000 unknown fields", "a 2 MB model"],
 )
-def test_a_refusal_echoes_no_body_it_cannot_or_should_not_send(server, content):
-    """Bytes that are not UTF-8 were a 500 (the echo failed to encode), and a 2 MB body came
-    back whole in its 422."""
-    response = httpx.post(f"{server.url}/v1/audio/generate", content=content, timeout=30)
-    assert response.status_code == 422 and "json_invalid" in response.text
-    assert len(response.content) < 1000, len(response.content)
+def test_a_refusal_echoes_no_body_it_cannot_or_should_not_send(server, content, named):
+    """Bytes that are not UTF-8 were a 500 (the echo failed to encode), and a 2 MB body, field
+    name or model name came back whole in its 422."""
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(f"{server.url}/v1/audio/generate", content=content, headers=headers, timeout=60)
+    assert response.status_code == 422 and named in response.text, response.text[:500]
+    assert len(response.content) < 10_000, len(response.content)
+
+
+def test_a_request_accepted_as_the_server_starts_stopping_is_refused(pipe, monkeypatch):
+    """A body still arriving when the drain starts: refused once read (it got a 202 after the
+    server had gone)."""
+    with serving(pipe) as running:
+        drain, parse = running.app.state.drain, app_module.parse_generation
+
+        def parsed_as_the_signal_comes(*args):
+            answer = parse(*args)
+            drain.started = True
+            return answer
+
+        monkeypatch.setattr(app_module, "parse_generation", parsed_as_the_signal_comes)
+        response = httpx.post(f"{running.url}/v1/audio/jobs", json={"input": "x", **QUICK}, timeout=30)
+        assert response.status_code == 503 and "the server is stopping" in response.text
+        assert running.app.state.jobs.jobs == {} and running.app.state.generator.waiting == 0
+        drain.started = False  # let the server stop as tests stop it
+
+
+def test_steps_over_the_servers_limit_are_refused_saying_whose_they_are(pipe):
+    with serving(pipe, max_steps=3) as running:
+        url = f"{running.url}/v1/audio/generate"
+        asked = httpx.post(url, json={"input": "x", "num_inference_steps": 4}, timeout=30)
+        assert "num_inference_steps: 4 is over this server's limit of 3 (sa-serve --max-steps)" in asked.text
+        default = httpx.post(url, json={"input": "x"}, timeout=30)
+        assert "num_inference_steps: the model's default of 100 is over this server's limit" in default.text
+
+
+def test_an_empty_api_key_is_no_key(monkeypatch):
+    monkeypatch.setenv(cli.API_KEY_VARIABLE, "")
+    args = cli.build_parser().parse_args(["--model", "tiny-random"])
+    assert cli.settings_from_arguments(args, "tiny-random").api_key is None
 
 
 def test_a_full_queue_answers_429_and_the_waiting_request_completes(server):

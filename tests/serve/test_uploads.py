@@ -131,13 +131,17 @@ BAD_UPLOADS = [
     (
         {"inpaint_audio": TONE},
         {"keep_ranges": [[0.5, 5]]},
-        "range 0.5,5.0 is outside inpaint_audio (0–1.00 s)",
+        "keep_ranges: 0.5,5.0 is outside inpaint_audio (0–1.00 s)",
     ),
-    ({"inpaint_audio": TONE}, {"inpaint_ranges": [[0.6, 0.2]]}, "range 0.6,0.2 is outside inpaint_audio"),
+    (
+        {"inpaint_audio": TONE},
+        {"inpaint_ranges": [[0.6, 0.2]]},
+        "inpaint_ranges: 0.6,0.2 is outside inpaint_audio",
+    ),
     (
         {"inpaint_audio": _file(_tone(4.0, 8000, 1), 8000)},  # past the tiny model's window
         {"inpaint_ranges": [[3, 3.5]]},
-        "range 3.0,3.5 is outside the model's window (0–2.97 s; inpaint_audio is longer)",
+        "inpaint_ranges: 3.0,3.5 is outside the model's window (0–2.97 s)",
     ),
     ({"inpaint_audio": TONE}, {"keep_ranges": [[0.5]]}, '"keep_ranges",0'),
     ({}, {"inpaint_ranges": [[0, 1]]}, "keep_ranges/inpaint_ranges need an inpaint_audio upload"),
