@@ -15,7 +15,7 @@ from stable_audio_rt.serve.background import BackgroundServer
 # Short requests: 2 steps of half a second of the tiny model.
 QUICK = {"audio_length": 0.5, "num_inference_steps": 2}
 # The tests' long requests run thousands of quick steps (sa-serve's own limit is 500).
-TEST_MAX_STEPS = 10_000
+TEST_MAX_STEPS = 5000
 # How often a starting server is asked whether it is ready (seconds).
 HEALTH_POLL_S = 0.2
 

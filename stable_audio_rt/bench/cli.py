@@ -39,7 +39,7 @@ from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
-from stable_audio_rt.runtime.backends.choice import tensorrt_unusable
+from stable_audio_rt.runtime.backends.choice import onnxruntime_unusable, tensorrt_unusable
 from stable_audio_rt.runtime.cli import add_reuse_memory_argument
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce_benchmark
@@ -181,6 +181,10 @@ def _check(args: argparse.Namespace, window: int) -> None:
         raise ConfigError(
             f"{args.engines} is not an engine folder (no manifest.json); export one with sa-export"
         )
+    if args.backend == "onnxruntime":
+        why_not = onnxruntime_unusable(Manifest.read(args.engines))
+        if why_not is not None:
+            raise ConfigError(f"--backend onnxruntime cannot run {args.engines}: {why_not}")
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--repeats must be ≥ 1 and --warmup ≥ 0")
     for name, values in (
@@ -200,6 +204,19 @@ def _check(args: argparse.Namespace, window: int) -> None:
             raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
         if path is not None:
             check_writable(path.parent)
+
+
+def _faster(workloads: list[Workload], runs: int) -> tuple[str, ...]:
+    """The options that would shorten these workloads: the sao preset's window and steps, and
+    one timed run."""
+    faster = []
+    if any(w.frames > SAO_PRESET_FRAMES for w in workloads):
+        faster.append(f"--frames {SAO_PRESET_FRAMES}")
+    if any(w.steps > SAO_PRESET_STEPS for w in workloads):
+        faster.append(f"--steps {SAO_PRESET_STEPS}")
+    if runs > 2:
+        faster.append("--warmup 0 --repeats 1")
+    return tuple(faster)
 
 
 def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
@@ -243,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             Workload(f, s, b, SEED, defaults.cfg_scale)
             for f, s, b in itertools.product(frames, args.steps or [defaults.steps], args.batch)
         ]
-        found = announce_benchmark(config, workloads, 1 + args.warmup + args.repeats, device)
+        runs = 1 + args.warmup + args.repeats
+        found = announce_benchmark(config, workloads, runs, device, _faster(workloads, runs))
         if found is not None:
             print(f"sa-bench: {found.line()}", file=sys.stderr)
         report = {
@@ -335,8 +353,13 @@ def _rows(args: argparse.Namespace, device: torch.device, source: str) -> list[R
     manifest = Manifest.read(args.engines)
     precision = manifest.components["dit"].precision
     engine_backends = [b for b in ("onnxruntime", "tensorrt") if args.backend in (b, "all")]
-    if args.backend == "all" and tensorrt_unusable(args.engines, manifest, device) is not None:
-        engine_backends.remove("tensorrt")  # "all" means every backend that can run here
+    if args.backend == "all":  # every backend that can run here
+        if tensorrt_unusable(args.engines, manifest, device) is not None:
+            engine_backends.remove("tensorrt")
+        why_not = onnxruntime_unusable(manifest)
+        if why_not is not None:
+            engine_backends.remove("onnxruntime")
+            print(f"sa-bench: no onnxruntime row: {why_not}", file=sys.stderr)
     dtype = DTYPES.get(precision, torch.float32)
     for backend in engine_backends:
         rows.append(Row(backend, precision, precision, dtype, None, None, lambda b=backend: (

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from stable_audio_rt import __version__
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
-from stable_audio_rt.export.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MIN_OPSET
+from stable_audio_rt.export.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--opset",
         type=int,
-        help=f"ONNX opset, {MIN_OPSET} or later (default: {DEFAULT_OPSET}; {BF16_MIN_OPSET} for --bf16, "
-        "the first whose Conv takes bfloat16)",
+        help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET}; {BF16_MIN_OPSET} for "
+        "--bf16, the first whose Conv takes bfloat16)",
     )
     p.add_argument(
         "--force",

@@ -26,6 +26,7 @@ from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     BF16_MIN_OPSET,
     DEFAULT_OPSET,
+    MAX_OPSET,
     MIN_OPSET,
     ExportError,
     Profile,
@@ -82,11 +83,11 @@ class ExportSettings:
         twice = sorted({name for name in self.components if self.components.count(name) > 1})
         if twice:
             raise ExportError(f"component(s) {', '.join(twice)} given more than once in --components")
-        newest = onnx.defs.onnx_opset_version()
+        newest = min(onnx.defs.onnx_opset_version(), MAX_OPSET)
         if not MIN_OPSET <= self.onnx_opset <= newest:
             raise ExportError(
                 f"opset {self.onnx_opset} is outside what this exporter writes: give --opset from "
-                f"{MIN_OPSET} to {newest} (the installed onnx's newest)"
+                f"{MIN_OPSET} to {newest}"
             )
         if self.precision == "bf16" and self.onnx_opset < BF16_MIN_OPSET:
             raise ExportError(

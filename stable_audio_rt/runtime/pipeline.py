@@ -43,7 +43,6 @@ from stable_audio_rt.runtime.sampling.objectives import sampler_for
 from stable_audio_rt.runtime.timing import stopwatch
 from stable_audio_rt.runtime.vae_decode import (
     auto_chunk_frames,
-    check_chunking,
     decode_chunks,
     one_clip_at_a_time,
 )
@@ -111,9 +110,9 @@ def _out_of_memory_refused(shape: RequestShape, device: torch.device) -> Iterato
         if isinstance(e, RuntimeError) and CPU_ALLOCATOR_FAILED not in str(e):
             raise
         raise RequestError(
-            f"out of memory on {device}: {shape.batch} clip(s) of {shape.frames} latent frames need more "
-            "than it has; ask for fewer clips, a shorter clip with the window trimmed, or decode in "
-            "chunks (vae_chunk)"
+            f"out of memory on {device}: {shape.batch} clip(s) of {shape.frames} latent frames over "
+            f"{shape.steps} steps need more than it has; ask for fewer clips or steps, a shorter clip "
+            "with the window trimmed, or decode in chunks (vae_chunk)"
         ) from e
 
 
@@ -235,6 +234,11 @@ class StableAudio:
                 audio, latents = self._run_graph(resolved, shape, timings, on_step)
             else:
                 audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
+        if not torch.isfinite(audio).all():  # never a file of NaN, nor a silent WAV of them
+            raise RequestError(
+                f"the audio came out NaN or infinite in {self.dtype}: a value of the request overflowed "
+                "(a guidance scale far above the usual 1–15?), or the weights hold such values"
+            )
         rate, results = self.config.sample_rate, []
         with _stage(timings, "postprocess", audio.device):
             for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
@@ -255,17 +259,17 @@ class StableAudio:
         request is checked here, at the call; sampling starts at the first piece asked for."""
         resolved = resolve_request(GenerationRequest(prompts=prompts_of(prompt), **options), self.config)
         shape = self.request_shape(resolved)
-        chunk = shape.decode_chunk if shape.decode_chunk is not None else DEFAULT_STREAM_CHUNK_FRAMES
         overlap = resolved.request.vae_overlap
         overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
-        check_chunking(self.config.vae, chunk, overlap)
+        # The request's chunk (checked with it), else pieces of the stream's size that its overlap fits.
+        chunk = shape.decode_chunk or max(DEFAULT_STREAM_CHUNK_FRAMES, 2 * overlap + 1)
         self._check(shape, chunk)
         return self._stream(resolved, shape, chunk, overlap, progress)
 
     def _stream(
         self, resolved: ResolvedRequest, shape: RequestShape, chunk: int, overlap: int, progress: bool
     ) -> Iterator[torch.Tensor]:
-        with on_device(self.device):
+        with on_device(self.device), _out_of_memory_refused(shape, self.device):
             request = self._fresh(shape, [resolved])
             self._sample(request, progress=progress)
         clip = resolved.clip(self.config.sample_rate)

@@ -57,7 +57,7 @@ def whole_number(value: object, name: str) -> int:
 
 def real_number(value: object, name: str) -> float:
     """A finite float from a Python, numpy or torch number; not a bool or string."""
-    if isinstance(value, (bool, np.bool_, str, bytes)):
+    if isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating)):
         raise _refuse(name, value, "a number")
     try:
         number = float(value)
@@ -79,10 +79,10 @@ def prompts_of(prompt: str | Sequence[str]) -> tuple[str, ...]:
 
 def with_plain_values(request: GenerationRequest) -> GenerationRequest:
     """`request` with every number a plain int or finite float and the strings checked."""
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"prompts": prompts_of(request.prompts)}  # one string is one prompt
     for name in WHOLE_FIELDS:
         value = getattr(request, name)
-        values[name] = None if value is None else whole_number(value, name)
+        values[name] = None if value is None and name != "num_outputs" else whole_number(value, name)
     for name in REAL_FIELDS:
         value = getattr(request, name)
         values[name] = None if value is None else real_number(value, name)

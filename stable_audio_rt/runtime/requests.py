@@ -47,6 +47,9 @@ WINDOWS: tuple[Window, ...] = ("full", "trim")
 AudioInput = str | Path | tuple[np.ndarray | torch.Tensor, int]
 # stable-audio-tools draws seeds in [0, 2**32 − 1).
 SEED_HIGH = 2**32 - 1
+# The most sampler steps a request may take: a hundred times SAO 1.0's default (reference-spec
+# §3); each step's table row and noise are allocated with the request.
+MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -154,8 +157,8 @@ def _check_model_support(request: GenerationRequest, config: StableAudioConfig) 
 def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
     if not request.prompts or any(not isinstance(p, str) for p in request.prompts):
         raise RequestError("give at least one text prompt")
-    if request.steps < 1:
-        raise RequestError(f"steps must be at least 1, got {request.steps}")
+    if not 1 <= request.steps <= MAX_STEPS:
+        raise RequestError(f"steps must be in [1, {MAX_STEPS}], got {request.steps}")
     if request.cfg_scale < 0:
         raise RequestError(f"cfg_scale must be ≥ 0, got {request.cfg_scale}")
     if request.num_outputs < 1:

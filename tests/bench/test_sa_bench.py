@@ -5,6 +5,7 @@ rows, the auto row, the presets, and bad arguments refused before any work."""
 import functools
 import json
 import math
+import shutil
 import tempfile
 
 import pytest
@@ -328,3 +329,39 @@ def test_a_preset_runs_with_its_settings(tmp_path):
     (run,) = report["runs"]
     assert report["preset"] == "sao"
     assert (run["frames"], run["steps"], run["cfg_scale"], run["batch"]) == (8, 10, 7.0, 1)
+
+
+@pytest.fixture
+def bf16_folder(engines, tmp_path):
+    """An engine folder whose T5 is bf16, as sa-export --bf16 writes it (onnxruntime feeds none)."""
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "bf16")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["components"]["t5"]["precision"] = "bf16"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_engines_onnxruntime_cannot_run_are_refused_or_left_out_before_any_run(
+    bf16_folder, tiny_diffusers_dir, capsys, monkeypatch
+):
+    class Started(Exception):
+        """The first run began: the rows were planned."""
+
+    def start(*args, **kwargs):
+        raise Started
+
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    argv = ["--model", str(tiny_diffusers_dir), "--engines", str(bf16_folder), "--frames", "4"]
+    assert cli.main([*argv, "--backend", "onnxruntime"]) == 2
+    assert "--backend onnxruntime cannot run" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "run_workload", start)
+    with pytest.raises(Started):
+        cli.main([*argv, "--steps", "2", "--repeats", "1", "--warmup", "0"])  # backends: all, by --engines
+    left_out = "sa-bench: no onnxruntime row: t5 is bf16, which onnxruntime cannot feed"
+    assert left_out in capsys.readouterr().err
+
+
+def test_the_estimate_offers_only_what_shortens_this_run():
+    long = [Workload(1024, 100, 1, 0, 7.0)]
+    assert cli._faster(long, 5) == ("--frames 64", "--steps 10", "--warmup 0 --repeats 1")
+    assert cli._faster([Workload(64, 8, 1, 0, 1.0)], 1) == ()

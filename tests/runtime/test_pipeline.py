@@ -152,7 +152,7 @@ def test_requests_run_with_the_pipelines_device_current(pipe, monkeypatch):
 
 
 def test_a_stream_is_refused_at_the_call_not_at_its_first_piece(pipe):
-    with pytest.raises(RequestError, match="steps must be at least 1"):
+    with pytest.raises(RequestError, match=r"steps must be in \[1, 10000\]"):
         pipe.generate_stream("x", steps=0)
 
 
@@ -178,10 +178,35 @@ def test_running_out_of_memory_is_a_refusal_naming_what_shrinks_the_request(pipe
     # torch's CPU allocator's own words, as a request of 100000 clips met them.
     refused = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory"
     monkeypatch.setattr(pipeline, "allocate_request", fails(refused))
-    with pytest.raises(
-        RequestError, match=r"out of memory on cpu: 3 clip\(s\) of 64 latent frames need more"
-    ):
+    with pytest.raises(RequestError, match=r"out of memory on cpu: 3 clip\(s\) of 64 latent frames over 2"):
         pipe.generate("x", num_outputs=3, steps=2, seconds_total=1.0)
     monkeypatch.setattr(pipeline, "allocate_request", fails("a bug, not memory"))
     with pytest.raises(RuntimeError, match="a bug, not memory"):  # other failures keep their traceback
         pipe.generate("x", steps=2, seconds_total=1.0)
+
+
+def test_audio_that_comes_out_nan_is_refused_not_returned(pipe):
+    with pytest.raises(RequestError, match=r"the audio came out NaN or infinite in torch.float32"):
+        pipe.generate("x", cfg_scale=3e38, steps=2, seconds_total=0.5, window="trim")
+
+
+def test_a_stream_takes_the_overlaps_a_whole_decode_takes(pipe):
+    """An overlap wider than the stream's default pieces allow: the pieces grow to fit it."""
+    options = dict(seconds_total=2.5, steps=2, seed=4, vae_chunk=None, vae_overlap=40)
+    pieces = list(pipe.generate_stream("x", **options))
+    whole = pipe.generate("x", **options).audio
+    assert torch.cat(pieces, -1).shape == whole.shape
+    assert (torch.cat(pieces, -1) - whole).abs().max() <= 1e-4 * whole.abs().max()
+
+
+def test_a_stream_out_of_memory_is_the_same_refusal(pipe, monkeypatch):
+    from stable_audio_rt.runtime import pipeline
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(pipeline, "allocate_request", allocate)
+    with pytest.raises(
+        RequestError, match=r"out of memory on cpu: 1 clip\(s\) of 64 latent frames over 2 steps"
+    ):
+        next(pipe.generate_stream("x", steps=2, seconds_total=1.0))

@@ -22,6 +22,9 @@ BAD_VALUES = [
     (dict(steps=2.0), r"steps must be a whole number, got 2\.0 \(float\)"),
     (dict(steps=True), r"steps must be a whole number, got True"),
     (dict(steps="2"), r"steps must be a whole number, got '2' \(str\)"),
+    (dict(steps=10**30), r"steps must be in \[1, 10000\], got 10{30}"),
+    (dict(num_outputs=None), r"num_outputs must be a whole number, got None"),
+    (dict(seconds_total=np.complex128(0.5)), r"seconds_total must be a number, got"),
     (dict(num_outputs=np.float64(2)), r"num_outputs must be a whole number"),
     (dict(seed=1.5), r"seed must be a whole number, got 1\.5"),
     (dict(frames=40.5), r"frames must be a whole number"),
@@ -78,6 +81,11 @@ def test_numpy_and_torch_numbers_resolve_as_plain_ones():
     assert plain == scalars
     assert type(scalars.seed) is int and type(scalars.request.steps) is int
     assert type(scalars.request.cfg_scale) is float
+
+
+def test_one_string_given_as_the_prompts_is_one_prompt():
+    resolved = resolve_request(GenerationRequest("rain on a tin roof"), TINY)
+    assert resolved.request.prompts == ("rain on a tin roof",) and resolved.batch == 1
 
 
 @pytest.mark.parametrize("prompt", [None, 123, ["a", 2]])

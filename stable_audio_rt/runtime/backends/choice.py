@@ -45,6 +45,19 @@ def tensorrt_unusable(folder: Path, manifest: Manifest, device: torch.device) ->
     return None
 
 
+def onnxruntime_unusable(manifest: Manifest) -> str | None:
+    """Why onnxruntime cannot run the folder's graphs (bf16 types, TensorRT plugin nodes), or
+    None when it can."""
+    from stable_audio_rt.runtime.backends.onnxruntime_backend import ORT_PRECISIONS
+
+    for name, entry in manifest.components.items():
+        if entry.precision not in ORT_PRECISIONS:
+            return f"{name} is {entry.precision}, which onnxruntime cannot feed"
+        if entry.plugins:
+            return f"{name} calls TensorRT plugins, which onnxruntime cannot run"
+    return None
+
+
 def onnxruntime_has_cuda() -> bool:
     import onnxruntime as ort
 
