@@ -234,7 +234,8 @@ class StableAudio:
                 audio, latents = self._run_graph(resolved, shape, timings, on_step)
             else:
                 audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
-        if not torch.isfinite(audio).all():  # never a file of NaN, nor a silent WAV of them
+        # Never a file of NaN, nor a silent WAV of them (isfinite would compute an fp32 abs).
+        if audio.isnan().any() or audio.isinf().any():
             raise RequestError(
                 f"the audio came out NaN or infinite in {self.dtype}: a value of the request overflowed "
                 "(a guidance scale far above the usual 1–15?), or the weights hold such values"
