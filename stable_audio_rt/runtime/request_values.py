@@ -22,7 +22,7 @@ from stable_audio_rt.errors import RequestError
 if TYPE_CHECKING:
     from stable_audio_rt.runtime.requests import GenerationRequest
 
-# The request's counts (None allowed where the field defaults to None) and its real numbers.
+# The request's counts and its real numbers (None is taken where it is the field's default).
 WHOLE_FIELDS = ("steps", "seed", "num_outputs", "frames", "sample_size", "vae_overlap")
 REAL_FIELDS = (
     "seconds_total",
@@ -80,12 +80,11 @@ def prompts_of(prompt: str | Sequence[str]) -> tuple[str, ...]:
 def with_plain_values(request: GenerationRequest) -> GenerationRequest:
     """`request` with every number a plain int or finite float and the strings checked."""
     values: dict[str, object] = {"prompts": prompts_of(request.prompts)}  # one string is one prompt
-    for name in WHOLE_FIELDS:
-        value = getattr(request, name)
-        values[name] = None if value is None and name != "num_outputs" else whole_number(value, name)
-    for name in REAL_FIELDS:
-        value = getattr(request, name)
-        values[name] = None if value is None else real_number(value, name)
+    left_to_defaults = {field.name for field in dataclasses.fields(request) if field.default is None}
+    for names, plain in ((WHOLE_FIELDS, whole_number), (REAL_FIELDS, real_number)):
+        for name in names:
+            value = getattr(request, name)
+            values[name] = None if value is None and name in left_to_defaults else plain(value, name)
     if not (request.vae_chunk is None or isinstance(request.vae_chunk, str)):  # a str: "auto" or refused
         values["vae_chunk"] = whole_number(request.vae_chunk, "vae_chunk")
     negative = request.negative_prompt

@@ -24,6 +24,7 @@ BAD_VALUES = [
     (dict(steps="2"), r"steps must be a whole number, got '2' \(str\)"),
     (dict(steps=10**30), r"steps must be in \[1, 10000\], got 10{30}"),
     (dict(num_outputs=None), r"num_outputs must be a whole number, got None"),
+    (dict(seconds_start=None), r"seconds_start must be a number, got None"),  # was a TypeError from <
     (dict(seconds_total=np.complex128(0.5)), r"seconds_total must be a number, got"),
     (dict(num_outputs=np.float64(2)), r"num_outputs must be a whole number"),
     (dict(seed=1.5), r"seed must be a whole number, got 1\.5"),
