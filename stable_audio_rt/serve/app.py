@@ -477,7 +477,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         finally:
             watcher.cancel()
             generator.leave()
-        headers = {"X-Seed": str(result.seed), "X-Sample-Rate": str(result.sample_rate)}
+        headers = audio_headers(result.seed, result.sample_rate, f"seed-{result.seed}", body.response_format)
         return Response(content, media_type=RESPONSE_FORMATS[body.response_format][1], headers=headers)
 
     def found(job_id: str, answer: dict | Reading | None) -> dict | Reading:
@@ -527,7 +527,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             raise HTTPException(409, detail)
         if reading.clip is None:
             raise HTTPException(404, f"job {job_id} has {reading.clips} clip(s): no index {index}")
-        headers = {"X-Seed": str(view["seed"]), "X-Sample-Rate": str(pipe.config.sample_rate)}
+        name = f"{job_id}-{index}"
+        headers = audio_headers(view["seed"], pipe.config.sample_rate, name, reading.response_format)
         media_type = RESPONSE_FORMATS[reading.response_format][1]
         if drain is not None:
             drain.downloaded(job_id, index)
@@ -589,3 +590,13 @@ def echoed(errors: Sequence[dict]) -> list[dict]:
 def shortened(text: str) -> str:
     """`text` as a refusal echoes it: at most ECHO_LIMIT characters."""
     return text if len(text) <= ECHO_LIMIT else text[:ECHO_LIMIT] + "…"
+
+
+def audio_headers(seed: int, sample_rate: int, name: str, response_format: str) -> dict[str, str]:
+    """A clip's headers: its seed and rate, and a file name for clients that save it
+    (`curl -OJ`, browsers); the response format is the file's extension."""
+    return {
+        "X-Seed": str(seed),
+        "X-Sample-Rate": str(sample_rate),
+        "Content-Disposition": f'attachment; filename="{name}.{response_format}"',
+    }

@@ -155,6 +155,9 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "the server is stopping (draining): send new work elsewhere"},
 }
 AUDIO_CONTENT = {
-    "description": "the clip's bytes; its seed in X-Seed, its sample rate in X-Sample-Rate",
+    "description": (
+        "the clip's bytes; its seed in X-Seed, its sample rate in X-Sample-Rate, a file name in "
+        "Content-Disposition"
+    ),
     "content": {media_type: {} for _, media_type in RESPONSE_FORMATS.values()},
 }

@@ -61,6 +61,8 @@ def test_a_job_gives_the_synchronous_endpoints_audio(server):
     assert content.status_code == 200 and content.headers["content-type"] == "audio/flac"
     assert content.headers["x-seed"] == "99" and content.content == sync.content
     assert content.headers["x-sample-rate"] == "44100"  # a pcm clip's rate is known only from it
+    disposition = f'attachment; filename="{job["id"]}-0.flac"'  # what `curl -OJ` saves it as
+    assert content.headers["content-disposition"] == disposition
 
 
 def test_a_job_of_n_clips_gives_each_of_the_apis_clips(server, pipe):

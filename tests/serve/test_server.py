@@ -54,6 +54,7 @@ def test_generate_returns_the_apis_audio_for_the_same_request(server, pipe):
     response = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "audio/wav" and response.headers["x-seed"] == "1234"
+    assert response.headers["content-disposition"] == 'attachment; filename="seed-1234.wav"'
     served = _wav(response)
     assert served.shape == (int(0.5 * 44100), 2)
     alone = pipe.generate("rain on a tin roof", seed=1234, seconds_total=0.5, steps=2)
