@@ -53,6 +53,8 @@ EXAMPLES = """examples:
 SA_RUN_RANGES = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
 # The request fields whose options are named otherwise, for refusals in sa-run's terms.
 SA_RUN_NAMES = {
+    "steps": "--steps",
+    "seed": "--seed",
     "seconds_total": "--seconds",
     "seconds_start": "--start",
     "cfg_scale": "--cfg-scale",
@@ -63,6 +65,8 @@ SA_RUN_NAMES = {
     "apg_scale": "--apg-scale",
     "cfg_norm_threshold": "--cfg-norm-threshold",
     "vae_chunk": "--vae-chunk",
+    "sigma_min": "--sigma-min",
+    "sigma_max": "--sigma-max",
 }
 
 

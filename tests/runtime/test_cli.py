@@ -41,9 +41,10 @@ BAD_ARGUMENTS = [
     (["--seconds", "0"], r"--seconds must be in \(0, 2\.97\]"),  # sa-run's own names
     (["--seconds", "99"], r"--seconds must be in \(0, 2\.97\] for this model, got 99"),
     (["--start", "2", "--seconds", "1"], r"--start \(2\.0\) must be less than --seconds"),
-    (["--steps", "0"], r"steps must be in \[1, 10000\], got 0"),
+    (["--steps", "0"], r"--steps must be in \[1, 10000\], got 0"),
+    (["--seed", "-1"], r"--seed must be in \[0, 2\*\*63\), got -1"),
     (["--cfg-scale", "-1"], r"--cfg-scale must be ≥ 0"),
-    (["--sigma-max", "0.3"], r"sigma_max \(0\.3\) must be greater than sigma_min \(0\.3\)"),
+    (["--sigma-max", "0.3"], r"--sigma-max \(0\.3\) must be greater than --sigma-min \(0\.3\)"),
     (
         ["--init-audio", "{in}/tone.wav", "--init-noise-level", "0.2"],
         r"--init-noise-level \(0\.2\) must be greater",
