@@ -19,7 +19,8 @@ DtypeRequest = torch.dtype | Literal["auto"]
 # CPU features that multiply bf16 matrices in hardware, by torch.cpu.get_capabilities' names:
 # Intel AMX, AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later), Arm's BF16 and SVE
 # BF16 extensions. Without them oneDNN emulates bf16 and it is no faster than fp32.
-BF16_MATRIX_FEATURES = ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16")
+AMX_FEATURE = "amx_bf16"
+BF16_MATRIX_FEATURES = (AMX_FEATURE, "avx512_bf16", "bf16", "sve_bf16")
 
 
 def dtype_request(name: str) -> DtypeRequest:
@@ -44,7 +45,7 @@ def cpu_capabilities() -> Mapping[str, object]:
         return torch.cpu.get_capabilities()
     return {
         "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-        "amx_bf16": torch.cpu._is_amx_tile_supported(),
+        AMX_FEATURE: torch.cpu._is_amx_tile_supported(),
     }
 
 
@@ -82,9 +83,9 @@ FP32_ISLANDS: dict[str, str] = {
     "same SNR with and without it (20.4 and 19.6 s, one run each: "
     "benchmarks/results/vae_layout_cpu.json)",
     "rope": "rotary embedding applied in fp32, as stable-audio-tools' apply_rotary_pos_emb does",
-    "attention": "the DiT's attention in fp32 on a CPU where a probe at load finds it faster than "
-    "bf16 SDPA (kernels/cpu_attention.py): a bf16 step 2-3 % faster on a 2-core AVX512-BF16 EPYC "
-    "(64 and 512 frames, interleaved), the same SNR",
+    "attention": "the DiT's attention in fp32 on a CPU without AMX tiles (kernels/cpu_attention.py): "
+    "a bf16 step 2-3 % faster than bf16 SDPA on a 2-core AVX512-BF16 EPYC (64 and 512 frames, "
+    "interleaved), the same SNR",
     "timestep": "the timestep features, a σ-dependent quantity, in fp32 (reference-spec §3)",
     "sampler": "the sampler's state and update in fp32: bf16 would round x at every step",
 }

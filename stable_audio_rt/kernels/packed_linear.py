@@ -4,9 +4,11 @@ bf16: `F.linear` hands the weight to oneDNN in its plain layout, which oneDNN re
 call. Packing it once at load gives the same numbers, bit for bit, and runs a DiT step
 1.06-1.31x faster on an AVX512-BF16 AMD EPYC. fp32: `F.linear` runs MKL, which on that EPYC ran
 the DiT's products at 60-75 % of oneDNN's rate (a step 1.21-1.53x faster packed; the sums in
-another order, ~1.5e-6 relative); where MKL is as fast (Intel), packing would not pay, so fp32
-is packed only where a probe at load measures it faster (`packs`). Measured by
-`benchmarks/bench_packed_linear.py` (`benchmarks/results/packed_linear_cpu.json`).
+another order, ~1.5e-6 relative). fp32 is packed wherever oneDNN runs it, with no probe: a
+choice made by timing would give one seed different audio in two processes as the timings
+moved, and where MKL is at its best (Intel, not measured here) oneDNN's own JIT products are
+MKL-class, so packing costs nothing there. Measured by `benchmarks/bench_packed_linear.py`
+(`benchmarks/results/packed_linear_cpu.json`).
 
 The ops are the ones Inductor's freezing pass emits for linears (torch.ops.mkldnn); where this
 torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
@@ -15,19 +17,12 @@ torch lacks them or oneDNN cannot multiply bf16, the layers stay as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache, partial
 
 import torch
 from torch import nn
 
-from stable_audio_rt.runtime.timing import best_seconds
-
-# fp32 is packed when its product is at least this much faster packed than plain: a margin over
-# timing noise, so that a CPU where both run alike (MKL at its best) keeps one answer.
-FP32_PACK_MIN_SPEEDUP = 1.2
-# The probe: one 64-frame CFG step's token rows (2 × (64 frames + the global token)), best of a few.
-PROBE_ROWS = 130
-PROBE_REPEATS = 3
+# The dtypes whose CPU linears are packed (fp16 stays as it is: oneDNN's fp16 needs AVX512-FP16).
+PACKED_DTYPES = (torch.bfloat16, torch.float32)
 
 
 def onednn_runs(dtype: torch.dtype) -> bool:
@@ -71,48 +66,28 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed for oneDNN"
 
 
-@cache  # a property of this CPU and torch: measured once per process, one answer after
-def packs(dtype: torch.dtype, in_features: int, out_features: int) -> bool:
-    """Whether CPU linears of this dtype and shape are packed: bf16 always (oneDNN runs it either
-    way; packing only saves the reorder), fp32 where the packed product measures
-    FP32_PACK_MIN_SPEEDUP faster than the plain one, other dtypes never."""
-    if not packing_available(dtype):
-        return False
-    if dtype == torch.bfloat16:
-        return True
-    with torch.inference_mode():
-        plain = nn.Linear(in_features, out_features, bias=False)
-        x = torch.randn(PROBE_ROWS, in_features)
-        packed = PackedLinear(plain)
-        plain_s = best_seconds(partial(plain, x), PROBE_REPEATS)
-        return plain_s >= FP32_PACK_MIN_SPEEDUP * best_seconds(partial(packed, x), PROBE_REPEATS)
+def packs(dtype: torch.dtype) -> bool:
+    """Whether CPU linears of `dtype` are packed: bf16 and fp32 wherever this torch and CPU run
+    oneDNN's packed linear in it, other dtypes never."""
+    return dtype in PACKED_DTYPES and packing_available(dtype)
 
 
-def pack_linears_(module: nn.Module, decide: Callable[[torch.dtype, int, int], bool] = packs) -> int:
+def pack_linears_(module: nn.Module, decide: Callable[[torch.dtype], bool] = packs) -> int:
     """Replace the CPU `nn.Linear`s inside `module` whose dtype `decide` packs (default: `packs`)
-    with `PackedLinear`s, in place; one decision per dtype, on its largest layer's shape. Returns
-    how many were packed."""
+    with `PackedLinear`s, in place. Returns how many were packed."""
     linears = [
         (parent, name, child)
         for parent in module.modules()
         for name, child in parent.named_children()
-        if type(child) is nn.Linear and child.weight.device.type == "cpu"
+        if type(child) is nn.Linear and child.weight.device.type == "cpu" and decide(child.weight.dtype)
     ]
-    by_dtype: dict[torch.dtype, list[tuple[nn.Module, str, nn.Linear]]] = {}
-    for found in linears:
-        by_dtype.setdefault(found[2].weight.dtype, []).append(found)
-    packed = 0
-    for dtype, group in by_dtype.items():
-        largest = max((child for _, _, child in group), key=lambda child: child.weight.numel())
-        if decide(dtype, largest.in_features, largest.out_features):
-            for parent, name, child in group:
-                setattr(parent, name, PackedLinear(child))
-            packed += len(group)
-    return packed
+    for parent, name, child in linears:
+        setattr(parent, name, PackedLinear(child))
+    return len(linears)
 
 
 def linear_as_run(in_features: int, out_features: int, dtype: torch.dtype) -> nn.Module:
     """A random bias-free CPU linear of this shape as a loaded model runs it (packed where `packs`
     says so): what the CPU's rate probes time."""
     linear = nn.Linear(in_features, out_features, bias=False, dtype=dtype)
-    return PackedLinear(linear) if packs(dtype, in_features, out_features) else linear
+    return PackedLinear(linear) if packs(dtype) else linear

@@ -5,11 +5,12 @@ the torch maths (SDPA attention, eager Snake: the reference path) otherwise. "co
 SDPA, and on the CPU:
 - loads the VAE channels-last (`OobleckVAE.use_channels_last_`), each residual add fused into
   its convolution (`conv_add`);
-- runs the DiT's attention in fp32 where a probe at load finds it faster than SDPA in the
-  model's dtype (`cpu_attention`: 2-3 % of a bf16 step on a 2-core EPYC);
-- packs the DiT's and T5's linear weights for oneDNN once where that runs faster
-  (`packed_linear`: bf16 always, the same numbers; fp32 where MKL is slower, 1.2-1.5x faster
-  steps on an AMD EPYC);
+- runs the DiT's attention in fp32 in an fp32 model, and in a bf16 one on a CPU without AMX
+  tiles (`cpu_attention`: 2-3 % of a bf16 step on a 2-core EPYC);
+- packs the DiT's and T5's linear weights for oneDNN once wherever oneDNN runs their dtype
+  (`packed_linear`: bf16, the same numbers; fp32, 1.2-1.5x faster steps on an AMD EPYC, where
+  MKL is slower). Both choices are made from the dtype and the CPU's features, never from a
+  timing, so one seed gives one audio in every process;
 - fuses Snake with torch.compile (Inductor: one C++ loop on the CPU instead of five passes over
   the VAE's largest activations, 2.5× faster in fp32 and 10× in bf16 on a 2-core EPYC; it needs
   a C compiler, costs a few seconds once, and falls back to eager with a warning without one).

@@ -136,7 +136,7 @@ class AttentionFunctions:
 
 
 SDPA = AttentionFunctions()
-# The CPU's pair where it runs faster (kernels/cpu_attention.py decides; a bf16 DiT step 2-3 %
+# The CPU's pair where it runs faster (kernels/cpu_attention.py chooses; a bf16 DiT step 2-3 %
 # faster on a 2-core AVX512-BF16 EPYC), the rotated q and k not rounded to bf16 on the way.
 # precision.FP32_ISLANDS names it.
 FP32_SDPA = AttentionFunctions(fp32_self_attention, fp32_cross_attention)

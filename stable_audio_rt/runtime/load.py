@@ -95,7 +95,7 @@ class LoadPlan:
         use_kernels(options.kernels, loaded.dit, loaded.vae)
         if self.device.type == "cpu" and options.kernels == "compiled":
             use_onednn_vae_(loaded.vae, options.dtype)
-            loaded.dit.set_attention(cpu_attention(loaded.config, options.dtype))
+            loaded.dit.set_attention(cpu_attention(options.dtype))
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)

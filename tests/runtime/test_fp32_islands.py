@@ -18,7 +18,7 @@ from stable_audio_rt.models.attention import (
 from stable_audio_rt.models.conditioners import T5TextEncoder
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.vae import Snake
-from stable_audio_rt.precision import FP32_ISLANDS
+from stable_audio_rt.precision import AMX_FEATURE, FP32_ISLANDS
 from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DpmPP3MSDE
@@ -54,8 +54,9 @@ class Fp32Arithmetic(TorchDispatchMode):
 
 @pytest.mark.parametrize("kernels", ["torch", "compiled"])
 def test_a_bf16_request_computes_in_fp32_only_in_named_islands(monkeypatch, kernels):
-    # The compiled path as on a CPU where fp32 attention pays (its island); the torch maths keep SDPA.
-    monkeypatch.setattr(cpu_attention, "fp32_attention_pays", lambda *geometry: True)
+    # The compiled path as on a CPU without AMX tiles (fp32 attention, its island); the torch maths
+    # keep SDPA.
+    monkeypatch.setattr(cpu_attention, "cpu_capabilities", lambda: {AMX_FEATURE: False})
     pipe = StableAudio.from_pretrained("tiny-random", device="cpu", dtype=torch.bfloat16, kernels=kernels)
     dit = pipe.components.model.dit
     assert dit.attention is (FP32_SDPA if kernels == "compiled" else SDPA)
