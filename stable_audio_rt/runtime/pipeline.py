@@ -234,18 +234,21 @@ class StableAudio:
                 audio, latents = self._run_graph(resolved, shape, timings, on_step)
             else:
                 audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
-        # Never a file of NaN, nor a silent WAV of them (isfinite would compute an fp32 abs).
+        self._refuse_non_finite(audio)
+        rate, results = self.config.sample_rate, []
+        with _stage(timings, "postprocess", audio.device):
+            for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
+                clip = audio[rows, :, one.clip(rate)].contiguous()
+                results.append(GenerationResult(clip, rate, one.seed, latents[rows], dict(timings)))
+        return results
+
+    def _refuse_non_finite(self, audio: torch.Tensor) -> None:
+        """Never a file of NaN, nor a silent WAV of them (isfinite would compute an fp32 abs)."""
         if audio.isnan().any() or audio.isinf().any():
             raise RequestError(
                 f"the audio came out NaN or infinite in {self.dtype}: a value of the request overflowed "
                 "(a guidance scale far above the usual 1–15?), or the weights hold such values"
             )
-        rate, results = self.config.sample_rate, []
-        with _stage(timings, "postprocess", audio.device):
-            for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
-                clip = audio[rows, :, one.clip(rate)].contiguous()
-                results.append(GenerationResult(clip, rate, one.seed, latents[rows], timings))
-        return results
 
     def batch_key(self, resolved: ResolvedRequest) -> BatchKey | None:
         """Requests with equal keys can run as one batch (`run_batch`); None: only alone."""
@@ -280,10 +283,11 @@ class StableAudio:
         position = 0
         while True:
             # Each piece decoded on the device, without grad; between pieces the caller has the thread.
-            with torch.no_grad(), on_device(self.device):
+            with torch.no_grad(), on_device(self.device), _out_of_memory_refused(shape, self.device):
                 piece = next(pieces, None)
             if piece is None:
                 return
+            self._refuse_non_finite(piece)
             lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
             if lo < hi:
                 yield piece[..., lo - position : hi - position].float().cpu()

@@ -1,6 +1,7 @@
 """The pipeline end to end on the tiny random model (CPU): modes, windows, files, determinism
 (the region's capture discipline is tests/runtime/test_capturability.py)."""
 
+import itertools
 import math
 
 import numpy as np
@@ -188,6 +189,8 @@ def test_running_out_of_memory_is_a_refusal_naming_what_shrinks_the_request(pipe
 def test_audio_that_comes_out_nan_is_refused_not_returned(pipe):
     with pytest.raises(RequestError, match=r"the audio came out NaN or infinite in torch.float32"):
         pipe.generate("x", cfg_scale=3e38, steps=2, seconds_total=0.5, window="trim")
+    with pytest.raises(RequestError, match=r"the audio came out NaN or infinite in torch.float32"):
+        next(pipe.generate_stream("x", cfg_scale=3e38, steps=2, seconds_total=0.5, window="trim"))
 
 
 def test_a_stream_takes_the_overlaps_a_whole_decode_takes(pipe):
@@ -210,3 +213,16 @@ def test_a_stream_out_of_memory_is_the_same_refusal(pipe, monkeypatch):
         RequestError, match=r"out of memory on cpu: 1 clip\(s\) of 64 latent frames over 2 steps"
     ):
         next(pipe.generate_stream("x", steps=2, seconds_total=1.0))
+    monkeypatch.undo()
+    # The decode's pieces too: on the CPU the decoder's activations are the request's largest.
+    decode_chunks = pipeline.decode_chunks
+
+    def decoding(*args, **kwargs):
+        yield from itertools.islice(decode_chunks(*args, **kwargs), 1)
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(pipeline, "decode_chunks", decoding)
+    stream = pipe.generate_stream("x", steps=2, seconds_total=2.5, vae_chunk=24, window="trim")
+    assert next(stream).shape[-1] > 0
+    with pytest.raises(RequestError, match=r"out of memory on cpu: 1 clip\(s\) of \d+ latent frames"):
+        next(stream)
