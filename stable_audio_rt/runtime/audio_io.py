@@ -88,11 +88,13 @@ def samples_read_for(length: int, rate: int, target_rate: int) -> int:
 
 
 def to_model_audio(
-    audio: np.ndarray, rate: int, target_rate: int, length: int, what: str = "audio"
+    audio: np.ndarray, rate: int, target_rate: int, length: int, channels: int, what: str = "audio"
 ) -> torch.Tensor:
-    """(channels, samples) at `rate` → (2, length) float32 at `target_rate`: resampled with soxr
-    (only the part the `length` needs, so a long or low-rate clip costs no more than a short
-    one), mono duplicated to stereo, zero-padded or cropped at the end."""
+    """(channels, samples) at `rate` → (`channels`, length) float32 at `target_rate`: resampled
+    with soxr (only the part the `length` needs, so a long or low-rate clip costs no more than a
+    short one), its channels made the model's as stable-audio-tools' `set_audio_channels` does
+    (mono duplicated for a stereo model, stereo averaged for a mono one), zero-padded or cropped
+    at the end. More than two channels are refused: most often a (samples, channels) array."""
     if audio.ndim != 2 or audio.shape[0] not in (1, 2):
         raise AudioFileError(f"{what} has shape {audio.shape}; give mono or stereo (channels, samples)")
     audio = audio[:, : samples_read_for(length, rate, target_rate)]
@@ -100,9 +102,11 @@ def to_model_audio(
         import soxr
 
         audio = soxr.resample(audio.T, rate, target_rate).T
-    if audio.shape[0] == 1:
-        audio = np.repeat(audio, 2, axis=0)
-    out = np.zeros((2, length), dtype=np.float32)
+    if channels == 1:
+        audio = audio.mean(axis=0, keepdims=True)
+    elif audio.shape[0] == 1:
+        audio = np.repeat(audio, channels, axis=0)
+    out = np.zeros((channels, length), dtype=np.float32)
     n = min(length, audio.shape[1])
     out[:, :n] = audio[:, :n]
     return torch.from_numpy(out)

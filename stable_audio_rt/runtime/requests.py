@@ -100,8 +100,8 @@ class ResolvedRequest:
     seconds_total: float
     frames: int  # latent frames of the denoised window
     start_level: float  # the schedule's start: σmax (v) or first time t (rf); audio-to-audio: its level
-    init_audio: torch.Tensor | None  # (2, frames · ratio) at the model rate
-    inpaint_audio: torch.Tensor | None  # (2, frames · ratio)
+    init_audio: torch.Tensor | None  # (audio channels, frames · ratio) at the model rate
+    inpaint_audio: torch.Tensor | None  # (audio channels, frames · ratio)
     inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
 
     def clip(self, sample_rate: int) -> slice:
@@ -310,7 +310,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
 
     init_audio = inpaint_audio = inpaint_keep = None
     if reference is not None:
-        audio = to_model_audio(*reference, rate, window_samples, what)
+        audio = to_model_audio(*reference, rate, window_samples, config.vae.audio_channels, what)
         if request.init_audio is not None:
             init_audio = audio
         else:

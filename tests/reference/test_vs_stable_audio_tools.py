@@ -27,6 +27,7 @@ from numerics import rel_error
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.models.config import TINY
+from stable_audio_rt.runtime.audio_io import to_model_audio
 from stable_audio_rt.runtime.pipeline import StableAudio
 
 # The reference's T5 conditioner sizes itself from the model name: "t5-small" is 512 wide, so
@@ -160,3 +161,15 @@ def test_latents_match_stable_audio_tools(case, reference_model, ours, generator
     )
     assert np.isfinite(result.latents.numpy()).all()
     assert rel_error(result.latents, expected.float()) <= LATENT_REL_TOL
+
+
+@pytest.mark.parametrize("given,model", [(1, 2), (2, 2), (1, 1), (2, 1)])
+def test_a_reference_clip_takes_the_models_channels_as_stable_audio_tools_does(given, model):
+    """Mono duplicated for a stereo model, stereo averaged for a mono one: `set_audio_channels`."""
+    _import_reference()
+    from stable_audio_tools.inference.utils import set_audio_channels
+
+    rate = 44100
+    clip = np.random.default_rng().uniform(-1, 1, (given, rate)).astype(np.float32)
+    ours = to_model_audio(clip, rate, rate, rate, channels=model)
+    assert torch.equal(ours, set_audio_channels(torch.from_numpy(clip)[None], model)[0])
