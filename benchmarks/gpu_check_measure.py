@@ -135,7 +135,7 @@ def dit_floor(pipe: StableAudio, row: dict, steps: int, gemm_rates: dict) -> dic
     context = config.conditioning.context_tokens
     key = f"{pipe.dtype} {rows}x{row['frames']}"
     if key not in gemm_rates:
-        gemms = dit_step_gemms(config.dit, rows, row["frames"], context)
+        gemms = dit_step_gemms(config.dit, rows, row["frames"])
         gemm_rates[key] = torch_gemm_rate(gemms, pipe.device, pipe.dtype).gflops_per_s
     floor_s = dit_step_flops(config.dit, rows, row["frames"], context) / (gemm_rates[key] * 1e9)
     sampling = row["stages_s"].get("sampling")

@@ -520,9 +520,7 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
     name = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
     key = f"{name} {rows}x{workload.frames}"
     if key not in cache:
-        gemms = flop_counts.dit_step_gemms(
-            config.dit, rows, workload.frames, config.conditioning.context_tokens
-        )
+        gemms = flop_counts.dit_step_gemms(config.dit, rows, workload.frames)
         rate = (
             onnxruntime_gemm_rate(gemms)
             if library == "onnxruntime"

@@ -35,8 +35,9 @@ class Gemm:
         return matmul(self.m, self.k, self.n) * self.count
 
 
-def dit_step_gemms(dit: DiTConfig, rows: int, frames: int, context_tokens: int) -> list[Gemm]:
-    """The weight products of one DiT call on `rows` rows of `frames` latent frames."""
+def dit_step_gemms(dit: DiTConfig, rows: int, frames: int) -> list[Gemm]:
+    """The weight products of one DiT call on `rows` rows of `frames` latent frames (the
+    context's K and V are made once per request: `dit_precompute_flops`)."""
     tokens = rows * (frames + 1)  # the prepended global token
     d, c = dit.embed_dim, dit.io_channels
     return [
@@ -61,7 +62,7 @@ def dit_step_attention_flops(dit: DiTConfig, rows: int, frames: int, context_tok
 
 
 def dit_step_flops(dit: DiTConfig, rows: int, frames: int, context_tokens: int) -> int:
-    gemms = sum(g.flops for g in dit_step_gemms(dit, rows, frames, context_tokens))
+    gemms = sum(g.flops for g in dit_step_gemms(dit, rows, frames))
     return gemms + dit_step_attention_flops(dit, rows, frames, context_tokens)
 
 

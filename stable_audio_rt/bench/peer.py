@@ -14,15 +14,14 @@ from pathlib import Path
 import torch
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.config import T5_BASE, StableAudioConfig
 from stable_audio_rt.models.random_init import TOKENIZER_VOCAB_SIZE, build_tokenizer
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_SIGMA_MAX, DEFAULT_SIGMA_MIN
 
-# t5-base's shape (Stable Audio Open 1.0's text encoder) where the conditioning is 768 wide.
-T5_BASE = {"d_kv": 64, "ff_mult": 4, "layers": 12}
 # Stable Audio Open 1.0's scheduler as the diffusers pipeline ships it.
 SCHEDULER = {
-    "sigma_min": 0.3,
-    "sigma_max": 500.0,
+    "sigma_min": DEFAULT_SIGMA_MIN,
+    "sigma_max": DEFAULT_SIGMA_MAX,
     "solver_order": 2,
     "prediction_type": "v_prediction",
     "sigma_data": 1.0,
@@ -140,14 +139,14 @@ def build_peer(config: StableAudioConfig, frames: int, folder: Path) -> Peer:
 
     diffusers = _diffusers()
     cond = config.conditioning
-    wide = cond.cond_dim == 768
-    d_kv = T5_BASE["d_kv"] if wide else cond.cond_dim // 4
+    wide = cond.cond_dim == T5_BASE.d_model  # t5-base's shape there, a small stand-in elsewhere
+    d_kv = T5_BASE.d_kv if wide else cond.cond_dim // 4
     t5 = T5Config(
         vocab_size=TOKENIZER_VOCAB_SIZE,
         d_model=cond.cond_dim,
         d_kv=d_kv,
-        d_ff=T5_BASE["ff_mult"] * cond.cond_dim,
-        num_layers=T5_BASE["layers"] if wide else 2,
+        d_ff=T5_BASE.d_ff // T5_BASE.d_model * cond.cond_dim,
+        num_layers=T5_BASE.layers if wide else 2,
         num_heads=cond.cond_dim // d_kv,
         feed_forward_proj="relu",
     )

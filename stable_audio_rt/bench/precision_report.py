@@ -29,14 +29,19 @@ from stable_audio_rt.runtime import region
 from stable_audio_rt.runtime.backends.protocols import StepModel
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
-from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import sigma_to_t, step_table
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
+    DEFAULT_SIGMA_MAX,
+    DEFAULT_SIGMA_MIN,
+    sigma_to_t,
+    step_table,
+)
 from stable_audio_rt.runtime.sampling.pingpong import pingpong_table
 from stable_audio_rt.runtime.sampling.state import HISTORY
 from stable_audio_rt.runtime.sampling.step import sampler_step
 
 # The issue's levels, in the order a sampler visits them: SAO 1.0's σmax and σmin and two
 # between; for rectified flow, near noise, the middle and near the data.
-V_SIGMAS = (500.0, 100.0, 10.0, 0.3)
+V_SIGMAS = (DEFAULT_SIGMA_MAX, 100.0, 10.0, DEFAULT_SIGMA_MIN)
 RF_TIMES = (0.9, 0.5, 0.1)
 T5_STAGE, DECODE_STAGE = "t5", "decode"
 T5_WHAT = "conditioning as the DiT receives it: T5 context + number tokens, and the global condition"

@@ -112,6 +112,20 @@ class NumberConditionerConfig:
 
 
 @dataclass(frozen=True)
+class T5Dims:
+    """A T5 encoder's shape, for FLOP counts and stand-ins where its own config is not at hand."""
+
+    d_model: int
+    d_kv: int
+    d_ff: int
+    layers: int
+
+
+# t5-base, the text encoder of both models (reference-spec §6; its Hugging Face config).
+T5_BASE = T5Dims(d_model=768, d_kv=64, d_ff=3072, layers=12)
+
+
+@dataclass(frozen=True)
 class ConditioningConfig:
     """T5 prompt + number conditioners, and how they feed the DiT (reference-spec §6)."""
 
@@ -191,6 +205,11 @@ class StableAudioConfig:
     @property
     def latent_frames(self) -> int:
         return self.sample_size // self.vae.downsampling_ratio
+
+    @property
+    def max_seconds(self) -> float:
+        """The model's window in seconds: the longest clip it makes."""
+        return self.sample_size / self.sample_rate
 
 
 STABLE_AUDIO_OPEN_1_0 = StableAudioConfig()

@@ -17,15 +17,15 @@ import torch
 from stable_audio_rt.bench.flops import matmul, request_flops
 from stable_audio_rt.bench.runner import Workload
 from stable_audio_rt.kernels.packed_linear import linear_as_run
-from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.models.config import T5_BASE, StableAudioConfig
 from stable_audio_rt.precision import NAMES, choose_dtype
 from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, window_frames
 from stable_audio_rt.runtime.timing import best_seconds
 
 # A request whose floor reaches this is announced (seconds).
 ANNOUNCE_FROM_S = 60.0
-# t5-base, the text encoder of both models (reference-spec §6): d_model, d_ff, layers.
-T5_BASE_DIMS = (768, 3072, 12)
+# t5-base's (d_model, d_ff, layers), as the FLOP counts take them.
+T5_BASE_DIMS = (T5_BASE.d_model, T5_BASE.d_ff, T5_BASE.layers)
 # The probe: the DiT feed-forward's product at this many token rows, timed a few times.
 PROBE_ROWS = 512
 PROBE_REPEATS = 3

@@ -39,7 +39,7 @@ def inpaint_mask(
     exactly one of the range lists must then be non-empty, each range within the reference and
     the model's window (what lies past it is never generated). `source` names the reference in
     messages (its path, or its upload field)."""
-    model_rate, window_seconds = config.sample_rate, config.sample_size / config.sample_rate
+    model_rate, window_seconds = config.sample_rate, config.max_seconds
     if reference is None:
         if keep_ranges or inpaint_ranges:
             raise RequestError(f"{names.keep}/{names.inpaint} need {names.audio}")

@@ -47,6 +47,8 @@ WINDOWS: tuple[Window, ...] = ("full", "trim")
 AudioInput = str | Path | tuple[np.ndarray | torch.Tensor, int]
 # stable-audio-tools draws seeds in [0, 2**32 − 1).
 SEED_HIGH = 2**32 - 1
+# The seeds a request may give: [0, 2**63), what torch.Generator.manual_seed takes as given.
+SEED_LIMIT = 2**63
 # The most sampler steps a request may take: a hundred times SAO 1.0's default (reference-spec
 # §3); each step's table row and noise are allocated with the request.
 MAX_STEPS = 10_000
@@ -163,7 +165,7 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError(f"cfg_scale must be ≥ 0, got {request.cfg_scale}")
     if request.num_outputs < 1:
         raise RequestError(f"num_outputs must be at least 1, got {request.num_outputs}")
-    if request.seed is not None and not 0 <= request.seed < 2**63:
+    if request.seed is not None and not 0 <= request.seed < SEED_LIMIT:
         raise RequestError(f"seed must be in [0, 2**63), got {request.seed}")
     if request.window not in WINDOWS:
         raise RequestError(f"window must be one of {WINDOWS}, got {request.window!r}")
@@ -261,7 +263,7 @@ def resolve_request_as(
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
     """Check `request` against the model's limits and make every quantity concrete."""
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
-    max_seconds = config.sample_size / rate
+    max_seconds = config.max_seconds
     request = with_model_defaults(with_plain_values(request), config)
     _check_ranges(request, max_seconds)
     _check_model_support(request, config)

@@ -433,7 +433,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
                 "id": settings.model_name,
                 "object": "model",
                 "sample_rate": config.sample_rate,
-                "max_seconds": config.sample_size / config.sample_rate,
+                "max_seconds": config.max_seconds,
                 "backend": type(pipe.components).__name__,
                 "device": str(pipe.device),
             }],

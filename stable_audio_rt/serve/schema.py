@@ -13,13 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.runtime.inpaint_ranges import Range, RangeNames, inpaint_mask
-from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest
+from stable_audio_rt.runtime.requests import SEED_LIMIT, WINDOWS, GenerationRequest
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_INIT_NOISE_LEVEL
 from stable_audio_rt.runtime.sampling.guidance import DEFAULT_APG_SCALE, GUIDANCE_KINDS
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
 
-# The seed range sa-run accepts (requests.py): [0, 2**63).
-SEED_LIMIT = 2**63
 # response_format → (soundfile format, media type). Raw PCM is little-endian (as OpenAI's and
 # vLLM-Omni's "pcm"), so not audio/L16, which is big-endian by RFC 2586.
 RESPONSE_FORMATS = {

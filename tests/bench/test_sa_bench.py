@@ -175,7 +175,7 @@ def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, monkeypat
     from stable_audio_rt.bench import gemm
     from stable_audio_rt.bench.flops import dit_step_gemms
 
-    gemms = dit_step_gemms(TINY.dit, 2, 8, TINY.conditioning.context_tokens)
+    gemms = dit_step_gemms(TINY.dit, 2, 8)
     shapes, times = [], iter(1e-4 * (k + 1) for k in range(len(gemms)))
 
     def timed(product, repeats):
