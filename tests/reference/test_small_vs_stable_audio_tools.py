@@ -19,11 +19,13 @@ from checkpoints import sat_model_config
 from numerics import rel_error
 from reference_path import REFERENCE_PATH
 from safetensors.torch import save_file
+from seeding import SEED
 from test_vs_stable_audio_tools import REFERENCE_T5_NAME, _import_reference
 
 from stable_audio_rt.models.config import TINY_SMALL
 from stable_audio_rt.models.random_init import random_model, randomize_
 from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.sampling.pingpong import LOGSNR_END, LOGSNR_START, logsnr_shifted_times
 
 # Small's structure (TINY_SMALL) with 512-wide conditioning, because the reference sizes its T5
 # conditioner from the name "t5-small".
@@ -146,3 +148,21 @@ def test_exported_small_runs_in_onnxruntime_like_torch(checkpoint, tmp_path):
     torch_backend = StableAudio.from_pretrained(folder, device="cpu", **REFERENCE_PATH)
     from_torch = torch_backend.generate(["rain on a tin roof", "warm synth pad"], **options)
     assert rel_error(from_graphs.latents, from_torch.latents) <= LATENT_REL_TOL
+
+
+# Fresh each run from the run's seed (replayed by SA_TEST_SEED).
+RANDOM_STEPS = int(np.random.default_rng(SEED).integers(1, 200))
+RANDOM_T_MAX = float(np.random.default_rng(SEED + 1).uniform(0.05, 1.0))
+
+
+@pytest.mark.parametrize("steps", [8, RANDOM_STEPS])
+@pytest.mark.parametrize("t_max", [1.0, 0.7, RANDOM_T_MAX])
+def test_the_rf_times_equal_the_references_bit_for_bit(steps, t_max):
+    """Small's schedule (its default run, an audio-to-audio one, a random one) against
+    stable-audio-tools' build_schedule with the LogSNRShift Small's config names."""
+    _import_reference()
+    from stable_audio_tools.inference.sampling import LogSNRShift, build_schedule
+
+    shift = LogSNRShift(rate=0.0, anchor_logsnr=LOGSNR_START, logsnr_end=LOGSNR_END)  # rate 0: any length
+    reference = build_schedule(steps, t_max, dist_shift=shift, fallback_seq_len=SMALL_CONFIG.latent_frames)
+    assert logsnr_shifted_times(steps, t_max).tolist() == reference.tolist()
