@@ -7,7 +7,8 @@ The tiny random model (timings here measure the server, not the model), two step
 second per request. Phases: warm-up; `--sequential` requests one after another (latency p50 and
 p99, throughput, resident memory after the warm-up and at the end); then `--clients` clients at
 once, one request each (every answer's status counted). Generation runs one request at a time
-(no dynamic batching yet), so concurrent clients queue.
+(ServeSettings' default: no dynamic batching; benchmarks/serve_batching.py measures it), so
+concurrent clients queue.
 """
 
 from __future__ import annotations

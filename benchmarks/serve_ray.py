@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     body = {"input": "rain on a tin roof", "audio_length": args.seconds, "num_inference_steps": args.steps}
     rows = []
-    ray.init(num_cpus=max(cpus_needed, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1")  # fmt: skip
+    ray_serve.start_local_ray(num_cpus=max(cpus_needed, os.cpu_count() or 1), log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         for replicas, cpus in args.layouts:

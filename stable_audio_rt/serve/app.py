@@ -286,6 +286,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         pipe, settings.max_queue, metrics, settings.max_batch, settings.batch_wait_ms / MS_PER_S
     )
 
+    # Every request admitted may wait for the model in a thread of its own (and the job worker's
+    # batch besides): threads of their own, so that however long the queue, the shared pool
+    # (40 threads) stays free to check new bodies and refuse them at once.
+    model_threads = settings.max_queue + settings.max_batch
+
     async def encoded(
         resolved: ResolvedRequest, response_format: str, on_step: StepCallback
     ) -> tuple[list[bytes], GenerationResult]:
@@ -293,7 +298,9 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         began = time.perf_counter()
         try:
             file_format = RESPONSE_FORMATS[response_format][0]
-            contents, result = await anyio.to_thread.run_sync(generator.run, resolved, file_format, on_step)
+            contents, result = await anyio.to_thread.run_sync(
+                generator.run, resolved, file_format, on_step, limiter=app.state.model_threads
+            )
         except StableAudioError:  # the request's own fault (an engine's profile): 422
             raise
         except Stopped:
@@ -366,6 +373,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.model_threads = anyio.CapacityLimiter(model_threads)  # made in the server's loop
         working = asyncio.create_task(worker.work())
         yield
         # Shutdown: after a drain (draining.py) nothing is left to run; after a second signal,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import threading
 from collections.abc import Hashable
@@ -28,6 +29,7 @@ from ray import serve
 from ray.serve.config import AutoscalingContext
 from ray.serve.handle import DeploymentHandle
 
+from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
@@ -45,8 +47,13 @@ JOB_LEASE_S = 10.0
 READ_HEADROOM = 32
 # Calls the job board takes at once: every replica's claim (a long poll), reports and reads.
 BOARD_MAX_ONGOING = 1000
-# Where a Ray started by sa-serve --ray (no --address) listens: this machine only.
+# A Ray started by sa-serve --ray (no --address) listens on this machine only. Ray turns a
+# loopback node address into the machine's network one (`_node_ip_address="127.0.0.1"` changes
+# nothing), so its GCS, raylets and workers would listen on every interface; with its
+# cluster mode off, the switch Ray keeps for single-machine Windows and macOS, the node is
+# 127.0.0.1 and every one of its ports is bound there (checked with `ss -ltn`, Ray 2.60).
 LOCAL_RAY_ADDRESS = "127.0.0.1"
+SINGLE_MACHINE_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # How long a stopping replica may take to finish the jobs it runs without --job-timeout-s
 # (seconds); past it, Ray stops it and the board's lease queues them again.
 DRAIN_TIMEOUT_S = 600.0
@@ -191,7 +198,7 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
     import ray
 
     if args.address is None:  # a Ray of this process alone: nothing else may join it
-        ray.init(include_dashboard=False, _node_ip_address=LOCAL_RAY_ADDRESS)
+        start_local_ray()
     else:
         ray.init(address=args.address)
     stop = threading.Event()  # after ray.init, whose own SIGTERM handler would kill the replicas
@@ -214,3 +221,21 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
         else:
             serve.delete(APP_NAME)
         ray.shutdown()
+
+
+def start_local_ray(**options: Any) -> None:
+    """`ray.init(**options)` for a Ray of this machine alone, every port of it on 127.0.0.1
+    (see SINGLE_MACHINE_VARIABLE); refused if Ray still chose another address."""
+    import ray
+    from ray._private import ray_constants
+
+    os.environ[SINGLE_MACHINE_VARIABLE] = "0"  # for the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at each call: Ray may be imported already
+    ray.init(include_dashboard=False, **options)
+    node = ray.util.get_node_ip_address()
+    if node != LOCAL_RAY_ADDRESS:
+        ray.shutdown()
+        raise ConfigError(
+            f"this Ray ({ray.__version__}) put its node on {node}, not {LOCAL_RAY_ADDRESS}: it would "
+            "listen beyond this machine; start a Ray cluster yourself and give --address"
+        )

@@ -59,7 +59,7 @@ ONE_SAMPLE_STEP = 1
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray_serve.start_local_ray(num_cpus=4, log_to_driver=False)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -114,6 +114,31 @@ def test_the_config_files_name_this_builder_and_sa_serves_options():
     service = yaml.safe_load(RAYSERVICE.read_text())
     assert service["kind"] == "RayService"
     assert yaml.safe_load(service["spec"]["serveConfigV2"])["applications"] == config["applications"]
+
+
+# Loopback in /proc/net/tcp and tcp6's hex: 127.0.0.1, and the same as a v4-mapped v6 address.
+LOOPBACK_HEX = ("0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
+LISTEN_STATE = "0A"
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as /proc writes them) of sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == LISTEN_STATE and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_local_ray_listens_on_this_machine_only(cluster):
+    # Ray would have taken the machine's network address, and bound every interface with it.
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    gcs = ray.get_runtime_context().gcs_address
+    addresses = _listening_addresses(int(gcs.rsplit(":", 1)[1]))
+    assert gcs.startswith("127.0.0.1:") and addresses and addresses <= set(LOOPBACK_HEX), addresses
 
 
 def test_both_replicas_answer_with_one_servers_bytes(cluster, pipe):

@@ -213,6 +213,34 @@ def test_a_full_queue_answers_429_and_the_waiting_request_completes(server):
     assert answers["first"].status_code == 200 and generator.waiting == 0
 
 
+def test_a_long_queue_leaves_threads_to_check_and_refuse_new_requests(pipe):
+    """More requests waiting for the model than anyio's shared pool has threads (40): a bad body
+    is still refused at once, while they all wait."""
+    waiting_count = 45
+    with serving(pipe, max_queue=waiting_count + 5) as running:
+        generator, answers = running.app.state.generator, []
+        body = {"input": "x", "audio_length": 0.1, "num_inference_steps": 1}
+        with generator.lock:  # the model is busy: every request waits in a thread
+            clients = [
+                threading.Thread(
+                    target=lambda: answers.append(
+                        httpx.post(f"{running.url}/v1/audio/generate", json=body, timeout=300).status_code
+                    )
+                )
+                for _ in range(waiting_count)
+            ]
+            for client in clients:
+                client.start()
+            _until(lambda: generator.waiting == waiting_count, "the requests never all queued", 120)
+            refused = httpx.post(
+                f"{running.url}/v1/audio/generate", json={"input": "x", "seed": -1}, timeout=60
+            )
+            assert refused.status_code == 422 and generator.waiting == waiting_count
+        for client in clients:
+            client.join(timeout=300)
+    assert answers == [200] * waiting_count
+
+
 def _until(condition, what: str, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
