@@ -61,8 +61,10 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
     return path
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Any format soundfile reads → (channels, samples) float32 and its sample rate."""
+def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    """Any format soundfile reads → (channels, samples) float32 and its sample rate. With
+    `window` = (samples, rate), the model's window, only as far as it reaches is read (with the
+    resampler's context): an hour of compressed silence would otherwise decode to gigabytes."""
     path = Path(path)
     if path.is_dir():
         raise AudioFileError(f"{path} is a folder: give an audio file")
@@ -71,7 +73,10 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as sound:
+            rate = sound.samplerate
+            frames = -1 if window is None else samples_read_for(window[0], rate, window[1])
+            data = sound.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioFileError(f"cannot read {path} as audio ({e}); give a WAV, FLAC, OGG or MP3 file") from e
     if data.shape[0] == 0:

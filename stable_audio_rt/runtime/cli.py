@@ -288,7 +288,7 @@ def _inpaint_mask(args: argparse.Namespace, config: StableAudioConfig) -> np.nda
     """--keep-range / --inpaint-range → a keep mask at the model rate over the inpaint audio."""
     reference = None
     if args.inpaint_audio is not None:
-        samples, rate = read_audio(args.inpaint_audio)
+        samples, rate = read_audio(args.inpaint_audio, (config.sample_size, config.sample_rate))
         reference = (samples.shape[-1], rate)
     return inpaint_mask(
         reference, args.keep_range, args.inpaint_range, config, SA_RUN_RANGES, str(args.inpaint_audio)

@@ -49,6 +49,9 @@ AudioInput = str | Path | tuple[np.ndarray | torch.Tensor, int]
 SEED_HIGH = 2**32 - 1
 # The seeds a request may give: [0, 2**63), what torch.Generator.manual_seed takes as given.
 SEED_LIMIT = 2**63
+# The loudest reference sample taken: 60 dB over full scale. A float file may pass ±1 a little;
+# far past it the samples are not audio at that scale, and near 1e30 the encoder overflows.
+REFERENCE_PEAK_LIMIT = 1000.0
 # The most sampler steps a request may take: a hundred times SAO 1.0's default (reference-spec
 # §3); each step's table row and noise are allocated with the request.
 MAX_STEPS = 10_000
@@ -115,11 +118,19 @@ def clip_samples(seconds_start: float, seconds_total: float, sample_rate: int) -
     return slice(int(seconds_start * sample_rate), int(seconds_total * sample_rate))
 
 
-def _audio(value: AudioInput, what: str) -> tuple[np.ndarray, int]:
+def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.ndarray, int]:
     if isinstance(value, (str, Path)):
-        samples, rate = read_audio(value)
+        samples, rate = read_audio(value, (config.sample_size, config.sample_rate))
+        what = f"{what} {value}"
     elif isinstance(value, tuple) and len(value) == 2:
-        samples, rate = float_samples(value[0], what), whole_number(value[1], f"{what}'s sample rate")
+        if isinstance(value[0], (int, np.integer)) and np.ndim(value[1]) > 0:
+            raise RequestError(
+                f"{what} is (sample_rate, samples), stable-audio-tools' order: give (samples, sample_rate)"
+            )
+        rate = value[1]
+        if isinstance(rate, float) and rate.is_integer():  # 44100.0 is a rate as good as 44100
+            rate = int(rate)
+        samples, rate = float_samples(value[0], what), whole_number(rate, f"{what}'s sample rate")
     else:
         raise RequestError(
             f"{what} must be a file path or (samples, sample_rate), got {type(value).__name__}"
@@ -127,10 +138,24 @@ def _audio(value: AudioInput, what: str) -> tuple[np.ndarray, int]:
     samples = samples[None] if samples.ndim == 1 else samples
     if samples.ndim != 2 or samples.shape[-1] == 0:
         raise RequestError(f"{what} must be (channels, samples) or (samples,) with samples > 0")
+    if samples.shape[0] > 2:
+        transposed = (
+            "; it looks like (samples, channels): give its transpose" if samples.shape[1] <= 2 else ""
+        )
+        raise RequestError(
+            f"{what} has shape {samples.shape}; give mono or stereo (channels, samples){transposed}"
+        )
     if rate <= 0:
         raise RequestError(f"{what}'s sample rate must be a positive number of Hz, got {rate}")
     if not np.isfinite(samples).all():
         raise RequestError(f"{what} has NaN or infinite samples")
+    peak = float(np.abs(samples).max())
+    if peak > REFERENCE_PEAK_LIMIT:
+        raise RequestError(
+            f"{what}'s peak is {peak:.3g}: audio samples lie in [-1, 1] (float files may go a little "
+            f"beyond), and past ±{REFERENCE_PEAK_LIMIT:g} the model's numbers overflow; scale it to "
+            "[-1, 1] (integer PCM given as floats?)"
+        )
     return samples, rate
 
 
@@ -280,7 +305,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     source = request.init_audio if request.init_audio is not None else request.inpaint_audio
     if source is not None:
         what = "init_audio" if request.init_audio is not None else "inpaint_audio"
-        samples, in_rate = _audio(source, what)
+        samples, in_rate = _audio(source, what, config)
         reference = (samples, in_rate)
         reference_seconds = samples.shape[-1] / in_rate
 

@@ -25,6 +25,8 @@ def inputs(tmp_path):
     sf.write(folder / "tone.wav", 0.3 * np.sin(2 * np.pi * 330 * t), RATE)
     sf.write(folder / "empty.wav", np.zeros((0, 2)), RATE)
     sf.write(folder / "long.wav", np.zeros(4 * RATE), RATE)  # past the tiny model's 2.97 s window
+    sf.write(folder / "loud.wav", np.full((RATE, 2), 1e30, np.float32), RATE, subtype="FLOAT")
+    sf.write(folder / "six.wav", np.zeros((RATE, 6)), RATE)
     (folder / "text.wav").write_text("not audio")
     return folder
 
@@ -60,6 +62,8 @@ BAD_ARGUMENTS = [
     (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range or --inpaint-range"),
     (["--keep-range", "0,1"], r"--keep-range/--inpaint-range need --inpaint-audio"),
     (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
+    (["--init-audio", "{in}/loud.wav"], r"--init-audio .*loud\.wav's peak is 1e\+30"),
+    (["--inpaint-audio", "{in}/six.wav", "--keep-range", "0,1"], r"--inpaint-audio .*six\.wav has shape \(6, "),
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
     (["--init-audio", "{in}"], r"/in is a folder: give an audio file"),

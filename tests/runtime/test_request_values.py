@@ -6,12 +6,13 @@ import re
 
 import numpy as np
 import pytest
+import soundfile as sf
 import soxr
 import torch
 
 from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.models.config import TINY
-from stable_audio_rt.runtime.audio_io import samples_read_for, to_model_audio
+from stable_audio_rt.runtime.audio_io import read_audio, samples_read_for, to_model_audio
 from stable_audio_rt.runtime.request_values import prompts_of
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 
@@ -119,11 +120,21 @@ BAD_AUDIO = [
         r"init_audio's sample rate must be a positive number of Hz, got 0",
     ),
     ((np.zeros((2, RATE), np.float32), 44100.5), r"init_audio's sample rate must be a whole number"),
+    ((RATE, np.zeros((2, RATE), np.float32)), r"init_audio is \(sample_rate, samples\), stable-audio-tools'"),
+    (
+        (np.full((2, RATE), 1e30, np.float32), RATE),
+        r"init_audio's peak is 1e\+30: audio samples lie in",
+    ),
+    ((np.full((2, RATE), -1001, np.float32), RATE), r"init_audio's peak is 1e\+03"),
     (
         np.zeros((2, RATE), np.float32),
         r"init_audio must be a file path or \(samples, sample_rate\), got ndarray",
     ),
     ((np.zeros((6, RATE), np.float32), RATE), r"init_audio has shape \(6, 44100\); give mono or stereo"),
+    (
+        (np.zeros((RATE, 2), np.float32), RATE),
+        r"\(44100, 2\); .* looks like \(samples, channels\): give its transpose",
+    ),
 ]
 
 
@@ -152,3 +163,20 @@ def test_a_long_reference_is_resampled_only_as_far_as_the_window_needs(rate, mon
 def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
     with pytest.warns(UserWarning, match=re.escape("the negative prompt has no effect at a CFG scale of 1")):
         resolve_request(GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0), TINY)
+
+
+def test_a_whole_float_rate_and_a_peak_a_little_past_full_scale_are_taken():
+    samples = np.random.default_rng().uniform(-1.5, 1.5, (2, RATE)).astype(np.float32)
+    as_int = resolve_request(GenerationRequest(("x",), init_audio=(samples, RATE)), TINY)
+    as_float = resolve_request(GenerationRequest(("x",), init_audio=(samples, float(RATE))), TINY)
+    assert torch.equal(as_int.init_audio, as_float.init_audio)
+
+
+def test_a_long_file_is_read_only_as_far_as_the_window_reaches(tmp_path):
+    rate = 8000
+    whole = np.random.default_rng().uniform(-1, 1, (60 * rate, 2)).astype(np.float32)
+    sf.write(tmp_path / "long.flac", whole, rate, subtype="PCM_24")
+    read, read_rate = read_audio(tmp_path / "long.flac", (TINY.sample_size, TINY.sample_rate))
+    everything, _ = read_audio(tmp_path / "long.flac")
+    assert read_rate == rate and read.shape[-1] == samples_read_for(TINY.sample_size, rate, TINY.sample_rate)
+    assert read.shape[-1] < everything.shape[-1] and np.array_equal(read, everything[:, : read.shape[-1]])
