@@ -207,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-noise-level",
         type=float,
-        default=DEFAULT_INIT_NOISE_LEVEL,
         help="audio-to-audio starting noise: σmax for SAO 1.0, the time t in (0, 1] for Small; higher "
         f"departs further (default: {DEFAULT_INIT_NOISE_LEVEL})",
     )

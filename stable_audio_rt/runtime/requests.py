@@ -69,7 +69,7 @@ class GenerationRequest:
     seed: int | None = None
     num_outputs: int = 1
     init_audio: AudioInput | None = None
-    init_noise_level: float = DEFAULT_INIT_NOISE_LEVEL
+    init_noise_level: float | None = None  # audio-to-audio only; None: DEFAULT_INIT_NOISE_LEVEL
     inpaint_audio: AudioInput | None = None
     inpaint_mask: np.ndarray | torch.Tensor | None = None  # at the model rate, 1 = keep
     window: Window = "full"
@@ -166,11 +166,15 @@ def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
 
 
 def with_model_defaults(request: GenerationRequest, config: StableAudioConfig) -> GenerationRequest:
-    """Fill the steps and CFG scale the request left to the model's sampler."""
+    """Fill the steps and CFG scale the request left to the model's sampler, and an
+    audio-to-audio request's starting noise level."""
     sampler = sampler_for(config)
     steps = request.steps if request.steps is not None else sampler.default_steps
     cfg = request.cfg_scale if request.cfg_scale is not None else sampler.default_cfg_scale
-    return dataclasses.replace(request, steps=steps, cfg_scale=cfg)
+    level = request.init_noise_level
+    if level is None and request.init_audio is not None:
+        level = DEFAULT_INIT_NOISE_LEVEL
+    return dataclasses.replace(request, steps=steps, cfg_scale=cfg, init_noise_level=level)
 
 
 def _check_model_support(request: GenerationRequest, config: StableAudioConfig) -> None:
@@ -190,6 +194,10 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError(f"cfg_scale must be ≥ 0, got {request.cfg_scale}")
     if request.num_outputs < 1:
         raise RequestError(f"num_outputs must be at least 1, got {request.num_outputs}")
+    if request.init_noise_level is not None and request.init_audio is None:
+        raise RequestError(
+            "init_noise_level is the starting noise of audio-to-audio: give init_audio too, or leave it out"
+        )
     if request.seed is not None and not 0 <= request.seed < SEED_LIMIT:
         raise RequestError(f"seed must be in [0, 2**63), got {request.seed}")
     if request.window not in WINDOWS:

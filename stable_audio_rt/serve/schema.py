@@ -67,7 +67,9 @@ class GenerateBody(BaseModel):
         1, ge=1, le=MAX_CLIPS, description="clips (num_outputs); more than one through the job API only"
     )
     init_noise_level: float | None = Field(
-        None, gt=0, description="with an init_audio upload: its starting noise (default: sa-run's)"
+        None,
+        gt=0,
+        description=f"with an init_audio upload: its starting noise (default: {DEFAULT_INIT_NOISE_LEVEL:g})",
     )
     keep_ranges: list[Range] | None = Field(
         None, description="with an inpaint_audio upload: [start, end] seconds kept, the rest regenerated"
@@ -99,7 +101,6 @@ class GenerateBody(BaseModel):
         mask = inpaint_mask(
             reference, self.keep_ranges, self.inpaint_ranges, config, SERVE_RANGES, "inpaint_audio"
         )
-        level = DEFAULT_INIT_NOISE_LEVEL if self.init_noise_level is None else self.init_noise_level
         return GenerationRequest(
             prompts=(self.input,),
             negative_prompt=self.negative_prompt,
@@ -114,7 +115,7 @@ class GenerateBody(BaseModel):
             window=self.window,
             num_outputs=self.n,
             init_audio=init,
-            init_noise_level=level,
+            init_noise_level=self.init_noise_level,
             inpaint_audio=inpaint,
             inpaint_mask=mask,
         )

@@ -60,10 +60,17 @@ BAD_ARGUMENTS = [
         r"--inpaint-range: 3\.0,3\.5 is outside the model's window \(0–2\.97 s\)",
     ),
     (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range or --inpaint-range"),
+    (
+        ["--init-noise-level", "5"],
+        r"--init-noise-level is the starting noise of audio-to-audio: give --init-aud",
+    ),
     (["--keep-range", "0,1"], r"--keep-range/--inpaint-range need --inpaint-audio"),
     (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
     (["--init-audio", "{in}/loud.wav"], r"--init-audio .*loud\.wav's peak is 1e\+30"),
-    (["--inpaint-audio", "{in}/six.wav", "--keep-range", "0,1"], r"--inpaint-audio .*six\.wav has shape \(6, "),
+    (
+        ["--inpaint-audio", "{in}/six.wav", "--keep-range", "0,1"],
+        r"--inpaint-audio .*six\.wav has shape \(6, ",
+    ),
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
     (["--init-audio", "{in}"], r"/in is a folder: give an audio file"),

@@ -165,6 +165,13 @@ def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
         resolve_request(GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0), TINY)
 
 
+@pytest.mark.parametrize("reference", [{}, {"inpaint_audio": (np.zeros((2, RATE), np.float32), RATE)}])
+def test_an_init_noise_level_without_init_audio_is_refused_not_ignored(reference):
+    mask = {"inpaint_mask": np.ones(RATE, bool)} if reference else {}
+    with pytest.raises(RequestError, match=r"init_noise_level is the starting noise of audio-to-audio"):
+        resolve_request(GenerationRequest(("x",), init_noise_level=5.0, **reference, **mask), TINY)
+
+
 def test_a_whole_float_rate_and_a_peak_a_little_past_full_scale_are_taken():
     samples = np.random.default_rng().uniform(-1.5, 1.5, (2, RATE)).astype(np.float32)
     as_int = resolve_request(GenerationRequest(("x",), init_audio=(samples, RATE)), TINY)
