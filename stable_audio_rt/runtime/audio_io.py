@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ SUBTYPES = {
     ("RAW", "pcm16"): "PCM_16",
     ("RAW", "float"): "FLOAT",
 }
+T = TypeVar("T")
 SampleFormat = Literal["pcm16", "float"]
 SAMPLE_FORMATS: tuple[SampleFormat, ...] = ("pcm16", "float")
 # 16-bit PCM: sample = x · 2¹⁵, rounded, within [−2¹⁵, 2¹⁵ − 1]; readers divide by 2¹⁵.
@@ -65,6 +67,23 @@ def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple
     """Any format soundfile reads → (channels, samples) float32 and its sample rate. With
     `window` = (samples, rate), the model's window, only as far as it reaches is read (with the
     resampler's context): an hour of compressed silence would otherwise decode to gigabytes."""
+    with _opened(path) as sound:
+        rate = sound.samplerate
+        frames = -1 if window is None else samples_read_for(window[0], rate, window[1])
+        data = _read(path, lambda: sound.read(frames, dtype="float32", always_2d=True))
+    if data.shape[0] == 0:
+        raise AudioFileError(f"audio file {path} is empty")
+    return data.T.copy(), rate
+
+
+def audio_length(path: str | Path) -> tuple[int, int]:
+    """An audio file's (sample count, sample rate), from its header: nothing decoded."""
+    with _opened(path) as sound:
+        return sound.frames, sound.samplerate
+
+
+def _opened(path: str | Path):
+    """`path` open as a soundfile.SoundFile, or an AudioFileError naming what is wrong."""
     path = Path(path)
     if path.is_dir():
         raise AudioFileError(f"{path} is a folder: give an audio file")
@@ -72,16 +91,16 @@ def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple
         raise AudioFileError(f"audio file {path} does not exist")
     import soundfile as sf
 
+    return _read(path, lambda: sf.SoundFile(str(path)))
+
+
+def _read(path: str | Path, reading: Callable[[], T]) -> T:
+    import soundfile as sf
+
     try:
-        with sf.SoundFile(str(path)) as sound:
-            rate = sound.samplerate
-            frames = -1 if window is None else samples_read_for(window[0], rate, window[1])
-            data = sound.read(frames, dtype="float32", always_2d=True)
+        return reading()
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioFileError(f"cannot read {path} as audio ({e}); give a WAV, FLAC, OGG or MP3 file") from e
-    if data.shape[0] == 0:
-        raise AudioFileError(f"audio file {path} is empty")
-    return data.T.copy(), rate
 
 
 def samples_read_for(length: int, rate: int, target_rate: int) -> int:

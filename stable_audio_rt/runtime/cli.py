@@ -19,7 +19,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, dtype_request
-from stable_audio_rt.runtime.audio_io import check_output_path, read_audio
+from stable_audio_rt.runtime.audio_io import audio_length, check_output_path
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
@@ -67,6 +67,7 @@ SA_RUN_NAMES = {
     "vae_chunk": "--vae-chunk",
     "sigma_min": "--sigma-min",
     "sigma_max": "--sigma-max",
+    "inpaint_mask": "--keep-range/--inpaint-range",
 }
 
 
@@ -285,10 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _inpaint_mask(args: argparse.Namespace, config: StableAudioConfig) -> np.ndarray | None:
     """--keep-range / --inpaint-range → a keep mask at the model rate over the inpaint audio."""
-    reference = None
-    if args.inpaint_audio is not None:
-        samples, rate = read_audio(args.inpaint_audio, (config.sample_size, config.sample_rate))
-        reference = (samples.shape[-1], rate)
+    reference = None if args.inpaint_audio is None else audio_length(args.inpaint_audio)
     return inpaint_mask(
         reference, args.keep_range, args.inpaint_range, config, SA_RUN_RANGES, str(args.inpaint_audio)
     )

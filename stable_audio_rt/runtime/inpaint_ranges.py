@@ -14,6 +14,9 @@ from stable_audio_rt.models.config import StableAudioConfig
 
 # (start, end) in seconds of the reference audio.
 Range = tuple[float, float]
+# An end this far past the reference's (or the window's) end is taken as its end: the bound in a
+# refusal is printed to 10 ms, and "to the end" is written as that printed figure.
+END_TOLERANCE_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,13 @@ def inpaint_mask(
         if keep_ranges or inpaint_ranges:
             raise RequestError(f"{names.keep}/{names.inpaint} need {names.audio}")
         return None
-    if bool(keep_ranges) == bool(inpaint_ranges):
-        raise RequestError(f"inpainting needs either {names.keep} or {names.inpaint} (not both)")
+    if keep_ranges and inpaint_ranges:
+        raise RequestError(f"give {names.keep} or {names.inpaint}, not both")
+    if not keep_ranges and not inpaint_ranges:
+        raise RequestError(
+            f"inpainting needs either {names.keep} (what of {names.audio} to keep) or {names.inpaint} "
+            "(what to regenerate)"
+        )
     samples, rate = reference
     seconds = samples / rate
     length = round(samples * model_rate / rate)
@@ -58,7 +66,8 @@ def inpaint_mask(
         usable, where = window_seconds, f"the model's window (0–{window_seconds:.2f} s)"
     option = names.keep if keep else names.inpaint
     for start, end in keep_ranges or inpaint_ranges:
-        if not 0 <= start < end <= usable:
+        if not 0 <= start < end <= usable + END_TOLERANCE_S:
             raise RequestError(f"{option}: {start},{end} is outside {where} or empty")
+        end = min(end, usable)
         mask[int(start * model_rate) : int(end * model_rate)] = 1.0 if keep else 0.0
     return mask

@@ -23,7 +23,7 @@ import torch
 from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
-from stable_audio_rt.runtime.audio_io import read_audio, to_model_audio
+from stable_audio_rt.runtime.audio_io import audio_length, read_audio, to_model_audio
 from stable_audio_rt.runtime.request_values import float_samples, whole_number, with_plain_values
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_INIT_NOISE_LEVEL,
@@ -118,9 +118,12 @@ def clip_samples(seconds_start: float, seconds_total: float, sample_rate: int) -
     return slice(int(seconds_start * sample_rate), int(seconds_total * sample_rate))
 
 
-def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.ndarray, int]:
+def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.ndarray, int, int]:
+    """Reference audio → (channels, samples) float32 (a file read only as far as the model's
+    window reaches), its rate, and its whole length in samples."""
     if isinstance(value, (str, Path)):
         samples, rate = read_audio(value, (config.sample_size, config.sample_rate))
+        length = max(audio_length(value)[0], samples.shape[-1])  # the header's count, where it has one
         what = f"{what} {value}"
     elif isinstance(value, tuple) and len(value) == 2:
         if isinstance(value[0], (int, np.integer)) and np.ndim(value[1]) > 0:
@@ -131,6 +134,7 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
         if isinstance(rate, float) and rate.is_integer():  # 44100.0 is a rate as good as 44100
             rate = int(rate)
         samples, rate = float_samples(value[0], what), whole_number(rate, f"{what}'s sample rate")
+        length = samples.shape[-1]
     else:
         raise RequestError(
             f"{what} must be a file path or (samples, sample_rate), got {type(value).__name__}"
@@ -156,7 +160,7 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
             f"beyond), and past ±{REFERENCE_PEAK_LIMIT:g} the model's numbers overflow; scale it to "
             "[-1, 1] (integer PCM given as floats?)"
         )
-    return samples, rate
+    return samples, rate, length
 
 
 def keep_mask_to_latent(keep: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -232,15 +236,26 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError("inpainting needs both inpaint_audio and inpaint_mask")
 
 
-def _resolve_mask(mask: np.ndarray | torch.Tensor, length: int, window_samples: int) -> torch.Tensor:
+def _resolve_mask(
+    mask: np.ndarray | torch.Tensor, length: int, window_samples: int, rate: int, what: str
+) -> torch.Tensor:
+    """The keep mask over the request's window: refused where it would lose what it marks past
+    the window, warned of where it keeps no whole latent frame."""
     keep = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask)
     if keep.dim() != 1 or keep.shape[0] != length:
         raise RequestError(
-            f"inpaint_mask must be 1-D with one value per sample of inpaint_audio at the model rate "
+            f"inpaint_mask must be 1-D with one value per sample of {what} at the model rate "
             f"({length}), got shape {tuple(keep.shape)}"
         )
     if not torch.all((keep == 0) | (keep == 1)):
         raise RequestError("inpaint_mask values must be 0 (regenerate) or 1 (keep)")
+    past = keep[window_samples:]
+    if past.numel() and not torch.all(past == past[0]):  # a range's edge lies past the window
+        raise RequestError(
+            f"inpaint_mask marks parts of {what} past the window this request generates "
+            f"(0–{window_samples / rate:.2f} s), which would be dropped: keep the ranges within it, "
+            "or ask for a longer clip"
+        )
     out = torch.zeros(window_samples, dtype=torch.bool)
     n = min(length, window_samples)
     out[:n] = keep[:n].bool()
@@ -288,9 +303,13 @@ def resolve_request_as(
     try:
         return resolve_request(request, config)
     except RequestError as e:
-        # A field's name standing alone, not part of a path or file name ("/clips/init_audio.wav").
-        field = re.compile(r"(?<![\w./-])(" + "|".join(map(re.escape, names)) + r")(?![\w/-]|\.\w)")
-        raise RequestError(field.sub(lambda found: names[found.group(1)], str(e))) from e
+        # A field's name standing alone, not part of a path or file name ("/clips/init_audio.wav");
+        # one that is also a word ("steps") only as a refusal's subject, not in its prose.
+        named = "|".join(map(re.escape, (n for n in names if "_" in n)))
+        words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or "(?!)"
+        field = re.compile(rf"(?<![\w./-])({named})(?![\w/-]|\.\w)|(?<![\w./-])({words})(?= must| \(|=)")
+        worded = field.sub(lambda found: names[found.group(1) or found.group(2)], str(e))
+        raise RequestError(worded) from e
 
 
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
@@ -313,9 +332,9 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     source = request.init_audio if request.init_audio is not None else request.inpaint_audio
     if source is not None:
         what = "init_audio" if request.init_audio is not None else "inpaint_audio"
-        samples, in_rate = _audio(source, what, config)
+        samples, in_rate, in_length = _audio(source, what, config)
         reference = (samples, in_rate)
-        reference_seconds = samples.shape[-1] / in_rate
+        reference_seconds = in_length / in_rate
 
     total = request.seconds_total
     if total is None:
@@ -350,10 +369,17 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             init_audio = audio
         else:
             inpaint_audio = audio
-            length = round(reference[0].shape[-1] * rate / reference[1])
-            inpaint_keep = keep_mask_to_latent(
-                _resolve_mask(request.inpaint_mask, length, window_samples), ratio
-            )
+            length = round(in_length * rate / in_rate)
+            kept = _resolve_mask(request.inpaint_mask, length, window_samples, rate, what)
+            inpaint_keep = keep_mask_to_latent(kept, ratio)
+            if kept.any() and not inpaint_keep.any():
+                warnings.warn(
+                    f"inpaint_mask keeps no whole latent frame ({ratio} samples, "
+                    f"{1000 * ratio / rate:.0f} ms, each aligned to a multiple of it), so nothing of "
+                    f"{what} is kept: widen the kept parts",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
     return ResolvedRequest(
         request=request,

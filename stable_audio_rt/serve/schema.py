@@ -39,6 +39,7 @@ BODY_NAMES = {
     "seconds_start": "audio_start",
     "cfg_scale": "guidance_scale",
     "num_outputs": "n",
+    "inpaint_mask": "keep_ranges/inpaint_ranges",
 }
 
 

@@ -46,7 +46,10 @@ BAD_ARGUMENTS = [
     (["--steps", "0"], r"--steps must be in \[1, 10000\], got 0"),
     (["--seed", "-1"], r"--seed must be in \[0, 2\*\*63\), got -1"),
     (["--cfg-scale", "-1"], r"--cfg-scale must be ≥ 0"),
-    (["--sigma-max", "0.3"], r"--sigma-max \(0\.3\) must be greater than --sigma-min \(0\.3\)"),
+    (
+        ["--sigma-max", "0.3"],
+        r"--sigma-max \(0\.3\) must be greater than the schedule's end, σmin \(0\.3\)",
+    ),
     (
         ["--init-audio", "{in}/tone.wav", "--init-noise-level", "0.2"],
         r"--init-noise-level \(0\.2\) must be greater",
@@ -59,7 +62,11 @@ BAD_ARGUMENTS = [
         ["--inpaint-audio", "{in}/long.wav", "--inpaint-range", "3,3.5"],
         r"--inpaint-range: 3\.0,3\.5 is outside the model's window \(0–2\.97 s\)",
     ),
-    (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range or --inpaint-range"),
+    (["--inpaint-audio", "{in}/tone.wav"], r"needs either --keep-range \(what of --inpaint-audio to keep\)"),
+    (
+        ["--inpaint-audio", "{in}/long.wav", "--keep-range", "1.5,2", "--window", "trim", "--seconds", "1"],
+        r"--keep-range/--inpaint-range marks parts of --inpaint-audio past the window",
+    ),
     (
         ["--init-noise-level", "5"],
         r"--init-noise-level is the starting noise of audio-to-audio: give --init-aud",

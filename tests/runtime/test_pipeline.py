@@ -1,6 +1,7 @@
 """The pipeline end to end on the tiny random model (CPU): modes, windows, files, determinism
 (the region's capture discipline is tests/runtime/test_capturability.py)."""
 
+import dataclasses
 import itertools
 import math
 
@@ -11,7 +12,9 @@ import torch
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.errors import RequestError, StableAudioError
+from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.vae import bottleneck_sample
+from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, keep_mask_to_latent, resolve_request
 
@@ -122,6 +125,38 @@ def test_keep_mask_reduces_to_frames_fully_kept(first_regenerated, expected_kept
     latent = keep_mask_to_latent(keep, 2048)
     assert latent.tolist()[:expected_kept_frames] == [True] * expected_kept_frames
     assert latent[expected_kept_frames].item() is False
+
+
+def test_a_range_ending_at_the_printed_end_of_the_reference_is_its_end():
+    """A reference of 2.89998 s is printed as 0–2.90 s: a range to 2.9 is taken to its end."""
+    names = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
+    samples = 127_889  # 2.89998 s at 44.1 kHz
+    mask = inpaint_mask((samples, RATE), [(1.0, 2.9)], None, TINY, names, "odd.wav")
+    assert mask.shape == (samples,) and mask[-1] == 1 and mask[: RATE - 1].sum() == 0
+    with pytest.raises(RequestError, match=r"--keep-range: 1\.0,2\.91 is outside odd\.wav \(0–2\.90 s\)"):
+        inpaint_mask((samples, RATE), [(1.0, 2.91)], None, TINY, names, "odd.wav")
+
+
+def test_a_mask_that_keeps_no_whole_latent_frame_warns_that_nothing_is_kept():
+    audio = _tone(1.0)
+    keep = np.zeros(audio.shape[-1])
+    keep[1000:3000] = 1  # 2000 samples, across a frame boundary: no 2048-sample frame whole
+    with pytest.warns(UserWarning, match=r"inpaint_mask keeps no whole latent frame \(2048 samples, 46 ms"):
+        resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=keep), TINY)
+
+
+@pytest.mark.parametrize("marked", ["keep", "regenerate"])
+def test_a_mask_marking_parts_past_the_requests_window_is_refused(marked):
+    audio = _tone(2.5)
+    keep = np.zeros(audio.shape[-1]) if marked == "keep" else np.ones(audio.shape[-1])
+    keep[int(1.5 * RATE) : 2 * RATE] = 1 if marked == "keep" else 0
+    trimmed = GenerationRequest(
+        ("x",), inpaint_audio=(audio, RATE), inpaint_mask=keep, seconds_total=1.0, window="trim"
+    )
+    with pytest.raises(RequestError, match=r"marks parts of inpaint_audio past the window .* \(0–1\.02 s\)"):
+        resolve_request(trimmed, TINY)
+    # The whole window reaches the range: taken.
+    resolve_request(dataclasses.replace(trimmed, window="full"), TINY)
 
 
 def test_requests_run_with_the_pipelines_device_current(pipe, monkeypatch):

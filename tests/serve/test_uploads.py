@@ -122,11 +122,16 @@ BAD_UPLOADS = [
         {"keep_ranges": [[0, 0.5]]},
         "give init_audio (audio-to-audio) or inpaint_audio (inpainting), not both",
     ),
-    ({"inpaint_audio": TONE}, {}, "inpainting needs either keep_ranges or inpaint_ranges (not both)"),
+    ({"inpaint_audio": TONE}, {}, "inpainting needs either keep_ranges (what of an inpaint_audio upload"),
     (
         {"inpaint_audio": TONE},
         {"keep_ranges": [[0, 0.5]], "inpaint_ranges": [[0.5, 1]]},
-        "inpainting needs either keep_ranges or inpaint_ranges (not both)",
+        "give keep_ranges or inpaint_ranges, not both",
+    ),
+    (
+        {"inpaint_audio": TONE},
+        {"keep_ranges": [[0.5, 0.9]], "window": "trim", "audio_length": 0.3},
+        "keep_ranges/inpaint_ranges marks parts of inpaint_audio past the window this request generates",
     ),
     (
         {"inpaint_audio": TONE},
@@ -148,7 +153,7 @@ BAD_UPLOADS = [
     (
         {"init_audio": TONE},
         {"init_noise_level": 0.2},
-        "init_noise_level (0.2) must be greater than sigma_min",
+        "init_noise_level (0.2) must be greater than the schedule's end, σmin (0.3)",
     ),
     ({"init_audio": TONE}, {"init_noise_level": -1}, '"init_noise_level"'),
     ({}, {"init_noise_level": 2}, "init_noise_level needs an init_audio upload"),

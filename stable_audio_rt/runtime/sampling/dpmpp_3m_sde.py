@@ -34,10 +34,12 @@ class DpmPP3MSDE(Sampler):
     def check(self, request: GenerationRequest) -> None:
         sigma_max = self.start_level(request)
         name = "init_noise_level" if request.init_audio is not None else "sigma_max"
-        if not sigma_max > request.sigma_min > 0:
+        if not request.sigma_min > 0:
+            raise RequestError(f"sigma_min must be greater than 0, got {request.sigma_min}")
+        if not sigma_max > request.sigma_min:
             raise RequestError(
-                f"{name} ({sigma_max}) must be greater than sigma_min ({request.sigma_min}) > 0: "
-                f"with σmax ≤ σmin the schedule has no steps to take"
+                f"{name} ({sigma_max}) must be greater than the schedule's end, σmin "
+                f"({request.sigma_min}): from there down to σmin there would be no steps to take"
             )
 
     def start_level(self, request: GenerationRequest) -> float:
