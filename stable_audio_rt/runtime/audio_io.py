@@ -63,6 +63,15 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
     return path
 
 
+def clip_paths(path: str | Path, clips: int) -> list[Path]:
+    """Where a result of `clips` clips is saved as `path`: `path` itself for one clip, else
+    name_0, name_1, …"""
+    path = Path(path)
+    if clips == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(clips)]
+
+
 def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
     """Any format soundfile reads → (channels, samples) float32 and its sample rate. With
     `window` = (samples, rate), the model's window, only as far as it reaches is read (with the

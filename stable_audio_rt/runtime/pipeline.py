@@ -30,7 +30,7 @@ from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
-from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, write_audio
+from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, clip_paths, write_audio
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.device_context import on_device
@@ -66,11 +66,8 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
     def paths(self, path: str | Path) -> list[Path]:
-        """Where `save(path)` writes: `path` itself for one clip, else name_0, name_1, …"""
-        path = Path(path)
-        if self.audio.shape[0] == 1:
-            return [path]
-        return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(self.audio.shape[0])]
+        """Where `save(path)` writes (`audio_io.clip_paths`)."""
+        return clip_paths(path, self.audio.shape[0])
 
     def save(
         self,

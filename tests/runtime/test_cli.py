@@ -28,6 +28,7 @@ def inputs(tmp_path):
     sf.write(folder / "loud.wav", np.full((RATE, 2), 1e30, np.float32), RATE, subtype="FLOAT")
     sf.write(folder / "six.wav", np.zeros((RATE, 6)), RATE)
     (folder / "text.wav").write_text("not audio")
+    (folder / "clip_1.wav").mkdir()  # where the second clip of `-o clip.wav` would go
     return folder
 
 
@@ -85,6 +86,7 @@ BAD_ARGUMENTS = [
     (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
+    (["--num-outputs", "2", "-o", "{in}/clip.wav"], r"cannot write .*clip_1\.wav: it is a folder"),
     (["-o", "/proc/clip.wav"], r"cannot write in /proc \(.*\): give a folder you can write to"),
     (["-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it, such as .*/out/clip\.wav"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
