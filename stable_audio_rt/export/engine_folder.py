@@ -117,21 +117,27 @@ class ExportSettings:
 
 def _check_replaceable(out: Path) -> None:
     """An export replaces its folder whole: refuse one holding anything an export did not write
-    (a user's files: `--out ~/Music` must not delete them), and a file in its place."""
+    (a user's files: `--out ~/Music` must not delete them), one whose files only bear an
+    export's names (no engine manifest that reads as ours), and a file in its place."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file: --out takes the folder to write the engines into")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
     ours = folder_names()
-    foreign = sorted(
-        entry.name
-        for entry in (out.iterdir() if out.is_dir() else ())
-        if entry.name not in ours and written_for(entry.name) not in ours
-    )
+    foreign = [e.name for e in entries if e.name not in ours and written_for(e.name) not in ours]
     if foreign:
         shown = ", ".join(foreign[:FOREIGN_SHOWN]) + (", …" if len(foreign) > FOREIGN_SHOWN else "")
         raise ExportError(
             f"{out} holds what sa-export did not write ({shown}), and an export replaces its folder "
             f"whole: give a new or empty folder, or move those out first"
         )
+    if any(not e.name.startswith(".") for e in entries):  # leftovers of a killed write may stay
+        try:
+            Manifest.read(out)
+        except StableAudioError as e:
+            raise ExportError(
+                f"{out} holds files but is not an engine folder sa-export wrote ({e}), and an export "
+                "replaces its folder whole: give a new or empty folder, or delete this one first"
+            ) from e
 
 
 def _old_manifest(out: Path, settings: ExportSettings) -> Manifest | None:
@@ -234,8 +240,11 @@ def export_engines(
     token: str | None = None,
     on_component: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Export `settings.components` of the model `source` names (models/source.py) into `out`."""
-    out = Path(out)
+    """Export `settings.components` of the model `source` names (models/source.py) into `out`
+    (a symbolic link's target: the folder replaced is the one its readers see)."""
+    out = Path(out).absolute()  # "." has no name to put a new folder beside
+    if out.is_symlink():
+        out = out.resolve()
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
     check_writable(out.parent)

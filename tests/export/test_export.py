@@ -5,8 +5,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -178,6 +180,77 @@ def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tm
     a_file.write_text("not a folder")
     assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(a_file)]) == 2
     assert "engines is a file" in capsys.readouterr().err and a_file.read_text() == "not a folder"
+
+
+def test_a_folder_whose_files_only_bear_an_exports_names_is_refused_and_kept(tiny_diffusers_dir, tmp_path):
+    app = tmp_path / "app"
+    (app / "tokenizer").mkdir(parents=True)
+    (app / "manifest.json").write_text('{"name": "my web app"}')
+    (app / "tokenizer" / "notes.txt").write_text("my notes")
+    settings = ExportSettings("fp32", components=("dit",), max_batch=2, frames=(1, 16, 64))
+    with pytest.raises(ExportError, match=r"app holds files but is not an engine folder sa-export wrote"):
+        export_engines(tiny_diffusers_dir, app, settings)
+    assert (app / "tokenizer" / "notes.txt").read_text() == "my notes"
+    assert json.loads((app / "manifest.json").read_text()) == {"name": "my web app"}
+
+
+def test_an_export_through_a_symbolic_link_replaces_its_target(engines, tiny_diffusers_dir, tmp_path):
+    target = shutil.copytree(engines["fp32"][0], tmp_path / "disk" / "engines")
+    link = tmp_path / "engines"
+    link.symlink_to(target)
+    before = Manifest.read(target)
+    settings = ExportSettings("fp32", components=("t5", "dit", "vae_decoder", "vae_encoder"), max_batch=3,
+                              frames=(1, 16, 64))  # fmt: skip
+    export_engines(tiny_diffusers_dir, link, settings)
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert Manifest.read(target).components["dit"].batch != before.components["dit"].batch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk", "engines"]  # nothing left beside
+    assert sorted(p.name for p in target.parent.iterdir()) == ["engines"]
+
+
+def test_the_current_folder_is_an_out_like_any_other(tiny_diffusers_dir, tmp_path, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64))
+    export_engines(tiny_diffusers_dir, Path("."), settings)
+    assert list(Manifest.read(here).components) == ["t5"]
+
+
+def test_sigterm_during_an_export_leaves_the_folder_as_it_was_and_nothing_beside(
+    engines, tiny_diffusers_dir, tmp_path, capsys, monkeypatch
+):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    from stable_audio_rt.export import engine_folder
+
+    def terminated(*args, **kwargs):  # as `kill`, `docker stop` or `timeout` would, mid-export
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(engine_folder, "_build_entry", terminated)
+    argv = [
+        "--model",
+        str(tiny_diffusers_dir),
+        "--out",
+        str(folder),
+        "--max-batch",
+        "3",
+        "--frames",
+        "1:16:64",
+    ]
+
+    def guard(*_):  # were the signal not taken by sa-export, it would end pytest itself
+        raise AssertionError("SIGTERM reached the test: sa-export did not take it")
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert cli.main(argv) == 143
+        assert signal.getsignal(signal.SIGTERM) is guard  # given back after the command
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert "sa-export: terminated; the engine folder was left as it was" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"]  # no half-written folder beside
 
 
 def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, tiny_diffusers_dir, tmp_path):
