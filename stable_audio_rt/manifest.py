@@ -285,9 +285,16 @@ def _read_manifest(top: Fields) -> Manifest:
     return manifest
 
 
+def _is_file_name(value: Any) -> bool:
+    """A file of the folder itself: no path, so an edited manifest points nowhere outside it."""
+    return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
 def _read_entry(fields: Fields) -> ComponentEntry:
+    for name, _, path in fields.mapping("files"):
+        checked(name, path, _is_file_name, "a file of the folder, without a path")
     entry = ComponentEntry(
-        file=fields.string("file"),
+        file=fields.get("file", _is_file_name, "a file of the folder, without a path"),
         precision=fields.string("precision"),
         requested_precision=fields.string("requested_precision"),
         batch=_read_range(fields, "batch"),
@@ -306,6 +313,8 @@ def _read_entry(fields: Fields) -> ComponentEntry:
         ),
     )
     fields.done()
+    if entry.file not in entry.files:
+        raise InvalidField(f"{fields.path}.file ({entry.file}) is not among {fields.path}.files")
     return entry
 
 
@@ -376,7 +385,7 @@ def _read_plan(value: dict[str, Any], entry: Fields) -> PlanRecord | None:
         return None
     fields = Fields(value, child_path(entry.path, "engine"))
     plan = PlanRecord(
-        file=fields.string("file"),
+        file=fields.get("file", _is_file_name, "a file of the folder, without a path"),
         sha256=fields.string("sha256"),
         bytes=fields.integer("bytes"),
         tensorrt=fields.string("tensorrt"),

@@ -40,6 +40,7 @@ from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
 from stable_audio_rt.runtime.backends.choice import onnxruntime_unusable, tensorrt_unusable
+from stable_audio_rt.runtime.backends.engine_backend import require_components
 from stable_audio_rt.runtime.cli import add_reuse_memory_argument
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce_benchmark
@@ -181,8 +182,14 @@ def _check(args: argparse.Namespace, window: int) -> None:
         raise ConfigError(
             f"{args.engines} is not an engine folder (no manifest.json); export one with sa-export"
         )
+    if args.engines is not None:
+        # Every file against its record now, as sa-run does at load: not after the torch rows.
+        manifest = Manifest.read(args.engines)
+        require_components(args.engines, manifest)
+        for name in manifest.components:
+            manifest.check_files(args.engines, name)
     if args.backend == "onnxruntime":
-        why_not = onnxruntime_unusable(Manifest.read(args.engines))
+        why_not = onnxruntime_unusable(manifest)
         if why_not is not None:
             raise ConfigError(f"--backend onnxruntime cannot run {args.engines}: {why_not}")
     if args.repeats < 1 or args.warmup < 0:

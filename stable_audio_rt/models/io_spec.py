@@ -34,7 +34,13 @@ class TensorSpec:
         return tuple(a if isinstance(a, int) else sizes[a] for a in self.axes)
 
     def dtype(self, precision: torch.dtype) -> torch.dtype:
-        return {"float": precision, "float32": torch.float32, "int64": torch.int64}[self.kind]
+        return element_dtype(self.kind, precision)
+
+
+def element_dtype(kind: ElementKind, precision: torch.dtype) -> torch.dtype:
+    """The torch type of an element kind in a graph of `precision`: ids int64, σ-times float32,
+    the rest the graph's own."""
+    return {"float": precision, "float32": torch.float32, "int64": torch.int64}[kind]
 
 
 @dataclass(frozen=True)

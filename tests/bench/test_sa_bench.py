@@ -5,6 +5,7 @@ rows, the auto row, the presets, and bad arguments refused before any work."""
 import functools
 import json
 import math
+import re
 import shutil
 import tempfile
 
@@ -166,6 +167,25 @@ def test_engines_from_other_weights_are_refused_before_any_run(
     argv = ["--model", str(tiny_single_file_dir), "--backend", "onnxruntime", "--engines", str(folder)]
     assert cli.main(argv) == 2
     assert "was built from other weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda f: (f / "dit.onnx.data").write_bytes((f / "dit.onnx.data").read_bytes()[:-100]),
+         r"dit\.onnx\.data does not match manifest\.json"),
+        (lambda f: (f / "vae_decoder.onnx").unlink(), r"vae_decoder\.onnx is missing"),
+    ],
+    ids=["truncated", "missing"],
+)  # fmt: skip
+def test_a_damaged_engine_folder_is_refused_before_any_run(
+    engines, tiny_diffusers_dir, tmp_path, capsys, monkeypatch, damage, message
+):
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    damage(folder)
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--engines", str(folder), "--frames", "4"]) == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("library", ["torch", "onnxruntime"])

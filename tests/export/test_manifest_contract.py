@@ -150,6 +150,18 @@ DECODER = ("components", "vae_decoder")
         (_delete("source"), r": source is missing"),
         (_set("tools", "onnx", value=1.23), r"tools\.onnx must be a version string, got 1\.23"),
         (_delete("config", "dit"), r"config is not a model configuration \(KeyError: 'dit'\)"),
+        (
+            _set(*DECODER, "file", value="../other/vae_decoder.onnx"),
+            r"components\.vae_decoder\.file must be a file of the folder, without a path",
+        ),
+        (
+            _set(*DECODER, "files", "/etc/passwd", value={"sha256": "0" * 64, "bytes": 1}),
+            r'components\.vae_decoder\.files\["/etc/passwd"\] must be a file of the folder',
+        ),
+        (
+            _set(*DECODER, "file", value="t5.onnx"),
+            r"components\.vae_decoder\.file \(t5\.onnx\) is not among components\.vae_decoder\.files",
+        ),
     ],
     ids=[
         "missing-key",
@@ -166,6 +178,9 @@ DECODER = ("components", "vae_decoder")
         "missing-top-level-key",
         "tool-version-type",
         "broken-config",
+        "file-outside-the-folder",
+        "files-outside-the-folder",
+        "file-not-recorded",
     ],
 )
 def test_a_corrupt_manifest_is_refused_at_read_naming_the_field(tmp_path, corrupt, message):

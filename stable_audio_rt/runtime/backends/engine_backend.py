@@ -23,7 +23,7 @@ from stable_audio_rt.manifest import (
     Manifest,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
-from stable_audio_rt.models.io_spec import COMPONENTS, component_specs
+from stable_audio_rt.models.io_spec import COMPONENTS, ElementKind, component_specs, element_dtype
 from stable_audio_rt.models.source import fingerprint
 from stable_audio_rt.models.vae import posterior_std
 from stable_audio_rt.runtime.sampling.guidance import dit_rows
@@ -88,9 +88,9 @@ class EngineGraph:
                 f"re-export with --frames covering {frames}, or choose a window inside it"
             )
 
-    def element_type(self, kind: str) -> torch.dtype:
-        """The torch type of a spec's element kind: ids int64, σ-times float32, else the graph's."""
-        return {"int64": torch.int64, "float32": torch.float32}.get(kind, self.float_type)
+    def element_type(self, kind: ElementKind) -> torch.dtype:
+        """The torch type of a spec's element kind in this graph (`io_spec.element_dtype`)."""
+        return element_dtype(kind, self.float_type)
 
     def prepare_inputs(self, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The inputs in spec order, on the device, contiguous and of the spec's types (the same

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.manifest import EngineFolderError, Manifest
+from stable_audio_rt.manifest import MANIFEST, EngineFolderError, Manifest
 from stable_audio_rt.precision import DTYPES
 from stable_audio_rt.runtime.backends.engine_backend import (
     EngineComponents,
@@ -30,6 +30,8 @@ __all__ = ["OrtComponents", "OrtGraph", "require_same_weights"]
 # onnxruntime feeds no bf16 tensors: its precisions are these two of DTYPES.
 ORT_PRECISIONS = ("fp32", "fp16")
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
+# The same, as onnxruntime names a graph's value types.
+ORT_TYPES = {torch.float32: "tensor(float)", torch.float16: "tensor(float16)", torch.int64: "tensor(int64)"}
 
 
 class OrtGraph(EngineGraph):
@@ -64,6 +66,22 @@ class OrtGraph(EngineGraph):
             raise EngineFolderError(
                 f"{folder / entry.file} cannot be loaded ({e}); rebuild with `sa-export`"
             ) from e
+        self._check_against_manifest(folder)
+
+    def _check_against_manifest(self, folder: Path) -> None:
+        """The graph's inputs and outputs, named and typed as the manifest records them: an
+        edited manifest (a precision, a name) is refused here, not met as onnxruntime's error."""
+        for what, specs, found in (
+            ("inputs", self.entry.inputs, self.session.get_inputs()),
+            ("outputs", self.entry.outputs, self.session.get_outputs()),
+        ):
+            recorded = [(spec.name, ORT_TYPES[self.element_type(spec.kind)]) for spec in specs]
+            graph = [(value.name, value.type) for value in found]
+            if graph != recorded:
+                raise EngineFolderError(
+                    f"{folder / self.entry.file} has the {what} {graph}, but {MANIFEST} records "
+                    f"{recorded} for it (edited?): rebuild the folder with `sa-export`"
+                )
 
     def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
         binding = self.session.io_binding()

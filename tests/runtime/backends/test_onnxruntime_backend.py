@@ -127,6 +127,24 @@ def test_hand_edited_manifest_is_refused(folder_copy):
         StableAudio.from_engines(folder_copy)
 
 
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda dit: dit.update(precision="fp16"), r"dit\.onnx has the inputs .*'tensor\(float\)'.* but "
+         r"manifest\.json records .*'tensor\(float16\)'.* \(edited\?\)"),
+        (lambda dit: dit["inputs"][0].update(name="zzz"), r"dit\.onnx has the inputs .* records \[\('zzz'"),
+    ],
+    ids=["precision", "input-name"],
+)  # fmt: skip
+def test_a_manifest_edited_away_from_its_graph_is_refused(folder_copy, edit, message):
+    path = folder_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data["components"]["dit"])
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineFolderError, match=message):
+        StableAudio.from_engines(folder_copy)
+
+
 def test_missing_folder_and_missing_encoder(tmp_path, tiny_diffusers_dir, engines):
     with pytest.raises(EngineFolderError, match="does not exist: build it with `sa-export"):
         StableAudio.from_engines(tmp_path / "nothing")
