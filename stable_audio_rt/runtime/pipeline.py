@@ -405,6 +405,12 @@ class StableAudio:
         batch = [resolved] if isinstance(resolved, ResolvedRequest) else resolved
         planning.write_inputs(request, batch, self.components, self.sampler)
 
+    def check(self, resolved: ResolvedRequest) -> None:
+        """Refuse, before any work, a request this pipeline's engines cannot run (their batch and
+        frame profiles, the VAE encoder); the torch backend runs any resolved request."""
+        shape = self.request_shape(resolved)
+        self._check(shape, shape.decode_chunk)
+
     def _check(self, shape: RequestShape, chunk: int | None) -> None:
         self.components.check_request(
             batch=shape.batch,

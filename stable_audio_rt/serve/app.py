@@ -353,6 +353,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
                 f"num_inference_steps: {asked}{steps} is over this server's limit of {settings.max_steps} "
                 "(sa-serve --max-steps): ask for fewer"
             )
+        pipe.check(resolved)  # what the engines' profiles cannot run: 422 now, not a failed job later
         if body.model is not None and body.model != settings.model_name:
             raise RequestError(
                 f"model {shortened(body.model)!r} is not served here: this server runs "

@@ -9,6 +9,7 @@ conditioners (two tiny MLPs) stay in PyTorch and the tokenizer is the folder's o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -66,17 +67,20 @@ class EngineGraph:
     ) -> None:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
         self.ratio = manifest.model_config.vae.downsampling_ratio
-        self.one_clip_per_run = component_specs(manifest.model_config)[name].one_clip_per_run
+        spec = component_specs(manifest.model_config)[name]
+        self.one_clip_per_run, self.rows_per_clip = spec.one_clip_per_run, spec.rows_per_clip
         # Input shapes → the output tensors `run_reusing` fills for them.
         self.reused_outputs: dict[tuple[tuple[int, ...], ...], list[torch.Tensor]] = {}
 
     def check_shape(self, batch: int, frames: int | None = None) -> None:
         low, _, high = self.entry.batch
         if not low <= batch <= high:
+            # sa-export's --max-batch counts clips; T5 and the DiT take two rows a clip (CFG).
             fix = (
                 "it runs one clip at a time, so pass the clips one by one (vae_decode.one_clip_at_a_time)"
                 if self.one_clip_per_run
-                else "re-export with a larger --max-batch"
+                else f"re-export with `sa-export --max-batch {math.ceil(batch / self.rows_per_clip)}` "
+                f"(clips; the folder takes {high // self.rows_per_clip}), or ask for fewer clips"
             )
             raise ConfigError(
                 f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: {fix}"

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -80,8 +81,20 @@ def test_frames_outside_the_profile(engines):
     pipe = StableAudio.from_engines(engines["fp32"][0])
     with pytest.raises(ConfigError, match=r"65 latent frames are outside the dit engine's profile 1–64"):
         pipe.components.check_request(batch=1, uses_cfg=True, frames=65, decode_frames=16, encodes=False)
-    with pytest.raises(ConfigError, match=r"dit engine takes batch 1–4 rows, this request needs 6"):
+    too_many = r"dit engine takes batch 1–4 rows, this request needs 6: re-export with `sa-export"
+    with pytest.raises(ConfigError, match=too_many + r" --max-batch 3` \(clips; the folder takes 2\)"):
         pipe.generate(["a", "b", "c"], steps=2, seconds_total=1.0)
+    # sa-serve refuses such a body before it queues (422), through the same check.
+    from stable_audio_rt.serve.app import ServeSettings, create_app
+    from stable_audio_rt.serve.background import BackgroundServer
+
+    server = BackgroundServer(create_app(pipe, ServeSettings("engines")))
+    try:
+        body = {"input": "x", "n": 3, "num_inference_steps": 2, "audio_length": 1.0}
+        refused = httpx.post(f"{server.url}/v1/audio/jobs", json=body, timeout=60)
+    finally:
+        server.stop()
+    assert refused.status_code == 422 and "sa-export --max-batch 3" in refused.json()["detail"]
     # The VAE's engines are built for one clip: a batch decodes clip by clip.
     two_clips = torch.zeros(2, pipe.components.config.dit.io_channels, 16)
     with pytest.raises(ConfigError, match=r"vae_decoder engine takes batch 1–1 rows, .* one clip at a time"):
