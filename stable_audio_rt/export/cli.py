@@ -23,7 +23,7 @@ from stable_audio_rt.models.source import MODEL_HELP
 
 EXAMPLES = """examples:
   sa-export --out engines/sao-fp16 --fp16
-  sa-export --model ./stable-audio-open-1.0 --out engines/sao-fp32 --components dit,vae_decoder
+  sa-export --model ./stable-audio-open-1.0 --out engines/sao-fp32 --components t5,dit,vae_decoder
   sa-export --out engines/short --fp16 --frames 1:256:512 --max-batch 2
   sa-export --model tiny-random --out engines/tiny     # seconds, no download: a smoke test
 """

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,13 @@ from stable_audio_rt.manifest import (
     folder_names,
 )
 from stable_audio_rt.models.checkpoint import Layout
-from stable_audio_rt.models.io_spec import COMPONENTS, axis_sizes, component_module, component_specs
+from stable_audio_rt.models.io_spec import (
+    COMPONENTS,
+    REQUIRED_COMPONENTS,
+    axis_sizes,
+    component_module,
+    component_specs,
+)
 from stable_audio_rt.models.loading import StableAudioModel
 from stable_audio_rt.models.source import fingerprint, load_model, read_config
 from stable_audio_rt.precision import DTYPES
@@ -99,6 +106,20 @@ class ExportSettings:
         low, opt, high = self.frame_range(latent_frames)
         if not 1 <= low <= opt <= high:
             raise ExportError(f"frames {low}:{opt}:{high} must satisfy 1 ≤ min ≤ opt ≤ max")
+        if high > latent_frames:
+            raise ExportError(
+                f"frames {low}:{opt}:{high} reach past the model's window of {latent_frames} latent frames, "
+                f"which no request exceeds: give a max of at most {latent_frames}"
+            )
+        left_out = [name for name in REQUIRED_COMPONENTS if name not in self.components]
+        if left_out:
+            warnings.warn(
+                f"the folder will lack {', '.join(left_out)}, which every request runs: it generates "
+                f"nothing until an export adds {'it' if len(left_out) == 1 else 'them'} (give --components "
+                f"{','.join(dict.fromkeys((*REQUIRED_COMPONENTS, *self.components)))})",
+                UserWarning,
+                stacklevel=2,
+            )
 
     @property
     def onnx_opset(self) -> int:

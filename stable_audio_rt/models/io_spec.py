@@ -22,6 +22,8 @@ AXIS_NAMES = ("batch", "frames", "samples")  # the keys of `axis_sizes`
 ElementKind = Literal["float", "float32", "int64"]
 ELEMENT_KINDS: tuple[ElementKind, ...] = get_args(ElementKind)
 COMPONENTS = ("t5", "dit", "vae_decoder", "vae_encoder")
+# What every request runs (the encoder only audio-to-audio and inpainting).
+REQUIRED_COMPONENTS = ("t5", "dit", "vae_decoder")
 
 
 @dataclass(frozen=True)

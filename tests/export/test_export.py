@@ -129,6 +129,7 @@ def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
         (["--opset", "5"], r"opset 5 is outside what this exporter writes: give --opset from 18 to 25"),
         (["--opset", "26"], r"opset 26 is outside what this exporter writes: give --opset from 18 to 25"),
         (["--bf16", "--opset", "18"], r"bf16 graphs need opset 22 or later .*: give --opset 22"),
+        (["--frames", "1:64:100"], r"frames 1:64:100 reach past the model's window of 64 latent frames"),
     ],
 )
 def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, arguments, message):
@@ -162,6 +163,12 @@ def test_bf16_graphs_are_written_at_the_opset_whose_conv_takes_bfloat16(tiny_dif
         graph = onnx.load(tmp_path / "engines" / f"{name}.onnx", load_external_data=False)
         assert {o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")} == {22}
         assert any(t.data_type == onnx.TensorProto.BFLOAT16 for t in graph.graph.initializer), name
+
+
+def test_leaving_out_a_component_every_request_runs_is_warned_of():
+    lacks = r"the folder will lack t5, vae_decoder, which every request runs: .*"
+    with pytest.warns(UserWarning, match=lacks + r" \(give --components t5,dit,vae_decoder\)"):
+        ExportSettings(components=("dit",)).check(64)
 
 
 def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tmp_path, capsys):

@@ -16,7 +16,7 @@ import torch
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Manifest
-from stable_audio_rt.runtime.backends.engine_backend import REQUIRED
+from stable_audio_rt.models.io_spec import REQUIRED_COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def tensorrt_unusable(folder: Path, manifest: Manifest, device: torch.device) ->
     try:
         trt = import_tensorrt()
         gpu = gpu_identity(device)
-        for name in REQUIRED:
+        for name in REQUIRED_COMPONENTS:
             checked_plan(folder, manifest, name, trt.__version__, gpu)
     except StableAudioError as e:
         return str(e)

@@ -24,12 +24,16 @@ from stable_audio_rt.manifest import (
     Manifest,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners
-from stable_audio_rt.models.io_spec import COMPONENTS, ElementKind, component_specs, element_dtype
+from stable_audio_rt.models.io_spec import (
+    COMPONENTS,
+    REQUIRED_COMPONENTS,
+    ElementKind,
+    component_specs,
+    element_dtype,
+)
 from stable_audio_rt.models.source import fingerprint
 from stable_audio_rt.models.vae import posterior_std
 from stable_audio_rt.runtime.sampling.guidance import dit_rows
-
-REQUIRED = ("t5", "dit", "vae_decoder")
 
 
 def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str:
@@ -45,7 +49,7 @@ def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str
 
 def require_components(folder: Path, manifest: Manifest) -> None:
     """Refuse a folder without the components every request runs."""
-    missing = [c for c in REQUIRED if c not in manifest.components]
+    missing = [c for c in REQUIRED_COMPONENTS if c not in manifest.components]
     if missing:
         raise EngineFolderError(
             f"{folder} lacks {', '.join(missing)}, which every request runs: "
