@@ -23,7 +23,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
-from stable_audio_rt.precision import DTYPES, DtypeChoice, DtypeRequest, choose_dtype
+from stable_audio_rt.precision import DTYPES, NAMES, DtypeChoice, DtypeRequest, choose_dtype
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
 from stable_audio_rt.runtime.backends.engine_backend import require_components
 from stable_audio_rt.runtime.backends.protocols import Components
@@ -124,8 +124,24 @@ def plan_load(
         raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
     manifest = Manifest.read(engines)
     require_components(engines, manifest)
+    _refuse_other_precisions(engines, manifest, options)
     dtype = DtypeChoice(DTYPES[manifest.components["dit"].precision], "the engines' precision")
     return LoadPlan(choice, manifest.model_config, model, engines, options, dtype)
+
+
+def _refuse_other_precisions(engines: Path, manifest: Manifest, options: WeightOptions) -> None:
+    """An engine folder runs the precisions it was exported in: a --dtype or --t5-dtype other
+    than those is refused, not silently ignored."""
+    default_t5 = WeightOptions().t5_dtype
+    for flag, asked, component in (("--dtype", options.dtype, "dit"), ("--t5-dtype", options.t5_dtype, "t5")):
+        if asked == "auto" or (component == "t5" and asked == default_t5):
+            continue
+        precision, name = manifest.components[component].precision, NAMES.get(asked, str(asked))
+        if asked != DTYPES[precision]:
+            raise ConfigError(
+                f"{flag} {name}: the engine folder {engines} runs its {component} in {precision}, "
+                f"as exported; leave {flag} out, or export a folder in {name} (sa-export --{name})"
+            )
 
 
 def _choose_backend(

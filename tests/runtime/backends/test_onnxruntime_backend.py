@@ -237,3 +237,18 @@ def test_cuda_sessions_run_on_the_pipelines_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     assert onnxruntime_backend._provider(torch.device("cuda")) == ("CUDAExecutionProvider", {"device_id": 3})
     assert onnxruntime_backend._provider(CPU) == "CPUExecutionProvider"
+
+
+def test_a_precision_other_than_the_folders_is_refused_not_ignored(engines):
+    from stable_audio_rt.runtime import load
+
+    folder = engines["fp32"][0]
+    with pytest.raises(
+        ConfigError, match=r"--dtype fp16: the engine folder .* runs its dit in fp32, as exported"
+    ):
+        load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float16))
+    with pytest.raises(ConfigError, match=r"--t5-dtype bf16: .* runs its t5 in fp32.* \(sa-export --bf16\)"):
+        load.plan_load(engines=folder, options=load.WeightOptions(t5_dtype=torch.bfloat16))
+    # Its own precision, or none given, is what it runs.
+    own = load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float32))
+    assert own.dtype_choice.dtype == load.plan_load(engines=folder).dtype_choice.dtype == torch.float32
