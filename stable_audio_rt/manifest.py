@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,12 +178,13 @@ class Manifest:
     def read(cls, folder: Path) -> Manifest:
         """The folder's manifest with every field checked; a bad one is refused naming the field."""
         path = folder / MANIFEST
+        build = f"build it with `sa-export --out {shlex.quote(str(folder))}`"
+        if folder.exists() and not folder.is_dir():
+            raise EngineFolderError(f"{folder} is a file: give the engine folder sa-export wrote")
         if not folder.is_dir():
-            raise EngineFolderError(
-                f"engine folder {folder} does not exist: build it with `sa-export --out {folder}`"
-            )
+            raise EngineFolderError(f"engine folder {folder} does not exist: {build}")
         if not path.is_file():
-            raise EngineFolderError(f"{folder} has no {MANIFEST}: build it with `sa-export --out {folder}`")
+            raise EngineFolderError(f"{folder} has no {MANIFEST}: {build}")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:

@@ -266,6 +266,8 @@ def export_engines(
     out = Path(out).absolute()  # "." has no name to put a new folder beside
     if out.is_symlink():
         out = out.resolve()
+    if out.parent.exists() and not out.parent.is_dir():
+        raise ExportError(f"cannot write {out}: {out.parent} is a file, not a folder")
     if not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
     check_writable(out.parent)

@@ -10,6 +10,7 @@ conditioners (two tiny MLPs) stay in PyTorch and the tokenizer is the folder's o
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str
     return (
         f"export the folder again with {', '.join(adding)} added, as it was exported (the same precision, "
         f"--max-batch and --frames; unchanged components are reused): "
-        f"`sa-export --model {manifest.source} --out {folder} --components {wanted}`"
+        f"`sa-export --model {shlex.quote(manifest.source)} --out {shlex.quote(str(folder))} "
+        f"--components {wanted}`"
     )
 
 
@@ -210,7 +212,7 @@ def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) ->
     if fingerprint(model) != manifest.weights_sha256:
         raise EngineFolderError(
             f"{folder} was built from other weights than {model}: rebuild it with "
-            f"`sa-export --model {model} --out {folder}`"
+            f"`sa-export --model {shlex.quote(str(model))} --out {shlex.quote(str(folder))}`"
         )
 
 

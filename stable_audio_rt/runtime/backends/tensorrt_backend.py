@@ -36,6 +36,7 @@ context once before capturing it, so its shape-dependent setup happens outside t
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -92,7 +93,9 @@ def torch_dtype(trt: ModuleType, dtype: Any) -> torch.dtype:
 
 
 def rebuild_hint(folder: Path, manifest: Manifest) -> str:
-    return f"`sa-export --model {manifest.source} --out {folder}` on this machine"
+    return (
+        f"`sa-export --model {shlex.quote(manifest.source)} --out {shlex.quote(str(folder))}` on this machine"
+    )
 
 
 def checked_plan(folder: Path, manifest: Manifest, name: str, version: str, gpu: tuple[str, str]) -> Path:

@@ -13,7 +13,7 @@ from checkpoints import build_reference, write_diffusers_checkpoint
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.errors import ConfigError
-from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
 from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.runtime.backends.engine_backend import EngineDiTStep
@@ -161,6 +161,14 @@ def test_a_manifest_edited_away_from_its_graph_is_refused(folder_copy, edit, mes
 def test_missing_folder_and_missing_encoder(tmp_path, tiny_diffusers_dir, engines):
     with pytest.raises(EngineFolderError, match="does not exist: build it with `sa-export"):
         StableAudio.from_engines(tmp_path / "nothing")
+    spaced = tmp_path / "my engines"  # the command it suggests pastes into a shell as it is
+    with pytest.raises(EngineFolderError, match=re.escape(f"`sa-export --out '{spaced}'`")):
+        StableAudio.from_engines(spaced)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(EngineFolderError, match=r"a-file is a file: give the engine folder sa-export wrote"):
+        StableAudio.from_engines(tmp_path / "a-file")
+    with pytest.raises(ExportError, match=r"cannot write .*a-file/sub: .*a-file is a file, not a folder"):
+        export_engines(tiny_diffusers_dir, tmp_path / "a-file" / "sub", ExportSettings())
     folder = tmp_path / "no-encoder"
     export_engines(tiny_diffusers_dir, folder, ExportSettings(components=("t5", "dit", "vae_decoder")))
     pipe = StableAudio.from_engines(folder)
