@@ -2,7 +2,8 @@
 /docs) on uvicorn. The pipeline is loaded and warmed before the app exists, so /health is ready
 whenever it answers. Generation runs in worker threads, one pipeline call at a time; requests
 that can share a call (`StableAudio.batch_key`) and wait for the model together run as one batch
-(`Generator`); a bounded count of waiting and running requests turns the next one away with 429.
+(`batching.Generator`); a bounded count of waiting and running requests turns the next one away
+with 429.
 Bodies are JSON, or multipart/form-data with uploaded reference audio (`bodies.py`), each checked
 in full before it waits; a synchronous request whose client goes away gives its place up (at the
 next step boundary once it runs, unless batch-mates still run)."""
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
 
@@ -28,13 +29,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from stable_audio_rt.errors import RequestError, StableAudioError
-from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, StepCallback
-from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.requests import ResolvedRequest
+from stable_audio_rt.serve.batching import RETRY_AFTER_S, Generator
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
 from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S, Drain
-from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped, joins
+from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import (
     AUDIO_CONTENT,
@@ -45,11 +45,6 @@ from stable_audio_rt.serve.schema import (
     GenerateBody,
 )
 
-# What a client waits before retrying a full queue (seconds, the Retry-After header).
-RETRY_AFTER_S = 1
-# How often a request waiting for the model checks that it should still run (its client there,
-# its job not cancelled or timed out), in seconds.
-WAIT_POLL_S = 0.05
 # What a request whose client went away answers (never sent): nginx's "client closed request".
 CLIENT_CLOSED = 499
 MS_PER_S = 1000
@@ -100,173 +95,6 @@ class ServeSettings:
     # (sa-serve's own default is DEFAULT_MAX_BATCH).
     max_batch: int = 1
     batch_wait_ms: float = 0.0  # how long a batch waits for more requests to join it
-
-
-@dataclass
-class _Ticket:
-    """One request waiting for the model, and its outcome once a batch has run it."""
-
-    resolved: ResolvedRequest
-    on_step: StepCallback
-    key: BatchKey | None  # None: it runs alone
-    taken: bool = False  # in a batch (changed under Generator.arrived)
-    result: GenerationResult | None = None
-    error: Exception | None = None  # its own failure, or its Stopped
-    done: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def rows(self) -> int:
-        return self.resolved.batch
-
-    def finish(self, result: GenerationResult | None = None, error: Exception | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-
-class Generator:
-    """The pipeline behind a lock, with the count of requests waiting for it and the dynamic
-    batcher: whichever waiting thread gets the model runs the oldest waiting request, together
-    with the waiting requests of its batch key (in arrival order, up to `max_batch` clips),
-    waiting up to `batch_wait_s` for more to arrive. Each request gets its own outcome: its own
-    error if it alone fails (after a failed batch every request is run alone), its own `Stopped`.
-
-    Stopping in a batch: a request stopped (cancelled, timed out, its client gone) while it waits
-    leaves the queue unrun; one stopped while its batch runs gives up its answer at the next step
-    boundary but its batch-mates run on (its rows are computed and discarded); a batch stops early
-    only when every one of its requests has stopped."""
-
-    def __init__(
-        self,
-        pipe: StableAudio,
-        max_queue: int,
-        metrics: ServeMetrics,
-        max_batch: int = 1,
-        batch_wait_s: float = 0.0,
-    ) -> None:
-        self.pipe, self.max_queue, self.metrics = pipe, max_queue, metrics
-        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
-        self.lock = threading.Lock()  # the model: held while a batch forms and runs
-        self.waiting = 0  # changed on the event loop only
-        self.pending: list[_Ticket] = []  # requests waiting for a batch, oldest first
-        self.arrived = threading.Condition()  # guards `pending`; notified when one is added
-
-    def admit(self) -> None:
-        if self.waiting >= self.max_queue:
-            self.metrics.requests.labels("rejected_busy").inc()
-            raise HTTPException(
-                429,
-                f"the queue is full ({self.max_queue} requests waiting or running); retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        self.waiting += 1
-        self.metrics.queue_depth.set(self.waiting)
-
-    def leave(self) -> None:
-        self.waiting -= 1
-        self.metrics.queue_depth.set(self.waiting)
-
-    def batch_key(self, resolved: ResolvedRequest) -> BatchKey | None:
-        """What the request must share with others to run in one batch with them (None: alone)."""
-        return self.pipe.batch_key(resolved) if self.max_batch > 1 else None
-
-    def run(
-        self, resolved: ResolvedRequest, file_format: str, on_step: StepCallback
-    ) -> tuple[list[bytes], GenerationResult]:
-        """Wait for the model, generate (maybe in a batch with others), then encode each clip
-        (still off the event loop: a long clip's FLAC takes a while). `on_step(done, total)` is
-        called while the request waits (with 0 done) and after each step; it raises `Stopped`
-        to stop the request there."""
-        ticket = _Ticket(resolved, on_step, self.batch_key(resolved))
-        with self.arrived:
-            self.pending.append(ticket)
-            self.arrived.notify_all()
-        total = resolved.request.steps
-        while not ticket.done.is_set():
-            if not ticket.taken:
-                try:
-                    on_step(0, total)
-                except Exception:
-                    with self.arrived:
-                        if not ticket.taken:  # else its batch has it: the batch answers it
-                            self.pending.remove(ticket)
-                            raise
-            if self.lock.acquire(timeout=WAIT_POLL_S):
-                try:
-                    if not ticket.done.is_set():
-                        self._run_next_batch()
-                finally:
-                    self.lock.release()
-        if ticket.error is not None:
-            raise ticket.error
-        result = ticket.result
-        return [audio_bytes(clip, result.sample_rate, file_format) for clip in result.audio], result
-
-    def _run_next_batch(self) -> None:
-        """With the model held: form the next batch and run it, answering each of its requests."""
-        batch = self._form_batch()
-        for ticket in batch:  # stopped while the batch formed: it leaves unrun
-            try:
-                ticket.on_step(0, ticket.resolved.request.steps)
-            except Exception as e:
-                ticket.finish(error=e)
-        batch = [t for t in batch if not t.done.is_set()]
-        if not batch:
-            return
-        self.metrics.batch_requests.observe(len(batch))
-        self.metrics.batch_rows.observe(sum(t.rows for t in batch))
-        if len(batch) == 1:
-            self._run_alone(batch[0])
-            return
-        running = {id(t): t for t in batch}
-
-        def on_step(done: int, total: int) -> None:
-            for ticket in list(running.values()):
-                try:
-                    ticket.on_step(done, total)
-                except Exception as e:  # it gives up its answer; its batch-mates run on
-                    del running[id(ticket)]
-                    ticket.finish(error=e)
-            if not running:
-                raise Stopped("every request of the batch stopped")
-
-        try:
-            results = self.pipe.run_batch([t.resolved for t in batch], on_step=on_step)
-        except Exception:
-            if not running:
-                return
-            # Whose fault it was is unknown: each request still running gets its own outcome alone.
-            for ticket in running.values():
-                self._run_alone(ticket)
-            return
-        for ticket, result in zip(batch, results, strict=True):
-            if not ticket.done.is_set():
-                ticket.finish(result)
-
-    def _form_batch(self) -> list[_Ticket]:
-        """The oldest waiting request and the waiting ones of its batch key that fit, in arrival
-        order, after waiting up to `batch_wait_s` for the batch to fill."""
-        deadline = time.monotonic() + self.batch_wait_s
-        batch: list[_Ticket] = []
-        with self.arrived:
-            while True:
-                for ticket in list(self.pending):
-                    if batch and not joins(batch, ticket, self.max_batch):
-                        continue
-                    self.pending.remove(ticket)
-                    ticket.taken = True
-                    batch.append(ticket)
-                left = deadline - time.monotonic()
-                if batch[0].key is None or sum(t.rows for t in batch) >= self.max_batch or left <= 0:
-                    return batch
-                self.arrived.wait(left)
-
-    def _run_alone(self, ticket: _Ticket) -> None:
-        try:
-            result = self.pipe.run_resolved(ticket.resolved, on_step=ticket.on_step)
-        except Exception as e:
-            ticket.finish(error=e)
-        else:
-            ticket.finish(result)
 
 
 @dataclass(frozen=True)
