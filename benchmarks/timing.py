@@ -1,5 +1,5 @@
-"""Timing one call the way every benchmark here does: the package's stopwatch (CUDA events on a
-GPU, perf_counter on the CPU)."""
+"""Timing one call with the package's stopwatch (CUDA events on a GPU, perf_counter on the CPU),
+as the benchmarks that time single calls do; end-to-end ones time by wall clock."""
 
 from __future__ import annotations
 

@@ -8,12 +8,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.sampling.guidance import dit_rows
+
+if TYPE_CHECKING:
+    from stable_audio_rt.bench.peer import Peer
 
 PROMPT = "warm analog synth pad with slow attack"
 NEGATIVE_PROMPT = "low quality"
@@ -120,7 +124,7 @@ def _text_encoder_times(pipe: StableAudio, workload: Workload, repeats: int) -> 
     return statistics.median(tokenize), statistics.median(t5)
 
 
-def interleave_with_peer(peer, ours: StableAudio, workload: Workload, repeats: int) -> dict:
+def interleave_with_peer(peer: Peer, ours: StableAudio, workload: Workload, repeats: int) -> dict:
     """Ours and diffusers on the same work, A B A B after one untimed call each, so drift of
     the machine falls on both; the ratio is diffusers' time over ours, per pair."""
     config = ours.config

@@ -28,6 +28,7 @@ from torch import nn
 
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Verification
+from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.io_spec import ComponentSpec, axis_sizes, sample_inputs
 from stable_audio_rt.models.vae import cast_keeping_fp32_
 from stable_audio_rt.precision import DTYPES
@@ -71,7 +72,7 @@ def export_component(
     spec: ComponentSpec,
     precision: str,
     profile: Profile,
-    config,
+    config: StableAudioConfig,
     path: Path,
     opset: int = DEFAULT_OPSET,
     plugins: bool = False,
@@ -176,7 +177,7 @@ def verify_component(
     spec: ComponentSpec,
     precision: str,
     path: Path,
-    config,
+    config: StableAudioConfig,
     sizes: dict[str, int],
     seed: int,
 ) -> Verification:

@@ -2,7 +2,8 @@
 
 Layouts: q is (B, H, T, Dh); self-attention k, v are (B, H, T, Dh); cross-attention
 k, v are (B, Hkv, S, Dh) with query head h reading KV head h // (H / Hkv).
-The Triton kernels issue replaces these functions with fused ones of the same signature.
+The Triton kernels replace these functions with fused ones (`AttentionFunctions`); a pair that
+takes no key bias says so (`takes_key_bias`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,9 @@ from torch import nn
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.models.config import ConditioningConfig, NumberConditionerConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_ID = "prompt"
 
@@ -89,7 +93,9 @@ class T5TextEncoder(nn.Module):
         return keep
 
 
-def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded,
     truncated as stable-audio-tools does, with a warning for each prompt that loses words."""
     # One token more than the model reads: a prompt that fills it loses words to the truncation.
@@ -135,7 +141,7 @@ class Conditioner(nn.Module):
         config: ConditioningConfig,
         numbers: NumberConditioners,
         text_encoder: T5TextEncoder,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
     ) -> None:
         super().__init__()
         self.config = config

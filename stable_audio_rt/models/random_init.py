@@ -7,6 +7,7 @@ Its audio is noise; it exists so the whole pipeline can run anywhere in seconds.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from stable_audio_rt.models.config import (
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.loading import StableAudioModel
 from stable_audio_rt.models.vae import OobleckVAE, cast_keeping_fp32_
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TINY_RANDOM = "tiny-random"
 TINY_RANDOM_SMALL = "tiny-random-small"
@@ -39,7 +43,7 @@ TOKENIZER_SENTENCES = (
 CONV_GAIN = 0.5
 
 
-def build_tokenizer(max_length: int):
+def build_tokenizer(max_length: int) -> PreTrainedTokenizerBase:
     """A T5 tokenizer trained with sentencepiece on a few sentences."""
     import sentencepiece as spm
     from transformers import T5Tokenizer

@@ -1,6 +1,6 @@
-"""Timing a block the one way the pipeline and the benchmarks do: CUDA events around it on a GPU
-(device time from its first queued kernel to its last, no host sync inside), perf_counter on the
-CPU."""
+"""Timing a block as the pipeline's stages are timed: CUDA events around it on a GPU (device time
+from its first queued kernel to its last, no host sync inside), perf_counter on the CPU. Whole
+requests and end-to-end rows are timed by wall clock around their calls instead."""
 
 from __future__ import annotations
 

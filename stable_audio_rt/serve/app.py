@@ -27,6 +27,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp
 
 from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, StepCallback
@@ -382,7 +383,7 @@ class ReplicaHeader:
     """ASGI middleware: every answer says which replica gave it (`X-Replica`), what load balancing
     and a replica's death look like from outside."""
 
-    def __init__(self, app, replica: str) -> None:
+    def __init__(self, app: ASGIApp, replica: str) -> None:
         self.app, self.header = app, (b"x-replica", replica.encode())
 
     async def __call__(self, scope, receive, send) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import threading
 import time
 
+from starlette.types import ASGIApp
+
 # How long a server may take to start listening.
 START_TIMEOUT_S = 60
 
 
 class BackgroundServer:
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
         self.app = app

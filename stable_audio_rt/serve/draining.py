@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -77,7 +78,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
 
-    def handle_exit(self, sig, frame) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.drain.started:  # a second signal: uvicorn's own stop, the jobs cancelled
             self.drain.cut_short = True
             super().handle_exit(sig, frame)

@@ -1,4 +1,6 @@
-"""The executed part of a request: one dpmpp-3m-sde step over a `SamplerState`'s buffers.
+"""The executed part of a request: one sampler step over a `SamplerState`'s buffers, in the
+linear form both samplers share (dpmpp-3m-sde's table, and pingpong's with its history terms
+zero: `pingpong.pingpong_table`).
 
 A step reads the state and writes only `state.x` and one slot of the denoised ring, in place,
 with no host synchronisation: every scalar is a 0-d device tensor from the state's table.
@@ -14,7 +16,8 @@ from stable_audio_rt.runtime.sampling.table import Col
 
 
 def sampler_step(state: SamplerState, i: int) -> None:
-    """Step i: denoise x at σ_i with guidance, then the linear dpmpp-3m-sde update (and RePaint)."""
+    """Step i: denoise x at σ_i with guidance, then the linear update of the state's table (and
+    RePaint)."""
     s = state.scalars[i]
     x = state.x
     batch = x.shape[0]
@@ -26,7 +29,7 @@ def sampler_step(state: SamplerState, i: int) -> None:
 
     denoised = state.denoised[i % HISTORY]
     prev, prev2 = state.denoised[(i - 1) % HISTORY], state.denoised[(i - 2) % HISTORY]
-    # v-objective denoiser: D = c_skip·x + c_out·v, per half of the [cond; uncond] batch.
+    # D = c_skip·x + c_out·v, per half of the [cond; uncond] batch (v and rf_denoiser objectives).
     if state.uses_cfg:
         d_cond = x * s[Col.C_SKIP] + v[:batch].float() * s[Col.C_OUT]
         d_uncond = x * s[Col.C_SKIP] + v[batch:].float() * s[Col.C_OUT]
