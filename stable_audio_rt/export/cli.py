@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         trt_plugins=args.trt_plugins,
     )
     bars: list[tqdm] = []  # made at the first component: a refusal before it shows no bar
+    reused: list[str] = []  # components taken unchanged from the folder, not exported again
 
     def on_component(name: str) -> None:
         if bars:
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
 
     with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
-        manifest = export_engines(args.model, args.out, settings, on_component=on_component)
+        manifest = export_engines(
+            args.model, args.out, settings, on_component=on_component, on_reused=reused.append
+        )
     if failed.exit_status is not None:
         return failed.exit_status
     bars[0].update(1)
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(check, Verification)
             else check.reason
         )
-        print(f"{name:12s} {entry.precision:5s} {check.status:8s} {detail} {entry.note}".rstrip())
+        how = "reused, as verified when exported: " if name in reused else ""
+        print(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
     print(_engines_line(args.out, manifest))
     return 0
 

@@ -260,6 +260,7 @@ def export_engines(
     layout: Layout = "auto",
     token: str | None = None,
     on_component: Callable[[str], None] | None = None,
+    on_reused: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Export `settings.components` of the model `source` names (models/source.py) into `out`
     (a symbolic link's target: the folder replaced is the one its readers see)."""
@@ -294,6 +295,8 @@ def export_engines(
             if entry is not None:
                 for file in entry.files:
                     _place(out / file, tmp / file)
+                if on_reused is not None:
+                    on_reused(name)
             else:
                 entry = _build_entry(model, name, settings, profile, tmp)
             manifest.components[name] = entry

@@ -104,14 +104,15 @@ def test_a_folder_exported_again_keeps_its_permissions(engines, tiny_diffusers_d
 def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
     folder, manifest = engines["fp32"]
     inode = os.stat(folder / "dit.onnx.data").st_ino
-    exported = []
+    exported, reused = [], []
     again = export_engines(
         tiny_diffusers_dir,
         folder,
         ExportSettings("fp32", max_batch=2, frames=(1, 16, 64)),
         on_component=exported.append,
+        on_reused=reused.append,
     )
-    assert exported == list(COMPONENTS)
+    assert exported == reused == list(COMPONENTS)  # each one said, and said to be reused
     assert os.stat(folder / "dit.onnx.data").st_ino == inode, (
         "the unchanged graph must be reused, not rebuilt"
     )
