@@ -118,7 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
         manifest = export_engines(
-            args.model, args.out, settings, on_component=on_component, on_reused=reused.append
+            args.model,
+            args.out,
+            settings,
+            on_component=on_component,
+            on_reused=reused.append,
+            on_loading=lambda: print(f"sa-export: loading {args.model}", file=sys.stderr),
         )
     if failed.exit_status is not None:
         return failed.exit_status

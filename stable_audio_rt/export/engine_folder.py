@@ -261,6 +261,7 @@ def export_engines(
     token: str | None = None,
     on_component: Callable[[str], None] | None = None,
     on_reused: Callable[[str], None] | None = None,
+    on_loading: Callable[[], None] | None = None,
 ) -> Manifest:
     """Export `settings.components` of the model `source` names (models/source.py) into `out`
     (a symbolic link's target: the folder replaced is the one its readers see)."""
@@ -276,6 +277,8 @@ def export_engines(
     settings.check(read_config(source, layout, token).latent_frames)
     old = _old_manifest(out, settings)
     _check_nothing_dropped(out, old, settings)
+    if on_loading is not None:  # everything is checked: the load (and a download) may take minutes
+        on_loading()
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(
         source=str(source),

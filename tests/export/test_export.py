@@ -182,6 +182,7 @@ def test_a_folder_holding_other_files_is_refused_and_kept(tiny_diffusers_dir, tm
     assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(music)]) == 2
     err = capsys.readouterr().err
     assert "music holds what sa-export did not write (song.wav)" in err and "component/s" not in err  # no bar
+    assert "loading" not in err  # refused before the model loads
     assert sorted(p.name for p in music.iterdir()) == ["song.wav", "t5.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["music"]  # no temp folder beside it
     a_file = tmp_path / "engines"
@@ -309,6 +310,7 @@ def test_sa_export_takes_a_random_model_and_sa_run_checks_its_weights(tmp_path, 
     out = tmp_path / "tiny"
     argv = ["--model", "tiny-random", "--fp32", "--out", str(out), "--components", "t5,dit,vae_decoder"]
     assert cli.main(argv) == 0
+    assert "sa-export: loading tiny-random" in capsys.readouterr().err  # said before the silent load
     manifest = Manifest.read(out)
     assert manifest.source == "tiny-random" and manifest.weights_sha256 == fingerprint("tiny-random")
     clip = tmp_path / "clip.wav"
