@@ -32,8 +32,10 @@ LISTEN_BACKLOG = 2048
 # short wait: an idle server answers a lone request that much later).
 DEFAULT_MAX_BATCH = 4
 DEFAULT_BATCH_WAIT_MS = 10.0
-# The warm-up request: the shortest that runs every stage (and loads every lazy piece).
-WARMUP = dict(seconds_total=0.5, steps=2, seed=0)
+# The warm-up request: the shortest that runs every stage (and loads every lazy piece), in the
+# model's window, or the longest an engine folder's profile takes (`--frames 1:256:512`).
+WARMUP = dict(steps=2, seed=0)
+WARMUP_SECONDS = 0.5
 # The Ray Serve group's options besides --ray itself: meaningless without it.
 RAY_ONLY = ("address", "replicas", "min_replicas", "max_replicas", "upscale_delay_s", "downscale_delay_s",
             "replica_cpus")  # fmt: skip
@@ -217,7 +219,9 @@ def loaded(args: argparse.Namespace) -> tuple[StableAudio, ServeSettings]:
     settings = replace(settings, model_name=str(plan.model or plan.engines))
     pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
     print("sa-serve: warming up", file=sys.stderr)
-    pipe.generate("warm-up", **WARMUP)
+    frames = min(pipe.config.latent_frames, pipe.components.most_frames())
+    seconds = min(WARMUP_SECONDS, frames * pipe.config.vae.downsampling_ratio / pipe.config.sample_rate)
+    pipe.generate("warm-up", frames=frames, seconds_total=seconds, **WARMUP)
     return pipe, settings
 
 

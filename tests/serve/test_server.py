@@ -187,6 +187,20 @@ def test_steps_over_the_servers_limit_are_refused_saying_whose_they_are(pipe):
         assert "num_inference_steps: the model's default of 100 is over this server's limit" in default.text
 
 
+@pytest.mark.parametrize("most_frames,frames", [(1000, 64), (8, 8)])
+def test_the_warm_up_runs_in_the_longest_window_the_backend_takes(pipe, monkeypatch, most_frames, frames):
+    """The model's window, or an engine folder's shorter profile (`sa-export --frames 1:4:8`):
+    a server on such a folder used to fail its own warm-up."""
+    warmed = []
+    monkeypatch.setattr(cli.StableAudio, "from_plan", lambda *a, **k: pipe)
+    monkeypatch.setattr(pipe.components, "most_frames", lambda: most_frames)
+    monkeypatch.setattr(pipe, "generate", lambda prompt, **options: warmed.append(options))
+    cli.loaded(cli.build_parser().parse_args(["--model", "tiny-random"]))
+    (options,) = warmed
+    ratio, rate = pipe.config.vae.downsampling_ratio, pipe.config.sample_rate
+    assert options["frames"] == frames and 0 < options["seconds_total"] <= frames * ratio / rate
+
+
 def test_an_empty_api_key_is_no_key(monkeypatch):
     monkeypatch.setenv(cli.API_KEY_VARIABLE, "")
     args = cli.build_parser().parse_args(["--model", "tiny-random"])

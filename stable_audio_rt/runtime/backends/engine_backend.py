@@ -243,6 +243,10 @@ class EngineComponents:
             _load_tokenizer(folder),
         )
 
+    def most_frames(self) -> int:
+        """The DiT's profile ends here (sa-export's --frames maximum)."""
+        return self.graphs["dit"].entry.frames[2]
+
     def check_request(
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
     ) -> None:

@@ -42,6 +42,11 @@ class Components(Protocol):
         """Raise, before any work, if this backend cannot run such a request (shape profiles)."""
         ...
 
+    def most_frames(self) -> int:
+        """The longest window (latent frames) this backend runs (its profile; the model's own
+        window bounds every request too)."""
+        ...
+
     def step_model(self, steps: int, rows: int) -> StepModel:
         """The DiT step for N steps of R rows, its buffers allocated on the device."""
         ...

@@ -92,6 +92,9 @@ class TorchComponents:
     ) -> None:
         """PyTorch runs any shape."""
 
+    def most_frames(self) -> int:
+        return self.config.latent_frames
+
     def step_model(self, steps: int, rows: int) -> TorchDiTStep:
         return TorchDiTStep(
             self.model.dit,
