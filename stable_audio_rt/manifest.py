@@ -37,6 +37,7 @@ from stable_audio_rt.models.config import (
     StableAudioConfig,
 )
 from stable_audio_rt.models.io_spec import AXIS_NAMES, COMPONENTS, ELEMENT_KINDS, TensorSpec, axis_sizes
+from stable_audio_rt.precision import DTYPES
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -45,6 +46,7 @@ NUMBERS_FILE = "number_conditioners.safetensors"
 TIMING_CACHE = "timing.cache"  # TensorRT's, kept beside the plans (export/trt_build.py)
 # What each component may have in the folder: its graph, its external weights, its TensorRT plan.
 COMPONENT_SUFFIXES = (".onnx", ".onnx.data", ".plan")
+GRAPH_SUFFIXES = COMPONENT_SUFFIXES[:2]  # a graph's files, which its entry's `files` records
 # Files above this size are checked by size at load time, not re-hashed (a 4 GB DiT would
 # take seconds on every start); sa-export still records their hash.
 REHASH_LIMIT = 1 << 28
@@ -214,10 +216,18 @@ class Manifest:
         return self.components[component]
 
     def check_files(self, folder: Path, component: str) -> ComponentEntry:
-        """The component's entry, after checking each of its files against its hash."""
+        """The component's entry, after checking each of its files against its hash, and that
+        none of its files in the folder goes unrecorded (a record deleted is a check lost)."""
         entry = self.entry(folder, component)
         for name, expected in entry.files.items():
             check_file(folder / name, expected, "rebuild the engines with `sa-export`")
+        for suffix in GRAPH_SUFFIXES:
+            name = component + suffix
+            if (folder / name).is_file() and name not in entry.files:
+                raise EngineFolderError(
+                    f"{folder / name} is not recorded in {MANIFEST} (edited?): rebuild the engines "
+                    "with `sa-export`"
+                )
         return entry
 
 
@@ -287,6 +297,13 @@ def _read_manifest(top: Fields) -> Manifest:
     return manifest
 
 
+PRECISION_WORDS = f"one of {', '.join(DTYPES)}"
+
+
+def _is_precision(value: Any) -> bool:
+    return value in DTYPES
+
+
 def _is_file_name(value: Any) -> bool:
     """A file of the folder itself: no path, so an edited manifest points nowhere outside it."""
     return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
@@ -297,8 +314,8 @@ def _read_entry(fields: Fields) -> ComponentEntry:
         checked(name, path, _is_file_name, "a file of the folder, without a path")
     entry = ComponentEntry(
         file=fields.get("file", _is_file_name, "a file of the folder, without a path"),
-        precision=fields.string("precision"),
-        requested_precision=fields.string("requested_precision"),
+        precision=fields.get("precision", _is_precision, PRECISION_WORDS),
+        requested_precision=fields.get("requested_precision", _is_precision, PRECISION_WORDS),
         batch=_read_range(fields, "batch"),
         frames=_read_range(fields, "frames"),
         inputs=_read_specs(fields, "inputs"),

@@ -18,6 +18,7 @@ import torch
 
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.manifest import (
+    MANIFEST,
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
@@ -74,6 +75,12 @@ class EngineGraph:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
         self.ratio = manifest.model_config.vae.downsampling_ratio
         spec = component_specs(manifest.model_config)[name]
+        if (spec.inputs, spec.outputs) != (tuple(entry.inputs), tuple(entry.outputs)):
+            # The config's shapes (T5's length, the widths) against what the export recorded.
+            raise EngineFolderError(
+                f"{MANIFEST}'s config gives the {name} graph other inputs or outputs than the ones it "
+                "records (edited?): rebuild the engines with `sa-export`"
+            )
         self.one_clip_per_run, self.rows_per_clip = spec.one_clip_per_run, spec.rows_per_clip
         # Input shapes → the output tensors `run_reusing` fills for them.
         self.reused_outputs: dict[tuple[tuple[int, ...], ...], list[torch.Tensor]] = {}

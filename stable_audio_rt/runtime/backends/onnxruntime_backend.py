@@ -11,6 +11,7 @@ before a session opens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,18 @@ class OrtGraph(EngineGraph):
         self._check_against_manifest(folder)
 
     def _check_against_manifest(self, folder: Path) -> None:
-        """The graph's inputs and outputs, named and typed as the manifest records them: an
-        edited manifest (a precision, a name) is refused here, not met as onnxruntime's error."""
+        """The graph's inputs and outputs, named, typed and of the fixed sizes the manifest records:
+        an edited manifest (a precision, a name, a size) is refused here, not met as onnxruntime's
+        error or a torch traceback (the named axes, sized by the request, are not compared)."""
         for what, specs, found in (
             ("inputs", self.entry.inputs, self.session.get_inputs()),
             ("outputs", self.entry.outputs, self.session.get_outputs()),
         ):
-            recorded = [(spec.name, ORT_TYPES[self.element_type(spec.kind)]) for spec in specs]
-            graph = [(value.name, value.type) for value in found]
+            recorded = [
+                (spec.name, ORT_TYPES[self.element_type(spec.kind)], _fixed_sizes(spec.axes))
+                for spec in specs
+            ]
+            graph = [(value.name, value.type, _fixed_sizes(value.shape)) for value in found]
             if graph != recorded:
                 raise EngineFolderError(
                     f"{folder / self.entry.file} has the {what} {graph}, but {MANIFEST} records "
@@ -123,6 +128,11 @@ def _device_id(device: torch.device) -> int:
     if device.index is not None:
         return device.index
     return torch.cuda.current_device() if device.type == "cuda" else 0
+
+
+def _fixed_sizes(axes: Sequence[int | str | None]) -> tuple[int | None, ...]:
+    """An axis list with its named (dynamic) axes as None: what a graph and its record share."""
+    return tuple(axis if isinstance(axis, int) else None for axis in axes)
 
 
 class OrtComponents(EngineComponents):

@@ -145,9 +145,12 @@ def test_hand_edited_manifest_is_refused(folder_copy):
     [
         (lambda dit: dit.update(precision="fp16"), r"dit\.onnx has the inputs .*'tensor\(float\)'.* but "
          r"manifest\.json records .*'tensor\(float16\)'.* \(edited\?\)"),
-        (lambda dit: dit["inputs"][0].update(name="zzz"), r"dit\.onnx has the inputs .* records \[\('zzz'"),
+        (lambda dit: dit["inputs"][0].update(name="zzz"), r"config gives the dit graph other inputs"),
+        (lambda dit: dit["inputs"][2]["axes"].__setitem__(1, 35), r"config gives the dit graph other inputs"),
+        (lambda dit: dit.update(precision="banana"), r"components\.dit\.precision must be one of fp32"),
+        (lambda dit: dit["files"].pop("dit.onnx.data"), r"dit\.onnx\.data is not recorded in manifest\.json"),
     ],
-    ids=["precision", "input-name"],
+    ids=["precision", "input-name", "input-size", "unknown-precision", "record-deleted"],
 )  # fmt: skip
 def test_a_manifest_edited_away_from_its_graph_is_refused(folder_copy, edit, message):
     path = folder_copy / "manifest.json"
@@ -155,6 +158,15 @@ def test_a_manifest_edited_away_from_its_graph_is_refused(folder_copy, edit, mes
     edit(data["components"]["dit"])
     path.write_text(json.dumps(data))
     with pytest.raises(EngineFolderError, match=message):
+        StableAudio.from_engines(folder_copy)
+
+
+def test_a_config_edited_away_from_the_graphs_is_refused(folder_copy):
+    path = folder_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["config"]["conditioning"]["t5_max_length"] //= 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineFolderError, match=r"config gives the t5 graph other inputs or outputs"):
         StableAudio.from_engines(folder_copy)
 
 
