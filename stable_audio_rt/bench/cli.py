@@ -40,7 +40,11 @@ from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
 from stable_audio_rt.runtime.backends.choice import onnxruntime_unusable, tensorrt_unusable
-from stable_audio_rt.runtime.backends.engine_backend import require_components
+from stable_audio_rt.runtime.backends.engine_backend import (
+    check_request_shapes,
+    profile_checks,
+    require_components,
+)
 from stable_audio_rt.runtime.cli import add_reuse_memory_argument
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce_benchmark
@@ -267,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             Workload(f, s, b, SEED, defaults.cfg_scale)
             for f, s, b in itertools.product(frames, args.steps or [defaults.steps], args.batch)
         ]
+        if args.engines is not None:  # every row's shape in the folder's profiles, before any run
+            manifest = Manifest.read(args.engines)
+            graphs = profile_checks(manifest)
+            for w in workloads:
+                check_request_shapes(
+                    args.engines, manifest, graphs, w.batch, w.uses_cfg, w.frames, w.frames, False
+                )
         runs = 1 + args.warmup + args.repeats
         found = announce_benchmark(config, workloads, runs, device, _faster(workloads, runs))
         if found is not None:

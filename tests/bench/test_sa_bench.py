@@ -169,6 +169,15 @@ def test_engines_from_other_weights_are_refused_before_any_run(
     assert "was built from other weights" in capsys.readouterr().err
 
 
+def test_rows_outside_the_engines_profiles_are_refused_before_any_run(
+    engines, tiny_diffusers_dir, capsys, monkeypatch
+):
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    argv = ["--model", str(tiny_diffusers_dir), "--engines", str(engines["fp32"][0]), "--frames", "4"]
+    assert cli.main([*argv, "--batch", "3"]) == 2  # 2 clips a run, exported with --max-batch 2
+    assert "dit engine takes batch 1–4 rows, this request needs 6" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [

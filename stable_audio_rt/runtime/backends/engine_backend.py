@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -223,6 +223,40 @@ def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) ->
         )
 
 
+def profile_checks(manifest: Manifest) -> dict[str, EngineGraph]:
+    """Each component's profile, to check requests against without opening its engine (sa-bench
+    checks its rows before any run)."""
+    cpu = torch.device("cpu")
+    return {c: EngineGraph(manifest, c, e, cpu, torch.float32) for c, e in manifest.components.items()}
+
+
+def check_request_shapes(
+    folder: Path,
+    manifest: Manifest,
+    graphs: Mapping[str, EngineGraph],
+    batch: int,
+    uses_cfg: bool,
+    frames: int,
+    decode_frames: int,
+    encodes: bool,
+) -> None:
+    """Refuse, before any work, a request the engines' profiles cannot run."""
+    graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
+    graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
+    graphs["vae_decoder"].check_shape(1, decode_frames)  # region.decode: one row at a time
+    if encodes:
+        _encoder(folder, manifest, graphs).check_shape(1, frames)
+
+
+def _encoder(folder: Path, manifest: Manifest, graphs: Mapping[str, EngineGraph]) -> EngineGraph:
+    if "vae_encoder" not in graphs:
+        raise EngineFolderError(
+            "this request needs the VAE encoder (audio-to-audio or inpainting), which the engine folder "
+            f"lacks: {export_again(folder, manifest, ('vae_encoder',))}"
+        )
+    return graphs["vae_encoder"]
+
+
 class EngineComponents:
     """Everything the pipeline needs, from an engine folder, through one backend's graphs."""
 
@@ -258,19 +292,12 @@ class EngineComponents:
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool
     ) -> None:
         """Refuse, before any work, a request the engines' profiles cannot run."""
-        self.graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
-        self.graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
-        self.graphs["vae_decoder"].check_shape(1, decode_frames)  # region.decode: one row at a time
-        if encodes:
-            self._encoder().check_shape(1, frames)
+        check_request_shapes(
+            self.folder, self.manifest, self.graphs, batch, uses_cfg, frames, decode_frames, encodes
+        )
 
     def _encoder(self) -> EngineGraph:
-        if "vae_encoder" not in self.graphs:
-            raise EngineFolderError(
-                "this request needs the VAE encoder (audio-to-audio or inpainting), which the engine folder "
-                f"lacks: {export_again(self.folder, self.manifest, ('vae_encoder',))}"
-            )
-        return self.graphs["vae_encoder"]
+        return _encoder(self.folder, self.manifest, self.graphs)
 
     def step_model(self, steps: int, rows: int) -> EngineDiTStep:
         """The DiT step with its buffers for `steps` steps of `rows` rows allocated; `bind` fills them."""
