@@ -43,7 +43,7 @@ def test_draws_follow_the_reference_order(pipe, generator, audio_to_audio):
         noise="brownian",
         frames=24,
         init_audio=(audio, RATE) if audio_to_audio else None,
-        init_noise_level=3.0,
+        init_noise_level=3.0 if audio_to_audio else None,
     )
     resolved, state = _sampler_state(pipe, request)
 
