@@ -36,12 +36,19 @@ class ModelAccessError(CheckpointError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `docker stop`, `timeout`) inside `reported_errors`: Ctrl-C's path, so
-    that temporary files and folders are removed on the way out."""
+    """SIGTERM (`kill`, `docker stop`, `timeout`) or SIGHUP (the terminal or SSH session closed)
+    inside `reported_errors`: Ctrl-C's path, so that temporary files and folders are removed on
+    the way out."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(number)
+        self.number = number
 
 
-# Exit statuses: a refusal; interrupted by SIGINT (128 + 2) or SIGTERM (128 + 15).
-EXIT_REFUSED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 130, 143
+# Exit statuses: a refusal; interrupted by SIGINT (128 + 2); by another signal, 128 + its number.
+EXIT_REFUSED, EXIT_INTERRUPTED, EXIT_BY_SIGNAL = 2, 130, 128
+# The signals taken as Ctrl-C (SIGHUP is POSIX only).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass
@@ -58,15 +65,15 @@ def reported_errors(
     """The CLIs' one policy: a StableAudioError becomes one line on stderr and exit status 2, Ctrl-C
     one line saying what was (not) written (`interrupted`) and 130; anything else is a bug and keeps
     its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
-    Warnings raised in the block print as one line too. SIGTERM is taken as Ctrl-C (exit 143)
-    while the block runs in the main thread."""
+    Warnings raised in the block print as one line too. SIGTERM and SIGHUP are taken as Ctrl-C
+    (exit 143 and 129) while the block runs in the main thread."""
     outcome = Outcome()
 
-    def terminate(*_) -> None:
-        raise Terminated
+    def terminate(number: int, _frame: object) -> None:
+        raise Terminated(number)
 
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminate) if in_main else None
+    previous = {number: signal.signal(number, terminate) for number in STOP_SIGNALS} if in_main else {}
 
     def one_line(message, category, *_) -> None:  # not Python's file:line and source line
         print(f"{program}: warning: {message}", file=sys.stderr)
@@ -83,7 +90,7 @@ def reported_errors(
         before_report()
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"{program}: {how}; {interrupted}", file=sys.stderr)
-        outcome.exit_status = EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        outcome.exit_status = EXIT_BY_SIGNAL + e.number if isinstance(e, Terminated) else EXIT_INTERRUPTED
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

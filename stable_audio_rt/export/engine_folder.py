@@ -37,6 +37,7 @@ from stable_audio_rt.export.onnx_export import (
 )
 from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.manifest import (
+    MANIFEST,
     NUMBERS_FILE,
     TOKENIZER_DIR,
     ComponentEntry,
@@ -155,8 +156,11 @@ def _check_replaceable(out: Path) -> None:
         try:
             Manifest.read(out)
         except StableAudioError as e:
+            found = (
+                "no manifest.json" if not (out / MANIFEST).is_file() else "a manifest.json not of sa-export"
+            )
             raise ExportError(
-                f"{out} holds files but is not an engine folder sa-export wrote ({e}), and an export "
+                f"{out} holds files but is not an engine folder sa-export wrote ({found}), and an export "
                 "replaces its folder whole: give a new or empty folder, or delete this one first"
             ) from e
 
@@ -265,9 +269,16 @@ def export_engines(
 ) -> Manifest:
     """Export `settings.components` of the model `source` names (models/source.py) into `out`
     (a symbolic link's target: the folder replaced is the one its readers see)."""
-    out = Path(out).absolute()  # "." has no name to put a new folder beside
+    out = Path(os.path.abspath(out))  # "." and ".." have no name to put a new folder beside
     if out.is_symlink():
         out = out.resolve()
+    here = Path.cwd()
+    if out == here or out in here.parents:
+        raise ExportError(
+            f"--out {out} is the folder this command runs in, or holds it: an export replaces the "
+            "folder whole, and this shell would be left in the old, deleted one; run sa-export from "
+            "outside it"
+        )
     if out.parent.exists() and not out.parent.is_dir():
         raise ExportError(f"cannot write {out}: {out.parent} is a file, not a folder")
     if not out.parent.is_dir():

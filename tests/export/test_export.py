@@ -217,13 +217,18 @@ def test_an_export_through_a_symbolic_link_replaces_its_target(engines, tiny_dif
     assert sorted(p.name for p in target.parent.iterdir()) == ["engines"]
 
 
-def test_the_current_folder_is_an_out_like_any_other(tiny_diffusers_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("out,inside", [(".", ""), ("..", "tokenizer")])
+def test_the_folder_a_command_runs_in_is_refused_as_out(
+    tiny_diffusers_dir, tmp_path, monkeypatch, out, inside
+):
+    """An export replaces its folder whole: the shell it ran in would be left in the deleted one."""
     here = tmp_path / "here"
-    here.mkdir()
-    monkeypatch.chdir(here)
+    (here / "tokenizer").mkdir(parents=True)
+    monkeypatch.chdir(here / inside)
     settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64))
-    export_engines(tiny_diffusers_dir, Path("."), settings)
-    assert list(Manifest.read(here).components) == ["t5"]
+    with pytest.raises(ExportError, match=r"is the folder this command runs in, or holds it"):
+        export_engines(tiny_diffusers_dir, Path(out), settings)
+    assert sorted(p.name for p in here.iterdir()) == ["tokenizer"]
 
 
 def test_sigterm_during_an_export_leaves_the_folder_as_it_was_and_nothing_beside(

@@ -1,0 +1,38 @@
+"""The CLIs' one error policy (`errors.reported_errors`): refusals, Ctrl-C and stop signals."""
+
+import os
+import signal
+
+import pytest
+
+from stable_audio_rt.errors import RequestError, reported_errors
+
+
+def test_a_refusal_is_one_line_and_exit_2(capsys):
+    with reported_errors("sa-x", "nothing written") as failed:
+        raise RequestError("steps must be in [1, 10000], got 0")
+    assert failed.exit_status == 2
+    assert capsys.readouterr().err == "sa-x: error: steps must be in [1, 10000], got 0\n"
+
+
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_stop_signal_takes_ctrl_cs_path_and_its_handler_is_given_back(name, status, capsys):
+    number = getattr(signal, name)
+    cleaned = []
+
+    def guard(*_):  # were the signal not taken inside the block, it would end pytest itself
+        raise AssertionError(f"{name} reached the test")
+
+    previous = signal.signal(number, guard)
+    try:
+        with reported_errors("sa-x", "nothing written") as failed:
+            try:
+                os.kill(os.getpid(), number)  # its handler runs before the next line
+                pytest.fail(f"{name} did not stop the block")
+            finally:
+                cleaned.append(True)  # what a temporary file's cleanup would do
+        assert signal.getsignal(number) is guard
+    finally:
+        signal.signal(number, previous)
+    assert failed.exit_status == status and cleaned == [True]
+    assert capsys.readouterr().err == "sa-x: terminated; nothing written\n"
