@@ -36,7 +36,8 @@ def inpaint_mask(
     names: RangeNames,
     source: str,
 ) -> np.ndarray | None:
-    """A keep mask (1 = keep) at the model's rate over the reference audio, or None without one.
+    """A keep mask (True = keep) at the model's rate over the reference audio as far as the
+    model's window covers it, or None without one.
 
     `reference` is the reference's (sample count, sample rate), None when none was given;
     exactly one of the range lists must then be non-empty, each range within the reference and
@@ -56,9 +57,10 @@ def inpaint_mask(
         )
     samples, rate = reference
     seconds = samples / rate
-    length = round(samples * model_rate / rate)
+    # As much of the reference as the model's window covers: no range reaches past it.
+    length = min(round(samples * model_rate / rate), config.sample_size)
     keep = bool(keep_ranges)
-    mask = np.zeros(length) if keep else np.ones(length)
+    mask = np.zeros(length, dtype=bool) if keep else np.ones(length, dtype=bool)
     # A reference as long as the window may be an upload decoded only that far (sa-serve).
     if seconds < window_seconds:
         usable, where = seconds, f"{source} (0–{seconds:.2f} s)"
@@ -69,5 +71,5 @@ def inpaint_mask(
         if not 0 <= start < end <= usable + END_TOLERANCE_S:
             raise RequestError(f"{option}: {start},{end} is outside {where} or empty")
         end = min(end, usable)
-        mask[int(start * model_rate) : int(end * model_rate)] = 1.0 if keep else 0.0
+        mask[int(start * model_rate) : int(end * model_rate)] = keep
     return mask

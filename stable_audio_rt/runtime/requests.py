@@ -237,28 +237,37 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
 
 
 def _resolve_mask(
-    mask: np.ndarray | torch.Tensor, length: int, window_samples: int, rate: int, what: str
+    mask: np.ndarray | torch.Tensor,
+    length: int,
+    window_samples: int,
+    model_samples: int,
+    rate: int,
+    what: str,
 ) -> torch.Tensor:
-    """The keep mask over the request's window: refused where it would lose what it marks past
-    the window, warned of where it keeps no whole latent frame."""
-    keep = torch.as_tensor(np.asarray(mask, dtype=np.float32) if not isinstance(mask, torch.Tensor) else mask)
-    if keep.dim() != 1 or keep.shape[0] != length:
+    """The keep mask over the request's window: one value per sample of the reference at the
+    model rate, or of as much of it as the model's window covers (what sa-run and sa-serve
+    build); refused where it would lose what it marks past the request's window. Checked as
+    given, with no copy of a long reference's mask."""
+    keep = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    covered = min(length, model_samples)
+    if keep.ndim != 1 or keep.shape[0] not in (length, covered):
         raise RequestError(
             f"inpaint_mask must be 1-D with one value per sample of {what} at the model rate "
-            f"({length}), got shape {tuple(keep.shape)}"
+            f"({length}{f', or the first {covered}' if covered < length else ''}), got shape "
+            f"{tuple(keep.shape)}"
         )
-    if not torch.all((keep == 0) | (keep == 1)):
+    if not ((keep == 0) | (keep == 1)).all():
         raise RequestError("inpaint_mask values must be 0 (regenerate) or 1 (keep)")
     past = keep[window_samples:]
-    if past.numel() and not torch.all(past == past[0]):  # a range's edge lies past the window
+    if past.size and not (past == past[0]).all():  # a range's edge lies past the window
         raise RequestError(
             f"inpaint_mask marks parts of {what} past the window this request generates "
             f"(0–{window_samples / rate:.2f} s), which would be dropped: keep the ranges within it, "
             "or ask for a longer clip"
         )
     out = torch.zeros(window_samples, dtype=torch.bool)
-    n = min(length, window_samples)
-    out[:n] = keep[:n].bool()
+    n = min(keep.shape[0], window_samples)
+    out[:n] = torch.from_numpy(keep[:n] != 0)
     return out
 
 
@@ -370,15 +379,13 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
         else:
             inpaint_audio = audio
             length = round(in_length * rate / in_rate)
-            kept = _resolve_mask(request.inpaint_mask, length, window_samples, rate, what)
+            kept = _resolve_mask(request.inpaint_mask, length, window_samples, config.sample_size, rate, what)
             inpaint_keep = keep_mask_to_latent(kept, ratio)
-            if kept.any() and not inpaint_keep.any():
-                warnings.warn(
+            if kept.any() and not inpaint_keep.any():  # a mistake, not a request: it would keep nothing
+                raise RequestError(
                     f"inpaint_mask keeps no whole latent frame ({ratio} samples, "
                     f"{1000 * ratio / rate:.0f} ms, each aligned to a multiple of it), so nothing of "
-                    f"{what} is kept: widen the kept parts",
-                    UserWarning,
-                    stacklevel=2,
+                    f"{what} would be kept: widen the kept parts"
                 )
 
     return ResolvedRequest(

@@ -132,17 +132,36 @@ def test_a_range_ending_at_the_printed_end_of_the_reference_is_its_end():
     names = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
     samples = 127_889  # 2.89998 s at 44.1 kHz
     mask = inpaint_mask((samples, RATE), [(1.0, 2.9)], None, TINY, names, "odd.wav")
-    assert mask.shape == (samples,) and mask[-1] == 1 and mask[: RATE - 1].sum() == 0
+    assert mask.shape == (samples,) and mask[-1] and not mask[: RATE - 1].any()
     with pytest.raises(RequestError, match=r"--keep-range: 1\.0,2\.91 is outside odd\.wav \(0–2\.90 s\)"):
         inpaint_mask((samples, RATE), [(1.0, 2.91)], None, TINY, names, "odd.wav")
 
 
-def test_a_mask_that_keeps_no_whole_latent_frame_warns_that_nothing_is_kept():
+def test_a_mask_that_keeps_no_whole_latent_frame_is_refused():
     audio = _tone(1.0)
     keep = np.zeros(audio.shape[-1])
     keep[1000:3000] = 1  # 2000 samples, across a frame boundary: no 2048-sample frame whole
-    with pytest.warns(UserWarning, match=r"inpaint_mask keeps no whole latent frame \(2048 samples, 46 ms"):
+    with pytest.raises(RequestError, match=r"inpaint_mask keeps no whole latent frame \(2048 samples, 46 ms"):
         resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=keep), TINY)
+
+
+def test_a_long_references_mask_may_cover_only_the_models_window():
+    """sa-run and sa-serve build the mask only as far as the window reaches; the API's full-length
+    mask of the same ranges gives the same request."""
+    audio = _tone(4.0)  # past the tiny model's 2.97 s window
+    full = np.zeros(audio.shape[-1], dtype=bool)
+    full[:RATE] = True
+    requests = [
+        resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=mask), TINY)
+        for mask in (full, full[: TINY.sample_size])
+    ]
+    assert torch.equal(requests[0].inpaint_keep, requests[1].inpaint_keep) and requests[0].inpaint_keep.any()
+    with pytest.raises(
+        RequestError, match=r"one value per sample of inpaint_audio .* \(176400, or the first"
+    ):
+        resolve_request(
+            GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=full[:1000]), TINY
+        )
 
 
 @pytest.mark.parametrize("marked", ["keep", "regenerate"])
