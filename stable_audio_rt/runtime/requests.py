@@ -126,12 +126,14 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
         length = max(audio_length(value)[0], samples.shape[-1])  # the header's count, where it has one
         what = f"{what} {value}"
     elif isinstance(value, tuple) and len(value) == 2:
-        if isinstance(value[0], (int, np.integer)) and np.ndim(value[1]) > 0:
+        if np.ndim(value[0]) == 0 and np.ndim(value[1]) > 0:
             raise RequestError(
                 f"{what} is (sample_rate, samples), stable-audio-tools' order: give (samples, sample_rate)"
             )
         rate = value[1]
-        if isinstance(rate, float) and rate.is_integer():  # 44100.0 is a rate as good as 44100
+        if isinstance(rate, torch.Tensor) and rate.ndim == 0:
+            rate = rate.item()
+        if isinstance(rate, (float, np.floating)) and float(rate).is_integer():  # 44100.0 is a rate
             rate = int(rate)
         samples, rate = float_samples(value[0], what), whole_number(rate, f"{what}'s sample rate")
         length = samples.shape[-1]
@@ -143,8 +145,11 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
     if samples.ndim != 2 or samples.shape[-1] == 0:
         raise RequestError(f"{what} must be (channels, samples) or (samples,) with samples > 0")
     if samples.shape[0] > 2:
+        array = not isinstance(value, (str, Path))  # a file's layout is soundfile's, never transposed
         transposed = (
-            "; it looks like (samples, channels): give its transpose" if samples.shape[1] <= 2 else ""
+            "; it looks like (samples, channels): give its transpose"
+            if array and samples.shape[1] <= 2
+            else ""
         )
         raise RequestError(
             f"{what} has shape {samples.shape}; give mono or stereo (channels, samples){transposed}"
@@ -156,7 +161,7 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
     peak = float(np.abs(samples).max())
     if peak > REFERENCE_PEAK_LIMIT:
         raise RequestError(
-            f"{what}'s peak is {peak:.3g}: audio samples lie in [-1, 1] (float files may go a little "
+            f"{what}'s peak is {peak:.6g}: audio samples lie in [-1, 1] (float files may go a little "
             f"beyond), and past ±{REFERENCE_PEAK_LIMIT:g} the model's numbers overflow; scale it to "
             "[-1, 1] (integer PCM given as floats?)"
         )

@@ -11,7 +11,7 @@ import soxr
 import torch
 
 from stable_audio_rt.errors import RequestError, StableAudioError
-from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.runtime.audio_io import read_audio, samples_read_for, to_model_audio
 from stable_audio_rt.runtime.request_values import prompts_of
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
@@ -125,7 +125,9 @@ BAD_AUDIO = [
         (np.full((2, RATE), 1e30, np.float32), RATE),
         r"init_audio's peak is 1e\+30: audio samples lie in",
     ),
-    ((np.full((2, RATE), -1001, np.float32), RATE), r"init_audio's peak is 1e\+03"),
+    ((np.full((2, RATE), -1001, np.float32), RATE), r"init_audio's peak is 1001: "),
+    ((44100.0, np.zeros((2, RATE), np.float32)), r"init_audio is \(sample_rate, samples\)"),
+    ((torch.tensor(44100), torch.zeros(2, RATE)), r"init_audio is \(sample_rate, samples\)"),
     (
         np.zeros((2, RATE), np.float32),
         r"init_audio must be a file path or \(samples, sample_rate\), got ndarray",
@@ -172,11 +174,17 @@ def test_an_init_noise_level_without_init_audio_is_refused_not_ignored(reference
         resolve_request(GenerationRequest(("x",), init_noise_level=5.0, **reference, **mask), TINY)
 
 
+def test_sigma_options_are_refused_by_the_rf_model_which_takes_none():
+    with pytest.raises(RequestError, match=r"sigma_min and sigma_max shape the v-objective's noise schedule"):
+        resolve_request(GenerationRequest(("x",), sigma_max=5.0), TINY_SMALL)
+
+
 def test_a_whole_float_rate_and_a_peak_a_little_past_full_scale_are_taken():
     samples = np.random.default_rng().uniform(-1.5, 1.5, (2, RATE)).astype(np.float32)
     as_int = resolve_request(GenerationRequest(("x",), init_audio=(samples, RATE)), TINY)
-    as_float = resolve_request(GenerationRequest(("x",), init_audio=(samples, float(RATE))), TINY)
-    assert torch.equal(as_int.init_audio, as_float.init_audio)
+    for rate in (float(RATE), np.float32(RATE), torch.tensor(float(RATE)), torch.tensor(RATE)):
+        as_float = resolve_request(GenerationRequest(("x",), init_audio=(samples, rate)), TINY)
+        assert torch.equal(as_int.init_audio, as_float.init_audio), rate
 
 
 def test_a_long_file_is_read_only_as_far_as_the_window_reaches(tmp_path):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from stable_audio_rt.errors import RequestError
+from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_SIGMA_MAX, DEFAULT_SIGMA_MIN
 from stable_audio_rt.runtime.sampling.noise import RequestRandomness
 from stable_audio_rt.runtime.sampling.sampler import Sampler
 from stable_audio_rt.runtime.sampling.table import Col
@@ -39,6 +40,11 @@ class Pingpong(Sampler):
             raise RequestError(
                 "inpainting is not supported for this model (stable-audio-tools inpaints only models "
                 "trained with inpainting conditioning); audio-to-audio (init_audio) is"
+            )
+        if (request.sigma_min, request.sigma_max) != (DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX):
+            raise RequestError(
+                "sigma_min and sigma_max shape the v-objective's noise schedule; this model's pingpong "
+                "sampler runs on times t in (0, 1] and takes neither: leave them out"
             )
         if request.init_audio is not None and not 0 < request.init_noise_level <= 1:
             level = request.init_noise_level
