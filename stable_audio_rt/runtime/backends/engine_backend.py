@@ -43,11 +43,29 @@ def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str
     components it is given, and reuses those that did not change."""
     wanted = manifest.components_adding(adding)
     return (
-        f"export the folder again with {', '.join(adding)} added, as it was exported (the same precision, "
-        f"--max-batch and --frames; unchanged components are reused): "
-        f"`sa-export --model {shlex.quote(manifest.source)} --out {shlex.quote(str(folder))} "
-        f"--components {wanted}`"
+        f"export the folder again with {', '.join(adding)} added, as it was exported (unchanged "
+        f"components are reused): `sa-export --model {shlex.quote(manifest.source)} "
+        f"--out {shlex.quote(str(folder))} {exported_as(manifest)} --components {wanted}`"
     )
+
+
+def exported_as(manifest: Manifest) -> str:
+    """The sa-export options the folder was exported with (precision, clips, frames, opset,
+    plugins), read from its entries: what an export must repeat to reuse its components. Every
+    component of a folder shares them; the clips are read where a run takes several."""
+    specs = component_specs(manifest.model_config)
+    entry = next(manifest.components[c] for c in COMPONENTS if c in manifest.components)
+    low, opt, high = entry.frames
+    options = [f"--{entry.requested_precision}"]
+    batched = [c for c in ("dit", "t5") if c in manifest.components]
+    if batched:
+        options.append(
+            f"--max-batch {manifest.components[batched[0]].batch[2] // specs[batched[0]].rows_per_clip}"
+        )
+    options += [f"--frames {low}:{opt}:{high}", f"--opset {manifest.opset}"]
+    if any(e.plugins for e in manifest.components.values()):
+        options.append("--trt-plugins")
+    return " ".join(options)
 
 
 def require_components(folder: Path, manifest: Manifest) -> None:

@@ -3,6 +3,7 @@ latents; broken, edited or foreign engine folders are refused with the fix named
 
 import json
 import re
+import shlex
 import shutil
 
 import httpx
@@ -13,6 +14,7 @@ from checkpoints import build_reference, write_diffusers_checkpoint
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.errors import ConfigError
+from stable_audio_rt.export import cli as export_cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
 from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
@@ -184,11 +186,21 @@ def test_missing_folder_and_missing_encoder(tmp_path, tiny_diffusers_dir, engine
     folder = tmp_path / "no-encoder"
     export_engines(tiny_diffusers_dir, folder, ExportSettings(components=("t5", "dit", "vae_decoder")))
     pipe = StableAudio.from_engines(folder)
-    # The command adds the encoder and keeps the rest: an export writes only the components given.
-    every = "t5,dit,vae_decoder,vae_encoder"
-    again = f"`sa-export --model {tiny_diffusers_dir} --out {folder} --components {every}`"
-    with pytest.raises(EngineFolderError, match=f"needs the VAE encoder .* {re.escape(again)}"):
+    # The command adds the encoder and keeps the rest: an export writes only the components given,
+    # and reuses the unchanged ones only when exported with the folder's own options.
+    with pytest.raises(EngineFolderError, match=r"needs the VAE encoder .*`(sa-export [^`]*)`") as refused:
         pipe.generate("x", steps=2, init_audio=(np.zeros(RATE, np.float32), RATE))
+    command = shlex.split(re.search(r"`(sa-export [^`]*)`", str(refused.value)).group(1))[1:]
+    args = export_cli.build_parser().parse_args(command)
+    assert (args.model, args.out, args.components) == (
+        str(tiny_diffusers_dir),
+        folder,
+        ("t5", "dit", "vae_decoder", "vae_encoder"),
+    )
+    reused = []
+    settings = ExportSettings(args.precision, args.components, args.max_batch, args.frames, args.opset)
+    export_engines(args.model, args.out, settings, on_reused=reused.append)
+    assert reused == ["t5", "dit", "vae_decoder"]
     no_dit = tmp_path / "no-dit"
     export_engines(tiny_diffusers_dir, no_dit, ExportSettings(components=("t5", "vae_decoder")))
     for load in (lambda: StableAudio.from_engines(no_dit), lambda: StableAudio.load(engines=no_dit)):
