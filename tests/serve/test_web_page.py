@@ -192,6 +192,9 @@ def test_a_keyed_server_serves_the_page_and_takes_the_key(browser, keyed):
     browser.find_element(By.ID, "generate").click()
     _text_shows(browser, "error", "Error 401", "Enter the server's API key")
     _fill(browser, key=API_KEY)
+    browser.find_element(By.ID, "prompt").click()  # the key field's change: the model line reloads
+    _text_shows(browser, "model", "44100 Hz")
+    assert not browser.find_element(By.ID, "error").is_displayed()  # the key refusal is gone
     browser.find_element(By.ID, "generate").click()
     _results(browser, 1)
     assert not browser.find_element(By.ID, "error").is_displayed()
