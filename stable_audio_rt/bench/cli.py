@@ -35,7 +35,7 @@ from stable_audio_rt.bench.precision_report import StageError, StageOutput, comp
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
-from stable_audio_rt.errors import ConfigError, reported_errors
+from stable_audio_rt.errors import ConfigError, StableAudioError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
@@ -97,7 +97,7 @@ examples:
   sa-bench --preset sao --precision bf16 fp32 --diffusers --precision-report --json sao.json
   sa-bench --preset small --precision auto --precision-report --markdown small.md
   sa-bench --frames 64 --steps 10 --repeats 3 --json bench.json --markdown bench.md --plot bench.png
-  sa-bench --backend all --engines engines/sao-fp32 --frames 32 64 128 --steps 10 --diffusers
+  sa-bench --backend all --engines engines/sao-fp32 --frames 32 64 128 --steps 10
   sa-bench --model stabilityai/stable-audio-open-small --device cuda --precision fp16 bf16
 """.format(presets="\n  ".join(p.describe(name) for name, p in PRESETS.items()))
 
@@ -116,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        help=f"{MODEL_HELP}; timings do not depend on the weights (default: the preset's, else "
-        f"{DEFAULT_MODEL}, no download). With --engines, the weights they were exported from",
+        help=f"{MODEL_HELP}; timings do not depend on the weights (default: with --engines, the model "
+        f"they were exported from; else the preset's, else {DEFAULT_MODEL}, no download)",
     )
     p.add_argument(
         "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
@@ -211,6 +211,10 @@ def _check(args: argparse.Namespace, window: int) -> None:
                                ("--plot", args.plot, ".png")):  # fmt: skip
         if path is not None and path.suffix != suffix:
             raise ConfigError(f"{flag} must name a {suffix} file, got {path}")
+        if path is not None and path.is_dir():
+            raise ConfigError(
+                f"{flag}: {path} is a folder; name a file in it, such as {path / ('report' + suffix)}"
+            )
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
         if path is not None:
@@ -237,12 +241,21 @@ def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
     return (c.d_model, c.d_ff, c.num_layers)
 
 
+def _engines_source(engines: Path | None) -> str | None:
+    """The model an engine folder was exported from (its manifest's source): the rows' weights
+    must be the same. None without a readable folder (`_check` then says what is wrong)."""
+    try:
+        return Manifest.read(engines).source if engines is not None else None
+    except StableAudioError:
+        return None
+
+
 def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
     """`args` with the preset's fields where no flag was given (without a preset: the default
     model and batch 1); frames, steps and CFG left unset fall to the model's own."""
     preset = PRESETS.get(args.preset)
     filled = {
-        "model": preset.model if preset else DEFAULT_MODEL,
+        "model": _engines_source(args.engines) or (preset.model if preset else DEFAULT_MODEL),
         "frames": [preset.frames] if preset and preset.frames else None,
         "steps": [preset.steps] if preset else None,
         "cfg_scale": preset.cfg_scale if preset else None,
@@ -546,7 +559,7 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
         )
         cache[key] = {
             "gflops_per_s": rate.gflops_per_s,
-            "shapes": f"DiT step, {rows} rows × {workload.frames} frames",
+            "shapes": f"DiT step, {rows} row{'s' if rows > 1 else ''} × {workload.frames} frames",
             "library": library,
             "dtype": "float32" if library == "onnxruntime" else str(dtype).removeprefix("torch."),
         }

@@ -32,7 +32,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}`{preset}",
         "",
         "| backend | precision | kernels | frames | steps | batch | warm p50 (s) | RTF | × real time "
-        "| per step (s) | step / GEMM floor | latent cos. dist. | SNR (dB) |",
+        "| per step (s) | floor / step | latent cos. dist. | SNR (dB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
@@ -59,6 +59,10 @@ def markdown(report: dict[str, Any]) -> str:
         for v in report["gemm_floor"].values()
     )
     lines += [
+        "",
+        "RTF: warm p50 ÷ the clip's seconds (below 1 is faster than real time); × real time: its "
+        "inverse; floor / step: the DiT step's time at the GEMM floor ÷ its measured time (1 = at the "
+        "floor). Latent cosine distance and SNR against the fp32 torch row on the same seed.",
         "",
         f"GEMM floor (GFLOP/s) on the DiT step's product shapes, per library and precision; each row's "
         f"step is compared with its own precision's: {floors}.",

@@ -232,12 +232,12 @@ class StableAudio:
             else:
                 audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
         self._refuse_non_finite(audio)
-        rate, results = self.config.sample_rate, []
+        rate, clips = self.config.sample_rate, []
         with _stage(timings, "postprocess", audio.device):
             for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
-                clip = audio[rows, :, one.clip(rate)].contiguous()
-                results.append(GenerationResult(clip, rate, one.seed, latents[rows], dict(timings)))
-        return results
+                clips.append((audio[rows, :, one.clip(rate)].contiguous(), one.seed, latents[rows]))
+        # Each result its own copy of the batch's timings, postprocess included.
+        return [GenerationResult(clip, rate, seed, rows, dict(timings)) for clip, seed, rows in clips]
 
     def _refuse_non_finite(self, audio: torch.Tensor) -> None:
         """Never a file of NaN, nor a silent WAV of them (isfinite would compute an fp32 abs)."""

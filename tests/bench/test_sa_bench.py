@@ -158,6 +158,22 @@ def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, m
     assert not list(tmp_path.iterdir())
 
 
+def test_an_output_path_that_is_a_folder_is_refused_before_any_work(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    (tmp_path / "dir.json").mkdir()
+    assert cli.main(["--model", "tiny-random", "--json", str(tmp_path / "dir.json")]) == 2
+    assert "dir.json is a folder; name a file in it, such as" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.json"]
+
+
+def test_with_engines_the_model_defaults_to_the_one_they_were_exported_from(engines):
+    folder, manifest = engines["fp32"]
+    args = cli.apply_preset(cli.build_parser().parse_args(["--engines", str(folder)]))
+    assert args.model == manifest.source and args.backend == "all"
+    given = cli.apply_preset(cli.build_parser().parse_args(["--engines", str(folder), "--model", "x"]))
+    assert given.model == "x"  # a model given is checked against the folder's weights, not replaced
+
+
 def test_engines_from_other_weights_are_refused_before_any_run(
     engines, tiny_single_file_dir, capsys, monkeypatch
 ):

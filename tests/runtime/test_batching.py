@@ -54,6 +54,7 @@ def test_a_batch_gives_each_request_what_it_gets_alone(pipe, noise):
     assert [r.audio.shape[0] for r in batched] == [1, 4, 1]
     # The batch's timings in each result, each its own dict: one result's edit is not another's.
     assert batched[0].timings == batched[1].timings and batched[0].timings is not batched[1].timings
+    assert "postprocess" in batched[0].timings  # the last stage too, timed before the copies
     for result, request in zip(batched, requests, strict=True):
         _assert_close(result, pipe.run_resolved(request))
 
