@@ -279,11 +279,12 @@ def export_engines(
             "folder whole, and this shell would be left in the old, deleted one; run sa-export from "
             "outside it"
         )
-    if out.parent.exists() and not out.parent.is_dir():
-        raise ExportError(f"cannot write {out}: {out.parent} is a file, not a folder")
-    if not out.parent.is_dir():
-        raise ExportError(f"cannot write {out}: folder {out.parent} does not exist (create it first)")
-    check_writable(out.parent)
+    ancestor = out.parent  # missing folders above --out are made, as `mkdir -p` would
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot write {out}: {ancestor} is a file, not a folder")
+    check_writable(ancestor)
     _check_replaceable(out)
     settings.check(read_config(source, layout, token).latent_frames)
     old = _old_manifest(out, settings)
@@ -298,6 +299,8 @@ def export_engines(
         opset=settings.onnx_opset,
         tools=tool_versions(),
     )
+    made = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_folder_beside(out)
     try:
         for name in settings.components:
@@ -322,6 +325,8 @@ def export_engines(
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # deepest first: the folders made for this export go with it
+            folder.rmdir()
         raise
     return manifest
 

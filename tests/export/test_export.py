@@ -140,9 +140,22 @@ def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, argumen
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_cli_missing_output_folder(tiny_diffusers_dir, tmp_path, capsys):
-    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(tmp_path / "a" / "b")]) == 2
-    assert "folder" in capsys.readouterr().err and not (tmp_path / "a").exists()
+def test_missing_folders_above_out_are_made_and_removed_again_if_the_export_fails(
+    tiny_diffusers_dir, tmp_path, monkeypatch
+):
+    settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64))
+    from stable_audio_rt.export import engine_folder
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("an export that fails")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine_folder, "_build_entry", fails)
+        with pytest.raises(RuntimeError, match="an export that fails"):
+            export_engines(tiny_diffusers_dir, tmp_path / "a" / "b" / "engines", settings)
+    assert list(tmp_path.iterdir()) == []  # nothing made is left
+    export_engines(tiny_diffusers_dir, tmp_path / "a" / "b" / "engines", settings)  # as `mkdir -p`
+    assert list(Manifest.read(tmp_path / "a" / "b" / "engines").components) == ["t5"]
 
 
 def test_a_folder_nothing_can_be_written_in_is_refused_before_loading(
