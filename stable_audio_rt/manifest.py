@@ -298,6 +298,7 @@ def _read_manifest(top: Fields) -> Manifest:
 
 
 PRECISION_WORDS = f"one of {', '.join(DTYPES)}"
+FILE_NAME_WORDS = "a file of the folder, without a path"
 
 
 def _is_precision(value: Any) -> bool:
@@ -310,17 +311,18 @@ def _is_file_name(value: Any) -> bool:
 
 
 def _read_entry(fields: Fields) -> ComponentEntry:
-    for name, _, path in fields.mapping("files"):
-        checked(name, path, _is_file_name, "a file of the folder, without a path")
     entry = ComponentEntry(
-        file=fields.get("file", _is_file_name, "a file of the folder, without a path"),
+        file=fields.get("file", _is_file_name, FILE_NAME_WORDS),
         precision=fields.get("precision", _is_precision, PRECISION_WORDS),
         requested_precision=fields.get("requested_precision", _is_precision, PRECISION_WORDS),
         batch=_read_range(fields, "batch"),
         frames=_read_range(fields, "frames"),
         inputs=_read_specs(fields, "inputs"),
         outputs=_read_specs(fields, "outputs"),
-        files={name: _read_file_record(Fields(v, path)) for name, v, path in fields.mapping("files")},
+        files={
+            checked(name, path, _is_file_name, FILE_NAME_WORDS): _read_file_record(Fields(v, path))
+            for name, v, path in fields.mapping("files")
+        },
         verification=_read_verification(fields.object("verification")),
         note=fields.string("note", default=""),
         plugins=[
@@ -404,7 +406,7 @@ def _read_plan(value: dict[str, Any], entry: Fields) -> PlanRecord | None:
         return None
     fields = Fields(value, child_path(entry.path, "engine"))
     plan = PlanRecord(
-        file=fields.get("file", _is_file_name, "a file of the folder, without a path"),
+        file=fields.get("file", _is_file_name, FILE_NAME_WORDS),
         sha256=fields.string("sha256"),
         bytes=fields.integer("bytes"),
         tensorrt=fields.string("tensorrt"),

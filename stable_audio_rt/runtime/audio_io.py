@@ -72,17 +72,18 @@ def clip_paths(path: str | Path, clips: int) -> list[Path]:
     return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(clips)]
 
 
-def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
-    """Any format soundfile reads → (channels, samples) float32 and its sample rate. With
-    `window` = (samples, rate), the model's window, only as far as it reaches is read (with the
-    resampler's context): an hour of compressed silence would otherwise decode to gigabytes."""
+def read_audio(path: str | Path, window: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int]:
+    """Any format soundfile reads → (channels, samples) float32, its sample rate and the file's
+    whole length in samples (its header's count, or what was read where the header has none).
+    With `window` = (samples, rate), the model's window, only as far as it reaches is read (with
+    the resampler's context): an hour of compressed silence would otherwise decode to gigabytes."""
     with _opened(path) as sound:
-        rate = sound.samplerate
+        rate, length = sound.samplerate, sound.frames
         frames = -1 if window is None else samples_read_for(window[0], rate, window[1])
         data = _read(path, lambda: sound.read(frames, dtype="float32", always_2d=True))
     if data.shape[0] == 0:
         raise AudioFileError(f"audio file {path} is empty")
-    return data.T.copy(), rate
+    return data.T.copy(), rate, max(length, data.shape[0])
 
 
 def audio_length(path: str | Path) -> tuple[int, int]:
@@ -110,6 +111,12 @@ def _read(path: str | Path, reading: Callable[[], T]) -> T:
         return reading()
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioFileError(f"cannot read {path} as audio ({e}); give a WAV, FLAC, OGG or MP3 file") from e
+
+
+def length_at(samples: int, rate: int, target_rate: int) -> int:
+    """How many samples `samples` at `rate` are at `target_rate` (a reference and its mask agree
+    on it)."""
+    return round(samples * target_rate / rate)
 
 
 def samples_read_for(length: int, rate: int, target_rate: int) -> int:

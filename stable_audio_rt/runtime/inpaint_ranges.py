@@ -11,6 +11,7 @@ import numpy as np
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
+from stable_audio_rt.runtime.audio_io import length_at
 
 # (start, end) in seconds of the reference audio.
 Range = tuple[float, float]
@@ -58,7 +59,7 @@ def inpaint_mask(
     samples, rate = reference
     seconds = samples / rate
     # As much of the reference as the model's window covers: no range reaches past it.
-    length = min(round(samples * model_rate / rate), config.sample_size)
+    length = min(length_at(samples, rate, model_rate), config.sample_size)
     keep = bool(keep_ranges)
     mask = np.zeros(length, dtype=bool) if keep else np.ones(length, dtype=bool)
     # A reference as long as the window may be an upload decoded only that far (sa-serve).

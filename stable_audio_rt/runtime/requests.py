@@ -23,7 +23,7 @@ import torch
 from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
-from stable_audio_rt.runtime.audio_io import audio_length, read_audio, to_model_audio
+from stable_audio_rt.runtime.audio_io import length_at, read_audio, to_model_audio
 from stable_audio_rt.runtime.request_values import float_samples, whole_number, with_plain_values
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_INIT_NOISE_LEVEL,
@@ -122,8 +122,7 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
     """Reference audio → (channels, samples) float32 (a file read only as far as the model's
     window reaches), its rate, and its whole length in samples."""
     if isinstance(value, (str, Path)):
-        samples, rate = read_audio(value, (config.sample_size, config.sample_rate))
-        length = max(audio_length(value)[0], samples.shape[-1])  # the header's count, where it has one
+        samples, rate, length = read_audio(value, (config.sample_size, config.sample_rate))
         what = f"{what} {value}"
     elif isinstance(value, tuple) and len(value) == 2:
         if np.ndim(value[0]) == 0 and np.ndim(value[1]) > 0:
@@ -383,7 +382,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             init_audio = audio
         else:
             inpaint_audio = audio
-            length = round(in_length * rate / in_rate)
+            length = length_at(in_length, in_rate, rate)
             kept = _resolve_mask(request.inpaint_mask, length, window_samples, config.sample_size, rate, what)
             inpaint_keep = keep_mask_to_latent(kept, ratio)
             if kept.any() and not inpaint_keep.any():  # a mistake, not a request: it would keep nothing

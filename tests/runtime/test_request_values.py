@@ -191,7 +191,8 @@ def test_a_long_file_is_read_only_as_far_as_the_window_reaches(tmp_path):
     rate = 8000
     whole = np.random.default_rng().uniform(-1, 1, (60 * rate, 2)).astype(np.float32)
     sf.write(tmp_path / "long.flac", whole, rate, subtype="PCM_24")
-    read, read_rate = read_audio(tmp_path / "long.flac", (TINY.sample_size, TINY.sample_rate))
-    everything, _ = read_audio(tmp_path / "long.flac")
+    read, read_rate, length = read_audio(tmp_path / "long.flac", (TINY.sample_size, TINY.sample_rate))
+    everything, _, whole = read_audio(tmp_path / "long.flac")
+    assert length == whole == everything.shape[-1] == 60 * rate  # the whole length, read or not
     assert read_rate == rate and read.shape[-1] == samples_read_for(TINY.sample_size, rate, TINY.sample_rate)
     assert read.shape[-1] < everything.shape[-1] and np.array_equal(read, everything[:, : read.shape[-1]])
