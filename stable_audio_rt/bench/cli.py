@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args: argparse.Namespace, window: int) -> None:
-    """Every argument, before any model loads or any time is spent."""
+def _check(args: argparse.Namespace, window: int) -> Manifest | None:
+    """Every argument, before any model loads or any time is spent; the engine folder's
+    manifest, read once for the whole run (None without --engines)."""
     if args.backend in ("onnxruntime", "tensorrt") and args.engines is None:
         raise ConfigError(f"--backend {args.backend} needs --engines DIR (an engine folder from sa-export)")
     if args.backend == "tensorrt":
@@ -186,6 +187,7 @@ def _check(args: argparse.Namespace, window: int) -> None:
         raise ConfigError(
             f"{args.engines} is not an engine folder (no manifest.json); export one with sa-export"
         )
+    manifest = None
     if args.engines is not None:
         # Every file against its record now, as sa-run does at load: not after the torch rows.
         manifest = Manifest.read(args.engines)
@@ -219,6 +221,7 @@ def _check(args: argparse.Namespace, window: int) -> None:
             raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
         if path is not None:
             check_writable(path.parent)
+    return manifest
 
 
 def _faster(workloads: list[Workload], runs: int) -> tuple[str, ...]:
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["sa-bench", *(sys.argv[1:] if argv is None else argv)])
     with reported_errors("sa-bench", "nothing written") as failed:
         config = read_config(args.model)
-        _check(args, config.latent_frames)
+        manifest = _check(args, config.latent_frames)
         device = resolve_device(args.device)
         _check_precision_report(args, device)
         # Before any load, as sa-run; diffusers runs in this process under the same policy.
@@ -284,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             Workload(f, s, b, SEED, defaults.cfg_scale)
             for f, s, b in itertools.product(frames, args.steps or [defaults.steps], args.batch)
         ]
-        if args.engines is not None:  # every row's shape in the folder's profiles, before any run
-            manifest = Manifest.read(args.engines)
+        if manifest is not None:  # every row's shape in the folder's profiles, before any run
             graphs = profile_checks(manifest)
             for w in workloads:
                 check_request_shapes(
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "model": args.model,
             "preset": args.preset,
-            **_run(args, config, device, workloads),
+            **_run(args, config, device, workloads, manifest),
         }
     if failed.exit_status is not None:
         return failed.exit_status
@@ -373,15 +375,16 @@ def _torch_row(source: str, device: torch.device, requested: str) -> Row:
                lambda: StableAudio.from_plan(plan, cuda_graph=False))  # fmt: skip
 
 
-def _rows(args: argparse.Namespace, device: torch.device, source: str) -> list[Row]:
+def _rows(
+    args: argparse.Namespace, device: torch.device, source: str, manifest: Manifest | None
+) -> list[Row]:
     """Our rows in run order. The fp32 torch row comes first whatever is asked: it is the
     reference of every quality column and of the precision report."""
     rows = [_torch_row(source, device, "fp32")]
     if args.backend in ("torch", "all"):
         rows += [_torch_row(source, device, p) for p in args.precision if p != "fp32"]
-    if args.engines is None:
+    if manifest is None:
         return rows
-    manifest = Manifest.read(args.engines)
     precision = manifest.components["dit"].precision
     engine_backends = [b for b in ("onnxruntime", "tensorrt") if args.backend in (b, "all")]
     if args.backend == "all":  # every backend that can run here
@@ -412,13 +415,19 @@ def _peer_pipelines(
     return PeerPipelines(first, frames, device)
 
 
-def _run(args: argparse.Namespace, config, device: torch.device, workloads: list[Workload]) -> dict:
+def _run(
+    args: argparse.Namespace,
+    config,
+    device: torch.device,
+    workloads: list[Workload],
+    manifest: Manifest | None,
+) -> dict:
     if not args.diffusers:
-        return _measure(args, config, device, workloads, None)
+        return _measure(args, config, device, workloads, manifest, None)
     # The peer's random weights (4.9 GB at Stable Audio Open 1.0's size) last as long as the run.
     with tempfile.TemporaryDirectory(prefix="sa-bench-peer-") as scratch:
         peers = _peer_pipelines(args, config, workloads[0].frames, device, Path(scratch))
-        return _measure(args, config, device, workloads, peers)
+        return _measure(args, config, device, workloads, manifest, peers)
 
 
 def _measure(
@@ -426,15 +435,16 @@ def _measure(
     config,
     device: torch.device,
     workloads: list[Workload],
+    manifest: Manifest | None,
     peers: PeerPipelines | None,
 ) -> dict:
     source = str(peers.folder) if peers is not None else args.model
-    if args.engines is not None:
+    if manifest is not None:
         # Before any run: the quality columns compare the engines with `source`'s weights.
         from stable_audio_rt.runtime.backends.onnxruntime_backend import require_same_weights
 
-        require_same_weights(args.engines, Manifest.read(args.engines), source)
-    rows = _rows(args, device, source)
+        require_same_weights(args.engines, manifest, source)
+    rows = _rows(args, device, source, manifest)
     # One call per stage depends on the frames and clips, not on the steps.
     report_shapes = {(w.frames, w.batch): w for w in workloads}
     gemm_rates: dict[str, dict] = {}
