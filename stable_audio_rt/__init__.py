@@ -36,10 +36,12 @@ from stable_audio_rt.errors import (
     RequestError,
     StableAudioError,
 )
+from stable_audio_rt.runtime.audio_io import AudioFileError
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest
 
 __all__ = [
+    "AudioFileError",
     "CheckpointError",
     "ConfigError",
     "GenerationRequest",

@@ -35,7 +35,7 @@ from stable_audio_rt.bench.precision_report import StageError, StageOutput, comp
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
-from stable_audio_rt.errors import ConfigError, StableAudioError, reported_errors
+from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
@@ -176,21 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args: argparse.Namespace, window: int) -> Manifest | None:
-    """Every argument, before any model loads or any time is spent; the engine folder's
-    manifest, read once for the whole run (None without --engines)."""
+def read_engines(args: argparse.Namespace) -> Manifest | None:
+    """The engine folder's manifest, read once for the whole run (None without --engines),
+    after what the backend needs is known to be here."""
     if args.backend in ("onnxruntime", "tensorrt") and args.engines is None:
         raise ConfigError(f"--backend {args.backend} needs --engines DIR (an engine folder from sa-export)")
     if args.backend == "tensorrt":
         import_tensorrt()  # its absence is one line, before anything loads
-    if args.engines is not None and not (args.engines / "manifest.json").is_file():
+    if args.engines is None:
+        return None
+    if not (args.engines / "manifest.json").is_file():
         raise ConfigError(
             f"{args.engines} is not an engine folder (no manifest.json); export one with sa-export"
         )
-    manifest = None
-    if args.engines is not None:
+    return Manifest.read(args.engines)
+
+
+def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> None:
+    """Every other argument, before any model loads or any time is spent."""
+    if manifest is not None:
         # Every file against its record now, as sa-run does at load: not after the torch rows.
-        manifest = Manifest.read(args.engines)
         require_components(args.engines, manifest)
         for name in manifest.components:
             manifest.check_files(args.engines, name)
@@ -244,21 +249,15 @@ def _t5_dims(pipe: StableAudio) -> tuple[int, int, int]:
     return (c.d_model, c.d_ff, c.num_layers)
 
 
-def _engines_source(engines: Path | None) -> str | None:
-    """The model an engine folder was exported from (its manifest's source): the rows' weights
-    must be the same. None without a readable folder (`_check` then says what is wrong)."""
-    try:
-        return Manifest.read(engines).source if engines is not None else None
-    except StableAudioError:
-        return None
-
-
-def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+def apply_preset(args: argparse.Namespace, manifest: Manifest | None) -> argparse.Namespace:
     """`args` with the preset's fields where no flag was given (without a preset: the default
-    model and batch 1); frames, steps and CFG left unset fall to the model's own."""
+    model and batch 1); frames, steps and CFG left unset fall to the model's own. With an
+    engine folder the model defaults to the one it was exported from (its manifest's source):
+    the rows' weights must be the same."""
     preset = PRESETS.get(args.preset)
+    exported_from = manifest.source if manifest is not None else None
     filled = {
-        "model": _engines_source(args.engines) or (preset.model if preset else DEFAULT_MODEL),
+        "model": exported_from or (preset.model if preset else DEFAULT_MODEL),
         "frames": [preset.frames] if preset and preset.frames else None,
         "steps": [preset.steps] if preset else None,
         "cfg_scale": preset.cfg_scale if preset else None,
@@ -270,11 +269,13 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = apply_preset(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
     command = " ".join(["sa-bench", *(sys.argv[1:] if argv is None else argv)])
     with reported_errors("sa-bench", "nothing written") as failed:
+        manifest = read_engines(args)
+        args = apply_preset(args, manifest)
         config = read_config(args.model)
-        manifest = _check(args, config.latent_frames)
+        _check(args, config.latent_frames, manifest)
         device = resolve_device(args.device)
         _check_precision_report(args, device)
         # Before any load, as sa-run; diffusers runs in this process under the same policy.

@@ -26,6 +26,7 @@ import onnx
 import torch
 from torch import nn
 
+from stable_audio_rt.bench.quality import max_relative_error
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.config import StableAudioConfig
@@ -196,11 +197,10 @@ def verify_component(
     worst_abs = worst_rel = 0.0
     finite = True
     for out, ref in zip(got, expected, strict=True):
-        out, ref = np.asarray(out, dtype=np.float64), ref.double().numpy()
-        finite &= bool(np.isfinite(out).all())
-        diff = float(np.abs(out - ref).max())
-        worst_abs = max(worst_abs, diff)
-        worst_rel = max(worst_rel, diff / max(float(np.abs(ref).max()), 1e-12))
+        out = torch.from_numpy(np.asarray(out, dtype=np.float64))
+        finite &= bool(out.isfinite().all())
+        worst_abs = max(worst_abs, (out - ref.double()).abs().max().item())
+        worst_rel = max(worst_rel, max_relative_error(out, ref))
     shapes = {t.name: tuple(x.shape) for t, x in zip(spec.inputs, inputs, strict=True)}
     return Verification(worst_abs, worst_rel, TOLERANCES[precision], finite, shapes, seed)
 

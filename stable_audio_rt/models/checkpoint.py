@@ -21,6 +21,7 @@ from stable_audio_rt.errors import CheckpointError, ModelAccessError
 DEFAULT_REPO = "stabilityai/stable-audio-open-1.0"
 HASH_BLOCK = 1 << 24
 Layout = Literal["auto", "diffusers", "single_file"]
+LAYOUTS: tuple[Layout, ...] = ("auto", "diffusers", "single_file")
 
 DIFFUSERS_INDEX = "model_index.json"
 SINGLE_FILE_WEIGHTS = "model.safetensors"

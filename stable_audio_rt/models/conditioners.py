@@ -98,24 +98,29 @@ def tokenize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded,
     truncated as stable-audio-tools does, with a warning for each prompt that loses words."""
+
+    def encode(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = tokenizer(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        )
+        return batch["input_ids"], batch["attention_mask"]
+
     # One token more than the model reads: a prompt that fills it loses words to the truncation.
-    longer = tokenizer(list(prompts), truncation=True, max_length=max_length + 1)["input_ids"]
-    for prompt, ids in zip(prompts, longer, strict=True):
-        if len(ids) > max_length:
+    # The others' first max_length columns are their tokens as the model reads them.
+    ids, mask = encode(list(prompts), max_length + 1)
+    ids, mask, longer = ids[:, :max_length], mask[:, :max_length], mask[:, max_length].bool()
+    if longer.any():
+        rows = longer.nonzero().flatten().tolist()
+        for row in rows:
             warnings.warn(
-                f"the prompt {prompt[:40]!r}… is over {max_length} T5 tokens; the model reads the "
+                f"the prompt {prompts[row][:40]!r}… is over {max_length} T5 tokens; the model reads the "
                 f"first {max_length} and ignores the rest",
                 UserWarning,
                 stacklevel=2,
             )
-    batch = tokenizer(
-        list(prompts),
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-    )
-    return batch["input_ids"], batch["attention_mask"]
+        # Truncated by the tokenizer itself, which keeps the EOS its template appends.
+        ids[rows], mask[rows] = encode([prompts[r] for r in rows], max_length)
+    return ids, mask
 
 
 def assemble_conditioning(

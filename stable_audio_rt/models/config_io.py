@@ -103,6 +103,11 @@ def _sat_objective(diffusion: dict[str, Any]) -> str:
     if diffusion.get("sampling_distribution_shift_options") is not None:
         # Absent, the reference falls back to LogSNRShift(rate=0, -6.2, 2.0): the one we implement.
         raise ConfigError("sampling_distribution_shift_options is not supported (only the default shift)")
+    # stable-audio-tools 0.0.20 adapts the window to the prompt's duration with either on
+    # (generate_diffusion_cond's adapt_duration_to_conditioning): a sampling we do not implement.
+    for option in ("mask_padding_attention", "use_effective_length_for_schedule"):
+        if diffusion.get(option):
+            raise ConfigError(f"{option} is not supported (only models sampled over the whole window)")
     return objective
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from stable_audio_rt.atomic import atomic_path, check_writable
-from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.errors import RequestError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
 OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -40,8 +40,9 @@ PCM16_SCALE = 2**15
 RESAMPLE_CONTEXT = 4096
 
 
-class AudioFileError(StableAudioError):
-    """An audio file cannot be read or written as asked."""
+class AudioFileError(RequestError):
+    """An audio file cannot be read or written as asked: a request's reference audio or an
+    output path, so a RequestError like every other bad argument."""
 
 
 def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -> Path:
@@ -49,10 +50,7 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
     path = Path(path)
     if sample_format not in SAMPLE_FORMATS:
         raise AudioFileError(f"unknown sample format {sample_format!r}: use {' or '.join(SAMPLE_FORMATS)}")
-    if path.is_dir():
-        raise AudioFileError(
-            f"cannot write {path}: it is a folder; name a file in it, such as {path / 'clip.wav'}"
-        )
+    _refuse_folder(path)
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise AudioFileError(
             f"cannot write {path}: unsupported extension {path.suffix!r} (use {', '.join(OUTPUT_FORMATS)})"
@@ -63,12 +61,20 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
     return path
 
 
+def _refuse_folder(path: Path) -> None:
+    if path.is_dir():
+        raise AudioFileError(
+            f"cannot write {path}: it is a folder; name a file in it, such as {path / 'clip.wav'}"
+        )
+
+
 def clip_paths(path: str | Path, clips: int) -> list[Path]:
     """Where a result of `clips` clips is saved as `path`: `path` itself for one clip, else
-    name_0, name_1, …"""
+    name_0, name_1, … (a folder named is refused as such, not as its numbered names)."""
     path = Path(path)
     if clips == 1:
         return [path]
+    _refuse_folder(path)
     return [path.with_name(f"{path.stem}_{k}{path.suffix}") for k in range(clips)]
 
 
@@ -128,15 +134,13 @@ def samples_read_for(length: int, rate: int, target_rate: int) -> int:
 
 
 def to_model_audio(
-    audio: np.ndarray, rate: int, target_rate: int, length: int, channels: int, what: str = "audio"
+    audio: np.ndarray, rate: int, target_rate: int, length: int, channels: int
 ) -> torch.Tensor:
     """(channels, samples) at `rate` → (`channels`, length) float32 at `target_rate`: resampled
     with soxr (only the part the `length` needs, so a long or low-rate clip costs no more than a
     short one), its channels made the model's as stable-audio-tools' `set_audio_channels` does
     (mono duplicated for a stereo model, stereo averaged for a mono one), zero-padded or cropped
-    at the end. More than two channels are refused: most often a (samples, channels) array."""
-    if audio.ndim != 2 or audio.shape[0] not in (1, 2):
-        raise AudioFileError(f"{what} has shape {audio.shape}; give mono or stereo (channels, samples)")
+    at the end. `audio` is mono or stereo, as the request's check leaves it."""
     audio = audio[:, : samples_read_for(length, rate, target_rate)]
     if rate != target_rate:
         import soxr

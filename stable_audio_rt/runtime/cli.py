@@ -144,9 +144,8 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--t5-dtype",
         choices=DTYPES,
-        default="fp32",
-        help="T5 precision (default: fp32, the most accurate; fp16 casts T5 as "
-        "stable-audio-tools does, for reference-exact runs)",
+        help="T5 precision (default: fp32, the most accurate, or an engine folder's own; fp16 casts T5 "
+        "as stable-audio-tools does, for reference-exact runs)",
     )
     add_reuse_memory_argument(p)
 
@@ -154,7 +153,8 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
 def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
     """The backend, device, kernels and config, checked before anything loads; on the CPU, the
     process's malloc set to reuse freed memory unless --no-reuse-memory."""
-    options = WeightOptions(dtype_request(args.dtype), DTYPES[args.t5_dtype], args.kernels)
+    t5_dtype = None if args.t5_dtype is None else DTYPES[args.t5_dtype]
+    options = WeightOptions(dtype_request(args.dtype), t5_dtype, args.kernels)
     plan = plan_load(args.model, args.engines, args.backend, args.device, options)
     use_memory_policy(args.reuse_memory, plan.device)
     if args.backend == "auto":

@@ -19,7 +19,7 @@ from stable_audio_rt.kernels.cpu_attention import cpu_attention
 from stable_audio_rt.kernels.packed_linear import pack_linears_
 from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_kernels, use_onednn_vae_
 from stable_audio_rt.manifest import Manifest
-from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
+from stable_audio_rt.models.checkpoint import DEFAULT_REPO, LAYOUTS, Layout
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.loading import Placement
 from stable_audio_rt.models.source import load_model, read_config
@@ -30,6 +30,8 @@ from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
 from stable_audio_rt.trt_import import import_tensorrt
 
+# T5 in fp32 unless asked: the most accurate (precision.FP32_ISLANDS["t5"] says why bf16 is not).
+DEFAULT_T5_DTYPE = torch.float32
 Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 BACKENDS: tuple[Backend, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
 
@@ -52,11 +54,12 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 @dataclass(frozen=True)
 class WeightOptions:
     """What the torch backend loads and how (engine folders carry their own precision and
-    kernels): the model's dtype ("auto": `precision.choose_dtype`) and T5's, the attention and
-    Snake maths, the checkpoint's layout and the Hub token."""
+    kernels): the model's dtype ("auto": `precision.choose_dtype`) and T5's (None: fp32, or an
+    engine folder's own), the attention and Snake maths, the checkpoint's layout and the Hub
+    token."""
 
     dtype: DtypeRequest = "auto"
-    t5_dtype: torch.dtype = torch.float32
+    t5_dtype: torch.dtype | None = None
     kernels: KernelChoice = "auto"
     layout: Layout = "auto"
     token: str | None = None
@@ -99,7 +102,9 @@ class LoadPlan:
             # oneDNN's packed weights where they run faster (T5 too: fp32 whatever the request's dtype)
             pack_linears_(loaded.dit)
             pack_linears_(loaded.conditioner.text_encoder)
-            loaded.conditioner.text_encoder.skips_padding = True  # eager here: no graph to keep static
+            # Eager here: no graph to keep static. Not for an fp16 T5, the reference-exact choice:
+            # fp16's rounding moves with the count of keys summed (1e-3 from stable-audio-tools').
+            loaded.conditioner.text_encoder.skips_padding = options.t5_dtype != torch.float16
         return TorchComponents(loaded)
 
 
@@ -111,6 +116,14 @@ def plan_load(
     options: WeightOptions = WeightOptions(),
 ) -> LoadPlan:
     """See `StableAudio.load` for the arguments."""
+    if isinstance(model, str) and not model.strip():
+        raise ConfigError(
+            "the model name is empty: give a Hub repo id, a local folder or a random model such as "
+            f"tiny-random, or leave it out for {DEFAULT_REPO}"
+        )
+    _check_t5_dtype(options.t5_dtype)
+    if options.layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {options.layout!r}: use one of {', '.join(LAYOUTS)}")
     engines = None if engines is None else Path(engines)
     choice = _choose_backend(engines, backend, device)
     if choice.backend == "torch":
@@ -118,10 +131,10 @@ def plan_load(
         config = read_config(source, options.layout, options.token)
         dtype = choose_dtype(options.dtype, choice.device)
         kernels = resolve_kernels(options.kernels, choice.device)
-        resolved = replace(options, dtype=dtype.dtype, kernels=kernels)
+        t5_dtype = options.t5_dtype or DEFAULT_T5_DTYPE
+        resolved = replace(options, dtype=dtype.dtype, t5_dtype=t5_dtype, kernels=kernels)
         return LoadPlan(choice, config, source, None, resolved, dtype)
-    if options.kernels == "triton":
-        raise ConfigError("--kernels triton applies to --backend torch; exported engines carry their own")
+    _refuse_torch_options(options)
     manifest = Manifest.read(engines)
     require_components(engines, manifest)
     _refuse_other_precisions(engines, manifest, options)
@@ -129,12 +142,33 @@ def plan_load(
     return LoadPlan(choice, manifest.model_config, model, engines, options, dtype)
 
 
+def _check_t5_dtype(t5_dtype: object) -> None:
+    if t5_dtype is not None and t5_dtype not in NAMES:
+        raise ConfigError(
+            f"t5_dtype must be one of {', '.join(map(str, NAMES))} or None (fp32), got {t5_dtype!r}"
+        )
+
+
+def _refuse_torch_options(options: WeightOptions) -> None:
+    """The torch backend's kernels and checkpoint layout mean nothing to an engine folder (its
+    graphs carry their own maths; its weights are in them): refused, not silently ignored."""
+    if options.kernels != "auto":
+        raise ConfigError(
+            f"--kernels {options.kernels} applies to --backend torch; exported engines carry their own "
+            "(in Python: kernels= applies without engines=)"
+        )
+    if options.layout != "auto":
+        raise ConfigError(
+            f"layout {options.layout!r} names a checkpoint's layout for the torch backend; an engine "
+            "folder has its weights in its graphs: leave it out"
+        )
+
+
 def _refuse_other_precisions(engines: Path, manifest: Manifest, options: WeightOptions) -> None:
     """An engine folder runs the precisions it was exported in: a --dtype or --t5-dtype other
     than those is refused, not silently ignored."""
-    default_t5 = WeightOptions().t5_dtype
     for flag, asked, component in (("--dtype", options.dtype, "dit"), ("--t5-dtype", options.t5_dtype, "t5")):
-        if asked == "auto" or (component == "t5" and asked == default_t5):
+        if asked in ("auto", None):
             continue
         precision, name = manifest.components[component].precision, NAMES.get(asked, str(asked))
         if asked != DTYPES[precision]:

@@ -145,7 +145,7 @@ class StableAudio:
         backend: Backend = "auto",
         device: torch.device | str | None = None,
         dtype: DtypeRequest = "auto",
-        t5_dtype: torch.dtype = torch.float32,
+        t5_dtype: torch.dtype | None = None,
         kernels: KernelChoice = "auto",
         cuda_graph: bool = True,
         layout: Layout = "auto",
@@ -162,8 +162,10 @@ class StableAudio:
         CUDA when available (onnxruntime: the CPU). `dtype`, `t5_dtype` and `kernels` apply to
         torch: `dtype` "auto" (default) is bf16 on a CPU with bf16 matrix units and fp32
         elsewhere (`precision.choose_dtype`); T5 runs in fp32 unless `t5_dtype=torch.float16`
-        (as stable-audio-tools casts it); `kernels` picks the DiT attention and VAE Snake maths:
-        "auto" (Triton on CUDA, compiled on the CPU), "triton", "compiled" or "torch".
+        (as stable-audio-tools casts it) or bfloat16; `kernels` picks the DiT attention and VAE
+        Snake maths: "auto" (Triton on CUDA, compiled on the CPU), "triton", "compiled" or
+        "torch"; `layout` the checkpoint's: "auto", "diffusers" or "single_file". With engines,
+        leave kernels and layout as they are and dtype, t5_dtype out (or the folder's own).
         """
         options = WeightOptions(dtype, t5_dtype, kernels, layout, token)
         plan = plan_load(model, engines, backend, device, options)

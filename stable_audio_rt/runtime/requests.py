@@ -377,7 +377,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
 
     init_audio = inpaint_audio = inpaint_keep = None
     if reference is not None:
-        audio = to_model_audio(*reference, rate, window_samples, config.vae.audio_channels, what)
+        audio = to_model_audio(*reference, rate, window_samples, config.vae.audio_channels)
         if request.init_audio is not None:
             init_audio = audio
         else:

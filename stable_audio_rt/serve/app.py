@@ -27,6 +27,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from stable_audio_rt.errors import RequestError, StableAudioError
@@ -218,7 +219,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             worker.closing = True
             await working
 
-    app = FastAPI(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
+    # /docs and /redoc load their scripts from this server, not a CDN: they work offline.
+    app = FastAPIOffline(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
     app.state.generator, app.state.jobs, app.state.worker = generator, board, worker
     app.state.drain = drain
     if shared is not None:

@@ -212,9 +212,9 @@ def refuse_ray_options(args: argparse.Namespace, parser: argparse.ArgumentParser
         )
 
 
-def loaded(args: argparse.Namespace) -> tuple[StableAudio, ServeSettings]:
-    """The pipeline the arguments name, loaded and warmed, and the server's settings."""
-    settings = settings_from_arguments(args, "")  # checked before the plan prints its choices
+def loaded(args: argparse.Namespace, settings: ServeSettings) -> tuple[StableAudio, ServeSettings]:
+    """The pipeline the arguments name, loaded and warmed, and the server's settings with the
+    model's name."""
     plan = plan_from_arguments(args, "sa-serve")
     settings = replace(settings, model_name=str(plan.model or plan.engines))
     pipe = StableAudio.from_plan(plan, cuda_graph=not args.no_cuda_graph)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         listening = listening_socket(args.host, args.port)  # a port in use is said now, not after loading
         try:
             warn_if_open(listening, settings.api_key)
-            pipe, settings = loaded(args)
+            pipe, settings = loaded(args, settings)
         except BaseException:
             listening.close()
             raise

@@ -111,7 +111,8 @@ class ServeReplica:
 
     def __init__(self, argv: list[str], board: DeploymentHandle) -> None:
         logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
-        self.pipe, self.settings = loaded(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        self.pipe, self.settings = loaded(args, settings_from_arguments(args, ""))
         owner = serve.get_replica_context().replica_id.unique_id
         self.shared = SharedJobs(RemoteBoard(board), owner)
 

@@ -168,9 +168,11 @@ def test_an_output_path_that_is_a_folder_is_refused_before_any_work(capsys, monk
 
 def test_with_engines_the_model_defaults_to_the_one_they_were_exported_from(engines):
     folder, manifest = engines["fp32"]
-    args = cli.apply_preset(cli.build_parser().parse_args(["--engines", str(folder)]))
+    parsed = cli.build_parser().parse_args(["--engines", str(folder)])
+    read = cli.read_engines(parsed)
+    args = cli.apply_preset(parsed, read)
     assert args.model == manifest.source and args.backend == "all"
-    given = cli.apply_preset(cli.build_parser().parse_args(["--engines", str(folder), "--model", "x"]))
+    given = cli.apply_preset(cli.build_parser().parse_args(["--engines", str(folder), "--model", "x"]), read)
     assert given.model == "x"  # a model given is checked against the folder's weights, not replaced
 
 
@@ -350,7 +352,7 @@ def test_precision_report_dit_stage_is_the_dit_on_the_sampler_input_at_that_sigm
 
 def test_presets_set_defaults_that_flags_override():
     def settings(*argv):
-        args = cli.apply_preset(cli.build_parser().parse_args(list(argv)))
+        args = cli.apply_preset(cli.build_parser().parse_args(list(argv)), None)
         return args.model, args.frames, args.steps, args.cfg_scale, args.batch
 
     assert settings() == (cli.DEFAULT_MODEL, None, None, None, [1])

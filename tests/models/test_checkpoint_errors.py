@@ -100,6 +100,20 @@ def test_unsupported_config_option_is_refused(single_file_copy, attn_kwargs, mes
         load_stable_audio(single_file_copy)
 
 
+@pytest.mark.parametrize("option", ["mask_padding_attention", "use_effective_length_for_schedule"])
+def test_a_sampling_adapted_to_the_duration_is_refused_not_ignored(single_file_copy, option):
+    # stable-audio-tools shortens the window to the prompt's duration with either set.
+    config_path = single_file_copy / "model_config.json"
+    config = json.loads(config_path.read_text())
+    config["model"]["diffusion"][option] = False  # its default: loads
+    config_path.write_text(json.dumps(config))
+    load_stable_audio(single_file_copy)
+    config["model"]["diffusion"][option] = True
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=rf"{option} is not supported \(only models sampled over the whole"):
+        load_stable_audio(single_file_copy)
+
+
 def test_qk_norm_config_on_weights_without_it_names_the_key(single_file_copy):
     config_path = single_file_copy / "model_config.json"
     config = json.loads(config_path.read_text())

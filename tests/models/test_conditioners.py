@@ -4,6 +4,7 @@ assembled context/global condition vs StableAudioPipeline's encode_prompt/encode
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from numerics import FP32_REL_TOL, rel_error
@@ -96,3 +97,19 @@ def test_a_prompt_longer_than_t5_reads_warns_that_its_end_is_ignored(tiny_model)
     with pytest.warns(UserWarning, match=rf"is over {length} T5 tokens; the model reads the first {length}"):
         ids, _ = conditioner.tokenize([fits, too_long])
     assert ids.shape == (2, length)
+
+
+def test_tokens_are_the_tokenizers_own_at_the_model_length_for_every_prompt_length(tiny_model):
+    # stable-audio-tools' T5Conditioner: one tokenizer call, padded and truncated to max_length.
+    conditioner = tiny_model.conditioner
+    length = conditioner.config.t5_max_length
+    words = np.random.default_rng().choice(["rain", "soft", "piano", "deep", "bass"], size=3 * length)
+    # Around the edge: tokens that fit, fill the model's length exactly, and go one or many past.
+    prompts = [" ".join(words[:n]) for n in (0, 1, length - 2, length - 1, length, length + 1, 3 * length)]
+    expected = conditioner.tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids, mask = conditioner.tokenize(prompts)
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])

@@ -89,6 +89,7 @@ BAD_ARGUMENTS = [
     (["--num-outputs", "2", "-o", "{in}/clip.wav"], r"cannot write .*clip_1\.wav: it is a folder"),
     (["-o", "/proc/clip.wav"], r"cannot write in /proc \(.*\): give a folder you can write to"),
     (["-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it, such as .*/out/clip\.wav"),
+    (["--num-outputs", "2", "-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
     (["--backend", "tensorrt"], r"--backend tensorrt runs an engine folder: give --engines DIR"),
     (["--backend", "onnxruntime"], r"--backend onnxruntime runs an engine folder: give --engines DIR"),

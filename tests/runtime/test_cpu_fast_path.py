@@ -124,3 +124,23 @@ def test_cpu_steps_attend_to_the_prompt_tokens_only(tiny_model, generator):
     x = torch.randn(rows, config.dit.io_channels, 5, generator=generator)
     for i in range(steps):
         assert rel_error(step(x, i), plain(x, i)) <= FP32_REL_TOL
+
+
+def test_an_fp16_t5_conditions_exactly_as_the_reference_path_on_the_cpus_default_path():
+    """fp16 T5 is the reference-exact choice: the fast path keeps its whole padded length there
+    (over the prompts' tokens only, fp16 sums fewer keys and rounds otherwise: 1e-3 measured)."""
+    fast = StableAudio.from_pretrained(
+        "tiny-random", device="cpu", dtype=torch.float32, t5_dtype=torch.float16
+    )
+    reference = StableAudio.from_pretrained(
+        "tiny-random", device="cpu", t5_dtype=torch.float16, **REFERENCE_PATH
+    )
+    assert not fast.components.conditioner.text_encoder.skips_padding
+    words = ["rain", "soft piano in a hall", "deep bass drone with slow filter sweeps and tape hiss"]
+    prompts = [words[i] for i in torch.randint(len(words), (3,)).tolist()]
+    with torch.inference_mode():
+        ours = fast.components.conditioner.text_encoder(*fast.components.conditioner.tokenize(prompts))
+        theirs = reference.components.conditioner.text_encoder(
+            *reference.components.conditioner.tokenize(prompts)
+        )
+    assert ours.dtype == torch.float16 and torch.equal(ours, theirs)

@@ -57,13 +57,30 @@ def test_load_gives_the_same_model_as_from_pretrained():
             dict(engines="no/such/folder", options=load.WeightOptions(kernels="triton")),
             r"--kernels triton applies",
         ),
+        (
+            dict(engines="no/such/folder", options=load.WeightOptions(kernels="compiled")),
+            r"--kernels compiled applies to --backend torch; exported engines carry their own",
+        ),
+        (
+            dict(engines="no/such/folder", options=load.WeightOptions(layout="diffusers")),
+            r"layout 'diffusers' names a checkpoint's layout for the torch backend",
+        ),
+        (dict(options=load.WeightOptions(layout="single-file")), r"unknown layout 'single-file': use one of"),
+        (
+            dict(options=load.WeightOptions(t5_dtype=torch.int8)),
+            r"must be one of .*, got torch.int8",
+        ),
+        (dict(options=load.WeightOptions(t5_dtype="fp16")), r"t5_dtype must be one of .*, got 'fp16'"),
+        (dict(model=""), r"the model name is empty: give a Hub repo id"),
+        (dict(model="  "), r"the model name is empty"),
         (dict(device="tpu"), r"device tpu is not supported|unknown device"),
     ],
 )
 def test_bad_load_arguments_are_refused_before_any_weights(options, message, monkeypatch):
     monkeypatch.setattr(source, "random_model", lambda *a, **k: pytest.fail("no weights"))
+    model = options.pop("model", "tiny-random")
     with pytest.raises(ConfigError, match=message):
-        load.plan_load("tiny-random", **options)
+        load.plan_load(model, **options)
 
 
 def test_a_random_models_fingerprint_is_its_weights():

@@ -218,6 +218,11 @@ def test_saving_several_clips_checks_every_path_before_writing_any(pipe, tmp_pat
         result.save(tmp_path / "clip.wav")
     with pytest.raises(StableAudioError, match=r"unknown sample format 'pcm24': use pcm16 or float"):
         result.save(tmp_path / "other.wav", sample_format="pcm24")
+    # A folder named for the batch is refused as the folder, not as its numbered names.
+    with pytest.raises(
+        StableAudioError, match=rf"cannot write {tmp_path}: it is a folder; name a file in it"
+    ):
+        result.save(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["clip_1.wav"], "nothing may be written"
 
 
@@ -280,3 +285,18 @@ def test_a_stream_out_of_memory_is_the_same_refusal(pipe, monkeypatch):
     assert next(stream).shape[-1] > 0
     with pytest.raises(RequestError, match=r"out of memory on cpu: 1 clip\(s\) of \d+ latent frames"):
         next(stream)
+
+
+def test_an_unreadable_reference_file_is_a_request_error_like_any_bad_argument(pipe, tmp_path):
+    import stable_audio_rt
+
+    (tmp_path / "notes.wav").write_text("not audio")
+    for path, message in (
+        (tmp_path / "missing.wav", r"audio file .*missing\.wav does not exist"),
+        (tmp_path / "notes.wav", r"cannot read .*notes\.wav as audio"),
+    ):
+        for field in ("init_audio", "inpaint_audio"):
+            extra = {"inpaint_mask": np.ones(10)} if field == "inpaint_audio" else {}
+            with pytest.raises(RequestError, match=message) as refused:
+                pipe.generate("x", steps=2, **{field: path}, **extra)
+            assert isinstance(refused.value, stable_audio_rt.AudioFileError)

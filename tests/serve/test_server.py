@@ -195,7 +195,8 @@ def test_the_warm_up_runs_in_the_longest_window_the_backend_takes(pipe, monkeypa
     monkeypatch.setattr(cli.StableAudio, "from_plan", lambda *a, **k: pipe)
     monkeypatch.setattr(pipe.components, "most_frames", lambda: most_frames)
     monkeypatch.setattr(pipe, "generate", lambda prompt, **options: warmed.append(options))
-    cli.loaded(cli.build_parser().parse_args(["--model", "tiny-random"]))
+    args = cli.build_parser().parse_args(["--model", "tiny-random"])
+    cli.loaded(args, cli.settings_from_arguments(args, ""))
     (options,) = warmed
     ratio, rate = pipe.config.vae.downsampling_ratio, pipe.config.sample_rate
     assert options["frames"] == frames and 0 < options["seconds_total"] <= frames * ratio / rate

@@ -281,6 +281,12 @@ def test_a_precision_other_than_the_folders_is_refused_not_ignored(engines):
         load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float16))
     with pytest.raises(ConfigError, match=r"--t5-dtype bf16: .* runs its t5 in fp32.* \(sa-export --bf16\)"):
         load.plan_load(engines=folder, options=load.WeightOptions(t5_dtype=torch.bfloat16))
+    # fp32 asked for by name is refused too where the folder's T5 is fp16 (it once passed as the
+    # default), and nothing given is the folder's own.
+    half = engines["fp16"][0]
+    with pytest.raises(ConfigError, match=r"--t5-dtype fp32: .* runs its t5 in fp16"):
+        load.plan_load(engines=half, options=load.WeightOptions(t5_dtype=torch.float32))
+    assert load.plan_load(engines=half).dtype_choice.dtype == torch.float16
     # Its own precision, or none given, is what it runs.
     own = load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float32))
     assert own.dtype_choice.dtype == load.plan_load(engines=folder).dtype_choice.dtype == torch.float32
