@@ -558,13 +558,12 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
     """The key in `cache` of `library`'s GFLOP/s on this workload's DiT step shapes in `dtype`
     (GEMM efficiency depends on the rows, so it is measured once per library, dtype and
     rows × frames)."""
-    rows = workload.rows
-    name = library if library == "onnxruntime" else f"torch-{str(dtype).removeprefix('torch.')}"
-    key = f"{name} {rows}x{workload.frames}"
+    rows, dtype_name = workload.rows, str(dtype).removeprefix("torch.")
+    key = f"{library}-{dtype_name} {rows}x{workload.frames}"
     if key not in cache:
         gemms = flop_counts.dit_step_gemms(config.dit, rows, workload.frames)
         rate = (
-            onnxruntime_gemm_rate(gemms)
+            onnxruntime_gemm_rate(gemms, dtype, device)
             if library == "onnxruntime"
             else torch_gemm_rate(gemms, device, dtype)
         )
@@ -572,7 +571,7 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
             "gflops_per_s": rate.gflops_per_s,
             "shapes": f"DiT step, {rows} row{'s' if rows > 1 else ''} × {workload.frames} frames",
             "library": library,
-            "dtype": "float32" if library == "onnxruntime" else str(dtype).removeprefix("torch."),
+            "dtype": dtype_name,
         }
     return key
 

@@ -74,27 +74,37 @@ def _captured_step_seconds(operands: list, device: torch.device, repeats: int) -
     return statistics.median(times)
 
 
-def onnxruntime_gemm_rate(gemms: list[Gemm], repeats: int = 3) -> GemmRate:
-    """fp32 MatMul of each shape on onnxruntime's CPU provider."""
+# The engine folders' precisions as ONNX element types and numpy arrays (bf16 folders run on
+# TensorRT only: numpy has no bf16).
+ONNX_FLOATS = {torch.float32: ("FLOAT", np.float32), torch.float16: ("FLOAT16", np.float16)}
+
+
+def onnxruntime_gemm_rate(
+    gemms: list[Gemm], dtype: torch.dtype, device: torch.device, repeats: int = 3
+) -> GemmRate:
+    """MatMul of each shape in `dtype` on the onnxruntime provider the engine rows run on."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from stable_audio_rt.runtime.backends.onnxruntime_backend import provider_for
+
+    element, array_type = ONNX_FLOATS[dtype]
     options = ort.SessionOptions()
     options.log_severity_level = 3
     total = 0.0
     rng = np.random.default_rng(0)
     for g in gemms:
-        weight = numpy_helper.from_array(rng.standard_normal((g.k, g.n), dtype=np.float32), "w")
+        weight = numpy_helper.from_array(rng.standard_normal((g.k, g.n)).astype(array_type), "w")
         graph = helper.make_graph(
             [helper.make_node("MatMul", ["a", "w"], ["y"])],
             "gemm",
-            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [g.m, g.k])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [g.m, g.n])],
+            [helper.make_tensor_value_info("a", getattr(TensorProto, element), [g.m, g.k])],
+            [helper.make_tensor_value_info("y", getattr(TensorProto, element), [g.m, g.n])],
             [weight],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        a = rng.standard_normal((g.m, g.k), dtype=np.float32)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=[provider_for(device)])
+        a = rng.standard_normal((g.m, g.k)).astype(array_type)
         total += best_seconds(lambda session=session, a=a: session.run(None, {"a": a}), repeats) * g.count
     flops = sum(g.flops for g in gemms)
     return GemmRate("onnxruntime", flops / total / 1e9, total)

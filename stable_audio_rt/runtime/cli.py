@@ -39,7 +39,11 @@ from stable_audio_rt.runtime.sampling.guidance import (
     GUIDANCE_KINDS,
 )
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
-from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
+from stable_audio_rt.runtime.sampling.pingpong import (
+    RF_DEFAULT_CFG_SCALE,
+    RF_DEFAULT_INIT_NOISE_LEVEL,
+    RF_DEFAULT_STEPS,
+)
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav
@@ -209,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-noise-level",
         type=float,
         help="audio-to-audio starting noise: σmax for SAO 1.0, the time t in (0, 1] for Small; higher "
-        f"departs further (default: {DEFAULT_INIT_NOISE_LEVEL})",
+        f"departs further (default: {DEFAULT_INIT_NOISE_LEVEL:g} for SAO 1.0, "
+        f"{RF_DEFAULT_INIT_NOISE_LEVEL:g} for Small, where 1 is pure noise)",
     )
     p.add_argument("--inpaint-audio", type=Path, help="inpainting: the audio to repair or extend")
     p.add_argument(
@@ -262,8 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CFG_NORM_THRESHOLD,
         help="clip the guidance difference to this per-clip L2 norm (default: 0 = off)",
     )
-    p.add_argument("--sigma-min", type=float, default=DEFAULT_SIGMA_MIN, help=argparse.SUPPRESS)
-    p.add_argument("--sigma-max", type=float, default=DEFAULT_SIGMA_MAX, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--sigma-min",
+        type=float,
+        default=DEFAULT_SIGMA_MIN,
+        help=f"SAO 1.0's noise schedule: its last σ (default: {DEFAULT_SIGMA_MIN:g}, stable-audio-tools')",
+    )
+    p.add_argument(
+        "--sigma-max",
+        type=float,
+        default=DEFAULT_SIGMA_MAX,
+        help=f"SAO 1.0's noise schedule: its first σ, text-to-audio's (default: {DEFAULT_SIGMA_MAX:g})",
+    )
     p.add_argument(
         "--vae-chunk",
         type=_vae_chunk,

@@ -131,6 +131,12 @@ def plan_load(
         config = read_config(source, options.layout, options.token)
         dtype = choose_dtype(options.dtype, choice.device)
         kernels = resolve_kernels(options.kernels, choice.device)
+        if kernels == "triton" and choice.device.type == "cpu" and dtype.dtype == torch.bfloat16:
+            raise ConfigError(
+                "kernels='triton' on the CPU runs in Triton's interpreter, whose bf16 matrix products "
+                "are wrong (off by ~1e10, measured): give dtype fp32 or fp16 with it, or kernels "
+                "'compiled' or 'auto'"
+            )
         t5_dtype = options.t5_dtype or DEFAULT_T5_DTYPE
         resolved = replace(options, dtype=dtype.dtype, t5_dtype=t5_dtype, kernels=kernels)
         return LoadPlan(choice, config, source, None, resolved, dtype)

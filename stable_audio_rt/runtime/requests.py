@@ -26,7 +26,6 @@ from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.audio_io import length_at, read_audio, to_model_audio
 from stable_audio_rt.runtime.request_values import float_samples, whole_number, with_plain_values
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
-    DEFAULT_INIT_NOISE_LEVEL,
     DEFAULT_SIGMA_MAX,
     DEFAULT_SIGMA_MIN,
 )
@@ -39,7 +38,7 @@ from stable_audio_rt.runtime.sampling.guidance import (
 )
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS, NoiseKind
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
-from stable_audio_rt.runtime.vae_decode import check_chunking
+from stable_audio_rt.runtime.vae_decode import WASTE_LIMIT, check_chunking, decode_waste, thrifty_chunk
 
 Window = Literal["full", "trim"]
 WINDOWS: tuple[Window, ...] = ("full", "trim")
@@ -69,7 +68,7 @@ class GenerationRequest:
     seed: int | None = None
     num_outputs: int = 1
     init_audio: AudioInput | None = None
-    init_noise_level: float | None = None  # audio-to-audio only; None: DEFAULT_INIT_NOISE_LEVEL
+    init_noise_level: float | None = None  # audio-to-audio only; None: the sampler's default_init_noise_level
     inpaint_audio: AudioInput | None = None
     inpaint_mask: np.ndarray | torch.Tensor | None = None  # at the model rate, 1 = keep
     window: Window = "full"
@@ -181,7 +180,7 @@ def with_model_defaults(request: GenerationRequest, config: StableAudioConfig) -
     cfg = request.cfg_scale if request.cfg_scale is not None else sampler.default_cfg_scale
     level = request.init_noise_level
     if level is None and request.init_audio is not None:
-        level = DEFAULT_INIT_NOISE_LEVEL
+        level = sampler.default_init_noise_level
     return dataclasses.replace(request, steps=steps, cfg_scale=cfg, init_noise_level=level)
 
 
@@ -290,6 +289,24 @@ def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -
         raise RequestError(str(e)) from e
 
 
+def _warn_of_wasteful_chunks(request: GenerationRequest, frames: int, config: StableAudioConfig) -> None:
+    """A chunk barely longer than its overlaps decodes the window many times over (vae_chunk=21
+    with the overlap of 10: 21 frames decoded per frame kept)."""
+    chunk = request.vae_chunk
+    if not isinstance(chunk, int) or chunk >= frames:
+        return
+    overlap = decoder_receptive_frames(config.vae) if request.vae_overlap is None else request.vae_overlap
+    waste = decode_waste(chunk, overlap)
+    if waste > WASTE_LIMIT:
+        warnings.warn(
+            f"vae_chunk={chunk} with overlaps of {overlap} frames decodes {waste:.1f}× the frames it "
+            f"keeps ({chunk - 2 * overlap} new a chunk); a chunk of {thrifty_chunk(overlap)} or more "
+            f"decodes at most {WASTE_LIMIT}×",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
     """The latent frames the request denoises: its explicit window, else the model's (full) or
     the clip's (trim)."""
@@ -368,6 +385,7 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             f"a window of {frames} latent frames is longer than the model's ({config.latent_frames}, "
             f"{max_seconds:.2f} s): no clip is longer than that, so more frames only add work"
         )
+    _warn_of_wasteful_chunks(request, frames, config)
     window_samples = frames * ratio
     if total * rate > window_samples:
         raise RequestError(

@@ -10,6 +10,7 @@ in one call at its own length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -35,6 +36,11 @@ class Window:
     start: int  # first latent frame given to the decoder
     keep_from: int  # first latent frame whose audio is kept
     keep_to: int  # one past the last
+
+
+# A chunking that decodes more than this many frames per frame kept gets a warning: the overlaps
+# would cost more than the chunks save.
+WASTE_LIMIT = 2
 
 
 def plan_windows(frames: int, chunk_frames: int, overlap_frames: int) -> list[Window]:
@@ -66,8 +72,19 @@ def check_chunking(
     if chunk_frames <= 2 * overlap_frames:
         raise ConfigError(
             f"{chunk_name}={chunk_frames} must exceed twice the overlap ({2 * overlap_frames}) so that "
-            f"each chunk adds new frames; use {chunk_name} ≥ {2 * overlap_frames + 1}"
+            f"each chunk adds new frames; use {chunk_name} ≥ {2 * overlap_frames + 1}, and "
+            f"≥ {thrifty_chunk(overlap_frames)} to decode at most {WASTE_LIMIT}× the frames kept"
         )
+
+
+def decode_waste(chunk_frames: int, overlap_frames: int) -> float:
+    """Frames decoded per frame kept: each chunk keeps chunk − 2·overlap new frames."""
+    return chunk_frames / (chunk_frames - 2 * overlap_frames)
+
+
+def thrifty_chunk(overlap_frames: int) -> int:
+    """The shortest chunk whose `decode_waste` is at most WASTE_LIMIT."""
+    return math.ceil(2 * overlap_frames * WASTE_LIMIT / (WASTE_LIMIT - 1))
 
 
 def decode_chunks(

@@ -17,6 +17,7 @@ from stable_audio_rt.runtime.requests import SEED_LIMIT, WINDOWS, GenerationRequ
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_INIT_NOISE_LEVEL
 from stable_audio_rt.runtime.sampling.guidance import DEFAULT_APG_SCALE, GUIDANCE_KINDS
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS
+from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_INIT_NOISE_LEVEL
 
 # response_format → (soundfile format, media type). Raw PCM is little-endian (as OpenAI's and
 # vLLM-Omni's "pcm"), so not audio/L16, which is big-endian by RFC 2586.
@@ -70,7 +71,9 @@ class GenerateBody(BaseModel):
     init_noise_level: float | None = Field(
         None,
         gt=0,
-        description=f"with an init_audio upload: its starting noise (default: {DEFAULT_INIT_NOISE_LEVEL:g})",
+        description="with an init_audio upload: its starting noise, σmax for SAO 1.0 (default: "
+        f"{DEFAULT_INIT_NOISE_LEVEL:g}), the time t in (0, 1] for Small (default: "
+        f"{RF_DEFAULT_INIT_NOISE_LEVEL:g})",
     )
     keep_ranges: list[Range] | None = Field(
         None, description="with an inpaint_audio upload: [start, end] seconds kept, the rest regenerated"

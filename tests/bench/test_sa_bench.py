@@ -106,8 +106,8 @@ def test_report_has_every_field_and_right_arithmetic(bench_run):
     assert set(report["gemm_floor"]) == {
         "torch-float32 2x4",
         "torch-float32 2x8",
-        "onnxruntime 2x4",
-        "onnxruntime 2x8",
+        "onnxruntime-float32 2x4",
+        "onnxruntime-float32 2x8",
     }
 
 
@@ -215,8 +215,11 @@ def test_a_damaged_engine_folder_is_refused_before_any_run(
     assert re.search(message, capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("library", ["torch", "onnxruntime"])
-def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, monkeypatch):
+@pytest.mark.parametrize(
+    "library,dtype",
+    [("torch", torch.float32), ("onnxruntime", torch.float32), ("onnxruntime", torch.float16)],
+)
+def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, dtype, monkeypatch):
     """Each product's timer answers its own time: the rate must count every product `count`
     times, and the products timed must be the step's shapes."""
     from stable_audio_rt.bench import gemm
@@ -227,16 +230,20 @@ def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, monkeypat
 
     def timed(product, repeats):
         out = product()
-        shapes.append(tuple((out[0] if isinstance(out, list) else out).shape))
+        out = out[0] if isinstance(out, list) else out
+        shapes.append(tuple(out.shape))
+        dtypes.add(str(out.dtype).removeprefix("torch."))
         return next(times)
 
+    dtypes = set()
     monkeypatch.setattr(gemm, "best_seconds", timed)
     rate = (
-        gemm.torch_gemm_rate(gemms, torch.device("cpu"), torch.float32)
+        gemm.torch_gemm_rate(gemms, torch.device("cpu"), dtype)
         if library == "torch"
-        else gemm.onnxruntime_gemm_rate(gemms)
+        else gemm.onnxruntime_gemm_rate(gemms, dtype, torch.device("cpu"))
     )
     assert shapes == [(g.m, g.n) for g in gemms]
+    assert dtypes == {str(dtype).removeprefix("torch.")}  # the products run in the row's precision
     step_s = sum(1e-4 * (k + 1) * g.count for k, g in enumerate(gemms))
     assert rate.library == library and rate.seconds_per_step == pytest.approx(step_s, rel=1e-12)
     assert rate.gflops_per_s == pytest.approx(sum(g.flops for g in gemms) / step_s / 1e9, rel=1e-12)

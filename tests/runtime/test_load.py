@@ -71,6 +71,11 @@ def test_load_gives_the_same_model_as_from_pretrained():
             r"must be one of .*, got torch.int8",
         ),
         (dict(options=load.WeightOptions(t5_dtype="fp16")), r"t5_dtype must be one of .*, got 'fp16'"),
+        (
+            # The test suite runs Triton's interpreter (conftest): triton kernels resolve on the CPU.
+            dict(device="cpu", options=load.WeightOptions(dtype=torch.bfloat16, kernels="triton")),
+            r"kernels='triton' on the CPU runs in Triton's interpreter, whose bf16 matrix products",
+        ),
         (dict(model=""), r"the model name is empty: give a Hub repo id"),
         (dict(model="  "), r"the model name is empty"),
         (dict(device="tpu"), r"device tpu is not supported|unknown device"),

@@ -3,6 +3,7 @@ non-finite values refused by name before any model work, integer PCM scaled as s
 it, and a long or low-rate reference resampled only as far as the window needs."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -57,6 +58,31 @@ BAD_VALUES = [
 def test_bad_values_are_refused_by_name(options, message):
     with pytest.raises(RequestError, match=message):
         resolve_request(GenerationRequest(("x",), **options), TINY)
+
+
+def test_a_chunk_barely_longer_than_its_overlaps_warns_of_the_decodes_it_repeats():
+    from stable_audio_rt.models.vae import decoder_receptive_frames
+    from stable_audio_rt.runtime.vae_decode import decode_waste, plan_windows, thrifty_chunk
+
+    overlap = decoder_receptive_frames(TINY.vae)
+    # The warning's figure is the decode's: over a long window, frames decoded per frame kept.
+    long_window = 10_000
+    for chunk in (2 * overlap + 1, 3 * overlap, thrifty_chunk(overlap), 10 * overlap):
+        decoded = chunk * len(plan_windows(long_window, chunk, overlap))
+        assert decoded / long_window == pytest.approx(decode_waste(chunk, overlap), rel=0.01)
+    wasteful = 2 * overlap + 1  # one new frame a chunk
+    with pytest.warns(UserWarning, match=rf"vae_chunk={wasteful} with overlaps of {overlap} frames decodes "
+                      rf"{wasteful:.1f}× the frames it keeps \(1 new a chunk\); a chunk of "
+                      rf"{thrifty_chunk(overlap)} or more decodes at most 2×"):  # fmt: skip
+        resolve_request(GenerationRequest(("x",), vae_chunk=wasteful), TINY)
+    assert (
+        decode_waste(thrifty_chunk(overlap), overlap) <= 2 < decode_waste(thrifty_chunk(overlap) - 1, overlap)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_request(GenerationRequest(("x",), vae_chunk=thrifty_chunk(overlap)), TINY)
+        one_call = GenerationRequest(("x",), vae_chunk=wasteful, frames=wasteful, seconds_total=0.5)
+        resolve_request(one_call, TINY)
 
 
 def test_numpy_and_torch_numbers_resolve_as_plain_ones():

@@ -261,7 +261,14 @@ def check_request_shapes(
     """Refuse, before any work, a request the engines' profiles cannot run."""
     graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
     graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
-    graphs["vae_decoder"].check_shape(1, decode_frames)  # region.decode: one row at a time
+    decoder = graphs["vae_decoder"]
+    low, _, high = decoder.entry.frames
+    if decode_frames < frames and not low <= decode_frames <= high:  # a chunk, not the window
+        raise ConfigError(
+            f"a decode chunk of {decode_frames} latent frames (vae_chunk, sa-run --vae-chunk) is outside "
+            f"the vae_decoder engine's profile {low}–{high}: give a chunk within it, or leave it out"
+        )
+    decoder.check_shape(1, decode_frames)  # region.decode: one row at a time
     if encodes:
         _encoder(folder, manifest, graphs).check_shape(1, frames)
 

@@ -61,7 +61,7 @@ class OrtGraph(EngineGraph):
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(folder / entry.file), options, providers=[_provider(device)]
+                str(folder / entry.file), options, providers=[provider_for(device)]
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise EngineFolderError(
@@ -109,7 +109,7 @@ class OrtGraph(EngineGraph):
         self.session.run_with_iobinding(binding)
 
 
-def _provider(device: torch.device) -> str | tuple[str, dict]:
+def provider_for(device: torch.device) -> str | tuple[str, dict]:
     import onnxruntime as ort
 
     if device.type == "cpu":

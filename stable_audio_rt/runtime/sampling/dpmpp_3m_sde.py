@@ -30,6 +30,7 @@ DEFAULT_INIT_NOISE_LEVEL = 1.0
 class DpmPP3MSDE(Sampler):
     objective, name = "v", "dpmpp-3m-sde"
     default_steps, default_cfg_scale = DEFAULT_STEPS, DEFAULT_CFG_SCALE
+    default_init_noise_level = DEFAULT_INIT_NOISE_LEVEL
 
     def check(self, request: GenerationRequest) -> None:
         sigma_max = self.start_level(request)

@@ -3,6 +3,7 @@ x = (1 − t')·D + t'·z, on stable-audio-tools' LogSNR-shifted time schedule (
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 # Stable Audio Open Small's model card: 8 pingpong steps, no CFG.
 RF_DEFAULT_STEPS = 8
 RF_DEFAULT_CFG_SCALE = 1.0
+# Audio-to-audio's starting time t0: stable-audio-tools' web UI default for rf models
+# (interfaces/diffusion_cond.py, "roughly halfway style transfer"). generate_diffusion_cond's own
+# default of 1 starts from pure noise, the reference weighed (1 − t0) = 0: it would be ignored.
+RF_DEFAULT_INIT_NOISE_LEVEL = 0.9
 # stable-audio-tools 0.0.20 ConditionedDiffusionModelWrapper: with no sampling shift in the
 # config it falls back to LogSNRShift(rate=0, anchor_logsnr=-6.2, logsnr_end=2.0), i.e. times
 # spaced uniformly in log-SNR from 2.0 down to −6.2, whatever the sequence length.
@@ -30,6 +35,7 @@ LOGSNR_END = 2.0
 class Pingpong(Sampler):
     objective, name = "rf_denoiser", "pingpong"
     default_steps, default_cfg_scale = RF_DEFAULT_STEPS, RF_DEFAULT_CFG_SCALE
+    default_init_noise_level = RF_DEFAULT_INIT_NOISE_LEVEL
 
     def check(self, request: GenerationRequest) -> None:
         if request.noise != "gaussian":
@@ -50,6 +56,14 @@ class Pingpong(Sampler):
             level = request.init_noise_level
             raise RequestError(
                 f"init_noise_level is the starting time t in (0, 1] for this model, got {level}"
+            )
+        if request.init_audio is not None and request.init_noise_level == 1:
+            warnings.warn(
+                "init_audio has no effect at init_noise_level 1 on this model: its start (1 − t)·reference "
+                "+ t·noise is pure noise there; give a level below 1 (default "
+                f"{RF_DEFAULT_INIT_NOISE_LEVEL:g}) to keep some of the reference",
+                UserWarning,
+                stacklevel=2,
             )
 
     def start_level(self, request: GenerationRequest) -> float:

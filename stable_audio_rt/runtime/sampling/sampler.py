@@ -21,6 +21,7 @@ class Sampler(ABC):
     name: ClassVar[str]
     default_steps: ClassVar[int]
     default_cfg_scale: ClassVar[float]
+    default_init_noise_level: ClassVar[float]  # audio-to-audio's start when the request gives none
 
     @abstractmethod
     def check(self, request: GenerationRequest) -> None:

@@ -108,6 +108,22 @@ def folder_copy(engines, tmp_path):
     return shutil.copytree(engines["fp32"][0], tmp_path / "engines")
 
 
+def test_a_decode_chunk_outside_the_decoders_profile_is_named_as_the_chunk(engines, monkeypatch):
+    import dataclasses
+
+    pipe = StableAudio.from_engines(engines["fp32"][0])
+    decoder = pipe.components.graphs["vae_decoder"]
+    monkeypatch.setattr(decoder, "entry", dataclasses.replace(decoder.entry, frames=(24, 32, 32)))
+    check = dict(batch=1, uses_cfg=False, frames=30, encodes=False)
+    chunk = r"a decode chunk of 21 latent frames \(vae_chunk, sa-run --vae-chunk\) is outside the "
+    with pytest.raises(ConfigError, match=chunk + r"vae_decoder engine's profile 24–32: give a chunk within"):
+        pipe.components.check_request(decode_frames=21, **check)
+    pipe.components.check_request(decode_frames=24, **check)
+    pipe.components.check_request(decode_frames=30, **check)  # the whole window in one call
+    with pytest.raises(ConfigError, match=r"20 latent frames are outside the vae_decoder engine's profile"):
+        pipe.components.check_request(decode_frames=20, **(check | dict(frames=20)))
+
+
 def test_corrupt_graph_is_refused(folder_copy):
     path = folder_copy / "t5.onnx"
     data = bytearray(path.read_bytes())
@@ -262,13 +278,16 @@ def test_cuda_sessions_run_on_the_pipelines_gpu(monkeypatch):
     monkeypatch.setattr(
         ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
     )
-    assert onnxruntime_backend._provider(torch.device("cuda", 1)) == (
+    assert onnxruntime_backend.provider_for(torch.device("cuda", 1)) == (
         "CUDAExecutionProvider",
         {"device_id": 1},
     )
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert onnxruntime_backend._provider(torch.device("cuda")) == ("CUDAExecutionProvider", {"device_id": 3})
-    assert onnxruntime_backend._provider(CPU) == "CPUExecutionProvider"
+    assert onnxruntime_backend.provider_for(torch.device("cuda")) == (
+        "CUDAExecutionProvider",
+        {"device_id": 3},
+    )
+    assert onnxruntime_backend.provider_for(CPU) == "CPUExecutionProvider"
 
 
 def test_a_precision_other_than_the_folders_is_refused_not_ignored(engines):

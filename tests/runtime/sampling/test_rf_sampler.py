@@ -4,15 +4,18 @@ that this model refuses or defaults differently."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from numerics import rel_error
+from reference_path import REFERENCE_PATH
 from sampler_runs import build_state, run_state
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.random_init import random_model
 from stable_audio_rt.runtime.backends.torch_backend import TorchDiTStep
+from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.runtime.sampling.guidance import CFG
 from stable_audio_rt.runtime.sampling.pingpong import logsnr_shifted_times, pingpong_table
@@ -91,6 +94,26 @@ def test_defaults_follow_the_model():
     v = resolve_request(GenerationRequest(prompts=("a",)), TINY).request
     assert (small.steps, small.cfg_scale) == (8, 1.0)
     assert (v.steps, v.cfg_scale) == (100, 7.0)
+    # Audio-to-audio's start: σmax 1 for 1.0 (generate_diffusion_cond's); t0 0.9 for Small (the
+    # web UI's; at generate's 1 the reference would weigh nothing).
+    reference = dict(init_audio=(torch.zeros(2, 4410), 44100))
+    assert resolve_request(GenerationRequest(prompts=("a",), **reference), TINY).start_level == 1.0
+    assert resolve_request(GenerationRequest(prompts=("a",), **reference), TINY_SMALL).start_level == 0.9
+
+
+def test_small_audio_to_audio_varies_its_reference_by_default_and_warns_at_pure_noise():
+    pipe = StableAudio.from_pretrained("tiny-random-small", device="cpu", **REFERENCE_PATH)
+    rng = np.random.default_rng()
+    first, second = (rng.uniform(-0.5, 0.5, (2, 44100)).astype(np.float32) for _ in range(2))
+    options = dict(seconds_total=1.0, steps=2, seed=int(rng.integers(2**31)))
+    by_reference = [pipe.generate("x", init_audio=(a, 44100), **options).latents for a in (first, second)]
+    assert not torch.equal(*by_reference), "the default level must keep some of the reference"
+    with pytest.warns(UserWarning, match=r"init_audio has no effect at init_noise_level 1 on this model"):
+        at_one = [
+            pipe.generate("x", init_audio=(a, 44100), init_noise_level=1.0, **options).latents
+            for a in (first, second)
+        ]
+    assert torch.equal(*at_one)  # what the warning says: the reference weighs nothing
 
 
 @pytest.mark.parametrize(
