@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from stable_audio_rt.errors import WriteError
@@ -52,7 +52,8 @@ def check_writable(folder: Path) -> None:
         _new_file(probe)
     except OSError as e:
         raise WriteError(f"cannot write in {folder} ({e.strerror}): give a folder you can write to") from e
-    probe.unlink()
+    finally:  # a signal between the two must not leave the probe
+        probe.unlink(missing_ok=True)
 
 
 def written_for(name: str) -> str | None:
@@ -72,19 +73,40 @@ def new_folder_beside(path: Path) -> Path:
     return _beside(Path(path), lambda candidate: candidate.mkdir(NEW_FOLDER_MODE))
 
 
+def write_target(path: Path) -> Path:
+    """Where a write to `path` lands: a symbolic link's target (what the link's readers see), as
+    `open` writes through a link, else `path` itself."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
+    """A fresh temp path beside each of `paths` (a link's target: `write_target`), all renamed
+    onto them when the block succeeds and all removed when not: several files are written whole
+    or not at all, but for the moment the renames take."""
+    targets = [write_target(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            temps.append(_beside(target, _new_file))
+        yield temps
+        for tmp, target in zip(temps, targets, strict=True):
+            if target.exists():
+                shutil.copymode(target, tmp)
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A fresh temp path beside `path`, renamed onto it when the block succeeds, removed when not."""
-    path = Path(path)
-    tmp = _beside(path, _new_file)
-    try:
+    with atomic_paths([path]) as (tmp,):
         yield tmp
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:

@@ -97,12 +97,18 @@ class Placement:
 
 
 def _load_text_encoder(folder: str | Path, placement: Placement) -> T5TextEncoder:
+    from safetensors import SafetensorError
     from transformers import T5EncoderModel
 
     try:
         t5 = T5EncoderModel.from_pretrained(folder, dtype=torch.float32)
     except OSError as e:
         raise CheckpointError(f"cannot load the T5 encoder from {folder}: {e}") from e
+    except SafetensorError as e:  # a truncated or corrupt model.safetensors
+        raise CheckpointError(
+            f"the T5 encoder's weights in {folder} are not a readable safetensors file ({e}); they are "
+            "probably truncated or corrupt: delete them and download them again"
+        ) from e
     t5 = t5.to(placement.device, placement.t5_dtype)
     return T5TextEncoder(t5.eval().requires_grad_(False))
 

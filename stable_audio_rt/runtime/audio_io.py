@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
 import torch
 
-from stable_audio_rt.atomic import atomic_path, check_writable
+from stable_audio_rt.atomic import atomic_paths, check_writable, write_target
 from stable_audio_rt.errors import RequestError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -45,8 +45,9 @@ class AudioFileError(RequestError):
     output path, so a RequestError like every other bad argument."""
 
 
-def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -> Path:
-    """Refuse, before any work, an output path (and sample format) we could not write."""
+def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16", clip: bool = True) -> Path:
+    """Refuse, before any work, an output path (and sample format) we could not write, or could
+    not write unclipped (`clip` False: only a float WAV holds samples past ±1)."""
     path = Path(path)
     if sample_format not in SAMPLE_FORMATS:
         raise AudioFileError(f"unknown sample format {sample_format!r}: use {' or '.join(SAMPLE_FORMATS)}")
@@ -55,9 +56,16 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16") -
         raise AudioFileError(
             f"cannot write {path}: unsupported extension {path.suffix!r} (use {', '.join(OUTPUT_FORMATS)})"
         )
-    if not path.parent.is_dir():
-        raise AudioFileError(f"cannot write {path}: folder {path.parent} does not exist (create it first)")
-    check_writable(path.parent)
+    if not clip and SUBTYPES[OUTPUT_FORMATS[path.suffix.lower()], sample_format] != "FLOAT":
+        raise AudioFileError(
+            f"cannot write {path} unclipped (clip=False, sa-run --no-clip): only a float WAV (sample "
+            "format 'float', --format float, and .wav) holds samples past ±1; 16-bit PCM and FLAC "
+            "clip them"
+        )
+    folder = write_target(path).parent  # a link's target is what is written
+    if not folder.is_dir():
+        raise AudioFileError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    check_writable(folder)
     return path
 
 
@@ -168,11 +176,24 @@ def write_audio(
 
     `normalize` scales the peak to full scale first; `clip` then limits samples to [−1, 1].
     """
-    path = check_output_path(path, sample_format)
-    file_format = OUTPUT_FORMATS[path.suffix.lower()]
-    with atomic_path(path) as tmp:
-        _write(tmp, audio, rate, file_format, sample_format, clip, normalize)
-    return path
+    return write_clips([path], [audio], rate, sample_format, clip, normalize)[0]
+
+
+def write_clips(
+    paths: Sequence[str | Path],
+    clips: Sequence[torch.Tensor],
+    rate: int,
+    sample_format: SampleFormat = "pcm16",
+    clip: bool = True,
+    normalize: bool = False,
+) -> list[Path]:
+    """`write_audio` for each clip and its path, all or none: every path checked first, every
+    clip written to a temp file, then all renamed (an interrupted batch leaves no clip of it)."""
+    paths = [check_output_path(p, sample_format, clip) for p in paths]
+    with atomic_paths(paths) as temps:
+        for tmp, path, audio in zip(temps, paths, clips, strict=True):
+            _write(tmp, audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)
+    return paths
 
 
 def audio_bytes(

@@ -7,6 +7,7 @@ written unless generation succeeds.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +70,7 @@ SA_RUN_NAMES = {
     "apg_scale": "--apg-scale",
     "cfg_norm_threshold": "--cfg-norm-threshold",
     "vae_chunk": "--vae-chunk",
+    "noise": "--noise",
     "sigma_min": "--sigma-min",
     "sigma_max": "--sigma-max",
     "inpaint_mask": "--keep-range/--inpaint-range",
@@ -191,9 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seconds",
         type=float,
-        help="clip length in seconds (default: the model's maximum, or the reference audio's length)",
+        help="where the clip ends, in seconds (its length with --start 0; conditions the model as "
+        "seconds_total; default: the model's maximum, or the reference audio's length)",
     )
-    p.add_argument("--start", type=float, default=0.0, help="seconds_start conditioning (default: 0)")
+    p.add_argument(
+        "--start",
+        type=float,
+        default=0.0,
+        help="where the clip starts, in seconds: conditions the model as seconds_start and cuts the "
+        "output's beginning, so the clip is --seconds minus --start long (default: 0)",
+    )
     p.add_argument(
         "--steps",
         type=int,
@@ -258,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--apg-scale",
         type=float,
-        default=DEFAULT_APG_SCALE,
         help=f"with --guidance apg: 0 = plain CFG … 1 = full APG (default: {DEFAULT_APG_SCALE})",
     )
     p.add_argument(
@@ -308,7 +316,8 @@ def _inpaint_mask(args: argparse.Namespace, config: StableAudioConfig) -> np.nda
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Intermixed: prompts may follow options (`sa-run "rain" -o a.wav "thunder"`).
+    args = build_parser().parse_intermixed_args(argv)
     with reported_errors("sa-run", "nothing written") as failed:
         plan = plan_from_arguments(args, "sa-run")
         config = plan.config
@@ -337,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request_as(request, config, SA_RUN_NAMES)
         for path in clip_paths(args.output, resolved.batch):  # name_k for each clip of a batch
-            check_output_path(path)
+            check_output_path(path, args.format, clip=not args.no_clip)
         found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
         if found is not None:
             print(f"sa-run: {found.line()}", file=sys.stderr)
@@ -348,9 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         return failed.exit_status
     seconds = result.audio.shape[-1] / result.sample_rate
     total = sum(result.timings.values())
-    print(f"seed {result.seed}: {len(paths)} clip(s) of {seconds:.2f} s in {total:.2f} s")
-    for path in paths:
-        print(path)
+    try:
+        print(f"seed {result.seed}: {len(paths)} clip(s) of {seconds:.2f} s in {total:.2f} s")
+        for path in paths:
+            print(path)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `sa-run ... | head`: the clips are written; the reader left early
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
     return 0
 
 

@@ -30,7 +30,7 @@ from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
-from stable_audio_rt.runtime.audio_io import SampleFormat, check_output_path, clip_paths, write_audio
+from stable_audio_rt.runtime.audio_io import SampleFormat, clip_paths, write_clips
 from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.device_context import on_device
@@ -78,15 +78,11 @@ class GenerationResult:
     ) -> list[Path]:
         """Write each clip to WAV or FLAC by the extension (`paths` says where), as 16-bit PCM
         or float ("float": 32-bit in WAV, 24-bit in FLAC); `normalize` scales each clip's peak to
-        full scale, `clip` then limits samples to [-1, 1]. Every path is checked before the
-        first is written."""
-        paths = self.paths(path)
-        for p in paths:
-            check_output_path(p, sample_format)
-        return [
-            write_audio(p, clip_audio, self.sample_rate, sample_format, clip, normalize)
-            for p, clip_audio in zip(paths, self.audio, strict=True)
-        ]
+        full scale, `clip` then limits samples to [-1, 1] (False: a float WAV only). Every path is
+        checked before any work, and the clips are written all or none (`audio_io.write_clips`)."""
+        return write_clips(
+            self.paths(path), list(self.audio), self.sample_rate, sample_format, clip, normalize
+        )
 
 
 @contextmanager
@@ -328,18 +324,15 @@ class StableAudio:
             return _stage(timings, name, self.device)
 
         self._sample(request, stage, progress, on_step)
-        # The decode's own bar: on a CPU it takes seconds to minutes after the last step.
-        decoding: tqdm | None = None  # made at the first report, which gives the window count
+        # The decode's own bar, a step per decoder call (window × clip): on a CPU the decode
+        # takes seconds to minutes after the last step. Closed whatever ends it (Ctrl-C too).
+        with tqdm(desc="decoding", unit="call", disable=not progress) as decoding:
 
-        def decoded(done: int, total: int) -> None:
-            nonlocal decoding
-            if decoding is None:
-                decoding = tqdm(total=total, desc="decoding", unit="chunk", disable=not progress)
-            decoding.update(done - decoding.n)
+            def decoded(done: int, total: int) -> None:
+                decoding.total = total
+                decoding.update(done - decoding.n)
 
-        region.decode(request, self.components, stage, on_window=decoded)
-        if decoding is not None:
-            decoding.close()
+            region.decode(request, self.components, stage, on_call=decoded)
         return request.audio.cpu(), request.state.x.cpu()
 
     def _sample(

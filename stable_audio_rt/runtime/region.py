@@ -24,7 +24,7 @@ from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.sampling.guidance import Guidance, dit_rows
 from stable_audio_rt.runtime.sampling.state import SamplerState, allocate_state
 from stable_audio_rt.runtime.sampling.step import sampler_step
-from stable_audio_rt.runtime.vae_decode import WindowCallback, decode_latents, one_clip_at_a_time
+from stable_audio_rt.runtime.vae_decode import WindowCallback, decode_latents, no_report, one_clip_at_a_time
 
 Mode = Literal["text", "audio", "inpaint"]
 Stage = Callable[[str], AbstractContextManager[None]]
@@ -201,19 +201,33 @@ def decode(
     request: RequestBuffers,
     components: Components,
     stage: Stage = no_stage,
-    on_window: WindowCallback | None = None,
+    on_call: WindowCallback | None = None,
 ) -> None:
-    """The latents' audio into `request.audio` (float32), in one call or in chunks (`on_window`:
-    `vae_decode.decode_latents`'s progress), each window one clip at a time (`one_clip_at_a_time`)."""
+    """The latents' audio into `request.audio` (float32), in one call or in chunks, each window
+    one clip at a time (`one_clip_at_a_time`); `on_call(done, total)` counts the decoder's calls
+    (windows × clips) before the first and after each, for progress."""
     shape = request.shape
+    clips = request.state.x.shape[0]
+    report = on_call if on_call is not None else no_report
+    calls = {"done": 0, "total": clips}
+
+    def windows_planned(done: int, total: int) -> None:
+        if done == 0:
+            calls["total"] = total * clips
+            report(0, calls["total"])
+
+    def clip_decoded() -> None:
+        calls["done"] += 1
+        report(calls["done"], calls["total"])
+
     with torch.no_grad(), stage("decode"):
         audio = decode_latents(
-            one_clip_at_a_time(components.decode),
+            one_clip_at_a_time(components.decode, clip_decoded),
             request.state.x,
             components.config.vae,
             shape.decode_chunk,
             shape.decode_overlap,
-            on_window,
+            windows_planned,
         )
         request.audio.copy_(audio)
 

@@ -79,7 +79,7 @@ class GenerationRequest:
     sigma_min: float = DEFAULT_SIGMA_MIN
     sigma_max: float = DEFAULT_SIGMA_MAX
     guidance: GuidanceKind = "cfg"
-    apg_scale: float = DEFAULT_APG_SCALE
+    apg_scale: float | None = None  # guidance "apg" only; None: DEFAULT_APG_SCALE
     cfg_norm_threshold: float = DEFAULT_CFG_NORM_THRESHOLD
     # VAE decode in chunks of this many latent frames (same audio, bounded memory): an int,
     # "auto" (sized from free GPU memory; one call on the CPU) or None (one call).
@@ -88,7 +88,8 @@ class GenerationRequest:
 
     @property
     def guidance_settings(self) -> Guidance:
-        return Guidance(self.guidance, self.apg_scale, self.cfg_norm_threshold)
+        apg_scale = DEFAULT_APG_SCALE if self.apg_scale is None else self.apg_scale
+        return Guidance(self.guidance, apg_scale, self.cfg_norm_threshold)
 
     @property
     def uses_cfg(self) -> bool:
@@ -213,7 +214,12 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError(f"noise must be one of {NOISE_KINDS}, got {request.noise!r}")
     if request.guidance not in GUIDANCE_KINDS:
         raise RequestError(f"guidance must be one of {GUIDANCE_KINDS}, got {request.guidance!r}")
-    if not 0 <= request.apg_scale <= 1:
+    if request.apg_scale is not None and request.guidance != "apg":
+        raise RequestError(
+            f"apg_scale applies to guidance='apg'; with guidance={request.guidance!r} it would do nothing: "
+            "give guidance='apg' too, or leave apg_scale out"
+        )
+    if request.apg_scale is not None and not 0 <= request.apg_scale <= 1:
         raise RequestError(
             f"apg_scale must be in [0, 1] (0 = plain CFG, 1 = full APG), got {request.apg_scale}"
         )

@@ -112,7 +112,7 @@ def decode_latents(
 ) -> torch.Tensor:
     """The full decode, in one call or in chunks (equal within float error); `on_window(done,
     total)` before the first window and after each (one window: one call)."""
-    report = on_window if on_window is not None else _no_report
+    report = on_window if on_window is not None else no_report
     if chunk_frames is None:
         report(0, 1)
         audio = decode(latents)
@@ -129,21 +129,30 @@ def decode_latents(
     return torch.cat(pieces, -1)
 
 
-def one_clip_at_a_time(decode: Decoder) -> Decoder:
+def one_clip_at_a_time(decode: Decoder, on_clip: Callable[[], None] | None = None) -> Decoder:
     """`decode` run on each clip (row) of its input in turn: a clip's audio depends only on its
     own latents, so a batch decodes to the same audio, and the decoder's memory is one clip's
     whatever the batch (the `auto` chunk is sized for one clip; at the full window one fp32 clip
-    takes 5.7 GB on the CPU). Measured at no cost: a clip's products are large enough alone."""
+    takes 5.7 GB on the CPU). Measured at no cost: a clip's products are large enough alone.
+    `on_clip()` after each clip's call, for progress."""
+    done = on_clip if on_clip is not None else _nothing
 
     def each_clip(latents: torch.Tensor) -> torch.Tensor:
-        if latents.shape[0] == 1:  # one clip: its audio as decoded, without a copy by torch.cat
-            return decode(latents)
-        return torch.cat([decode(latents[row : row + 1]) for row in range(latents.shape[0])])
+        pieces = []
+        for row in range(latents.shape[0]):
+            pieces.append(decode(latents[row : row + 1]))
+            done()
+        # One clip: its audio as decoded, without a copy by torch.cat.
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     return each_clip
 
 
-def _no_report(done: int, total: int) -> None:
+def _nothing() -> None:
+    """No progress wanted."""
+
+
+def no_report(done: int, total: int) -> None:
     """No progress wanted."""
 
 

@@ -62,7 +62,12 @@ class GenerateBody(BaseModel):
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="default: random, returned in X-Seed")
     response_format: Literal[tuple(RESPONSE_FORMATS)] = "wav"  # type: ignore[valid-type]
     guidance: Literal[GUIDANCE_KINDS] = "cfg"  # type: ignore[valid-type]
-    apg_scale: float = Field(DEFAULT_APG_SCALE, ge=0, le=1)
+    apg_scale: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=f"with guidance apg: 0 = plain CFG … 1 = full APG (default: {DEFAULT_APG_SCALE:g})",
+    )
     noise: Literal[NOISE_KINDS] = "gaussian"  # type: ignore[valid-type]
     window: Literal[WINDOWS] = "full"  # type: ignore[valid-type]
     n: int = Field(

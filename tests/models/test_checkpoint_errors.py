@@ -75,6 +75,15 @@ def test_corrupt_safetensors_says_download_again(single_file_copy):
         load_stable_audio(single_file_copy)
 
 
+@pytest.mark.parametrize("layout", ["single_file", "diffusers"])
+def test_a_corrupt_t5_file_says_download_again(request, layout):
+    root = request.getfixturevalue(f"{layout}_copy")
+    (weights,) = (root / "text_encoder").glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match=r"T5 encoder's weights in .* probably truncated or corrupt"):
+        load_stable_audio(root)
+
+
 def test_config_inconsistent_with_weights(single_file_copy):
     config_path = single_file_copy / "model_config.json"
     config = json.loads(config_path.read_text())

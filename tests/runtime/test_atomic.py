@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from stable_audio_rt.atomic import atomic_path, new_folder_beside, write_atomically, written_for
+from stable_audio_rt import atomic
+from stable_audio_rt.atomic import (
+    atomic_path,
+    atomic_paths,
+    check_writable,
+    new_folder_beside,
+    write_atomically,
+    written_for,
+)
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -40,6 +48,44 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path: Path):
         raise RuntimeError("writer failed")
     assert path.read_text() == "old"
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_several_files_are_written_all_or_none(tmp_path: Path):
+    paths = [tmp_path / f"clip_{k}.wav" for k in range(3)]
+    paths[1].write_text("old")
+    with pytest.raises(KeyboardInterrupt), atomic_paths(paths) as temps:
+        temps[0].write_text("new 0")
+        raise KeyboardInterrupt  # Ctrl-C or SIGTERM while the second clip is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_1.wav"] and paths[1].read_text() == "old"
+    with atomic_paths(paths) as temps:
+        for k, tmp in enumerate(temps):
+            tmp.write_text(f"new {k}")
+    assert [p.read_text() for p in paths] == ["new 0", "new 1", "new 2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in paths]
+
+
+def test_a_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path: Path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "target.wav"
+    target.write_text("old")
+    link = tmp_path / "link.wav"
+    link.symlink_to(target)
+    write_atomically(link, "new")
+    assert link.is_symlink() and target.read_text() == "new" and link.read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["target.wav"]
+
+
+def test_the_write_probe_is_removed_even_if_interrupted(tmp_path: Path, monkeypatch):
+    created = atomic._new_file
+
+    def interrupted(path: Path) -> None:
+        created(path)
+        raise KeyboardInterrupt  # the signal lands between the probe's creation and removal
+
+    monkeypatch.setattr(atomic, "_new_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        check_writable(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_new_files_and_folders_get_what_open_and_mkdir_give(tmp_path: Path, umask):

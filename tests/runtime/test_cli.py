@@ -90,6 +90,10 @@ BAD_ARGUMENTS = [
     (["-o", "/proc/clip.wav"], r"cannot write in /proc \(.*\): give a folder you can write to"),
     (["-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it, such as .*/out/clip\.wav"),
     (["--num-outputs", "2", "-o", "{out}"], r"cannot write .*/out: it is a folder; name a file in it"),
+    (["--no-clip"], r"cannot write .*clip\.wav unclipped \(clip=False, sa-run --no-clip\): only a float WAV"),
+    (["--format", "float", "--no-clip", "-o", "{out}/clip.flac"], r"clip\.flac unclipped"),
+    (["--model", "tiny-random-small", "--noise", "brownian"], r"use --noise='gaussian'"),
+    (["--apg-scale", "0"], r"--apg-scale applies to guidance='apg'; with guidance='cfg' it would do nothing"),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
     (["--backend", "tensorrt"], r"--backend tensorrt runs an engine folder: give --engines DIR"),
     (["--backend", "onnxruntime"], r"--backend onnxruntime runs an engine folder: give --engines DIR"),
@@ -242,3 +246,23 @@ def test_warnings_print_as_one_line_naming_the_tool(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sa-run: warning: the negative prompt has no effect at a CFG scale of 1" in err
     assert "UserWarning" not in err and "requests.py" not in err
+
+
+def test_prompts_may_follow_options_and_a_reader_leaving_early_is_no_error(tmp_path):
+    """`sa-run "rain" -o out.wav "thunder" ... | head -1`: both prompts make the batch, and the
+    closed pipe after the clips are written is neither a traceback nor a failure."""
+    import subprocess
+    import sys
+
+    argv = ["rain", "-o", str(tmp_path / "out.wav"), "thunder", "--model", "tiny-random", "--steps", "1",
+            "--seconds", "0.2", "--window", "trim"]  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "stable_audio_rt.runtime.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run.stdout.close()  # the reader is gone before the first line
+    err = run.stderr.read().decode()
+    assert run.wait() == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out_0.wav", "out_1.wav"]

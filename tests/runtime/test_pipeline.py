@@ -287,6 +287,38 @@ def test_a_stream_out_of_memory_is_the_same_refusal(pipe, monkeypatch):
         next(stream)
 
 
+def test_a_batch_interrupted_while_saving_leaves_no_clip_of_it(pipe, tmp_path, monkeypatch):
+    from stable_audio_rt.runtime import audio_io
+
+    result = pipe.generate(["a", "b", "c"], seconds_total=0.5, steps=2, seed=3, window="trim")
+    written = audio_io._write
+
+    def interrupted_at_the_second(target, *args):
+        if interrupted_at_the_second.calls == 1:
+            raise KeyboardInterrupt
+        interrupted_at_the_second.calls += 1
+        written(target, *args)
+
+    interrupted_at_the_second.calls = 0
+    monkeypatch.setattr(audio_io, "_write", interrupted_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(tmp_path / "clip.wav")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(audio_io, "_write", written)
+    assert [p.name for p in result.save(tmp_path / "clip.wav")] == ["clip_0.wav", "clip_1.wav", "clip_2.wav"]
+
+
+def test_unclipped_audio_is_written_only_where_the_format_holds_it(pipe, tmp_path):
+    result = pipe.generate("a", seconds_total=0.5, steps=2, seed=3, window="trim")
+    result.audio *= 3 / result.audio.abs().max()  # a peak of 3
+    for name, sample_format in (("a.wav", "pcm16"), ("a.flac", "float"), ("a.flac", "pcm16")):
+        with pytest.raises(RequestError, match=r"unclipped .* only a float WAV .* holds samples past ±1"):
+            result.save(tmp_path / name, sample_format, clip=False)
+    assert list(tmp_path.iterdir()) == []
+    (path,) = result.save(tmp_path / "a.wav", "float", clip=False)
+    assert sf.read(path)[0].max() == pytest.approx(result.audio.max().item())
+
+
 def test_an_unreadable_reference_file_is_a_request_error_like_any_bad_argument(pipe, tmp_path):
     import stable_audio_rt
 

@@ -48,6 +48,8 @@ BAD_VALUES = [
     ),
     (dict(seconds_start=0.5, seconds_total=0.5 + 1e-6), r"holds no sample at 44100 Hz"),
     (dict(vae_chunk=8), r"vae_chunk=8 must exceed twice the overlap"),
+    (dict(apg_scale=0.0), r"apg_scale applies to guidance='apg'; with guidance='cfg' it would do nothing"),
+    (dict(guidance="apg", apg_scale=1.5), r"apg_scale must be in \[0, 1\]"),
     (dict(frames=65), r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
     (dict(sample_size=65 * 2048), r"a window of 65 latent frames is longer than the model's"),
     (dict(vae_chunk=64, vae_overlap=1), r"vae_overlap=1 is below the decoder's receptive field"),

@@ -128,7 +128,7 @@ def test_progress_is_reported_before_the_first_window_and_after_each(tiny_vae, g
 
 
 def test_generate_with_progress_shows_the_decode(capsys):
-    """With progress, a bar for the decode after the sampling's, counting its chunks."""
+    """With progress, a bar for the decode after the sampling's, counting its decoder calls."""
     pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
     request = GenerationRequest(("x",), seconds_total=1.0, steps=2, seed=1, vae_chunk=24)
     resolved = resolve_request(request, pipe.config)
@@ -136,6 +136,26 @@ def test_generate_with_progress_shows_the_decode(capsys):
     pipe.run_resolved(resolved, progress=True)
     bars = capsys.readouterr().err
     assert "sampling" in bars and "decoding: 100%" in bars and f"{windows}/{windows}" in bars
+
+
+def test_the_decode_bar_is_closed_when_the_decode_is_interrupted(capsys, monkeypatch):
+    """Ctrl-C or SIGTERM mid-decode: the bar ends its line, so the CLI's one-line message that
+    follows starts on its own."""
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    decode = pipe.components.decode
+    calls = []
+
+    def interrupted(latents):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return decode(latents)
+
+    monkeypatch.setattr(pipe.components, "decode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.generate("x", seconds_total=1.0, steps=1, seed=1, num_outputs=2, progress=True)
+    bars = capsys.readouterr().err
+    assert "decoding:  50%" in bars and bars.endswith("\n"), bars[-200:]
 
 
 @pytest.mark.parametrize("chunk", [None, 24])
@@ -158,10 +178,11 @@ def test_a_batch_decodes_one_clip_at_a_time_to_each_clips_own_audio(generator, c
             decoder_rows.append(latents.shape[0])
             return components.decode(latents)
 
-    region.decode(buffers, Spying, on_window=lambda *report: reports.append(report))
+    region.decode(buffers, Spying, on_call=lambda *report: reports.append(report))
     windows = 1 if chunk is None else len(plan_windows(frames, chunk, decoder_receptive_frames(TINY.vae)))
     assert rows == 3 and decoder_rows == [1] * (rows * windows)
-    assert reports == [(done, windows) for done in range(windows + 1)]
+    # Progress counts the decoder's calls, a clip's window each: a batch is not one long 0/1.
+    assert reports == [(done, rows * windows) for done in range(rows * windows + 1)]
     with torch.no_grad():
         for row in range(rows):
             alone = decode_latents(components.decode, buffers.state.x[row : row + 1], TINY.vae, chunk)

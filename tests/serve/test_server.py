@@ -108,6 +108,10 @@ BAD_BODIES = [
     ({"input": "x", "response_format": "mp3"}, "response_format"),
     ({"input": "x", "guidance": "xyz"}, "guidance"),
     ({"input": "x", "apg_scale": 2}, "apg_scale"),
+    (
+        {"input": "x", "apg_scale": 0.5},
+        "apg_scale applies to guidance='apg'; with guidance='cfg' it would do",
+    ),
     ({"input": "x", "noise": "pink"}, "noise"),
     ({"input": "x", "window": "half"}, "window"),
     ({"input": "x", "negative_prompt": 5}, "negative_prompt"),
