@@ -54,6 +54,9 @@ REFERENCE_PEAK_LIMIT = 1000.0
 # The most sampler steps a request may take: a hundred times SAO 1.0's default (reference-spec
 # §3); each step's table row and noise are allocated with the request.
 MAX_STEPS = 10_000
+# The largest CFG scale: forty times the range of stable-audio-tools' web UI (0–25). Far past it
+# guidance only amplifies noise until the audio overflows, which 1e30 did after the whole run.
+MAX_CFG_SCALE = 1000.0
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,9 @@ class ResolvedRequest:
 
 
 def clip_samples(seconds_start: float, seconds_total: float, sample_rate: int) -> slice:
-    """The output's samples within the window: [start, total) as diffusers crops."""
-    return slice(int(seconds_start * sample_rate), int(seconds_total * sample_rate))
+    """The output's samples within the window: [start, total), each bound at its nearest sample
+    (diffusers truncates, so 0.7 s at 44.1 kHz, 30869.99… samples, came out one short)."""
+    return slice(round(seconds_start * sample_rate), round(seconds_total * sample_rate))
 
 
 def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.ndarray, int, int]:
@@ -198,8 +202,11 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError("give at least one text prompt")
     if not 1 <= request.steps <= MAX_STEPS:
         raise RequestError(f"steps must be in [1, {MAX_STEPS}], got {request.steps}")
-    if request.cfg_scale < 0:
-        raise RequestError(f"cfg_scale must be ≥ 0, got {request.cfg_scale}")
+    if not 0 <= request.cfg_scale <= MAX_CFG_SCALE:
+        raise RequestError(
+            f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}] (stable-audio-tools' web UI offers 0–25; far past "
+            f"that the audio overflows), got {request.cfg_scale:g}"
+        )
     if request.num_outputs < 1:
         raise RequestError(f"num_outputs must be at least 1, got {request.num_outputs}")
     if request.init_noise_level is not None and request.init_audio is None:

@@ -46,7 +46,8 @@ BAD_ARGUMENTS = [
     (["--start", "2", "--seconds", "1"], r"--start \(2\.0\) must be less than --seconds"),
     (["--steps", "0"], r"--steps must be in \[1, 10000\], got 0"),
     (["--seed", "-1"], r"--seed must be in \[0, 2\*\*63\), got -1"),
-    (["--cfg-scale", "-1"], r"--cfg-scale must be ≥ 0"),
+    (["--cfg-scale", "-1"], r"--cfg-scale must be in \[0, 1000\]"),
+    (["--cfg-scale", "1e30"], r"--cfg-scale must be in \[0, 1000\] .* got 1e\+30"),
     (
         ["--sigma-max", "0.3"],
         r"--sigma-max \(0\.3\) must be greater than the schedule's end, σmin \(0\.3\)",

@@ -245,11 +245,16 @@ def test_running_out_of_memory_is_a_refusal_naming_what_shrinks_the_request(pipe
         pipe.generate("x", steps=2, seconds_total=1.0)
 
 
-def test_audio_that_comes_out_nan_is_refused_not_returned(pipe):
+def test_audio_that_comes_out_nan_is_refused_not_returned(pipe, monkeypatch):
+    # Guidance past MAX_CFG_SCALE is refused up front; an overflow (3e38 made one) is simulated.
+    decode = pipe.components.decode
+    monkeypatch.setattr(pipe.components, "decode", lambda latents: decode(latents) * float("inf"))
     with pytest.raises(RequestError, match=r"the audio came out NaN or infinite in torch.float32"):
-        pipe.generate("x", cfg_scale=3e38, steps=2, seconds_total=0.5, window="trim")
+        pipe.generate("x", steps=2, seconds_total=0.5, window="trim")
     with pytest.raises(RequestError, match=r"the audio came out NaN or infinite in torch.float32"):
-        next(pipe.generate_stream("x", cfg_scale=3e38, steps=2, seconds_total=0.5, window="trim"))
+        next(pipe.generate_stream("x", steps=2, seconds_total=0.5, window="trim"))
+    with pytest.raises(RequestError, match=r"cfg_scale must be in \[0, 1000\]"):
+        pipe.generate("x", cfg_scale=3e38, steps=2)
 
 
 def test_a_stream_takes_the_overlaps_a_whole_decode_takes(pipe):

@@ -87,6 +87,18 @@ def test_a_chunk_barely_longer_than_its_overlaps_warns_of_the_decodes_it_repeats
         resolve_request(one_call, TINY)
 
 
+def test_a_clip_of_decimal_seconds_has_the_samples_those_seconds_hold():
+    # 0.7 s at 44.1 kHz is 30870 samples, though 0.7 * 44100 is 30869.999… in floating point.
+    rate = TINY.sample_rate
+    hundredths = np.random.default_rng().choice(np.arange(1, 297), size=40, replace=False)
+    for start, total in ((0.0, 0.7), *((0.0, h / 100) for h in hundredths), (0.35, 2.3)):
+        clip = resolve_request(
+            GenerationRequest(("x",), seconds_start=start, seconds_total=total), TINY
+        ).clip(rate)
+        assert (clip.start, clip.stop) == (round(start * rate), round(total * rate)), (start, total)
+        assert clip.stop - clip.start == int(f"{(total - start) * rate:.0f}")
+
+
 def test_numpy_and_torch_numbers_resolve_as_plain_ones():
     generator = np.random.default_rng()
     steps, seed, outputs = (int(v) for v in generator.integers(1, 50, 3))
