@@ -138,7 +138,10 @@ def _assemble(
     tokenizer_from: str | Path,
     placement: Placement,
 ) -> StableAudioModel:
-    """Load the DiT, VAE and number conditioners from `parts` (in that order), then T5."""
+    """Load the tokenizer and T5 first (a local folder without them fails in a moment, not after
+    the DiT's gigabytes), then the DiT, VAE and number conditioners from `parts` (in that order)."""
+    tokenizer = _load_tokenizer(tokenizer_from)
+    text_encoder = _load_text_encoder(t5_from, placement)
     factories = (
         lambda: DiT(config.dit),
         lambda: OobleckVAE(config.vae),
@@ -150,8 +153,7 @@ def _assemble(
         )
         for factory, part in zip(factories, parts, strict=True)
     )
-    text_encoder = _load_text_encoder(t5_from, placement)
-    conditioner = Conditioner(config.conditioning, numbers, text_encoder, _load_tokenizer(tokenizer_from))
+    conditioner = Conditioner(config.conditioning, numbers, text_encoder, tokenizer)
     return StableAudioModel(config, dit, vae, conditioner)
 
 

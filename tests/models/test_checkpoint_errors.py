@@ -84,6 +84,16 @@ def test_a_corrupt_t5_file_says_download_again(request, layout):
         load_stable_audio(root)
 
 
+def test_a_broken_tokenizer_is_refused_before_the_dits_weights_load(single_file_copy, monkeypatch):
+    from stable_audio_rt.models import loading
+
+    for file in (single_file_copy / "tokenizer").iterdir():
+        file.write_text("{ not json")
+    monkeypatch.setattr(loading, "load_state", lambda *a, **k: pytest.fail("the DiT loaded first"))
+    with pytest.raises(CheckpointError, match=r"cannot load the T5 tokenizer from .*tokenizer"):
+        load_stable_audio(single_file_copy)
+
+
 def test_config_inconsistent_with_weights(single_file_copy):
     config_path = single_file_copy / "model_config.json"
     config = json.loads(config_path.read_text())
