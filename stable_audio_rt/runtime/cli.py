@@ -179,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("prompt", nargs="+", help="text prompt(s); several prompts make a batch")
+    # nargs "*": `parse_arguments` requires one, counting those after `--` too.
+    p.add_argument(
+        "prompt",
+        nargs="*",
+        help="text prompt(s), before or after the options; several make a batch (after --, a "
+        "prompt may start with -)",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -315,9 +321,21 @@ def _inpaint_mask(args: argparse.Namespace, config: StableAudioConfig) -> np.nda
     )
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """sa-run's arguments, prompts among the options (`sa-run "rain" -o a.wav "thunder"`) and
+    after `--` (argparse's intermixed parsing refuses `-- -prompt` with no prompt before it)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    after = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_intermixed_args(argv[:after])
+    args.prompt += argv[after + 1 :]
+    if not args.prompt:
+        parser.error("the following arguments are required: prompt")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    # Intermixed: prompts may follow options (`sa-run "rain" -o a.wav "thunder"`).
-    args = build_parser().parse_intermixed_args(argv)
+    args = parse_arguments(argv)
     with reported_errors("sa-run", "nothing written") as failed:
         plan = plan_from_arguments(args, "sa-run")
         config = plan.config

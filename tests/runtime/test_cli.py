@@ -267,3 +267,26 @@ def test_prompts_may_follow_options_and_a_reader_leaving_early_is_no_error(tmp_p
     assert run.wait() == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out_0.wav", "out_1.wav"]
+
+
+@pytest.mark.parametrize(
+    "argv,prompts",
+    [
+        (["rain", "-o", "a.wav", "thunder"], ["rain", "thunder"]),
+        (["--steps", "2", "rain", "--keep-range", "0,1", "--keep-range", "2,3", "hail"], ["rain", "hail"]),
+        (["--", "-a prompt that starts with a dash"], ["-a prompt that starts with a dash"]),
+        (["rain", "--steps", "2", "--", "--steps"], ["rain", "--steps"]),
+    ],
+)
+def test_prompts_come_before_after_and_among_the_options(argv, prompts):
+    args = cli.parse_arguments(argv)
+    assert args.prompt == prompts
+    assert args.steps == (2 if "--steps" in argv[: argv.index("--") if "--" in argv else None] else None)
+
+
+def test_no_prompt_is_argparses_usage_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.parse_arguments(["-o", "a.wav", "--"])
+    assert (
+        stopped.value.code == 2 and "the following arguments are required: prompt" in capsys.readouterr().err
+    )
