@@ -161,10 +161,15 @@ def _open(path: Path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file ({e}); it is probably truncated or corrupt: "
-            f"delete it and download it again"
-        ) from e
+        raise unreadable_weights(str(path), e) from e
+
+
+def unreadable_weights(what: str, error: Exception) -> CheckpointError:
+    """The refusal of a weights file safetensors cannot read: `what` names it."""
+    return CheckpointError(
+        f"{what} is not a readable safetensors file ({error}); it is probably truncated or corrupt: "
+        "delete it and download it again"
+    )
 
 
 class TensorSource:

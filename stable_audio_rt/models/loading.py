@@ -25,6 +25,7 @@ from stable_audio_rt.models.checkpoint import (
     TensorSource,
     locate_checkpoint,
     single_file_weights,
+    unreadable_weights,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
 from stable_audio_rt.models.config import StableAudioConfig
@@ -85,15 +86,19 @@ def _meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
+# T5 in fp32 by default: more accurate than stable-audio-tools' fp16 T5, which overflows on some
+# prompts (bf16 loses 14.5 dB in one call: precision.FP32_ISLANDS). torch.float16 reproduces the
+# reference's T5 (every weight cast, as it does).
+DEFAULT_T5_DTYPE = torch.float32
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where the weights go: the model's dtype and device, and T5's own dtype."""
 
     dtype: torch.dtype
     device: torch.device | str
-    # fp32 by default: more accurate than stable-audio-tools' fp16 T5, which overflows on some
-    # prompts. torch.float16 reproduces the reference's T5 (every weight cast, as it does).
-    t5_dtype: torch.dtype = torch.float32
+    t5_dtype: torch.dtype = DEFAULT_T5_DTYPE
 
 
 def _load_text_encoder(folder: str | Path, placement: Placement) -> T5TextEncoder:
@@ -105,10 +110,7 @@ def _load_text_encoder(folder: str | Path, placement: Placement) -> T5TextEncode
     except OSError as e:
         raise CheckpointError(f"cannot load the T5 encoder from {folder}: {e}") from e
     except SafetensorError as e:  # a truncated or corrupt model.safetensors
-        raise CheckpointError(
-            f"the T5 encoder's weights in {folder} are not a readable safetensors file ({e}); they are "
-            "probably truncated or corrupt: delete them and download them again"
-        ) from e
+        raise unreadable_weights(f"the T5 encoder's weights file in {folder}", e) from e
     t5 = t5.to(placement.device, placement.t5_dtype)
     return T5TextEncoder(t5.eval().requires_grad_(False))
 
@@ -206,7 +208,7 @@ def load_stable_audio(
     layout: Layout = "auto",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    t5_dtype: torch.dtype = torch.float32,
+    t5_dtype: torch.dtype = DEFAULT_T5_DTYPE,
     token: str | None = None,
 ) -> StableAudioModel:
     """Load a Stable Audio model from a Hub repo id, a local folder or a `model_config.json`.

@@ -21,7 +21,7 @@ from stable_audio_rt.models.config import (
     StableAudioConfig,
 )
 from stable_audio_rt.models.dit import DiT
-from stable_audio_rt.models.loading import StableAudioModel
+from stable_audio_rt.models.loading import DEFAULT_T5_DTYPE, StableAudioModel
 from stable_audio_rt.models.vae import OobleckVAE, cast_keeping_fp32_
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def random_model(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    t5_dtype: torch.dtype = torch.float32,
+    t5_dtype: torch.dtype = DEFAULT_T5_DTYPE,
 ) -> StableAudioModel:
     """A model of `config`'s geometry with seeded random weights and a random small T5."""
     from transformers import T5Config, T5EncoderModel

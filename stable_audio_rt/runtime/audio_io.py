@@ -47,7 +47,8 @@ class AudioFileError(RequestError):
 
 def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16", clip: bool = True) -> Path:
     """Refuse, before any work, an output path (and sample format) we could not write, or could
-    not write unclipped (`clip` False: only a float WAV holds samples past ±1)."""
+    not write unclipped (`clip` False, peaks not normalized: only a float WAV holds samples past
+    ±1)."""
     path = Path(path)
     if sample_format not in SAMPLE_FORMATS:
         raise AudioFileError(f"unknown sample format {sample_format!r}: use {' or '.join(SAMPLE_FORMATS)}")
@@ -127,6 +128,12 @@ def _read(path: str | Path, reading: Callable[[], T]) -> T:
         raise AudioFileError(f"cannot read {path} as audio ({e}); give a WAV, FLAC, OGG or MP3 file") from e
 
 
+def sample_at(seconds: float, rate: int) -> int:
+    """The sample a time in seconds falls on, to the nearest: 0.7 s at 44.1 kHz is sample 30870,
+    though 0.7 · 44100 is 30869.99… in binary floating point."""
+    return round(seconds * rate)
+
+
 def length_at(samples: int, rate: int, target_rate: int) -> int:
     """How many samples `samples` at `rate` are at `target_rate` (a reference and its mask agree
     on it)."""
@@ -164,21 +171,6 @@ def to_model_audio(
     return torch.from_numpy(out)
 
 
-def write_audio(
-    path: str | Path,
-    audio: torch.Tensor,
-    rate: int,
-    sample_format: SampleFormat = "pcm16",
-    clip: bool = True,
-    normalize: bool = False,
-) -> Path:
-    """Write (channels, samples) audio to WAV or FLAC by extension, atomically.
-
-    `normalize` scales the peak to full scale first; `clip` then limits samples to [−1, 1].
-    """
-    return write_clips([path], [audio], rate, sample_format, clip, normalize)[0]
-
-
 def write_clips(
     paths: Sequence[str | Path],
     clips: Sequence[torch.Tensor],
@@ -187,9 +179,11 @@ def write_clips(
     clip: bool = True,
     normalize: bool = False,
 ) -> list[Path]:
-    """`write_audio` for each clip and its path, all or none: every path checked first, every
-    clip written to a temp file, then all renamed (an interrupted batch leaves no clip of it)."""
-    paths = [check_output_path(p, sample_format, clip) for p in paths]
+    """Each (channels, samples) clip to its path, WAV or FLAC by the extension, all or none: every
+    path checked first, every clip written to a temp file, then all renamed (an interrupted batch
+    leaves no clip of it). `normalize` scales each clip's peak to full scale first; `clip` then
+    limits samples to [−1, 1]."""
+    paths = [check_output_path(p, sample_format, clip or normalize) for p in paths]
     with atomic_paths(paths) as temps:
         for tmp, path, audio in zip(temps, paths, clips, strict=True):
             _write(tmp, audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)

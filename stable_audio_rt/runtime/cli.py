@@ -175,6 +175,8 @@ def plan_from_arguments(args: argparse.Namespace, program: str) -> LoadPlan:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sa-run",
+        # Written out: argparse would show the prompt as optional ("*", for `parse_arguments`).
+        usage="%(prog)s [options] prompt [prompt ...]",
         description="Generate audio with Stable Audio Open (text-to-audio, audio-to-audio, inpainting).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request_as(request, config, SA_RUN_NAMES)
         for path in clip_paths(args.output, resolved.batch):  # name_k for each clip of a batch
-            check_output_path(path, args.format, clip=not args.no_clip)
+            check_output_path(path, args.format, clip=args.normalize or not args.no_clip)
         found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
         if found is not None:
             print(f"sa-run: {found.line()}", file=sys.stderr)

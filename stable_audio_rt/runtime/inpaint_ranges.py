@@ -11,7 +11,7 @@ import numpy as np
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.runtime.audio_io import length_at
+from stable_audio_rt.runtime.audio_io import length_at, sample_at
 
 # (start, end) in seconds of the reference audio.
 Range = tuple[float, float]
@@ -72,5 +72,5 @@ def inpaint_mask(
         if not 0 <= start < end <= usable + END_TOLERANCE_S:
             raise RequestError(f"{option}: {start},{end} is outside {where} or empty")
         end = min(end, usable)
-        mask[int(start * model_rate) : int(end * model_rate)] = keep
+        mask[sample_at(start, model_rate) : sample_at(end, model_rate)] = keep  # as the clip's bounds
     return mask

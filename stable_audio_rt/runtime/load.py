@@ -21,7 +21,7 @@ from stable_audio_rt.kernels.switch import KernelChoice, resolve_kernels, use_ke
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, LAYOUTS, Layout
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.loading import Placement
+from stable_audio_rt.models.loading import DEFAULT_T5_DTYPE, Placement
 from stable_audio_rt.models.source import load_model, read_config
 from stable_audio_rt.precision import DTYPES, NAMES, DtypeChoice, DtypeRequest, choose_dtype
 from stable_audio_rt.runtime.backends.choice import BackendChoice, choose_backend
@@ -30,8 +30,6 @@ from stable_audio_rt.runtime.backends.protocols import Components
 from stable_audio_rt.runtime.backends.torch_backend import TorchComponents
 from stable_audio_rt.trt_import import import_tensorrt
 
-# T5 in fp32 unless asked: the most accurate (precision.FP32_ISLANDS["t5"] says why bf16 is not).
-DEFAULT_T5_DTYPE = torch.float32
 Backend = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 BACKENDS: tuple[Backend, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
 

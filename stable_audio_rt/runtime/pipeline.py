@@ -27,7 +27,6 @@ from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.kernels.switch import KernelChoice
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO, Layout
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
 from stable_audio_rt.runtime.audio_io import SampleFormat, clip_paths, write_clips
@@ -45,6 +44,7 @@ from stable_audio_rt.runtime.vae_decode import (
     auto_chunk_frames,
     decode_chunks,
     one_clip_at_a_time,
+    overlap_or_field,
 )
 
 # What torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError).
@@ -258,8 +258,7 @@ class StableAudio:
         request is checked here, at the call; sampling starts at the first piece asked for."""
         resolved = resolve_request(GenerationRequest(prompts=prompts_of(prompt), **options), self.config)
         shape = self.request_shape(resolved)
-        overlap = resolved.request.vae_overlap
-        overlap = overlap if overlap is not None else decoder_receptive_frames(self.config.vae)
+        overlap = overlap_or_field(self.config.vae, resolved.request.vae_overlap)
         # The request's chunk (checked with it), else pieces of the stream's size that its overlap fits.
         chunk = shape.decode_chunk or max(DEFAULT_STREAM_CHUNK_FRAMES, 2 * overlap + 1)
         self._check(shape, chunk)

@@ -22,8 +22,7 @@ import torch
 
 from stable_audio_rt.errors import ConfigError, RequestError
 from stable_audio_rt.models.config import StableAudioConfig
-from stable_audio_rt.models.vae import decoder_receptive_frames
-from stable_audio_rt.runtime.audio_io import length_at, read_audio, to_model_audio
+from stable_audio_rt.runtime.audio_io import length_at, read_audio, sample_at, to_model_audio
 from stable_audio_rt.runtime.request_values import float_samples, whole_number, with_plain_values
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_SIGMA_MAX,
@@ -38,7 +37,13 @@ from stable_audio_rt.runtime.sampling.guidance import (
 )
 from stable_audio_rt.runtime.sampling.noise import NOISE_KINDS, NoiseKind
 from stable_audio_rt.runtime.sampling.objectives import sampler_for
-from stable_audio_rt.runtime.vae_decode import WASTE_LIMIT, check_chunking, decode_waste, thrifty_chunk
+from stable_audio_rt.runtime.vae_decode import (
+    WASTE_LIMIT,
+    check_chunking,
+    decode_waste,
+    overlap_or_field,
+    thrifty_chunk,
+)
 
 Window = Literal["full", "trim"]
 WINDOWS: tuple[Window, ...] = ("full", "trim")
@@ -118,8 +123,8 @@ class ResolvedRequest:
 
 def clip_samples(seconds_start: float, seconds_total: float, sample_rate: int) -> slice:
     """The output's samples within the window: [start, total), each bound at its nearest sample
-    (diffusers truncates, so 0.7 s at 44.1 kHz, 30869.99… samples, came out one short)."""
-    return slice(round(seconds_start * sample_rate), round(seconds_total * sample_rate))
+    (`sample_at`; diffusers truncates, so its 0.7 s clip is one sample short)."""
+    return slice(sample_at(seconds_start, sample_rate), sample_at(seconds_total, sample_rate))
 
 
 def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.ndarray, int, int]:
@@ -295,7 +300,7 @@ def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -
         chunk = 2 * overlap + 1  # the overlap alone: the smallest chunk it allows
     elif not isinstance(chunk, int):
         raise RequestError(f"vae_chunk must be a number of latent frames, 'auto' or None, got {chunk!r}")
-    overlap = decoder_receptive_frames(config.vae) if overlap is None else overlap
+    overlap = overlap_or_field(config.vae, overlap)
     try:
         check_chunking(config.vae, chunk, overlap, names=("vae_chunk", "vae_overlap"))
     except ConfigError as e:
@@ -308,13 +313,14 @@ def _warn_of_wasteful_chunks(request: GenerationRequest, frames: int, config: St
     chunk = request.vae_chunk
     if not isinstance(chunk, int) or chunk >= frames:
         return
-    overlap = decoder_receptive_frames(config.vae) if request.vae_overlap is None else request.vae_overlap
-    waste = decode_waste(chunk, overlap)
+    overlap = overlap_or_field(config.vae, request.vae_overlap)
+    waste = decode_waste(frames, chunk, overlap)
     if waste > WASTE_LIMIT:
+        thrifty = min(thrifty_chunk(overlap), frames)
         warnings.warn(
-            f"vae_chunk={chunk} with overlaps of {overlap} frames decodes {waste:.1f}× the frames it "
-            f"keeps ({chunk - 2 * overlap} new a chunk); a chunk of {thrifty_chunk(overlap)} or more "
-            f"decodes at most {WASTE_LIMIT}×",
+            f"vae_chunk={chunk} with overlaps of {overlap} frames decodes {waste:.1f}× the {frames} frames "
+            f"it keeps ({chunk - 2 * overlap} new a chunk); a chunk of {thrifty} or more decodes at most "
+            f"{WASTE_LIMIT}×",
             UserWarning,
             stacklevel=3,
         )
@@ -352,7 +358,7 @@ def resolve_request_as(
         words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or "(?!)"
         field = re.compile(rf"(?<![\w./-])({named})(?![\w/-]|\.\w)|(?<![\w./-])({words})(?= must| \(|=)")
         worded = field.sub(lambda found: names[found.group(1) or found.group(2)], str(e))
-        raise RequestError(worded) from e
+        raise type(e)(worded) from e  # an AudioFileError stays one
 
 
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:

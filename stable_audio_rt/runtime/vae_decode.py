@@ -77,14 +77,23 @@ def check_chunking(
         )
 
 
-def decode_waste(chunk_frames: int, overlap_frames: int) -> float:
-    """Frames decoded per frame kept: each chunk keeps chunk − 2·overlap new frames."""
-    return chunk_frames / (chunk_frames - 2 * overlap_frames)
+def decode_waste(frames: int, chunk_frames: int, overlap_frames: int) -> float:
+    """Frames the decoder runs per frame of a `frames` window kept, in chunks (`plan_windows`);
+    over a long window it nears chunk / (chunk − 2·overlap), each chunk keeping what its
+    overlaps do not."""
+    return len(plan_windows(frames, chunk_frames, overlap_frames)) * min(chunk_frames, frames) / frames
 
 
 def thrifty_chunk(overlap_frames: int) -> int:
-    """The shortest chunk whose `decode_waste` is at most WASTE_LIMIT."""
+    """The shortest chunk that decodes at most WASTE_LIMIT times the frames kept, whatever the
+    window (at most the long-window limit chunk / (chunk − 2·overlap))."""
     return math.ceil(2 * overlap_frames * WASTE_LIMIT / (WASTE_LIMIT - 1))
+
+
+def overlap_or_field(config: OobleckConfig, overlap_frames: int | None) -> int:
+    """The chunks' overlap: as given, else the decoder's receptive field (the least that keeps
+    chunks equal to one call)."""
+    return decoder_receptive_frames(config) if overlap_frames is None else overlap_frames
 
 
 def decode_chunks(
@@ -118,7 +127,7 @@ def decode_latents(
         audio = decode(latents)
         report(1, 1)
         return audio
-    overlap = decoder_receptive_frames(config) if overlap_frames is None else overlap_frames
+    overlap = overlap_or_field(config, overlap_frames)
     check_chunking(config, chunk_frames, overlap)
     total = len(plan_windows(latents.shape[-1], chunk_frames, overlap))
     report(0, total)
@@ -135,21 +144,17 @@ def one_clip_at_a_time(decode: Decoder, on_clip: Callable[[], None] | None = Non
     whatever the batch (the `auto` chunk is sized for one clip; at the full window one fp32 clip
     takes 5.7 GB on the CPU). Measured at no cost: a clip's products are large enough alone.
     `on_clip()` after each clip's call, for progress."""
-    done = on_clip if on_clip is not None else _nothing
 
     def each_clip(latents: torch.Tensor) -> torch.Tensor:
         pieces = []
         for row in range(latents.shape[0]):
             pieces.append(decode(latents[row : row + 1]))
-            done()
+            if on_clip is not None:
+                on_clip()
         # One clip: its audio as decoded, without a copy by torch.cat.
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     return each_clip
-
-
-def _nothing() -> None:
-    """No progress wanted."""
 
 
 def no_report(done: int, total: int) -> None:

@@ -103,13 +103,31 @@ def test_tokens_are_the_tokenizers_own_at_the_model_length_for_every_prompt_leng
     # stable-audio-tools' T5Conditioner: one tokenizer call, padded and truncated to max_length.
     conditioner = tiny_model.conditioner
     length = conditioner.config.t5_max_length
-    words = np.random.default_rng().choice(["rain", "soft", "piano", "deep", "bass"], size=3 * length)
-    # Around the edge: tokens that fit, fill the model's length exactly, and go one or many past.
-    prompts = [" ".join(words[:n]) for n in (0, 1, length - 2, length - 1, length, length + 1, 3 * length)]
+
+    def tokens(prompt: str) -> int:  # with the EOS the tokenizer appends
+        return len(conditioner.tokenizer(prompt)["input_ids"])
+
+    rng = np.random.default_rng()
+    characters = list("abcdefghijklmnopqrstuvwxyz ")
+    by_count: dict[int, str] = {}  # a random prompt for each token count met
+    edge = {length - 1, length, length + 1}
+    for _ in range(100):  # a character at a time: the count moves by a token or two
+        prompt = ""
+        while tokens(prompt) <= length + 2:
+            by_count.setdefault(tokens(prompt), prompt)
+            prompt += str(rng.choice(characters))
+        if edge <= by_count.keys():
+            break
+    # Around the edge: fits with room, fills the model's length exactly, one and many past it.
+    counts = [c for c in (1, 2, length - 1, length, length + 1, length + 2) if c in by_count]
+    assert {length - 1, length, length + 1} <= set(counts), sorted(by_count)
+    prompts = [by_count[c] for c in counts] + [prompt * 3]
     expected = conditioner.tokenizer(
         prompts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         ids, mask = conditioner.tokenize(prompts)
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+    # Only the prompts that lose words warn: those over the length, not the one that fills it.
+    assert len(warned) == sum(tokens(p) > length for p in prompts) == len(prompts) - counts.index(length) - 1

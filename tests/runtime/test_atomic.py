@@ -16,6 +16,7 @@ from stable_audio_rt.atomic import (
     write_atomically,
     written_for,
 )
+from stable_audio_rt.errors import WriteError
 
 
 @pytest.fixture(params=[0o022, 0o027, 0o077])
@@ -86,6 +87,20 @@ def test_the_write_probe_is_removed_even_if_interrupted(tmp_path: Path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         check_writable(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_without_search_permission_is_one_clear_refusal(tmp_path: Path, monkeypatch):
+    """In a folder this user may read but not search (chmod 600, another user's), creating the
+    probe and removing it both fail with EACCES: the refusal must stay the one-line WriteError,
+    not the removal's PermissionError. (Root searches any folder, so EACCES is made here.)"""
+
+    def denied(path: Path, *args) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(atomic, "_new_file", denied)
+    monkeypatch.setattr(Path, "unlink", denied)
+    with pytest.raises(WriteError, match=r"cannot write in .* \(Permission denied\): give a folder"):
+        check_writable(tmp_path)
 
 
 def test_new_files_and_folders_get_what_open_and_mkdir_give(tmp_path: Path, umask):

@@ -263,8 +263,9 @@ def test_prompts_may_follow_options_and_a_reader_leaving_early_is_no_error(tmp_p
         stderr=subprocess.PIPE,
     )
     run.stdout.close()  # the reader is gone before the first line
-    err = run.stderr.read().decode()
-    assert run.wait() == 0, err
+    _, err = run.communicate(timeout=300)
+    err = err.decode()
+    assert run.returncode == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out_0.wav", "out_1.wav"]
 

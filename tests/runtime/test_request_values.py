@@ -4,6 +4,7 @@ it, and a long or low-rate reference resampled only as far as the window needs."
 
 import re
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -64,27 +65,34 @@ def test_bad_values_are_refused_by_name(options, message):
 
 def test_a_chunk_barely_longer_than_its_overlaps_warns_of_the_decodes_it_repeats():
     from stable_audio_rt.models.vae import decoder_receptive_frames
-    from stable_audio_rt.runtime.vae_decode import decode_waste, plan_windows, thrifty_chunk
+    from stable_audio_rt.runtime.vae_decode import decode_chunks, decode_waste, thrifty_chunk
 
     overlap = decoder_receptive_frames(TINY.vae)
-    # The warning's figure is the decode's: over a long window, frames decoded per frame kept.
-    long_window = 10_000
-    for chunk in (2 * overlap + 1, 3 * overlap, thrifty_chunk(overlap), 10 * overlap):
-        decoded = chunk * len(plan_windows(long_window, chunk, overlap))
-        assert decoded / long_window == pytest.approx(decode_waste(chunk, overlap), rel=0.01)
+    # The warning's figure is the decode's: frames through the decoder per frame of the window.
+    for frames, chunk in ((64, 2 * overlap + 1), (64, 30), (30, 25), (1000, thrifty_chunk(overlap))):
+        seen = []
+        latents = torch.zeros(1, 1, frames)
+        for _ in decode_chunks(
+            lambda x, seen=seen: seen.append(x.shape[-1]) or x, latents, 1, chunk, overlap
+        ):
+            pass
+        assert decode_waste(frames, chunk, overlap) == pytest.approx(sum(seen) / frames)
+    # Never past 2× at the thrifty chunk, whatever the window; past it one frame shorter.
+    assert all(decode_waste(f, thrifty_chunk(overlap), overlap) <= 2 for f in range(1, 400))
+    assert decode_waste(10_000, thrifty_chunk(overlap) - 1, overlap) > 2
     wasteful = 2 * overlap + 1  # one new frame a chunk
     with pytest.warns(UserWarning, match=rf"vae_chunk={wasteful} with overlaps of {overlap} frames decodes "
-                      rf"{wasteful:.1f}× the frames it keeps \(1 new a chunk\); a chunk of "
+                      rf"[0-9.]+× the 64 frames it keeps \(1 new a chunk\); a chunk of "
                       rf"{thrifty_chunk(overlap)} or more decodes at most 2×"):  # fmt: skip
         resolve_request(GenerationRequest(("x",), vae_chunk=wasteful), TINY)
-    assert (
-        decode_waste(thrifty_chunk(overlap), overlap) <= 2 < decode_waste(thrifty_chunk(overlap) - 1, overlap)
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        resolve_request(GenerationRequest(("x",), vae_chunk=thrifty_chunk(overlap)), TINY)
-        one_call = GenerationRequest(("x",), vae_chunk=wasteful, frames=wasteful, seconds_total=0.5)
-        resolve_request(one_call, TINY)
+        for request in (
+            GenerationRequest(("x",), vae_chunk=thrifty_chunk(overlap)),
+            GenerationRequest(("x",), vae_chunk=25, frames=30, seconds_total=1.0),  # 2 windows: 1.7×
+            GenerationRequest(("x",), vae_chunk=wasteful, frames=wasteful, seconds_total=0.5),  # one call
+        ):
+            resolve_request(request, TINY)
 
 
 def test_a_clip_of_decimal_seconds_has_the_samples_those_seconds_hold():
@@ -95,8 +103,9 @@ def test_a_clip_of_decimal_seconds_has_the_samples_those_seconds_hold():
         clip = resolve_request(
             GenerationRequest(("x",), seconds_start=start, seconds_total=total), TINY
         ).clip(rate)
-        assert (clip.start, clip.stop) == (round(start * rate), round(total * rate)), (start, total)
-        assert clip.stop - clip.start == int(f"{(total - start) * rate:.0f}")
+        # The decimal seconds' samples, counted exactly (no binary rounding).
+        start_at, stop_at = (Fraction(str(s)) * rate for s in (start, total))
+        assert (clip.start, clip.stop) == (start_at, stop_at), (start, total)
 
 
 def test_numpy_and_torch_numbers_resolve_as_plain_ones():

@@ -63,7 +63,7 @@ class Pingpong(Sampler):
                 "+ t·noise is pure noise there; give a level below 1 (default "
                 f"{RF_DEFAULT_INIT_NOISE_LEVEL:g}) to keep some of the reference",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=4,  # resolve_request's caller, as its own warnings name
             )
 
     def start_level(self, request: GenerationRequest) -> float:
