@@ -259,8 +259,10 @@ class StableAudio:
         resolved = resolve_request(GenerationRequest(prompts=prompts_of(prompt), **options), self.config)
         shape = self.request_shape(resolved)
         overlap = overlap_or_field(self.config.vae, resolved.request.vae_overlap)
-        # The request's chunk (checked with it), else pieces of the stream's size that its overlap fits.
-        chunk = shape.decode_chunk or max(DEFAULT_STREAM_CHUNK_FRAMES, 2 * overlap + 1)
+        # The request's chunk (checked with it), else pieces of the stream's size that its overlap
+        # and the decoder's profile fit.
+        least = max(2 * overlap + 1, self.components.least_decode_frames())
+        chunk = shape.decode_chunk or max(DEFAULT_STREAM_CHUNK_FRAMES, least)
         self._check(shape, chunk)
         return self._stream(resolved, shape, chunk, overlap, progress)
 

@@ -103,7 +103,9 @@ class EngineGraph:
         # Input shapes → the output tensors `run_reusing` fills for them.
         self.reused_outputs: dict[tuple[tuple[int, ...], ...], list[torch.Tensor]] = {}
 
-    def check_shape(self, batch: int, frames: int | None = None) -> None:
+    def check_shape(self, batch: int, frames: int | None = None, is_chunk: bool = False) -> None:
+        """Refuse a batch or frame count outside the profile; `is_chunk` where the frames are a
+        decode chunk's (the fix is then another chunk, not another window)."""
         low, _, high = self.entry.batch
         if not low <= batch <= high:
             # sa-export's --max-batch counts clips; T5 and the DiT take two rows a clip (CFG).
@@ -118,10 +120,18 @@ class EngineGraph:
             )
         if frames is not None and not self.entry.frames[0] <= frames <= self.entry.frames[2]:
             low, _, high = self.entry.frames
-            raise ConfigError(
-                f"{frames} latent frames are outside the {self.name} engine's profile {low}–{high}: "
-                f"re-export with --frames covering {frames}, or choose a window inside it"
+            what, fix = (
+                (
+                    f"a decode chunk of {frames} latent frames is",
+                    "give vae_chunk (sa-run --vae-chunk) within it, or none for one call of the window",
+                )
+                if is_chunk
+                else (
+                    f"{frames} latent frames are",
+                    f"re-export with --frames covering {frames}, or choose a window inside it",
+                )
             )
+            raise ConfigError(f"{what} outside the {self.name} engine's profile {low}–{high}: {fix}")
 
     def element_type(self, kind: ElementKind) -> torch.dtype:
         """The torch type of a spec's element kind in this graph (`io_spec.element_dtype`)."""
@@ -261,14 +271,8 @@ def check_request_shapes(
     """Refuse, before any work, a request the engines' profiles cannot run."""
     graphs["dit"].check_shape(dit_rows(batch, uses_cfg), frames)
     graphs["t5"].check_shape(dit_rows(batch, uses_cfg))  # a negative prompt's rows ride along
-    decoder = graphs["vae_decoder"]
-    low, _, high = decoder.entry.frames
-    if decode_frames < frames and not low <= decode_frames <= high:  # a chunk, not the window
-        raise ConfigError(
-            f"a decode chunk of {decode_frames} latent frames (vae_chunk, sa-run --vae-chunk) is outside "
-            f"the vae_decoder engine's profile {low}–{high}: give a chunk within it, or leave it out"
-        )
-    decoder.check_shape(1, decode_frames)  # region.decode: one row at a time
+    # region.decode: one row at a time, the window or a chunk of it.
+    graphs["vae_decoder"].check_shape(1, decode_frames, is_chunk=decode_frames < frames)
     if encodes:
         _encoder(folder, manifest, graphs).check_shape(1, frames)
 
@@ -312,6 +316,10 @@ class EngineComponents:
     def most_frames(self) -> int:
         """The DiT's profile ends here (sa-export's --frames maximum)."""
         return self.graphs["dit"].entry.frames[2]
+
+    def least_decode_frames(self) -> int:
+        """The decoder's profile starts here (sa-export's --frames minimum)."""
+        return self.graphs["vae_decoder"].entry.frames[0]
 
     def check_request(
         self, batch: int, uses_cfg: bool, frames: int, decode_frames: int, encodes: bool

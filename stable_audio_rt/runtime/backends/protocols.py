@@ -47,6 +47,10 @@ class Components(Protocol):
         window bounds every request too)."""
         ...
 
+    def least_decode_frames(self) -> int:
+        """The shortest stretch of latent frames the decoder takes in one call (its profile)."""
+        ...
+
     def step_model(self, steps: int, rows: int) -> StepModel:
         """The DiT step for N steps of R rows, its buffers allocated on the device."""
         ...

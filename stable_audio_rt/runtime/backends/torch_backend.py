@@ -95,6 +95,9 @@ class TorchComponents:
     def most_frames(self) -> int:
         return self.config.latent_frames
 
+    def least_decode_frames(self) -> int:
+        return 1
+
     def step_model(self, steps: int, rows: int) -> TorchDiTStep:
         return TorchDiTStep(
             self.model.dit,

@@ -18,11 +18,13 @@ from stable_audio_rt.export import cli as export_cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
 from stable_audio_rt.manifest import EngineFolderError
 from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.backends.engine_backend import EngineDiTStep
 from stable_audio_rt.runtime.backends.onnxruntime_backend import OrtComponents
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.region import RequestShape, allocate_request
 from stable_audio_rt.runtime.sampling.guidance import CFG
+from stable_audio_rt.runtime.vae_decode import plan_windows
 
 RATE = 44100
 CPU = torch.device("cpu")
@@ -115,13 +117,23 @@ def test_a_decode_chunk_outside_the_decoders_profile_is_named_as_the_chunk(engin
     decoder = pipe.components.graphs["vae_decoder"]
     monkeypatch.setattr(decoder, "entry", dataclasses.replace(decoder.entry, frames=(24, 32, 32)))
     check = dict(batch=1, uses_cfg=False, frames=30, encodes=False)
-    chunk = r"a decode chunk of 21 latent frames \(vae_chunk, sa-run --vae-chunk\) is outside the "
-    with pytest.raises(ConfigError, match=chunk + r"vae_decoder engine's profile 24–32: give a chunk within"):
+    chunk = r"a decode chunk of 21 latent frames is outside the vae_decoder engine's profile 24–32: "
+    with pytest.raises(ConfigError, match=chunk + r"give vae_chunk \(sa-run --vae-chunk\) within it"):
         pipe.components.check_request(decode_frames=21, **check)
     pipe.components.check_request(decode_frames=24, **check)
     pipe.components.check_request(decode_frames=30, **check)  # the whole window in one call
     with pytest.raises(ConfigError, match=r"20 latent frames are outside the vae_decoder engine's profile"):
         pipe.components.check_request(decode_frames=20, **(check | dict(frames=20)))
+    # A stream's own pieces (no vae_chunk given) are made long enough for the decoder's profile:
+    # its default pieces shorter than the profile's least frames are stretched to them.
+    from stable_audio_rt.runtime import pipeline
+
+    monkeypatch.setattr(pipeline, "DEFAULT_STREAM_CHUNK_FRAMES", 24)
+    monkeypatch.setattr(decoder, "entry", dataclasses.replace(decoder.entry, frames=(40, 64, 64)))
+    whole = pipe.generate("x", frames=64, seconds_total=2.0, steps=2, seed=3, vae_chunk=None).audio
+    pieces = list(pipe.generate_stream("x", frames=64, seconds_total=2.0, steps=2, seed=3))
+    assert len(pieces) == len(plan_windows(64, 40, decoder_receptive_frames(TINY.vae)))
+    torch.testing.assert_close(torch.cat(pieces, -1), whole, rtol=0, atol=1e-4)
 
 
 def test_corrupt_graph_is_refused(folder_copy):
