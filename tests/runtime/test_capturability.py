@@ -28,10 +28,10 @@ def pipes():
         name: StableAudio.from_pretrained(name, device="cpu", **REFERENCE_PATH)
         for name in ("tiny-random", "tiny-random-small")
     }
-    # What runs on CUDA by default: the Triton kernels (here under the interpreter) and, as the
-    # reference casts it, an fp16 T5.
+    # What runs on CUDA by default: fp32 (auto there), the Triton kernels (here under the
+    # interpreter, which refuses bf16) and, as the reference casts it, an fp16 T5.
     pipes["tiny-random, triton, fp16 T5"] = StableAudio.from_pretrained(
-        "tiny-random", device="cpu", kernels="triton", t5_dtype=torch.float16
+        "tiny-random", device="cpu", dtype=torch.float32, kernels="triton", t5_dtype=torch.float16
     )
     for pipe in pipes.values():
         # As on CUDA: the whole context, not the CPU's prompt-length K/V (a shape per prompt).
