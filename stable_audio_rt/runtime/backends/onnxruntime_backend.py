@@ -89,24 +89,32 @@ class OrtGraph(EngineGraph):
                 )
 
     def execute(self, values: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
-        binding = self.session.io_binding()
-        device_type, device_id = self.device.type, _device_id(self.device)
-        for bind, specs, tensors in (
-            (binding.bind_input, self.entry.inputs, values),
-            (binding.bind_output, self.entry.outputs, outputs),
-        ):
-            for spec, tensor in zip(specs, tensors, strict=True):
-                bind(
-                    spec.name,
-                    device_type,
-                    device_id,
-                    NUMPY_TYPES[tensor.dtype],
-                    list(tensor.shape),
-                    tensor.data_ptr(),
-                )
+        binding = bound(
+            self.session,
+            self.device,
+            {spec.name: tensor for spec, tensor in zip(self.entry.inputs, values, strict=True)},
+            {spec.name: tensor for spec, tensor in zip(self.entry.outputs, outputs, strict=True)},
+        )
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # onnxruntime runs on its own stream
         self.session.run_with_iobinding(binding)
+
+
+def bound(session, device: torch.device, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]):
+    """An I/O binding of `session` that reads `inputs` and writes `outputs` where they lie on
+    `device`: no copy through the host on a GPU."""
+    binding = session.io_binding()
+    for bind, tensors in ((binding.bind_input, inputs), (binding.bind_output, outputs)):
+        for name, tensor in tensors.items():
+            bind(
+                name,
+                device.type,
+                _device_id(device),
+                NUMPY_TYPES[tensor.dtype],
+                list(tensor.shape),
+                tensor.data_ptr(),
+            )
+    return binding
 
 
 def provider_for(device: torch.device) -> str | tuple[str, dict]:
