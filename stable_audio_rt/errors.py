@@ -60,13 +60,17 @@ class Outcome:
 
 @contextmanager
 def reported_errors(
-    program: str, interrupted: str, before_report: Callable[[], None] = lambda: None
+    program: str,
+    interrupted: str,
+    before_report: Callable[[], None] = lambda: None,
+    worded: Callable[[str], str] = str,
 ) -> Iterator[Outcome]:
     """The CLIs' one policy: a StableAudioError becomes one line on stderr and exit status 2, Ctrl-C
     one line saying what was (not) written (`interrupted`) and 130; anything else is a bug and keeps
     its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
-    Warnings raised in the block print as one line too. SIGTERM and SIGHUP are taken as Ctrl-C
-    (exit 143 and 129) while the block runs in the main thread."""
+    Warnings raised in the block print as one line too, `worded` (the program's names for the
+    API's). SIGTERM and SIGHUP are taken as Ctrl-C (exit 143 and 129) while the block runs in the
+    main thread."""
     outcome = Outcome()
 
     def terminate(number: int, _frame: object) -> None:
@@ -76,7 +80,7 @@ def reported_errors(
     previous = {number: signal.signal(number, terminate) for number in STOP_SIGNALS} if in_main else {}
 
     def one_line(message, category, *_) -> None:  # not Python's file:line and source line
-        print(f"{program}: warning: {message}", file=sys.stderr)
+        print(f"{program}: warning: {worded(str(message))}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import check_writable, write_atomically
+from stable_audio_rt.atomic import check_writable, write_atomically, write_target
 from stable_audio_rt.bench import flops as flop_counts
 from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 from stable_audio_rt.bench.precision_report import StageError, StageOutput, compare, stage_outputs
@@ -50,7 +50,7 @@ from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce_benchmark
 from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.runtime.requests import GenerationRequest, with_model_defaults
+from stable_audio_rt.runtime.requests import MAX_CFG_SCALE, GenerationRequest, with_model_defaults
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_CFG_SCALE
 from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
 from stable_audio_rt.trt_import import import_tensorrt
@@ -203,6 +203,8 @@ def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> 
         why_not = onnxruntime_unusable(manifest)
         if why_not is not None:
             raise ConfigError(f"--backend onnxruntime cannot run {args.engines}: {why_not}")
+    if args.cfg_scale is not None and not 0 <= args.cfg_scale <= MAX_CFG_SCALE:
+        raise ConfigError(f"--cfg-scale must be in [0, {MAX_CFG_SCALE:g}], got {args.cfg_scale:g}")
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError("--repeats must be ≥ 1 and --warmup ≥ 0")
     for name, values in (
@@ -222,11 +224,11 @@ def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> 
             raise ConfigError(
                 f"{flag}: {path} is a folder; name a file in it, such as {path / ('report' + suffix)}"
             )
-        if path is not None and not path.parent.is_dir():
-            raise ConfigError(f"{flag}: folder {path.parent} does not exist (create it first)")
-        if path is not None:
-            check_writable(path.parent)
-    return manifest
+        folder = None if path is None else write_target(path).parent  # through a link: its target's
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"{flag}: folder {folder} does not exist (create it first)")
+        if folder is not None:
+            check_writable(folder)
 
 
 def _faster(workloads: list[Workload], runs: int) -> tuple[str, ...]:

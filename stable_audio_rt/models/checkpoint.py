@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from safetensors import SafetensorError, safe_open
 
-from stable_audio_rt.errors import CheckpointError, ModelAccessError
+from stable_audio_rt.errors import CheckpointError, ConfigError, ModelAccessError
 
 DEFAULT_REPO = "stabilityai/stable-audio-open-1.0"
 HASH_BLOCK = 1 << 24
@@ -103,7 +103,13 @@ def locate_checkpoint(
     """A local folder, a `model_config.json`/`model.safetensors` file, or a Hub repo id.
 
     `configs_only` fetches only the config files of a Hub repo (for checks before a download).
+    An empty name (an unset variable, `--model ""`) is refused, not taken for the current folder.
     """
+    if isinstance(source, str) and not source.strip():
+        raise ConfigError(
+            "the model name is empty: give a Hub repo id, a local folder or a random model such as "
+            f"tiny-random, or leave it out for {DEFAULT_REPO}"
+        )
     path = Path(source).expanduser()
     if path.is_file():
         return _detect_layout(path.parent, "single_file" if layout == "auto" else layout)

@@ -26,7 +26,7 @@ from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.load import BACKENDS, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
-from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request_as
+from stable_audio_rt.runtime.requests import WINDOWS, GenerationRequest, resolve_request_as, worded_as
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import (
     DEFAULT_CFG_SCALE,
     DEFAULT_INIT_NOISE_LEVEL,
@@ -71,6 +71,7 @@ SA_RUN_NAMES = {
     "cfg_norm_threshold": "--cfg-norm-threshold",
     "vae_chunk": "--vae-chunk",
     "noise": "--noise",
+    "guidance": "--guidance",
     "sigma_min": "--sigma-min",
     "sigma_max": "--sigma-max",
     "inpaint_mask": "--keep-range/--inpaint-range",
@@ -338,7 +339,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
-    with reported_errors("sa-run", "nothing written") as failed:
+    with reported_errors(
+        "sa-run", "nothing written", worded=lambda text: worded_as(text, SA_RUN_NAMES)
+    ) as failed:
         plan = plan_from_arguments(args, "sa-run")
         config = plan.config
         request = GenerationRequest(

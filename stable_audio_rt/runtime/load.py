@@ -114,18 +114,13 @@ def plan_load(
     options: WeightOptions = WeightOptions(),
 ) -> LoadPlan:
     """See `StableAudio.load` for the arguments."""
-    if isinstance(model, str) and not model.strip():
-        raise ConfigError(
-            "the model name is empty: give a Hub repo id, a local folder or a random model such as "
-            f"tiny-random, or leave it out for {DEFAULT_REPO}"
-        )
     _check_t5_dtype(options.t5_dtype)
     if options.layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {options.layout!r}: use one of {', '.join(LAYOUTS)}")
     engines = None if engines is None else Path(engines)
     choice = _choose_backend(engines, backend, device)
     if choice.backend == "torch":
-        source = choice.model or model or DEFAULT_REPO
+        source = choice.model or (DEFAULT_REPO if model is None else model)
         config = read_config(source, options.layout, options.token)
         dtype = choose_dtype(options.dtype, choice.device)
         kernels = resolve_kernels(options.kernels, choice.device)

@@ -352,13 +352,17 @@ def resolve_request_as(
     try:
         return resolve_request(request, config)
     except RequestError as e:
-        # A field's name standing alone, not part of a path or file name ("/clips/init_audio.wav");
-        # one that is also a word ("steps") only as a refusal's subject, not in its prose.
-        named = "|".join(map(re.escape, (n for n in names if "_" in n)))
-        words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or "(?!)"
-        field = re.compile(rf"(?<![\w./-])({named})(?![\w/-]|\.\w)|(?<![\w./-])({words})(?= must| \(|=)")
-        worded = field.sub(lambda found: names[found.group(1) or found.group(2)], str(e))
-        raise type(e)(worded) from e  # an AudioFileError stays one
+        raise type(e)(worded_as(str(e), names)) from e  # an AudioFileError stays one
+
+
+def worded_as(text: str, names: Mapping[str, str]) -> str:
+    """A refusal's or warning's `text` with the request's fields named as `names` names them: a
+    field's name standing alone, not part of a path or file name ("/clips/init_audio.wav"); one
+    that is also a word ("steps") only as a refusal's subject, not in its prose."""
+    named = "|".join(map(re.escape, (n for n in names if "_" in n)))
+    words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or "(?!)"
+    field = re.compile(rf"(?<![\w./-])({named})(?![\w/-]|\.\w)|(?<![\w./-])({words})(?= must| \(|=)")
+    return field.sub(lambda found: names[found.group(1) or found.group(2)], text)
 
 
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
@@ -369,10 +373,19 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     _check_ranges(request, max_seconds)
     _check_model_support(request, config)
     _check_vae_chunking(request, config)
-    if request.negative_prompt is not None and not request.uses_cfg:
+    unused = [
+        what
+        for what, given in (
+            ("the negative prompt", request.negative_prompt is not None),
+            ("guidance='apg'", request.guidance == "apg"),
+        )
+        if given and not request.uses_cfg
+    ]
+    if unused:
         warnings.warn(
-            "the negative prompt has no effect at a CFG scale of 1 (no unconditional pass runs); "
-            "give a CFG scale above 1 to use it",
+            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at a CFG scale "
+            "of 1 (no unconditional pass runs); give a CFG scale above 1 to use "
+            f"{'it' if len(unused) == 1 else 'them'}",
             UserWarning,
             stacklevel=2,
         )

@@ -148,14 +148,18 @@ def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path, monkeypatch):
         (["--model", "tiny-random-small", "--diffusers"], "Stable Audio Open 1.0's structure only"),
         (["--engines", "."], "is not an engine folder (no manifest.json)"),
         (["--precision-report"], "compares non-fp32 torch rows with fp32, and this run has none"),
+        (["--model", ""], "the model name is empty: give a Hub repo id"),
+        (["--cfg-scale", "5000"], "--cfg-scale must be in [0, 1000], got 5000"),
+        (["--json", "dangling.json"], "--json: folder /no/such/folder does not exist"),  # a link's target's
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(arguments, message, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    (tmp_path / "dangling.json").symlink_to("/no/such/folder/report.json")
     assert cli.main(["--model", "tiny-random", *arguments]) == 2
     assert message in capsys.readouterr().err.replace("\\", "")
-    assert not list(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["dangling.json"], "nothing may be written"
 
 
 def test_an_output_path_that_is_a_folder_is_refused_before_any_work(capsys, monkeypatch, tmp_path):

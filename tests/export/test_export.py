@@ -131,6 +131,7 @@ def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
         (["--opset", "26"], r"opset 26 is outside what this exporter writes: give --opset from 18 to 25"),
         (["--bf16", "--opset", "18"], r"bf16 graphs need opset 22 or later .*: give --opset 22"),
         (["--frames", "1:64:100"], r"frames 1:64:100 reach past the model's window of 64 latent frames"),
+        (["--model", ""], r"the model name is empty: give a Hub repo id"),  # not the current folder
     ],
 )
 def test_cli_refuses_bad_arguments(tiny_diffusers_dir, tmp_path, capsys, arguments, message):

@@ -241,11 +241,15 @@ def test_malloc_reuses_freed_memory_on_the_cpu_unless_told_not_to(
 
 
 def test_warnings_print_as_one_line_naming_the_tool(tmp_path, capsys):
-    argv = ["x", "--model", "tiny-random", "--seconds", "0.5", "--steps", "2", "--window", "trim"]
-    argv += ["--cfg-scale", "1", "--negative-prompt", "hiss", "-o", str(tmp_path / "a.wav")]
-    assert cli.main(argv) == 0
+    argv = ["x", "--model", "tiny-random", "--seconds", "2.5", "--steps", "1", "--window", "trim"]
+    argv += ["--cfg-scale", "1", "--negative-prompt", "hiss", "--guidance", "apg", "--vae-chunk", "21"]
+    assert cli.main([*argv, "-o", str(tmp_path / "a.wav")]) == 0
     err = capsys.readouterr().err
-    assert "sa-run: warning: the negative prompt has no effect at a CFG scale of 1" in err
+    # In sa-run's words: its options, not the Python API's fields.
+    assert (
+        "sa-run: warning: the negative prompt and --guidance='apg' have no effect at a CFG scale of 1" in err
+    )
+    assert "sa-run: warning: --vae-chunk=21 with overlaps of 10 frames decodes" in err
     assert "UserWarning" not in err and "requests.py" not in err
 
 

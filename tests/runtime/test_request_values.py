@@ -212,6 +212,8 @@ def test_a_long_reference_is_resampled_only_as_far_as_the_window_needs(rate, mon
 
 
 def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
+    with pytest.warns(UserWarning, match=re.escape("guidance='apg' has no effect at a CFG scale of 1")):
+        resolve_request(GenerationRequest(("x",), cfg_scale=1.0, guidance="apg", apg_scale=0.5), TINY)
     with pytest.warns(UserWarning, match=re.escape("the negative prompt has no effect at a CFG scale of 1")):
         resolve_request(GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0), TINY)
 
