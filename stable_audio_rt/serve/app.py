@@ -219,8 +219,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             worker.closing = True
             await working
 
-    # /docs and /redoc load their scripts from this server, not a CDN: they work offline.
-    app = FastAPIOffline(title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan)
+    # /docs loads its scripts from this server, not a CDN: it works offline. No /redoc: its bundle
+    # fetches a logo from the internet.
+    app = FastAPIOffline(
+        title="stable-audio-rt", summary="Stable Audio Open over HTTP", lifespan=lifespan, redoc_url=None
+    )
     app.state.generator, app.state.jobs, app.state.worker = generator, board, worker
     app.state.drain = drain
     if shared is not None:
@@ -253,18 +256,17 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    @app.api_route(
-        "/health",
-        methods=["GET", "HEAD"],
-        responses={503: {"description": "stopping (draining): send new work elsewhere"}},
-    )
+    # GET and HEAD, each its own operation (one route for both gave them one operationId, which
+    # OpenAPI client generators refuse).
+    @app.head("/health", responses={503: {"description": "stopping (draining)"}}, operation_id="health_head")
+    @app.get("/health", responses={503: {"description": "stopping (draining): send new work elsewhere"}})
     async def health() -> JSONResponse:
         # A load balancer's probe sees a draining server as not ready, so it routes new work away.
         if drain is not None and drain.started:
             return JSONResponse({"status": "stopping", "model": settings.model_name}, status_code=503)
         return JSONResponse({"status": "ready", "model": settings.model_name})
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", dependencies=[Depends(authorized)], responses={401: ERROR_RESPONSES[401]})
     async def models() -> dict:
         config = pipe.config
         return {
@@ -322,7 +324,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     def found(job_id: str, answer: dict | Reading | None) -> dict | Reading:
         if answer is None:
-            raise HTTPException(404, f"no job {job_id!r} (unknown, or its result expired)")
+            raise HTTPException(404, f"no job {shortened(repr(job_id))} (unknown, or its result expired)")
         return answer
 
     @app.post(

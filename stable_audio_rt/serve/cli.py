@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
 import socket
 import sys
@@ -170,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_arguments(args: argparse.Namespace, model_name: str) -> ServeSettings:
     """The server's settings, checked (a ConfigError names the option), before anything loads."""
+    for dest in ("job_ttl_s", "job_timeout_s", "max_upload_mb", "drain_grace_s", "batch_wait_ms"):
+        value = getattr(args, dest)
+        if value is not None and not math.isfinite(value):  # NaN passes every comparison below
+            raise ConfigError(f"{option_flag(dest)} must be a finite number, got {value}")
     if args.max_queue < 1:
         raise ConfigError("--max-queue must be at least 1")
     if args.job_ttl_s <= 0:

@@ -40,6 +40,7 @@ BODY_NAMES = {
     "seconds_start": "audio_start",
     "cfg_scale": "guidance_scale",
     "num_outputs": "n",
+    "steps": "num_inference_steps",
     "inpaint_mask": "keep_ranges/inpaint_ranges",
 }
 

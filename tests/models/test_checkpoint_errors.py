@@ -80,7 +80,9 @@ def test_a_corrupt_t5_file_says_download_again(request, layout):
     root = request.getfixturevalue(f"{layout}_copy")
     (weights,) = (root / "text_encoder").glob("*.safetensors")
     weights.write_bytes(weights.read_bytes()[:500])
-    with pytest.raises(CheckpointError, match=r"T5 encoder's weights file in .* probably truncated or corrupt"):
+    with pytest.raises(
+        CheckpointError, match=r"T5 encoder's weights file in .* probably truncated or corrupt"
+    ):
         load_stable_audio(root)
 
 

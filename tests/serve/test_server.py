@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import warnings
 
 import httpx
 import numpy as np
@@ -112,6 +113,7 @@ BAD_BODIES = [
         {"input": "x", "apg_scale": 0.5},
         "apg_scale applies to guidance='apg'; with guidance='cfg' it would do",
     ),
+    ({"input": "x", "num_inference_steps": 10_001}, "num_inference_steps must be in [1, 10000], got 10001"),
     ({"input": "x", "noise": "pink"}, "noise"),
     ({"input": "x", "window": "half"}, "window"),
     ({"input": "x", "negative_prompt": 5}, "negative_prompt"),
@@ -353,6 +355,12 @@ def test_an_api_key_guards_all_but_health(keyed):
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
         (["--max-steps", "0"], "--max-steps must be at least 1"),
         (["--drain-grace-s", "-1"], "--drain-grace-s must be ≥ 0"),
+        # NaN passes every comparison: a NaN batch wait spun a core and hung requests.
+        (["--batch-wait-ms", "nan"], "--batch-wait-ms must be a finite number, got nan"),
+        (["--max-upload-mb", "inf"], "--max-upload-mb must be a finite number, got inf"),
+        (["--job-ttl-s", "nan"], "--job-ttl-s must be a finite number"),
+        (["--job-timeout-s", "nan"], "--job-timeout-s must be a finite number"),
+        (["--drain-grace-s", "nan"], "--drain-grace-s must be a finite number"),
     ],
 )
 def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys, monkeypatch):
@@ -362,7 +370,15 @@ def test_sa_serve_refuses_bad_options_before_loading(arguments, message, capsys,
 
 
 def test_the_api_docs_say_what_the_endpoints_answer(server):
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns of operations sharing an operationId
+        server.app.openapi_schema = None  # built afresh, whatever an earlier test asked for
+        spec = server.app.openapi()
+    assert spec == httpx.get(f"{server.url}/openapi.json").json()
+    operations = [op["operationId"] for path in spec["paths"].values() for op in path.values()]
+    assert len(operations) == len(set(operations)), operations
+    assert set(spec["paths"]["/health"]) == {"get", "head"}
+    assert "401" in spec["paths"]["/v1/models"]["get"]["responses"]
     generate = spec["paths"]["/v1/audio/generate"]["post"]
     assert set(generate["responses"]["200"]["content"]) == {
         "audio/wav",

@@ -212,6 +212,4 @@ def test_the_api_docs_render_with_no_host_but_the_server(browser, server):
     )
     paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
     assert {"/v1/audio/generate", "/v1/audio/jobs/{job_id}/content"} <= paths
-    redoc = httpx.get(f"{server.url}/redoc").text
-    scripts = [line for line in redoc.splitlines() if "<script src=" in line]
-    assert scripts and all('src="/' in line for line in scripts), scripts
+    assert httpx.get(f"{server.url}/redoc").status_code == 404  # its bundle fetches a logo online
