@@ -28,8 +28,8 @@ def pipes():
         name: StableAudio.from_pretrained(name, device="cpu", **REFERENCE_PATH)
         for name in ("tiny-random", "tiny-random-small")
     }
-    # What runs on CUDA by default: fp32 (auto there), the Triton kernels (here under the
-    # interpreter, which refuses bf16) and, as the reference casts it, an fp16 T5.
+    # What runs on CUDA by default, fp32 (auto there) and the Triton kernels (here under the
+    # interpreter, which refuses bf16), with an fp16 T5 as stable-audio-tools casts it.
     pipes["tiny-random, triton, fp16 T5"] = StableAudio.from_pretrained(
         "tiny-random", device="cpu", dtype=torch.float32, kernels="triton", t5_dtype=torch.float16
     )
