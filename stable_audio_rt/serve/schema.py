@@ -46,25 +46,33 @@ BODY_NAMES = {
 
 
 class GenerateBody(BaseModel):
-    # NaN and ±Infinity (which Python's JSON reads) are refused as numbers.
+    # NaN and ±Infinity (which Python's JSON reads) are refused as numbers; `strict` numbers take
+    # no bool (true ran as 1 step) nor text (the seed alone is text too: the page sends it so,
+    # exact past 2**53).
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(None, description="the served model's id (GET /v1/models); may be left out")
     input: str = Field(min_length=1, description="the text prompt")
     negative_prompt: str | None = None
-    audio_length: float | None = Field(None, gt=0, description="seconds (default: the model's window)")
-    audio_start: float = Field(0.0, ge=0, description="seconds_start conditioning")
+    audio_length: float | None = Field(
+        None, strict=True, gt=0, description="seconds (default: the model's window)"
+    )
+    audio_start: float = Field(0.0, strict=True, ge=0, description="seconds_start conditioning")
     guidance_scale: float | None = Field(
-        None, ge=0, le=MAX_GUIDANCE_SCALE, description="CFG scale (default: the model's)"
+        None, strict=True, ge=0, le=MAX_GUIDANCE_SCALE, description="CFG scale (default: the model's)"
     )
     num_inference_steps: int | None = Field(
-        None, ge=1, description="sampler steps (default: the model's; at most sa-serve --max-steps)"
+        None,
+        strict=True,
+        ge=1,
+        description="sampler steps (default: the model's; at most sa-serve --max-steps)",
     )
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="default: random, returned in X-Seed")
     response_format: Literal[tuple(RESPONSE_FORMATS)] = "wav"  # type: ignore[valid-type]
     guidance: Literal[GUIDANCE_KINDS] = "cfg"  # type: ignore[valid-type]
     apg_scale: float | None = Field(
         None,
+        strict=True,
         ge=0,
         le=1,
         description=f"with guidance apg: 0 = plain CFG … 1 = full APG (default: {DEFAULT_APG_SCALE:g})",
@@ -72,10 +80,15 @@ class GenerateBody(BaseModel):
     noise: Literal[NOISE_KINDS] = "gaussian"  # type: ignore[valid-type]
     window: Literal[WINDOWS] = "full"  # type: ignore[valid-type]
     n: int = Field(
-        1, ge=1, le=MAX_CLIPS, description="clips (num_outputs); more than one through the job API only"
+        1,
+        strict=True,
+        ge=1,
+        le=MAX_CLIPS,
+        description="clips (num_outputs); more than one through the job API only",
     )
     init_noise_level: float | None = Field(
         None,
+        strict=True,
         gt=0,
         description="with an init_audio upload: its starting noise, σmax for SAO 1.0 (default: "
         f"{DEFAULT_INIT_NOISE_LEVEL:g}), the time t in (0, 1] for Small (default: "

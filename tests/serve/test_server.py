@@ -114,6 +114,13 @@ BAD_BODIES = [
         "apg_scale applies to guidance='apg'; with guidance='cfg' it would do",
     ),
     ({"input": "x", "num_inference_steps": 10_001}, "num_inference_steps must be in [1, 10000], got 10001"),
+    # A bool or text is no number (true ran as 1 step); the seed alone is taken as text.
+    (
+        {"input": "x", "num_inference_steps": True},
+        '"num_inference_steps"],"msg":"Input should be a valid integer"',
+    ),
+    ({"input": "x", "guidance_scale": True}, '"guidance_scale"],"msg":"Input should be a valid number"'),
+    ({"input": "x", "audio_length": "1.5"}, '"audio_length"],"msg":"Input should be a valid number"'),
     ({"input": "x", "noise": "pink"}, "noise"),
     ({"input": "x", "window": "half"}, "window"),
     ({"input": "x", "negative_prompt": 5}, "negative_prompt"),
