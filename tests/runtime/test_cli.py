@@ -94,7 +94,10 @@ BAD_ARGUMENTS = [
     (["--no-clip"], r"cannot write .*clip\.wav unclipped \(clip=False, sa-run --no-clip\): only a float WAV"),
     (["--format", "float", "--no-clip", "-o", "{out}/clip.flac"], r"clip\.flac unclipped"),
     (["--model", "tiny-random-small", "--noise", "brownian"], r"use --noise='gaussian'"),
-    (["--apg-scale", "0"], r"--apg-scale applies to guidance='apg'; with guidance='cfg' it would do nothing"),
+    (
+        ["--apg-scale", "0"],
+        r"--apg-scale applies to --guidance='apg'; with --guidance='cfg' it would do nothing",
+    ),
     (["--device", "tpu"], r"unknown device 'tpu'|device tpu is not supported"),
     (["--backend", "tensorrt"], r"--backend tensorrt runs an engine folder: give --engines DIR"),
     (["--backend", "onnxruntime"], r"--backend onnxruntime runs an engine folder: give --engines DIR"),
