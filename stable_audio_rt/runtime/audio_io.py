@@ -45,7 +45,9 @@ class AudioFileError(RequestError):
     output path, so a RequestError like every other bad argument."""
 
 
-def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16", clip: bool = True) -> Path:
+def check_output_path(
+    path: str | Path, sample_format: SampleFormat = "pcm16", clip: bool = True, normalize: bool = False
+) -> Path:
     """Refuse, before any work, an output path (and sample format) we could not write, or could
     not write unclipped (`clip` False, peaks not normalized: only a float WAV holds samples past
     ±1)."""
@@ -57,7 +59,8 @@ def check_output_path(path: str | Path, sample_format: SampleFormat = "pcm16", c
         raise AudioFileError(
             f"cannot write {path}: unsupported extension {path.suffix!r} (use {', '.join(OUTPUT_FORMATS)})"
         )
-    if not clip and SUBTYPES[OUTPUT_FORMATS[path.suffix.lower()], sample_format] != "FLOAT":
+    unclipped = not clip and not normalize
+    if unclipped and SUBTYPES[OUTPUT_FORMATS[path.suffix.lower()], sample_format] != "FLOAT":
         raise AudioFileError(
             f"cannot write {path} unclipped (clip=False, sa-run --no-clip): only a float WAV (sample "
             "format 'float', --format float, and .wav) holds samples past ±1; 16-bit PCM and FLAC "
@@ -183,7 +186,7 @@ def write_clips(
     path checked first, every clip written to a temp file, then all renamed (an interrupted batch
     leaves no clip of it). `normalize` scales each clip's peak to full scale first; `clip` then
     limits samples to [−1, 1]."""
-    paths = [check_output_path(p, sample_format, clip or normalize) for p in paths]
+    paths = [check_output_path(p, sample_format, clip, normalize) for p in paths]
     with atomic_paths(paths) as temps:
         for tmp, path, audio in zip(temps, paths, clips, strict=True):
             _write(tmp, audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)

@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         resolved = resolve_request_as(request, config, SA_RUN_NAMES)
         for path in clip_paths(args.output, resolved.batch):  # name_k for each clip of a batch
-            check_output_path(path, args.format, clip=args.normalize or not args.no_clip)
+            check_output_path(path, args.format, clip=not args.no_clip, normalize=args.normalize)
         found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
         if found is not None:
             print(f"sa-run: {found.line()}", file=sys.stderr)

@@ -307,6 +307,26 @@ def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -
         raise RequestError(str(e)) from e
 
 
+def _warn_of_unused_settings(request: GenerationRequest) -> None:
+    """What a CFG scale of 1 leaves unused: no unconditional pass runs."""
+    unused = [
+        what
+        for what, given in (
+            ("the negative prompt", request.negative_prompt is not None),
+            ("guidance='apg'", request.guidance == "apg"),
+        )
+        if given and not request.uses_cfg
+    ]
+    if unused:
+        warnings.warn(
+            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at a CFG scale "
+            "of 1 (no unconditional pass runs); give a CFG scale above 1 to use "
+            f"{'it' if len(unused) == 1 else 'them'}",
+            UserWarning,
+            stacklevel=3,  # resolve_request's caller
+        )
+
+
 def _warn_of_wasteful_chunks(request: GenerationRequest, frames: int, config: StableAudioConfig) -> None:
     """A chunk barely longer than its overlaps decodes the window many times over (vae_chunk=21
     with the overlap of 10: 21 frames decoded per frame kept)."""
@@ -373,22 +393,6 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
     _check_ranges(request, max_seconds)
     _check_model_support(request, config)
     _check_vae_chunking(request, config)
-    unused = [
-        what
-        for what, given in (
-            ("the negative prompt", request.negative_prompt is not None),
-            ("guidance='apg'", request.guidance == "apg"),
-        )
-        if given and not request.uses_cfg
-    ]
-    if unused:
-        warnings.warn(
-            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at a CFG scale "
-            "of 1 (no unconditional pass runs); give a CFG scale above 1 to use "
-            f"{'it' if len(unused) == 1 else 'them'}",
-            UserWarning,
-            stacklevel=2,
-        )
 
     reference, reference_seconds = None, None
     source = request.init_audio if request.init_audio is not None else request.inpaint_audio
@@ -417,7 +421,6 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
             f"a window of {frames} latent frames is longer than the model's ({config.latent_frames}, "
             f"{max_seconds:.2f} s): no clip is longer than that, so more frames only add work"
         )
-    _warn_of_wasteful_chunks(request, frames, config)
     window_samples = frames * ratio
     if total * rate > window_samples:
         raise RequestError(
@@ -442,6 +445,9 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
                     f"{what} would be kept: widen the kept parts"
                 )
 
+    # Said once the request stands: not before a refusal of something else.
+    _warn_of_unused_settings(request)
+    _warn_of_wasteful_chunks(request, frames, config)
     return ResolvedRequest(
         request=request,
         seed=request.seed if request.seed is not None else secrets.randbelow(SEED_HIGH),

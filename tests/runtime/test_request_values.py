@@ -216,6 +216,12 @@ def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
         resolve_request(GenerationRequest(("x",), cfg_scale=1.0, guidance="apg", apg_scale=0.5), TINY)
     with pytest.warns(UserWarning, match=re.escape("the negative prompt has no effect at a CFG scale of 1")):
         resolve_request(GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0), TINY)
+    # A request refused for something else says only the refusal.
+    refused = GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0, vae_chunk=21, frames=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RequestError, match=r"the window of 30 latent frames .* is shorter than the clip"):
+            resolve_request(refused, TINY)
 
 
 @pytest.mark.parametrize("reference", [{}, {"inpaint_audio": (np.zeros((2, RATE), np.float32), RATE)}])
