@@ -12,7 +12,7 @@ import math
 import re
 import secrets
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -116,6 +116,9 @@ class ResolvedRequest:
     init_audio: torch.Tensor | None  # (audio channels, frames · ratio) at the model rate
     inpaint_audio: torch.Tensor | None  # (audio channels, frames · ratio)
     inpaint_keep: torch.Tensor | None  # (frames,) bool: latent frames kept from the reference
+    # What it asks that runs, but likely not as meant (a negative prompt at CFG 1): each said
+    # once as a UserWarning, and given to sa-serve's clients.
+    warnings: tuple[str, ...] = ()
 
     def clip(self, sample_rate: int) -> slice:
         return clip_samples(self.request.seconds_start, self.seconds_total, sample_rate)
@@ -307,7 +310,7 @@ def _check_vae_chunking(request: GenerationRequest, config: StableAudioConfig) -
         raise RequestError(str(e)) from e
 
 
-def _warn_of_unused_settings(request: GenerationRequest) -> None:
+def _unused_settings(request: GenerationRequest) -> list[str]:
     """What a CFG scale of 1 leaves unused: no unconditional pass runs."""
     unused = [
         what
@@ -317,33 +320,31 @@ def _warn_of_unused_settings(request: GenerationRequest) -> None:
         )
         if given and not request.uses_cfg
     ]
-    if unused:
-        warnings.warn(
-            f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at a CFG scale "
-            "of 1 (no unconditional pass runs); give a CFG scale above 1 to use "
-            f"{'it' if len(unused) == 1 else 'them'}",
-            UserWarning,
-            stacklevel=3,  # resolve_request's caller
-        )
+    if not unused:
+        return []
+    return [
+        f"{' and '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect at a CFG scale "
+        "of 1 (no unconditional pass runs); give a CFG scale above 1 to use "
+        f"{'it' if len(unused) == 1 else 'them'}"
+    ]
 
 
-def _warn_of_wasteful_chunks(request: GenerationRequest, frames: int, config: StableAudioConfig) -> None:
+def _wasteful_chunks(request: GenerationRequest, frames: int, config: StableAudioConfig) -> list[str]:
     """A chunk barely longer than its overlaps decodes the window many times over (vae_chunk=21
     with the overlap of 10: 21 frames decoded per frame kept)."""
     chunk = request.vae_chunk
     if not isinstance(chunk, int) or chunk >= frames:
-        return
+        return []
     overlap = overlap_or_field(config.vae, request.vae_overlap)
     waste = decode_waste(frames, chunk, overlap)
-    if waste > WASTE_LIMIT:
-        thrifty = min(thrifty_chunk(overlap), frames)
-        warnings.warn(
-            f"vae_chunk={chunk} with overlaps of {overlap} frames decodes {waste:.1f}× the {frames} frames "
-            f"it keeps ({chunk - 2 * overlap} new a chunk); a chunk of {thrifty} or more decodes at most "
-            f"{WASTE_LIMIT}×",
-            UserWarning,
-            stacklevel=3,
-        )
+    if waste <= WASTE_LIMIT:
+        return []
+    thrifty = min(thrifty_chunk(overlap), frames)
+    return [
+        f"vae_chunk={chunk} with overlaps of {overlap} frames decodes {waste:.1f}× the {frames} frames "
+        f"it keeps ({chunk - 2 * overlap} new a chunk); a chunk of {thrifty} or more decodes at most "
+        f"{WASTE_LIMIT}×"
+    ]
 
 
 def window_frames(request: GenerationRequest, seconds_total: float, config: StableAudioConfig) -> int:
@@ -367,26 +368,43 @@ def window_frames(request: GenerationRequest, seconds_total: float, config: Stab
 def resolve_request_as(
     request: GenerationRequest, config: StableAudioConfig, names: Mapping[str, str]
 ) -> ResolvedRequest:
-    """`resolve_request`, its refusals naming the request's fields as the caller's interface
-    names them (`names`: GenerationRequest field → sa-run option or sa-serve body field)."""
+    """`resolve_request`, its refusals and warnings naming the request's fields as the caller's
+    interface names them (`names`: GenerationRequest field → sa-run option or sa-serve body field)."""
     try:
-        return resolve_request(request, config)
+        resolved = _resolved(request, config)
     except RequestError as e:
         raise type(e)(worded_as(str(e), names)) from e  # an AudioFileError stays one
+    worded = tuple(worded_as(text, names) for text in resolved.warnings)
+    resolved = dataclasses.replace(resolved, warnings=worded)
+    _warn(resolved.warnings)
+    return resolved
 
 
 def worded_as(text: str, names: Mapping[str, str]) -> str:
     """A refusal's or warning's `text` with the request's fields named as `names` names them: a
     field's name standing alone, not part of a path or file name ("/clips/init_audio.wav"); one
     that is also a word ("steps") only as a refusal's subject, not in its prose."""
-    named = "|".join(map(re.escape, (n for n in names if "_" in n)))
-    words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or "(?!)"
+    never = "(?!)"  # an empty alternative would match everywhere
+    named = "|".join(map(re.escape, (n for n in names if "_" in n))) or never
+    words = "|".join(map(re.escape, (n for n in names if "_" not in n))) or never
     field = re.compile(rf"(?<![\w./-])({named})(?![\w/-]|\.\w)|(?<![\w./-])({words})(?= must| \(|=)")
     return field.sub(lambda found: names[found.group(1) or found.group(2)], text)
 
 
 def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
-    """Check `request` against the model's limits and make every quantity concrete."""
+    """Check `request` against the model's limits and make every quantity concrete; what it asks
+    that runs but likely not as meant is warned of (UserWarning) and kept in its `warnings`."""
+    resolved = _resolved(request, config)
+    _warn(resolved.warnings)
+    return resolved
+
+
+def _warn(texts: Sequence[str]) -> None:
+    for text in texts:
+        warnings.warn(text, UserWarning, stacklevel=3)  # the caller of resolve_request(_as)
+
+
+def _resolved(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
     rate, ratio = config.sample_rate, config.vae.downsampling_ratio
     max_seconds = config.max_seconds
     request = with_model_defaults(with_plain_values(request), config)
@@ -445,17 +463,21 @@ def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> Re
                     f"{what} would be kept: widen the kept parts"
                 )
 
-    # Said once the request stands: not before a refusal of something else.
-    _warn_of_unused_settings(request)
-    _warn_of_wasteful_chunks(request, frames, config)
+    sampler = sampler_for(config)
     return ResolvedRequest(
         request=request,
         seed=request.seed if request.seed is not None else secrets.randbelow(SEED_HIGH),
         batch=len(request.prompts) * request.num_outputs,
         seconds_total=total,
         frames=frames,
-        start_level=sampler_for(config).start_level(request),
+        start_level=sampler.start_level(request),
         init_audio=init_audio,
         inpaint_audio=inpaint_audio,
         inpaint_keep=inpaint_keep,
+        # Said once the request stands: not before a refusal of something else.
+        warnings=(
+            *sampler.warnings(request),
+            *_unused_settings(request),
+            *_wasteful_chunks(request, frames, config),
+        ),
     )

@@ -112,9 +112,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     """The app on `pipe`; its jobs on a board of its own unless `shared`."""
     metrics = ServeMetrics()
     page = (resources.files("stable_audio_rt.serve") / "static" / "index.html").read_text(encoding="utf-8")
-    generator = Generator(
-        pipe, settings.max_queue, metrics, settings.max_batch, settings.batch_wait_ms / MS_PER_S
-    )
+    batch_wait_s = settings.batch_wait_ms / MS_PER_S
+    generator = Generator(pipe, settings.max_queue, metrics, settings.max_batch, batch_wait_s)
 
     # Every request admitted may wait for the model in a thread of its own (and the job worker's
     # batch besides): threads of their own, so that however long the queue, the shared pool
@@ -159,7 +158,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     else:  # Ray Serve drains its replicas itself
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
         drain = None
-    worker = JobWorker(board, run_job, owner, settings.max_batch, report_s, CLAIM_WAIT_S)
+    # A job claimed alone waits for the jobs posted right after it as a request waits for others.
+    worker = JobWorker(board, run_job, owner, settings.max_batch, report_s, CLAIM_WAIT_S, batch_wait_s)
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
@@ -320,6 +320,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             watcher.cancel()
             generator.leave()
         headers = audio_headers(result.seed, result.sample_rate, f"seed-{result.seed}", body.response_format)
+        if resolved.warnings:  # JSON in ASCII: a header's text is Latin-1, the warnings' is not
+            headers["X-Warnings"] = json.dumps(resolved.warnings)
         return Response(content, media_type=RESPONSE_FORMATS[body.response_format][1], headers=headers)
 
     def found(job_id: str, answer: dict | Reading | None) -> dict | Reading:
@@ -378,6 +380,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)
     async def cancel(job_id: str) -> dict:
+        """Cancel a job not yet finished (a running one stops at its next step), or delete a
+        finished one with its result. Answers the job as it stood."""
         return found(job_id, await board.cancel(job_id))
 
     return app

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-wait-ms",
         type=float,
         default=DEFAULT_BATCH_WAIT_MS,
-        help="how long a batch waits for more requests to join it before it runs (default: "
+        help="how long a batch waits for more requests or jobs to join it before it runs (default: "
         f"{DEFAULT_BATCH_WAIT_MS:g}; longer batches more under light load, at that much added latency)",
     )
     ray = p.add_argument_group(

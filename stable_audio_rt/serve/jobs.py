@@ -12,8 +12,8 @@ Two parts, so that one server or many replicas (Ray Serve) run the same code:
   Every replica runs one.
 
 A job whose worker stops reporting (its replica died) for longer than the lease goes back to the
-queue for another worker, a bounded number of times. Finished results are kept until their time
-to live passes or the byte cap evicts the oldest."""
+queue for another worker, a bounded number of times. Finished results are kept until their
+client deletes them, their time to live passes or the byte cap evicts the oldest."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ class Job:
             "n": self.resolved.request.num_outputs,
             "response_format": self.response_format,
             "attempts": self.attempt,  # workers that took it: more than 1, a replica running it died
+            "warnings": list(self.resolved.warnings),  # what it asks that runs, but likely not as meant
             **({"error": self.error} if self.error is not None else {}),
         }
 
@@ -177,28 +178,40 @@ class JobBoard:
 
     async def cancel(self, job_id: str) -> dict | None:
         """Queued: it will not run. Running: it stops at its next step boundary (a request
-        replayed as one CUDA graph has none: it finishes, and its result is discarded)."""
+        replayed as one CUDA graph has none: it finishes, and its result is discarded).
+        Finished: it is forgotten, its result with it (the client has what it wanted). Answers
+        its view as it stands, or None if there is no such job."""
         await self._tidy()
         job = self.jobs.get(job_id)
         if job is None:
             return None
         if job.status in ("queued", "running"):
             await self._end(job, "cancelled")
+        elif job.owner is None:  # else its worker has yet to hand it in: it expires as usual
+            del self.jobs[job_id]
         return job.view()
 
-    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]:
+    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]:
         """The oldest queued job and the ones queued right behind it that may share its batch
-        (up to `max_rows` clips), now held by `owner`; waits up to `wait_s` for one to be queued."""
+        (up to `max_rows` clips), now held by `owner`; waits up to `wait_s` for one to be queued,
+        then up to `fill_s` more for jobs to join it (jobs posted one after another to an idle
+        worker start together), unless it is full or a job that cannot join is queued behind it."""
         deadline = time.monotonic() + wait_s
+        filled_by = None  # when the group found stops waiting for more
         while True:
             await self._tidy()
-            group = self._next_group(max_rows)
-            left = deadline - time.monotonic()
-            if group or left <= 0:
+            group, open_ = self._next_group(max_rows)
+            now = time.monotonic()
+            if not group:
+                filled_by = None  # another worker took it while this one waited
+            elif filled_by is None:
+                filled_by = now + fill_s
+            until = deadline if filled_by is None else filled_by
+            if (group and not open_) or now >= until:
                 break
             async with self.changed:
                 try:
-                    await asyncio.wait_for(self.changed.wait(), left)
+                    await asyncio.wait_for(self.changed.wait(), until - now)
                 except asyncio.TimeoutError:  # not yet the builtin's alias on Python 3.10
                     pass
         now = time.monotonic()
@@ -207,17 +220,18 @@ class JobBoard:
             job.attempt += 1
         return [Claim(j.id, j.attempt, j.resolved, j.response_format) for j in group]
 
-    def _next_group(self, max_rows: int) -> list[Job]:
+    def _next_group(self, max_rows: int) -> tuple[list[Job], bool]:
+        """The oldest queued job and those right behind it that join it, and whether a job queued
+        later still could (room left, and no job queued behind it that cannot join)."""
         group: list[Job] = []
         for job in self.jobs.values():
             if job.status != "queued":
                 continue
             if group and not joins(group, job, max_rows):
-                break
+                return group, False
             group.append(job)
-            if group[0].key is None:
-                break
-        return group
+        room = bool(group) and group[0].key is not None and sum(job.rows for job in group) < max_rows
+        return group, room
 
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress:
         """A worker's progress: {job id: (attempt, steps done)} for the jobs it runs. Answers the
@@ -334,7 +348,7 @@ class Board(Protocol):
     ) -> dict | None: ...
     async def read(self, job_id: str, index: int = 0) -> Reading | None: ...
     async def cancel(self, job_id: str) -> dict | None: ...
-    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]: ...
+    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]: ...
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress: ...
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
@@ -362,13 +376,21 @@ class _Running:
 
 class JobWorker:
     """Claims jobs from the board a group at a time (what may share a batch, up to `max_rows`
-    clips), runs them concurrently through `run`, and reports their steps every `report_s`."""
+    clips, waiting up to `fill_s` for a group to fill), runs them concurrently through `run`, and
+    reports their steps every `report_s`."""
 
     def __init__(
-        self, board: Board, run: Runner, owner: str, max_rows: int, report_s: float, claim_wait_s: float
+        self,
+        board: Board,
+        run: Runner,
+        owner: str,
+        max_rows: int,
+        report_s: float,
+        claim_wait_s: float,
+        fill_s: float = 0.0,
     ) -> None:
         self.board, self.run, self.owner, self.max_rows = board, run, owner, max_rows
-        self.report_s, self.claim_wait_s = report_s, claim_wait_s
+        self.report_s, self.claim_wait_s, self.fill_s = report_s, claim_wait_s, fill_s
         self.running: dict[str, _Running] = {}
         self.queued = 0  # jobs queued on the board at its last answer (0 while this one idles)
         self.closing = False  # set: claim no more; `work` returns once the group in hand is in
@@ -378,10 +400,10 @@ class JobWorker:
         reports = asyncio.create_task(self._report())
         try:
             while not self.closing:
-                # A claim in flight is awaited even when closing (within `claim_wait_s`): cancelling
+                # A claim in flight is awaited even when closing (within its waits): cancelling
                 # a remote call here would not stop it taking jobs that nobody then runs.
                 try:
-                    group = await self.board.claim(self.owner, self.max_rows, self.claim_wait_s)
+                    group = await self.board.claim(self.owner, self.max_rows, self.claim_wait_s, self.fill_s)
                 except Exception:  # a shared board restarting: ask again
                     LOG.exception("claiming jobs failed")
                     await asyncio.sleep(self.claim_wait_s)

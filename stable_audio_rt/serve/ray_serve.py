@@ -93,8 +93,8 @@ class RemoteBoard:
     async def cancel(self, job_id: str) -> dict | None:
         return await self._call("cancel", job_id)
 
-    async def claim(self, owner: str, max_rows: int, wait_s: float) -> list[Claim]:
-        return await self._call("claim", owner, max_rows, wait_s, wait_s=wait_s)
+    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]:
+        return await self._call("claim", owner, max_rows, wait_s, fill_s, wait_s=wait_s + fill_s)
 
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress:
         return await self._call("report", owner, steps)

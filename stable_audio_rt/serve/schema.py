@@ -179,7 +179,9 @@ BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
 AUDIO_CONTENT = {
     "description": (
         "the clip's bytes; its seed in X-Seed, its sample rate in X-Sample-Rate, a file name in "
-        "Content-Disposition"
+        "Content-Disposition, and what the request asks that runs but likely not as meant in "
+        "X-Warnings (a JSON list, absent if none; from POST /v1/audio/generate only: a job's status "
+        "lists them in warnings)"
     ),
     "content": {media_type: {} for _, media_type in RESPONSE_FORMATS.values()},
 }

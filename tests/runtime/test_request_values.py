@@ -16,7 +16,7 @@ from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.runtime.audio_io import read_audio, samples_read_for, to_model_audio
 from stable_audio_rt.runtime.request_values import prompts_of
-from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request, resolve_request_as
 
 RATE = TINY.sample_rate
 NAN, INF = float("nan"), float("inf")
@@ -222,6 +222,28 @@ def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
         warnings.simplefilter("error")
         with pytest.raises(RequestError, match=r"the window of 30 latent frames .* is shorter than the clip"):
             resolve_request(refused, TINY)
+
+
+def test_a_requests_warnings_are_kept_in_it_worded_as_its_caller_names_them_and_point_at_the_caller():
+    request = GenerationRequest(("x",), cfg_scale=1.0, guidance="apg", apg_scale=0.5, negative_prompt="hiss")
+    for resolve, named in (
+        (lambda: resolve_request(request, TINY), "guidance='apg'"),
+        (lambda: resolve_request_as(request, TINY, {"guidance": "--guidance"}), "--guidance='apg'"),
+    ):
+        with pytest.warns(UserWarning) as caught:
+            resolved = resolve()
+        assert [str(w.message) for w in caught] == list(resolved.warnings) and len(caught) == 1
+        assert f"the negative prompt and {named} have no effect" in resolved.warnings[0]
+        assert caught[0].filename == __file__  # the caller's line, not ours
+    # Small's audio-to-audio at pure noise: said only once the request stands, like the others.
+    at_one = dict(init_audio=(np.zeros((2, RATE), np.float32), RATE), init_noise_level=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RequestError, match=r"the window of 1 latent frames .* is shorter than the clip"):
+            resolve_request(GenerationRequest(("x",), frames=1, seconds_total=0.5, **at_one), TINY_SMALL)
+    with pytest.warns(UserWarning, match="init_audio has no effect at init_noise_level 1"):
+        resolved = resolve_request(GenerationRequest(("x",), seconds_total=0.5, **at_one), TINY_SMALL)
+    assert len(resolved.warnings) == 1
 
 
 @pytest.mark.parametrize("reference", [{}, {"inpaint_audio": (np.zeros((2, RATE), np.float32), RATE)}])

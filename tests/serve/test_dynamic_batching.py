@@ -133,6 +133,16 @@ def pair_server(pipe):
         yield running
 
 
+def test_jobs_posted_one_after_another_to_an_idle_server_start_as_one_batch(pipe):
+    """The idle worker's claim of the first job waits for the next (up to the batch wait, here
+    longer than a test: the batch is full once the third arrives, and starts then)."""
+    with serving(pipe, max_batch=3, batch_wait_ms=POLL_TIMEOUT_S * 1000) as server:
+        ids = [_submit(server, {"input": prompt, "seed": 1, **QUICK}) for prompt in ("a", "b", "c")]
+        assert all(_wait(server, job, "done", "failed")["status"] == "done" for job in ids)
+        batches = _metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")
+    assert batches == (1, 3)
+
+
 def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(pair_server):
     server, long = pair_server, {"audio_length": 0.5, "num_inference_steps": 100}
     generator = server.app.state.generator

@@ -141,3 +141,46 @@ def test_a_claim_counts_clips_not_jobs(pipe, outputs):
         return await board.claim("w", max_rows=3, wait_s=0)
 
     assert len(asyncio.run(scenario())) == 3 // outputs
+
+
+def test_a_claim_waits_for_jobs_to_join_its_batch_and_ends_once_it_is_full(pipe):
+    """Jobs posted one after another to an idle worker start together: its claim of the first
+    waits up to `fill_s` for more, and ends as soon as the batch is full."""
+
+    async def scenario():
+        board, _ = _board()
+        ids = [(await board.submit(_resolved(pipe), "wav", "a"))["id"]]
+        claim = asyncio.create_task(board.claim("w", max_rows=3, wait_s=0, fill_s=60))
+        for _ in range(2):
+            await asyncio.sleep(0.02)
+            ids.append((await board.submit(_resolved(pipe), "wav", "a"))["id"])
+        return ids, await asyncio.wait_for(claim, 5)
+
+    ids, group = asyncio.run(scenario())
+    assert [c.id for c in group] == ids
+
+
+@pytest.mark.parametrize("behind", ["b", None])
+def test_a_claims_wait_for_batch_mates_ends_when_a_job_that_cannot_join_is_queued(pipe, behind):
+    async def scenario():
+        board, _ = _board()
+        first = (await board.submit(_resolved(pipe), "wav", "a"))["id"]
+        claim = asyncio.create_task(board.claim("w", max_rows=3, wait_s=0, fill_s=60))
+        await asyncio.sleep(0.02)
+        await board.submit(_resolved(pipe), "wav", behind)  # FIFO: nothing queued later may pass it
+        return first, await asyncio.wait_for(claim, 5)
+
+    first, group = asyncio.run(scenario())
+    assert [c.id for c in group] == [first]
+
+
+def test_a_claims_wait_for_batch_mates_ends_after_fill_s(pipe):
+    async def scenario():
+        board, _ = _board()
+        first = (await board.submit(_resolved(pipe), "wav", "a"))["id"]
+        began = time.monotonic()
+        group = await asyncio.wait_for(board.claim("w", max_rows=3, wait_s=0, fill_s=0.2), 5)
+        return first, group, time.monotonic() - began
+
+    first, group, waited = asyncio.run(scenario())
+    assert [c.id for c in group] == [first] and waited >= 0.2

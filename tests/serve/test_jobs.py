@@ -142,6 +142,27 @@ def test_cancelling_a_queued_and_a_running_job(server):
         assert gone.status_code == 409 and "is cancelled" in gone.text
 
 
+def test_deleting_a_finished_job_frees_its_result_and_a_cancelled_one_on_a_second_delete(server):
+    done = _submit(server, {"input": "a", **QUICK})["id"]
+    _wait(server, done, "done")
+    url = f"{server.url}/v1/audio/jobs"
+    deleted = httpx.delete(f"{url}/{done}")
+    assert deleted.status_code == 200 and deleted.json()["status"] == "done"
+    assert httpx.get(f"{url}/{done}").status_code == 404
+    assert httpx.get(f"{url}/{done}/content").status_code == 404
+    assert done not in server.app.state.jobs.jobs, "its result is freed"
+    with server.app.state.generator.lock:  # queued behind the held model: cancelled unrun
+        cancelled = _submit(server, {"input": "b", **QUICK})["id"]
+        assert httpx.delete(f"{url}/{cancelled}").json()["status"] == "cancelled"
+    assert _wait(server, cancelled, "cancelled", "done")["status"] == "cancelled", "still readable"
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while server.app.state.jobs.jobs[cancelled].owner is not None:  # its worker hands it in
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert httpx.delete(f"{url}/{cancelled}").json()["status"] == "cancelled"
+    assert httpx.get(f"{url}/{cancelled}").status_code == 404
+
+
 def test_cancelling_a_job_mid_run_stops_it_at_a_step(server):
     generator = server.app.state.generator
     job = _submit(server, {"input": "x", **LONG})

@@ -66,6 +66,29 @@ def test_generate_returns_the_apis_audio_for_the_same_request(server, pipe):
     assert other.headers["x-seed"] == "1235" and not np.array_equal(_wav(other), served)
 
 
+def test_a_requests_warnings_reach_its_client(server):
+    """What runs but likely not as meant is said to the client, not only in the server's log:
+    in X-Warnings (JSON) beside the clip, and in a job's status."""
+    body = {"input": "x", "negative_prompt": "hiss", "guidance_scale": 1, "guidance": "apg", "apg_scale": 0.5}
+    expected = [
+        "the negative prompt and guidance='apg' have no effect at a CFG scale of 1 (no unconditional pass "
+        "runs); give a CFG scale above 1 to use them"
+    ]
+    warned = httpx.post(f"{server.url}/v1/audio/generate", json={**body, **QUICK}, timeout=120)
+    assert warned.status_code == 200 and json.loads(warned.headers["x-warnings"]) == expected
+    plain = httpx.post(f"{server.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=120)
+    assert plain.status_code == 200 and "x-warnings" not in plain.headers
+    for job_body, warnings_said in ((body, expected), ({"input": "x"}, [])):
+        job = httpx.post(f"{server.url}/v1/audio/jobs", json={**job_body, **QUICK}, timeout=120).json()
+        assert job["warnings"] == warnings_said
+        deadline = time.monotonic() + 60
+        while job["status"] not in ("done", "failed"):  # its place in the queue of one given back
+            assert time.monotonic() < deadline, job
+            time.sleep(0.02)
+            job = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json()
+        assert job["warnings"] == warnings_said
+
+
 def test_every_format_holds_the_same_samples(server):
     base = {"input": "x", "seed": 7, **QUICK}
     wav = _wav(httpx.post(f"{server.url}/v1/audio/generate", json=base, timeout=120))

@@ -169,6 +169,22 @@ def test_the_last_five_results_are_kept_newest_first(browser, server):
     assert newest_first == [f"clip {s}" for s in range(5, 0, -1)]
 
 
+def test_a_requests_warnings_are_shown_with_its_result(browser, server):
+    _open(browser, server)
+    _fill(browser, prompt="rain", negative="wind", seconds=0.5, steps=2, cfg=1)
+    browser.find_element(By.ID, "generate").click()
+    (result,) = _results(browser, 1)
+    (warning,) = result.find_elements(By.CLASS_NAME, "warning")
+    assert warning.text == (
+        "Warning: the negative prompt has no effect at a CFG scale of 1 (no unconditional pass runs); "
+        "give a CFG scale above 1 to use it"
+    )
+    browser.find_element(By.ID, "negative").clear()
+    browser.find_element(By.ID, "generate").click()
+    newest = _results(browser, 2)[0]
+    assert newest.find_elements(By.CLASS_NAME, "warning") == []
+
+
 def test_refusals_are_shown_readably(browser, server):
     _open(browser, server)
     _fill(browser, prompt="rain", seconds=60, steps=2)

@@ -3,7 +3,6 @@ x = (1 − t')·D + t'·z, on stable-audio-tools' LogSNR-shifted time schedule (
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,14 +56,15 @@ class Pingpong(Sampler):
             raise RequestError(
                 f"init_noise_level is the starting time t in (0, 1] for this model, got {level}"
             )
-        if request.init_audio is not None and request.init_noise_level == 1:
-            warnings.warn(
-                "init_audio has no effect at init_noise_level 1 on this model: its start (1 − t)·reference "
-                "+ t·noise is pure noise there; give a level below 1 (default "
-                f"{RF_DEFAULT_INIT_NOISE_LEVEL:g}) to keep some of the reference",
-                UserWarning,
-                stacklevel=4,  # resolve_request's caller, as its own warnings name
-            )
+
+    def warnings(self, request: GenerationRequest) -> list[str]:
+        if request.init_audio is None or request.init_noise_level != 1:
+            return []
+        return [
+            "init_audio has no effect at init_noise_level 1 on this model: its start (1 − t)·reference "
+            "+ t·noise is pure noise there; give a level below 1 (default "
+            f"{RF_DEFAULT_INIT_NOISE_LEVEL:g}) to keep some of the reference"
+        ]
 
     def start_level(self, request: GenerationRequest) -> float:
         """The first time t (1 = pure noise; audio-to-audio starts at its init_noise_level)."""

@@ -27,6 +27,10 @@ class Sampler(ABC):
     def check(self, request: GenerationRequest) -> None:
         """Refuse, by name and before any work, what this sampler cannot do."""
 
+    def warnings(self, request: GenerationRequest) -> list[str]:
+        """What this sampler runs as asked but likely not as meant (said once the request stands)."""
+        return []
+
     @abstractmethod
     def start_level(self, request: GenerationRequest) -> float:
         """Where the schedule starts: σmax, or the first time t."""
