@@ -14,6 +14,7 @@ the same inputs.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import platform
 import sys
@@ -35,10 +36,18 @@ from stable_audio_rt.bench.precision_report import StageError, StageOutput, comp
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
+from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
 from stable_audio_rt.models.source import MODEL_HELP, read_config
-from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, NAMES, choose_dtype, dtype_request
+from stable_audio_rt.precision import (
+    DTYPE_CHOICES,
+    DTYPES,
+    NAMES,
+    choose_dtype,
+    cpu_capabilities,
+    dtype_request,
+)
 from stable_audio_rt.runtime.backends.choice import onnxruntime_unusable, tensorrt_unusable
 from stable_audio_rt.runtime.backends.engine_backend import (
     check_request_shapes,
@@ -120,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"they were exported from; else the preset's, else {DEFAULT_MODEL}, no download)",
     )
     p.add_argument(
-        "--engines", type=Path, help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all"
+        "--engines",
+        type=folder_path,
+        help="engine folder from sa-export, for --backend onnxruntime, tensorrt, all",
     )
     p.add_argument(
         "--backend",
@@ -304,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": _device_name(device),
             "torch": torch.__version__,
+            "onnxruntime": _installed_version("onnxruntime"),
             "python": platform.python_version(),
             "malloc": memory,
             "command": command,
@@ -338,10 +350,18 @@ def _check_precision_report(args: argparse.Namespace, device: torch.device) -> N
         )
 
 
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()}, {torch.get_num_threads()} threads"
+    name = cpu_capabilities().get("cpu_name") or "CPU"  # what cpuinfo reads: "AMD EPYC"
+    return f"{name} ({platform.machine()}), {torch.get_num_threads()} threads"
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ def _snr(value: float) -> str:
 def markdown(report: dict[str, Any]) -> str:
     preset = f" (preset {report['preset']})" if report.get("preset") else ""
     memory = f", malloc: {report['malloc']}" if report.get("malloc") else ""  # absent before 2026-11-29
+    ort = f", onnxruntime {report['onnxruntime']}" if report.get("onnxruntime") else ""  # since 2026-11-30
     lines = [
-        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}{memory}: "
+        f"sa-bench, {report['date']}, {report['device']}, torch {report['torch']}{ort}{memory}: "
         f"`{report['command']}`{preset}",
         "",
         "| backend | precision | kernels | frames | steps | batch | warm p50 (s) | RTF | × real time "

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
+from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.export.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=DEFAULT_REPO, help=f"{MODEL_HELP} (default: {DEFAULT_REPO})")
-    p.add_argument("--out", type=Path, required=True, help="the engine folder to write")
+    p.add_argument("--out", type=folder_path, required=True, help="the engine folder to write")
     precision = p.add_mutually_exclusive_group()
     for name in ("fp32", "fp16", "bf16"):
         p_help = f"graphs in {name}" + (" (default)" if name == "fp32" else "") + "; fp32 islands are kept"

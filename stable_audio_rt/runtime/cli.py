@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from stable_audio_rt import __version__
+from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
@@ -121,7 +122,9 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
         "models; onnxruntime, tensorrt: an engine folder from sa-export (--engines). The choice is printed",
     )
     p.add_argument(
-        "--engines", type=Path, help="engine folder written by sa-export (for onnxruntime, tensorrt, auto)"
+        "--engines",
+        type=folder_path,
+        help="engine folder written by sa-export (for onnxruntime, tensorrt, auto)",
     )
     p.add_argument(
         "--no-cuda-graph",

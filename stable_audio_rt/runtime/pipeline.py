@@ -221,6 +221,11 @@ class StableAudio:
         what `run_resolved` gives it alone (its own prompts, seed, CFG scale, numbers and clip);
         the timings are the batch's. Requests that cannot share a batch are refused
         (RequestError). `on_step` as in `run_resolved`, for the whole batch."""
+        if any(r.config != self.config for r in resolved):
+            raise RequestError(
+                "a request resolved for another model: resolve it against this one's "
+                "(resolve_request(request, pipe.config)), or call generate"
+            )
         timings: dict[str, float] = {}
         shape = planning.batch_shape(resolved, lambda: self._auto_decode_chunk)
         self._check(shape, shape.decode_chunk)

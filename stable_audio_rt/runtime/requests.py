@@ -108,6 +108,7 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class ResolvedRequest:
     request: GenerationRequest
+    config: StableAudioConfig  # the model it was checked against: it runs on that model only
     seed: int
     batch: int
     seconds_total: float
@@ -466,6 +467,7 @@ def _resolved(request: GenerationRequest, config: StableAudioConfig) -> Resolved
     sampler = sampler_for(config)
     return ResolvedRequest(
         request=request,
+        config=config,
         seed=request.seed if request.seed is not None else secrets.randbelow(SEED_HIGH),
         batch=len(request.prompts) * request.num_outputs,
         seconds_total=total,

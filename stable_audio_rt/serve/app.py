@@ -155,7 +155,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         )
         owner, report_s = "sa-serve", LOCAL_REPORT_S
         drain: Drain | None = Drain(board, lambda: generator.waiting, settings.drain_grace_s)
-    else:  # Ray Serve drains its replicas itself
+    else:  # Ray Serve stops its replicas itself (a replica stopping finishes its jobs)
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
         drain = None
     # A job claimed alone waits for the jobs posted right after it as a request waits for others.

@@ -23,7 +23,7 @@ from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB, ServeSettings
 from stable_audio_rt.serve.bodies import MIB
 from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S
-from stable_audio_rt.serve.ray_options import option_flag, replica_count_options
+from stable_audio_rt.serve.ray_options import option_flag, replica_count_options, replica_cpus
 
 API_KEY_VARIABLE = "SA_SERVE_API_KEY"
 DEFAULT_PORT = 8000
@@ -300,15 +300,21 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
             ) from e
         settings_from_arguments(args, "")
         replica_count_options(args, 0)
+        replica_cpus(args)
         if args.drain_grace_s != DEFAULT_DRAIN_GRACE_S:
             raise ConfigError(
-                "--drain-grace-s is for sa-serve in one process: under --ray, Ray Serve drains each "
-                "replica (its jobs finish; the others serve their results)"
+                "--drain-grace-s is for sa-serve in one process, which drains at a stop signal; "
+                "sa-serve --ray does not (a replica scaled down finishes its jobs; stopping the app "
+                "cuts connections: see the README)"
             )
+        if args.address is None:  # the replicas and the proxy run here: what they would refuse, now
+            listening_socket(args.host, args.port).close()
+            plan_from_arguments(args, "sa-serve")
     if failed.exit_status is not None:
         return failed.exit_status
-    ray_serve.serve_on_ray(args, argv)
-    return 0
+    with reported_errors("sa-serve", "not serving") as failed:  # a signal while it deploys
+        ray_serve.serve_on_ray(args, argv)
+    return 0 if failed.exit_status is None else failed.exit_status
 
 
 def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) -> None:

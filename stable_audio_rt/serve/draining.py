@@ -1,4 +1,4 @@
-"""Stopping without losing work (sa-serve in one process; Ray Serve drains its replicas itself).
+"""Stopping without losing work (sa-serve in one process; Ray Serve stops its replicas itself).
 
 The first SIGTERM or Ctrl-C starts a drain: new requests and jobs get 503, while those already
 accepted run to their end and the server keeps listening, so that their clients can still poll

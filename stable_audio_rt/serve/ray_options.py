@@ -4,6 +4,7 @@ how many replicas, and a Serve config file's `args` as sa-serve's command line."
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from stable_audio_rt.errors import ConfigError
@@ -32,8 +33,8 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
         flag = option_flag(name)
         if not autoscaled:
             raise ConfigError(f"{flag} applies to autoscaling: give --min-replicas/--max-replicas too")
-        if seconds < 0:
-            raise ConfigError(f"{flag} must be at least 0 seconds, got {seconds:g}")
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ConfigError(f"{flag} must be a number of seconds of at least 0, got {seconds:g}")
     if autoscaled:
         low = 1 if args.min_replicas is None else args.min_replicas
         high = max(low, 1) if args.max_replicas is None else args.max_replicas
@@ -49,6 +50,15 @@ def replica_count_options(args: argparse.Namespace, cluster_gpus: int) -> dict[s
     if count < 1:
         raise ConfigError(f"--replicas must be at least 1, got {count}")
     return {"num_replicas": count}
+
+
+def replica_cpus(args: argparse.Namespace) -> float:
+    """The CPUs a CPU replica takes (--replica-cpus), checked: Ray would take NaN or a negative
+    count only to fail with a traceback."""
+    cpus = args.replica_cpus
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise ConfigError(f"--replica-cpus must be a number of CPUs above 0, got {cpus:g}")
+    return cpus
 
 
 def most_replicas(options: dict[str, Any]) -> int:

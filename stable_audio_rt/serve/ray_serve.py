@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 from collections.abc import Hashable
+from concurrent.futures import Future
 from typing import Any
 
 from ray import serve
@@ -34,7 +35,12 @@ from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
 from stable_audio_rt.serve.jobs import Claim, JobBoard, Progress, Reading
-from stable_audio_rt.serve.ray_options import most_replicas, options_to_argv, replica_count_options
+from stable_audio_rt.serve.ray_options import (
+    most_replicas,
+    options_to_argv,
+    replica_count_options,
+    replica_cpus,
+)
 
 APP_NAME = "sa-serve"
 INGRESS_NAME = "sa-serve"
@@ -147,7 +153,7 @@ def build_application(argv: list[str], cluster_gpus: int) -> serve.Application:
     device = args.device or ""
     on_gpus = device.startswith("cuda") or (not device and cluster_gpus > 0)
     counts = replica_count_options(args, cluster_gpus if on_gpus else 0)
-    resources = {"num_gpus": 1} if on_gpus else {"num_cpus": args.replica_cpus}
+    resources = {"num_gpus": 1} if on_gpus else {"num_cpus": replica_cpus(args)}
     if settings.api_key is not None:  # to the replicas, wherever they run, not in their arguments
         resources["runtime_env"] = {"env_vars": {API_KEY_VARIABLE: settings.api_key}}
         argv = _without_api_key(argv)
@@ -194,8 +200,8 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
     """sa-serve --ray: connect to (or start) Ray, deploy, and serve until SIGINT or SIGTERM; then
-    the replicas finish what they hold and the app is deleted (with Serve and Ray themselves when
-    this process started them: a cluster's other applications are left alone)."""
+    the app is deleted (with Serve and Ray themselves when this process started them: a cluster's
+    other applications are left alone), also while it deploys."""
     import ray
 
     if args.address is None:  # a Ray of this process alone: nothing else may join it
@@ -209,19 +215,41 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
         application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
         serve.start(http_options={"host": args.host, "port": args.port})
         print(f"sa-serve: deploying on Ray ({ray.cluster_resources()})", flush=True)
-        serve.run(application, name=APP_NAME, route_prefix="/")
-        print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
+        # Deployed in a thread of its own: a stop signal is heeded while Serve waits for replicas
+        # (one that Ray cannot place would keep it waiting for ever).
+        deployed: Future[None] = Future()
+        threading.Thread(target=_deploy, args=(application, deployed), daemon=True).start()
+        serving = False
         # Woken now and then: a signal may reach one of Ray's threads, and only the main thread
         # runs Python's handlers.
         while not stop.wait(SIGNAL_POLL_S):
-            pass
-        print("sa-serve: stopping: the replicas finish the requests and jobs they hold", flush=True)
+            if not serving and deployed.done():
+                deployed.result()  # a failed deploy raises here
+                serving = True
+                print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
+        if serving:
+            print(
+                "sa-serve: stopping Ray Serve: open connections are cut, and results not yet "
+                "downloaded are lost (not a drain: see the README)",
+                flush=True,
+            )
+        else:
+            print("sa-serve: stopping before the app finished deploying", flush=True)
     finally:
         if args.address is None:
             serve.shutdown()
         else:
             serve.delete(APP_NAME)
         ray.shutdown()
+
+
+def _deploy(application: serve.Application, deployed: Future[None]) -> None:
+    try:
+        serve.run(application, name=APP_NAME, route_prefix="/")
+    except Exception as e:  # said by the main thread, which stops everything
+        deployed.set_exception(e)
+    else:
+        deployed.set_result(None)
 
 
 def start_local_ray(**options: Any) -> None:

@@ -3,6 +3,7 @@ count, the markdown and plot files, the diffusers peer (in each row's precision)
 rows, the auto row, the presets, and bad arguments refused before any work."""
 
 import functools
+import importlib.metadata
 import json
 import math
 import re
@@ -78,8 +79,12 @@ def bench_run(tmp_path_factory, engines, tiny_diffusers_dir):
 
 def test_report_has_every_field_and_right_arithmetic(bench_run):
     _, report = bench_run
-    assert {"date", "device", "torch", "malloc", "command", "model", "preset", "gemm_floor", "runs",
-            "peer", "precision_report"} <= report.keys()  # fmt: skip
+    assert {"date", "device", "torch", "onnxruntime", "malloc", "command", "model", "preset", "gemm_floor",
+            "runs", "peer", "precision_report"} <= report.keys()  # fmt: skip
+    # The CPU by name, as torch's cpuinfo reads it (not only "x86_64"), and the libraries' versions.
+    cpu_name = precision.cpu_capabilities().get("cpu_name")
+    assert cpu_name and report["device"].startswith(f"{cpu_name} (") and "threads" in report["device"]
+    assert report["onnxruntime"] == importlib.metadata.version("onnxruntime")
     assert report["malloc"] == "freed memory kept for reuse (glibc mallopt)"  # sa-run's default on a CPU
     assert {(r["backend"], r["frames"]) for r in report["runs"]} == {
         ("torch", 4),

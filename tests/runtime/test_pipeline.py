@@ -12,7 +12,7 @@ import torch
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.errors import RequestError, StableAudioError
-from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.vae import bottleneck_sample
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -62,6 +62,14 @@ def test_windows(pipe):
     assert full.latents.shape[-1] == pipe.config.latent_frames
     assert trim.latents.shape[-1] == math.ceil(1.0 * RATE / 2048)
     assert full.audio.shape == trim.audio.shape == (1, 2, RATE)
+
+
+def test_a_request_resolved_for_another_model_is_refused(pipe):
+    elsewhere = resolve_request(GenerationRequest(("x",), seconds_total=1.0, steps=2), TINY_SMALL)
+    with pytest.raises(RequestError, match="a request resolved for another model"):
+        pipe.run_resolved(elsewhere)
+    here = resolve_request(GenerationRequest(("x",), seconds_total=1.0, steps=2), pipe.config)
+    assert pipe.run_resolved(here).audio.shape == (1, 2, RATE)
 
 
 def test_negative_prompt_changes_only_the_unconditional_half(pipe):

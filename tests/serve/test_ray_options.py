@@ -2,6 +2,7 @@
 the cluster's GPUs, or autoscaled; contradictions and impossible counts named; a missing Ray one
 clear line; a Serve config file's args turned into sa-serve's command line."""
 
+import socket
 import sys
 
 import pytest
@@ -61,7 +62,11 @@ def test_replica_counts(argv, gpus, expected):
         (["--max-batch", "0"], "--max-batch must be at least 1"),
         (["--upscale-delay-s", "5"], "--upscale-delay-s applies to autoscaling"),
         (["--replicas", "2", "--downscale-delay-s", "5"], "--downscale-delay-s applies to autoscaling"),
-        (["--max-replicas", "2", "--upscale-delay-s", "-1"], "--upscale-delay-s must be at least 0"),
+        (["--max-replicas", "2", "--upscale-delay-s", "-1"], "--upscale-delay-s must be a number of seconds"),
+        (["--max-replicas", "2", "--downscale-delay-s", "nan"], "of at least 0, got nan"),
+        (["--replica-cpus", "nan"], "--replica-cpus must be a number of CPUs above 0, got nan"),
+        (["--replica-cpus", "0"], "--replica-cpus must be a number of CPUs above 0, got 0"),
+        (["--host", "nosuch.invalid"], "--host nosuch.invalid: not an address this machine has"),
     ],
 )
 def test_bad_ray_options_are_refused_before_ray_starts(argv, message, capsys, monkeypatch):
@@ -70,6 +75,20 @@ def test_bad_ray_options_are_refused_before_ray_starts(argv, message, capsys, mo
     monkeypatch.setattr(ray_serve, "serve_on_ray", lambda *a: pytest.fail("Ray was started"))
     assert cli.main(["--ray", "--model", "tiny-random", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_what_the_local_replicas_would_refuse_is_refused_before_ray_starts(capsys, monkeypatch):
+    import stable_audio_rt.serve.ray_serve as ray_serve
+
+    monkeypatch.setattr(ray_serve, "serve_on_ray", lambda *a: pytest.fail("Ray was started"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert cli.main(["--ray", "--model", "tiny-random", "--port", port]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert cli.main(["--ray", "--model", "/nonexistent/model"]) == 2
+    assert "/nonexistent/model is neither an existing file or folder" in capsys.readouterr().err
 
 
 def test_without_ray_sa_serve_ray_is_one_clear_line(capsys, monkeypatch):

@@ -104,6 +104,36 @@ def test_sa_serve_ray_serves_then_sigterm_lets_the_running_job_finish():
     assert stopping < log.find(f"job {job} done"), log[-3000:]
 
 
+def test_sa_serve_ray_stops_at_a_signal_while_it_deploys():
+    """Replicas Ray cannot place (more CPUs each than the machine has) leave the deploy waiting
+    for ever: SIGTERM stops it and says so. Before the cluster below starts: no other Ray runs
+    beside it."""
+    port = free_port()
+    command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--ray", "--model", "tiny-random",
+               "--device", "cpu", "--replica-cpus", "1000", "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    lines: list[str] = []
+    reading = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+    reading.start()
+    try:
+        deadline = time.monotonic() + START_S
+        while not any("sa-serve: deploying on Ray" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=REQUEST_S)
+        reading.join(timeout=REQUEST_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    log = "".join(lines)
+    assert process.returncode == 0, log[-3000:]
+    assert "sa-serve: stopping before the app finished deploying" in log, log[-3000:]
+    assert "serving on http" not in log, log[-3000:]
+
+
 def test_the_config_files_name_this_builder_and_sa_serves_options():
     config = yaml.safe_load(CONFIG.read_text())
     (application,) = config["applications"]

@@ -362,7 +362,10 @@ def _load_numbers(folder: Path, config, device: torch.device) -> NumberCondition
 def _load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
+    path = folder / TOKENIZER_DIR
+    if not path.is_dir():  # else transformers takes the path for a Hub repo id, and retries online
+        raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
     try:
-        return AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise EngineFolderError(f"the tokenizer in {folder / TOKENIZER_DIR} cannot be loaded ({e})") from e

@@ -151,6 +151,13 @@ def test_missing_external_data_is_refused(folder_copy):
         StableAudio.from_engines(folder_copy)
 
 
+def test_a_missing_tokenizer_is_refused_without_asking_the_hub(folder_copy, monkeypatch):
+    shutil.rmtree(folder_copy / "tokenizer")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a lookup online would be tried (and retried)
+    with pytest.raises(EngineFolderError, match=r"tokenizer is missing: rebuild the engines with"):
+        StableAudio.from_engines(folder_copy)
+
+
 def test_truncated_external_data_is_refused(folder_copy):
     path = folder_copy / "dit.onnx.data"
     path.write_bytes(path.read_bytes()[:-100])
