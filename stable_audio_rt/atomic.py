@@ -25,6 +25,8 @@ NEW_FILE_MODE = 0o666
 NEW_FOLDER_MODE = 0o777
 
 
+# A folder replaced by a new one is renamed `.<name><OLD_INFIX><hex>` before it is removed.
+OLD_INFIX = ".old-"
 # `_beside`'s names: a dot, the stem, 8 hex digits, the extension.
 TEMP_NAME = re.compile(r"\.(?P<stem>.+)\.[0-9a-f]{8}(?P<suffix>\.[^.]*)?")
 
@@ -62,6 +64,22 @@ def written_for(name: str) -> str | None:
     killed), or None if `name` is not one of ours."""
     found = TEMP_NAME.fullmatch(name)
     return None if found is None else found["stem"] + (found["suffix"] or "")
+
+
+def left_beside(path: Path) -> list[Path]:
+    """The temp folders a killed write of `path` left beside it (its new folder being filled, or
+    the old one being swapped out): a SIGKILL or an out-of-memory kill removes nothing. Whether
+    another write is filling one now cannot be told from here."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(
+        entry
+        for entry in path.parent.iterdir()
+        if entry.is_dir()
+        and not entry.is_symlink()
+        and (written_for(entry.name) == path.name or entry.name.startswith(f".{path.name}{OLD_INFIX}"))
+    )
 
 
 def _new_file(path: Path) -> None:

@@ -78,9 +78,9 @@ class Fields:
     def object(self, key: str) -> Fields:
         return Fields(self.get(key, _is_object, "an object"), child_path(self.path, key))
 
-    def mapping(self, key: str) -> list[tuple[str, Any, str]]:
+    def mapping(self, key: str, default: Any = REQUIRED) -> list[tuple[str, Any, str]]:
         """The (name, value, path) of each member of the object `key`."""
-        members = self.get(key, _is_object, "an object")
+        members = self.get(key, _is_object, "an object", default)
         return [
             (name, value, child_path(child_path(self.path, key), name)) for name, value in members.items()
         ]

@@ -15,11 +15,11 @@ import json
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from stable_audio_rt.atomic import write_atomically
-from stable_audio_rt.errors import CheckpointError
+from stable_audio_rt.errors import CheckpointError, ConfigError
 from stable_audio_rt.json_fields import (
     Fields,
     InvalidField,
@@ -166,6 +166,9 @@ class Manifest:
     opset: int
     tools: dict[str, str]
     components: dict[str, ComponentEntry] = field(default_factory=dict)
+    # What every component's requests read besides the graphs (the tokenizer's files, the number
+    # conditioners), by path in the folder: checked like the graphs (absent before 2026-11-30).
+    shared_files: dict[str, FileRecord] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def components_adding(self, adding: Iterable[str]) -> str:
@@ -230,6 +233,28 @@ class Manifest:
                 )
         return entry
 
+    def check_shared_files(self, folder: Path) -> None:
+        """The tokenizer and number conditioners against their records; none of their files
+        unrecorded (an older sa-export recorded none, and an edit may drop a record)."""
+        fix = "rebuild the engines with `sa-export`"
+        for name, expected in self.shared_files.items():
+            check_file(folder / name, expected, fix)
+        tokenizer = folder / TOKENIZER_DIR
+        found = [folder / NUMBERS_FILE, *(tokenizer.rglob("*") if tokenizer.is_dir() else ())]
+        for path in found:
+            if path.is_file() and path.relative_to(folder).as_posix() not in self.shared_files:
+                raise EngineFolderError(
+                    f"{path} is not recorded in {MANIFEST} (written by an sa-export before 2026-11-30, "
+                    f"or edited): {fix}"
+                )
+
+
+def shared_file_records(folder: Path) -> dict[str, FileRecord]:
+    """The records of the files every request reads besides the graphs, as sa-export wrote them."""
+    tokenizer = folder / TOKENIZER_DIR
+    paths = [folder / NUMBERS_FILE, *sorted(p for p in tokenizer.rglob("*") if p.is_file())]
+    return {path.relative_to(folder).as_posix(): file_record(path) for path in paths}
+
 
 def check_file(path: Path, record: FileRecord, fix: str) -> None:
     """Refuse a file that is missing or differs from its manifest record; `fix` says what to do."""
@@ -263,9 +288,12 @@ def profile_shapes(
 
 
 def _manifest_json(manifest: Manifest) -> dict[str, Any]:
-    return dataclasses.asdict(manifest) | {
+    written = dataclasses.asdict(manifest) | {
         "components": {name: _entry_json(entry) for name, entry in manifest.components.items()}
     }
+    if not manifest.shared_files:  # a folder of an older sa-export, written back as it was
+        del written["shared_files"]
+    return written
 
 
 def _entry_json(entry: ComponentEntry) -> dict[str, Any]:
@@ -280,7 +308,7 @@ def _read_manifest(top: Fields) -> Manifest:
     config = top.get("config", lambda v: isinstance(v, dict), "an object")
     try:
         config_from_dict(config)
-    except (KeyError, TypeError, ValueError) as e:  # what the config's own constructors raise
+    except (KeyError, TypeError, ValueError, ConfigError) as e:  # what the config's constructors raise
         raise InvalidField(f"config is not a model configuration ({type(e).__name__}: {e})") from e
     manifest = Manifest(
         source=top.string("source"),
@@ -291,6 +319,10 @@ def _read_manifest(top: Fields) -> Manifest:
             name: checked(v, path, is_string, "a version string") for name, v, path in top.mapping("tools")
         },
         components={name: _read_entry(Fields(v, path)) for name, v, path in top.mapping("components")},
+        shared_files={
+            checked(name, path, _is_folder_path, FOLDER_PATH_WORDS): _read_file_record(Fields(v, path))
+            for name, v, path in top.mapping("shared_files", default={})
+        },
         format=top.integer("format"),
     )
     top.done()
@@ -308,6 +340,15 @@ def _is_precision(value: Any) -> bool:
 def _is_file_name(value: Any) -> bool:
     """A file of the folder itself: no path, so an edited manifest points nowhere outside it."""
     return isinstance(value, str) and value not in ("", ".", "..") and Path(value).name == value
+
+
+FOLDER_PATH_WORDS = "a path inside the folder"
+
+
+def _is_folder_path(value: Any) -> bool:
+    """A path relative to the folder that stays inside it (no "..", not absolute)."""
+    path = PurePosixPath(value)
+    return value != "" and not path.is_absolute() and ".." not in path.parts and "\\" not in value
 
 
 def _read_entry(fields: Fields) -> ComponentEntry:
@@ -344,6 +385,8 @@ def _read_range(fields: Fields, key: str) -> tuple[int, int, int]:
     low, opt, high = fields.get(
         key, lambda v: isinstance(v, list) and len(v) == 3 and all(map(is_integer, v)), what
     )
+    if not 1 <= low <= opt <= high:
+        raise InvalidField(f"{child_path(fields.path, key)} is {[low, opt, high]}: not 1 ≤ min ≤ opt ≤ max")
     return low, opt, high
 
 

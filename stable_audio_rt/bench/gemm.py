@@ -23,6 +23,11 @@ from stable_audio_rt.bench.flops import Gemm
 from stable_audio_rt.kernels.packed_linear import linear_as_run
 from stable_audio_rt.runtime.timing import best_seconds, stopwatch
 
+# Each product shape is timed for at least this long on the CPU (seconds): its fastest call of
+# many, where three calls of a small shape all met a busy machine (a floor read 100× low, 9
+# GFLOP/s against 151 in the same run's other shapes).
+PROBE_TOTAL_S = 0.05
+
 
 @dataclass(frozen=True)
 class GemmRate:
@@ -41,7 +46,9 @@ def torch_gemm_rate(
     else:  # each product as the loaded model runs it (packed where packed_linear.packs says so)
         with torch.inference_mode():
             layers = [(torch.randn(g.m, g.k, dtype=dtype), linear_as_run(g.k, g.n, dtype), g) for g in gemms]
-            total = sum(best_seconds(partial(layer, a), repeats) * g.count for a, layer, g in layers)
+            total = sum(
+                best_seconds(partial(layer, a), repeats, PROBE_TOTAL_S) * g.count for a, layer, g in layers
+            )
     flops = sum(g.flops for g in gemms)
     return GemmRate("torch", flops / total / 1e9, total)
 
@@ -113,6 +120,6 @@ def onnxruntime_gemm_rate(
             session.run_with_iobinding(binding)
             return y
 
-        total += best_seconds(product, repeats) * g.count
+        total += best_seconds(product, repeats, PROBE_TOTAL_S) * g.count
     flops = sum(g.flops for g in gemms)
     return GemmRate("onnxruntime", flops / total / 1e9, total)

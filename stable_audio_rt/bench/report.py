@@ -59,6 +59,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{v['library']} {v['dtype']} ({v['shapes'].removeprefix('DiT step, ')}): {v['gflops_per_s']:.0f}"
         for v in report["gemm_floor"].values()
     )
+    above = [run["label"] for run in report["runs"] if run["floor"]["dit_step_fraction"] > 1]
+    if above:  # faster than the floor is impossible: the floor's probe was slowed
+        lines += [
+            "",
+            f"**The GEMM floor was measured low** (floor / step above 1 for {', '.join(above)}): other work "
+            "on the machine slowed its probe; rerun when the machine is quiet.",
+        ]
     lines += [
         "",
         "RTF: warm p50 ÷ the clip's seconds (below 1 is faster than real time); × real time: its "

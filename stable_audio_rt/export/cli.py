@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
+from stable_audio_rt.atomic import left_beside
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
@@ -66,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch",
         type=int,
         default=1,
-        help="clips per request T5 and the DiT accept (default: 1; the VAE takes one: "
-        "batches decode clip by clip)",
+        help="clips per request T5 and the DiT accept with CFG, twice as many without (CFG runs two "
+        "rows a clip; default: 1; the VAE takes one: batches decode clip by clip)",
     )
     p.add_argument("--frames", type=_frames, help="latent frame range MIN:OPT:MAX (default: 1:window:window)")
     p.add_argument(
@@ -117,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars:
             bar.close()
 
+    for left in left_beside(args.out):
+        size = sum(f.stat().st_size for f in left.rglob("*") if f.is_file())
+        print(
+            f"sa-export: note: {left} ({size / 2**20:.0f} MiB) is what an export that was killed left; "
+            f"remove it unless another export into {args.out} is running now",
+            file=sys.stderr,
+        )
     with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
         manifest = export_engines(
             args.model,

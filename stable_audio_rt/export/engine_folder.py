@@ -22,7 +22,7 @@ import onnx
 from safetensors.torch import save
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import check_writable, new_folder_beside, written_for
+from stable_audio_rt.atomic import OLD_INFIX, check_writable, new_folder_beside, written_for
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     BF16_MIN_OPSET,
@@ -47,6 +47,7 @@ from stable_audio_rt.manifest import (
     config_to_dict,
     file_record,
     folder_names,
+    shared_file_records,
 )
 from stable_audio_rt.models.checkpoint import Layout
 from stable_audio_rt.models.io_spec import (
@@ -321,6 +322,7 @@ def export_engines(
         numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
         # Written by us: safetensors' save_file makes its file private (0600).
         (tmp / NUMBERS_FILE).write_bytes(save(numbers))
+        manifest.shared_files = shared_file_records(tmp)
         manifest.write(tmp)
         _swap_in(tmp, out)
     except BaseException:
@@ -373,7 +375,7 @@ def _failed(verification: Verification | VerificationSkipped) -> bool:
 def _swap_in(tmp: Path, out: Path) -> None:
     if out.exists():
         shutil.copymode(out, tmp)  # a folder exported again keeps the permissions it was given
-        old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+        old = out.with_name(f".{out.name}{OLD_INFIX}{secrets.token_hex(4)}")
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)

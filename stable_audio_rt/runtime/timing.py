@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+# The most calls a CPU probe times to reach its `min_total_s` (`best_seconds`).
+MAX_PROBE_CALLS = 1000
+
 
 @dataclass
 class Elapsed:
@@ -36,13 +39,16 @@ def stopwatch(device: torch.device) -> Iterator[Elapsed]:
     elapsed.seconds = time.perf_counter() - began
 
 
-def best_seconds(call: Callable[[], object], repeats: int) -> float:
-    """The fastest of `repeats` timed calls on the CPU after one untimed: a short probe's figure,
-    the fastest run being the least disturbed by the rest of the machine."""
+def best_seconds(call: Callable[[], object], repeats: int, min_total_s: float = 0.0) -> float:
+    """The fastest of `repeats` timed calls on the CPU after one untimed, and of more until
+    `min_total_s` of calls have run (at most MAX_PROBE_CALLS): a short probe's figure, the
+    fastest run being the least disturbed by the rest of the machine (three calls of a product
+    of microseconds can all meet the same busy spell)."""
     call()
-    best = float("inf")
-    for _ in range(repeats):
+    best, total, calls = float("inf"), 0.0, 0
+    while calls < repeats or (total < min_total_s and calls < MAX_PROBE_CALLS):
         began = time.perf_counter()
         call()
-        best = min(best, time.perf_counter() - began)
+        seconds = time.perf_counter() - began
+        best, total, calls = min(best, seconds), total + seconds, calls + 1
     return best

@@ -154,8 +154,10 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             on_settled=generator.leave,
         )
         owner, report_s = "sa-serve", LOCAL_REPORT_S
-        drain: Drain | None = Drain(board, lambda: generator.waiting, settings.drain_grace_s)
-    else:  # Ray Serve stops its replicas itself (a replica stopping finishes its jobs)
+        drain: Drain | None = Drain(
+            lambda: (generator.waiting, board.undownloaded()), settings.drain_grace_s, board.refuse_new
+        )
+    else:  # sa-serve --ray drains the shared board (ray_serve.py)
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
         drain = None
     # A job claimed alone waits for the jobs posted right after it as a request waits for others.
@@ -164,7 +166,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
         loop (422 naming the problem), all before it takes a place in the queue."""
-        refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
+        await refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
         try:
             body = await read_body(request, settings.max_upload_bytes)
         except BodyTooLarge as e:
@@ -189,11 +191,11 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
                 f"model {shortened(body.model)!r} is not served here: this server runs "
                 f"{settings.model_name!r} (GET /v1/models); give that, or leave model out"
             )
-        refuse_if_stopping()
+        await refuse_if_stopping()
         return body, resolved
 
-    def refuse_if_stopping() -> None:
-        if drain is not None and drain.started:
+    async def refuse_if_stopping() -> None:
+        if not await board.accepting():  # a stop has begun, here or (Ray) in the app
             metrics.requests.labels("rejected_stopping").inc()
             raise HTTPException(
                 503,
@@ -211,8 +213,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         # uvicorn has stopped accepting and finished the open requests.
         if shared is None:  # the accepted jobs run to their end before the worker goes
             if drain is not None and drain.cut_short:  # unless a second signal said stop now
-                for job_id in [job.id for job in board.jobs.values() if job.status in ("queued", "running")]:
-                    await board.cancel(job_id)
+                await board.cancel_all()
             await board.idle()
             working.cancel()
         else:  # the jobs this replica holds run to their end; the other replicas run the rest
@@ -262,7 +263,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     @app.get("/health", responses={503: {"description": "stopping (draining): send new work elsewhere"}})
     async def health() -> JSONResponse:
         # A load balancer's probe sees a draining server as not ready, so it routes new work away.
-        if drain is not None and drain.started:
+        if not await board.accepting():
             return JSONResponse({"status": "stopping", "model": settings.model_name}, status_code=503)
         return JSONResponse({"status": "ready", "model": settings.model_name})
 
@@ -360,7 +361,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         responses={200: AUDIO_CONTENT, **JOB_RESPONSES, 409: {"description": "the job is not done"}},
     )
     async def content(job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")) -> Response:
-        reading = found(job_id, await board.read(job_id, index))
+        reading = found(job_id, await board.read(job_id, index, download=True))
         view = reading.view
         if view["status"] != "done":
             detail = f"job {job_id} is {view['status']}"
@@ -374,8 +375,6 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         name = f"{job_id}-{index}"
         headers = audio_headers(view["seed"], pipe.config.sample_rate, name, reading.response_format)
         media_type = RESPONSE_FORMATS[reading.response_format][1]
-        if drain is not None:
-            drain.downloaded(job_id, index)
         return Response(reading.clip, media_type=media_type, headers=headers)
 
     @app.delete("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)

@@ -301,12 +301,6 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
         settings_from_arguments(args, "")
         replica_count_options(args, 0)
         replica_cpus(args)
-        if args.drain_grace_s != DEFAULT_DRAIN_GRACE_S:
-            raise ConfigError(
-                "--drain-grace-s is for sa-serve in one process, which drains at a stop signal; "
-                "sa-serve --ray does not (a replica scaled down finishes its jobs; stopping the app "
-                "cuts connections: see the README)"
-            )
         if args.address is None:  # the replicas and the proxy run here: what they would refuse, now
             listening_socket(args.host, args.port).close()
             plan_from_arguments(args, "sa-serve")

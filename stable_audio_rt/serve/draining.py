@@ -1,4 +1,4 @@
-"""Stopping without losing work (sa-serve in one process; Ray Serve stops its replicas itself).
+"""Stopping without losing work, for sa-serve in one process and sa-serve --ray alike.
 
 The first SIGTERM or Ctrl-C starts a drain: new requests and jobs get 503, while those already
 accepted run to their end and the server keeps listening, so that their clients can still poll
@@ -17,8 +17,6 @@ from types import FrameType
 
 import uvicorn
 
-from stable_audio_rt.serve.jobs import JobBoard
-
 LOG = logging.getLogger("stable_audio_rt.serve")
 # How long finished jobs' results wait to be downloaded once a drain has nothing left to run
 # (seconds, sa-serve --drain-grace-s): a client polling every few seconds gets there first.
@@ -26,47 +24,44 @@ DEFAULT_DRAIN_GRACE_S = 30.0
 
 
 class Drain:
-    """Whether the server is draining, and whether its drain is over."""
+    """Whether a server is draining, and whether its drain is over: sa-serve's in this process,
+    and sa-serve --ray's over its replicas (the command line asks the shared job board)."""
 
-    def __init__(self, board: JobBoard, busy: Callable[[], int], grace_s: float) -> None:
-        """`busy()`: requests and jobs accepted and not yet settled."""
-        self.board, self.busy, self.grace_s = board, busy, grace_s
+    def __init__(
+        self, left: Callable[[], tuple[int, int]], grace_s: float, on_start: Callable[[], None]
+    ) -> None:
+        """`left()`: (requests and jobs accepted and not yet settled, jobs done but not fully
+        downloaded); `on_start()` makes the servers refuse new work."""
+        self.left, self.grace_s, self.on_start = left, grace_s, on_start
         self.started = False
         self.cut_short = False  # a second signal: stop without waiting for jobs or downloads
-        self.fetched: dict[str, set[int]] = {}  # job id → the indices of its clips downloaded
         self.idle_since: float | None = None  # when the drain last found nothing left to run
 
     def start(self) -> None:
         self.started = True
+        self.on_start()
         LOG.info(
             "stopping: no new requests or jobs (503); %d accepted still to finish, their results "
             "downloadable for up to %g s after",
-            self.busy(),
+            self.left()[0],
             self.grace_s,
         )
-
-    def downloaded(self, job_id: str, index: int) -> None:
-        self.fetched.setdefault(job_id, set()).add(index)
 
     def over(self, now: float) -> bool:
         """Whether the server may stop now: nothing left to run, and every finished result
         downloaded or the grace run out."""
         if not self.started:
             return False
-        if self.busy():
+        busy, waiting = self.left()
+        if busy:
             self.idle_since = None
             return False
-        waiting = [  # every clip of a finished job is downloaded once (expired ones are gone)
-            job.id
-            for job in self.board.jobs.values()
-            if job.status == "done" and len(self.fetched.get(job.id, ())) < len(job.content or ())
-        ]
         if not waiting:
             LOG.info("stopping: nothing left to run or download")
             return True
         self.idle_since = self.idle_since if self.idle_since is not None else now
         if now - self.idle_since >= self.grace_s:
-            LOG.info("stopping: %d finished job(s) not downloaded within %g s", len(waiting), self.grace_s)
+            LOG.info("stopping: %d finished job(s) not downloaded within %g s", waiting, self.grace_s)
             return True
         return False
 

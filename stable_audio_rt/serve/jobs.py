@@ -74,6 +74,7 @@ class Job:
     attempt: int = 0  # bumped each time it is claimed: reports of an earlier claim are ignored
     owner: str | None = None  # the worker holding it (claimed, its result not yet handed in)
     seen: float = 0.0  # time.monotonic() of its owner's last report
+    fetched: set[int] = field(default_factory=set)  # the indices of its clips downloaded
 
     def view(self) -> dict:
         return {
@@ -149,6 +150,8 @@ class JobBoard:
         self.lease_s, self.max_jobs, self.on_settled = lease_s, max_jobs, on_settled
         self.jobs: dict[str, Job] = {}  # in submission order
         self.unsettled = 0  # queued or held
+        self.taking = True  # False once a stop began: the servers refuse new requests and jobs
+        self.closed = False  # True once a stop drained it: workers claim no more
         self.changed = asyncio.Condition()  # notified when a job is queued or settles
 
     async def submit(
@@ -167,13 +170,17 @@ class JobBoard:
             self.changed.notify_all()
         return job.view()
 
-    async def read(self, job_id: str, index: int = 0) -> Reading | None:
+    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None:
+        """The job's state, and its clip `index` when done; `download`: the client is given that
+        clip (a draining server waits for every clip's download)."""
         await self._tidy()
         job = self.jobs.get(job_id)
         if job is None:
             return None
         clips = job.content or []
         clip = clips[index] if index < len(clips) else None
+        if download and clip is not None:
+            job.fetched.add(index)
         return Reading(job.view(), job.response_format, job.finished is not None, clip, len(clips))
 
     async def cancel(self, job_id: str) -> dict | None:
@@ -191,14 +198,19 @@ class JobBoard:
             del self.jobs[job_id]
         return job.view()
 
-    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]:
+    async def claim(
+        self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0
+    ) -> list[Claim] | None:
         """The oldest queued job and the ones queued right behind it that may share its batch
         (up to `max_rows` clips), now held by `owner`; waits up to `wait_s` for one to be queued,
         then up to `fill_s` more for jobs to join it (jobs posted one after another to an idle
-        worker start together), unless it is full or a job that cannot join is queued behind it."""
+        worker start together), unless it is full or a job that cannot join is queued behind it.
+        None once the board is closed: the worker has no more work."""
         deadline = time.monotonic() + wait_s
         filled_by = None  # when the group found stops waiting for more
         while True:
+            if self.closed:
+                return None
             await self._tidy()
             group, open_ = self._next_group(max_rows)
             now = time.monotonic()
@@ -274,6 +286,37 @@ class JobBoard:
             job.finished = time.monotonic()
         await self._settle(job)
 
+    def refuse_new(self) -> None:
+        """A stop has begun: the servers refuse new requests and jobs (503); those accepted run."""
+        self.taking = False
+
+    async def stop_taking(self) -> None:
+        self.refuse_new()
+
+    async def accepting(self) -> bool:
+        return self.taking
+
+    def undownloaded(self) -> int:
+        """Jobs done with a clip not yet downloaded."""
+        return sum(j.status == "done" and len(j.fetched) < len(j.content or ()) for j in self.jobs.values())
+
+    async def left(self) -> tuple[int, int]:
+        """What a stop waits for: jobs queued or held, and jobs done but not fully downloaded."""
+        await self._tidy()
+        return self.unsettled, self.undownloaded()
+
+    async def cancel_all(self) -> None:
+        """A stop cut short: every job queued or running is cancelled (a running one stops at its
+        next step)."""
+        for job_id in [job.id for job in self.jobs.values() if job.status in ("queued", "running")]:
+            await self.cancel(job_id)
+
+    async def close(self) -> None:
+        """A stop has drained the board: workers' claims answer None from now on."""
+        self.closed = True
+        async with self.changed:
+            self.changed.notify_all()
+
     async def idle(self) -> None:
         """Until no job is queued or held (a shutdown loses none silently)."""
         async with self.changed:
@@ -346,9 +389,12 @@ class Board(Protocol):
     async def submit(
         self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
     ) -> dict | None: ...
-    async def read(self, job_id: str, index: int = 0) -> Reading | None: ...
+    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None: ...
     async def cancel(self, job_id: str) -> dict | None: ...
-    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]: ...
+    async def claim(
+        self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0
+    ) -> list[Claim] | None: ...
+    async def accepting(self) -> bool: ...
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress: ...
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
@@ -396,7 +442,8 @@ class JobWorker:
         self.closing = False  # set: claim no more; `work` returns once the group in hand is in
 
     async def work(self) -> None:
-        """Until cancelled, or until `closing` is set and the group in hand is handed in."""
+        """Until cancelled, until the board is closed, or until `closing` is set and the group in
+        hand is handed in."""
         reports = asyncio.create_task(self._report())
         try:
             while not self.closing:
@@ -408,6 +455,8 @@ class JobWorker:
                     LOG.exception("claiming jobs failed")
                     await asyncio.sleep(self.claim_wait_s)
                     continue
+                if group is None:  # the board is closed: a stop has drained it
+                    return
                 await asyncio.gather(*(self._run(claim) for claim in group))
         finally:
             reports.cancel()

@@ -22,7 +22,8 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Hashable
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import Any
 
@@ -34,7 +35,8 @@ from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
-from stable_audio_rt.serve.jobs import Claim, JobBoard, Progress, Reading
+from stable_audio_rt.serve.draining import Drain
+from stable_audio_rt.serve.jobs import LOG, Claim, JobBoard, Progress, Reading
 from stable_audio_rt.serve.ray_options import (
     most_replicas,
     options_to_argv,
@@ -67,6 +69,8 @@ DRAIN_TIMEOUT_S = 600.0
 SIGNAL_POLL_S = 0.5
 # The longest a call to the job board may take (seconds) beyond its own wait.
 BOARD_TIMEOUT_S = 30.0
+# How long a stop asks the board whether it is up before taking the app for never deployed (s).
+BOARD_PROBE_S = 5.0
 
 
 class SharedJobBoard(JobBoard):
@@ -93,13 +97,18 @@ class RemoteBoard:
     ) -> dict | None:
         return await self._call("submit", resolved, response_format, key)
 
-    async def read(self, job_id: str, index: int = 0) -> Reading | None:
-        return await self._call("read", job_id, index)
+    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None:
+        return await self._call("read", job_id, index, download)
+
+    async def accepting(self) -> bool:
+        return await self._call("accepting")
 
     async def cancel(self, job_id: str) -> dict | None:
         return await self._call("cancel", job_id)
 
-    async def claim(self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0) -> list[Claim]:
+    async def claim(
+        self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0
+    ) -> list[Claim] | None:
         return await self._call("claim", owner, max_rows, wait_s, fill_s, wait_s=wait_s + fill_s)
 
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress:
@@ -200,17 +209,26 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
     """sa-serve --ray: connect to (or start) Ray, deploy, and serve until SIGINT or SIGTERM; then
-    the app is deleted (with Serve and Ray themselves when this process started them: a cluster's
-    other applications are left alone), also while it deploys."""
+    drain as sa-serve does (`_drain`) and delete the app (with Serve and Ray themselves when this
+    process started them: a cluster's other applications are left alone). A signal while it
+    deploys stops it there."""
     import ray
 
+    logging.basicConfig(level=logging.INFO, format="sa-serve: %(message)s")
     if args.address is None:  # a Ray of this process alone: nothing else may join it
         start_local_ray()
     else:
         ray.init(address=args.address)
-    stop = threading.Event()  # after ray.init, whose own SIGTERM handler would kill the replicas
+    stop, signals = threading.Event(), []
+
+    def on_signal(number: int, _frame: object) -> None:
+        signals.append(number)
+        stop.set()
+
+    # After ray.init, whose own SIGTERM handler would kill the replicas.
     for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, lambda *_: stop.set())
+        signal.signal(number, on_signal)
+    serving = drained = False
     try:
         application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -219,7 +237,6 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
         # (one that Ray cannot place would keep it waiting for ever).
         deployed: Future[None] = Future()
         threading.Thread(target=_deploy, args=(application, deployed), daemon=True).start()
-        serving = False
         # Woken now and then: a signal may reach one of Ray's threads, and only the main thread
         # runs Python's handlers.
         while not stop.wait(SIGNAL_POLL_S):
@@ -227,20 +244,44 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
                 deployed.result()  # a failed deploy raises here
                 serving = True
                 print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
-        if serving:
-            print(
-                "sa-serve: stopping Ray Serve: open connections are cut, and results not yet "
-                "downloaded are lost (not a drain: see the README)",
-                flush=True,
-            )
-        else:
+        # Drained even before Serve says the app runs: its replicas may take work before that.
+        drained = _drain(args.drain_grace_s, lambda: len(signals) > 1)
+        if not drained:
             print("sa-serve: stopping before the app finished deploying", flush=True)
     finally:
+        if serving or drained or args.address is not None:
+            # The app first, the proxy still up: its replicas answer the requests they hold.
+            serve.delete(APP_NAME)
         if args.address is None:
             serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
         ray.shutdown()
+
+
+def _drain(grace_s: float, cut_short: Callable[[], bool]) -> bool:
+    """The first stop signal's drain (draining.py), over every replica through the shared job
+    board: new requests and jobs refused (503), the accepted jobs run to their end, their results
+    downloadable until fetched or `grace_s` after the work ran out; a second signal cancels the
+    jobs left. Then the workers claim no more. (Requests still open are answered as the app's
+    replicas stop.) False, and nothing done, when the board is not up (the app never deployed)."""
+
+    def call(method: str, timeout_s: float = BOARD_TIMEOUT_S) -> Any:
+        return getattr(board, method).remote().result(timeout_s=timeout_s)
+
+    try:
+        board = serve.get_deployment_handle(BOARD_NAME, app_name=APP_NAME)
+        call("accepting", BOARD_PROBE_S)
+    except Exception:  # no app, or its board not started: nothing was accepted
+        return False
+    drain = Drain(lambda: call("left"), grace_s, lambda: call("stop_taking"))
+    drain.start()
+    while not drain.over(time.monotonic()):
+        if cut_short():
+            LOG.info("stopping now: the jobs left are cancelled")
+            call("cancel_all")
+            break
+        time.sleep(SIGNAL_POLL_S)
+    call("close")
+    return True
 
 
 def _deploy(application: serve.Application, deployed: Future[None]) -> None:

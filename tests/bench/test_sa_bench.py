@@ -2,6 +2,7 @@
 count, the markdown and plot files, the diffusers peer (in each row's precision) and onnxruntime
 rows, the auto row, the presets, and bad arguments refused before any work."""
 
+import copy
 import functools
 import importlib.metadata
 import json
@@ -123,6 +124,39 @@ def test_markdown_and_plot_are_written(bench_run):
     assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_floor_measured_low_is_flagged_in_the_markdown(bench_run):
+    from stable_audio_rt.bench.report import markdown
+
+    _, report = bench_run
+    quiet = copy.deepcopy(report)  # this run's own floors may have met a busy machine
+    for run in quiet["runs"]:
+        run["floor"]["dit_step_fraction"] = 0.5
+    assert "measured low" not in markdown(quiet)
+    disturbed = copy.deepcopy(quiet)
+    disturbed["runs"][0]["floor"]["dit_step_fraction"] = 2.6  # faster than the floor: impossible
+    note = next(line for line in markdown(disturbed).splitlines() if "measured low" in line)
+    assert f"floor / step above 1 for {report['runs'][0]['label']}): other work" in note, note
+
+
+def test_a_probe_times_many_calls_until_its_minimum_time_and_answers_the_fastest(monkeypatch):
+    from stable_audio_rt.runtime import timing
+
+    clock = [0.0]  # perf_counter as the probe reads it: each call takes the next duration
+    durations = iter([0.0, 0.004, 0.001, 0.003] + [0.002] * 100)  # the first call is untimed
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def call():
+        calls.append(1)
+        clock[0] += next(durations)
+
+    assert timing.best_seconds(call, 3) == 0.001 and len(calls) == 4
+    calls.clear()
+    durations = iter([0.0, 0.004, 0.003, 0.005] + [0.002] * 100)
+    assert timing.best_seconds(call, 3, min_total_s=0.03) == pytest.approx(0.002)  # past the first three
+    assert len(calls) == 1 + 3 + 9  # 0.012 s in three, then 0.002 s a call until 0.03
+
+
 def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path, monkeypatch):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -237,7 +271,8 @@ def test_gemm_rate_is_the_steps_flops_over_its_products_times(library, dtype, mo
     gemms = dit_step_gemms(TINY.dit, 2, 8)
     shapes, times = [], iter(1e-4 * (k + 1) for k in range(len(gemms)))
 
-    def timed(product, repeats):
+    def timed(product, repeats, min_total_s=0.0):
+        assert min_total_s == gemm.PROBE_TOTAL_S  # every shape probed for a while, not 3 calls
         out = product()
         out = out[0] if isinstance(out, list) else out
         shapes.append(tuple(out.shape))

@@ -339,3 +339,21 @@ def test_sa_export_takes_a_random_model_and_sa_run_checks_its_weights(tmp_path, 
     assert run_cli.main([*run, "--model", "tiny-random-small", "-o", str(tmp_path / "no.wav")]) == 2
     assert "was built from other weights than tiny-random-small" in capsys.readouterr().err
     assert not (tmp_path / "no.wav").exists()
+
+
+def test_what_a_killed_export_left_beside_the_folder_is_named_before_the_next(tmp_path, capsys):
+    """A SIGKILL (or an out-of-memory kill) removes nothing: the next export says what was left,
+    gigabytes for a real model, without removing it (another export may be filling it)."""
+    from stable_audio_rt.export import cli
+
+    out = tmp_path / "eng"
+    filling, swapped = tmp_path / ".eng.5d3c6738", tmp_path / ".eng.old-0a1b2c3d"
+    for left in (filling, swapped, tmp_path / ".other.5d3c6738"):
+        left.mkdir()
+        (left / "dit.onnx").write_bytes(bytes(2**20))
+    (tmp_path / ".eng.5d3c6739").write_bytes(b"a file, not an export's folder")
+    assert cli.main(["--model", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    notes = [line for line in capsys.readouterr().err.splitlines() if "sa-export: note:" in line]
+    assert [line.split()[2] for line in notes] == [str(filling), str(swapped)]
+    assert all("(1 MiB) is what an export that was killed left; remove it unless" in n for n in notes)
+    assert filling.is_dir() and swapped.is_dir()

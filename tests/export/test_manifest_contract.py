@@ -151,6 +151,11 @@ DECODER = ("components", "vae_decoder")
         (_set("tools", "onnx", value=1.23), r"tools\.onnx must be a version string, got 1\.23"),
         (_delete("config", "dit"), r"config is not a model configuration \(KeyError: 'dit'\)"),
         (
+            _set("config", "vae", "latent_dim", value=16),
+            r"config is not a model configuration \(ConfigError: DiT io_channels \d+ != VAE latent_dim 16\); "
+            r"rebuild with `sa-export`",
+        ),
+        (
             _set(*DECODER, "file", value="../other/vae_decoder.onnx"),
             r"components\.vae_decoder\.file must be a file of the folder, without a path",
         ),
@@ -178,6 +183,7 @@ DECODER = ("components", "vae_decoder")
         "missing-top-level-key",
         "tool-version-type",
         "broken-config",
+        "config-at-odds-with-itself",
         "file-outside-the-folder",
         "files-outside-the-folder",
         "file-not-recorded",

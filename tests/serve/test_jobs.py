@@ -298,7 +298,7 @@ def test_sigterm_drains_every_accepted_job_and_serves_its_result_then_exits():
 
 def test_a_drain_waits_for_every_clips_download_only_as_long_as_its_grace(pipe):
     board, busy = JobBoard(ttl_s=3600, max_result_bytes=2**20), [1]
-    drain = Drain(board, lambda: busy[0], grace_s=5.0)
+    drain = Drain(lambda: (busy[0], board.undownloaded()), 5.0, board.refuse_new)
     assert not drain.over(0.0), "not draining"
     resolved = resolve_request(
         GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1, num_outputs=2), pipe.config
@@ -307,18 +307,24 @@ def test_a_drain_waits_for_every_clips_download_only_as_long_as_its_grace(pipe):
     async def submitted() -> list[str]:
         return [(await board.submit(resolved, "wav", None))["id"] for _ in range(2)]
 
+    async def download(job_id: str, index: int) -> None:
+        assert (await board.read(job_id, index, download=True)).clip is not None
+
     fetched, left = asyncio.run(submitted())
     for job_id in (fetched, left):
-        board.jobs[job_id].status, board.jobs[job_id].content = "done", [b"clip 0", b"clip 1"]
+        job = board.jobs[job_id]
+        job.status, job.content, job.finished = "done", [b"clip 0", b"clip 1"], time.monotonic()
+    assert board.taking
     drain.start()
+    assert not board.taking, "new work refused"
     assert not drain.over(100.0), "a job still running"
     busy[0] = 0
-    drain.downloaded(fetched, 0)
-    drain.downloaded(fetched, 1)
-    drain.downloaded(left, 0)
+    asyncio.run(board.read(fetched, 0))  # a status read is no download
+    for job_id, index in ((fetched, 0), (fetched, 1), (left, 0)):
+        asyncio.run(download(job_id, index))
     assert not drain.over(100.0) and not drain.over(104.9), "a clip not yet downloaded, within the grace"
     assert drain.over(105.0)
-    drain.downloaded(left, 1)
+    asyncio.run(download(left, 1))
     drain.idle_since = None
     assert drain.over(105.0), "every clip downloaded"
 

@@ -200,18 +200,18 @@ def test_a_request_accepted_as_the_server_starts_stopping_is_refused(pipe, monke
     """A body still arriving when the drain starts: refused once read (it got a 202 after the
     server had gone)."""
     with serving(pipe) as running:
-        drain, parse = running.app.state.drain, app_module.parse_generation
+        board, parse = running.app.state.jobs, app_module.parse_generation
 
         def parsed_as_the_signal_comes(*args):
             answer = parse(*args)
-            drain.started = True
+            board.refuse_new()  # what the drain's start does
             return answer
 
         monkeypatch.setattr(app_module, "parse_generation", parsed_as_the_signal_comes)
         response = httpx.post(f"{running.url}/v1/audio/jobs", json={"input": "x", **QUICK}, timeout=30)
         assert response.status_code == 503 and "the server is stopping" in response.text
         assert running.app.state.jobs.jobs == {} and running.app.state.generator.waiting == 0
-        drain.started = False  # let the server stop as tests stop it
+        board.taking = True  # let the server stop as tests stop it
 
 
 def test_steps_over_the_servers_limit_are_refused_saying_whose_they_are(pipe):
@@ -449,9 +449,3 @@ def test_listening_beyond_this_machine_without_a_key_warns(host, key, warned, ca
 
     cli.warn_if_open(Bound(), key)
     assert ("without an API key: anyone who can reach this machine" in capsys.readouterr().err) == warned
-
-
-def test_the_drain_grace_is_refused_under_ray_which_drains_itself(capsys):
-    pytest.importorskip("ray.serve", reason="Ray Serve is the [ray] extra")
-    assert cli.main(["--ray", "--model", "tiny-random", "--drain-grace-s", "5"]) == 2
-    assert "--drain-grace-s is for sa-serve in one process" in capsys.readouterr().err

@@ -69,13 +69,15 @@ def exported_as(manifest: Manifest) -> str:
 
 
 def require_components(folder: Path, manifest: Manifest) -> None:
-    """Refuse a folder without the components every request runs."""
+    """Refuse a folder without the components every request runs, or whose tokenizer or number
+    conditioners are missing or edited."""
     missing = [c for c in REQUIRED_COMPONENTS if c not in manifest.components]
     if missing:
         raise EngineFolderError(
             f"{folder} lacks {', '.join(missing)}, which every request runs: "
             f"{export_again(folder, manifest, missing)}"
         )
+    manifest.check_shared_files(folder)
 
 
 class EngineGraph:
@@ -113,7 +115,8 @@ class EngineGraph:
                 "it runs one clip at a time, so pass the clips one by one (vae_decode.one_clip_at_a_time)"
                 if self.one_clip_per_run
                 else f"re-export with `sa-export --max-batch {math.ceil(batch / self.rows_per_clip)}` "
-                f"(clips; the folder takes {high // self.rows_per_clip}), or ask for fewer clips"
+                f"(clips with CFG, {self.rows_per_clip} rows each; the folder takes "
+                f"{high // self.rows_per_clip} with CFG, {high} without), or ask for fewer clips"
             )
             raise ConfigError(
                 f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: {fix}"
@@ -352,20 +355,15 @@ def _load_numbers(folder: Path, config, device: torch.device) -> NumberCondition
     from safetensors.torch import load_file
 
     numbers = NumberConditioners(config.conditioning)
-    path = folder / NUMBERS_FILE
-    if not path.is_file():
-        raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
-    numbers.load_state_dict(load_file(path))
+    numbers.load_state_dict(load_file(folder / NUMBERS_FILE))  # checked by require_components
     return numbers.to(device).eval().requires_grad_(False)
 
 
 def _load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
-    path = folder / TOKENIZER_DIR
-    if not path.is_dir():  # else transformers takes the path for a Hub repo id, and retries online
-        raise EngineFolderError(f"{path} is missing: rebuild the engines with `sa-export`")
-    try:
+    path = folder / TOKENIZER_DIR  # checked by require_components
+    try:  # never the Hub: a path that is not there would be taken for a repo id
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise EngineFolderError(f"the tokenizer in {folder / TOKENIZER_DIR} cannot be loaded ({e})") from e

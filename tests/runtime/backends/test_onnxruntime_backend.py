@@ -86,7 +86,8 @@ def test_frames_outside_the_profile(engines):
     with pytest.raises(ConfigError, match=r"65 latent frames are outside the dit engine's profile 1–64"):
         pipe.components.check_request(batch=1, uses_cfg=True, frames=65, decode_frames=16, encodes=False)
     too_many = r"dit engine takes batch 1–4 rows, this request needs 6: re-export with `sa-export"
-    with pytest.raises(ConfigError, match=too_many + r" --max-batch 3` \(clips; the folder takes 2\)"):
+    takes = r" --max-batch 3` \(clips with CFG, 2 rows each; the folder takes 2 with CFG, 4 without\)"
+    with pytest.raises(ConfigError, match=too_many + takes):
         pipe.generate(["a", "b", "c"], steps=2, seconds_total=1.0)
     # sa-serve refuses such a body before it queues (422), through the same check.
     from stable_audio_rt.serve.app import ServeSettings, create_app
@@ -154,7 +155,42 @@ def test_missing_external_data_is_refused(folder_copy):
 def test_a_missing_tokenizer_is_refused_without_asking_the_hub(folder_copy, monkeypatch):
     shutil.rmtree(folder_copy / "tokenizer")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a lookup online would be tried (and retried)
-    with pytest.raises(EngineFolderError, match=r"tokenizer is missing: rebuild the engines with"):
+    with pytest.raises(EngineFolderError, match=r"tokenizer/\S+ is missing: rebuild the engines with"):
+        StableAudio.from_engines(folder_copy)
+
+
+def _same_size_edit(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["number_conditioners.safetensors", "tokenizer/tokenizer.json"])
+def test_an_edited_tokenizer_or_number_conditioner_is_refused(folder_copy, name):
+    """Their files are checked like the graphs': an edit would run, with other audio."""
+    _same_size_edit(folder_copy / name)
+    with pytest.raises(EngineFolderError, match=rf"{re.escape(name)} does not match manifest\.json"):
+        StableAudio.from_engines(folder_copy)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda data: data.pop("shared_files"), r"number_conditioners\.safetensors is not recorded"),
+        (lambda data: data["shared_files"].pop("tokenizer/tokenizer.json"), r"json is not recorded"),
+        (lambda data: data["shared_files"].update({"../x": {"sha256": "0" * 64, "bytes": 1}}),
+         r'shared_files\["\.\./x"\] must be a path inside the folder'),
+        (lambda data: data["components"]["vae_decoder"].update(batch=[1, 1, 0]),
+         r"components\.vae_decoder\.batch is \[1, 1, 0\]: not 1 ≤ min ≤ opt ≤ max"),
+    ],
+    ids=["records-dropped", "record-dropped", "outside", "profile"],
+)  # fmt: skip
+def test_a_manifest_edited_around_its_shared_files_or_profiles_is_refused(folder_copy, edit, message):
+    path = folder_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(EngineFolderError, match=message):
         StableAudio.from_engines(folder_copy)
 
 
