@@ -352,7 +352,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     @app.get("/v1/audio/jobs/{job_id}", dependencies=[Depends(authorized)], responses=JOB_RESPONSES)
     async def status(job_id: str) -> dict:
-        return found(job_id, await board.read(job_id)).view
+        return found(job_id, await board.read(job_id, index=None)).view
 
     @app.get(
         "/v1/audio/jobs/{job_id}/content",

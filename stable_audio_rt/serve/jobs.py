@@ -170,15 +170,16 @@ class JobBoard:
             self.changed.notify_all()
         return job.view()
 
-    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None:
-        """The job's state, and its clip `index` when done; `download`: the client is given that
+    async def read(self, job_id: str, index: int | None = 0, download: bool = False) -> Reading | None:
+        """The job's state, and its clip `index` when done (None: the state alone, as a status
+        poll reads it, shipping no audio from a shared board); `download`: the client is given that
         clip (a draining server waits for every clip's download)."""
         await self._tidy()
         job = self.jobs.get(job_id)
         if job is None:
             return None
         clips = job.content or []
-        clip = clips[index] if index < len(clips) else None
+        clip = clips[index] if index is not None and index < len(clips) else None
         if download and clip is not None:
             job.fetched.add(index)
         return Reading(job.view(), job.response_format, job.finished is not None, clip, len(clips))
@@ -389,7 +390,7 @@ class Board(Protocol):
     async def submit(
         self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
     ) -> dict | None: ...
-    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None: ...
+    async def read(self, job_id: str, index: int | None = 0, download: bool = False) -> Reading | None: ...
     async def cancel(self, job_id: str) -> dict | None: ...
     async def claim(
         self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0

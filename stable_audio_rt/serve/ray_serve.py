@@ -97,7 +97,7 @@ class RemoteBoard:
     ) -> dict | None:
         return await self._call("submit", resolved, response_format, key)
 
-    async def read(self, job_id: str, index: int = 0, download: bool = False) -> Reading | None:
+    async def read(self, job_id: str, index: int | None = 0, download: bool = False) -> Reading | None:
         return await self._call("read", job_id, index, download)
 
     async def accepting(self) -> bool:

@@ -184,3 +184,21 @@ def test_a_claims_wait_for_batch_mates_ends_after_fill_s(pipe):
 
     first, group, waited = asyncio.run(scenario())
     assert [c.id for c in group] == [first] and waited >= 0.2
+
+
+def test_a_status_read_ships_no_audio_and_only_a_download_counts_as_fetched(pipe):
+    """A status poll through a shared board must not carry the clip's bytes with it."""
+
+    async def scenario():
+        board, _ = _board()
+        job = (await board.submit(_resolved(pipe, outputs=2), "wav", None))["id"]
+        (claim,) = await board.claim("w", 2, 0)
+        await board.finish(job, claim.attempt, 2, [b"clip 0", b"clip 1"], None)
+        status = await board.read(job, index=None)
+        peek = await board.read(job, 1)
+        fetched = await board.read(job, 0, download=True)
+        return status, peek, fetched, board.jobs[job].fetched
+
+    status, peek, fetched, downloaded = asyncio.run(scenario())
+    assert status.clip is None and status.clips == 2 and status.view["status"] == "done"
+    assert peek.clip == b"clip 1" and fetched.clip == b"clip 0" and downloaded == {0}

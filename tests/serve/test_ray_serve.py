@@ -6,6 +6,7 @@ same API with the same bytes as one server; a job is read and cancelled through 
 one replica killed under load every request ends (answered, or an error; none hangs), the replica
 is replaced and serves, and the jobs submitted before the kill finish."""
 
+import asyncio
 import io
 import os
 import signal
@@ -15,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -24,6 +26,7 @@ from serving import QUICK, TEST_MAX_STEPS, free_port, wait_healthy
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.serve import cli
+from stable_audio_rt.serve.jobs import JobBoard
 from stable_audio_rt.serve.ray_options import options_to_argv
 
 ray = pytest.importorskip("ray", reason="Ray Serve is the [ray] extra (pip install -e '.[ray]')")
@@ -145,6 +148,60 @@ def test_sa_serve_ray_stops_at_a_signal_while_it_deploys():
     stops = ("stopping before the app finished deploying", "stopping: nothing left to run")
     assert any(stop in log for stop in stops), log[-3000:]
     assert "serving on http" not in log, log[-3000:]
+
+
+class _BoardHandle:
+    """A DeploymentHandle onto a JobBoard in this process, on one event loop of its own."""
+
+    def __init__(self, board: JobBoard) -> None:
+        self.board, self.loop, self.calls = board, asyncio.new_event_loop(), []
+
+    def __getattr__(self, method: str):
+        handle = self
+
+        class Call:
+            def remote(self, *args):
+                handle.calls.append(method)
+                answer = handle.loop.run_until_complete(getattr(handle.board, method)(*args))
+                return SimpleNamespace(result=lambda timeout_s=None: answer)
+
+        return Call()
+
+
+@pytest.mark.parametrize("cut_short", [False, True])
+def test_the_ray_drain_waits_for_the_boards_jobs_or_a_second_signal(pipe, monkeypatch, cut_short):
+    """`_drain` over the shared board without a cluster: new work refused, then it waits while a
+    job runs (a second signal cancels it instead), then closes the board so workers stop."""
+    from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+
+    board = JobBoard(3600.0, 1 << 30)
+    handle = _BoardHandle(board)
+    resolved = resolve_request(GenerationRequest(("x",), seconds_total=0.5, steps=2), pipe.config)
+    job = handle.loop.run_until_complete(board.submit(resolved, "wav", None))["id"]
+    (claim,) = handle.loop.run_until_complete(board.claim("replica", 1, 0))
+    monkeypatch.setattr(ray_serve.serve, "get_deployment_handle", lambda *a, **k: handle)
+    polls = []
+
+    def second_signal() -> bool:  # the job ends after a few polls, unless a signal comes first
+        polls.append(1)
+        if len(polls) == 3 and not cut_short:
+            handle.loop.run_until_complete(board.finish(job, claim.attempt, 2, [b"clip"], None))
+            handle.loop.run_until_complete(board.read(job, 0, download=True))
+        return cut_short
+
+    assert ray_serve._drain(5.0, second_signal)
+    assert not board.taking and board.closed
+    assert board.jobs[job].status == ("cancelled" if cut_short else "done")
+    assert ("cancel_all" in handle.calls) == cut_short
+    assert handle.loop.run_until_complete(board.claim("replica", 1, 0)) is None  # workers stop
+
+
+def test_the_ray_drain_does_nothing_where_no_board_is_up(monkeypatch):
+    def no_app(*args, **kwargs):
+        raise RuntimeError("no such application")
+
+    monkeypatch.setattr(ray_serve.serve, "get_deployment_handle", no_app)
+    assert ray_serve._drain(5.0, lambda: False) is False
 
 
 def test_the_config_files_name_this_builder_and_sa_serves_options():
