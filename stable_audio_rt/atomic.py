@@ -71,15 +71,26 @@ def left_beside(path: Path) -> list[Path]:
     the old one being swapped out): a SIGKILL or an out-of-memory kill removes nothing. Whether
     another write is filling one now cannot be told from here."""
     path = Path(path)
-    if not path.parent.is_dir():
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:  # no such folder, or one that cannot be listed: nothing to say
         return []
     return sorted(
         entry
-        for entry in path.parent.iterdir()
-        if entry.is_dir()
+        for entry in entries
+        if (written_for(entry.name) == path.name or entry.name.startswith(f".{path.name}{OLD_INFIX}"))
+        and entry.is_dir()
         and not entry.is_symlink()
-        and (written_for(entry.name) == path.name or entry.name.startswith(f".{path.name}{OLD_INFIX}"))
     )
+
+
+def bytes_in(folder: Path) -> int:
+    """The bytes of the files under `folder` now (those that vanish while counted, not)."""
+    total = 0
+    for file in Path(folder).rglob("*"):
+        with contextlib.suppress(OSError):
+            total += file.stat().st_size if file.is_file() else 0
+    return total
 
 
 def _new_file(path: Path) -> None:

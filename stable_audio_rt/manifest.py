@@ -237,6 +237,14 @@ class Manifest:
         """The tokenizer and number conditioners against their records; none of their files
         unrecorded (an older sa-export recorded none, and an edit may drop a record)."""
         fix = "rebuild the engines with `sa-export`"
+        unrecorded = [NUMBERS_FILE] if NUMBERS_FILE not in self.shared_files else []
+        if not any(name.startswith(f"{TOKENIZER_DIR}/") for name in self.shared_files):
+            unrecorded.append(f"{TOKENIZER_DIR}/")
+        if unrecorded:
+            raise EngineFolderError(
+                f"{folder / MANIFEST} records no {' or '.join(unrecorded)} (written by an sa-export before "
+                f"2026-11-30, or edited): {fix}"
+            )
         for name, expected in self.shared_files.items():
             check_file(folder / name, expected, fix)
         tokenizer = folder / TOKENIZER_DIR

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import left_beside
+from stable_audio_rt.atomic import bytes_in, left_beside
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
@@ -118,14 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars:
             bar.close()
 
-    for left in left_beside(args.out):
-        size = sum(f.stat().st_size for f in left.rglob("*") if f.is_file())
-        print(
-            f"sa-export: note: {left} ({size / 2**20:.0f} MiB) is what an export that was killed left; "
-            f"remove it unless another export into {args.out} is running now",
-            file=sys.stderr,
-        )
     with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
+        for left in left_beside(args.out):
+            print(
+                f"sa-export: note: {left} ({bytes_in(left) / 2**20:.0f} MiB) is what an export that was "
+                f"killed left; remove it unless another export into {args.out} is running now",
+                file=sys.stderr,
+            )
         manifest = export_engines(
             args.model,
             args.out,

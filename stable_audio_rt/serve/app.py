@@ -166,7 +166,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
         loop (422 naming the problem), all before it takes a place in the queue."""
-        await refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
+        refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
         try:
             body = await read_body(request, settings.max_upload_bytes)
         except BodyTooLarge as e:
@@ -191,18 +191,26 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
                 f"model {shortened(body.model)!r} is not served here: this server runs "
                 f"{settings.model_name!r} (GET /v1/models); give that, or leave model out"
             )
-        await refuse_if_stopping()
+        refuse_if_stopping()
         return body, resolved
 
-    async def refuse_if_stopping() -> None:
-        if not await board.accepting():  # a stop has begun, here or (Ray) in the app
-            metrics.requests.labels("rejected_stopping").inc()
-            raise HTTPException(
-                503,
-                "the server is stopping: it takes no new requests or jobs (those accepted finish and "
-                "can be downloaded); send this one to another server, or retry once it is back",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+    def accepting() -> bool:
+        """No stop begun: this server's board says so, or (Ray) the shared board's last word to
+        this replica's worker (no call to it per request; `submit` checks it again)."""
+        return board.taking if shared is None else worker.taking
+
+    def refuse_if_stopping() -> None:
+        if not accepting():
+            refuse_as_stopping()
+
+    def refuse_as_stopping() -> None:
+        metrics.requests.labels("rejected_stopping").inc()
+        raise HTTPException(
+            503,
+            "the server is stopping: it takes no new requests or jobs (those accepted finish and "
+            "can be downloaded); send this one to another server, or retry once it is back",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -263,7 +271,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     @app.get("/health", responses={503: {"description": "stopping (draining): send new work elsewhere"}})
     async def health() -> JSONResponse:
         # A load balancer's probe sees a draining server as not ready, so it routes new work away.
-        if not await board.accepting():
+        if not accepting():
             return JSONResponse({"status": "stopping", "model": settings.model_name}, status_code=503)
         return JSONResponse({"status": "ready", "model": settings.model_name})
 
@@ -342,8 +350,12 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         if shared is None:
             generator.admit()  # its place is given back when it settles
         view = await board.submit(resolved, body.response_format, generator.batch_key(resolved))
-        if view is None:  # a shared board bounds the jobs of every replica
-            metrics.requests.labels("rejected_busy").inc()
+        if not isinstance(view, dict):  # refused by the board itself
+            if shared is None:
+                generator.leave()
+            if view == "stopping":  # the stop came after this server's own check
+                refuse_as_stopping()
+            metrics.requests.labels("rejected_busy").inc()  # a shared board bounds every replica's jobs
             raise HTTPException(
                 429, "the job queue is full; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)}
             )

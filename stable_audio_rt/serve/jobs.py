@@ -29,6 +29,8 @@ from stable_audio_rt.runtime.pipeline import StepCallback
 from stable_audio_rt.runtime.requests import ResolvedRequest
 
 Status = Literal["queued", "running", "done", "failed", "cancelled"]
+# Why `JobBoard.submit` took no job: every place taken, or a stop has begun.
+Refusal = Literal["full", "stopping"]
 LOG = logging.getLogger("stable_audio_rt.serve")
 # How many workers may take a job whose worker went silent, before it fails.
 MAX_ATTEMPTS = 3
@@ -114,6 +116,7 @@ class Progress:
 
     stop: list[str]  # the ids of its jobs it should stop
     queued: int  # jobs waiting for a worker (what replicas are scaled on, with requests)
+    taking: bool = True  # False once a stop began: the servers refuse new work (`refuse_new`)
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,15 @@ class JobBoard:
 
     async def submit(
         self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
-    ) -> dict | None:
-        """The new job's view, or None when `max_jobs` are already queued or held."""
+    ) -> dict | Refusal:
+        """The new job's view; "full" when `max_jobs` are already queued or held, "stopping" once
+        a stop has begun (checked here, with no wait before the job is queued: a server's own
+        check may have answered before the stop)."""
         await self._tidy()
+        if not self.taking:
+            return "stopping"
         if self.max_jobs is not None and self.unsettled >= self.max_jobs:
-            return None
+            return "full"
         job = Job(secrets.token_urlsafe(12), resolved, response_format, key)
         if self.timeout_s is not None:
             job.deadline = job.created + self.timeout_s
@@ -208,7 +215,7 @@ class JobBoard:
         worker start together), unless it is full or a job that cannot join is queued behind it.
         None once the board is closed: the worker has no more work."""
         deadline = time.monotonic() + wait_s
-        filled_by = None  # when the group found stops waiting for more
+        head, filled_by = None, None  # the group's oldest job, and when it stops waiting for more
         while True:
             if self.closed:
                 return None
@@ -216,9 +223,9 @@ class JobBoard:
             group, open_ = self._next_group(max_rows)
             now = time.monotonic()
             if not group:
-                filled_by = None  # another worker took it while this one waited
-            elif filled_by is None:
-                filled_by = now + fill_s
+                head, filled_by = None, None  # another worker took it while this one waited
+            elif group[0].id != head:  # a new group (its head cancelled or taken): its own wait
+                head, filled_by = group[0].id, now + fill_s
             until = deadline if filled_by is None else filled_by
             if (group and not open_) or now >= until:
                 break
@@ -262,7 +269,7 @@ class JobBoard:
                 job.steps_done = done
             else:
                 stop.append(job_id)
-        return Progress(stop, sum(job.status == "queued" for job in self.jobs.values()))
+        return Progress(stop, sum(job.status == "queued" for job in self.jobs.values()), self.taking)
 
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
@@ -309,8 +316,9 @@ class JobBoard:
     async def cancel_all(self) -> None:
         """A stop cut short: every job queued or running is cancelled (a running one stops at its
         next step)."""
-        for job_id in [job.id for job in self.jobs.values() if job.status in ("queued", "running")]:
-            await self.cancel(job_id)
+        for job in [job for job in self.jobs.values() if job.status in ("queued", "running")]:
+            if job.status in ("queued", "running"):  # not handed in meanwhile
+                await self._end(job, "cancelled")
 
     async def close(self) -> None:
         """A stop has drained the board: workers' claims answer None from now on."""
@@ -389,13 +397,12 @@ class Board(Protocol):
 
     async def submit(
         self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
-    ) -> dict | None: ...
+    ) -> dict | Refusal: ...
     async def read(self, job_id: str, index: int | None = 0, download: bool = False) -> Reading | None: ...
     async def cancel(self, job_id: str) -> dict | None: ...
     async def claim(
         self, owner: str, max_rows: int, wait_s: float, fill_s: float = 0.0
     ) -> list[Claim] | None: ...
-    async def accepting(self) -> bool: ...
     async def report(self, owner: str, steps: dict[str, tuple[int, int]]) -> Progress: ...
     async def finish(
         self, job_id: str, attempt: int, steps_done: int, content: list[bytes] | None, error: str | None
@@ -440,6 +447,7 @@ class JobWorker:
         self.report_s, self.claim_wait_s, self.fill_s = report_s, claim_wait_s, fill_s
         self.running: dict[str, _Running] = {}
         self.queued = 0  # jobs queued on the board at its last answer (0 while this one idles)
+        self.taking = True  # the board's word at its last answer: False once a stop has begun
         self.closing = False  # set: claim no more; `work` returns once the group in hand is in
 
     async def work(self) -> None:
@@ -482,18 +490,19 @@ class JobWorker:
         return {"jobs_running": float(len(self.running)), "jobs_queued": float(self.queued)}
 
     async def _report(self) -> None:
+        """Every `report_s`, idle or not: the steps of the jobs it runs, and the board's word on
+        which to stop and whether a stop has begun (its server then refuses new work without
+        asking the board each time)."""
         while True:
             await asyncio.sleep(self.report_s)
-            if not self.running:
-                self.queued = 0
-                continue
             steps = {job_id: (r.claim.attempt, r.steps_done) for job_id, r in list(self.running.items())}
             try:
                 progress = await self.board.report(self.owner, steps)
             except Exception:  # the board restarting: report again next time
                 LOG.exception("reporting job steps failed")
                 continue
-            self.queued = progress.queued
+            self.taking = progress.taking
+            self.queued = progress.queued if steps else 0
             for job_id in progress.stop:
                 if job_id in self.running:
                     self.running[job_id].stop = True

@@ -36,7 +36,7 @@ from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.app import SharedJobs, create_app
 from stable_audio_rt.serve.cli import API_KEY_VARIABLE, build_parser, loaded, settings_from_arguments
 from stable_audio_rt.serve.draining import Drain
-from stable_audio_rt.serve.jobs import LOG, Claim, JobBoard, Progress, Reading
+from stable_audio_rt.serve.jobs import LOG, Claim, JobBoard, Progress, Reading, Refusal
 from stable_audio_rt.serve.ray_options import (
     most_replicas,
     options_to_argv,
@@ -94,14 +94,11 @@ class RemoteBoard:
 
     async def submit(
         self, resolved: ResolvedRequest, response_format: str, key: Hashable | None
-    ) -> dict | None:
+    ) -> dict | Refusal:
         return await self._call("submit", resolved, response_format, key)
 
     async def read(self, job_id: str, index: int | None = 0, download: bool = False) -> Reading | None:
         return await self._call("read", job_id, index, download)
-
-    async def accepting(self) -> bool:
-        return await self._call("accepting")
 
     async def cancel(self, job_id: str) -> dict | None:
         return await self._call("cancel", job_id)
@@ -228,7 +225,7 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
     # After ray.init, whose own SIGTERM handler would kill the replicas.
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, on_signal)
-    serving = drained = False
+    serving = False
     try:
         application = build_application(argv, int(ray.cluster_resources().get("GPU", 0)))
         serve.start(http_options={"host": args.host, "port": args.port})
@@ -245,11 +242,14 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
                 serving = True
                 print(f"sa-serve: serving on http://{args.host}:{args.port} through Ray Serve", flush=True)
         # Drained even before Serve says the app runs: its replicas may take work before that.
-        drained = _drain(args.drain_grace_s, lambda: len(signals) > 1)
+        drained = _drain(args.drain_grace_s, lambda: len(signals) > 1, serving)
         if not drained:
-            print("sa-serve: stopping before the app finished deploying", flush=True)
+            why = "its job board does not answer" if serving else "the app had not finished deploying"
+            print(f"sa-serve: stopping without a drain: {why}", flush=True)
     finally:
-        if serving or drained or args.address is not None:
+        # A deploy still waiting for replicas is not deleted (Serve would wait for them first):
+        # shutdown ends it.
+        if serving or args.address is not None:
             # The app first, the proxy still up: its replicas answer the requests they hold.
             serve.delete(APP_NAME)
         if args.address is None:
@@ -257,19 +257,20 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
         ray.shutdown()
 
 
-def _drain(grace_s: float, cut_short: Callable[[], bool]) -> bool:
+def _drain(grace_s: float, cut_short: Callable[[], bool], serving: bool) -> bool:
     """The first stop signal's drain (draining.py), over every replica through the shared job
     board: new requests and jobs refused (503), the accepted jobs run to their end, their results
     downloadable until fetched or `grace_s` after the work ran out; a second signal cancels the
     jobs left. Then the workers claim no more. (Requests still open are answered as the app's
-    replicas stop.) False, and nothing done, when the board is not up (the app never deployed)."""
+    replicas stop.) False, and nothing done, when the board does not answer: briefly while the
+    app deploys (`serving` False: it never got that far), else as long as any board call may."""
 
     def call(method: str, timeout_s: float = BOARD_TIMEOUT_S) -> Any:
         return getattr(board, method).remote().result(timeout_s=timeout_s)
 
     try:
         board = serve.get_deployment_handle(BOARD_NAME, app_name=APP_NAME)
-        call("accepting", BOARD_PROBE_S)
+        call("accepting", BOARD_TIMEOUT_S if serving else BOARD_PROBE_S)
     except Exception:  # no app, or its board not started: nothing was accepted
         return False
     drain = Drain(lambda: call("left"), grace_s, lambda: call("stop_taking"))

@@ -127,3 +127,16 @@ def test_a_temp_name_says_what_it_was_for(tmp_path: Path, name):
         assert written_for(tmp.name) == name
     assert written_for(new_folder_beside(tmp_path / name).name) == name
     assert written_for(name) is None and written_for(".notes.txt") is None
+
+
+def test_leftovers_beside_a_folder_that_cannot_be_listed_are_none(tmp_path, monkeypatch):
+    from stable_audio_rt.atomic import left_beside
+
+    (tmp_path / ".eng.5d3c6738").mkdir()
+    assert left_beside(tmp_path / "eng") == [tmp_path / ".eng.5d3c6738"]
+
+    def unlistable(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(tmp_path), "iterdir", unlistable)
+    assert left_beside(tmp_path / "eng") == []

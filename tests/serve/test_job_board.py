@@ -116,8 +116,8 @@ def test_a_cancelled_running_job_settles_once_when_handed_in(pipe):
 def test_a_full_board_refuses_and_a_claim_waits_for_work(pipe):
     async def scenario():
         board, _ = _board(max_jobs=1)
-        assert await board.submit(_resolved(pipe), "wav", None) is not None
-        assert await board.submit(_resolved(pipe), "wav", None) is None
+        assert isinstance(await board.submit(_resolved(pipe), "wav", None), dict)
+        assert await board.submit(_resolved(pipe), "wav", None) == "full"
         await board.claim("w", 1, 0)
         began = time.monotonic()
         assert await board.claim("w", 1, 0.2) == []  # nothing queued: it waited, then gave up
@@ -202,3 +202,18 @@ def test_a_status_read_ships_no_audio_and_only_a_download_counts_as_fetched(pipe
     status, peek, fetched, downloaded = asyncio.run(scenario())
     assert status.clip is None and status.clips == 2 and status.view["status"] == "done"
     assert peek.clip == b"clip 1" and fetched.clip == b"clip 0" and downloaded == {0}
+
+
+def test_a_job_submitted_once_a_stop_began_is_refused_by_the_board_itself(pipe):
+    """Under Ray a replica's own check and the board's submit are two calls: a stop between them
+    must not queue a job that no worker will claim."""
+
+    async def scenario():
+        board, _ = _board()
+        board.refuse_new()
+        refused = await board.submit(_resolved(pipe), "wav", None)
+        progress = await board.report("w", {})
+        return refused, progress, board.jobs
+
+    refused, progress, jobs = asyncio.run(scenario())
+    assert refused == "stopping" and jobs == {} and progress.taking is False

@@ -145,7 +145,7 @@ def test_sa_serve_ray_stops_at_a_signal_while_it_deploys():
     log = "".join(lines)
     assert process.returncode == 0, log[-3000:]
     # Its job board may be up already (it takes no CPU): a drain then finds nothing accepted.
-    stops = ("stopping before the app finished deploying", "stopping: nothing left to run")
+    stops = ("stopping without a drain: the app had not finished deploying", "stopping: nothing left to run")
     assert any(stop in log for stop in stops), log[-3000:]
     assert "serving on http" not in log, log[-3000:]
 
@@ -189,7 +189,7 @@ def test_the_ray_drain_waits_for_the_boards_jobs_or_a_second_signal(pipe, monkey
             handle.loop.run_until_complete(board.read(job, 0, download=True))
         return cut_short
 
-    assert ray_serve._drain(5.0, second_signal)
+    assert ray_serve._drain(5.0, second_signal, serving=True)
     assert not board.taking and board.closed
     assert board.jobs[job].status == ("cancelled" if cut_short else "done")
     assert ("cancel_all" in handle.calls) == cut_short
@@ -201,7 +201,7 @@ def test_the_ray_drain_does_nothing_where_no_board_is_up(monkeypatch):
         raise RuntimeError("no such application")
 
     monkeypatch.setattr(ray_serve.serve, "get_deployment_handle", no_app)
-    assert ray_serve._drain(5.0, lambda: False) is False
+    assert ray_serve._drain(5.0, lambda: False, serving=False) is False
 
 
 def test_the_config_files_name_this_builder_and_sa_serves_options():

@@ -176,14 +176,17 @@ def test_an_edited_tokenizer_or_number_conditioner_is_refused(folder_copy, name)
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda data: data.pop("shared_files"), r"number_conditioners\.safetensors is not recorded"),
+        (lambda data: data.pop("shared_files"), r"records no number_conditioners\.safetensors or tokenizer/ "
+         r"\(written by an sa-export before 2026-11-30, or edited\)"),
+        (lambda data: data["shared_files"].pop("number_conditioners.safetensors"),
+         r"records no number_conditioners\.safetensors \("),
         (lambda data: data["shared_files"].pop("tokenizer/tokenizer.json"), r"json is not recorded"),
         (lambda data: data["shared_files"].update({"../x": {"sha256": "0" * 64, "bytes": 1}}),
          r'shared_files\["\.\./x"\] must be a path inside the folder'),
         (lambda data: data["components"]["vae_decoder"].update(batch=[1, 1, 0]),
          r"components\.vae_decoder\.batch is \[1, 1, 0\]: not 1 ≤ min ≤ opt ≤ max"),
     ],
-    ids=["records-dropped", "record-dropped", "outside", "profile"],
+    ids=["records-dropped", "numbers-record-dropped", "record-dropped", "outside", "profile"],
 )  # fmt: skip
 def test_a_manifest_edited_around_its_shared_files_or_profiles_is_refused(folder_copy, edit, message):
     path = folder_copy / "manifest.json"
