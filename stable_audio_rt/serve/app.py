@@ -161,7 +161,16 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
         drain = None
     # A job claimed alone waits for the jobs posted right after it as a request waits for others.
-    worker = JobWorker(board, run_job, owner, settings.max_batch, report_s, CLAIM_WAIT_S, batch_wait_s)
+    worker = JobWorker(
+        board,
+        run_job,
+        owner,
+        settings.max_batch,
+        report_s,
+        CLAIM_WAIT_S,
+        batch_wait_s,
+        report_idle=shared is not None,
+    )
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event

@@ -442,9 +442,13 @@ class JobWorker:
         report_s: float,
         claim_wait_s: float,
         fill_s: float = 0.0,
+        report_idle: bool = False,
     ) -> None:
+        """`report_idle`: report while running nothing too, to learn of a stop (a shared board's
+        servers: sa-serve in one process reads its own board)."""
         self.board, self.run, self.owner, self.max_rows = board, run, owner, max_rows
         self.report_s, self.claim_wait_s, self.fill_s = report_s, claim_wait_s, fill_s
+        self.report_idle = report_idle
         self.running: dict[str, _Running] = {}
         self.queued = 0  # jobs queued on the board at its last answer (0 while this one idles)
         self.taking = True  # the board's word at its last answer: False once a stop has begun
@@ -490,11 +494,14 @@ class JobWorker:
         return {"jobs_running": float(len(self.running)), "jobs_queued": float(self.queued)}
 
     async def _report(self) -> None:
-        """Every `report_s`, idle or not: the steps of the jobs it runs, and the board's word on
-        which to stop and whether a stop has begun (its server then refuses new work without
-        asking the board each time)."""
+        """Every `report_s` (while it runs jobs, or always with `report_idle`): the steps of the jobs
+        it runs, and the board's word on which to stop and whether a stop has begun (its server
+        then refuses new work without asking the board each time)."""
         while True:
             await asyncio.sleep(self.report_s)
+            if not self.running and not self.report_idle:
+                self.queued = 0
+                continue
             steps = {job_id: (r.claim.attempt, r.steps_done) for job_id, r in list(self.running.items())}
             try:
                 progress = await self.board.report(self.owner, steps)
