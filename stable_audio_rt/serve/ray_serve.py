@@ -246,6 +246,8 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> None:
         if not drained:
             why = "its job board does not answer" if serving else "the app had not finished deploying"
             print(f"sa-serve: stopping without a drain: {why}", flush=True)
+        # Deployed meanwhile (Serve's word can come after its replicas took work): deleted as such.
+        serving = serving or (deployed.done() and deployed.exception() is None)
     finally:
         # A deploy still waiting for replicas is not deleted (Serve would wait for them first):
         # shutdown ends it.
