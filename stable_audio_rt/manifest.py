@@ -247,10 +247,8 @@ class Manifest:
             )
         for name, expected in self.shared_files.items():
             check_file(folder / name, expected, fix)
-        tokenizer = folder / TOKENIZER_DIR
-        found = [folder / NUMBERS_FILE, *(tokenizer.rglob("*") if tokenizer.is_dir() else ())]
-        for path in found:
-            if path.is_file() and path.relative_to(folder).as_posix() not in self.shared_files:
+        for path in _shared_file_paths(folder):
+            if path.relative_to(folder).as_posix() not in self.shared_files:
                 raise EngineFolderError(
                     f"{path} is not recorded in {MANIFEST} (written by an sa-export before 2026-11-30, "
                     f"or edited): {fix}"
@@ -259,9 +257,13 @@ class Manifest:
 
 def shared_file_records(folder: Path) -> dict[str, FileRecord]:
     """The records of the files every request reads besides the graphs, as sa-export wrote them."""
-    tokenizer = folder / TOKENIZER_DIR
-    paths = [folder / NUMBERS_FILE, *sorted(p for p in tokenizer.rglob("*") if p.is_file())]
-    return {path.relative_to(folder).as_posix(): file_record(path) for path in paths}
+    return {path.relative_to(folder).as_posix(): file_record(path) for path in _shared_file_paths(folder)}
+
+
+def _shared_file_paths(folder: Path) -> list[Path]:
+    """The number conditioners and the tokenizer's files in `folder`, those that are there."""
+    candidates = [folder / NUMBERS_FILE, *sorted((folder / TOKENIZER_DIR).rglob("*"))]
+    return [path for path in candidates if path.is_file()]
 
 
 def check_file(path: Path, record: FileRecord, fix: str) -> None:

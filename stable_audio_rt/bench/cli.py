@@ -14,7 +14,6 @@ the same inputs.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import itertools
 import platform
 import sys
@@ -311,11 +310,13 @@ def main(argv: list[str] | None = None) -> int:
         found = announce_benchmark(config, workloads, runs, device, _faster(workloads, runs))
         if found is not None:
             print(f"sa-bench: {found.line()}", file=sys.stderr)
+        import onnxruntime  # its version in the report (loaded for the onnxruntime rows anyway)
+
         report = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": _device_name(device),
             "torch": torch.__version__,
-            "onnxruntime": _installed_version("onnxruntime"),
+            "onnxruntime": onnxruntime.__version__,  # onnxruntime-gpu's too, as imported
             "python": platform.python_version(),
             "malloc": memory,
             "command": command,
@@ -348,13 +349,6 @@ def _check_precision_report(args: argparse.Namespace, device: torch.device) -> N
             f"--precision-report compares non-fp32 torch rows with fp32, and this run has none "
             f"(--backend {args.backend}; --precision {asked} on {device.type}): add --precision bf16 or fp16"
         )
-
-
-def _installed_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _device_name(device: torch.device) -> str:

@@ -301,9 +301,6 @@ class JobBoard:
     async def stop_taking(self) -> None:
         self.refuse_new()
 
-    async def accepting(self) -> bool:
-        return self.taking
-
     def undownloaded(self) -> int:
         """Jobs done with a clip not yet downloaded."""
         return sum(j.status == "done" and len(j.fetched) < len(j.content or ()) for j in self.jobs.values())

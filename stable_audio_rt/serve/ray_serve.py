@@ -272,7 +272,7 @@ def _drain(grace_s: float, cut_short: Callable[[], bool], serving: bool) -> bool
 
     try:
         board = serve.get_deployment_handle(BOARD_NAME, app_name=APP_NAME)
-        call("accepting", BOARD_TIMEOUT_S if serving else BOARD_PROBE_S)
+        call("left", BOARD_TIMEOUT_S if serving else BOARD_PROBE_S)  # whether it answers
     except Exception:  # no app, or its board not started: nothing was accepted
         return False
     drain = Drain(lambda: call("left"), grace_s, lambda: call("stop_taking"))

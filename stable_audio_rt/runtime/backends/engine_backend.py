@@ -366,4 +366,4 @@ def _load_tokenizer(folder: Path):
     try:  # never the Hub: a path that is not there would be taken for a repo id
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise EngineFolderError(f"the tokenizer in {folder / TOKENIZER_DIR} cannot be loaded ({e})") from e
+        raise EngineFolderError(f"the tokenizer in {path} cannot be loaded ({e})") from e
