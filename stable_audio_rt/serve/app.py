@@ -36,7 +36,7 @@ from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.batching import RETRY_AFTER_S, Generator
 from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
 from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S, Drain
-from stable_audio_rt.serve.jobs import Board, JobBoard, JobWorker, Reading, Stopped
+from stable_audio_rt.serve.jobs import Board, Claim, JobBoard, JobWorker, Reading, Stopped
 from stable_audio_rt.serve.metrics import ServeMetrics
 from stable_audio_rt.serve.schema import (
     AUDIO_CONTENT,
@@ -121,14 +121,14 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     model_threads = settings.max_queue + settings.max_batch
 
     async def encoded(
-        resolved: ResolvedRequest, response_format: str, on_step: StepCallback
+        resolved: ResolvedRequest, response_format: str, on_step: StepCallback, claim: Claim | None = None
     ) -> tuple[list[bytes], GenerationResult]:
         """Run on the pipeline (in a worker thread) and encode; metrics for each outcome."""
         began = time.perf_counter()
         try:
             file_format = RESPONSE_FORMATS[response_format][0]
             contents, result = await anyio.to_thread.run_sync(
-                generator.run, resolved, file_format, on_step, limiter=app.state.model_threads
+                generator.run, resolved, file_format, on_step, claim, limiter=app.state.model_threads
             )
         except StableAudioError:  # the request's own fault (an engine's profile): 422
             raise
@@ -143,8 +143,8 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))
         return contents, result
 
-    async def run_job(resolved: ResolvedRequest, response_format: str, on_step: StepCallback) -> list[bytes]:
-        return (await encoded(resolved, response_format, on_step))[0]
+    async def run_job(claim: Claim, on_step: StepCallback) -> list[bytes]:
+        return (await encoded(claim.resolved, claim.response_format, on_step, claim))[0]
 
     if shared is None:  # its jobs hold places in this server's bounded queue until they settle
         board: Board = JobBoard(

@@ -14,7 +14,7 @@ from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, StepCallback
 from stable_audio_rt.runtime.planning import BatchKey
 from stable_audio_rt.runtime.requests import ResolvedRequest
-from stable_audio_rt.serve.jobs import Stopped, joins
+from stable_audio_rt.serve.jobs import Claim, Stopped, joins
 from stable_audio_rt.serve.metrics import ServeMetrics
 
 # What a client waits before retrying a full queue (seconds, the Retry-After header).
@@ -31,6 +31,7 @@ class _Ticket:
     resolved: ResolvedRequest
     on_step: StepCallback
     key: BatchKey | None  # None: it runs alone
+    claim: Claim | None = None  # a job's: its claim has waited for batch-mates already
     taken: bool = False  # in a batch (changed under Generator.arrived)
     result: GenerationResult | None = None
     error: Exception | None = None  # its own failure, or its Stopped
@@ -92,13 +93,14 @@ class Generator:
         return self.pipe.batch_key(resolved) if self.max_batch > 1 else None
 
     def run(
-        self, resolved: ResolvedRequest, file_format: str, on_step: StepCallback
+        self, resolved: ResolvedRequest, file_format: str, on_step: StepCallback, claim: Claim | None = None
     ) -> tuple[list[bytes], GenerationResult]:
         """Wait for the model, generate (maybe in a batch with others), then encode each clip
         (still off the event loop: a long clip's FLAC takes a while). `on_step(done, total)` is
         called while the request waits (with 0 done) and after each step; it raises `Stopped`
-        to stop the request there."""
-        ticket = _Ticket(resolved, on_step, self.batch_key(resolved))
+        to stop the request there. A job's `claim` (the jobs claimed with it) ends its batch's
+        wait once those have arrived: the claim waited for batch-mates already."""
+        ticket = _Ticket(resolved, on_step, self.batch_key(resolved), claim)
         with self.arrived:
             self.pending.append(ticket)
             self.arrived.notify_all()
@@ -178,7 +180,8 @@ class Generator:
                     ticket.taken = True
                     batch.append(ticket)
                 left = deadline - time.monotonic()
-                if batch[0].key is None or sum(t.rows for t in batch) >= self.max_batch or left <= 0:
+                full = sum(t.rows for t in batch) >= self.max_batch
+                if batch[0].key is None or full or _claims_complete(batch) or left <= 0:
                     return batch
                 self.arrived.wait(left)
 
@@ -189,3 +192,13 @@ class Generator:
             ticket.finish(error=e)
         else:
             ticket.finish(result)
+
+
+def _claims_complete(batch: list[_Ticket]) -> bool:
+    """Whether the batch is jobs only, with every job claimed with them: nothing else to wait for
+    (their claim already waited the batch wait for more to be queued)."""
+    if any(t.claim is None for t in batch):
+        return False
+    here = {t.claim.id for t in batch}
+    return all(set(t.claim.claimed_with) <= here for t in batch)
+

@@ -108,6 +108,8 @@ class Claim:
     attempt: int
     resolved: ResolvedRequest
     response_format: str
+    # The ids of the jobs claimed with it, its own included: its batch needs wait for no others.
+    claimed_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,8 @@ class JobBoard:
         for job in group:
             job.status, job.owner, job.seen, job.steps_done = "running", owner, now, 0
             job.attempt += 1
-        return [Claim(j.id, j.attempt, j.resolved, j.response_format) for j in group]
+        ids = tuple(job.id for job in group)
+        return [Claim(j.id, j.attempt, j.resolved, j.response_format, ids) for j in group]
 
     def _next_group(self, max_rows: int) -> tuple[list[Job], bool]:
         """The oldest queued job and those right behind it that join it, and whether a job queued
@@ -406,8 +409,8 @@ class Board(Protocol):
     ) -> None: ...
 
 
-# A job's run: its request, file format and step callback in, one file's bytes per clip out.
-Runner = Callable[[ResolvedRequest, str, StepCallback], Awaitable[list[bytes]]]
+# A job's run: the claimed job and its step callback in, one file's bytes per clip out.
+Runner = Callable[[Claim, StepCallback], Awaitable[list[bytes]]]
 
 
 @dataclass
@@ -475,7 +478,7 @@ class JobWorker:
         running = self.running[claim.id] = _Running(claim)
         content, error = None, None
         try:
-            content = await self.run(claim.resolved, claim.response_format, running.on_step)
+            content = await self.run(claim, running.on_step)
         except Exception as e:  # the job reports it; the worker goes on
             error = f"{type(e).__name__}: {e}"
         finally:

@@ -143,6 +143,18 @@ def test_jobs_posted_one_after_another_to_an_idle_server_start_as_one_batch(pipe
     assert batches == (1, 3)
 
 
+def test_a_job_whose_claim_ended_its_wait_starts_without_waiting_again_in_the_batcher(pipe):
+    """The claim of the first job ends once a job that cannot join it is queued (the second fills
+    a batch alone); the first then runs at once, not after a second batch wait in the batcher
+    (here longer than the test waits: the old double wait failed it)."""
+    with serving(pipe, max_batch=2, batch_wait_ms=2 * POLL_TIMEOUT_S * 1000) as server:
+        lone = _submit(server, {"input": "a", "seed": 1, **QUICK})
+        full = _submit(server, {"input": "b", "seed": 1, "n": 2, **QUICK})
+        assert [_wait(server, job, "done", "failed")["status"] for job in (lone, full)] == ["done", "done"]
+        batches = _metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")
+    assert batches == (2, 2)
+
+
 def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(pair_server):
     server, long = pair_server, {"audio_length": 0.5, "num_inference_steps": 100}
     generator = server.app.state.generator

@@ -220,11 +220,11 @@ def test_a_failing_job_reports_its_error_and_the_next_one_runs(server, monkeypat
     generator = server.app.state.generator
     calls = []
 
-    def fail_once(resolved, file_format, on_step):
+    def fail_once(resolved, file_format, on_step, claim=None):
         calls.append(resolved)
         if len(calls) == 1:
             raise RuntimeError("the device fell over")
-        return type(generator).run(generator, resolved, file_format, on_step)
+        return type(generator).run(generator, resolved, file_format, on_step, claim)
 
     monkeypatch.setattr(generator, "run", fail_once)
     failed, fine = _submit(server, {"input": "x", **QUICK}), _submit(server, {"input": "y", **QUICK})
