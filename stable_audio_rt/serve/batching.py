@@ -201,4 +201,3 @@ def _claims_complete(batch: list[_Ticket]) -> bool:
         return False
     here = {t.claim.id for t in batch}
     return all(set(t.claim.claimed_with) <= here for t in batch)
-
