@@ -112,15 +112,17 @@ def tokenize(
     if longer.any():
         rows = longer.nonzero().flatten().tolist()
         for row in rows:
-            warnings.warn(
-                f"the prompt {prompts[row][:40]!r}… is over {max_length} T5 tokens; the model reads the "
-                f"first {max_length} and ignores the rest",
-                UserWarning,
-                stacklevel=2,
-            )
+            warnings.warn(long_prompt_warning(prompts[row], max_length), UserWarning, stacklevel=2)
         # Truncated by the tokenizer itself, which keeps the EOS its template appends.
         ids[rows], mask[rows] = encode([prompts[r] for r in rows], max_length)
     return ids, mask
+
+
+def long_prompt_warning(prompt: str, max_length: int) -> str:
+    return (
+        f"the prompt {prompt[:40]!r}… is over {max_length} T5 tokens; the model reads the first "
+        f"{max_length} and ignores the rest"
+    )
 
 
 def assemble_conditioning(
@@ -156,6 +158,17 @@ class Conditioner(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return tokenize(self.tokenizer, prompts, self.config.t5_max_length)
+
+    def prompt_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """One warning per prompt the model will not read whole (over T5's length), before any
+        work: what `tokenize` warns of when the request runs."""
+        length = self.config.t5_max_length
+        ids = self.tokenizer(list(prompts), truncation=True, max_length=length + 1)["input_ids"]
+        return [
+            long_prompt_warning(p, length)
+            for p, tokens in zip(prompts, ids, strict=True)
+            if len(tokens) > length
+        ]
 
     def number_tokens(self, values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {i: self.numbers[i](values[i]) for i in self.numbers if i in values}

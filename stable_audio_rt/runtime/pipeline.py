@@ -250,6 +250,13 @@ class StableAudio:
                 "(a guidance scale far above the usual 1–15?), or the weights hold such values"
             )
 
+    def prompt_warnings(self, resolved: ResolvedRequest) -> list[str]:
+        """What of the request's prompts (and negative prompt) the model will not read: those over
+        T5's length, which run truncated (a server tells its client before the request runs)."""
+        settings = resolved.request
+        prompts = [*settings.prompts, *([settings.negative_prompt] if settings.negative_prompt else [])]
+        return self.components.conditioner.prompt_warnings(list(dict.fromkeys(prompts)))
+
     def batch_key(self, resolved: ResolvedRequest) -> BatchKey | None:
         """Requests with equal keys can run as one batch (`run_batch`); None: only alone."""
         return planning.batch_key(resolved, lambda: self._auto_decode_chunk)

@@ -11,6 +11,7 @@ next step boundary once it runs, unless batch-mates still run)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import threading
@@ -172,6 +173,14 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         report_idle=shared is not None,
     )
 
+    def parse_told(body: bytes, content_type: str) -> tuple[GenerateBody, ResolvedRequest]:
+        """The body parsed, its request resolved, and the prompts the model will not read whole
+        added to what its client is told (`warnings`)."""
+        fields, resolved = parse_generation(body, content_type, pipe.config)
+        return fields, dataclasses.replace(
+            resolved, warnings=(*resolved.warnings, *pipe.prompt_warnings(resolved))
+        )
+
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
         loop (422 naming the problem), all before it takes a place in the queue."""
@@ -183,7 +192,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             raise HTTPException(413, str(e)) from e
         content_type = request.headers.get("content-type", "")
         try:
-            body, resolved = await anyio.to_thread.run_sync(parse_generation, body, content_type, pipe.config)
+            body, resolved = await anyio.to_thread.run_sync(parse_told, body, content_type)
         except HTTPException:  # 415
             metrics.requests.labels("invalid").inc()
             raise

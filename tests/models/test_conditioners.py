@@ -131,3 +131,5 @@ def test_tokens_are_the_tokenizers_own_at_the_model_length_for_every_prompt_leng
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
     # Only the prompts that lose words warn: those over the length, not the one that fills it.
     assert len(warned) == sum(tokens(p) > length for p in prompts) == len(prompts) - counts.index(length) - 1
+    # What a server tells its client before the run: the same warnings, word for word.
+    assert conditioner.prompt_warnings(prompts) == [str(w.message) for w in warned]

@@ -81,12 +81,35 @@ def test_a_requests_warnings_reach_its_client(server):
     for job_body, warnings_said in ((body, expected), ({"input": "x"}, [])):
         job = httpx.post(f"{server.url}/v1/audio/jobs", json={**job_body, **QUICK}, timeout=120).json()
         assert job["warnings"] == warnings_said
-        deadline = time.monotonic() + 60
-        while job["status"] not in ("done", "failed"):  # its place in the queue of one given back
-            assert time.monotonic() < deadline, job
-            time.sleep(0.02)
-            job = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json()
-        assert job["warnings"] == warnings_said
+        assert _finished(server, job)["warnings"] == warnings_said
+
+
+def _finished(server, job: dict) -> dict:
+    """The job's status once it has run: its place in the server's queue of one given back."""
+    deadline = time.monotonic() + 60
+    while job["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+        job = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json()
+    return job
+
+
+def test_a_prompt_the_model_will_not_read_whole_is_told_to_its_client(server, pipe):
+    """Over T5's length a prompt runs truncated: its client hears so before the run (X-Warnings,
+    a job's status), not only the server's log: once, however many clips or the same negative prompt."""
+    length = pipe.config.conditioning.t5_max_length
+    long = " ".join(["rain"] * length)
+    told = (
+        f"the prompt {long[:40]!r}… is over {length} T5 tokens; the model reads the first {length} and "
+        "ignores the rest"
+    )
+    body = {"input": long, "negative_prompt": long, **QUICK}
+    answer = httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=120)
+    assert answer.status_code == 200 and json.loads(answer.headers["x-warnings"]) == [told]
+    fits = httpx.post(f"{server.url}/v1/audio/generate", json={"input": "rain", **QUICK}, timeout=120)
+    assert fits.status_code == 200 and "x-warnings" not in fits.headers
+    job = httpx.post(f"{server.url}/v1/audio/jobs", json={**body, "n": 2}, timeout=120).json()
+    assert job["warnings"] == [told] and _finished(server, job)["status"] == "done"
 
 
 def test_every_format_holds_the_same_samples(server):
