@@ -34,6 +34,9 @@ Refusal = Literal["full", "stopping"]
 LOG = logging.getLogger("stable_audio_rt.serve")
 # How many workers may take a job whose worker went silent, before it fails.
 MAX_ATTEMPTS = 3
+# Finished, failed and cancelled jobs kept for their clients at most (a status of ~1 KB each,
+# besides the results' own cap): submitting and cancelling jobs in a loop cannot grow the board.
+MAX_SETTLED_JOBS = 10_000
 
 
 class Stopped(Exception):
@@ -63,7 +66,7 @@ def joins(group: Sequence[Batchable], candidate: Batchable, max_rows: int) -> bo
 @dataclass
 class Job:
     id: str
-    resolved: ResolvedRequest
+    resolved: ResolvedRequest | None  # None once settled: its prompts and audio are not kept
     response_format: str
     key: Hashable | None  # what it must share with jobs to start with them (None: alone)
     deadline: float | None = None  # time.monotonic() past which it fails (--job-timeout-s)
@@ -77,18 +80,24 @@ class Job:
     owner: str | None = None  # the worker holding it (claimed, its result not yet handed in)
     seen: float = 0.0  # time.monotonic() of its owner's last report
     fetched: set[int] = field(default_factory=set)  # the indices of its clips downloaded
+    asked: dict = field(init=False)  # what its status tells of its request, kept once it is dropped
+
+    def __post_init__(self) -> None:
+        self.asked = {
+            "seed": self.resolved.seed,
+            "steps_total": self.resolved.request.steps,
+            "n": self.resolved.request.num_outputs,
+            "warnings": list(self.resolved.warnings),  # what it asks that runs, but likely not as meant
+        }
 
     def view(self) -> dict:
         return {
             "id": self.id,
             "status": self.status,
-            "seed": self.resolved.seed,
             "steps_done": self.steps_done,
-            "steps_total": self.resolved.request.steps,
-            "n": self.resolved.request.num_outputs,
             "response_format": self.response_format,
             "attempts": self.attempt,  # workers that took it: more than 1, a replica running it died
-            "warnings": list(self.resolved.warnings),  # what it asks that runs, but likely not as meant
+            **self.asked,
             **({"error": self.error} if self.error is not None else {}),
         }
 
@@ -337,6 +346,7 @@ class JobBoard:
             await self._settle(job)
 
     async def _settle(self, job: Job) -> None:
+        job.resolved = None  # it will not run: a client's prompts and uploads are not kept for the TTL
         self.unsettled -= 1
         LOG.info("job %s %s%s", job.id, job.status, f": {job.error}" if job.error else "")
         if self.on_settled is not None:
@@ -371,13 +381,15 @@ class JobBoard:
             await self._end(job, "failed", error)
 
     def _expire(self, now: float) -> None:
-        """Forget jobs finished longer than the TTL ago, then the oldest results over the cap."""
-        for job in [
-            j
-            for j in self.jobs.values()
-            if j.finished is not None and j.owner is None and now - j.finished > self.ttl_s
-        ]:
+        """Forget jobs finished longer than the TTL ago, the oldest settled ones past
+        MAX_SETTLED_JOBS, then the oldest results over the cap."""
+        settled = [j for j in self.jobs.values() if j.finished is not None and j.owner is None]
+        for job in [j for j in settled if now - j.finished > self.ttl_s]:
             del self.jobs[job.id]
+        settled = [j for j in settled if j.id in self.jobs]
+        if len(settled) > MAX_SETTLED_JOBS:
+            for job in sorted(settled, key=lambda j: j.finished)[: len(settled) - MAX_SETTLED_JOBS]:
+                del self.jobs[job.id]
         kept = sorted((j for j in self.jobs.values() if j.content is not None), key=lambda j: j.finished)
         total = sum(_size(j) for j in kept)
         for job in kept:

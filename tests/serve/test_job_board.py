@@ -9,6 +9,7 @@ import time
 import pytest
 
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.serve import jobs
 from stable_audio_rt.serve.jobs import MAX_ATTEMPTS, JobBoard
 
 # A lease (seconds) the tests outlive by moving the board's clock, not by sleeping: with a real
@@ -111,6 +112,50 @@ def test_a_cancelled_running_job_settles_once_when_handed_in(pipe):
 
     view, settled = asyncio.run(scenario())
     assert view["status"] == "cancelled" and "error" not in view and settled == [1]
+
+
+def test_a_settled_job_keeps_its_status_but_not_its_request(pipe):
+    """Done, failed or cancelled (queued or running), a job's prompts and uploads are let go at
+    once, not kept for the TTL; its status still tells what it asked."""
+
+    async def scenario():
+        board, _ = _board()
+        ids = [(await board.submit(_resolved(pipe, steps=3, outputs=2), "wav", None))["id"] for _ in range(4)]
+        asked = (await board.read(ids[0])).view
+        claims = [(await board.claim("w", 2, 0))[0] for _ in range(3)]
+        await board.finish(ids[0], claims[0].attempt, 3, [b"a", b"b"], None)
+        await board.finish(ids[1], claims[1].attempt, 1, None, "RuntimeError: fell over")
+        await board.cancel(ids[2])  # running: settled when its worker hands it in
+        held = board.jobs[ids[2]].resolved is not None
+        await board.finish(ids[2], claims[2].attempt, 1, None, "Stopped")
+        await board.cancel(ids[3])  # queued
+        return asked, [(await board.read(i)).view for i in ids], [board.jobs[i].resolved for i in ids], held
+
+    asked, views, requests, held = asyncio.run(scenario())
+    assert [v["status"] for v in views] == ["done", "failed", "cancelled", "cancelled"]
+    assert held and requests == [None] * 4
+    what = ("steps_total", "n", "warnings")  # each drew its own seed
+    assert all({k: v[k] for k in what} == {k: asked[k] for k in what} for v in views)
+    assert asked["steps_total"] == 3 and asked["n"] == 2 and views[0]["seed"] == asked["seed"]
+
+
+def test_the_board_keeps_the_newest_settled_jobs_up_to_its_bound(pipe, monkeypatch):
+    """Submitting and cancelling jobs in a loop cannot grow the board: past MAX_SETTLED_JOBS the
+    oldest settled ones are forgotten, never a queued one."""
+    monkeypatch.setattr(jobs, "MAX_SETTLED_JOBS", 3)
+
+    async def scenario():
+        board, _ = _board()
+        queued = (await board.submit(_resolved(pipe), "wav", None))["id"]
+        cancelled = []
+        for _ in range(10):
+            cancelled.append((await board.submit(_resolved(pipe), "wav", None))["id"])
+            await board.cancel(cancelled[-1])
+        return queued, cancelled, [await board.read(i) for i in [queued, *cancelled]]
+
+    queued, cancelled, readings = asyncio.run(scenario())
+    kept = [r is not None for r in readings]
+    assert kept == [True] + [False] * 7 + [True] * 3, "the queued job and the 3 newest settled ones"
 
 
 def test_a_full_board_refuses_and_a_claim_waits_for_work(pipe):
