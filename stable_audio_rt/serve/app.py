@@ -173,10 +173,26 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         report_idle=shared is not None,
     )
 
+    def within_limits(fields: GenerateBody) -> None:
+        """The server's own limits, said as its before the library's bounds and any decoding."""
+        if fields.num_inference_steps is not None and fields.num_inference_steps > settings.max_steps:
+            raise RequestError(steps_over_limit(fields.num_inference_steps, ""))
+        if fields.model is not None and fields.model != settings.model_name:
+            raise RequestError(
+                f"model {shortened(fields.model)!r} is not served here: this server runs "
+                f"{settings.model_name!r} (GET /v1/models); give that, or leave model out"
+            )
+
+    def steps_over_limit(steps: int, asked: str) -> str:
+        return (
+            f"num_inference_steps: {asked}{steps} is over this server's limit of {settings.max_steps} "
+            "(sa-serve --max-steps): ask for fewer"
+        )
+
     def parse_told(body: bytes, content_type: str) -> tuple[GenerateBody, ResolvedRequest]:
         """The body parsed, its request resolved, and the prompts the model will not read whole
         added to what its client is told (`warnings`)."""
-        fields, resolved = parse_generation(body, content_type, pipe.config)
+        fields, resolved = parse_generation(body, content_type, pipe.config, within_limits)
         return fields, dataclasses.replace(
             resolved, warnings=(*resolved.warnings, *pipe.prompt_warnings(resolved))
         )
@@ -196,19 +212,9 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         except HTTPException:  # 415
             metrics.requests.labels("invalid").inc()
             raise
-        steps = resolved.request.steps
-        if steps > settings.max_steps:
-            asked = "the model's default of " if body.num_inference_steps is None else ""
-            raise RequestError(
-                f"num_inference_steps: {asked}{steps} is over this server's limit of {settings.max_steps} "
-                "(sa-serve --max-steps): ask for fewer"
-            )
+        if resolved.request.steps > settings.max_steps:  # the model's default (asked ones: within_limits)
+            raise RequestError(steps_over_limit(resolved.request.steps, "the model's default of "))
         pipe.check(resolved)  # what the engines' profiles cannot run: 422 now, not a failed job later
-        if body.model is not None and body.model != settings.model_name:
-            raise RequestError(
-                f"model {shortened(body.model)!r} is not served here: this server runs "
-                f"{settings.model_name!r} (GET /v1/models); give that, or leave model out"
-            )
         refuse_if_stopping()
         return body, resolved
 

@@ -7,7 +7,9 @@ nothing on the server's disks is read or written, and no path a client names is 
 from __future__ import annotations
 
 import io
+import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 from fastapi import HTTPException
@@ -141,16 +143,40 @@ def decode_audio(field: str, content: bytes, config: StableAudioConfig) -> tuple
 
 
 def parse_generation(
-    body: bytes, content_type: str, config: StableAudioConfig
+    body: bytes,
+    content_type: str,
+    config: StableAudioConfig,
+    check_fields: Callable[[GenerateBody], None] = lambda fields: None,
 ) -> tuple[GenerateBody, ResolvedRequest]:
-    """A body checked field by field, its uploads decoded, and the request resolved as sa-run's
-    is: every refusal a 422 naming the problem, before the request waits for the model. Run off
-    the event loop: decoding and resampling an upload take a while."""
+    """A body checked field by field (then by `check_fields`: the server's own limits, named as
+    its), its uploads decoded, and the request resolved as sa-run's is: every refusal a 422
+    naming the problem, before the request waits for the model. Run off the event loop: decoding
+    and resampling an upload take a while."""
     json_body, files = split_body(body, content_type)
+    _refuse_repeated_keys(json_body)
     try:
         fields = GenerateBody.model_validate_json(json_body)
     except ValidationError as e:  # worded as FastAPI words a bad JSON body
         errors = e.errors(include_url=False)
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in errors]) from e
+    check_fields(fields)
     uploads = {name: decode_audio(name, content, config) for name, content in files.items()}
     return fields, resolve_request_as(fields.request(uploads, config), config, BODY_NAMES)
+
+
+def _refuse_repeated_keys(json_body: bytes) -> None:
+    """A field given twice in one JSON object is refused: the parser would keep the last one
+    silently. (Malformed JSON is left to the validation that follows, which says where.)"""
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        names = [name for name, _ in items]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            named = ", ".join(map(repr, twice))
+            raise RequestError(f"the JSON body gives {named} more than once: give each once")
+        return dict(items)
+
+    try:
+        json.loads(json_body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):  # not JSON (or too deep): the validation says so
+        return

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from stable_audio_rt.errors import RequestError
 from stable_audio_rt.models.config import StableAudioConfig
@@ -31,6 +32,10 @@ MAX_CLIPS = 8
 # The largest CFG scale a client may ask for: the range of stable-audio-tools' own web UI (its
 # gradio slider, 0–25); far beyond it the guidance only amplifies noise, and overflows.
 MAX_GUIDANCE_SCALE = 25.0
+# The longest prompt (or negative prompt) taken, in characters: T5 reads 128 tokens (reference-spec
+# §1), a few hundred characters of text; a longer one runs truncated (and is warned of), but one of
+# megabytes held the model for seconds while the tokenizer read it all.
+MAX_PROMPT_CHARS = 4000
 # The upload fields: audio-to-audio's and inpainting's reference audio.
 AUDIO_FIELDS = ("init_audio", "inpaint_audio")
 SERVE_RANGES = RangeNames("an inpaint_audio upload", "keep_ranges", "inpaint_ranges")
@@ -52,8 +57,8 @@ class GenerateBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str | None = Field(None, description="the served model's id (GET /v1/models); may be left out")
-    input: str = Field(min_length=1, description="the text prompt")
-    negative_prompt: str | None = None
+    input: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="the text prompt")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     audio_length: float | None = Field(
         None, strict=True, gt=0, description="seconds (default: the model's window)"
     )
@@ -107,11 +112,20 @@ class GenerateBody(BaseModel):
         """A path (or anything) given as audio in the JSON is refused with where audio goes."""
         given = [name for name in AUDIO_FIELDS if isinstance(data, dict) and name in data]
         if given:
-            raise ValueError(
+            raise PydanticCustomError(
+                "audio_in_json",
                 f"{given[0]} is not a JSON field: upload the audio as the file field {given[0]} of a "
-                "multipart/form-data body (the server reads no paths)"
+                "multipart/form-data body (the server reads no paths)",
             )
         return data
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_is_no_bool(cls, value: Any) -> Any:
+        """The seed alone is lax (text is taken: the page sends it so), but true is not a seed."""
+        if isinstance(value, bool):
+            raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+        return value
 
     def request(
         self, uploads: dict[str, tuple[np.ndarray, int]], config: StableAudioConfig

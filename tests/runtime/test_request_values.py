@@ -54,6 +54,12 @@ BAD_VALUES = [
     (dict(frames=65), r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
     (dict(sample_size=65 * 2048), r"a window of 65 latent frames is longer than the model's"),
     (dict(vae_chunk=64, vae_overlap=1), r"vae_overlap=1 is below the decoder's receptive field"),
+    # Past this the start is noise alone; near 3e38 the sampler overflowed after the whole run.
+    (dict(sigma_max=1e4 * 1.01), r"sigma_max must be at most 10000 .*, got 10100"),
+    (
+        dict(init_audio=(np.zeros((2, RATE), np.float32), RATE), init_noise_level=3e38),
+        r"init_noise_level must be at most 10000 .*, got 3e\+38",
+    ),
 ]
 
 

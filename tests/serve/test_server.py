@@ -18,6 +18,7 @@ from serving import QUICK, TEST_MAX_STEPS, serving
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.serve import app as app_module
 from stable_audio_rt.serve import cli
+from stable_audio_rt.serve.schema import MAX_PROMPT_CHARS
 
 API_KEY = "test-key-not-a-secret"
 # Steps the tiny model takes tens of seconds over: a request certainly still running when stopped.
@@ -159,8 +160,16 @@ BAD_BODIES = [
         {"input": "x", "apg_scale": 0.5},
         "apg_scale applies to guidance='apg'; with guidance='cfg' it would do",
     ),
-    ({"input": "x", "num_inference_steps": 10_001}, "num_inference_steps must be in [1, 10000], got 10001"),
-    # A bool or text is no number (true ran as 1 step); the seed alone is taken as text.
+    # Past the library's own bound too, the server's limit is the one named (its flag can lower it).
+    (
+        {"input": "x", "num_inference_steps": 10_001},
+        f"num_inference_steps: 10001 is over this server's limit of {TEST_MAX_STEPS} (sa-serve --max-steps)",
+    ),
+    # A bool or text is no number (true ran as 1 step); the seed alone is taken as text, not a bool.
+    ({"input": "x", "seed": True}, '"seed"],"msg":"Input should be a valid integer, not a boolean"'),
+    # T5 reads a few hundred characters; megabytes held the model while the tokenizer read them.
+    ({"input": "x" * (MAX_PROMPT_CHARS + 1)}, f"String should have at most {MAX_PROMPT_CHARS} characters"),
+    ({"input": "x", "negative_prompt": "x" * (MAX_PROMPT_CHARS + 1)}, '"loc":["body","negative_prompt"]'),
     (
         {"input": "x", "num_inference_steps": True},
         '"num_inference_steps"],"msg":"Input should be a valid integer"',
@@ -189,6 +198,13 @@ def test_bad_requests_are_refused_by_name_before_they_wait(server, body, named):
     finally:
         del server.app.state.generator.run  # the class's method again
     assert response.status_code == 422 and named in response.text, response.text
+
+
+def test_a_field_given_twice_is_refused_not_taken_from_its_last_value(server):
+    content = b'{"input": "x", "seed": 1, "seed": 2, "input": "y"}'
+    response = httpx.post(f"{server.url}/v1/audio/generate", content=content, timeout=30)
+    assert response.status_code == 422, response.text
+    assert "the JSON body gives 'input', 'seed' more than once: give each once" in response.text
 
 
 def test_a_body_that_is_not_json_is_refused(server):

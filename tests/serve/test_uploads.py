@@ -250,7 +250,9 @@ def test_a_path_given_as_audio_in_json_is_refused(server):
     body = {"input": "x", "init_audio": "/etc/passwd"}
     response = _refused(server, lambda: httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30))
     assert response.status_code == 422, response.text
-    assert "init_audio is not a JSON field: upload the audio as the file field init_audio" in response.text
+    (error,) = response.json()["detail"]
+    assert error["msg"].startswith("init_audio is not a JSON field: upload the audio as the file field init_audio")
+    assert "ctx" not in error  # was {"error": {}}: the exception object, unserialisable
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["declared length", "chunked"])

@@ -25,6 +25,10 @@ DEFAULT_SIGMA_MIN = 0.3
 DEFAULT_SIGMA_MAX = 500.0
 # Audio-to-audio: init_noise_level is σmax (stable-audio-tools' default).
 DEFAULT_INIT_NOISE_LEVEL = 1.0
+# The highest σmax (or init_noise_level) taken: twenty times the schedule's own top (reference-spec
+# §3, 500), a hundred times the top of stable-audio-tools' init-noise slider (100). Past it the
+# start is noise alone however high; far past it (3e38) the sampler's maths overflow after the run.
+MAX_SIGMA = 1e4
 
 
 class DpmPP3MSDE(Sampler):
@@ -37,6 +41,11 @@ class DpmPP3MSDE(Sampler):
         name = "init_noise_level" if request.init_audio is not None else "sigma_max"
         if not request.sigma_min > 0:
             raise RequestError(f"sigma_min must be greater than 0, got {request.sigma_min}")
+        if sigma_max > MAX_SIGMA:
+            raise RequestError(
+                f"{name} must be at most {MAX_SIGMA:g} (the schedule's default top is {DEFAULT_SIGMA_MAX:g}; "
+                f"past that the start is noise alone), got {sigma_max:g}"
+            )
         if not sigma_max > request.sigma_min:
             raise RequestError(
                 f"{name} ({sigma_max}) must be greater than the schedule's end, σmin "
