@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp
 
 from stable_audio_rt.errors import RequestError, StableAudioError
@@ -199,19 +200,24 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
 
     async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
-        loop (422 naming the problem), all before it takes a place in the queue."""
+        loop (422 naming the problem), all before it takes a place in the queue; while it arrives
+        it holds one, so a full queue is said (429) before any body is read."""
         refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
-        try:
-            body = await read_body(request, settings.max_upload_bytes)
-        except BodyTooLarge as e:
-            metrics.requests.labels("invalid").inc()
-            raise HTTPException(413, str(e)) from e
-        content_type = request.headers.get("content-type", "")
-        try:
-            body, resolved = await anyio.to_thread.run_sync(parse_told, body, content_type)
-        except HTTPException:  # 415
-            metrics.requests.labels("invalid").inc()
-            raise
+        with generator.arrival():
+            try:
+                body = await read_body(request, settings.max_upload_bytes)
+            except BodyTooLarge as e:
+                metrics.requests.labels("invalid").inc()
+                raise HTTPException(413, str(e)) from e
+            except ClientDisconnect as e:  # gone mid-upload: nobody to answer, nothing to log
+                metrics.requests.labels("stopped").inc()
+                raise HTTPException(CLIENT_CLOSED, "the client disconnected during its upload") from e
+            content_type = request.headers.get("content-type", "")
+            try:
+                body, resolved = await anyio.to_thread.run_sync(parse_told, body, content_type)
+            except HTTPException:  # 415
+                metrics.requests.labels("invalid").inc()
+                raise
         if resolved.request.steps > settings.max_steps:  # the model's default (asked ones: within_limits)
             raise RequestError(steps_over_limit(resolved.request.steps, "the model's default of "))
         pipe.check(resolved)  # what the engines' profiles cannot run: 422 now, not a failed job later

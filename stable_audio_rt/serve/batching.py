@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
@@ -70,17 +72,35 @@ class Generator:
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.lock = threading.Lock()  # the model: held while a batch forms and runs
         self.waiting = 0  # changed on the event loop only
+        self.arriving = 0  # bodies being read and checked, each maybe a request (event loop only)
         self.pending: list[_Ticket] = []  # requests waiting for a batch, oldest first
         self.arrived = threading.Condition()  # guards `pending`; notified when one is added
 
-    def admit(self) -> None:
-        if self.waiting >= self.max_queue:
+    def check_room(self, arriving: int = 0) -> None:
+        """429 unless there is a place in the queue besides `arriving` bodies still being read
+        (each may become a request: a full queue is said before a body is read, so clients
+        cannot hold more bodies in memory than the queue has places)."""
+        if self.waiting + arriving >= self.max_queue:
             self.metrics.requests.labels("rejected_busy").inc()
             raise HTTPException(
                 429,
-                f"the queue is full ({self.max_queue} requests waiting or running); retry shortly",
+                f"the queue is full ({self.max_queue} requests waiting, running or arriving); retry shortly",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """A body being read and checked: 429 at once if the queue has no place for it, and a
+        place held while it arrives (on the event loop only)."""
+        self.check_room(self.arriving)
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    def admit(self) -> None:
+        self.check_room()
         self.waiting += 1
         self.metrics.queue_depth.set(self.waiting)
 

@@ -6,6 +6,7 @@ job behind."""
 
 import io
 import json
+import socket
 import time
 from collections.abc import Callable
 
@@ -251,7 +252,7 @@ def test_a_path_given_as_audio_in_json_is_refused(server):
     response = _refused(server, lambda: httpx.post(f"{server.url}/v1/audio/generate", json=body, timeout=30))
     assert response.status_code == 422, response.text
     (error,) = response.json()["detail"]
-    assert error["msg"].startswith("init_audio is not a JSON field: upload the audio as the file field init_audio")
+    assert error["msg"].startswith("init_audio is not a JSON field: upload the audio as the file field")
     assert "ctx" not in error  # was {"error": {}}: the exception object, unserialisable
 
 
@@ -270,3 +271,39 @@ def test_an_upload_over_the_limit_is_413_naming_it(server, chunked):
         )
     assert response.status_code == 413, response.text
     assert "over the upload limit of 0.5 MiB (sa-serve --max-upload-mb)" in response.text
+
+
+def test_a_full_queue_is_said_before_a_body_is_read_and_a_client_gone_mid_upload_is_quiet(pipe, capfd):
+    """Bodies still arriving hold the queue's places (so clients cannot hold more bodies in the
+    server's memory than it has places); one whose client goes mid-upload gives its place back
+    without a traceback in the log."""
+    with serving(pipe, max_queue=2) as running:
+        generator, url = running.app.state.generator, httpx.URL(running.url)
+        head = (
+            b"POST /v1/audio/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"input":'
+        )
+        slow = [socket.create_connection((url.host, url.port)) for _ in range(2)]
+        try:
+            for connection in slow:
+                connection.sendall(head)
+            _until(lambda: generator.arriving == 2)
+            began = time.monotonic()
+            full = httpx.post(f"{running.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
+            assert full.status_code == 429 and "waiting, running or arriving" in full.text, full.text
+            assert time.monotonic() - began < 5  # refused as it came, not after a read timed out
+        finally:
+            for connection in slow:
+                connection.close()
+        _until(lambda: generator.arriving == 0)
+        fine = httpx.post(f"{running.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=60)
+        assert fine.status_code == 200
+    logged = capfd.readouterr().err  # uvicorn's own handler writes to the process's stderr
+    assert "Exception in ASGI application" not in logged and "ClientDisconnect" not in logged, logged
+
+
+def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
