@@ -148,6 +148,17 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def run_job(claim: Claim, on_step: StepCallback) -> list[bytes]:
         return (await encoded(claim.resolved, claim.response_format, on_step, claim))[0]
 
+    def cancel_now(board: JobBoard) -> None:
+        """A second stop signal: every job queued or running cancelled now, not once uvicorn has
+        waited for the open requests. Called by the signal's handler, which runs on the event
+        loop's thread (so its loop is the running one), and so scheduled as a handler must."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            app.state.cancelling = loop.create_task(board.cancel_all())  # held: a loop holds tasks weakly
+
+        loop.call_soon_threadsafe(start)
+
     if shared is None:  # its jobs hold places in this server's bounded queue until they settle
         board: Board = JobBoard(
             settings.job_ttl_s,
@@ -157,7 +168,10 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         )
         owner, report_s = "sa-serve", LOCAL_REPORT_S
         drain: Drain | None = Drain(
-            lambda: (generator.waiting, board.undownloaded()), settings.drain_grace_s, board.refuse_new
+            lambda: (generator.waiting, board.undownloaded()),
+            settings.drain_grace_s,
+            board.refuse_new,
+            lambda: cancel_now(board),
         )
     else:  # sa-serve --ray drains the shared board (ray_serve.py)
         board, owner, report_s = shared.board, shared.owner, SHARED_REPORT_S
@@ -350,11 +364,19 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         def on_step(done: int, total: int) -> None:
             if gone.is_set():
                 raise Stopped("the client disconnected")
+            if drain is not None and drain.cut_short:
+                raise Stopped("the server is stopping now")
 
         try:
             (content,), result = await encoded(resolved, body.response_format, on_step)
-        except Stopped:  # nobody is there to read an answer
-            return Response(status_code=CLIENT_CLOSED)
+        except Stopped:
+            if gone.is_set():  # nobody is there to read an answer
+                return Response(status_code=CLIENT_CLOSED)
+            raise HTTPException(
+                503,
+                "the server stopped before this request finished (a second stop signal); send it to "
+                "another server, or retry once this one is back",
+            ) from None
         finally:
             watcher.cancel()
             generator.leave()

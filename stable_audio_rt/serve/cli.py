@@ -12,12 +12,13 @@ import ipaddress
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from dataclasses import replace
 
 from stable_audio_rt import __version__
-from stable_audio_rt.errors import ConfigError, reported_errors
+from stable_audio_rt.errors import EXIT_BY_SIGNAL, ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.serve.app import DEFAULT_MAX_STEPS, DEFAULT_MAX_UPLOAD_MB, ServeSettings
@@ -248,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
     if failed.exit_status is not None:
         return failed.exit_status
-    serve(pipe, settings, listening)
-    return 0
+    return serve(pipe, settings, listening)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -311,7 +311,9 @@ def serve_on_ray(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if failed.exit_status is None else failed.exit_status
 
 
-def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) -> None:
+def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) -> int:
+    """Until stopped; the exit status: 0 after a drain, 128 + the signal's number when a second
+    signal cut it short (as a process killed by that signal reports)."""
     import uvicorn
 
     from stable_audio_rt.serve.app import create_app
@@ -323,7 +325,16 @@ def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) 
     config = uvicorn.Config(app, host=host, port=port, log_level="info")
     shown = f"[{host}]" if ":" in host else host
     print(f"sa-serve: serving on http://{shown}:{port} (the web page at /, the API's docs at /docs)")
-    DrainingServer(config, app.state.drain).run(sockets=[listening])
+    drain = app.state.drain
+    DrainingServer(config, drain).run(sockets=[listening])
+    if not drain.cut_short:
+        return 0
+    print(
+        f"sa-serve: stopped by a second {signal.Signals(drain.signal).name}: the jobs left were cancelled "
+        "and the requests still running answered 503",
+        file=sys.stderr,
+    )
+    return EXIT_BY_SIGNAL + drain.signal
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ The first SIGTERM or Ctrl-C starts a drain: new requests and jobs get 503, while
 accepted run to their end and the server keeps listening, so that their clients can still poll
 and download. It stops once nothing is left to run and every finished job's result has been
 downloaded, or `grace_s` after the work ran out, whichever is first. A second signal stops at
-once: open requests finish as uvicorn finishes them, and the jobs still queued or running are
-cancelled (a running one at its next step).
+once: the jobs still queued or running are cancelled and the synchronous requests still open are
+stopped (each running one at its next step; their clients get 503), and the process exits with
+128 + the signal's number, as a process killed by it would report (130 for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,13 +29,19 @@ class Drain:
     and sa-serve --ray's over its replicas (the command line asks the shared job board)."""
 
     def __init__(
-        self, left: Callable[[], tuple[int, int]], grace_s: float, on_start: Callable[[], None]
+        self,
+        left: Callable[[], tuple[int, int]],
+        grace_s: float,
+        on_start: Callable[[], None],
+        on_cut_short: Callable[[], None] = lambda: None,
     ) -> None:
         """`left()`: (requests and jobs accepted and not yet settled, jobs done but not fully
-        downloaded); `on_start()` makes the servers refuse new work."""
-        self.left, self.grace_s, self.on_start = left, grace_s, on_start
+        downloaded); `on_start()` makes the servers refuse new work; `on_cut_short()` (from a
+        signal handler, on the event loop's thread) stops what runs."""
+        self.left, self.grace_s, self.on_start, self.on_cut_short = left, grace_s, on_start, on_cut_short
         self.started = False
         self.cut_short = False  # a second signal: stop without waiting for jobs or downloads
+        self.signal: int | None = None  # the second signal's number
         self.idle_since: float | None = None  # when the drain last found nothing left to run
 
     def start(self) -> None:
@@ -74,11 +81,16 @@ class DrainingServer(uvicorn.Server):
         self.drain = drain
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.drain.started:  # a second signal: uvicorn's own stop, the jobs cancelled
-            self.drain.cut_short = True
-            super().handle_exit(sig, frame)
-        else:
+        """Not uvicorn's own, which raises the signal again once it has stopped (a traceback for
+        Ctrl-C): the caller exits with `Drain.signal`'s status instead."""
+        if not self.drain.started:
             self.drain.start()
+        elif not self.drain.cut_short:  # a second signal: stop now
+            self.drain.cut_short, self.drain.signal = True, sig
+            self.drain.on_cut_short()
+            self.should_exit = True
+        else:  # a third: not even waiting for the stopped requests to answer
+            self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if await super().on_tick(counter):

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -329,24 +330,46 @@ def test_a_drain_waits_for_every_clips_download_only_as_long_as_its_grace(pipe):
     assert drain.over(105.0), "every clip downloaded"
 
 
-def test_a_second_signal_cancels_the_jobs_left_and_stops():
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_stops_the_jobs_and_requests_left_at_once_and_exits_by_it(stop):
+    """The jobs left are cancelled and an open synchronous request stopped at its next step
+    (its client gets 503) at the second signal, not after minutes of steps; the exit status is
+    128 + the signal's (Ctrl-C's is 130), with a line saying so, and no traceback."""
     port = free_port()
     command = [sys.executable, "-m", "stable_audio_rt.serve.cli", "--model", "tiny-random", "--device", "cpu",
-               "--port", str(port), "--max-steps", str(TEST_MAX_STEPS)]  # fmt: skip
+               "--port", str(port), "--max-steps", str(TEST_MAX_STEPS), "--max-batch", "1"]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    answered: list[httpx.Response] = []
     try:
         server = SimpleNamespace(url=f"http://127.0.0.1:{port}")
         wait_healthy(server.url, process, POLL_TIMEOUT_S)
         jobs = [_submit(server, {"input": p, **LONG})["id"] for p in "ab"]  # minutes of steps each
         _stepping(server, jobs[0])
-        process.send_signal(signal.SIGTERM)
+        url = f"{server.url}/v1/audio/generate"
+        sync = threading.Thread(
+            target=lambda: answered.append(httpx.post(url, json={"input": "c", **LONG}, timeout=300))
+        )
+        sync.start()
+        _until_answered(server.url, lambda _: _queued(server) == 3)  # the request waits behind the jobs
+        process.send_signal(stop)
         _until_answered(server.url, lambda health: health.status_code == 503)  # draining
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         _, log = process.communicate(timeout=POLL_TIMEOUT_S)
+        sync.join(timeout=POLL_TIMEOUT_S)
     finally:
         process.kill()
     assert all(f"job {job_id} cancelled" in log for job_id in jobs), log[-3000:]
-    assert "Application shutdown complete" in log, log[-3000:]
+    assert "Application shutdown complete" in log and "Traceback" not in log, log[-3000:]
+    assert process.returncode == 128 + stop, (process.returncode, log[-3000:])
+    assert f"stopped by a second {stop.name}" in log
+    (response,) = answered
+    assert response.status_code == 503 and "a second stop signal" in response.text, response.text
+
+
+def _queued(server) -> float:
+    """sa-serve's queue depth: requests and jobs waiting or running."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("sa_queue_depth "))
 
 
 def _until_answered(url: str, answered: Callable[[httpx.Response], bool]) -> None:
