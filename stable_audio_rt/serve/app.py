@@ -123,10 +123,15 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     model_threads = settings.max_queue + settings.max_batch
 
     async def encoded(
-        resolved: ResolvedRequest, response_format: str, on_step: StepCallback, claim: Claim | None = None
+        resolved: ResolvedRequest,
+        response_format: str,
+        on_step: StepCallback,
+        claim: Claim | None = None,
+        arrived: float | None = None,
     ) -> tuple[list[bytes], GenerationResult]:
-        """Run on the pipeline (in a worker thread) and encode; metrics for each outcome."""
-        began = time.perf_counter()
+        """Run on the pipeline (in a worker thread) and encode; metrics for each outcome, the
+        latency from the request's arrival (`arrived`, time.perf_counter()) or a job's submission."""
+        began = time.perf_counter() if arrived is None else arrived
         try:
             file_format = RESPONSE_FORMATS[response_format][0]
             contents, result = await anyio.to_thread.run_sync(
@@ -141,8 +146,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             metrics.requests.labels("failed").inc()
             raise
         metrics.requests.labels("ok").inc()
-        metrics.latency.observe(time.perf_counter() - began)
-        metrics.rtf.observe(sum(result.timings.values()) / (result.audio.shape[-1] / result.sample_rate))
+        metrics.latency.observe(time.perf_counter() - began + (claim.queued_s if claim is not None else 0.0))
         return contents, result
 
     async def run_job(claim: Claim, on_step: StepCallback) -> list[bytes]:
@@ -351,6 +355,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         responses={200: AUDIO_CONTENT, **BODY_RESPONSES},
     )
     async def generate(request: Request) -> Response:
+        arrived = time.perf_counter()
         body, resolved = await parsed(request)
         if body.n > 1:
             raise RequestError(
@@ -368,7 +373,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
                 raise Stopped("the server is stopping now")
 
         try:
-            (content,), result = await encoded(resolved, body.response_format, on_step)
+            (content,), result = await encoded(resolved, body.response_format, on_step, arrived=arrived)
         except Stopped:
             if gone.is_set():  # nobody is there to read an answer
                 return Response(status_code=CLIENT_CLOSED)

@@ -182,6 +182,7 @@ class Generator:
             for ticket in running.values():
                 self._run_alone(ticket)
             return
+        self._observe_rtf(results)
         for ticket, result in zip(batch, results, strict=True):
             if not ticket.done.is_set():
                 ticket.finish(result)
@@ -211,7 +212,14 @@ class Generator:
         except Exception as e:
             ticket.finish(error=e)
         else:
+            self._observe_rtf([result])
             ticket.finish(result)
+
+    def _observe_rtf(self, results: list[GenerationResult]) -> None:
+        """One pipeline call's real-time factor: its seconds per second of the audio it made (a
+        batch's results each hold the whole call's timings)."""
+        audio_s = sum(r.audio.shape[0] * r.audio.shape[-1] / r.sample_rate for r in results)
+        self.metrics.rtf.observe(sum(results[0].timings.values()) / audio_s)
 
 
 def _claims_complete(batch: list[_Ticket]) -> bool:

@@ -119,6 +119,7 @@ class Claim:
     response_format: str
     # The ids of the jobs claimed with it, its own included: its batch needs wait for no others.
     claimed_with: tuple[str, ...] = ()
+    queued_s: float = 0.0  # from its submission to this claim (the board's clock: replicas' differ)
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class JobBoard:
             job.status, job.owner, job.seen, job.steps_done = "running", owner, now, 0
             job.attempt += 1
         ids = tuple(job.id for job in group)
-        return [Claim(j.id, j.attempt, j.resolved, j.response_format, ids) for j in group]
+        return [Claim(j.id, j.attempt, j.resolved, j.response_format, ids, now - j.created) for j in group]
 
     def _next_group(self, max_rows: int) -> tuple[list[Job], bool]:
         """The oldest queued job and those right behind it that join it, and whether a job queued

@@ -399,6 +399,34 @@ def test_metrics_count_outcomes(server):
     assert counts["sa_request_seconds_count"] >= 1 and counts["sa_queue_depth"] == 0
 
 
+def test_latency_counts_a_jobs_wait_and_the_rtf_each_pipeline_call_once(pipe):
+    """sa_request_seconds is arrival to audio: a job's time queued on the board counts (it held
+    only the run's time). sa_rtf is observed once per pipeline call, over all the clips it made
+    (each request of a batch observed the whole call's time over its own clips)."""
+    held_s = 1.0
+    with serving(pipe, max_batch=4, batch_wait_ms=30_000) as running:
+        url = f"{running.url}/v1/audio/jobs"
+        with running.app.state.generator.lock:  # the model busy: the first job waits for it,
+            first = httpx.post(url, json={"input": "x", **{**QUICK, "num_inference_steps": 3}}, timeout=30)
+            _until_running(running, first.json())
+            # ... and these two, which cannot join it, wait on the board, then run as one call
+            jobs = [httpx.post(url, json={"input": p, "n": 2, **QUICK}, timeout=30).json() for p in "ab"]
+            time.sleep(held_s)
+        for job in [first.json(), *jobs]:
+            assert _finished(running, job)["status"] == "done"
+        counts = _counts(running)
+    assert counts["sa_request_seconds_count"] == 3 and counts["sa_request_seconds_sum"] >= 3 * held_s
+    assert counts["sa_batch_requests_count"] == counts["sa_rtf_count"] == 2
+
+
+def _until_running(server, job: dict) -> None:
+    deadline = time.monotonic() + 60
+    while job["status"] != "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.01)
+        job = httpx.get(f"{server.url}/v1/audio/jobs/{job['id']}").json()
+
+
 def test_an_api_key_guards_all_but_health(keyed):
     assert httpx.get(f"{keyed.url}/health").status_code == 200
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
