@@ -157,8 +157,8 @@ def to_model_audio(
     """(channels, samples) at `rate` → (`channels`, length) float32 at `target_rate`: resampled
     with soxr (only the part the `length` needs, so a long or low-rate clip costs no more than a
     short one), its channels made the model's as stable-audio-tools' `set_audio_channels` does
-    (mono duplicated for a stereo model, stereo averaged for a mono one), zero-padded or cropped
-    at the end. `audio` is mono or stereo, as the request's check leaves it."""
+    (for a stereo model mono duplicated and more than two cut to the first two, for a mono one
+    every channel averaged), zero-padded or cropped at the end."""
     audio = audio[:, : samples_read_for(length, rate, target_rate)]
     if rate != target_rate:
         import soxr
@@ -168,6 +168,8 @@ def to_model_audio(
         audio = audio.mean(axis=0, keepdims=True)
     elif audio.shape[0] == 1:
         audio = np.repeat(audio, channels, axis=0)
+    else:
+        audio = audio[:channels]
     out = np.zeros((channels, length), dtype=np.float32)
     n = min(length, audio.shape[1])
     out[:, :n] = audio[:, :n]

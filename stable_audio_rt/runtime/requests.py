@@ -156,15 +156,13 @@ def _audio(value: AudioInput, what: str, config: StableAudioConfig) -> tuple[np.
     samples = samples[None] if samples.ndim == 1 else samples
     if samples.ndim != 2 or samples.shape[-1] == 0:
         raise RequestError(f"{what} must be (channels, samples) or (samples,) with samples > 0")
-    if samples.shape[0] > 2:
-        array = not isinstance(value, (str, Path))  # a file's layout is soundfile's, never transposed
-        transposed = (
-            "; it looks like (samples, channels): give its transpose"
-            if array and samples.shape[1] <= 2
-            else ""
-        )
+    # More channels than samples is an array given as (samples, channels); a file's layout is
+    # soundfile's, never transposed. Other channel counts are taken as the model takes them.
+    array = not isinstance(value, (str, Path))
+    if array and samples.shape[0] > max(2, samples.shape[1]):
         raise RequestError(
-            f"{what} has shape {samples.shape}; give mono or stereo (channels, samples){transposed}"
+            f"{what} has shape {samples.shape}, which looks like (samples, channels): give its transpose, "
+            "(channels, samples)"
         )
     if rate <= 0:
         raise RequestError(f"{what}'s sample rate must be a positive number of Hz, got {rate}")

@@ -187,11 +187,11 @@ BAD_AUDIO = [
         np.zeros((2, RATE), np.float32),
         r"init_audio must be a file path or \(samples, sample_rate\), got ndarray",
     ),
-    ((np.zeros((6, RATE), np.float32), RATE), r"init_audio has shape \(6, 44100\); give mono or stereo"),
     (
         (np.zeros((RATE, 2), np.float32), RATE),
-        r"\(44100, 2\); .* looks like \(samples, channels\): give its transpose",
+        r"\(44100, 2\), which looks like \(samples, channels\): give its transpose",
     ),
+    ((np.zeros((RATE, 6), np.float32), RATE), r"\(44100, 6\), which looks like \(samples, channels\)"),
 ]
 
 
@@ -262,6 +262,22 @@ def test_an_init_noise_level_without_init_audio_is_refused_not_ignored(reference
 def test_sigma_options_are_refused_by_the_rf_model_which_takes_none():
     with pytest.raises(RequestError, match=r"sigma_min and sigma_max shape the v-objective's noise schedule"):
         resolve_request(GenerationRequest(("x",), sigma_max=5.0), TINY_SMALL)
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["array", "file"])
+def test_a_reference_of_more_than_two_channels_is_taken_as_its_first_two(tmp_path, as_file):
+    """As stable-audio-tools' `set_audio_channels` takes it for a stereo model (it was refused)."""
+    samples = np.random.default_rng().uniform(-1, 1, (6, RATE)).astype(np.float32)
+    if as_file:
+        sf.write(tmp_path / "six.wav", samples.T, RATE, subtype="FLOAT")
+        sf.write(tmp_path / "two.wav", samples[:2].T, RATE, subtype="FLOAT")
+        six, two = tmp_path / "six.wav", tmp_path / "two.wav"
+    else:
+        six, two = (samples, RATE), (samples[:2], RATE)
+    ours = resolve_request(GenerationRequest(("x",), init_audio=six), TINY)
+    assert torch.equal(
+        ours.init_audio, resolve_request(GenerationRequest(("x",), init_audio=two), TINY).init_audio
+    )
 
 
 def test_a_whole_float_rate_and_a_peak_a_little_past_full_scale_are_taken():
