@@ -455,7 +455,12 @@ def _resolved(request: GenerationRequest, config: StableAudioConfig) -> Resolved
             length = length_at(in_length, in_rate, rate)
             kept = _resolve_mask(request.inpaint_mask, length, window_samples, config.sample_size, rate, what)
             inpaint_keep = keep_mask_to_latent(kept, ratio)
-            if kept.any() and not inpaint_keep.any():  # a mistake, not a request: it would keep nothing
+            if not kept.any():  # a mistake, not a request: the reference would be ignored
+                raise RequestError(
+                    f"inpaint_mask keeps nothing of {what}: it would be ignored, the whole clip made from "
+                    "the prompt alone; keep part of it, or leave the inpainting reference out"
+                )
+            if not inpaint_keep.any():  # a mistake, not a request: it would keep nothing
                 raise RequestError(
                     f"inpaint_mask keeps no whole latent frame ({ratio} samples, "
                     f"{1000 * ratio / rate:.0f} ms, each aligned to a multiple of it), so nothing of "

@@ -153,6 +153,20 @@ def test_a_mask_that_keeps_no_whole_latent_frame_is_refused():
         resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=keep), TINY)
 
 
+def test_a_mask_that_keeps_nothing_is_refused_not_run_as_text_to_audio():
+    audio = _tone(1.0)
+    nothing = np.zeros(audio.shape[-1])
+    with pytest.raises(
+        RequestError, match=r"inpaint_mask keeps nothing of inpaint_audio: it would be ignored"
+    ):
+        resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=nothing), TINY)
+    # sa-run's words: every part of the reference regenerated
+    names = RangeNames("--inpaint-audio", "--keep-range", "--inpaint-range")
+    mask = inpaint_mask((audio.shape[-1], RATE), None, [(0.0, 1.0)], TINY, names, "a.wav")
+    with pytest.raises(RequestError, match=r"keeps nothing of"):
+        resolve_request(GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=mask), TINY)
+
+
 def test_a_long_references_mask_may_cover_only_the_models_window():
     """sa-run and sa-serve build the mask only as far as the window reaches; the API's full-length
     mask of the same ranges gives the same request."""
