@@ -76,6 +76,8 @@ SA_RUN_NAMES = {
     "sigma_min": "--sigma-min",
     "sigma_max": "--sigma-max",
     "inpaint_mask": "--keep-range/--inpaint-range",
+    "frames": "--frames",
+    "window": "--window",
 }
 
 

@@ -241,9 +241,9 @@ def _check_ranges(request: GenerationRequest, max_seconds: float) -> None:
         raise RequestError(f"cfg_norm_threshold must be ≥ 0 (0 = off), got {request.cfg_norm_threshold}")
     explicit = [name for name in ("frames", "sample_size") if getattr(request, name) is not None]
     if len(explicit) > 1 or (explicit and request.window != "full"):
-        raise RequestError(
-            f"give one window: window={request.window!r} or frames or sample_size, not several"
-        )
+        given = [*(["window"] if request.window != "full" else []), *explicit]
+        named = " and ".join(f"{name}={getattr(request, name)!r}" for name in given)
+        raise RequestError(f"give one window, not several: got {named}")
     if request.seconds_start < 0:
         raise RequestError(f"seconds_start must be ≥ 0, got {request.seconds_start}")
     total = request.seconds_total

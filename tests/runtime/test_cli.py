@@ -26,7 +26,6 @@ def inputs(tmp_path):
     sf.write(folder / "empty.wav", np.zeros((0, 2)), RATE)
     sf.write(folder / "long.wav", np.zeros(4 * RATE), RATE)  # past the tiny model's 2.97 s window
     sf.write(folder / "loud.wav", np.full((RATE, 2), 1e30, np.float32), RATE, subtype="FLOAT")
-    sf.write(folder / "six.wav", np.zeros((RATE, 6)), RATE)
     (folder / "text.wav").write_text("not audio")
     (folder / "clip_1.wav").mkdir()  # where the second clip of `-o clip.wav` would go
     return folder
@@ -76,14 +75,15 @@ BAD_ARGUMENTS = [
     (["--keep-range", "0,1"], r"--keep-range/--inpaint-range need --inpaint-audio"),
     (["--init-audio", "{in}/text.wav"], r"cannot read .*text\.wav as audio"),
     (["--init-audio", "{in}/loud.wav"], r"--init-audio .*loud\.wav's peak is 1e\+30"),
-    (
-        ["--inpaint-audio", "{in}/six.wav", "--keep-range", "0,1"],
-        r"--inpaint-audio .*six\.wav has shape \(6, ",
-    ),
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
     (["--init-audio", "{in}"], r"/in is a folder: give an audio file"),
     (["--frames", "65"], r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
+    (["--frames", "0"], r"--frames must be at least 1"),
+    (
+        ["--frames", "10", "--window", "trim"],
+        r"give one window, not several: got --window='trim' and --frames=10",
+    ),
     (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
