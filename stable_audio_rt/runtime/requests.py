@@ -274,10 +274,10 @@ def _resolve_mask(
     keep = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
     covered = min(length, model_samples)
     if keep.ndim != 1 or keep.shape[0] not in (length, covered):
+        or_covered = f" (or the first {covered})" if covered < length else ""
         raise RequestError(
-            f"inpaint_mask must be 1-D with one value per sample of {what} at the model rate "
-            f"({length}{f', or the first {covered}' if covered < length else ''}), got shape "
-            f"{tuple(keep.shape)}"
+            f"inpaint_mask must be 1-D with {length} values{or_covered}, one per sample of {what} at the "
+            f"model's rate ({rate} Hz), got shape {tuple(keep.shape)}"
         )
     if not ((keep == 0) | (keep == 1)).all():
         raise RequestError("inpaint_mask values must be 0 (regenerate) or 1 (keep)")
@@ -419,9 +419,10 @@ def _resolved(request: GenerationRequest, config: StableAudioConfig) -> Resolved
         reference = (samples, in_rate)
         reference_seconds = in_length / in_rate
 
-    total = request.seconds_total
-    if total is None:
+    total, total_from = request.seconds_total, ""
+    if total is None:  # the reference's length, or the model's window: said with a refusal
         total = min(reference_seconds, max_seconds) if reference_seconds else max_seconds
+        total_from = f", {what}'s length" if total == reference_seconds else ", the model's window"
         if request.seconds_start >= total:
             raise RequestError(
                 f"seconds_start ({request.seconds_start}) must be less than the clip ({total:.2f} s)"
@@ -442,7 +443,7 @@ def _resolved(request: GenerationRequest, config: StableAudioConfig) -> Resolved
     if total * rate > window_samples:
         raise RequestError(
             f"the window of {frames} latent frames ({window_samples / rate:.2f} s) is shorter than the "
-            f"clip ({total:.2f} s): give more frames or fewer seconds"
+            f"clip ({total:.2f} s{total_from}): give more frames or fewer seconds (seconds_total)"
         )
 
     init_audio = inpaint_audio = inpaint_keep = None

@@ -136,7 +136,7 @@ def test_unknown_model_id(tmp_path, monkeypatch, capsys, no_model_load):
 @pytest.mark.parametrize(
     "mask,message",
     [
-        (np.ones(100), r"inpaint_mask must be 1-D with one value per sample .*\(44100\)"),
+        (np.ones(100), r"inpaint_mask must be 1-D with 44100 values, one per sample .* got shape \(100,\)"),
         (np.full(RATE, 0.5), r"inpaint_mask values must be 0 \(regenerate\) or 1 \(keep\)"),
         (np.ones((2, RATE)), r"inpaint_mask must be 1-D"),
     ],

@@ -179,7 +179,9 @@ def test_a_long_references_mask_may_cover_only_the_models_window():
     ]
     assert torch.equal(requests[0].inpaint_keep, requests[1].inpaint_keep) and requests[0].inpaint_keep.any()
     with pytest.raises(
-        RequestError, match=r"one value per sample of inpaint_audio .* \(176400, or the first"
+        RequestError,
+        match=r"inpaint_mask must be 1-D with 176400 values \(or the first 131072\), one per sample of "
+        r"inpaint_audio at the model's rate \(44100 Hz\), got shape \(1000,\)",
     ):
         resolve_request(
             GenerationRequest(("x",), inpaint_audio=(audio, RATE), inpaint_mask=full[:1000]), TINY

@@ -54,6 +54,12 @@ BAD_VALUES = [
     (dict(frames=65), r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
     (dict(sample_size=65 * 2048), r"a window of 65 latent frames is longer than the model's"),
     (dict(vae_chunk=64, vae_overlap=1), r"vae_overlap=1 is below the decoder's receptive field"),
+    # A clip's length not given is the reference's: the refusal says so.
+    (
+        dict(init_audio=(np.zeros((2, RATE), np.float32), RATE), frames=10),
+        r"the window of 10 latent frames \(0\.46 s\) is shorter than the clip \(1\.00 s, init_audio's "
+        r"length\)",
+    ),
     # Past this the start is noise alone; near 3e38 the sampler overflowed after the whole run.
     (dict(sigma_max=1e4 * 1.01), r"sigma_max must be at most 10000 .*, got 10100"),
     (
@@ -226,7 +232,7 @@ def test_a_negative_prompt_without_cfg_warns_that_it_does_nothing():
     refused = GenerationRequest(("x",), negative_prompt="hiss", cfg_scale=1.0, vae_chunk=21, frames=30)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with pytest.raises(RequestError, match=r"the window of 30 latent frames .* is shorter than the clip"):
+        with pytest.raises(RequestError, match=r"shorter than the clip \(2\.97 s, the model's window\)"):
             resolve_request(refused, TINY)
 
 
