@@ -195,10 +195,14 @@ class StableAudio:
     def generate(self, prompt: str | Sequence[str], *, progress: bool = False, **options) -> GenerationResult:
         """Generate audio; options are the fields of `GenerationRequest` (seconds_total, steps,
         cfg_scale, seed, negative_prompt, num_outputs, init_audio, inpaint_audio, ...)."""
-        return self.run(GenerationRequest(prompts=prompts_of(prompt), **options), progress=progress)
+        return self._run(GenerationRequest(prompts=prompts_of(prompt), **options), progress)
 
     def run(self, request: GenerationRequest, progress: bool = False) -> GenerationResult:
-        return self.run_resolved(resolve_request(request, self.config), progress)
+        return self._run(request, progress)
+
+    def _run(self, request: GenerationRequest, progress: bool) -> GenerationResult:
+        # Warnings point at the line that called generate or run: two frames above this one.
+        return self.run_resolved(resolve_request(request, self.config, stacklevel=3), progress)
 
     def run_resolved(
         self, resolved: ResolvedRequest, progress: bool = False, on_step: StepCallback | None = None
@@ -268,7 +272,8 @@ class StableAudio:
         consecutive pieces as the VAE decodes them, so playback can start before the decode ends.
         The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly. The
         request is checked here, at the call; sampling starts at the first piece asked for."""
-        resolved = resolve_request(GenerationRequest(prompts=prompts_of(prompt), **options), self.config)
+        request = GenerationRequest(prompts=prompts_of(prompt), **options)
+        resolved = resolve_request(request, self.config, stacklevel=2)  # warned at the caller's line
         shape = self.request_shape(resolved)
         overlap = overlap_or_field(self.config.vae, resolved.request.vae_overlap)
         # The request's chunk (checked with it), else pieces of the stream's size that its overlap

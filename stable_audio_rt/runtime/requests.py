@@ -390,17 +390,21 @@ def worded_as(text: str, names: Mapping[str, str]) -> str:
     return field.sub(lambda found: names[found.group(1) or found.group(2)], text)
 
 
-def resolve_request(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:
+def resolve_request(
+    request: GenerationRequest, config: StableAudioConfig, *, stacklevel: int = 1
+) -> ResolvedRequest:
     """Check `request` against the model's limits and make every quantity concrete; what it asks
-    that runs but likely not as meant is warned of (UserWarning) and kept in its `warnings`."""
+    that runs but likely not as meant is warned of (UserWarning, pointing `stacklevel` frames up
+    from this call's caller, as `warnings.warn` counts) and kept in its `warnings`."""
     resolved = _resolved(request, config)
-    _warn(resolved.warnings)
+    _warn(resolved.warnings, stacklevel)
     return resolved
 
 
-def _warn(texts: Sequence[str]) -> None:
+def _warn(texts: Sequence[str], stacklevel: int = 1) -> None:
     for text in texts:
-        warnings.warn(text, UserWarning, stacklevel=3)  # the caller of resolve_request(_as)
+        # Past this function and resolve_request(_as): their caller's line, or further up.
+        warnings.warn(text, UserWarning, stacklevel=stacklevel + 2)
 
 
 def _resolved(request: GenerationRequest, config: StableAudioConfig) -> ResolvedRequest:

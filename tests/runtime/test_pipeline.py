@@ -64,6 +64,21 @@ def test_windows(pipe):
     assert full.audio.shape == trim.audio.shape == (1, 2, RATE)
 
 
+def test_a_requests_warnings_point_at_the_callers_line(pipe):
+    """generate, run and generate_stream each warn at the line that called them (they pointed
+    inside pipeline.py)."""
+    options = {"negative_prompt": "hiss", "cfg_scale": 1.0, "seconds_total": 0.5, "steps": 1}
+    calls = [
+        lambda: pipe.generate("x", **options),
+        lambda: pipe.run(GenerationRequest(("x",), **options)),
+        lambda: pipe.generate_stream("x", **options),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning, match="the negative prompt has no effect") as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
+
+
 def test_a_request_resolved_for_another_model_is_refused(pipe):
     elsewhere = resolve_request(GenerationRequest(("x",), seconds_total=1.0, steps=2), TINY_SMALL)
     with pytest.raises(RequestError, match="a request resolved for another model"):

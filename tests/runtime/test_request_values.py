@@ -60,6 +60,10 @@ BAD_VALUES = [
         r"the window of 10 latent frames \(0\.46 s\) is shorter than the clip \(1\.00 s, init_audio's "
         r"length\)",
     ),
+    (
+        dict(init_audio=(np.zeros((2, RATE), np.float32), RATE), sigma_max=100.0),
+        r"sigma_max is text-to-audio's start: audio-to-audio starts at init_noise_level instead",
+    ),
     # Past this the start is noise alone; near 3e38 the sampler overflowed after the whole run.
     (dict(sigma_max=1e4 * 1.01), r"sigma_max must be at most 10000 .*, got 10100"),
     (

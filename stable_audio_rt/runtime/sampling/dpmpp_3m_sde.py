@@ -41,6 +41,11 @@ class DpmPP3MSDE(Sampler):
         name = "init_noise_level" if request.init_audio is not None else "sigma_max"
         if not request.sigma_min > 0:
             raise RequestError(f"sigma_min must be greater than 0, got {request.sigma_min}")
+        if request.init_audio is not None and request.sigma_max != DEFAULT_SIGMA_MAX:
+            raise RequestError(
+                "sigma_max is text-to-audio's start: audio-to-audio starts at init_noise_level instead, "
+                "so sigma_max would do nothing; give init_noise_level, or leave sigma_max out"
+            )
         if sigma_max > MAX_SIGMA:
             raise RequestError(
                 f"{name} must be at most {MAX_SIGMA:g} (the schedule's default top is {DEFAULT_SIGMA_MAX:g}; "
