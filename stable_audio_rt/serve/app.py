@@ -283,6 +283,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     )
     app.state.generator, app.state.jobs, app.state.worker = generator, board, worker
     app.state.drain = drain
+    app.add_middleware(HeadAsGet)
     if shared is not None:
         app.add_middleware(ReplicaHeader, replica=shared.owner)
 
@@ -313,9 +314,6 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY})
 
-    # GET and HEAD, each its own operation (one route for both gave them one operationId, which
-    # OpenAPI client generators refuse).
-    @app.head("/health", responses={503: {"description": "stopping (draining)"}}, operation_id="health_head")
     @app.get("/health", responses={503: {"description": "stopping (draining): send new work elsewhere"}})
     async def health() -> JSONResponse:
         # A load balancer's probe sees a draining server as not ready, so it routes new work away.
@@ -429,8 +427,12 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         response_class=Response,
         responses={200: AUDIO_CONTENT, **JOB_RESPONSES, 409: {"description": "the job is not done"}},
     )
-    async def content(job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")) -> Response:
-        reading = found(job_id, await board.read(job_id, index, download=True))
+    async def content(
+        request: Request, job_id: str, index: int = Query(0, ge=0, description="which clip (n > 1)")
+    ) -> Response:
+        # A HEAD ships no clip: it is no download (a draining server waits for the real one).
+        downloaded = not request.scope.get(HEAD_ASKED, False)
+        reading = found(job_id, await board.read(job_id, index, download=downloaded))
         view = reading.view
         if view["status"] != "done":
             detail = f"job {job_id} is {view['status']}"
@@ -453,6 +455,24 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         return found(job_id, await board.cancel(job_id))
 
     return app
+
+
+# The scope key saying a request routed as GET was a HEAD.
+HEAD_ASKED = "stable_audio_rt.head"
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD answered wherever GET is (RFC 9110; `curl -I`, load balancers'
+    probes), as GET's headers. The server (uvicorn, Ray Serve's proxy) sends no body for a HEAD,
+    by its own scope, which this leaves as it is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET", HEAD_ASKED: True}
+        await self.app(scope, receive, send)
 
 
 class ReplicaHeader:
