@@ -41,12 +41,26 @@ DIFFUSERS_PATTERNS = [
 SINGLE_FILE_PATTERNS = [SINGLE_FILE_WEIGHTS, SINGLE_FILE_CONFIG, "text_encoder/*", "tokenizer/*"]
 # Just what the config parsers read: lets requests be checked before weights are fetched.
 CONFIG_PATTERNS = [DIFFUSERS_INDEX, SINGLE_FILE_CONFIG, "*/config.json", "tokenizer/tokenizer_config.json"]
+# A config file named as the model stands for its folder, in the layout it marks.
+MARKER_LAYOUTS: dict[str, Literal["diffusers", "single_file"]] = {
+    DIFFUSERS_INDEX: "diffusers",
+    SINGLE_FILE_CONFIG: "single_file",
+}
+# A file named as the model with one of these extensions is the single-file weights to read,
+# whatever its name (a fine-tune saved beside the original's model.safetensors).
+WEIGHTS_SUFFIXES = (".safetensors", ".ckpt")
 
 
 @dataclass(frozen=True)
 class CheckpointLocation:
     root: Path
     layout: Literal["diffusers", "single_file"]
+    # The single-file weights named as the model; None: the folder's own (`single_file_weights`).
+    named_weights: Path | None = None
+
+    def weights(self) -> Path:
+        """The single-file layout's weights file: the one named, else the folder's."""
+        return self.named_weights or single_file_weights(self.root)
 
 
 def _detect_layout(root: Path, layout: Layout) -> CheckpointLocation:
@@ -100,7 +114,8 @@ def locate_checkpoint(
     token: str | None = None,
     configs_only: bool = False,
 ) -> CheckpointLocation:
-    """A local folder, a `model_config.json`/`model.safetensors` file, or a Hub repo id.
+    """A local folder, its `model_config.json`/`model_index.json`, single-file weights under any
+    name (`finetune.safetensors`, read with the `model_config.json` beside it), or a Hub repo id.
 
     `configs_only` fetches only the config files of a Hub repo (for checks before a download).
     An empty name (an unset variable, `--model ""`) is refused, not taken for the current folder.
@@ -112,7 +127,7 @@ def locate_checkpoint(
         )
     path = Path(source).expanduser()
     if path.is_file():
-        return _detect_layout(path.parent, "single_file" if layout == "auto" else layout)
+        return _locate_file(path, layout)
     if path.is_dir():
         return _detect_layout(path, layout)
     text = str(source)
@@ -126,6 +141,29 @@ def locate_checkpoint(
         patterns = SINGLE_FILE_PATTERNS if layout == "single_file" else DIFFUSERS_PATTERNS
         return _detect_layout(_download(text, patterns, token), layout)
     raise CheckpointError(f"{source} is neither an existing file or folder nor a Hub repo id (owner/name)")
+
+
+def _locate_file(path: Path, layout: Layout) -> CheckpointLocation:
+    """A file named as the model: a folder's config file, or single-file weights under any name
+    (read with the `model_config.json` beside them, as stable-audio-tools lays them out)."""
+    if path.name in MARKER_LAYOUTS:
+        return _detect_layout(path.parent, MARKER_LAYOUTS[path.name] if layout == "auto" else layout)
+    if path.suffix.lower() not in WEIGHTS_SUFFIXES:
+        raise CheckpointError(
+            f"{path} is not a checkpoint file: give the checkpoint's folder, its {SINGLE_FILE_CONFIG} or "
+            f"{DIFFUSERS_INDEX}, or a weights file ({', '.join(WEIGHTS_SUFFIXES)})"
+        )
+    if layout == "diffusers":
+        raise ConfigError(
+            f"{path} is a single-file checkpoint's weights, not the diffusers layout: give layout "
+            f"'single_file' or 'auto', or the diffusers folder"
+        )
+    if not (path.parent / SINGLE_FILE_CONFIG).is_file():
+        raise CheckpointError(
+            f"{path} has no {SINGLE_FILE_CONFIG} beside it: put the model's stable-audio-tools "
+            f"config there under that name"
+        )
+    return CheckpointLocation(path.parent, "single_file", path)
 
 
 def single_file_weights(root: Path) -> Path:
@@ -160,7 +198,7 @@ class _TorchCheckpoint:
 
 
 def _open(path: Path):
-    if path.suffix == ".ckpt":
+    if path.suffix.lower() == ".ckpt":
         return _TorchCheckpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete (download it again)")
@@ -236,10 +274,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_fingerprint(root: Path) -> str:
-    """sha256 over every weights file of a checkpoint folder (names and contents)."""
+def weights_fingerprint(location: CheckpointLocation) -> str:
+    """sha256 over the weights files of a checkpoint (names and contents): every one in its folder,
+    or, where single-file weights are named, those and the ones in subfolders (T5) only."""
+    root = location.root
+    files = [*root.rglob("*.safetensors"), *root.glob("*.ckpt")]
+    if location.named_weights is not None:
+        files = [location.named_weights, *(f for f in files if f.parent != root)]
     digest = hashlib.sha256()
-    for path in sorted([*root.rglob("*.safetensors"), *root.glob("*.ckpt")]):
+    for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(sha256_file(path).encode())
     return digest.hexdigest()

@@ -24,7 +24,6 @@ from stable_audio_rt.models.checkpoint import (
     Layout,
     TensorSource,
     locate_checkpoint,
-    single_file_weights,
     unreadable_weights,
 )
 from stable_audio_rt.models.conditioners import Conditioner, NumberConditioners, T5TextEncoder
@@ -169,9 +168,10 @@ def _load_diffusers(root: Path, placement: Placement) -> StableAudioModel:
     return _assemble(config, parts, root / "text_encoder", root / "tokenizer", placement)
 
 
-def _load_single_file(root: Path, placement: Placement) -> StableAudioModel:
+def _load_single_file(location: CheckpointLocation, placement: Placement) -> StableAudioModel:
+    root = location.root
     config = config_from_sat(read_json(root / SINGLE_FILE_CONFIG))
-    weights = [single_file_weights(root)]
+    weights = [location.weights()]
     num_blocks = len(config.vae.strides)
     # One file holds all three parts; each gets its own view so unused keys are found per part.
     parts = (
@@ -211,11 +211,14 @@ def load_stable_audio(
     t5_dtype: torch.dtype = DEFAULT_T5_DTYPE,
     token: str | None = None,
 ) -> StableAudioModel:
-    """Load a Stable Audio model from a Hub repo id, a local folder or a `model_config.json`.
+    """Load a Stable Audio model from a Hub repo id, a local folder, its `model_config.json`, or
+    single-file weights under any name (with the `model_config.json` beside them).
 
     `layout` picks between a folder's diffusers files and its single-file checkpoint when it
     holds both ("auto" prefers diffusers). T5 runs in `t5_dtype` (see `Placement`).
     """
     location: CheckpointLocation = locate_checkpoint(source, layout, token)
-    loader = _load_diffusers if location.layout == "diffusers" else _load_single_file
-    return loader(location.root, Placement(dtype, device, t5_dtype))
+    placement = Placement(dtype, device, t5_dtype)
+    if location.layout == "diffusers":
+        return _load_diffusers(location.root, placement)
+    return _load_single_file(location, placement)

@@ -20,7 +20,8 @@ from stable_audio_rt.models.loading import Placement, StableAudioModel, load_con
 from stable_audio_rt.models.random_init import RANDOM_MODELS, random_model
 
 MODEL_HELP = (
-    f"Hub repo id, local folder, or seeded random weights that need no download: "
+    f"Hub repo id, local folder, a weights file (.safetensors or .ckpt, with the model_config.json "
+    f"beside it), or seeded random weights that need no download: "
     f"{', '.join(RANDOM_MODELS)} (the tiny ones run in seconds; the others have the real "
     f"geometry, for timings)"
 )
@@ -61,7 +62,7 @@ def fingerprint(
     """sha256 of the weights `model` names: its checkpoint files, or a random model's tensors
     (`loaded`, when already built in fp32, saves building it again)."""
     if not is_random(model):
-        return weights_fingerprint(locate_checkpoint(model, layout, token).root)
+        return weights_fingerprint(locate_checkpoint(model, layout, token))
     built = loaded if loaded is not None else load_model(model)
     digest = hashlib.sha256()
     for part in (built.dit, built.vae, built.conditioner):
