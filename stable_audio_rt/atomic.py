@@ -11,6 +11,7 @@ an existing one keeps that one's permissions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -24,6 +25,15 @@ from stable_audio_rt.errors import WriteError
 NEW_FILE_MODE = 0o666
 NEW_FOLDER_MODE = 0o777
 
+
+# What to do about a failed write, by its errno; any other: WRITE_FIX.
+WRITE_FIX = "give a folder you can write to"
+SPACE_FIX = "free space on that disk, or give a folder on another one"
+WRITE_FIXES = {
+    errno.ENOSPC: SPACE_FIX,
+    errno.EDQUOT: SPACE_FIX,
+    errno.EISDIR: "a folder is in its place: move it, or name another file",
+}
 
 # A folder replaced by a new one is renamed `.<name><OLD_INFIX><hex>` before it is removed.
 OLD_INFIX = ".old-"
@@ -42,8 +52,23 @@ def _beside(path: Path, create: Callable[[Path], None]) -> Path:
         except FileExistsError:
             continue
         except OSError as e:
-            raise WriteError(f"cannot write {path} ({e.strerror}): give a folder you can write to") from e
+            raise write_failed(path, e) from e
         return candidate
+
+
+def write_failed(path: Path, error: OSError) -> WriteError:
+    """The refusal of a write to `path` that failed with `error`: its cause and what to do."""
+    return WriteError(f"cannot write {path} ({error.strerror}): {WRITE_FIXES.get(error.errno, WRITE_FIX)}")
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A write towards `path` (its temp file, its rename): an OSError in the block (a full disk)
+    is a WriteError naming `path`, its cause and what to do."""
+    try:
+        yield
+    except OSError as e:
+        raise write_failed(path, e) from e
 
 
 def check_writable(folder: Path) -> None:
@@ -122,10 +147,12 @@ def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
             temps.append(_beside(target, _new_file))
         yield temps
         for tmp, target in zip(temps, targets, strict=True):
-            if target.exists():
-                shutil.copymode(target, tmp)
+            with writing(target):
+                if target.exists():
+                    shutil.copymode(target, tmp)
         for tmp, target in zip(temps, targets, strict=True):
-            os.replace(tmp, target)
+            with writing(target):
+                os.replace(tmp, target)
     except BaseException:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
@@ -143,7 +170,7 @@ def write_atomically(path: Path, data: str | bytes) -> None:
     """Write text or bytes to `path` atomically, creating its folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         if isinstance(data, bytes):
             tmp.write_bytes(data)
         else:

@@ -5,7 +5,8 @@ engine folders exported from them once per session."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # Triton decides at import whether kernels are compiled or interpreted: the kernel tests run
 # them on the CPU under the interpreter, so it is on before anything imports Triton.
@@ -17,6 +18,9 @@ from checkpoints import build_reference, write_diffusers_checkpoint, write_singl
 from seeding import SEED
 
 from stable_audio_rt.models.config import TINY
+
+# Every write to it fails with ENOSPC, as on a full disk.
+FULL_DEVICE = Path("/dev/full")
 
 
 def pytest_report_header() -> str:
@@ -101,3 +105,26 @@ def engines(tiny_diffusers_dir, tmp_path_factory):
             export_engines(tiny_diffusers_dir, folder, ExportSettings(precision, **ENGINE_PROFILE)),
         )
     return out
+
+
+@pytest.fixture
+def full_disk(monkeypatch) -> Callable[[str], None]:
+    """`full_disk(name)`: the temp files then made for a file called `name` are links to /dev/full,
+    so writing them fails as on a full disk, with the kernel's own ENOSPC. A rename or removal
+    moves the link, never the device."""
+    if not FULL_DEVICE.is_char_device():
+        pytest.skip(f"needs {FULL_DEVICE}")
+    from stable_audio_rt import atomic
+
+    created = atomic._new_file
+
+    def make(name: str) -> None:
+        def new_file(path: Path) -> None:
+            if atomic.written_for(path.name) == name:
+                path.symlink_to(FULL_DEVICE)
+            else:
+                created(path)
+
+        monkeypatch.setattr(atomic, "_new_file", new_file)
+
+    return make

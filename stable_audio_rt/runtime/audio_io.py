@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
-from stable_audio_rt.atomic import atomic_paths, check_writable, write_target
+from stable_audio_rt.atomic import atomic_paths, check_writable, write_target, writing
 from stable_audio_rt.errors import RequestError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -191,7 +191,11 @@ def write_clips(
     paths = [check_output_path(p, sample_format, clip, normalize) for p in paths]
     with atomic_paths(paths) as temps:
         for tmp, path, audio in zip(temps, paths, clips, strict=True):
-            _write(tmp, audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)
+            data = _encoded(audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)
+            # Encoded in memory and written here, not by libsndfile, whose failed write (a full
+            # disk) says only "System error.": an OSError names its cause.
+            with writing(path):
+                tmp.write_bytes(data)
     return paths
 
 
@@ -200,20 +204,18 @@ def audio_bytes(
 ) -> bytes:
     """(channels, samples) audio as the bytes of a WAV or FLAC file, or raw interleaved PCM
     (`file_format` "RAW": little-endian, 16-bit for pcm16), clipped to [−1, 1]."""
-    buffer = io.BytesIO()
-    _write(buffer, audio, rate, file_format, sample_format, clip=True, normalize=False)
-    return buffer.getvalue()
+    return _encoded(audio, rate, file_format, sample_format, clip=True, normalize=False)
 
 
-def _write(
-    target,
+def _encoded(
     audio: torch.Tensor,
     rate: int,
     file_format: str,
     sample_format: SampleFormat,
     clip: bool,
     normalize: bool,
-) -> None:
+) -> bytes:
+    """(channels, samples) audio as the bytes of a `file_format` file (see `write_clips`)."""
     import soundfile as sf
 
     data = audio.detach().float().cpu().numpy().T
@@ -228,11 +230,13 @@ def _write(
         # and FLAC of one clip were 1 LSB apart): every format then holds the same samples.
         data = np.clip(np.round(data * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1).astype(np.int16)
     subtype = SUBTYPES[file_format, sample_format]
+    buffer = io.BytesIO()
     sf.write(
-        target,
+        buffer,
         data,
         rate,
         subtype=subtype,
         format=file_format,
         endian="LITTLE" if file_format == "RAW" else None,
     )
+    return buffer.getvalue()

@@ -89,6 +89,29 @@ def test_the_write_probe_is_removed_even_if_interrupted(tmp_path: Path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_is_a_write_error_that_keeps_the_old_file(tmp_path: Path, full_disk):
+    path = tmp_path / "manifest.json"
+    path.write_text("old")
+    full_disk(path.name)
+    with pytest.raises(
+        WriteError, match=r"manifest\.json \(No space left on device\): free space on that disk"
+    ):
+        write_atomically(path, "new")
+    assert list(tmp_path.iterdir()) == [path] and path.read_text() == "old"
+
+
+def test_a_rename_that_fails_is_a_write_error_naming_its_target(tmp_path: Path):
+    paths = [tmp_path / f"clip_{k}.wav" for k in range(2)]
+    with pytest.raises(
+        WriteError, match=r"cannot write .*clip_1\.wav \(Is a directory\): a folder is in its place"
+    ):
+        with atomic_paths(paths) as temps:
+            for tmp in temps:
+                tmp.write_text("new")
+            paths[1].mkdir()  # made by someone else while the clips were written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_0.wav", "clip_1.wav"] and paths[1].is_dir()
+
+
 def test_a_folder_without_search_permission_is_one_clear_refusal(tmp_path: Path, monkeypatch):
     """In a folder this user may read but not search (chmod 600, another user's), creating the
     probe and removing it both fail with EACCES: the refusal must stay the one-line WriteError,

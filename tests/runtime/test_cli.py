@@ -172,6 +172,27 @@ def test_runs_end_to_end_and_prints_the_seed(tmp_path, capsys):
         assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE)
 
 
+def test_a_full_disk_is_one_line_and_exit_2(tmp_path, capsys, full_disk):
+    full_disk("clip.wav")
+    argv = [
+        "rain",
+        "--model",
+        "tiny-random",
+        "--seconds",
+        "0.5",
+        "--steps",
+        "2",
+        "-o",
+        str(tmp_path / "clip.wav"),
+    ]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(
+        r"sa-run: error: cannot write .*clip\.wav \(No space left on device\): free space.*", error
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("seconds", [0.0, -1.0, 47.56])
 def test_seconds_bound_of_the_real_model(seconds):
     from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0

@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 from reference_path import REFERENCE_PATH
 
-from stable_audio_rt.errors import RequestError, StableAudioError
+from stable_audio_rt.errors import RequestError, StableAudioError, WriteError
 from stable_audio_rt.models.config import TINY, TINY_SMALL
 from stable_audio_rt.models.vae import bottleneck_sample
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
@@ -335,21 +335,34 @@ def test_a_batch_interrupted_while_saving_leaves_no_clip_of_it(pipe, tmp_path, m
     from stable_audio_rt.runtime import audio_io
 
     result = pipe.generate(["a", "b", "c"], seconds_total=0.5, steps=2, seed=3, window="trim")
-    written = audio_io._write
+    encoded = audio_io._encoded
 
-    def interrupted_at_the_second(target, *args):
+    def interrupted_at_the_second(*args):
         if interrupted_at_the_second.calls == 1:
             raise KeyboardInterrupt
         interrupted_at_the_second.calls += 1
-        written(target, *args)
+        return encoded(*args)
 
     interrupted_at_the_second.calls = 0
-    monkeypatch.setattr(audio_io, "_write", interrupted_at_the_second)
+    monkeypatch.setattr(audio_io, "_encoded", interrupted_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         result.save(tmp_path / "clip.wav")
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(audio_io, "_write", written)
+    monkeypatch.setattr(audio_io, "_encoded", encoded)
     assert [p.name for p in result.save(tmp_path / "clip.wav")] == ["clip_0.wav", "clip_1.wav", "clip_2.wav"]
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_a_full_disk_is_one_refusal_that_leaves_the_old_files(pipe, tmp_path, full_disk, suffix):
+    result = pipe.generate(["a", "b"], seconds_total=0.5, steps=2, window="trim")
+    old = tmp_path / f"clip_0{suffix}"
+    old.write_bytes(b"an earlier clip")
+    full_disk(f"clip_1{suffix}")  # the second clip's write meets a full disk
+    with pytest.raises(
+        WriteError, match=rf"cannot write .*clip_1\{suffix} \(No space left on device\): free space"
+    ):
+        result.save(tmp_path / f"clip{suffix}")
+    assert list(tmp_path.iterdir()) == [old] and old.read_bytes() == b"an earlier clip"
 
 
 def test_unclipped_audio_is_written_only_where_the_format_holds_it(pipe, tmp_path):
