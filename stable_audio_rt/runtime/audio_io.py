@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -67,10 +69,23 @@ def check_output_path(
             "clip them"
         )
     folder = write_target(path).parent  # a link's target is what is written
-    if not folder.is_dir():
-        raise AudioFileError(f"cannot write {path}: folder {folder} does not exist (create it first)")
+    _check_folder(path, folder)
     check_writable(folder)
     return path
+
+
+def _check_folder(path: Path, folder: Path) -> None:
+    """Refuse the folder `path` would be written in if it is none: missing, or a file (itself or
+    one above it: `r.sh/x.wav`), each said as such."""
+    if folder.is_dir():
+        return
+    # The first entry on the way down that is not a folder is what stands in the way.
+    for entry in [*reversed(folder.parents), folder]:
+        if entry.exists() and not entry.is_dir():
+            raise AudioFileError(
+                f"cannot write {path}: {entry} is a file, not a folder; name a file in a folder"
+            )
+    raise AudioFileError(f"cannot write {path}: folder {folder} does not exist (create it first)")
 
 
 def _refuse_folder(path: Path) -> None:
@@ -113,13 +128,34 @@ def audio_length(path: str | Path) -> tuple[int, int]:
 def _opened(path: str | Path):
     """`path` open as a soundfile.SoundFile, or an AudioFileError naming what is wrong."""
     path = Path(path)
-    if path.is_dir():
-        raise AudioFileError(f"{path} is a folder: give an audio file")
-    if not path.is_file():
-        raise AudioFileError(f"audio file {path} does not exist")
+    _check_readable(path)
     import soundfile as sf
 
     return _read(path, lambda: sf.SoundFile(str(path)))
+
+
+def _check_readable(path: Path) -> None:
+    """Refuse, with its own reason, a path that is no file this process can read: missing, a
+    folder, not a regular file (a FIFO would block, a device read as anything), or one it may
+    not read (libsndfile would say only "System error.")."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AudioFileError(f"audio file {path} does not exist") from None
+    except OSError as e:
+        raise _unreadable(path, e) from e
+    if stat.S_ISDIR(mode):
+        raise AudioFileError(f"{path} is a folder: give an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioFileError(f"{path} is not a regular file (a device, FIFO or socket): give an audio file")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as e:
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path: Path, error: OSError) -> AudioFileError:
+    return AudioFileError(f"cannot read {path} ({error.strerror}): give an audio file you can read")
 
 
 def _read(path: str | Path, reading: Callable[[], T]) -> T:

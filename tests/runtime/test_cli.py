@@ -1,6 +1,7 @@
 """sa-run: bad input is refused with a clear message before any model loads, writing nothing;
 good input writes the clip."""
 
+import os
 import re
 
 import numpy as np
@@ -28,6 +29,7 @@ def inputs(tmp_path):
     sf.write(folder / "loud.wav", np.full((RATE, 2), 1e30, np.float32), RATE, subtype="FLOAT")
     (folder / "text.wav").write_text("not audio")
     (folder / "clip_1.wav").mkdir()  # where the second clip of `-o clip.wav` would go
+    os.mkfifo(folder / "fifo.wav")  # reading it would wait for a writer forever
     return folder
 
 
@@ -78,6 +80,8 @@ BAD_ARGUMENTS = [
     (["--init-audio", "{in}/empty.wav"], r"audio file .*empty\.wav is empty"),
     (["--init-audio", "{in}/missing.wav"], r"audio file .*missing\.wav does not exist"),
     (["--init-audio", "{in}"], r"/in is a folder: give an audio file"),
+    (["--init-audio", "{in}/fifo.wav"], r"fifo\.wav is not a regular file \(a device, FIFO or socket\)"),
+    (["--inpaint-audio", "/dev/null"], r"/dev/null is not a regular file \(a device, FIFO or socket\)"),
     (["--frames", "65"], r"a window of 65 latent frames is longer than the model's \(64, 2\.97 s\)"),
     (["--frames", "0"], r"--frames must be at least 1"),
     (
@@ -86,6 +90,8 @@ BAD_ARGUMENTS = [
     ),
     (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
+    (["-o", "{in}/tone.wav/clip.wav"], r"tone\.wav/clip\.wav: .*/in/tone\.wav is a file, not a folder"),
+    (["-o", "{in}/tone.wav/sub/clip.wav"], r"sub/clip\.wav: .*/in/tone\.wav is a file, not a folder"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
     (["--num-outputs", "2", "-o", "{in}/clip.wav"], r"cannot write .*clip_1\.wav: it is a folder"),
     (["-o", "/proc/clip.wav"], r"cannot write in /proc \(.*\): give a folder you can write to"),
@@ -117,6 +123,26 @@ def test_bad_input_is_refused_before_loading(arguments, message, inputs, tmp_pat
     assert cli.main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert list(out.rglob("*")) == [], "nothing may be written"
+
+
+def test_an_audio_file_this_user_may_not_read_says_so(inputs, tmp_path, capsys, monkeypatch, no_model_load):
+    unreadable = inputs / "tone.wav"
+    unreadable.chmod(0)
+    if os.geteuid() == 0:  # root reads it regardless: the kernel's refusal is made here
+        os_open = os.open
+
+        def denied(path, *args, **kwargs):
+            if os.fspath(path) == os.fspath(unreadable):
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return os_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", denied)
+    argv = ["x", "--model", "tiny-random", "--init-audio", str(unreadable), "-o", str(tmp_path / "a.wav")]
+    assert cli.main(argv) == 2
+    assert re.search(
+        r"cannot read .*tone\.wav \(Permission denied\): give an audio file you can read",
+        capsys.readouterr().err,
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is absent")
