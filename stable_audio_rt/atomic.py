@@ -135,11 +135,27 @@ def write_target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def check_distinct(paths: Sequence[Path]) -> None:
+    """Refuse paths of which two lead to one file (a symbolic link to another's name): written
+    together, the second would replace the first."""
+    first_to: dict[Path, Path] = {}
+    for path in paths:
+        target = Path(os.path.realpath(path))
+        if target in first_to:
+            raise WriteError(
+                f"cannot write both {first_to[target]} and {path}: both lead to {target}, so one would "
+                "replace the other; name files that differ (or remove the symbolic link joining them)"
+            )
+        first_to[target] = path
+
+
 @contextlib.contextmanager
 def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
     """A fresh temp path beside each of `paths` (a link's target: `write_target`), all renamed
     onto them when the block succeeds and all removed when not: several files are written whole
-    or not at all, but for the moment the renames take."""
+    or not at all, but for the moment the renames take. Two paths that lead to one file are
+    refused (`check_distinct`)."""
+    check_distinct(paths)
     targets = [write_target(p) for p in paths]
     temps: list[Path] = []
     try:

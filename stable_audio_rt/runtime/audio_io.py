@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
-from stable_audio_rt.atomic import atomic_paths, check_writable, write_target, writing
+from stable_audio_rt.atomic import atomic_paths, check_distinct, check_writable, write_target, writing
 from stable_audio_rt.errors import RequestError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -72,6 +72,18 @@ def check_output_path(
     _check_folder(path, folder)
     check_writable(folder)
     return path
+
+
+def check_output_paths(
+    paths: Sequence[str | Path],
+    sample_format: SampleFormat = "pcm16",
+    clip: bool = True,
+    normalize: bool = False,
+) -> list[Path]:
+    """`check_output_path` for each path of a batch, and no two that lead to one file."""
+    checked = [check_output_path(p, sample_format, clip, normalize) for p in paths]
+    check_distinct(checked)
+    return checked
 
 
 def _check_folder(path: Path, folder: Path) -> None:
@@ -224,7 +236,7 @@ def write_clips(
     path checked first, every clip written to a temp file, then all renamed (an interrupted batch
     leaves no clip of it). `normalize` scales each clip's peak to full scale first; `clip` then
     limits samples to [−1, 1]."""
-    paths = [check_output_path(p, sample_format, clip, normalize) for p in paths]
+    paths = check_output_paths(paths, sample_format, clip, normalize)
     with atomic_paths(paths) as temps:
         for tmp, path, audio in zip(temps, paths, clips, strict=True):
             data = _encoded(audio, rate, OUTPUT_FORMATS[path.suffix.lower()], sample_format, clip, normalize)

@@ -21,7 +21,7 @@ from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.source import MODEL_HELP, is_random
 from stable_audio_rt.precision import DTYPE_CHOICES, DTYPES, dtype_request
-from stable_audio_rt.runtime.audio_io import audio_length, check_output_path, clip_paths
+from stable_audio_rt.runtime.audio_io import audio_length, check_output_paths, clip_paths
 from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce
 from stable_audio_rt.runtime.inpaint_ranges import RangeNames, inpaint_mask
@@ -373,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             sigma_max=args.sigma_max,
         )
         resolved = resolve_request_as(request, config, SA_RUN_NAMES)
-        for path in clip_paths(args.output, resolved.batch):  # name_k for each clip of a batch
-            check_output_path(path, args.format, clip=not args.no_clip, normalize=args.normalize)
+        outputs = clip_paths(args.output, resolved.batch)  # name_k for each clip of a batch
+        check_output_paths(outputs, args.format, clip=not args.no_clip, normalize=args.normalize)
         found = announce(config, resolved, plan.device, plan.dtype_choice.dtype)
         if found is not None:
             print(f"sa-run: {found.line()}", file=sys.stderr)

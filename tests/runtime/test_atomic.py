@@ -2,6 +2,7 @@
 they create has the permissions a plain write would give it."""
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -74,6 +75,17 @@ def test_a_write_through_a_link_replaces_its_target_and_keeps_the_link(tmp_path:
     write_atomically(link, "new")
     assert link.is_symlink() and target.read_text() == "new" and link.read_text() == "new"
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["target.wav"]
+
+
+def test_two_paths_that_lead_to_one_file_are_refused_before_any_write(tmp_path: Path):
+    clips = [tmp_path / f"clip_{k}.wav" for k in range(3)]
+    (tmp_path / "real").mkdir()
+    clips[2].symlink_to(tmp_path / "real" / ".." / clips[0].name)  # clip_2 is clip_0 under another name
+    refusal = rf"cannot write both .*clip_0\.wav and .*clip_2\.wav: both lead to {re.escape(str(clips[0]))}"
+    with pytest.raises(WriteError, match=refusal):
+        with atomic_paths(clips):
+            pytest.fail("nothing may be written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_2.wav", "real"] and clips[2].is_symlink()
 
 
 def test_the_write_probe_is_removed_even_if_interrupted(tmp_path: Path, monkeypatch):

@@ -39,6 +39,7 @@ def no_model_load(monkeypatch):
         raise AssertionError("the model must not be loaded for bad input")
 
     monkeypatch.setattr(StableAudio, "from_pretrained", refuse)
+    monkeypatch.setattr(StableAudio, "from_plan", refuse)  # what sa-run loads with
 
 
 BAD_ARGUMENTS = [
@@ -123,6 +124,17 @@ def test_bad_input_is_refused_before_loading(arguments, message, inputs, tmp_pat
     assert cli.main(argv) == 2
     assert re.search(message, capsys.readouterr().err)
     assert list(out.rglob("*")) == [], "nothing may be written"
+
+
+def test_clips_that_would_land_in_one_file_are_refused_before_loading(tmp_path, capsys, no_model_load):
+    (tmp_path / "c_0.wav").symlink_to("c_1.wav")  # c_0.wav and c_1.wav: one file, two names
+    argv = ["x", "--model", "tiny-random", "--num-outputs", "2", "-o", str(tmp_path / "c.wav")]
+    assert cli.main(argv) == 2
+    assert re.search(
+        rf"cannot write both .*c_0\.wav and .*c_1\.wav: both lead to {re.escape(str(tmp_path / 'c_1.wav'))}",
+        capsys.readouterr().err,
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["c_0.wav"] and (tmp_path / "c_0.wav").is_symlink()
 
 
 def test_an_audio_file_this_user_may_not_read_says_so(inputs, tmp_path, capsys, monkeypatch, no_model_load):
