@@ -135,6 +135,18 @@ def write_target(path: Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def check_replaceable(path: Path) -> None:
+    """Refuse a path whose write target (`write_target`) exists but is no regular file: a device,
+    FIFO, socket or folder would be replaced by the new file (root's rename replaces even
+    /dev/null)."""
+    target = write_target(path)
+    if target.exists() and not target.is_file():
+        raise WriteError(
+            f"cannot write {path}: {target} is not a regular file (a device, FIFO, socket or folder) "
+            "and would be replaced by one; name a file"
+        )
+
+
 def check_distinct(paths: Sequence[Path]) -> None:
     """Refuse paths of which two lead to one file (a symbolic link to another's name): written
     together, the second would replace the first."""
@@ -154,8 +166,10 @@ def atomic_paths(paths: Sequence[Path]) -> Iterator[list[Path]]:
     """A fresh temp path beside each of `paths` (a link's target: `write_target`), all renamed
     onto them when the block succeeds and all removed when not: several files are written whole
     or not at all, but for the moment the renames take. Two paths that lead to one file are
-    refused (`check_distinct`)."""
+    refused (`check_distinct`), and so is a path to something other than a file (`check_replaceable`)."""
     check_distinct(paths)
+    for path in paths:
+        check_replaceable(path)
     targets = [write_target(p) for p in paths]
     temps: list[Path] = []
     try:

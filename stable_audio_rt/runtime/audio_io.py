@@ -17,7 +17,14 @@ from typing import Literal, TypeVar
 import numpy as np
 import torch
 
-from stable_audio_rt.atomic import atomic_paths, check_distinct, check_writable, write_target, writing
+from stable_audio_rt.atomic import (
+    atomic_paths,
+    check_distinct,
+    check_replaceable,
+    check_writable,
+    write_target,
+    writing,
+)
 from stable_audio_rt.errors import RequestError
 
 # Output formats by extension, with the soundfile subtype for each sample format.
@@ -70,6 +77,7 @@ def check_output_path(
         )
     folder = write_target(path).parent  # a link's target is what is written
     _check_folder(path, folder)
+    check_replaceable(path)
     check_writable(folder)
     return path
 

@@ -88,6 +88,19 @@ def test_two_paths_that_lead_to_one_file_are_refused_before_any_write(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_2.wav", "real"] and clips[2].is_symlink()
 
 
+def test_a_path_to_no_regular_file_is_refused_not_replaced(tmp_path: Path):
+    """A FIFO stands for a device here: root's rename would replace /dev/null itself."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "report.json"
+    link.symlink_to(fifo)
+    for path in (fifo, link):
+        with pytest.raises(WriteError, match=rf"cannot write .*{path.name}: .*fifo is not a regular file"):
+            write_atomically(path, "new")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "report.json"]
+
+
 def test_the_write_probe_is_removed_even_if_interrupted(tmp_path: Path, monkeypatch):
     created = atomic._new_file
 

@@ -91,6 +91,7 @@ BAD_ARGUMENTS = [
     ),
     (["--init-audio", "{in}/init_audio.wav"], r"audio file .*/init_audio\.wav does not exist"),  # a path kept
     (["-o", "{out}/missing/clip.wav"], r"folder .*missing does not exist"),
+    (["-o", "{in}/fifo.wav"], r"cannot write .*fifo\.wav: .*fifo\.wav is not a regular file"),
     (["-o", "{in}/tone.wav/clip.wav"], r"tone\.wav/clip\.wav: .*/in/tone\.wav is a file, not a folder"),
     (["-o", "{in}/tone.wav/sub/clip.wav"], r"sub/clip\.wav: .*/in/tone\.wav is a file, not a folder"),
     (["-o", "{out}/clip.mp3"], r"unsupported extension '\.mp3' \(use \.wav, \.flac\)"),
