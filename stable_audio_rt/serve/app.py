@@ -36,7 +36,7 @@ from stable_audio_rt.errors import RequestError, StableAudioError
 from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio, StepCallback
 from stable_audio_rt.runtime.requests import ResolvedRequest
 from stable_audio_rt.serve.batching import RETRY_AFTER_S, Generator
-from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, parse_generation, read_body
+from stable_audio_rt.serve.bodies import MIB, BodyTooLarge, BodyTooSlow, parse_generation, read_body
 from stable_audio_rt.serve.draining import DEFAULT_DRAIN_GRACE_S, Drain
 from stable_audio_rt.serve.jobs import Board, Claim, JobBoard, JobWorker, Reading, Stopped
 from stable_audio_rt.serve.metrics import ServeMetrics
@@ -216,17 +216,20 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             resolved, warnings=(*resolved.warnings, *pipe.prompt_warnings(resolved))
         )
 
-    async def parsed(request: Request) -> tuple[GenerateBody, ResolvedRequest]:
+    async def parsed(request: Request, takes_place: bool = True) -> tuple[GenerateBody, ResolvedRequest]:
         """The body read under the upload limit (413), then checked and resolved off the event
-        loop (422 naming the problem), all before it takes a place in the queue; while it arrives
-        it holds one, so a full queue is said (429) before any body is read."""
+        loop (422 naming the problem), all before it takes a place in the queue; one that would
+        take a place (`takes_place`) in a full queue is refused (429) before any of it is read."""
         refuse_if_stopping()  # before reading the body, and again after (a signal may come between)
-        with generator.arrival():
+        with generator.arrival(takes_place):
             try:
                 body = await read_body(request, settings.max_upload_bytes)
             except BodyTooLarge as e:
                 metrics.requests.labels("invalid").inc()
                 raise HTTPException(413, str(e)) from e
+            except BodyTooSlow as e:
+                metrics.requests.labels("invalid").inc()
+                raise HTTPException(408, str(e)) from e
             except ClientDisconnect as e:  # gone mid-upload: nobody to answer, nothing to log
                 metrics.requests.labels("stopped").inc()
                 raise HTTPException(CLIENT_CLOSED, "the client disconnected during its upload") from e
@@ -401,7 +404,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
         responses=BODY_RESPONSES,
     )
     async def submit(request: Request) -> JSONResponse:
-        body, resolved = await parsed(request)
+        body, resolved = await parsed(request, takes_place=shared is None)  # a shared board's own bound
         if shared is None:
             generator.admit()  # its place is given back when it settles
         view = await board.submit(resolved, body.response_format, generator.batch_key(resolved))

@@ -76,23 +76,25 @@ class Generator:
         self.pending: list[_Ticket] = []  # requests waiting for a batch, oldest first
         self.arrived = threading.Condition()  # guards `pending`; notified when one is added
 
-    def check_room(self, arriving: int = 0) -> None:
-        """429 unless there is a place in the queue besides `arriving` bodies still being read
-        (each may become a request: a full queue is said before a body is read, so clients
-        cannot hold more bodies in memory than the queue has places)."""
-        if self.waiting + arriving >= self.max_queue:
-            self.metrics.requests.labels("rejected_busy").inc()
-            raise HTTPException(
-                429,
-                f"the queue is full ({self.max_queue} requests waiting, running or arriving); retry shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
+    def check_room(self) -> None:
+        """429 unless the queue has a place for one more request."""
+        if self.waiting >= self.max_queue:
+            self.refuse_busy(f"the queue is full ({self.max_queue} requests waiting or running)")
+
+    def refuse_busy(self, why: str) -> None:
+        self.metrics.requests.labels("rejected_busy").inc()
+        raise HTTPException(429, f"{why}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @contextmanager
-    def arrival(self) -> Iterator[None]:
-        """A body being read and checked: 429 at once if the queue has no place for it, and a
-        place held while it arrives (on the event loop only)."""
-        self.check_room(self.arriving)
+    def arrival(self, takes_place: bool) -> Iterator[None]:
+        """A body being read and checked (on the event loop only): 429 at once, before any of it
+        is read, if it would take a place in a full queue (`takes_place`), or if `max_queue`
+        bodies are arriving already (so clients cannot hold more bodies in the server's memory
+        than that; arriving bodies hold no place in the queue, so slow ones cannot shut it)."""
+        if takes_place:
+            self.check_room()
+        if self.arriving >= self.max_queue:
+            self.refuse_busy(f"{self.arriving} request bodies are arriving already (--max-queue)")
         self.arriving += 1
         try:
             yield

@@ -6,9 +6,11 @@ nothing on the server's disks is read or written, and no path a client names is 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -28,25 +30,47 @@ from stable_audio_rt.serve.schema import AUDIO_FIELDS, BODY_NAMES, GenerateBody
 
 MULTIPART = "multipart/form-data"
 REQUEST_FIELD = "request"  # the multipart field holding the JSON body
-MIB = 2**20
+KIB, MIB = 2**10, 2**20
+# A body must arrive at MIN_BODY_RATE on average after its first BODY_GRACE_S (a 50 MiB upload:
+# under 14 minutes), else it is refused (408): a client trickling bytes cannot hold its place
+# among the bodies arriving (`Generator.arrival`) for long.
+BODY_GRACE_S = 10.0
+MIN_BODY_RATE = 64 * KIB
 
 
 class BodyTooLarge(Exception):
     """The body is over the upload limit (413)."""
 
 
+class BodyTooSlow(Exception):
+    """The body arrives too slowly (408)."""
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refused as soon as it is known to be over `limit` bytes: from its declared
-    length before any of it is read, else while it streams in."""
+    length before any of it is read, else while it streams in; and refused (`BodyTooSlow`) once
+    it falls behind BODY_GRACE_S plus MIN_BODY_RATE: a client trickling bytes holds no place
+    among the bodies arriving for longer than that."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(_too_large(limit))
     body = bytearray()
-    async for chunk in request.stream():
+    began = time.monotonic()
+    chunks = request.stream().__aiter__()
+    while True:
+        due = began + BODY_GRACE_S + len(body) / MIN_BODY_RATE  # when the next byte is late
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, due - time.monotonic()))
+        except StopAsyncIteration:
+            return bytes(body)
+        except asyncio.TimeoutError:  # not yet the builtin's alias on Python 3.10
+            raise BodyTooSlow(
+                f"the request body came in slower than {MIN_BODY_RATE // KIB} KiB/s (after its first "
+                f"{BODY_GRACE_S:g} s): {len(body)} bytes in {time.monotonic() - began:.0f} s; send it faster"
+            ) from None
         body += chunk
         if len(body) > limit:
             raise BodyTooLarge(_too_large(limit))
-    return bytes(body)
 
 
 def _too_large(limit: int) -> str:

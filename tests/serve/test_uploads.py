@@ -7,6 +7,7 @@ job behind."""
 import io
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,7 +18,11 @@ import soundfile as sf
 from serving import QUICK, serving
 
 from stable_audio_rt.runtime.audio_io import audio_bytes, samples_read_for
+from stable_audio_rt.serve import bodies
+from stable_audio_rt.serve.app import ServeSettings, SharedJobs, create_app
+from stable_audio_rt.serve.background import BackgroundServer
 from stable_audio_rt.serve.bodies import MIB, decode_audio
+from stable_audio_rt.serve.jobs import JobBoard
 
 RATE = 44100
 # A small upload limit, so an oversized body is quick to send.
@@ -272,25 +277,35 @@ def test_an_upload_over_the_limit_is_413_naming_it(server, chunked):
     assert "over the upload limit of 0.5 MiB (sa-serve --max-upload-mb)" in response.text
 
 
-def test_a_full_queue_is_said_before_a_body_is_read_and_a_client_gone_mid_upload_is_quiet(pipe, capfd):
-    """Bodies still arriving hold the queue's places (so clients cannot hold more bodies in the
-    server's memory than it has places); one whose client goes mid-upload gives its place back
-    without a traceback in the log."""
+HEAD_OF_A_BODY = (
+    b"POST /v1/audio/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 1000\r\n\r\n{"input":'
+)
+
+
+def _slow_bodies(server, count: int) -> list[socket.socket]:
+    """`count` connections that each send a body's first bytes, then nothing."""
+    url = httpx.URL(server.url)
+    connections = [socket.create_connection((url.host, url.port)) for _ in range(count)]
+    for connection in connections:
+        connection.sendall(HEAD_OF_A_BODY)
+    return connections
+
+
+def test_bodies_arriving_are_bounded_and_a_client_gone_mid_upload_is_quiet(pipe, capfd):
+    """At most --max-queue bodies arrive at once (clients cannot hold more in the server's memory),
+    refused at once past that; they hold no place in the queue; one whose client goes mid-upload
+    leaves without a traceback in the log."""
     with serving(pipe, max_queue=2) as running:
-        generator, url = running.app.state.generator, httpx.URL(running.url)
-        head = (
-            b"POST /v1/audio/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 1000\r\n\r\n{"input":'
-        )
-        slow = [socket.create_connection((url.host, url.port)) for _ in range(2)]
+        generator = running.app.state.generator
+        slow = _slow_bodies(running, 2)
         try:
-            for connection in slow:
-                connection.sendall(head)
             _until(lambda: generator.arriving == 2)
             began = time.monotonic()
-            full = httpx.post(f"{running.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
-            assert full.status_code == 429 and "waiting, running or arriving" in full.text, full.text
+            more = httpx.post(f"{running.url}/v1/audio/generate", json={"input": "x", **QUICK}, timeout=30)
+            assert more.status_code == 429 and "2 request bodies are arriving already" in more.text, more.text
             assert time.monotonic() - began < 5  # refused as it came, not after a read timed out
+            assert generator.waiting == 0, "arriving bodies take no place in the queue"
         finally:
             for connection in slow:
                 connection.close()
@@ -299,6 +314,58 @@ def test_a_full_queue_is_said_before_a_body_is_read_and_a_client_gone_mid_upload
         assert fine.status_code == 200
     logged = capfd.readouterr().err  # uvicorn's own handler writes to the process's stderr
     assert "Exception in ASGI application" not in logged and "ClientDisconnect" not in logged, logged
+
+
+def test_a_request_for_a_full_queue_is_refused_before_its_body_is_read(pipe):
+    with serving(pipe, max_queue=1) as running:
+        generator = running.app.state.generator
+        with generator.lock:  # one request waits for the model: the queue of one is full
+            waiting = threading.Thread(
+                target=httpx.post,
+                args=(f"{running.url}/v1/audio/generate",),
+                kwargs={"json": {"input": "x", **QUICK}, "timeout": 60},
+            )
+            waiting.start()
+            _until(lambda: generator.waiting == 1)
+            (connection,) = _slow_bodies(running, 1)  # its body never comes
+            with connection:
+                connection.settimeout(30)
+                answer = connection.recv(4096)
+        waiting.join(timeout=60)
+    assert answer.startswith(b"HTTP/1.1 429") and b"the queue is full" in answer, answer
+
+
+def test_a_body_that_trickles_in_is_refused_once_it_falls_behind(pipe, monkeypatch):
+    monkeypatch.setattr(bodies, "BODY_GRACE_S", 0.5)
+    with serving(pipe) as running:
+        (connection,) = _slow_bodies(running, 1)  # 22 bytes, then nothing: behind at once
+        with connection:
+            connection.settimeout(30)
+            answer = connection.recv(4096)
+        _until(lambda: running.app.state.generator.arriving == 0)
+    assert answer.startswith(b"HTTP/1.1 408") and b"came in slower than 64 KiB/s" in answer, answer
+
+
+def test_a_job_for_a_shared_board_is_not_refused_for_the_replicas_own_queue(pipe):
+    """Under Ray Serve the board bounds jobs; a replica's queue of synchronous requests does not."""
+    board = JobBoard(3600.0, 1 << 30)
+    app = create_app(pipe, ServeSettings("tiny-random", max_queue=1), SharedJobs(board, "replica"))
+    running = BackgroundServer(app)
+    try:
+        generator = app.state.generator
+        with generator.lock:
+            waiting = threading.Thread(
+                target=httpx.post,
+                args=(f"{running.url}/v1/audio/generate",),
+                kwargs={"json": {"input": "x", **QUICK}, "timeout": 60},
+            )
+            waiting.start()
+            _until(lambda: generator.waiting == 1)
+            job = httpx.post(f"{running.url}/v1/audio/jobs", json={"input": "y", **QUICK}, timeout=30)
+            assert job.status_code == 202, job.text
+        waiting.join(timeout=60)
+    finally:
+        running.stop()
 
 
 def _until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
