@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -21,6 +21,9 @@ from stable_audio_rt.serve.metrics import ServeMetrics
 
 # What a client waits before retrying a full queue (seconds, the Retry-After header).
 RETRY_AFTER_S = 1
+# Claimed jobs that stopped before their batch formed, remembered (newest first kept) so that a
+# forming batch waits for them no more: far more than the batches forming at once hold.
+WITHDRAWN_KEPT = 1024
 # How often a request waiting for the model checks that it should still run (its client there,
 # its job not cancelled or timed out), in seconds.
 WAIT_POLL_S = 0.05
@@ -75,6 +78,7 @@ class Generator:
         self.arriving = 0  # bodies being read and checked, each maybe a request (event loop only)
         self.pending: list[_Ticket] = []  # requests waiting for a batch, oldest first
         self.arrived = threading.Condition()  # guards `pending`; notified when one is added
+        self.withdrawn: dict[str, None] = {}  # claimed jobs stopped before a batch took them (ordered)
 
     def check_room(self) -> None:
         """429 unless the queue has a place for one more request."""
@@ -135,6 +139,8 @@ class Generator:
                     with self.arrived:
                         if not ticket.taken:  # else its batch has it: the batch answers it
                             self.pending.remove(ticket)
+                            if claim is not None:  # its claim's batch-mates wait for it no more
+                                self._withdrew(claim.id)
                             raise
             if self.lock.acquire(timeout=WAIT_POLL_S):
                 try:
@@ -184,10 +190,10 @@ class Generator:
             for ticket in running.values():
                 self._run_alone(ticket)
             return
-        self._observe_rtf(results)
         for ticket, result in zip(batch, results, strict=True):
             if not ticket.done.is_set():
                 ticket.finish(result)
+        self._observe_rtf(results)  # once every request has its answer
 
     def _form_batch(self) -> list[_Ticket]:
         """The oldest waiting request and the waiting ones of its batch key that fit, in arrival
@@ -204,9 +210,18 @@ class Generator:
                     batch.append(ticket)
                 left = deadline - time.monotonic()
                 full = sum(t.rows for t in batch) >= self.max_batch
-                if batch[0].key is None or full or _claims_complete(batch) or left <= 0:
+                done = _claims_complete(batch, self.withdrawn)
+                if batch[0].key is None or full or done or left <= 0:
                     return batch
                 self.arrived.wait(left)
+
+    def _withdrew(self, job_id: str) -> None:
+        """A claimed job stopped before its batch took it (under `arrived`): recorded, the
+        oldest such record let go past WITHDRAWN_KEPT, and a forming batch told."""
+        self.withdrawn[job_id] = None
+        if len(self.withdrawn) > WITHDRAWN_KEPT:
+            del self.withdrawn[next(iter(self.withdrawn))]
+        self.arrived.notify_all()
 
     def _run_alone(self, ticket: _Ticket) -> None:
         try:
@@ -214,8 +229,8 @@ class Generator:
         except Exception as e:
             ticket.finish(error=e)
         else:
-            self._observe_rtf([result])
             ticket.finish(result)
+            self._observe_rtf([result])
 
     def _observe_rtf(self, results: list[GenerationResult]) -> None:
         """One pipeline call's real-time factor: its seconds per second of the audio it made (a
@@ -224,10 +239,10 @@ class Generator:
         self.metrics.rtf.observe(sum(results[0].timings.values()) / audio_s)
 
 
-def _claims_complete(batch: list[_Ticket]) -> bool:
-    """Whether the batch is jobs only, with every job claimed with them: nothing else to wait for
-    (their claim already waited the batch wait for more to be queued)."""
+def _claims_complete(batch: list[_Ticket], withdrawn: Container[str]) -> bool:
+    """Whether the batch is jobs only, with every job claimed with them in it or `withdrawn`:
+    nothing else to wait for (their claim already waited the batch wait for more to be queued)."""
     if any(t.claim is None for t in batch):
         return False
     here = {t.claim.id for t in batch}
-    return all(set(t.claim.claimed_with) <= here for t in batch)
+    return all(job in here or job in withdrawn for t in batch for job in t.claim.claimed_with)

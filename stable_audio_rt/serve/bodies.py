@@ -11,6 +11,7 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -193,8 +194,7 @@ def _refuse_repeated_keys(json_body: bytes) -> None:
     silently. (Malformed JSON is left to the validation that follows, which says where.)"""
 
     def pairs(items: list[tuple[str, object]]) -> dict:
-        names = [name for name, _ in items]
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = sorted(name for name, count in Counter(name for name, _ in items).items() if count > 1)
         if twice:
             named = ", ".join(map(repr, twice))
             raise RequestError(f"the JSON body gives {named} more than once: give each once")

@@ -42,6 +42,7 @@ class Drain:
         self.started = False
         self.cut_short = False  # a second signal: stop without waiting for jobs or downloads
         self.signal: int | None = None  # the second signal's number
+        self.over_at: float | None = None  # when `over` first said the server may stop
         self.idle_since: float | None = None  # when the drain last found nothing left to run
 
     def start(self) -> None:
@@ -57,6 +58,14 @@ class Drain:
     def over(self, now: float) -> bool:
         """Whether the server may stop now: nothing left to run, and every finished result
         downloaded or the grace run out."""
+        if self.over_at is not None:
+            return True
+        if self._over(now):
+            self.over_at = now
+            return True
+        return False
+
+    def _over(self, now: float) -> bool:
         if not self.started:
             return False
         busy, waiting = self.left()
@@ -85,6 +94,8 @@ class DrainingServer(uvicorn.Server):
         Ctrl-C): the caller exits with `Drain.signal`'s status instead."""
         if not self.drain.started:
             self.drain.start()
+        elif self.drain.over_at is not None:  # drained, now stopping: nothing to cut short or cancel
+            self.force_exit = True
         elif not self.drain.cut_short:  # a second signal: stop now
             self.drain.cut_short, self.drain.signal = True, sig
             self.drain.on_cut_short()

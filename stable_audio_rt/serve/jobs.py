@@ -34,8 +34,8 @@ Refusal = Literal["full", "stopping"]
 LOG = logging.getLogger("stable_audio_rt.serve")
 # How many workers may take a job whose worker went silent, before it fails.
 MAX_ATTEMPTS = 3
-# Finished, failed and cancelled jobs kept for their clients at most (a status of ~1 KB each,
-# besides the results' own cap): submitting and cancelling jobs in a loop cannot grow the board.
+# Failed and cancelled jobs kept for their clients at most (a status of ~1 KB each; done ones are
+# bounded by the results' own cap): submitting and cancelling jobs in a loop cannot grow the board.
 MAX_SETTLED_JOBS = 10_000
 
 
@@ -382,14 +382,15 @@ class JobBoard:
             await self._end(job, "failed", error)
 
     def _expire(self, now: float) -> None:
-        """Forget jobs finished longer than the TTL ago, the oldest settled ones past
-        MAX_SETTLED_JOBS, then the oldest results over the cap."""
+        """Forget jobs finished longer than the TTL ago, the oldest of those with no result (failed
+        or cancelled) past MAX_SETTLED_JOBS, then the oldest results over the cap (what others'
+        cancelled jobs never push out)."""
         settled = [j for j in self.jobs.values() if j.finished is not None and j.owner is None]
         for job in [j for j in settled if now - j.finished > self.ttl_s]:
             del self.jobs[job.id]
-        settled = [j for j in settled if j.id in self.jobs]
-        if len(settled) > MAX_SETTLED_JOBS:
-            for job in sorted(settled, key=lambda j: j.finished)[: len(settled) - MAX_SETTLED_JOBS]:
+        resultless = [j for j in settled if j.id in self.jobs and j.content is None]
+        if len(resultless) > MAX_SETTLED_JOBS:
+            for job in sorted(resultless, key=lambda j: j.finished)[: len(resultless) - MAX_SETTLED_JOBS]:
                 del self.jobs[job.id]
         kept = sorted((j for j in self.jobs.values() if j.content is not None), key=lambda j: j.finished)
         total = sum(_size(j) for j in kept)

@@ -16,6 +16,11 @@ import pytest
 import soundfile as sf
 from serving import QUICK, serving
 
+from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
+from stable_audio_rt.serve.batching import Generator
+from stable_audio_rt.serve.jobs import Claim, Stopped
+from stable_audio_rt.serve.metrics import ServeMetrics
+
 # Every request of a batch is already waiting when the model is let go (`_held_until_waiting`),
 # so the window only makes a batch that could take more wait a moment: no timing to win.
 BATCH_WAIT_MS = 20
@@ -153,6 +158,31 @@ def test_a_job_whose_claim_ended_its_wait_starts_without_waiting_again_in_the_ba
         assert [_wait(server, job, "done", "failed")["status"] for job in (lone, full)] == ["done", "done"]
         batches = _metric(server, "sa_batch_requests_count"), _metric(server, "sa_batch_requests_sum")
     assert batches == (2, 2)
+
+
+def test_a_claimed_job_stopped_before_its_batch_formed_is_waited_for_no_more(pipe):
+    """Its claim's batch-mate, already forming its batch, starts at once (it waited the whole
+    batch wait for a job that would never come)."""
+    generator = Generator(pipe, 4, ServeMetrics(), max_batch=4, batch_wait_s=2 * POLL_TIMEOUT_S)
+    resolved = resolve_request(GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1), pipe.config)
+    first, second = (Claim(job, 1, resolved, "wav", ("a", "b")) for job in ("a", "b"))
+    answered = []
+    running = threading.Thread(
+        target=lambda: answered.append(generator.run(resolved, "WAV", lambda done, total: None, first))
+    )
+    running.start()
+    deadline = time.monotonic() + POLL_TIMEOUT_S
+    while generator.pending or not generator.lock.locked():  # its batch is forming: it waits for "b"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+    def cancelled(done: int, total: int) -> None:
+        raise Stopped("job b cancelled")
+
+    with pytest.raises(Stopped):
+        generator.run(resolved, "WAV", cancelled, second)
+    running.join(timeout=POLL_TIMEOUT_S)
+    assert len(answered) == 1, "its batch still waited for the stopped job"
 
 
 def test_a_job_cancelled_in_a_running_batch_is_discarded_and_its_batch_mate_finishes(pair_server):

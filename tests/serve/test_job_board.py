@@ -139,23 +139,26 @@ def test_a_settled_job_keeps_its_status_but_not_its_request(pipe):
     assert asked["steps_total"] == 3 and asked["n"] == 2 and views[0]["seed"] == asked["seed"]
 
 
-def test_the_board_keeps_the_newest_settled_jobs_up_to_its_bound(pipe, monkeypatch):
+def test_the_board_keeps_the_newest_jobs_without_a_result_up_to_its_bound(pipe, monkeypatch):
     """Submitting and cancelling jobs in a loop cannot grow the board: past MAX_SETTLED_JOBS the
-    oldest settled ones are forgotten, never a queued one."""
+    oldest failed or cancelled ones are forgotten, never a queued one, nor a done one whose
+    result its client has yet to download (results have their own cap)."""
     monkeypatch.setattr(jobs, "MAX_SETTLED_JOBS", 3)
 
     async def scenario():
         board, _ = _board()
+        done = (await board.submit(_resolved(pipe), "wav", None))["id"]
+        (claim,) = await board.claim("w", 1, 0)
+        await board.finish(done, claim.attempt, 2, [b"clip"], None)
         queued = (await board.submit(_resolved(pipe), "wav", None))["id"]
         cancelled = []
         for _ in range(10):
             cancelled.append((await board.submit(_resolved(pipe), "wav", None))["id"])
             await board.cancel(cancelled[-1])
-        return queued, cancelled, [await board.read(i) for i in [queued, *cancelled]]
+        return [await board.read(i) for i in [done, queued, *cancelled]]
 
-    queued, cancelled, readings = asyncio.run(scenario())
-    kept = [r is not None for r in readings]
-    assert kept == [True] + [False] * 7 + [True] * 3, "the queued job and the 3 newest settled ones"
+    kept = [reading is not None for reading in asyncio.run(scenario())]
+    assert kept == [True, True] + [False] * 7 + [True] * 3, "the done, the queued and the 3 newest cancelled"
 
 
 def test_a_full_board_refuses_and_a_claim_waits_for_work(pipe):

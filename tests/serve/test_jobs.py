@@ -15,13 +15,14 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import torch
+import uvicorn
 from serving import QUICK, TEST_MAX_STEPS, free_port, serving, wait_healthy
 
 from stable_audio_rt.runtime.audio_io import audio_bytes
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.serve.app import CLAIM_WAIT_S, ServeSettings, create_app
 from stable_audio_rt.serve.background import BackgroundServer
-from stable_audio_rt.serve.draining import Drain
+from stable_audio_rt.serve.draining import Drain, DrainingServer
 from stable_audio_rt.serve.jobs import JobBoard
 
 POLL_TIMEOUT_S = 120
@@ -364,6 +365,21 @@ def test_a_second_signal_stops_the_jobs_and_requests_left_at_once_and_exits_by_i
     assert f"stopped by a second {stop.name}" in log
     (response,) = answered
     assert response.status_code == 503 and "a second stop signal" in response.text, response.text
+
+
+def test_a_signal_after_the_drain_is_over_cuts_nothing_short():
+    """Once drained, the server is stopping anyway: a signal then only hurries uvicorn, and the
+    exit is a drained one (it said 'the jobs left were cancelled' and 143)."""
+    drain = Drain(lambda: (0, 0), 5.0, lambda: None, on_cut_short=lambda: pytest.fail("nothing to cancel"))
+    server = DrainingServer(uvicorn.Config(_app_never_called), drain)
+    server.handle_exit(signal.SIGTERM, None)
+    assert drain.started and drain.over(time.monotonic())
+    server.handle_exit(signal.SIGTERM, None)
+    assert not drain.cut_short and drain.signal is None and server.force_exit
+
+
+async def _app_never_called(scope, receive, send) -> None:  # never called: no server runs
+    raise AssertionError(scope)
 
 
 def _queued(server) -> float:

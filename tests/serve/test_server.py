@@ -61,6 +61,19 @@ def test_head_answers_wherever_get_does_with_gets_headers_and_no_body(server):
         assert head.status_code == got.status_code == 200, path
         assert head.content == b"" and head.headers["content-type"] == got.headers["content-type"], path
     assert server.app.state.jobs.undownloaded() == 0
+    # What comes over the wire (httpx reads no body after a HEAD, whatever the server sends):
+    # GET's length, then nothing.
+    clip = f"/v1/audio/jobs/{job['id']}/content"
+    url = httpx.URL(server.url)
+    with socket.create_connection((url.host, url.port)) as connection:
+        connection.sendall(f"HEAD {clip} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        connection.settimeout(30)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    headers, _, after = answer.partition(b"\r\n\r\n")
+    length = len(httpx.get(f"{server.url}{clip}").content)
+    assert f"content-length: {length}".encode() in headers.lower() and after == b"", answer[:500]
     assert httpx.head(f"{server.url}/v1/audio/jobs/nosuch").status_code == 404
     assert httpx.head(f"{server.url}/v1/audio/generate").status_code == 405  # POST only
 
