@@ -9,7 +9,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -316,22 +317,29 @@ def test_bodies_arriving_are_bounded_and_a_client_gone_mid_upload_is_quiet(pipe,
     assert "Exception in ASGI application" not in logged and "ClientDisconnect" not in logged, logged
 
 
+@contextmanager
+def _one_request_waiting(server) -> Iterator[None]:
+    """The model held while the block runs, one synchronous request waiting for it; answered after."""
+    generator = server.app.state.generator
+    with generator.lock:
+        waiting = threading.Thread(
+            target=httpx.post,
+            args=(f"{server.url}/v1/audio/generate",),
+            kwargs={"json": {"input": "x", **QUICK}, "timeout": 60},
+        )
+        waiting.start()
+        _until(lambda: generator.waiting == 1)
+        yield
+    waiting.join(timeout=60)
+
+
 def test_a_request_for_a_full_queue_is_refused_before_its_body_is_read(pipe):
     with serving(pipe, max_queue=1) as running:
-        generator = running.app.state.generator
-        with generator.lock:  # one request waits for the model: the queue of one is full
-            waiting = threading.Thread(
-                target=httpx.post,
-                args=(f"{running.url}/v1/audio/generate",),
-                kwargs={"json": {"input": "x", **QUICK}, "timeout": 60},
-            )
-            waiting.start()
-            _until(lambda: generator.waiting == 1)
+        with _one_request_waiting(running):  # the queue of one is full
             (connection,) = _slow_bodies(running, 1)  # its body never comes
             with connection:
                 connection.settimeout(30)
                 answer = connection.recv(4096)
-        waiting.join(timeout=60)
     assert answer.startswith(b"HTTP/1.1 429") and b"the queue is full" in answer, answer
 
 
@@ -352,18 +360,9 @@ def test_a_job_for_a_shared_board_is_not_refused_for_the_replicas_own_queue(pipe
     app = create_app(pipe, ServeSettings("tiny-random", max_queue=1), SharedJobs(board, "replica"))
     running = BackgroundServer(app)
     try:
-        generator = app.state.generator
-        with generator.lock:
-            waiting = threading.Thread(
-                target=httpx.post,
-                args=(f"{running.url}/v1/audio/generate",),
-                kwargs={"json": {"input": "x", **QUICK}, "timeout": 60},
-            )
-            waiting.start()
-            _until(lambda: generator.waiting == 1)
+        with _one_request_waiting(running):  # the replica's queue of one is full
             job = httpx.post(f"{running.url}/v1/audio/jobs", json={"input": "y", **QUICK}, timeout=30)
             assert job.status_code == 202, job.text
-        waiting.join(timeout=60)
     finally:
         running.stop()
 
