@@ -37,18 +37,21 @@ from stable_audio_rt.errors import (
     StableAudioError,
 )
 from stable_audio_rt.runtime.audio_io import AudioFileError
-from stable_audio_rt.runtime.pipeline import GenerationResult, StableAudio
-from stable_audio_rt.runtime.requests import GenerationRequest
+from stable_audio_rt.runtime.pipeline import AudioStream, GenerationResult, StableAudio
+from stable_audio_rt.runtime.requests import GenerationRequest, ResolvedRequest, resolve_request
 
 __all__ = [
     "AudioFileError",
+    "AudioStream",
     "CheckpointError",
     "ConfigError",
     "GenerationRequest",
     "GenerationResult",
     "ModelAccessError",
     "RequestError",
+    "ResolvedRequest",
     "StableAudio",
     "StableAudioError",
+    "resolve_request",
 ]
 __version__ = "0.1.0"

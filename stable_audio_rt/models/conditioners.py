@@ -5,6 +5,7 @@ into the DiT's cross-attention context (B, S, cond_dim) and global condition (B,
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -155,15 +156,20 @@ class Conditioner(nn.Module):
         self.numbers = numbers
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        # A fast tokenizer keeps each call's truncation and padding on itself: calls from several
+        # threads (a server's checks beside a run) took each other's lengths.
+        self.tokenizing = threading.Lock()
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return tokenize(self.tokenizer, prompts, self.config.t5_max_length)
+        with self.tokenizing:
+            return tokenize(self.tokenizer, prompts, self.config.t5_max_length)
 
     def prompt_warnings(self, prompts: Sequence[str]) -> list[str]:
         """One warning per prompt the model will not read whole (over T5's length), before any
         work: what `tokenize` warns of when the request runs."""
         length = self.config.t5_max_length
-        ids = self.tokenizer(list(prompts), truncation=True, max_length=length + 1)["input_ids"]
+        with self.tokenizing:
+            ids = self.tokenizer(list(prompts), truncation=True, max_length=length + 1)["input_ids"]
         return [
             long_prompt_warning(p, length)
             for p, tokens in zip(prompts, ids, strict=True)

@@ -12,8 +12,9 @@ exactly what its request gets alone.
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -85,6 +86,21 @@ class GenerationResult:
         )
 
 
+class AudioStream(Iterator[torch.Tensor]):
+    """`generate_stream`'s pieces of audio, in order, with the request's `seed` (drawn at the
+    call when none was given: the same seed makes the same clip again) and `sample_rate`."""
+
+    def __init__(self, pieces: Generator[torch.Tensor, None, None], seed: int, sample_rate: int) -> None:
+        self.pieces, self.seed, self.sample_rate = pieces, seed, sample_rate
+
+    def __next__(self) -> torch.Tensor:
+        return next(self.pieces)
+
+    def close(self) -> None:
+        """Stop early: the rest is neither sampled nor decoded."""
+        self.pieces.close()
+
+
 @contextmanager
 def _stage(timings: dict[str, float], name: str, device: torch.device) -> Iterator[None]:
     """Seconds of a stage, recorded in `timings` under `name` (see stopwatch for how)."""
@@ -123,6 +139,9 @@ class StableAudio:
         self.cuda_graph = cuda_graph
         self.sampler = sampler_for(components.config)
         self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
+        # A captured graph's buffers are shared by every request of its shape: calls from several
+        # threads capture and replay one at a time (eager calls each have buffers of their own).
+        self.replaying = threading.Lock()
         self._capture_warned = False
 
     @property
@@ -235,14 +254,17 @@ class StableAudio:
         self._check(shape, shape.decode_chunk)
         with on_device(self.device), _out_of_memory_refused(shape, self.device):
             if self.uses_graphs:
-                audio, latents = self._run_graph(resolved, shape, timings, on_step)
+                with self.replaying:
+                    audio, latents = self._run_graph(resolved, shape, timings, on_step)
             else:
                 audio, latents = self._run_eager(resolved, shape, timings, progress, on_step)
         self._refuse_non_finite(audio)
         rate, clips = self.config.sample_rate, []
         with _stage(timings, "postprocess", audio.device):
             for one, rows in zip(resolved, planning.row_slices(resolved), strict=True):
-                clips.append((audio[rows, :, one.clip(rate)].contiguous(), one.seed, latents[rows]))
+                # Copies: a view would keep (and pickle) the whole batch's audio and latents.
+                own = audio[rows, :, one.clip(rate)].clone(memory_format=torch.contiguous_format)
+                clips.append((own, one.seed, latents[rows].clone()))
         # Each result its own copy of the batch's timings, postprocess included.
         return [GenerationResult(clip, rate, seed, rows, dict(timings)) for clip, seed, rows in clips]
 
@@ -267,11 +289,12 @@ class StableAudio:
 
     def generate_stream(
         self, prompt: str | Sequence[str], *, progress: bool = False, **options
-    ) -> Iterator[torch.Tensor]:
+    ) -> AudioStream:
         """Like `generate`, but yields the clip's audio (B, channels, n) float32 on the CPU in
         consecutive pieces as the VAE decodes them, so playback can start before the decode ends.
         The pieces concatenate to `generate(...).audio` (within float error). Runs eagerly. The
-        request is checked here, at the call; sampling starts at the first piece asked for."""
+        request is checked here, at the call, and its seed is the stream's `seed`; sampling
+        starts at the first piece asked for."""
         request = GenerationRequest(prompts=prompts_of(prompt), **options)
         resolved = resolve_request(request, self.config, stacklevel=2)  # warned at the caller's line
         shape = self.request_shape(resolved)
@@ -281,11 +304,12 @@ class StableAudio:
         least = max(2 * overlap + 1, self.components.least_decode_frames())
         chunk = shape.decode_chunk or max(DEFAULT_STREAM_CHUNK_FRAMES, least)
         self._check(shape, chunk)
-        return self._stream(resolved, shape, chunk, overlap, progress)
+        pieces = self._stream(resolved, shape, chunk, overlap, progress)
+        return AudioStream(pieces, resolved.seed, self.config.sample_rate)
 
     def _stream(
         self, resolved: ResolvedRequest, shape: RequestShape, chunk: int, overlap: int, progress: bool
-    ) -> Iterator[torch.Tensor]:
+    ) -> Generator[torch.Tensor, None, None]:
         with on_device(self.device), _out_of_memory_refused(shape, self.device):
             request = self._fresh(shape, [resolved])
             self._sample(request, progress=progress)

@@ -2,6 +2,7 @@
 assembled context/global condition vs StableAudioPipeline's encode_prompt/encode_duration."""
 
 import copy
+import threading
 import warnings
 
 import numpy as np
@@ -133,3 +134,41 @@ def test_tokens_are_the_tokenizers_own_at_the_model_length_for_every_prompt_leng
     assert len(warned) == sum(tokens(p) > length for p in prompts) == len(prompts) - counts.index(length) - 1
     # What a server tells its client before the run: the same warnings, word for word.
     assert conditioner.prompt_warnings(prompts) == [str(w.message) for w in warned]
+
+
+def test_tokenizing_from_several_threads_gives_each_call_its_own_tokens(tiny_model):
+    """The fast tokenizer keeps each call's truncation and padding on itself: calls from several
+    threads (a server's prompt checks beside a run) took each other's lengths (wrong tokens,
+    shape errors). Each call must give what it gives alone."""
+    conditioner = tiny_model.conditioner
+    length = conditioner.config.t5_max_length
+    long = " ".join(["rain"] * (4 * length))  # tokenized once more at the model's length
+    cases = [["a dog barking"], [long], [long, "wind"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the long prompt's own warning
+        alone = [conditioner.tokenize(prompts) for prompts in cases]
+        warned = [conditioner.prompt_warnings(prompts) for prompts in cases]
+    failures: list[str] = []
+    start = threading.Barrier(4)
+
+    def tokenizing(k: int) -> None:
+        start.wait()
+        for i in range(150):
+            case = (i + k) % len(cases)
+            try:
+                if k == 3:  # what a server's checks call while runs tokenize
+                    assert conditioner.prompt_warnings(cases[case]) == warned[case]
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        ids, mask = conditioner.tokenize(cases[case])
+                    assert torch.equal(ids, alone[case][0]) and torch.equal(mask, alone[case][1])
+            except Exception as e:  # every kind is a failure to report
+                failures.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=tokenizing, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures[:3]

@@ -105,3 +105,12 @@ def test_audio_to_audio_runs_only_alone(pipe):
         pipe.run_batch([request, request])
     with pytest.raises(RequestError, match="at least one request"):
         pipe.run_batch([])
+
+
+def test_each_result_of_a_batch_holds_only_its_own_audio_and_latents(pipe):
+    """Views into the batch's tensors kept (and pickled) every request's audio with each result."""
+    window = pipe.config.max_seconds  # the whole window: a slice of the batch's audio is contiguous
+    batch = [_resolved(pipe, [f"p{k}"], seed=k, seconds_total=window) for k in range(3)]
+    for result in pipe.run_batch(batch):
+        for tensor in (result.audio, result.latents):
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()

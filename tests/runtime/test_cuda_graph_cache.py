@@ -4,6 +4,7 @@ eager with one warning. CUDA graphs themselves cannot run here: a stand-in "grap
 region eagerly on the captured buffers, so everything around the graph runs for real (the GPU
 tests in tests/gpu/ replay real graphs)."""
 
+import threading
 import warnings
 
 import numpy as np
@@ -178,3 +179,27 @@ def test_no_cuda_graph_runs_eagerly(graphed):
     graphed.cuda_graph = False
     result = graphed.generate("x", seconds_total=1.0, frames=24, steps=3, seed=5)
     assert "sampling" in result.timings and not graphed.graphs.entries
+
+
+def test_threads_sharing_a_pipeline_get_their_own_audio_from_one_graph(graphed, generator):
+    """A graph's buffers are one per shape: calls from several threads capture and replay one at
+    a time, each getting what it gets alone (threads overwrote each other's inputs)."""
+    eager = StableAudio(graphed.components, cuda_graph=False)
+    seeds = torch.randint(0, 2**31, (4,), generator=generator).tolist()
+    options = [dict(seconds_total=0.5, steps=3, seed=seed) for seed in seeds]
+    alone = [eager.generate(f"prompt {k}", **o).audio for k, o in enumerate(options)]
+    answers: list[torch.Tensor | None] = [None] * len(options)
+    start = threading.Barrier(len(options))
+
+    def call(k: int) -> None:
+        start.wait()
+        answers[k] = graphed.generate(f"prompt {k}", **options[k]).audio
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(options))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert graphed.graphs.captures == 1
+    for k, (ours, expected) in enumerate(zip(answers, alone, strict=True)):
+        assert ours is not None and torch.equal(ours, expected), k

@@ -245,6 +245,16 @@ def test_requests_run_with_the_pipelines_device_current(pipe, monkeypatch):
     assert len(entered) >= 3 and set(entered) == {pipe.device}
 
 
+def test_a_streams_seed_drawn_at_the_call_makes_the_same_clip_again(pipe):
+    stream = pipe.generate_stream("x", seconds_total=0.5, steps=2)
+    assert stream.sample_rate == pipe.config.sample_rate
+    streamed = torch.cat(list(stream), dim=-1)
+    again = pipe.generate_stream("x", seconds_total=0.5, steps=2, seed=stream.seed)
+    assert torch.equal(streamed, torch.cat(list(again), dim=-1))
+    other = pipe.generate_stream("x", seconds_total=0.5, steps=2, seed=stream.seed + 1)
+    assert not torch.equal(streamed, torch.cat(list(other), dim=-1))
+
+
 def test_a_stream_is_refused_at_the_call_not_at_its_first_piece(pipe):
     with pytest.raises(RequestError, match=r"steps must be in \[1, 10000\]"):
         pipe.generate_stream("x", steps=0)
