@@ -46,6 +46,7 @@ from stable_audio_rt.runtime.vae_decode import (
     decode_chunks,
     one_clip_at_a_time,
     overlap_or_field,
+    plan_windows,
 )
 
 # What torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError).
@@ -317,18 +318,22 @@ class StableAudio:
         ratio = self.config.vae.downsampling_ratio
         decode = one_clip_at_a_time(self.components.decode)  # as region.decode
         pieces = decode_chunks(decode, request.state.x, ratio, chunk, overlap)
+        windows = len(plan_windows(request.state.x.shape[-1], chunk, overlap))
         position = 0
-        while True:
-            # Each piece decoded on the device, without grad; between pieces the caller has the thread.
-            with torch.no_grad(), on_device(self.device), _out_of_memory_refused(shape, self.device):
-                piece = next(pieces, None)
-            if piece is None:
-                return
-            self._refuse_non_finite(piece)
-            lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
-            if lo < hi:
-                yield piece[..., lo - position : hi - position].float().cpu()
-            position += piece.shape[-1]
+        # The decode's bar, as generate's: a step per piece; closed however the stream ends.
+        with tqdm(desc="decoding", unit="piece", total=windows, disable=not progress) as decoding:
+            while True:
+                # Each piece decoded on the device, without grad; between pieces the caller has the thread.
+                with torch.no_grad(), on_device(self.device), _out_of_memory_refused(shape, self.device):
+                    piece = next(pieces, None)
+                if piece is None:
+                    return
+                decoding.update()
+                self._refuse_non_finite(piece)
+                lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
+                if lo < hi:
+                    yield piece[..., lo - position : hi - position].float().cpu()
+                position += piece.shape[-1]
 
     def request_shape(self, resolved: ResolvedRequest) -> RequestShape:
         """What fixes this request's buffers and executed ops (its CUDA graph's key)."""

@@ -138,6 +138,18 @@ def test_generate_with_progress_shows_the_decode(capsys):
     assert "sampling" in bars and "decoding: 100%" in bars and f"{windows}/{windows}" in bars
 
 
+def test_a_stream_with_progress_shows_its_decode_too(capsys):
+    """As generate's: a bar for the pieces decoded after the sampling's (it showed the sampling's
+    only)."""
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    options = dict(seconds_total=1.0, steps=2, seed=1, vae_chunk=24)
+    resolved = resolve_request(GenerationRequest(("x",), **options), pipe.config)
+    windows = len(plan_windows(pipe.request_shape(resolved).frames, 24, decoder_receptive_frames(TINY.vae)))
+    list(pipe.generate_stream("x", progress=True, **options))
+    bars = capsys.readouterr().err
+    assert "sampling" in bars and "decoding: 100%" in bars and f"{windows}/{windows}" in bars
+
+
 def test_the_decode_bar_is_closed_when_the_decode_is_interrupted(capsys, monkeypatch):
     """Ctrl-C or SIGTERM mid-decode: the bar ends its line, so the CLI's one-line message that
     follows starts on its own."""
