@@ -79,6 +79,7 @@ def test_load_gives_the_same_model_as_from_pretrained():
         (dict(model=""), r"the model name is empty: give a Hub repo id"),
         (dict(model="  "), r"the model name is empty"),
         (dict(device="tpu"), r"device tpu is not supported|unknown device"),
+        (dict(device="cpu:1"), r"device cpu:1: the CPU has no index .*; use cpu"),
     ],
 )
 def test_bad_load_arguments_are_refused_before_any_weights(options, message, monkeypatch):
@@ -86,6 +87,16 @@ def test_bad_load_arguments_are_refused_before_any_weights(options, message, mon
     model = options.pop("model", "tiny-random")
     with pytest.raises(ConfigError, match=message):
         load.plan_load(model, **options)
+
+
+def test_a_cuda_device_past_the_machines_is_refused_naming_those_it_has(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert load.resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(
+        ConfigError, match=r"device cuda:2: this machine has 2 CUDA device\(s\), cuda:0 to cuda:1"
+    ):
+        load.resolve_device("cuda:2")
 
 
 def test_a_random_models_fingerprint_is_its_weights():
