@@ -31,6 +31,8 @@ from stable_audio_rt.serve.schema import AUDIO_FIELDS, BODY_NAMES, GenerateBody
 
 MULTIPART = "multipart/form-data"
 REQUEST_FIELD = "request"  # the multipart field holding the JSON body
+# How python-multipart's error for a part without a name begins (its own words are a bytes repr).
+NAMELESS_PART = "Field name not found"
 KIB, MIB = 2**10, 2**20
 # A body must arrive at MIN_BODY_RATE on average after its first BODY_GRACE_S (a 50 MiB upload:
 # under 14 minutes), else it is refused (408): a client trickling bytes cannot hold its place
@@ -140,6 +142,12 @@ def form_parts(body: bytes, boundary: bytes | None) -> list[Field | File]:
         parser.write(body)
         parser.finalize()
     except FormParserError as e:
+        if str(e).startswith(NAMELESS_PART):
+            fields = " or ".join(f'name="{name}"' for name in (REQUEST_FIELD, *AUDIO_FIELDS))
+            raise RequestError(
+                f"malformed multipart body: a part has no name; give each part "
+                f"Content-Disposition: form-data; {fields}"
+            ) from e
         raise RequestError(f"malformed multipart body: {e}") from e
     if not ended:  # finalize() does not check that the body is complete; the end callback does
         raise RequestError("malformed multipart body: it ends before its closing boundary")

@@ -206,7 +206,7 @@ BAD_FORMS = [
     (
         FORM,
         f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n--{BOUNDARY}--",
-        "Field name not found",
+        'a part has no name; give each part Content-Disposition: form-data; name=\\"request\\" or',
     ),
     (FORM, REQUEST_PART + REQUEST_PART + f"--{BOUNDARY}--", "multipart field 'request' is given twice"),
     (FORM, f"--{BOUNDARY}--", "a multipart body needs a 'request' field holding the JSON body"),
