@@ -48,8 +48,8 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
         raise ConfigError(f"device {device} is not supported; use cpu or cuda")
     if device.type == "cpu" and device.index not in (None, 0):  # torch takes it as the one CPU
         raise ConfigError(f"device {device}: the CPU has no index (it runs on every core); use cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
         raise ConfigError(
             f"device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
         )

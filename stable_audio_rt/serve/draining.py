@@ -40,10 +40,14 @@ class Drain:
         signal handler, on the event loop's thread) stops what runs."""
         self.left, self.grace_s, self.on_start, self.on_cut_short = left, grace_s, on_start, on_cut_short
         self.started = False
-        self.cut_short = False  # a second signal: stop without waiting for jobs or downloads
-        self.signal: int | None = None  # the second signal's number
+        self.signal: int | None = None  # the second signal's number: stop without waiting
         self.over_at: float | None = None  # when `over` first said the server may stop
         self.idle_since: float | None = None  # when the drain last found nothing left to run
+
+    @property
+    def cut_short(self) -> bool:
+        """A second signal came: stop without waiting for jobs or downloads."""
+        return self.signal is not None
 
     def start(self) -> None:
         self.started = True
@@ -97,7 +101,7 @@ class DrainingServer(uvicorn.Server):
         elif self.drain.over_at is not None:  # drained, now stopping: nothing to cut short or cancel
             self.force_exit = True
         elif not self.drain.cut_short:  # a second signal: stop now
-            self.drain.cut_short, self.drain.signal = True, sig
+            self.drain.signal = sig
             self.drain.on_cut_short()
             self.should_exit = True
         else:  # a third: not even waiting for the stopped requests to answer
