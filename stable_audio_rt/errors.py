@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from stable_audio_rt.stderr_reader import stderr_reader_may_leave
+
 
 class StableAudioError(Exception):
     """Base class: every error this package raises on purpose."""
@@ -70,7 +72,7 @@ def reported_errors(
     its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
     Warnings raised in the block print as one line too, `worded` (the program's names for the
     API's). SIGTERM and SIGHUP are taken as Ctrl-C (exit 143 and 129) while the block runs in the
-    main thread."""
+    main thread. A reader of stderr that leaves ends nothing (`stderr_reader.py`)."""
     outcome = Outcome()
 
     def terminate(number: int, _frame: object) -> None:
@@ -82,19 +84,20 @@ def reported_errors(
     def one_line(message, category, *_) -> None:  # not Python's file:line and source line
         print(f"{program}: warning: {worded(str(message))}", file=sys.stderr)
 
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line
-            yield outcome
-    except StableAudioError as e:
-        before_report()
-        print(f"{program}: error: {e}", file=sys.stderr)
-        outcome.exit_status = EXIT_REFUSED
-    except KeyboardInterrupt as e:
-        before_report()
-        how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"{program}: {how}; {interrupted}", file=sys.stderr)
-        outcome.exit_status = EXIT_BY_SIGNAL + e.number if isinstance(e, Terminated) else EXIT_INTERRUPTED
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    with stderr_reader_may_leave():  # the reports below go through it too
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = one_line
+                yield outcome
+        except StableAudioError as e:
+            before_report()
+            print(f"{program}: error: {e}", file=sys.stderr)
+            outcome.exit_status = EXIT_REFUSED
+        except KeyboardInterrupt as e:
+            before_report()
+            how = "terminated" if isinstance(e, Terminated) else "interrupted"
+            print(f"{program}: {how}; {interrupted}", file=sys.stderr)
+            outcome.exit_status = EXIT_BY_SIGNAL + e.number if isinstance(e, Terminated) else EXIT_INTERRUPTED
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)

@@ -36,3 +36,27 @@ def test_a_stop_signal_takes_ctrl_cs_path_and_its_handler_is_given_back(name, st
         signal.signal(number, previous)
     assert failed.exit_status == status and cleaned == [True]
     assert capsys.readouterr().err == "sa-x: terminated; nothing written\n"
+
+
+def test_a_stderr_reader_leaving_ends_nothing_and_the_rest_goes_nowhere(monkeypatch):
+    """`sa-export ... 2>&1 | head -3`: the block's notes after the reader left, and the report of
+    its refusal, neither raise BrokenPipeError nor stop the block; the descriptor then writes to
+    /dev/null, so holders of the stream itself (logging handlers) write without error too."""
+    import sys
+
+    reading, writing = os.pipe()
+    stream = os.fdopen(writing, "w", buffering=1)
+    os.close(reading)  # the reader is gone
+    monkeypatch.setattr(sys, "stderr", stream)
+    ran_on = []
+    try:
+        with reported_errors("sa-x", "nothing written") as failed:
+            print("progress", file=sys.stderr)
+            ran_on.append(True)
+            raise RequestError("steps must be in [1, 10000], got 0")
+        assert sys.stderr is stream and failed.exit_status == 2 and ran_on == [True]
+        stream.write("a logging handler's line\n")  # the stream itself, past the block
+        stream.flush()
+        assert os.path.samestat(os.fstat(writing), os.stat(os.devnull))
+    finally:
+        stream.close()

@@ -337,6 +337,26 @@ def test_prompts_may_follow_options_and_a_reader_leaving_early_is_no_error(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out_0.wav", "out_1.wav"]
 
 
+def test_a_stderr_reader_gone_before_the_first_line_loses_no_clip(tmp_path):
+    """`sa-run ... 2>&1 | head -2`, a closed `tee`: the notes and the progress bar on stderr are for
+    a person; with its reader gone the clip is still made and written, and stdout names it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.wav"
+    argv = ["rain", "-o", str(out), "--model", "tiny-random", "--steps", "2", "--seconds", "0.2",
+            "--window", "trim"]  # fmt: skip
+    run = subprocess.Popen(
+        [sys.executable, "-m", "stable_audio_rt.runtime.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run.stderr.close()  # before the first note
+    stdout, _ = run.communicate(timeout=300)
+    assert run.returncode == 0
+    assert stdout.decode().splitlines()[-1] == str(out) and out.stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     "argv,prompts",
     [

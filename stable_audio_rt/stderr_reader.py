@@ -1,0 +1,65 @@
+"""A CLI's stderr whose reader may leave mid-run (`sa-export ... 2>&1 | head`, a closed `tee`, a
+terminal gone): its notes and progress bars are for a person, the files are the product, so once
+the reader has gone the rest of stderr goes to /dev/null and the work goes on."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+
+class _ReaderMayLeave(io.TextIOBase):
+    """Writes through to `stream` until a write finds its pipe closed; then the stream's file
+    descriptor is pointed at /dev/null, so the rest (this object, holders of the stream itself such
+    as logging handlers, and C code writing to the descriptor) go nowhere without an error."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard_from_now()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard_from_now()
+
+    def _discard_from_now(self) -> None:
+        try:
+            descriptor = self._stream.fileno()
+        except (OSError, ValueError):  # no descriptor (an in-memory stream): nothing left to write to
+            return
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, descriptor)
+        os.close(nowhere)
+        self._stream.flush()  # what the closed pipe refused, now to /dev/null
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
+
+
+@contextmanager
+def stderr_reader_may_leave() -> Iterator[None]:
+    """sys.stderr, for the block, survives its reader leaving (see the module)."""
+    original = sys.stderr
+    sys.stderr = _ReaderMayLeave(original)
+    try:
+        yield
+    finally:
+        sys.stderr = original
