@@ -99,8 +99,15 @@ def tests(check) -> None:
 
 def correctness(check, setting: Setting) -> None:
     check.mark(f"correctness: build {setting.model} twice")
-    on_device = StableAudio.from_pretrained(setting.model, device=setting.device, cuda_graph=False)
-    on_cpu = StableAudio.from_pretrained(setting.model, device="cpu", cuda_graph=False)
+    # fp32 named on both: "auto" is bf16 on a CPU with bf16 matrix units (precision.choose_dtype),
+    # as the GPU machines' CPUs have. The CPU runs the reference maths (SDPA, eager Snake), not
+    # its compiled path (packed linears, channels-last convolutions, a torch.compile of Snake).
+    on_device = StableAudio.from_pretrained(
+        setting.model, device=setting.device, dtype=torch.float32, cuda_graph=False
+    )
+    on_cpu = StableAudio.from_pretrained(
+        setting.model, device="cpu", dtype=torch.float32, kernels="torch", cuda_graph=False
+    )
     compared = gpu_vs_cpu(on_device, on_cpu, setting.correctness_frames, setting.correctness_steps)
     check.results.add("correctness", {"check": "device fp32 latents vs CPU fp32, same weights and draws",
                                       "model": setting.model, **compared})  # fmt: skip

@@ -182,3 +182,35 @@ def test_goals_read_the_best_matching_gpu_rows(monkeypatch):
     }
     assert list(found.values()) == [(0.9, True), (0.35, False), (0.08, True), (4.5, True)]
     assert all(g["met"] is None for g in gpu_check.goals({"dry_run": True, **report}))
+
+
+def _parts_module(monkeypatch):
+    """benchmarks/gpu_check_parts.py, imported as gpu_check imports it (nothing of it runs at
+    import; run_all's stand-ins for CUDA graphs are not called here)."""
+    _gpu_check_module(monkeypatch)  # benchmarks/ on the path, for the test's life
+    import gpu_check_parts
+
+    return gpu_check_parts
+
+
+def test_correctness_compares_fp32_with_the_cpus_reference_maths_whatever_auto_picks(monkeypatch):
+    """The GPU machines' CPUs multiply bf16 in hardware, where dtype "auto" is bf16: the check
+    compared the GPU's fp32 with the CPU's bf16 (a FAIL of ~1e-2 from the precision alone)."""
+    import torch
+
+    from stable_audio_rt import precision
+    from stable_audio_rt.models.attention import SDPA
+
+    parts = _parts_module(monkeypatch)
+    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"avx512_bf16": True})
+    compared = []
+    monkeypatch.setattr(
+        parts, "gpu_vs_cpu", lambda gpu, cpu, frames, steps: compared.append((gpu, cpu)) or {}
+    )
+    check = argparse.Namespace(
+        mark=lambda event: None, results=argparse.Namespace(add=lambda key, item: None)
+    )
+    parts.correctness(check, parts.DRY)
+    ((on_device, on_cpu),) = compared
+    assert (on_device.dtype, on_cpu.dtype) == (torch.float32, torch.float32)
+    assert on_cpu.components.model.dit.attention is SDPA
