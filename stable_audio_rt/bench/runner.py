@@ -138,6 +138,10 @@ def interleave_with_peer(peer: Peer, ours: StableAudio, workload: Workload, repe
         peer.generate(
             PROMPT, negative, workload.steps, workload.cfg_scale, workload.batch, seconds, workload.seed
         )
+        # diffusers returns its audio on the device with the decode still queued: unsynchronised,
+        # that decode would be timed in our next request (ours returns host audio: synchronised).
+        if ours.device.type == "cuda":
+            torch.cuda.synchronize(ours.device)
 
     run_ours()
     run_peer()

@@ -10,6 +10,7 @@ import math
 import re
 import shutil
 import tempfile
+import types
 
 import pytest
 import torch
@@ -170,6 +171,35 @@ def test_diffusers_peer_runs_the_same_work_interleaved(tmp_path, monkeypatch):
     assert len(peer["pairs"]) == 2
     for pair in peer["pairs"]:
         assert pair["ratio"] == pytest.approx(pair["diffusers_s"] / pair["ours_s"])
+
+
+def test_on_a_gpu_the_peers_queued_work_is_timed_as_the_peers(monkeypatch):
+    """diffusers returns its audio on the device with the decode still queued; our next request
+    (which returns host audio) would wait for it and be charged its time."""
+    from stable_audio_rt.bench import runner
+
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    queued = [0.0]  # device seconds the peer left queued, spent by whoever synchronises next
+
+    def synchronize(device=None) -> None:
+        clock[0] += queued[0]
+        queued[0] = 0.0
+
+    def peer_generate(*args) -> None:
+        clock[0] += 2.0  # its steps, synchronised by its scheduler
+        queued[0] = 1.0  # its decode, not
+
+    def our_generate(prompt, **options) -> None:
+        synchronize()  # the first copy of our inputs waits for what the device has queued
+        clock[0] += 0.5
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    peer = types.SimpleNamespace(generate=peer_generate)
+    ours = types.SimpleNamespace(config=TINY, device=torch.device("cuda"), generate=our_generate)
+    workload = Workload(frames=8, steps=2, batch=1, seed=0, cfg_scale=7.0)
+    pairs = runner.interleave_with_peer(peer, ours, workload, repeats=2)["pairs"]
+    assert [(p["ours_s"], p["diffusers_s"]) for p in pairs] == [(0.5, 3.0)] * 2
 
 
 @pytest.mark.parametrize(
