@@ -8,7 +8,7 @@ image's CUDA torch must never be replaced, so every install is --no-deps.
 
     python benchmarks/wheelhouse.py build                   # here, with an index: fills .whl
     python benchmarks/wheelhouse.py install --target .site  # there, offline: .whl -> .site
-    PYTHONPATH=$PWD/.site:$PWD python -m pytest tests/gpu
+    TRITON_INTERPRET=0 PYTHONPATH=$PWD/.site:$PWD python -m pytest -m gpu tests/gpu
 
 Stdlib only: benchmarks/gpu_check.py imports it on a machine where nothing else may be there yet.
 """

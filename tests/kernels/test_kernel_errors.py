@@ -1,8 +1,11 @@
 """Bad inputs to the kernel ops fail before any launch, with a message that names the fix."""
 
+import importlib.util
 import os
 import subprocess
 import sys
+import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +95,20 @@ def test_cpu_tensors_without_the_interpreter_are_refused():
     )
     assert done.returncode == 0, done.stderr
     assert "cannot run the Triton kernels" in done.stdout and "kernels='torch'" in done.stdout
+
+
+def test_gpu_tests_are_skipped_with_the_fix_where_the_kernels_are_interpreted(monkeypatch):
+    """On a GPU machine, `python -m pytest tests/gpu` (TRITON_INTERPRET unset) ran the GPU tests
+    under the suite's interpreter (tests/conftest.py): the kernels copy every tensor through the
+    host, no CUDA graph captures, bf16 products come out wrong, and the tests fail for that."""
+    assert ops.kernels_runnable_on(torch.device("cpu")), "this suite interprets the kernels"
+    path = Path(__file__).parents[1] / "gpu" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("gpu_conftest", path)
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    markers = []
+    item = types.SimpleNamespace(fspath=path.with_name("test_cuda_graphs.py"), add_marker=markers.append)
+    conftest.pytest_collection_modifyitems([item])
+    (skip,) = [m for m in markers if m.name == "skip"]
+    assert "TRITON_INTERPRET=0 python -m pytest -m gpu tests/gpu" in skip.kwargs["reason"]
