@@ -76,8 +76,8 @@ PARTS = (
     "small",
     "peer",
     "speed fp16",
-    "speed fp32",
     "kernels",
+    "speed fp32",
     "tensorrt",
 )
 PEER_GOAL_RATIO = 4.0

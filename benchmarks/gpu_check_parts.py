@@ -76,8 +76,10 @@ def run_all(check) -> None:
         check.results.skip("speed fp16", "fp16 on the CPU (dry run): the GPU run has these rows")
     else:
         check.attempt("speed fp16", "speed model", lambda: speed(check, setting, "fp16"))
-    check.attempt("speed fp32", "speed model", lambda: speed(check, setting, "fp32"))
+    # The kernels before fp32: whether each kernel beats the torch maths on this GPU decides
+    # `kernels="auto"`; the fp32 row (no TF32: ~10 s a request) is the likeliest to be cut.
     check.attempt("kernels", "kernels", lambda: kernels(check))
+    check.attempt("speed fp32", "speed model", lambda: speed(check, setting, "fp32"))
     check.attempt("tensorrt", "tensorrt", lambda: tensorrt(check))
 
 
