@@ -8,8 +8,10 @@ A small LRU keeps the graphs, bounded in count and in the memory their private p
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +25,52 @@ DEFAULT_MEMORY_FRACTION = 0.25
 # Eager runs before capture: the first lets cuDNN/cuBLAS and TensorRT pick and allocate what
 # they need, so that none of it happens inside the capture.
 WARMUP_RUNS = 1
+
+
+class CaptureGate:
+    """torch.cuda.graph captures in CUDA's global mode: while one thread captures, a potentially
+    unsafe CUDA call from any other thread (a cudaMalloc, a synchronising copy), on any device,
+    fails and breaks the capture. So a capture has the process's device work to itself: requests'
+    work (eager runs, inputs written, replays; any pipeline's) waits while one runs, and a capture
+    waits for the work under way while new work waits behind it (a capture is once per shape; it
+    is never starved). Work must not be entered again from inside work (an `on_step` that runs a
+    request): behind a waiting capture, it would wait for itself."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._working = 0
+        self._captures_waiting = 0
+        self._capturing = False
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._capturing and not self._captures_waiting)
+            self._working += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._working -= 1
+                self._changed.notify_all()
+
+    @contextmanager
+    def capturing(self) -> Iterator[None]:
+        with self._changed:
+            self._captures_waiting += 1
+            self._changed.wait_for(lambda: not self._capturing and not self._working)
+            self._captures_waiting -= 1
+            self._capturing = True
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._capturing = False
+                self._changed.notify_all()
+
+
+# One per process, as CUDA's global capture mode is.
+CAPTURE_GATE = CaptureGate()
 
 
 class Replayable(Protocol):

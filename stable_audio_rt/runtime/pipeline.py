@@ -32,7 +32,7 @@ from stable_audio_rt.precision import DtypeRequest
 from stable_audio_rt.runtime import planning, region
 from stable_audio_rt.runtime.audio_io import SampleFormat, clip_paths, write_clips
 from stable_audio_rt.runtime.backends.protocols import Components
-from stable_audio_rt.runtime.cuda_graph import GraphCache, capture_request, default_memory_cap
+from stable_audio_rt.runtime.cuda_graph import CAPTURE_GATE, GraphCache, capture_request, default_memory_cap
 from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.runtime.load import Backend, LoadPlan, WeightOptions, plan_load
 from stable_audio_rt.runtime.planning import BatchKey
@@ -311,7 +311,7 @@ class StableAudio:
     def _stream(
         self, resolved: ResolvedRequest, shape: RequestShape, chunk: int, overlap: int, progress: bool
     ) -> Generator[torch.Tensor, None, None]:
-        with on_device(self.device), _out_of_memory_refused(shape, self.device):
+        with CAPTURE_GATE.working(), on_device(self.device), _out_of_memory_refused(shape, self.device):
             request = self._fresh(shape, [resolved])
             self._sample(request, progress=progress)
         clip = resolved.clip(self.config.sample_rate)
@@ -324,15 +324,21 @@ class StableAudio:
         with tqdm(desc="decoding", unit="piece", total=windows, disable=not progress) as decoding:
             while True:
                 # Each piece decoded on the device, without grad; between pieces the caller has the thread.
-                with torch.no_grad(), on_device(self.device), _out_of_memory_refused(shape, self.device):
+                with (
+                    CAPTURE_GATE.working(),
+                    torch.no_grad(),
+                    on_device(self.device),
+                    _out_of_memory_refused(shape, self.device),
+                ):
                     piece = next(pieces, None)
-                if piece is None:
-                    return
+                    if piece is None:
+                        return
+                    piece = piece.float().cpu()  # the device's last use by this piece
                 decoding.update()
                 self._refuse_non_finite(piece)
                 lo, hi = max(clip.start, position), min(clip.stop, position + piece.shape[-1])
                 if lo < hi:
-                    yield piece[..., lo - position : hi - position].float().cpu()
+                    yield piece[..., lo - position : hi - position]
                 position += piece.shape[-1]
 
     def request_shape(self, resolved: ResolvedRequest) -> RequestShape:
@@ -356,9 +362,10 @@ class StableAudio:
         progress: bool,
         on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with _stage(timings, "prepare", self.device):
-            request = self._fresh(shape, resolved)
-        return self._eager_region(request, timings, progress, on_step)
+        with CAPTURE_GATE.working():
+            with _stage(timings, "prepare", self.device):
+                request = self._fresh(shape, resolved)
+            return self._eager_region(request, timings, progress, on_step)
 
     def _eager_region(
         self,
@@ -408,7 +415,7 @@ class StableAudio:
         on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.graphs.get(shape)
-        with _stage(timings, "prepare", self.device):
+        with CAPTURE_GATE.working(), _stage(timings, "prepare", self.device):
             if entry is not None:
                 request = entry.request
                 self.write_inputs(request, resolved)
@@ -416,9 +423,10 @@ class StableAudio:
                 request = self._fresh(shape, resolved)
         if entry is None:
             if shape in self.graphs.failed:
-                return self._eager_region(request, timings, on_step=on_step)
+                with CAPTURE_GATE.working():
+                    return self._eager_region(request, timings, on_step=on_step)
             try:
-                with _stage(timings, "capture", self.device):
+                with CAPTURE_GATE.capturing(), _stage(timings, "capture", self.device):
                     entry = capture_request(request, lambda r: region.run_region(r, self.components))
             except Exception as e:  # whatever broke the capture, the eager run raises it for real
                 self.graphs.failed.add(shape)
@@ -431,9 +439,10 @@ class StableAudio:
                     )
                     self._capture_warned = True
                 # Its inputs are intact: only read.
-                return self._eager_region(request, timings, on_step=on_step)
+                with CAPTURE_GATE.working():
+                    return self._eager_region(request, timings, on_step=on_step)
             self.graphs.add(shape, entry)
-        with _stage(timings, "replay", self.device):
+        with CAPTURE_GATE.working(), _stage(timings, "replay", self.device):
             outputs = entry.replay()
         if on_step is not None:
             on_step(shape.steps, shape.steps)

@@ -203,3 +203,94 @@ def test_threads_sharing_a_pipeline_get_their_own_audio_from_one_graph(graphed, 
     assert graphed.graphs.captures == 1
     for k, (ours, expected) in enumerate(zip(answers, alone, strict=True)):
         assert ours is not None and torch.equal(ours, expected), k
+
+
+# How long a held capture waits for another thread's device work to start before it ends anyway
+# (seconds): that work starts in milliseconds when nothing holds it back.
+HELD_CAPTURE_S = 3.0
+
+
+@pytest.mark.parametrize("other", ["eager pipeline", "stream"])
+def test_a_capture_has_the_device_to_itself(graphed, monkeypatch, other):
+    """CUDA's global capture mode fails another thread's unsafe calls (cudaMalloc, synchronising
+    copies) during a capture, and the capture with them: a pipeline's eager run (another pipeline,
+    or `generate_stream` of this one) waits while a capture runs, and takes the device after it.
+    Recorded here in the order things happen: the capture is held until the other thread has
+    begun its device work or HELD_CAPTURE_S has passed."""
+    events: list[str] = []
+    other_began = threading.Event()
+    capture_began = threading.Event()
+
+    def held_capture(request, run):
+        events.append("capture begins")
+        capture_began.set()
+        other_began.wait(HELD_CAPTURE_S)
+        captured = _stand_in_capture(request, run)
+        events.append("capture ends")
+        return captured
+
+    real_fresh = StableAudio._fresh
+
+    def fresh(self, shape, resolved):  # a request's first device work: its buffers
+        if threading.current_thread() is not threading.main_thread():
+            events.append("other begins")
+            other_began.set()
+        return real_fresh(self, shape, resolved)
+
+    monkeypatch.setattr(pipeline_module, "capture_request", held_capture)
+    monkeypatch.setattr(StableAudio, "_fresh", fresh)
+    eager = StableAudio(graphed.components, cuda_graph=False)
+
+    def run_other() -> None:
+        capture_began.wait(HELD_CAPTURE_S)
+        if other == "eager pipeline":
+            eager.generate("rain", seconds_total=0.5, steps=2, seed=1)
+        else:
+            torch.cat(list(graphed.generate_stream("rain", seconds_total=0.5, steps=2, seed=1)), -1)
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    graphed.generate("hail", seconds_total=0.5, steps=2, seed=2)
+    thread.join(timeout=120)
+    assert events == ["capture begins", "capture ends", "other begins"]
+
+
+def test_work_arriving_behind_a_waiting_capture_waits_for_it():
+    """A capture waits for the work under way, and work that arrives meanwhile waits behind the
+    capture: under steady work (a server's requests) a capture is never starved."""
+    from stable_audio_rt.runtime.cuda_graph import CaptureGate
+
+    gate, order = CaptureGate(), []
+    first_in, first_may_leave = threading.Event(), threading.Event()
+
+    def first_work() -> None:
+        with gate.working():
+            first_in.set()
+            first_may_leave.wait(HELD_CAPTURE_S)
+            order.append("first work ends")
+
+    def capture() -> None:
+        with gate.capturing():
+            order.append("capture")
+
+    later_done = threading.Event()
+
+    def later_work() -> None:
+        with gate.working():
+            order.append("later work")
+        later_done.set()
+
+    threads = [threading.Thread(target=first_work)]
+    threads[0].start()
+    first_in.wait(HELD_CAPTURE_S)
+    threads.append(threading.Thread(target=capture))
+    threads[1].start()
+    while not gate._captures_waiting:  # the capture is queued before the later work arrives
+        threading.Event().wait(0.01)
+    threads.append(threading.Thread(target=later_work))
+    threads[2].start()
+    later_done.wait(1.0)  # done in milliseconds if nothing held it back
+    first_may_leave.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert order == ["first work ends", "capture", "later work"]
