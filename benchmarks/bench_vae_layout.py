@@ -84,7 +84,7 @@ def main() -> None:
     latents = torch.randn(1, config.latent_dim, args.frames, generator=torch.Generator().manual_seed(1))
     flops = vae_decode_flops(config, 1, args.frames)
     rates = {
-        name: matrix_rate(STABLE_AUDIO_OPEN_1_0.dit.embed_dim, CPU, DTYPES[name]) for name in args.dtypes
+        name: matrix_rate(STABLE_AUDIO_OPEN_1_0.dit.embed_dim, DTYPES[name]) for name in args.dtypes
     }
     rows, reference = [], None
     for name in args.dtypes:

@@ -52,15 +52,12 @@ class Estimate:
         return text + (f"; faster: {'; '.join(self.faster)}" if self.faster else "")
 
 
-def matrix_rate(width: int, device: torch.device, dtype: torch.dtype) -> float:
-    """GFLOP/s of one (PROBE_ROWS × width) @ (width × 4·width) product, best of a few; on the
-    CPU run as the model runs its linears (`packed_linear.linear_as_run`)."""
-    a = torch.randn(PROBE_ROWS, width, device=device, dtype=dtype)
-    if device.type == "cpu":
-        product = linear_as_run(width, 4 * width, dtype)
-    else:
-        b = torch.randn(width, 4 * width, device=device, dtype=dtype)
-        product = functools.partial(torch.mm, mat2=b)
+def matrix_rate(width: int, dtype: torch.dtype) -> float:
+    """This CPU's GFLOP/s of one (PROBE_ROWS × width) @ (width × 4·width) product, best of a few,
+    run as the model runs its linears (`packed_linear.linear_as_run`). Estimates are the CPU's
+    only: a GPU's requests take seconds."""
+    a = torch.randn(PROBE_ROWS, width, dtype=dtype)
+    product = linear_as_run(width, 4 * width, dtype)
     with torch.inference_mode():
         best = best_seconds(functools.partial(product, a), PROBE_REPEATS)
     return matmul(PROBE_ROWS, width, 4 * width) / best / 1e9
@@ -74,7 +71,7 @@ def estimate(
     flops = request_flops(
         config, resolved.batch, resolved.frames, request.steps, request.uses_cfg, T5_BASE_DIMS
     )
-    rate = matrix_rate(config.dit.embed_dim, device, dtype)
+    rate = matrix_rate(config.dit.embed_dim, dtype)
     faster = []
     # The trimmed window from the clip's length alone: resolving again would re-read its audio.
     trim = replace(request, window="trim")
@@ -116,6 +113,6 @@ def announce_benchmark(
     flops = runs * sum(
         request_flops(config, w.batch, w.frames, w.steps, w.uses_cfg, T5_BASE_DIMS).total for w in workloads
     )
-    rate = matrix_rate(config.dit.embed_dim, device, torch.float32)
+    rate = matrix_rate(config.dit.embed_dim, torch.float32)
     found = Estimate(flops, rate, torch.float32, faster, what="this benchmark's fp32 row alone")
     return found if found.seconds >= ANNOUNCE_FROM_S else None

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def slow_cpu(monkeypatch):
     """A CPU measured at 10 GFLOP/s, with bf16 units or not as the test says."""
-    monkeypatch.setattr(estimate, "matrix_rate", lambda width, device, dtype: 10.0)
+    monkeypatch.setattr(estimate, "matrix_rate", lambda width, dtype: 10.0)
 
     def bf16_units(present: bool) -> None:
         answer = {name: present for name in precision.BF16_MATRIX_FEATURES}
@@ -75,12 +75,12 @@ def test_the_measured_rate_is_the_probes_flops_over_its_time(monkeypatch):
 
     monkeypatch.setattr(estimate, "best_seconds", timed)
     width = 64
-    rate = estimate.matrix_rate(width, CPU, torch.float32)
+    rate = estimate.matrix_rate(width, torch.float32)
     (product,) = products
     assert product.shape == (estimate.PROBE_ROWS, 4 * width) and torch.isfinite(product).all()
     assert rate == pytest.approx(2 * estimate.PROBE_ROWS * width * 4 * width / seconds / 1e9, rel=1e-12)
     monkeypatch.undo()
-    assert estimate.matrix_rate(width, CPU, torch.float32) > 0  # and the real timer gives a figure
+    assert estimate.matrix_rate(width, torch.float32) > 0  # and the real timer gives a figure
 
 
 def test_sa_run_says_so_before_loading(slow_cpu, monkeypatch, tmp_path, capsys):
