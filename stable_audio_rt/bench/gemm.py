@@ -21,6 +21,7 @@ import torch
 
 from stable_audio_rt.bench.flops import Gemm
 from stable_audio_rt.kernels.packed_linear import linear_as_run
+from stable_audio_rt.runtime.device_context import on_device
 from stable_audio_rt.runtime.timing import best_seconds, stopwatch
 
 # Each product shape is timed for at least this long on the CPU (seconds): its fastest call of
@@ -64,20 +65,23 @@ def _captured_step_seconds(operands: list, device: torch.device, repeats: int) -
             for _ in range(g.count):
                 torch.mm(a, b)
 
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        step()  # cuBLAS picks its kernels and workspace outside the capture
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    times = []
-    for _ in range(repeats):
-        with stopwatch(device) as elapsed:
-            graph.replay()
-        times.append(elapsed.seconds)
+    # On `device` throughout (sa-bench --device cuda:1): the stopwatch's events record on the
+    # current device's stream, and the capture's stream is `side`, not one made on the current.
+    with on_device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            step()  # cuBLAS picks its kernels and workspace outside the capture
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=side):
+            step()
+        graph.replay()
+        times = []
+        for _ in range(repeats):
+            with stopwatch(device) as elapsed:
+                graph.replay()
+            times.append(elapsed.seconds)
     return statistics.median(times)
 
 
