@@ -83,9 +83,7 @@ def main() -> None:
     base = randomize_(OobleckVAE(config), torch.Generator().manual_seed(0))
     latents = torch.randn(1, config.latent_dim, args.frames, generator=torch.Generator().manual_seed(1))
     flops = vae_decode_flops(config, 1, args.frames)
-    rates = {
-        name: matrix_rate(STABLE_AUDIO_OPEN_1_0.dit.embed_dim, DTYPES[name]) for name in args.dtypes
-    }
+    rates = {name: matrix_rate(STABLE_AUDIO_OPEN_1_0.dit.embed_dim, DTYPES[name]) for name in args.dtypes}
     rows, reference = [], None
     for name in args.dtypes:
         dtype = DTYPES[name]

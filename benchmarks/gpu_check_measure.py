@@ -5,7 +5,9 @@ them in order under its time budget and writes each result as it comes."""
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,12 +53,17 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
         torch.cuda.reset_peak_memory_stats(device)
     captures, replays = pipe.graphs.captures, pipe.graphs.replays
     times, result = [], None
-    for seed in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        began = time.perf_counter()
-        result = pipe.generate(PROMPT, seed=seed, **options)
-        times.append(time.perf_counter() - began)
+    with warnings.catch_warnings(record=True) as caught:  # a failed capture says why only here
+        warnings.simplefilter("always")
+        for seed in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            began = time.perf_counter()
+            result = pipe.generate(PROMPT, seed=seed, **options)
+            times.append(time.perf_counter() - began)
+    said = list(dict.fromkeys(str(w.message) for w in caught))
+    for line in said:  # in the log too, where they went before
+        print(f"gpu_check: warning: {line}", file=sys.stderr)
     audio_s = result.audio.shape[-1] / result.sample_rate
     warm = statistics.median(times[1:])
     return {
@@ -75,6 +82,7 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb(), 1
         ),
         "stages_s": {k: round(v, 5) for k, v in result.timings.items()},
+        **({"warnings": said} if said else {}),
     }
 
 

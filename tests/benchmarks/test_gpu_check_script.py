@@ -214,3 +214,24 @@ def test_correctness_compares_fp32_with_the_cpus_reference_maths_whatever_auto_p
     ((on_device, on_cpu),) = compared
     assert (on_device.dtype, on_cpu.dtype) == (torch.float32, torch.float32)
     assert on_cpu.components.model.dit.attention is SDPA
+
+
+def test_a_rows_warnings_are_in_the_row(monkeypatch):
+    """A capture that fails runs the shape eagerly with one warning: the row records why (it
+    said so only in the log, the row's counts reading 0/0 '(WRONG)')."""
+    _gpu_check_module(monkeypatch)  # its folder on the path
+    import gpu_check_measure
+    from reference_path import REFERENCE_PATH
+
+    from stable_audio_rt.runtime import pipeline as pipeline_module
+    from stable_audio_rt.runtime.pipeline import StableAudio
+
+    def failing_capture(request, run):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    monkeypatch.setattr(StableAudio, "uses_graphs", property(lambda self: self.cuda_graph))
+    monkeypatch.setattr(pipeline_module, "capture_request", failing_capture)
+    row = gpu_check_measure.timed_row(pipe, gpu_check_measure.Window("trim", 0.5, True), steps=1, repeats=1)
+    assert row["captures"] == 0 and len(row["warnings"]) == 1
+    assert "CUDA graph capture failed (RuntimeError: operation not permitted" in row["warnings"][0]
