@@ -1,7 +1,8 @@
 """sa-serve: load a model once, warm it, and answer generation requests over HTTP.
 
 Listens on 127.0.0.1 unless told otherwise; with an API key (--api-key or SA_SERVE_API_KEY)
-every endpoint but /health needs `Authorization: Bearer <key>`. SIGTERM (or Ctrl-C) stops
+every endpoint but /health, the web page and the API's description (/docs, /openapi.json)
+needs `Authorization: Bearer <key>`. SIGTERM (or Ctrl-C) stops
 accepting, finishes the open requests and the accepted jobs, then exits.
 """
 
