@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=DTYPE_CHOICES,
         default=["fp32"],
-        help="torch precisions (default fp32); auto = what StableAudio.load picks on this device (bf16 "
-        "on a CPU with bf16 matrix units, else fp32), labelled auto→its choice. An fp32 row always "
-        "runs first: it is every quality column's reference",
+        help="torch precisions (default fp32; with --backend torch or all); auto = what StableAudio.load "
+        "picks on this device (bf16 on a CPU with bf16 matrix units, else fp32), labelled auto→its "
+        "choice. An fp32 row always runs first: it is every quality column's reference",
     )
     p.add_argument(
         "--precision-report",
@@ -213,6 +213,13 @@ def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> 
         why_not = onnxruntime_unusable(manifest)
         if why_not is not None:
             raise ConfigError(f"--backend onnxruntime cannot run {args.engines}: {why_not}")
+    if args.backend in ("onnxruntime", "tensorrt") and args.precision != ["fp32"]:
+        # Torch rows other than the fp32 reference run with --backend torch or all only.
+        raise ConfigError(
+            f"--precision {' '.join(args.precision)} sets the torch rows' precisions, and --backend "
+            f"{args.backend} runs no torch row but the fp32 reference (the engines run in their folder's "
+            "own precision): give --backend all to run both, or leave --precision out"
+        )
     if args.cfg_scale is not None and not 0 <= args.cfg_scale <= MAX_CFG_SCALE:
         raise ConfigError(f"--cfg-scale must be in [0, {MAX_CFG_SCALE:g}], got {args.cfg_scale:g}")
     if args.repeats < 1 or args.warmup < 0:

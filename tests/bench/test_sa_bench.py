@@ -269,6 +269,19 @@ def test_rows_outside_the_engines_profiles_are_refused_before_any_run(
     assert "dit engine takes batch 1–4 rows, this request needs 6" in capsys.readouterr().err
 
 
+def test_torch_precisions_are_refused_where_only_an_engine_backend_runs(
+    engines, tiny_diffusers_dir, capsys, monkeypatch
+):
+    # --backend onnxruntime runs the fp32 torch reference and the engines: a bf16 torch row was
+    # silently left out.
+    monkeypatch.setattr(cli, "run_workload", lambda *a, **k: pytest.fail("no run may start"))
+    argv = ["--model", str(tiny_diffusers_dir), "--engines", str(engines["fp32"][0]), "--frames", "4"]
+    assert cli.main([*argv, "--backend", "onnxruntime", "--precision", "fp32", "bf16"]) == 2
+    assert "--precision fp32 bf16 sets the torch rows' precisions, and --backend onnxruntime runs no" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [
