@@ -173,14 +173,16 @@ def _refuse_torch_options(options: WeightOptions) -> None:
 def _refuse_other_precisions(engines: Path, manifest: Manifest, options: WeightOptions) -> None:
     """An engine folder runs the precisions it was exported in: a --dtype or --t5-dtype other
     than those is refused, not silently ignored."""
-    for flag, asked, component in (("--dtype", options.dtype, "dit"), ("--t5-dtype", options.t5_dtype, "t5")):
+    asks = (("--dtype", "dtype", options.dtype, "dit"), ("--t5-dtype", "t5_dtype", options.t5_dtype, "t5"))
+    for flag, argument, asked, component in asks:
         if asked in ("auto", None):
             continue
         precision, name = manifest.components[component].precision, NAMES.get(asked, str(asked))
         if asked != DTYPES[precision]:
             raise ConfigError(
                 f"{flag} {name}: the engine folder {engines} runs its {component} in {precision}, "
-                f"as exported; leave {flag} out, or export a folder in {name} (sa-export --{name})"
+                f"as exported; leave {flag} out (in Python: {argument}=), or export a folder in "
+                f"{name} (sa-export --{name})"
             )
 
 

@@ -353,10 +353,15 @@ def test_a_precision_other_than_the_folders_is_refused_not_ignored(engines):
 
     folder = engines["fp32"][0]
     with pytest.raises(
-        ConfigError, match=r"--dtype fp16: the engine folder .* runs its dit in fp32, as exported"
+        ConfigError,
+        match=r"--dtype fp16: the engine folder .* runs its dit in fp32, as exported; leave --dtype out "
+        r"\(in Python: dtype=\)",
     ):
         load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float16))
-    with pytest.raises(ConfigError, match=r"--t5-dtype bf16: .* runs its t5 in fp32.* \(sa-export --bf16\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--t5-dtype bf16: .* runs its t5 in fp32.*\(in Python: t5_dtype=\).*\(sa-export --bf16\)",
+    ):
         load.plan_load(engines=folder, options=load.WeightOptions(t5_dtype=torch.bfloat16))
     # fp32 asked for by name is refused too where the folder's T5 is fp16 (it once passed as the
     # default), and nothing given is the folder's own.
