@@ -280,6 +280,14 @@ def export_engines(
             "folder whole, and this shell would be left in the old, deleted one; run sa-export from "
             "outside it"
         )
+    if os.path.ismount(out):
+        # The new folder is renamed onto --out, and a mount point cannot be renamed (EBUSY):
+        # refused now, not after the whole export.
+        raise ExportError(
+            f"--out {out} is a mount point, and an export replaces its folder whole by renaming a new "
+            f"one into its place, which a mount point cannot take: give a folder inside it, such as "
+            f"--out {out / 'engines'}"
+        )
     ancestor = out.parent  # missing folders above --out are made, as `mkdir -p` would
     while not ancestor.exists():
         ancestor = ancestor.parent

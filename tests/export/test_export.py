@@ -169,6 +169,21 @@ def test_a_folder_nothing_can_be_written_in_is_refused_before_loading(
     assert "cannot write in /proc (" in capsys.readouterr().err
 
 
+def test_a_mount_point_as_out_is_refused_before_loading(tiny_diffusers_dir, tmp_path, capsys, monkeypatch):
+    """A volume mounted at --out (`docker run -v engines:/engines`) cannot be renamed: the swap
+    at the end failed with EBUSY's traceback after the whole export."""
+    volume = tmp_path / "engines"
+    volume.mkdir()
+    monkeypatch.setattr(os.path, "ismount", lambda path: Path(path) == volume)
+    monkeypatch.setattr(
+        "stable_audio_rt.export.engine_folder.load_model", lambda *a, **k: pytest.fail("loaded")
+    )
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(volume)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {volume} is a mount point" in err and f"--out {volume / 'engines'}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"] and not any(volume.iterdir())
+
+
 def test_bf16_graphs_are_written_at_the_opset_whose_conv_takes_bfloat16(tiny_diffusers_dir, tmp_path):
     """At opset 18 the DiT's and the VAE's Conv on bfloat16 were invalid ONNX."""
     settings = ExportSettings("bf16", components=("dit", "vae_decoder"), frames=(1, 8, 16))
