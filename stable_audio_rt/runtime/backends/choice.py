@@ -3,7 +3,9 @@
 With an engine folder on a CUDA device: tensorrt when TensorRT imports and the folder holds a
 plan of every required component built by this TensorRT version for this GPU; else onnxruntime
 on the GPU when onnxruntime-gpu is installed; else torch on the GPU, loading the checkpoint the
-folder was exported from. With an engine folder on the CPU: onnxruntime. Without one: torch.
+folder was exported from. With an engine folder on the CPU: onnxruntime. A folder onnxruntime
+cannot run (bf16 graphs, TensorRT plugin nodes) takes torch where onnxruntime would be chosen.
+Without one: torch.
 Each choice comes with the reason the faster ones were passed over.
 """
 
@@ -67,18 +69,26 @@ def onnxruntime_has_cuda() -> bool:
 def choose_backend(engines: Path | None, device: torch.device) -> BackendChoice:
     if engines is None:
         return BackendChoice("torch", device, None, "no engine folder given (--engines)")
-    if device.type != "cuda":
-        return BackendChoice("onnxruntime", device, None, f"the engines in {engines}, on the CPU")
     manifest = Manifest.read(engines)
+    # A folder onnxruntime cannot run (bf16 graphs, TensorRT plugin nodes) falls to torch, as one
+    # without onnxruntime-gpu does: choosing onnxruntime would only refuse it after the choice.
+    ort_why_not = onnxruntime_unusable(manifest)
+    if device.type != "cuda":
+        if ort_why_not is None:
+            return BackendChoice("onnxruntime", device, None, f"the engines in {engines}, on the CPU")
+        return BackendChoice(
+            "torch", device, manifest.source, f"not onnxruntime ({ort_why_not}); loading {manifest.source}"
+        )
     why_not = tensorrt_unusable(engines, manifest, device)
     if why_not is None:
         return BackendChoice("tensorrt", device, None, f"plans in {engines} built for this GPU")
-    if onnxruntime_has_cuda():
+    if not onnxruntime_has_cuda():
+        ort_why_not = "onnxruntime-gpu is not installed"
+    if ort_why_not is None:
         return BackendChoice("onnxruntime", device, None, f"not tensorrt: {why_not}")
     return BackendChoice(
         "torch",
         device,
         manifest.source,
-        f"not tensorrt ({why_not}); not onnxruntime (onnxruntime-gpu is not installed); "
-        f"loading {manifest.source}",
+        f"not tensorrt ({why_not}); not onnxruntime ({ort_why_not}); loading {manifest.source}",
     )

@@ -16,7 +16,7 @@ from reference_path import REFERENCE_PATH
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export import cli as export_cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
-from stable_audio_rt.manifest import EngineFolderError
+from stable_audio_rt.manifest import EngineFolderError, Manifest
 from stable_audio_rt.models.config import TINY
 from stable_audio_rt.models.vae import decoder_receptive_frames
 from stable_audio_rt.runtime.backends.engine_backend import EngineDiTStep
@@ -195,6 +195,26 @@ def test_a_manifest_edited_around_its_shared_files_or_profiles_is_refused(folder
     path.write_text(json.dumps(data))
     with pytest.raises(EngineFolderError, match=message):
         StableAudio.from_engines(folder_copy)
+
+
+def test_auto_passes_over_onnxruntime_for_a_folder_it_cannot_run(folder_copy, monkeypatch):
+    """A bf16 folder (or one of TensorRT plugin nodes): auto chose onnxruntime, which then refused
+    it; torch runs the checkpoint it was exported from instead, as on a GPU without onnxruntime-gpu."""
+    from stable_audio_rt.runtime.backends import choice as backend_choice
+
+    path = folder_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["components"]["t5"]["precision"] = "bf16"
+    path.write_text(json.dumps(data))
+    source = Manifest.read(folder_copy).source
+    chosen = backend_choice.choose_backend(folder_copy, CPU)
+    assert chosen.backend == "torch" and chosen.model == source
+    assert chosen.reason == f"not onnxruntime (t5 is bf16, which onnxruntime cannot feed); loading {source}"
+    monkeypatch.setattr(backend_choice, "tensorrt_unusable", lambda *args: "TensorRT is not usable here")
+    monkeypatch.setattr(backend_choice, "onnxruntime_has_cuda", lambda: True)
+    chosen = backend_choice.choose_backend(folder_copy, torch.device("cuda"))
+    assert chosen.backend == "torch" and chosen.model == source
+    assert "not onnxruntime (t5 is bf16, which onnxruntime cannot feed)" in chosen.reason
 
 
 def test_truncated_external_data_is_refused(folder_copy):
