@@ -58,7 +58,7 @@ from stable_audio_rt.models.io_spec import (
     component_specs,
 )
 from stable_audio_rt.models.loading import StableAudioModel
-from stable_audio_rt.models.source import fingerprint, load_model, read_config
+from stable_audio_rt.models.source import fingerprint, is_random, load_model, read_config
 from stable_audio_rt.precision import DTYPES
 
 # Third-party versions from their installed metadata; ours from the package itself, since a
@@ -302,7 +302,7 @@ def export_engines(
         on_loading()
     model = load_model(source, layout=layout, token=token)
     manifest = Manifest(
-        source=str(source),
+        source=_recorded_source(source),
         weights_sha256=fingerprint(source, model, layout, token),
         config=config_to_dict(model.config),
         opset=settings.onnx_opset,
@@ -339,6 +339,16 @@ def export_engines(
             folder.rmdir()
         raise
     return manifest
+
+
+def _recorded_source(source: str | Path) -> str:
+    """The model as the manifest records it: a local file or folder by its absolute path, since
+    sa-bench and `--backend auto` load it from wherever they run (a relative one read as a Hub
+    repo id there); a Hub repo id or a random model's name as given."""
+    path = Path(source).expanduser()
+    if is_random(source) or not path.exists():
+        return str(source)
+    return str(path.resolve())
 
 
 def _build_entry(

@@ -356,6 +356,21 @@ def test_sa_export_takes_a_random_model_and_sa_run_checks_its_weights(tmp_path, 
     assert not (tmp_path / "no.wav").exists()
 
 
+def test_a_model_given_by_a_relative_path_is_recorded_by_its_absolute_one(
+    tiny_diffusers_dir, tmp_path, monkeypatch
+):
+    """sa-bench (whose model defaults to the folder's source) and `--backend auto` load it from
+    wherever they run: run elsewhere, `ck/sao` was taken for a Hub repo id."""
+    monkeypatch.chdir(tiny_diffusers_dir.parent)
+    settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64))
+    manifest = export_engines(tiny_diffusers_dir.name, tmp_path / "engines", settings)
+    assert manifest.source == Manifest.read(tmp_path / "engines").source == str(tiny_diffusers_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-random").mkdir()
+    random = export_engines("tiny-random", tmp_path / "random", settings)
+    assert random.source == "tiny-random"  # a name, not a path, even beside a folder of that name
+
+
 def test_what_a_killed_export_left_beside_the_folder_is_named_before_the_next(tmp_path, capsys):
     """A SIGKILL (or an out-of-memory kill) removes nothing: the next export says what was left,
     gigabytes for a real model, without removing it (another export may be filling it)."""
