@@ -58,6 +58,13 @@ def _beside(path: Path, create: Callable[[Path], None]) -> Path:
 
 def write_failed(path: Path, error: OSError) -> WriteError:
     """The refusal of a write to `path` that failed with `error`: its cause and what to do."""
+    if error.errno is None:
+        # A short write reported without its errno: numpy's tofile, through which the ONNX
+        # exporter writes a graph's external data ("problem writing element 17408 to file"), on
+        # a full disk; the exporter removes the partial file, so the disk no longer looks full.
+        return WriteError(
+            f"cannot write {path} ({error}: the write was cut short, as on a full disk): {SPACE_FIX}"
+        )
     return WriteError(f"cannot write {path} ({error.strerror}): {WRITE_FIXES.get(error.errno, WRITE_FIX)}")
 
 

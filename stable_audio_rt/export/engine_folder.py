@@ -22,7 +22,7 @@ import onnx
 from safetensors.torch import save
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import OLD_INFIX, check_writable, new_folder_beside, written_for
+from stable_audio_rt.atomic import OLD_INFIX, check_writable, new_folder_beside, writing, written_for
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.onnx_export import (
     BF16_MIN_OPSET,
@@ -312,27 +312,28 @@ def export_engines(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = new_folder_beside(out)
     try:
-        for name in settings.components:
-            if on_component is not None:
-                on_component(name)
-            rows = component_specs(model.config)[name].max_rows(settings.max_batch)
-            profile = settings.profile(rows, model.config.latent_frames)
-            entry = _reusable(old, out, name, manifest, settings, profile)
-            if entry is not None:
-                for file in entry.files:
-                    _place(out / file, tmp / file)
-                if on_reused is not None:
-                    on_reused(name)
-            else:
-                entry = _build_entry(model, name, settings, profile, tmp)
-            manifest.components[name] = entry
-        model.conditioner.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-        numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
-        # Written by us: safetensors' save_file makes its file private (0600).
-        (tmp / NUMBERS_FILE).write_bytes(save(numbers))
-        manifest.shared_files = shared_file_records(tmp)
-        manifest.write(tmp)
-        _swap_in(tmp, out)
+        with writing(out):  # a full disk, mid-export: one line naming the folder and the fix
+            for name in settings.components:
+                if on_component is not None:
+                    on_component(name)
+                rows = component_specs(model.config)[name].max_rows(settings.max_batch)
+                profile = settings.profile(rows, model.config.latent_frames)
+                entry = _reusable(old, out, name, manifest, settings, profile)
+                if entry is not None:
+                    for file in entry.files:
+                        _place(out / file, tmp / file)
+                    if on_reused is not None:
+                        on_reused(name)
+                else:
+                    entry = _build_entry(model, name, settings, profile, tmp)
+                manifest.components[name] = entry
+            model.conditioner.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+            numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
+            # Written by us: safetensors' save_file makes its file private (0600).
+            (tmp / NUMBERS_FILE).write_bytes(save(numbers))
+            manifest.shared_files = shared_file_records(tmp)
+            manifest.write(tmp)
+            _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # deepest first: the folders made for this export go with it

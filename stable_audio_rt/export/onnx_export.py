@@ -117,6 +117,8 @@ def export_component(
                 verbose=False,
                 custom_translation_table=_plugin_table() if plugins else None,
             )
+        except OSError:  # a full disk, most often: the caller's refusal names its folder and the fix
+            raise
         except Exception as e:  # the exporter raises many kinds; name the component
             raise ExportError(f"exporting {spec.name} at {precision} failed: {e}") from e
     try:

@@ -184,6 +184,60 @@ def test_a_mount_point_as_out_is_refused_before_loading(tiny_diffusers_dir, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"] and not any(volume.iterdir())
 
 
+def _short_write(*args, **kwargs):
+    """What the ONNX exporter raises when a full disk cuts its external data's write short
+    (onnx_ir's tofile: numpy's words, no errno; it removes the partial file)."""
+    raise OSError("problem writing element 17408 to file")
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        r"problem writing element 17408 to file: the write was cut short, as on a full disk",
+        r"No space left on device",
+    ],
+    ids=["graph", "number-conditioners"],
+)
+def test_a_full_disk_mid_export_is_one_line_naming_the_folder_and_the_fix(
+    tiny_diffusers_dir, tmp_path, capsys, monkeypatch, cause
+):
+    """The exporter's short write was "exporting dit at fp32 failed: problem writing element
+    17408 to file", and the number conditioners' ENOSPC a traceback."""
+    from stable_audio_rt.export import engine_folder
+
+    if "element" in cause:
+        monkeypatch.setattr(torch.onnx, "export", _short_write)
+    else:
+        if not Path("/dev/full").is_char_device():
+            pytest.skip("needs /dev/full")
+        made = engine_folder.new_folder_beside
+
+        def beside(path: Path) -> Path:
+            folder = made(path)
+            # Written to, it fails as a full disk does (the write follows the link; nothing
+            # replaces it: onnx_ir would replace a graph's link target, /dev/full itself as root).
+            (folder / "number_conditioners.safetensors").symlink_to("/dev/full")
+            return folder
+
+        monkeypatch.setattr(engine_folder, "new_folder_beside", beside)
+    out = tmp_path / "engines"
+    argv = [
+        "--model",
+        str(tiny_diffusers_dir),
+        "--out",
+        str(out),
+        "--components",
+        "t5",
+        "--frames",
+        "1:16:64",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    refusal = rf"sa-export: error: cannot write {re.escape(str(out))} \({cause}\): free space on that disk"
+    assert re.search(refusal, err) and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
 def test_bf16_graphs_are_written_at_the_opset_whose_conv_takes_bfloat16(tiny_diffusers_dir, tmp_path):
     """At opset 18 the DiT's and the VAE's Conv on bfloat16 were invalid ONNX."""
     settings = ExportSettings("bf16", components=("dit", "vae_decoder"), frames=(1, 8, 16))
