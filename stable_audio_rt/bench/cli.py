@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from stable_audio_rt.bench.gemm import onnxruntime_gemm_rate, torch_gemm_rate
 from stable_audio_rt.bench.precision_report import StageError, StageOutput, compare, stage_outputs
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
-from stable_audio_rt.bench.runner import Workload, interleave_with_peer, run_workload
+from stable_audio_rt.bench.runner import PROMPT, Workload, interleave_with_peer, run_workload
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
@@ -58,7 +59,12 @@ from stable_audio_rt.runtime.cpu_memory import use_memory_policy
 from stable_audio_rt.runtime.estimate import announce_benchmark
 from stable_audio_rt.runtime.load import WeightOptions, plan_load, resolve_device
 from stable_audio_rt.runtime.pipeline import StableAudio
-from stable_audio_rt.runtime.requests import MAX_CFG_SCALE, GenerationRequest, with_model_defaults
+from stable_audio_rt.runtime.requests import (
+    MAX_CFG_SCALE,
+    GenerationRequest,
+    resolve_request_as,
+    with_model_defaults,
+)
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_CFG_SCALE
 from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
 from stable_audio_rt.trt_import import import_tensorrt
@@ -71,6 +77,13 @@ DEFAULT_MODEL = "random-stable-audio-open-1.0"
 SMALL_MODEL = "random-stable-audio-open-small"
 SEED = 1234
 DEFAULT_BATCH = 1
+# The request fields sa-bench sets from its options, for refusals in its terms.
+SA_BENCH_NAMES = {
+    "steps": "--steps",
+    "num_outputs": "--batch",
+    "frames": "--frames",
+    "cfg_scale": "--cfg-scale",
+}
 # The SAO 1.0 comparison of the benchmark issue: 64 latent frames (2.97 s), 10 steps.
 SAO_PRESET_FRAMES, SAO_PRESET_STEPS = 64, 10
 
@@ -300,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         # Before any load, as sa-run; diffusers runs in this process under the same policy.
         memory = use_memory_policy(args.reuse_memory, device)
         defaults = with_model_defaults(GenerationRequest(prompts=("x",), cfg_scale=args.cfg_scale), config)
+        ratio = config.vae.downsampling_ratio
         frames = args.frames or [config.latent_frames]
         if args.diffusers and len(frames) > 1:
             raise ConfigError("--diffusers compares one window: give one --frames value")
@@ -307,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
             Workload(f, s, b, SEED, defaults.cfg_scale)
             for f, s, b in itertools.product(frames, args.steps or [defaults.steps], args.batch)
         ]
+        for w in workloads:  # each request's own limits (--steps past 10,000, ...), before any load
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # what a request warns of, its runs say
+                resolve_request_as(
+                    GenerationRequest(prompts=(PROMPT,), **w.options(config.sample_rate, ratio)),
+                    config,
+                    SA_BENCH_NAMES,
+                )
         if manifest is not None:  # every row's shape in the folder's profiles, before any run
             graphs = profile_checks(manifest)
             for w in workloads:

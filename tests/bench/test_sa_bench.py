@@ -219,6 +219,10 @@ def test_on_a_gpu_the_peers_queued_work_is_timed_as_the_peers(monkeypatch):
         (["--precision-report"], "compares non-fp32 torch rows with fp32, and this run has none"),
         (["--model", ""], "the model name is empty: give a Hub repo id"),
         (["--cfg-scale", "5000"], "--cfg-scale must be in [0, 1000], got 5000"),
+        (
+            ["--frames", "4", "--steps", "2", "20000"],
+            "--steps must be in [1, 10000], got 20000",
+        ),  # was after the load
         (["--json", "dangling.json"], "--json: folder /no/such/folder does not exist"),  # a link's target's
     ],
 )
