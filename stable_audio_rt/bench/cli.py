@@ -233,6 +233,13 @@ def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> 
             f"{args.backend} runs no torch row but the fp32 reference (the engines run in their folder's "
             "own precision): give --backend all to run both, or leave --precision out"
         )
+    if args.diffusers and manifest is not None and not _is_diffusers_folder(args.model):
+        # The peer would run random weights that ours loads too, which no engine folder holds.
+        raise ConfigError(
+            f"--diffusers with --engines runs diffusers on the weights the engines were exported from, "
+            f"so they must be a local folder in the diffusers layout (model_index.json), and {args.model} "
+            "is not: export the engines from such a folder, or leave --diffusers out"
+        )
     if args.cfg_scale is not None and not 0 <= args.cfg_scale <= MAX_CFG_SCALE:
         raise ConfigError(f"--cfg-scale must be in [0, {MAX_CFG_SCALE:g}], got {args.cfg_scale:g}")
     if args.repeats < 1 or args.warmup < 0:
@@ -447,6 +454,11 @@ def _rows(
     return rows
 
 
+def _is_diffusers_folder(model: str) -> bool:
+    """Whether diffusers' pipeline can load `model` as it is (else the peer gets random weights)."""
+    return (Path(model) / "model_index.json").is_file()
+
+
 def _peer_pipelines(
     args: argparse.Namespace, config, frames: int, device: torch.device, scratch: Path
 ) -> PeerPipelines:
@@ -454,7 +466,7 @@ def _peer_pipelines(
     else random weights of its geometry written once to `scratch`, which our rows then load."""
     from stable_audio_rt.bench.peer import PeerPipelines, build_peer, load_peer
 
-    if (Path(args.model) / "model_index.json").is_file():
+    if _is_diffusers_folder(args.model):
         first = load_peer(Path(args.model), frames)
     else:
         first = build_peer(config, frames, scratch)

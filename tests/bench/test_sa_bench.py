@@ -264,6 +264,19 @@ def test_engines_from_other_weights_are_refused_before_any_run(
     assert "was built from other weights" in capsys.readouterr().err
 
 
+def test_diffusers_beside_engines_not_from_a_diffusers_folder_is_refused_before_any_work(
+    engines, tiny_single_file_dir, capsys, monkeypatch
+):
+    """The peer's random weights (4.9 GB at real size) were built, then refused as not the
+    engines' weights, naming the deleted temp folder as the model to export from."""
+    monkeypatch.setattr(cli, "_peer_pipelines", lambda *a, **k: pytest.fail("the peer was built"))
+    argv = ["--engines", str(engines["fp32"][0]), "--diffusers", "--frames", "4"]
+    assert cli.main([*argv, "--model", str(tiny_single_file_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--diffusers with --engines runs diffusers on the weights the engines were exported from" in err
+    assert f"and {tiny_single_file_dir} is not: export the engines from such a folder" in err
+
+
 def test_rows_outside_the_engines_profiles_are_refused_before_any_run(
     engines, tiny_diffusers_dir, capsys, monkeypatch
 ):
