@@ -328,7 +328,10 @@ def _read_manifest(top: Fields) -> Manifest:
         tools={
             name: checked(v, path, is_string, "a version string") for name, v, path in top.mapping("tools")
         },
-        components={name: _read_entry(Fields(v, path)) for name, v, path in top.mapping("components")},
+        components={
+            checked(name, path, _is_component, COMPONENT_WORDS): _read_entry(Fields(v, path))
+            for name, v, path in top.mapping("components")
+        },
         shared_files={
             checked(name, path, _is_folder_path, FOLDER_PATH_WORDS): _read_file_record(Fields(v, path))
             for name, v, path in top.mapping("shared_files", default={})
@@ -336,7 +339,16 @@ def _read_manifest(top: Fields) -> Manifest:
         format=top.integer("format"),
     )
     top.done()
+    if not manifest.components:  # every reader names the folder's components, as exported
+        raise InvalidField(f"components is empty: an export writes at least {COMPONENT_WORDS}")
     return manifest
+
+
+COMPONENT_WORDS = f"one of {', '.join(COMPONENTS)}"
+
+
+def _is_component(name: str) -> bool:
+    return name in COMPONENTS
 
 
 PRECISION_WORDS = f"one of {', '.join(DTYPES)}"

@@ -167,6 +167,12 @@ DECODER = ("components", "vae_decoder")
             _set(*DECODER, "file", value="t5.onnx"),
             r"components\.vae_decoder\.file \(t5\.onnx\) is not among components\.vae_decoder\.files",
         ),
+        # Both were a StopIteration traceback where a folder's components are named (export_again).
+        (_set("components", value={}), r"components is empty: an export writes at least one of t5, dit"),
+        (
+            _set("components", "unet", value={}),
+            r'components\.unet must be one of t5, dit, vae_decoder, vae_encoder, got "unet"',
+        ),
     ],
     ids=[
         "missing-key",
@@ -187,6 +193,8 @@ DECODER = ("components", "vae_decoder")
         "file-outside-the-folder",
         "files-outside-the-folder",
         "file-not-recorded",
+        "no-components",
+        "unknown-component",
     ],
 )
 def test_a_corrupt_manifest_is_refused_at_read_naming_the_field(tmp_path, corrupt, message):
