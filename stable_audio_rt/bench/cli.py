@@ -441,8 +441,10 @@ def _rows(
     precision = manifest.components["dit"].precision
     engine_backends = [b for b in ("onnxruntime", "tensorrt") if args.backend in (b, "all")]
     if args.backend == "all":  # every backend that can run here
-        if tensorrt_unusable(args.engines, manifest, device) is not None:
+        trt_why_not = tensorrt_unusable(args.engines, manifest, device)
+        if trt_why_not is not None:
             engine_backends.remove("tensorrt")
+            print(f"sa-bench: no tensorrt row: {trt_why_not}", file=sys.stderr)
         why_not = onnxruntime_unusable(manifest)
         if why_not is not None:
             engine_backends.remove("onnxruntime")
