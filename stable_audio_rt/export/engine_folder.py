@@ -15,7 +15,7 @@ import secrets
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -39,11 +39,13 @@ from stable_audio_rt.kernels.switch import use_kernels
 from stable_audio_rt.manifest import (
     MANIFEST,
     NUMBERS_FILE,
+    TIMING_CACHE,
     TOKENIZER_DIR,
     ComponentEntry,
     Manifest,
     Verification,
     VerificationSkipped,
+    check_file,
     config_to_dict,
     file_record,
     folder_names,
@@ -218,6 +220,19 @@ def _reusable(
     return entry
 
 
+def _with_its_plan(folder: Path, entry: ComponentEntry) -> ComponentEntry:
+    """A reused entry with its TensorRT plan, built from this very graph, where the plan is in
+    `folder` as recorded (a re-export without TensorRT dropped it and kept its record); without
+    the record where it is not, so no plan is claimed that the folder lacks."""
+    if entry.engine is None:
+        return entry
+    try:
+        check_file(folder / entry.engine.file, entry.engine.record, "")
+    except StableAudioError:
+        return replace(entry, engine=None)
+    return entry
+
+
 def _place(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -320,13 +335,16 @@ def export_engines(
                 profile = settings.profile(rows, model.config.latent_frames)
                 entry = _reusable(old, out, name, manifest, settings, profile)
                 if entry is not None:
-                    for file in entry.files:
+                    entry = _with_its_plan(out, entry)
+                    for file in [*entry.files, *([entry.engine.file] if entry.engine else [])]:
                         _place(out / file, tmp / file)
                     if on_reused is not None:
                         on_reused(name)
                 else:
                     entry = _build_entry(model, name, settings, profile, tmp)
                 manifest.components[name] = entry
+            if old is not None and (out / TIMING_CACHE).is_file():  # the next build's head start
+                _place(out / TIMING_CACHE, tmp / TIMING_CACHE)
             model.conditioner.tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
             numbers = {k: v.float().contiguous() for k, v in model.conditioner.numbers.state_dict().items()}
             # Written by us: safetensors' save_file makes its file private (0600).

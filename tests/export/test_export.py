@@ -18,7 +18,7 @@ import torch
 
 from stable_audio_rt.export import cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines, tool_versions
-from stable_audio_rt.manifest import FileRecord, Manifest
+from stable_audio_rt.manifest import FileRecord, Manifest, PlanRecord, file_record
 from stable_audio_rt.models.checkpoint import sha256_file
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
@@ -362,6 +362,27 @@ def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, 
         export_engines(tiny_diffusers_dir, folder, replace(encoder_only, components=("unet",)))
     forced = export_engines(tiny_diffusers_dir, folder, replace(encoder_only, force=True))
     assert list(forced.components) == ["vae_encoder"] and not (folder / "dit.onnx").exists()
+
+
+def test_a_reexport_keeps_the_plans_of_the_components_it_reuses(engines, tiny_diffusers_dir, tmp_path):
+    """Re-exported without TensorRT (to add a component, say), the folder lost its plans and
+    timing cache but its manifest still recorded them."""
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    (folder / "dit.plan").write_bytes(b"a plan built from dit.onnx")
+    (folder / "timing.cache").write_bytes(b"TensorRT's timings")
+    record = file_record(folder / "dit.plan")
+    plan = PlanRecord("dit.plan", record.sha256, record.bytes, "10.9.0", "NVIDIA H200", "9.0")
+    manifest = Manifest.read(folder)
+    manifest.components["dit"] = replace(manifest.components["dit"], engine=plan)
+    manifest.components["t5"] = replace(manifest.components["t5"], engine=replace(plan, file="t5.plan"))
+    manifest.write(folder)  # t5's plan is recorded, but not there
+    again = export_engines(
+        tiny_diffusers_dir, folder, ExportSettings("fp32", max_batch=2, frames=(1, 16, 64))
+    )
+    assert again.components["dit"].engine == plan and Manifest.read(folder).components["dit"].engine == plan
+    assert (folder / "dit.plan").read_bytes() == b"a plan built from dit.onnx"
+    assert (folder / "timing.cache").read_bytes() == b"TensorRT's timings"
+    assert again.components["t5"].engine is None and not (folder / "t5.plan").exists()
 
 
 def test_a_killed_writes_leftovers_do_not_block_the_next_export(engines, tiny_diffusers_dir, tmp_path):
