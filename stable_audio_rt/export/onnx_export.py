@@ -120,6 +120,9 @@ def export_component(
         except OSError:  # a full disk, most often: the caller's refusal names its folder and the fix
             raise
         except Exception as e:  # the exporter raises many kinds; name the component
+            stop = _interruption(e)
+            if stop is not None:  # Ctrl-C or a stop signal, not a failed export
+                raise stop from None
             raise ExportError(f"exporting {spec.name} at {precision} failed: {e}") from e
     try:
         # By path, so models past protobuf's 2 GB (external data) are checked too; full_check
@@ -132,6 +135,21 @@ def export_component(
     if data.exists():
         files.append(data)
     return files
+
+
+def _interruption(error: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or stop signal (`errors.Terminated`) behind an exporter's error, if any: torch's
+    exporter, interrupted mid-trace, fails to restore its dispatch mode on the way out and raises
+    "Failed to decompose the FX graph ... Create an issue in the PyTorch GitHub repository"
+    from that, the interruption only in the error's chain."""
+    seen: set[int] = set()
+    found: BaseException | None = error
+    while found is not None and id(found) not in seen:
+        if isinstance(found, KeyboardInterrupt):
+            return found
+        seen.add(id(found))
+        found = found.__cause__ or found.__context__
+    return None
 
 
 @contextmanager

@@ -350,6 +350,41 @@ def test_sigterm_during_an_export_leaves_the_folder_as_it_was_and_nothing_beside
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"]  # no half-written folder beside
 
 
+def _interrupted_inside_the_exporter(*args, **kwargs):
+    """A stop signal landing mid-trace, as torch's exporter then reports it: restoring its dispatch
+    mode fails on the way out, and it raises its own error from that."""
+    try:
+        os.kill(os.getpid(), signal.SIGHUP)  # sa-export's handler raises here
+    except KeyboardInterrupt:
+        try:
+            raise RuntimeError("Attempted to unset ProxyTorchDispatchMode, but there wasn't one active.")
+        except RuntimeError as e:
+            raise RuntimeError("Failed to decompose the FX graph for ONNX compatibility.") from e
+
+
+def test_a_signal_inside_the_onnx_exporter_stops_the_export_as_a_signal(
+    engines, tiny_diffusers_dir, tmp_path, capsys, monkeypatch
+):
+    """It was 'error: exporting t5 at fp16 failed: Failed to decompose the FX graph ... Create an
+    issue in the PyTorch GitHub repository', exit 2."""
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    monkeypatch.setattr(torch.onnx, "export", _interrupted_inside_the_exporter)
+
+    def guard(*_):  # were the signal not taken by sa-export, it would end pytest itself
+        raise AssertionError("SIGHUP reached the test: sa-export did not take it")
+
+    previous = signal.signal(signal.SIGHUP, guard)
+    try:
+        assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(folder), "--fp16"]) == 129
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    err = capsys.readouterr().err
+    assert "sa-export: terminated; the engine folder was left as it was" in err and "PyTorch" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines"]
+
+
 def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, tiny_diffusers_dir, tmp_path):
     folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
     before = sorted(p.name for p in folder.iterdir())
