@@ -68,6 +68,9 @@ from stable_audio_rt.precision import DTYPES
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 # Names of what a refused --out folder holds, listed in the refusal.
 FOREIGN_SHOWN = 5
+# The components whose modules call the Triton kernels (the DiT's attention, the VAE's Snake):
+# with --trt-plugins only their graphs have plugin nodes (T5's has none either way).
+KERNEL_COMPONENTS = frozenset({"dit", "vae_decoder", "vae_encoder"})
 # Latent frames and batch of the verification inputs: odd sizes inside every profile.
 VERIFY_FRAMES = 7
 
@@ -209,7 +212,8 @@ def _reusable(
 
     same = key(old) == key(new)
     entry = old.components[name]
-    if not same or entry.requested_precision != precision or bool(entry.plugins) != settings.trt_plugins:
+    plugged = settings.trt_plugins and name in KERNEL_COMPONENTS
+    if not same or entry.requested_precision != precision or bool(entry.plugins) != plugged:
         return None
     if (entry.batch, entry.frames) != (profile.batch, profile.frames):
         return None

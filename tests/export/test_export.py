@@ -399,6 +399,16 @@ def test_an_export_that_would_drop_components_is_refused_unless_forced(engines, 
     assert list(forced.components) == ["vae_encoder"] and not (folder / "dit.onnx").exists()
 
 
+def test_t5_is_reused_by_a_reexport_with_trt_plugins(tiny_diffusers_dir, tmp_path):
+    """T5 calls none of the kernels, so its graph has no plugin nodes with --trt-plugins either:
+    it was taken for a graph without them, and exported again every time."""
+    settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64), trt_plugins=True)
+    export_engines(tiny_diffusers_dir, tmp_path / "engines", settings)
+    reused: list[str] = []
+    export_engines(tiny_diffusers_dir, tmp_path / "engines", settings, on_reused=reused.append)
+    assert reused == ["t5"]
+
+
 def test_a_reexport_keeps_the_plans_of_the_components_it_reuses(engines, tiny_diffusers_dir, tmp_path):
     """Re-exported without TensorRT (to add a component, say), the folder lost its plans and
     timing cache but its manifest still recorded them."""
