@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                     SA_BENCH_NAMES,
                 )
         if manifest is not None:  # every row's shape in the folder's profiles, before any run
-            graphs = profile_checks(manifest)
+            graphs = profile_checks(args.engines, manifest)
             for w in workloads:
                 check_request_shapes(
                     args.engines, manifest, graphs, w.batch, w.uses_cfg, w.frames, w.frames, False

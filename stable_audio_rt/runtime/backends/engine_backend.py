@@ -10,6 +10,7 @@ conditioners (two tiny MLPs) stay in PyTorch and the tokenizer is the folder's o
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -86,6 +87,7 @@ class EngineGraph:
 
     def __init__(
         self,
+        folder: Path,
         manifest: Manifest,
         name: str,
         entry: ComponentEntry,
@@ -93,6 +95,11 @@ class EngineGraph:
         float_type: torch.dtype,
     ) -> None:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
+        # The whole command a refusal gives: the folder's source, options and itself.
+        self.export_command = (
+            f"sa-export --model {shlex.quote(manifest.source)} --out {shlex.quote(str(folder))} "
+            f"{exported_as(manifest)}"
+        )
         self.ratio = manifest.model_config.vae.downsampling_ratio
         spec = component_specs(manifest.model_config)[name]
         if (spec.inputs, spec.outputs) != (tuple(entry.inputs), tuple(entry.outputs)):
@@ -110,11 +117,12 @@ class EngineGraph:
         decode chunk's (the fix is then another chunk, not another window)."""
         low, _, high = self.entry.batch
         if not low <= batch <= high:
+            clips = math.ceil(batch / self.rows_per_clip)
             # sa-export's --max-batch counts clips; T5 and the DiT take two rows a clip (CFG).
             fix = (
                 "it runs one clip at a time, so pass the clips one by one (vae_decode.one_clip_at_a_time)"
                 if self.one_clip_per_run
-                else f"re-export with `sa-export --max-batch {math.ceil(batch / self.rows_per_clip)}` "
+                else f"re-export with `{self._exported_with('--max-batch', clips)}` "
                 f"(clips with CFG, {self.rows_per_clip} rows each; the folder takes "
                 f"{high // self.rows_per_clip} with CFG, {high} without), or ask for fewer clips"
             )
@@ -131,10 +139,19 @@ class EngineGraph:
                 if is_chunk
                 else (
                     f"{frames} latent frames are",
-                    f"re-export with --frames covering {frames}, or choose a window inside it",
+                    f"re-export with `{self._exported_with('--frames', self._frames_covering(frames))}`, "
+                    "or choose a window inside it",
                 )
             )
             raise ConfigError(f"{what} outside the {self.name} engine's profile {low}–{high}: {fix}")
+
+    def _exported_with(self, option: str, value: object) -> str:
+        """The folder's export command with `option` given `value` instead."""
+        return re.sub(rf"{option} \S+", f"{option} {value}", self.export_command)
+
+    def _frames_covering(self, frames: int) -> str:
+        low, opt, high = self.entry.frames
+        return f"{min(low, frames)}:{opt}:{max(high, frames)}"
 
     def element_type(self, kind: ElementKind) -> torch.dtype:
         """The torch type of a spec's element kind in this graph (`io_spec.element_dtype`)."""
@@ -254,11 +271,13 @@ def require_same_weights(folder: Path, manifest: Manifest, model: str | Path) ->
         )
 
 
-def profile_checks(manifest: Manifest) -> dict[str, EngineGraph]:
+def profile_checks(folder: Path, manifest: Manifest) -> dict[str, EngineGraph]:
     """Each component's profile, to check requests against without opening its engine (sa-bench
     checks its rows before any run)."""
     cpu = torch.device("cpu")
-    return {c: EngineGraph(manifest, c, e, cpu, torch.float32) for c, e in manifest.components.items()}
+    return {
+        c: EngineGraph(folder, manifest, c, e, cpu, torch.float32) for c, e in manifest.components.items()
+    }
 
 
 def check_request_shapes(

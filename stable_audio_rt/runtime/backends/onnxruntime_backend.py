@@ -56,7 +56,7 @@ class OrtGraph(EngineGraph):
                 f"{name} calls TensorRT plugins ({', '.join(entry.plugins)}), which onnxruntime cannot run; "
                 f"re-export without --trt-plugins for --backend onnxruntime"
             )
-        super().__init__(manifest, name, entry, device, DTYPES[entry.precision])
+        super().__init__(folder, manifest, name, entry, device, DTYPES[entry.precision])
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:

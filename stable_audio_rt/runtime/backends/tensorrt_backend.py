@@ -133,7 +133,7 @@ class TrtGraph(EngineGraph):
         entry = manifest.entry(folder, name)
         if entry.precision not in DTYPES:
             raise EngineFolderError(f"{name} is {entry.precision}, which the TensorRT backend cannot feed")
-        super().__init__(manifest, name, entry, device, DTYPES[entry.precision])
+        super().__init__(folder, manifest, name, entry, device, DTYPES[entry.precision])
         plan = checked_plan(folder, manifest, name, trt.__version__, gpu_identity(device))
         self.trt, self.rebuild = trt, f"rebuild the plans with {rebuild_hint(folder, manifest)}"
         with on_device(self.device):

@@ -82,11 +82,20 @@ def test_chunked_decode_through_onnxruntime(engines, torch_pipe):
 
 
 def test_frames_outside_the_profile(engines):
-    pipe = StableAudio.from_engines(engines["fp32"][0])
-    with pytest.raises(ConfigError, match=r"65 latent frames are outside the dit engine's profile 1–64"):
+    folder, manifest = engines["fp32"]
+    pipe = StableAudio.from_engines(folder)
+    # The fix is the whole command: the folder's source, itself and its options, one changed.
+    quoted = (re.escape(shlex.quote(str(p))) for p in (manifest.source, folder))
+    exported = "sa-export --model {} --out {} --fp32".format(*quoted)
+    with pytest.raises(
+        ConfigError,
+        match=r"65 latent frames are outside the dit engine's profile 1–64: re-export with "
+        rf"`{exported} --max-batch 2 --frames 1:16:65 --opset \d+`",
+    ):
         pipe.components.check_request(batch=1, uses_cfg=True, frames=65, decode_frames=16, encodes=False)
-    too_many = r"dit engine takes batch 1–4 rows, this request needs 6: re-export with `sa-export"
-    takes = r" --max-batch 3` \(clips with CFG, 2 rows each; the folder takes 2 with CFG, 4 without\)"
+    too_many = rf"dit engine takes batch 1–4 rows, this request needs 6: re-export with `{exported}"
+    takes = r" --max-batch 3 --frames 1:16:64 --opset \d+` \(clips with CFG, 2 rows each; the folder takes 2 "
+    takes += r"with CFG, 4 without\)"
     with pytest.raises(ConfigError, match=too_many + takes):
         pipe.generate(["a", "b", "c"], steps=2, seconds_total=1.0)
     # sa-serve refuses such a body before it queues (422), through the same check.
@@ -99,7 +108,7 @@ def test_frames_outside_the_profile(engines):
         refused = httpx.post(f"{server.url}/v1/audio/jobs", json=body, timeout=60)
     finally:
         server.stop()
-    assert refused.status_code == 422 and "sa-export --max-batch 3" in refused.json()["detail"]
+    assert refused.status_code == 422 and "--max-batch 3 --frames 1:16:64" in refused.json()["detail"]
     # The VAE's engines are built for one clip: a batch decodes clip by clip.
     two_clips = torch.zeros(2, pipe.components.config.dit.io_channels, 16)
     with pytest.raises(ConfigError, match=r"vae_decoder engine takes batch 1–1 rows, .* one clip at a time"):
