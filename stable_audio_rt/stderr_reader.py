@@ -56,8 +56,19 @@ class _ReaderMayLeave(io.TextIOBase):
 
 @contextmanager
 def stderr_reader_may_leave() -> Iterator[None]:
-    """sys.stderr, for the block, survives its reader leaving (see the module)."""
+    """sys.stderr, for the block, survives its reader leaving (see the module). Started with
+    stderr closed (`2>&-`: Python's sys.stderr is None), nothing reads it: the block's stderr is
+    /dev/null (opened first, it takes descriptor 2 where that is still free, so C code writing
+    there writes no file opened later)."""
     original = sys.stderr
+    if original is None:
+        with open(os.devnull, "w") as nowhere:
+            sys.stderr = nowhere
+            try:
+                yield
+            finally:
+                sys.stderr = original
+        return
     sys.stderr = _ReaderMayLeave(original)
     try:
         yield

@@ -60,3 +60,18 @@ def test_a_stderr_reader_leaving_ends_nothing_and_the_rest_goes_nowhere(monkeypa
         assert os.path.samestat(os.fstat(writing), os.stat(os.devnull))
     finally:
         stream.close()
+
+
+def test_a_closed_stderr_ends_nothing(monkeypatch, capsys):
+    """`sa-run ... 2>&-`: Python starts with sys.stderr None, and the block's notes and its
+    refusal's report raised AttributeError through the wrapper (sa-run exited 1, nothing written)."""
+    import sys
+
+    monkeypatch.setattr(sys, "stderr", None)
+    ran_on = []
+    with reported_errors("sa-x", "nothing written") as failed:
+        print("progress", file=sys.stderr)
+        ran_on.append(True)
+        raise RequestError("steps must be in [1, 10000], got 0")
+    assert sys.stderr is None and failed.exit_status == 2 and ran_on == [True]
+    assert capsys.readouterr().out == ""  # stdout carries the paths written: no notes there

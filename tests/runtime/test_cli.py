@@ -357,6 +357,21 @@ def test_a_stderr_reader_gone_before_the_first_line_loses_no_clip(tmp_path):
     assert stdout.decode().splitlines()[-1] == str(out) and out.stat().st_size > 0
 
 
+def test_stderr_closed_at_the_start_loses_no_clip(tmp_path):
+    """`sa-run ... 2>&-`: Python starts with sys.stderr None; the notes go nowhere, the clip is
+    written and stdout names it (exited 1 with nothing written: the stderr wrapper wrote to None)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.wav"
+    argv = ["rain", "-o", str(out), "--model", "tiny-random", "--steps", "2", "--seconds", "0.2",
+            "--window", "trim"]  # fmt: skip
+    command = [sys.executable, "-m", "stable_audio_rt.runtime.cli", *argv]
+    run = subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *command], stdout=subprocess.PIPE, timeout=300)
+    assert run.returncode == 0
+    assert run.stdout.decode().splitlines()[-1] == str(out) and out.stat().st_size > 0
+
+
 @pytest.mark.parametrize(
     "argv,prompts",
     [
