@@ -58,8 +58,11 @@ class CaptureGate:
     def capturing(self) -> Iterator[None]:
         with self._changed:
             self._captures_waiting += 1
-            self._changed.wait_for(lambda: not self._capturing and not self._working)
-            self._captures_waiting -= 1
+            try:
+                self._changed.wait_for(lambda: not self._capturing and not self._working)
+            finally:  # however the wait ends (Ctrl-C in it too): work no longer waits for this one
+                self._captures_waiting -= 1
+                self._changed.notify_all()
             self._capturing = True
         try:
             yield

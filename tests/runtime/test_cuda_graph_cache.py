@@ -294,3 +294,37 @@ def test_work_arriving_behind_a_waiting_capture_waits_for_it():
     for thread in threads:
         thread.join(timeout=60)
     assert order == ["first work ends", "capture", "later work"]
+
+
+def test_a_capture_stopped_while_it_waits_holds_no_work_back(monkeypatch):
+    """Ctrl-C (or any exception) in a capture's wait for the work under way: that capture never
+    runs, so later work must not wait behind it (it waited for ever: the gate still counted it)."""
+    from stable_audio_rt.runtime.cuda_graph import CaptureGate
+
+    gate = CaptureGate()
+    real_wait_for, interrupts = gate._changed.wait_for, [KeyboardInterrupt]
+
+    def wait_for(predicate, timeout=None):
+        if interrupts and not predicate():  # Ctrl-C lands in the first wait that waits
+            raise interrupts.pop()
+        return real_wait_for(predicate, timeout)
+
+    monkeypatch.setattr(gate._changed, "wait_for", wait_for)
+    first_in, first_may_leave, later_in = threading.Event(), threading.Event(), threading.Event()
+
+    def work(came_in: threading.Event, may_leave: threading.Event | None = None) -> None:
+        with gate.working():
+            came_in.set()
+            if may_leave is not None:
+                may_leave.wait(HELD_CAPTURE_S)
+
+    first = threading.Thread(target=work, args=(first_in, first_may_leave), daemon=True)
+    first.start()
+    assert first_in.wait(HELD_CAPTURE_S)
+    with pytest.raises(KeyboardInterrupt):
+        with gate.capturing():
+            pytest.fail("the capture ran")
+    first_may_leave.set()
+    later = threading.Thread(target=work, args=(later_in,), daemon=True)  # daemon: were it stuck
+    later.start()
+    assert later_in.wait(HELD_CAPTURE_S)  # in milliseconds when nothing holds it back
