@@ -377,9 +377,13 @@ def _check_precision_report(args: argparse.Namespace, device: torch.device) -> N
     """--precision-report needs a torch row whose precision resolves to other than fp32 here."""
     if not args.precision_report:
         return
-    torch_rows = args.backend in ("torch", "all")
+    if args.backend not in ("torch", "all"):  # --precision is refused with it (_check): not that advice
+        raise ConfigError(
+            f"--precision-report compares non-fp32 torch rows with fp32, and --backend {args.backend} "
+            "runs no torch row but the fp32 reference: give --backend all with --precision bf16 or fp16"
+        )
     resolved = {p: choose_dtype(dtype_request(p), device).dtype for p in args.precision}
-    if not torch_rows or all(dtype == torch.float32 for dtype in resolved.values()):
+    if all(dtype == torch.float32 for dtype in resolved.values()):
         asked = ", ".join(f"{p} = {NAMES[d]}" for p, d in resolved.items())
         raise ConfigError(
             f"--precision-report compares non-fp32 torch rows with fp32, and this run has none "

@@ -299,6 +299,21 @@ def test_torch_precisions_are_refused_where_only_an_engine_backend_runs(
     )
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+def test_a_precision_report_without_torch_rows_is_refused_with_advice_that_runs(backend):
+    """With --backend onnxruntime or tensorrt, the refusal said "add --precision bf16 or fp16",
+    which is refused in turn with those backends (--precision sets the torch rows alone)."""
+    import argparse
+
+    args = argparse.Namespace(precision_report=True, backend=backend, precision=["fp32"])
+    with pytest.raises(
+        cli.ConfigError, match=f"--backend {backend} runs no torch row but the fp32 reference"
+    ):
+        cli._check_precision_report(args, torch.device("cpu"))
+    followed = argparse.Namespace(precision_report=True, backend="all", precision=["bf16"])
+    cli._check_precision_report(followed, torch.device("cpu"))  # the advice: taken
+
+
 @pytest.mark.parametrize(
     "damage,message",
     [
