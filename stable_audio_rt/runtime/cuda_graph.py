@@ -33,29 +33,50 @@ class CaptureGate:
     fails and breaks the capture. So a capture has the process's device work to itself: requests'
     work (eager runs, inputs written, replays; any pipeline's) waits while one runs, and a capture
     waits for the work under way while new work waits behind it (a capture is once per shape; it
-    is never starved). Work must not be entered again from inside work (an `on_step` that runs a
-    request): behind a waiting capture, it would wait for itself."""
+    is never starved). Work entered again from inside a thread's own work (an `on_step` that runs
+    a request) goes on at once: no capture can be running then. A capture from inside it would
+    wait for that work, its own: `capturing` refuses it, and the pipeline runs such a request
+    eagerly (`inside_work`)."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._working = 0
         self._captures_waiting = 0
         self._capturing = False
+        self._mine = threading.local()  # .depth: how deep this thread is in work of its own
+
+    def inside_work(self) -> bool:
+        """Whether this thread is in work of its own (say, an `on_step` of a request running)."""
+        return getattr(self._mine, "depth", 0) > 0
 
     @contextmanager
     def working(self) -> Iterator[None]:
+        if self.inside_work():  # its own work holds every capture off: behind one, it would wait for itself
+            self._mine.depth += 1
+            try:
+                yield
+            finally:
+                self._mine.depth -= 1
+            return
         with self._changed:
             self._changed.wait_for(lambda: not self._capturing and not self._captures_waiting)
             self._working += 1
+        self._mine.depth = 1
         try:
             yield
         finally:
+            self._mine.depth = 0
             with self._changed:
                 self._working -= 1
                 self._changed.notify_all()
 
     @contextmanager
     def capturing(self) -> Iterator[None]:
+        if self.inside_work():
+            raise RuntimeError(
+                "a CUDA graph capture inside this thread's own request (an on_step that runs another) "
+                "would wait for that request to end: run the inner one outside the callback"
+            )
         with self._changed:
             self._captures_waiting += 1
             try:

@@ -422,7 +422,9 @@ class StableAudio:
             else:
                 request = self._fresh(shape, resolved)
         if entry is None:
-            if shape in self.graphs.failed:
+            # Failed before, or called from a request's own work (an on_step), where a capture would
+            # wait for that request: eagerly (the latter captured when called outside it).
+            if shape in self.graphs.failed or CAPTURE_GATE.inside_work():
                 with CAPTURE_GATE.working():
                     return self._eager_region(request, timings, on_step=on_step)
             try:

@@ -328,3 +328,64 @@ def test_a_capture_stopped_while_it_waits_holds_no_work_back(monkeypatch):
     later = threading.Thread(target=work, args=(later_in,), daemon=True)  # daemon: were it stuck
     later.start()
     assert later_in.wait(HELD_CAPTURE_S)  # in milliseconds when nothing holds it back
+
+
+def test_a_request_run_from_another_requests_on_step_ends(graphed):
+    """An `on_step` that runs a request: inside the outer request's work, the inner one's capture
+    waited for that work to end, which waited for the inner request (hung for ever, one thread
+    alone). It runs eagerly, and its shape is captured when asked outside the callback."""
+    eager = StableAudio(graphed.components, cuda_graph=False)
+    inner: list[torch.Tensor] = []
+
+    def on_step(done: int, total: int) -> None:
+        if not inner:
+            inner.append(graphed.generate("hail", seconds_total=0.5, steps=2, seed=2).audio)
+
+    request = GenerationRequest(prompts=("rain",), seconds_total=0.5, steps=2, seed=1)
+
+    def outer() -> None:
+        eager.run_resolved(resolve_request(request, eager.config), on_step=on_step)
+
+    thread = threading.Thread(target=outer, daemon=True)  # daemon: were it stuck
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and len(inner) == 1
+    assert graphed.graphs.captures == 0 and not graphed.graphs.failed
+    again = graphed.generate("hail", seconds_total=0.5, steps=2, seed=2).audio
+    assert graphed.graphs.captures == 1 and torch.equal(again, inner[0])
+
+
+def test_work_inside_a_threads_own_work_goes_on_behind_a_waiting_capture():
+    """Nested work (an on_step that runs a request, a stream read inside one) behind a capture
+    that waits for the outer work waited for itself."""
+    from stable_audio_rt.runtime.cuda_graph import CaptureGate
+
+    gate, order = CaptureGate(), []
+    outer_in, nested_done = threading.Event(), threading.Event()
+
+    def outer() -> None:
+        with gate.working():
+            outer_in.set()
+            while not gate._captures_waiting:  # a capture now waits for this work
+                threading.Event().wait(0.01)
+            with gate.working():
+                order.append("nested work")
+            nested_done.set()
+        order.append("outer work ends")
+
+    def capture() -> None:
+        with gate.capturing():
+            order.append("capture")
+
+    threads = [threading.Thread(target=outer, daemon=True)]
+    threads[0].start()
+    assert outer_in.wait(HELD_CAPTURE_S)
+    threads.append(threading.Thread(target=capture, daemon=True))
+    threads[1].start()
+    assert nested_done.wait(HELD_CAPTURE_S)
+    for thread in threads:
+        thread.join(timeout=60)
+    assert order == ["nested work", "outer work ends", "capture"]
+    with gate.working(), pytest.raises(RuntimeError, match="would wait for that request to end"):
+        with gate.capturing():
+            pytest.fail("a capture ran inside work")
