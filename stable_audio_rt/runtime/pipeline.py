@@ -443,7 +443,8 @@ class StableAudio:
                 # Its inputs are intact: only read.
                 with CAPTURE_GATE.working():
                     return self._eager_region(request, timings, on_step=on_step)
-            self.graphs.add(shape, entry)
+            with CAPTURE_GATE.working():  # the graphs it evicts are reset: device work, as any
+                self.graphs.add(shape, entry)
         with CAPTURE_GATE.working(), _stage(timings, "replay", self.device):
             outputs = entry.replay()
         if on_step is not None:

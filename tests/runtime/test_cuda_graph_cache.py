@@ -389,3 +389,16 @@ def test_work_inside_a_threads_own_work_goes_on_behind_a_waiting_capture():
     with gate.working(), pytest.raises(RuntimeError, match="would wait for that request to end"):
         with gate.capturing():
             pytest.fail("a capture ran inside work")
+
+
+def test_a_graph_evicted_for_a_new_one_is_reset_inside_the_gate(graphed, monkeypatch):
+    """Resetting an evicted graph destroys its executable graph and gives back its pool: device
+    work, which another thread's capture must not meet (it ran between the gate's blocks)."""
+    from stable_audio_rt.runtime.cuda_graph import CAPTURE_GATE
+
+    resets = []
+    monkeypatch.setattr(StandInGraph, "reset", lambda self: resets.append(CAPTURE_GATE.inside_work()))
+    graphed.graphs.max_graphs = 1
+    graphed.generate("rain", seconds_total=0.5, steps=2, seed=1)
+    graphed.generate("rain", seconds_total=0.5, steps=3, seed=1)  # another shape: the first goes
+    assert resets == [True]
