@@ -1,6 +1,7 @@
 """sa-export on the tiny model: every component's graph against the PyTorch model on fresh
 random inputs with onnxruntime, the manifest, reuse, and the CLI."""
 
+import errno
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import torch
 
 from stable_audio_rt.export import cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines, tool_versions
-from stable_audio_rt.manifest import FileRecord, Manifest, PlanRecord, file_record
+from stable_audio_rt.manifest import NUMBERS_FILE, FileRecord, Manifest, PlanRecord, file_record
 from stable_audio_rt.models.checkpoint import sha256_file
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
@@ -203,24 +204,20 @@ def test_a_full_disk_mid_export_is_one_line_naming_the_folder_and_the_fix(
 ):
     """The exporter's short write was "exporting dit at fp32 failed: problem writing element
     17408 to file", and the number conditioners' ENOSPC a traceback."""
-    from stable_audio_rt.export import engine_folder
-
+    out = tmp_path / "engines"
     if "element" in cause:
         monkeypatch.setattr(torch.onnx, "export", _short_write)
     else:
-        if not Path("/dev/full").is_char_device():
-            pytest.skip("needs /dev/full")
-        made = engine_folder.new_folder_beside
+        # ENOSPC raised where the file is written, not a link to /dev/full: a write that replaced
+        # its link's target (as the atomic writes do) would replace /dev/full itself, as root.
+        real_write_bytes = Path.write_bytes
 
-        def beside(path: Path) -> Path:
-            folder = made(path)
-            # Written to, it fails as a full disk does (the write follows the link; nothing
-            # replaces it: onnx_ir would replace a graph's link target, /dev/full itself as root).
-            (folder / "number_conditioners.safetensors").symlink_to("/dev/full")
-            return folder
+        def write_bytes(self: Path, data: bytes) -> int:
+            if self.name == NUMBERS_FILE:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+            return real_write_bytes(self, data)
 
-        monkeypatch.setattr(engine_folder, "new_folder_beside", beside)
-    out = tmp_path / "engines"
+        monkeypatch.setattr(Path, "write_bytes", write_bytes)
     argv = [
         "--model",
         str(tiny_diffusers_dir),
