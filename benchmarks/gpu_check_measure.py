@@ -52,6 +52,9 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     captures, replays = pipe.graphs.captures, pipe.graphs.replays
+    # A pipeline warns of its first failed capture only: each row's own failure, said in the row
+    # (the trimmed window's graph row, after the full window's on the same pipeline, read 0/0).
+    pipe._capture_warned = False
     times, result = [], None
     with warnings.catch_warnings(record=True) as caught:  # a failed capture says why only here
         warnings.simplefilter("always")
