@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
 import sys
 import tempfile
@@ -362,7 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     if failed.exit_status is not None:
         return failed.exit_status
-    print(markdown(report))
+    try:
+        print(markdown(report), flush=True)
+    except BrokenPipeError:  # `sa-bench --json r.json | head`: the files below are still written
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, sys.stdout.fileno())  # no error at exit's flush
+        os.close(nowhere)
     with reported_errors("sa-bench", "the report above was not written") as failed:
         if args.json:
             write_json(report, args.json)

@@ -7,6 +7,7 @@ import functools
 import importlib.metadata
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -376,6 +377,24 @@ def test_small_runs_with_its_own_defaults(tmp_path):
     (run,) = json.loads((tmp_path / "s.json").read_text())["runs"]
     assert (run["steps"], run["cfg_scale"]) == (8, 1.0)
     assert run["floor"]["gflops_per_s"] > 0 and run["flops"]["steps"] == 8
+
+
+def test_a_stdout_reader_gone_loses_no_report_file(tmp_path, monkeypatch):
+    """`sa-bench --json r.json | head` (or `2>&1 | head`): the markdown's print met the closed
+    pipe, a traceback and exit 1, and the files after it were never written."""
+    import sys
+
+    reading, writing = os.pipe()
+    stream = os.fdopen(writing, "w")
+    os.close(reading)  # the reader is gone
+    monkeypatch.setattr(sys, "stdout", stream)
+    argv = ["--model", "tiny-random", "--frames", "4", "--steps", "1", "--repeats", "1", "--warmup", "0",
+            "--json", str(tmp_path / "r.json")]  # fmt: skip
+    try:
+        assert cli.main(argv) == 0
+        assert json.loads((tmp_path / "r.json").read_text())["runs"]
+    finally:
+        stream.close()
 
 
 def test_peer_runs_in_the_precision_of_each_row(tmp_path, tiny_diffusers_dir, monkeypatch):
