@@ -38,9 +38,7 @@ class _ReaderMayLeave(io.TextIOBase):
             descriptor = self._stream.fileno()
         except (OSError, ValueError):  # no descriptor (an in-memory stream): nothing left to write to
             return
-        nowhere = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(nowhere, descriptor)
-        os.close(nowhere)
+        to_nowhere(descriptor)
         self._stream.flush()  # what the closed pipe refused, now to /dev/null
 
     def fileno(self) -> int:
@@ -52,6 +50,14 @@ class _ReaderMayLeave(io.TextIOBase):
     @property
     def encoding(self) -> str:  # type: ignore[override]
         return self._stream.encoding
+
+
+def to_nowhere(descriptor: int) -> None:
+    """Point `descriptor` at /dev/null: its reader has left (stdout's too: `sa-run ... | head`),
+    so what is still written there, the exit's flush included, goes nowhere without an error."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(nowhere, descriptor)
+    os.close(nowhere)
 
 
 @contextmanager

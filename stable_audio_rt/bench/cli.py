@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import platform
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from stable_audio_rt.runtime.requests import (
 )
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_CFG_SCALE
 from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
+from stable_audio_rt.stderr_reader import to_nowhere
 from stable_audio_rt.trt_import import import_tensorrt
 
 if TYPE_CHECKING:
@@ -366,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(markdown(report), flush=True)
     except BrokenPipeError:  # `sa-bench --json r.json | head`: the files below are still written
-        nowhere = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(nowhere, sys.stdout.fileno())  # no error at exit's flush
-        os.close(nowhere)
+        to_nowhere(sys.stdout.fileno())
     with reported_errors("sa-bench", "the report above was not written") as failed:
         if args.json:
             write_json(report, args.json)

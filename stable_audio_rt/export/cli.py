@@ -22,6 +22,7 @@ from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.source import MODEL_HELP
+from stable_audio_rt.stderr_reader import to_nowhere
 
 EXAMPLES = """examples:
   sa-export --out engines/sao-fp16 --fp16
@@ -137,16 +138,19 @@ def main(argv: list[str] | None = None) -> int:
         return failed.exit_status
     bars[0].update(1)
     close_bar()
-    for name, entry in manifest.components.items():
-        check = entry.verification
-        detail = (
-            f"max rel {check.max_rel:.2e} ≤ {check.tolerance:.0e}"
-            if isinstance(check, Verification)
-            else check.reason
-        )
-        how = "reused, as verified when exported: " if name in reused else ""
-        print(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
-    print(_engines_line(args.out, manifest))
+    try:
+        for name, entry in manifest.components.items():
+            check = entry.verification
+            detail = (
+                f"max rel {check.max_rel:.2e} ≤ {check.tolerance:.0e}"
+                if isinstance(check, Verification)
+                else check.reason
+            )
+            how = "reused, as verified when exported: " if name in reused else ""
+            print(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
+        print(_engines_line(args.out, manifest), flush=True)
+    except BrokenPipeError:  # `sa-export ... | head`: the folder is written; the reader left early
+        to_nowhere(sys.stdout.fileno())
     return 0
 
 

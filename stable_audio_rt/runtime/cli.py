@@ -7,7 +7,6 @@ written unless generation succeeds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from stable_audio_rt.runtime.sampling.pingpong import (
     RF_DEFAULT_INIT_NOISE_LEVEL,
     RF_DEFAULT_STEPS,
 )
+from stable_audio_rt.stderr_reader import to_nowhere
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
         sys.stdout.flush()
     except BrokenPipeError:  # `sa-run ... | head`: the clips are written; the reader left early
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        to_nowhere(sys.stdout.fileno())
     return 0
 
 

@@ -235,6 +235,33 @@ def test_a_full_disk_mid_export_is_one_line_naming_the_folder_and_the_fix(
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
 
 
+def test_a_stdout_reader_gone_after_the_export_is_no_failure(tiny_diffusers_dir, tmp_path, monkeypatch):
+    """`sa-export ... | head -1` (or `2>&1 | head`): the folder was written, then the summary's
+    print met the closed pipe, a traceback and exit 1."""
+    import sys
+
+    reading, writing = os.pipe()
+    stream = os.fdopen(writing, "w")
+    os.close(reading)  # the reader is gone
+    monkeypatch.setattr(sys, "stdout", stream)
+    out = tmp_path / "engines"
+    argv = [
+        "--model",
+        str(tiny_diffusers_dir),
+        "--out",
+        str(out),
+        "--components",
+        "t5",
+        "--frames",
+        "1:16:64",
+    ]
+    try:
+        assert cli.main(argv) == 0
+        assert list(Manifest.read(out).components) == ["t5"]
+    finally:
+        stream.close()
+
+
 def test_bf16_graphs_are_written_at_the_opset_whose_conv_takes_bfloat16(tiny_diffusers_dir, tmp_path):
     """At opset 18 the DiT's and the VAE's Conv on bfloat16 were invalid ONNX."""
     settings = ExportSettings("bf16", components=("dit", "vae_decoder"), frames=(1, 8, 16))
