@@ -1,6 +1,7 @@
-"""A CLI's stderr whose reader may leave mid-run (`sa-export ... 2>&1 | head`, a closed `tee`, a
-terminal gone): its notes and progress bars are for a person, the files are the product, so once
-the reader has gone the rest of stderr goes to /dev/null and the work goes on."""
+"""A CLI's stderr whose reader may leave mid-run (`sa-export ... 2>&1 | head`, a closed `tee`): its
+notes and progress bars are for a person, the files are the product, so once the reader has gone
+the rest of stderr goes to /dev/null and the work goes on. (A terminal that hangs up sends SIGHUP,
+which stops the run as a signal: `errors.reported_errors`.)"""
 
 from __future__ import annotations
 
