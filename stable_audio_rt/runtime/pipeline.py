@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -152,6 +152,15 @@ class StableAudio:
     @property
     def uses_graphs(self) -> bool:
         return self.cuda_graph and self.device.type == "cuda" and self.components.capturable
+
+    @property
+    def meets_captures(self) -> bool:
+        """Whether its device work is CUDA's, which another thread's graph capture must not meet
+        (`cuda_graph.CaptureGate`); a CPU pipeline's requests never wait for a capture."""
+        return self.device.type == "cuda"
+
+    def _work(self) -> AbstractContextManager:
+        return CAPTURE_GATE.working() if self.meets_captures else nullcontext()
 
     @classmethod
     def load(
@@ -311,7 +320,7 @@ class StableAudio:
     def _stream(
         self, resolved: ResolvedRequest, shape: RequestShape, chunk: int, overlap: int, progress: bool
     ) -> Generator[torch.Tensor, None, None]:
-        with CAPTURE_GATE.working(), on_device(self.device), _out_of_memory_refused(shape, self.device):
+        with self._work(), on_device(self.device), _out_of_memory_refused(shape, self.device):
             request = self._fresh(shape, [resolved])
             self._sample(request, progress=progress)
         clip = resolved.clip(self.config.sample_rate)
@@ -325,7 +334,7 @@ class StableAudio:
             while True:
                 # Each piece decoded on the device, without grad; between pieces the caller has the thread.
                 with (
-                    CAPTURE_GATE.working(),
+                    self._work(),
                     torch.no_grad(),
                     on_device(self.device),
                     _out_of_memory_refused(shape, self.device),
@@ -362,7 +371,7 @@ class StableAudio:
         progress: bool,
         on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        with CAPTURE_GATE.working():
+        with self._work():
             with _stage(timings, "prepare", self.device):
                 request = self._fresh(shape, resolved)
             return self._eager_region(request, timings, progress, on_step)
@@ -415,7 +424,7 @@ class StableAudio:
         on_step: StepCallback | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.graphs.get(shape)
-        with CAPTURE_GATE.working(), _stage(timings, "prepare", self.device):
+        with self._work(), _stage(timings, "prepare", self.device):
             if entry is not None:
                 request = entry.request
                 self.write_inputs(request, resolved)
@@ -425,7 +434,7 @@ class StableAudio:
             # Failed before, or called from a request's own work (an on_step), where a capture would
             # wait for that request: eagerly (the latter captured when called outside it).
             if shape in self.graphs.failed or CAPTURE_GATE.inside_work():
-                with CAPTURE_GATE.working():
+                with self._work():
                     return self._eager_region(request, timings, on_step=on_step)
             try:
                 with CAPTURE_GATE.capturing(), _stage(timings, "capture", self.device):
@@ -441,11 +450,11 @@ class StableAudio:
                     )
                     self._capture_warned = True
                 # Its inputs are intact: only read.
-                with CAPTURE_GATE.working():
+                with self._work():
                     return self._eager_region(request, timings, on_step=on_step)
-            with CAPTURE_GATE.working():  # the graphs it evicts are reset: device work, as any
+            with self._work():  # the graphs it evicts are reset: device work, as any
                 self.graphs.add(shape, entry)
-        with CAPTURE_GATE.working(), _stage(timings, "replay", self.device):
+        with self._work(), _stage(timings, "replay", self.device):
             outputs = entry.replay()
         if on_step is not None:
             on_step(shape.steps, shape.steps)

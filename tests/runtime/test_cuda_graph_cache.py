@@ -51,6 +51,7 @@ def graphed(monkeypatch):
     """The tiny model with the graph path on (as on CUDA) and the stand-in capture."""
     pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
     monkeypatch.setattr(StableAudio, "uses_graphs", property(lambda self: self.cuda_graph))
+    monkeypatch.setattr(StableAudio, "meets_captures", property(lambda self: True))
     monkeypatch.setattr(pipeline_module, "capture_request", _stand_in_capture)
     return pipe
 
@@ -402,3 +403,18 @@ def test_a_graph_evicted_for_a_new_one_is_reset_inside_the_gate(graphed, monkeyp
     graphed.generate("rain", seconds_total=0.5, steps=2, seed=1)
     graphed.generate("rain", seconds_total=0.5, steps=3, seed=1)  # another shape: the first goes
     assert resets == [True]
+
+
+def test_a_cpu_pipelines_requests_never_wait_for_a_capture(generator):
+    """The gate is CUDA's: in a process with a GPU pipeline beside a CPU one, a capture waited for
+    the CPU's minutes-long requests and every GPU request behind it."""
+    from stable_audio_rt.runtime.cuda_graph import CAPTURE_GATE
+
+    pipe = StableAudio.from_pretrained("tiny-random", device="cpu", **REFERENCE_PATH)
+    held = []
+    seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+    request = GenerationRequest(prompts=("rain",), seconds_total=0.5, steps=2, seed=seed)
+    pipe.run_resolved(
+        resolve_request(request, pipe.config), on_step=lambda *_: held.append(CAPTURE_GATE.inside_work())
+    )
+    assert held == [False, False]
