@@ -125,6 +125,10 @@ def plan_load(
     if options.layout not in LAYOUTS:
         raise ConfigError(f"unknown layout {options.layout!r}: use one of {', '.join(LAYOUTS)}")
     engines = None if engines is None else Path(engines)
+    if engines is not None and backend != "torch":
+        # Refused wherever the folder would run, torch from its source (auto's fallback) included:
+        # the same answer on every machine, before the folder is read.
+        _refuse_torch_options(options)
     choice = _choose_backend(engines, backend, device)
     if choice.backend == "torch":
         source = choice.model or (DEFAULT_REPO if model is None else model)
@@ -140,7 +144,6 @@ def plan_load(
         t5_dtype = options.t5_dtype or DEFAULT_T5_DTYPE
         resolved = replace(options, dtype=dtype.dtype, t5_dtype=t5_dtype, kernels=kernels)
         return LoadPlan(choice, config, source, None, resolved, dtype)
-    _refuse_torch_options(options)
     manifest = Manifest.read(engines)
     require_components(engines, manifest)
     _refuse_other_precisions(engines, manifest, options)
