@@ -218,21 +218,17 @@ def test_a_full_disk_mid_export_is_one_line_naming_the_folder_and_the_fix(
             return real_write_bytes(self, data)
 
         monkeypatch.setattr(Path, "write_bytes", write_bytes)
-    argv = [
-        "--model",
-        str(tiny_diffusers_dir),
-        "--out",
-        str(out),
-        "--components",
-        "t5",
-        "--frames",
-        "1:16:64",
-    ]
+    argv = _t5_alone(tiny_diffusers_dir, out)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     refusal = rf"sa-export: error: cannot write {re.escape(str(out))} \({cause}\): free space on that disk"
     assert re.search(refusal, err) and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
+
+
+def _t5_alone(model: Path, out: Path) -> list[str]:
+    """sa-export's arguments for the quickest export: T5 alone."""
+    return ["--model", str(model), "--out", str(out), "--components", "t5", "--frames", "1:16:64"]
 
 
 def test_a_stdout_reader_gone_after_the_export_is_no_failure(tiny_diffusers_dir, tmp_path, monkeypatch):
@@ -245,16 +241,7 @@ def test_a_stdout_reader_gone_after_the_export_is_no_failure(tiny_diffusers_dir,
     os.close(reading)  # the reader is gone
     monkeypatch.setattr(sys, "stdout", stream)
     out = tmp_path / "engines"
-    argv = [
-        "--model",
-        str(tiny_diffusers_dir),
-        "--out",
-        str(out),
-        "--components",
-        "t5",
-        "--frames",
-        "1:16:64",
-    ]
+    argv = _t5_alone(tiny_diffusers_dir, out)
     try:
         assert cli.main(argv) == 0
         assert list(Manifest.read(out).components) == ["t5"]
