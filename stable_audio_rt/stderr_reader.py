@@ -5,6 +5,7 @@ which stops the run as a signal: `errors.reported_errors`.)"""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import sys
@@ -54,11 +55,22 @@ class _ReaderMayLeave(io.TextIOBase):
 
 
 def to_nowhere(descriptor: int) -> None:
-    """Point `descriptor` at /dev/null: its reader has left (stdout's too: `sa-run ... | head`),
-    so what is still written there, the exit's flush included, goes nowhere without an error."""
+    """Point `descriptor` at /dev/null: its reader has left, so what is still written there, the
+    exit's flush included, goes nowhere without an error."""
     nowhere = os.open(os.devnull, os.O_WRONLY)
     os.dup2(nowhere, descriptor)
     os.close(nowhere)
+
+
+@contextmanager
+def stdout_reader_may_leave() -> Iterator[None]:
+    """The CLI's last prints, of what it wrote (`sa-run ... | head -1`): a reader gone before
+    them fails nothing, the files being written already; stdout then goes nowhere."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        to_nowhere(sys.stdout.fileno())
 
 
 @contextmanager
@@ -68,16 +80,12 @@ def stderr_reader_may_leave() -> Iterator[None]:
     /dev/null (opened first, it takes descriptor 2 where that is still free, so C code writing
     there writes no file opened later)."""
     original = sys.stderr
-    if original is None:
-        with open(os.devnull, "w") as nowhere:
-            sys.stderr = nowhere
-            try:
-                yield
-            finally:
-                sys.stderr = original
-        return
-    sys.stderr = _ReaderMayLeave(original)
-    try:
-        yield
-    finally:
-        sys.stderr = original
+    with contextlib.ExitStack() as closing:
+        if original is None:
+            sys.stderr = closing.enter_context(open(os.devnull, "w"))
+        else:
+            sys.stderr = _ReaderMayLeave(original)
+        try:
+            yield
+        finally:
+            sys.stderr = original

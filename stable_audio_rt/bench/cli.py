@@ -67,7 +67,7 @@ from stable_audio_rt.runtime.requests import (
 )
 from stable_audio_rt.runtime.sampling.dpmpp_3m_sde import DEFAULT_CFG_SCALE
 from stable_audio_rt.runtime.sampling.pingpong import RF_DEFAULT_CFG_SCALE, RF_DEFAULT_STEPS
-from stable_audio_rt.stderr_reader import to_nowhere
+from stable_audio_rt.stderr_reader import stdout_reader_may_leave
 from stable_audio_rt.trt_import import import_tensorrt
 
 if TYPE_CHECKING:
@@ -363,10 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     if failed.exit_status is not None:
         return failed.exit_status
-    try:
-        print(markdown(report), flush=True)
-    except BrokenPipeError:  # `sa-bench --json r.json | head`: the files below are still written
-        to_nowhere(sys.stdout.fileno())
+    with stdout_reader_may_leave():  # `sa-bench --json r.json | head`: the files below are written
+        print(markdown(report))
     with reported_errors("sa-bench", "the report above was not written") as failed:
         if args.json:
             write_json(report, args.json)

@@ -22,7 +22,7 @@ from stable_audio_rt.manifest import Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.source import MODEL_HELP
-from stable_audio_rt.stderr_reader import to_nowhere
+from stable_audio_rt.stderr_reader import stdout_reader_may_leave
 
 EXAMPLES = """examples:
   sa-export --out engines/sao-fp16 --fp16
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return failed.exit_status
     bars[0].update(1)
     close_bar()
-    try:
+    with stdout_reader_may_leave():  # `sa-export ... | head`: the folder is written
         for name, entry in manifest.components.items():
             check = entry.verification
             detail = (
@@ -148,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             how = "reused, as verified when exported: " if name in reused else ""
             print(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
-        print(_engines_line(args.out, manifest), flush=True)
-    except BrokenPipeError:  # `sa-export ... | head`: the folder is written; the reader left early
-        to_nowhere(sys.stdout.fileno())
+        print(_engines_line(args.out, manifest))
     return 0
 
 

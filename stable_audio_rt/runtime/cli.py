@@ -45,7 +45,7 @@ from stable_audio_rt.runtime.sampling.pingpong import (
     RF_DEFAULT_INIT_NOISE_LEVEL,
     RF_DEFAULT_STEPS,
 )
-from stable_audio_rt.stderr_reader import to_nowhere
+from stable_audio_rt.stderr_reader import stdout_reader_may_leave
 
 EXAMPLES = """examples:
   sa-run "warm analog synth pad, slow attack" --seconds 10 -o pad.wav
@@ -385,13 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         return failed.exit_status
     seconds = result.audio.shape[-1] / result.sample_rate
     total = sum(result.timings.values())
-    try:
+    with stdout_reader_may_leave():
         print(f"seed {result.seed}: {len(paths)} clip(s) of {seconds:.2f} s in {total:.2f} s")
         for path in paths:
             print(path)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `sa-run ... | head`: the clips are written; the reader left early
-        to_nowhere(sys.stdout.fileno())
     return 0
 
 
