@@ -51,24 +51,22 @@ class CaptureGate:
 
     @contextmanager
     def working(self) -> Iterator[None]:
-        if self.inside_work():  # its own work holds every capture off: behind one, it would wait for itself
-            self._mine.depth += 1
-            try:
-                yield
-            finally:
-                self._mine.depth -= 1
-            return
-        with self._changed:
-            self._changed.wait_for(lambda: not self._capturing and not self._captures_waiting)
-            self._working += 1
-        self._mine.depth = 1
+        # Only a thread's outermost work counts: inner work goes on at once (its own work holds
+        # every capture off; behind a waiting one, it would wait for itself).
+        outermost = not self.inside_work()
+        if outermost:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._capturing and not self._captures_waiting)
+                self._working += 1
+        self._mine.depth = getattr(self._mine, "depth", 0) + 1
         try:
             yield
         finally:
-            self._mine.depth = 0
-            with self._changed:
-                self._working -= 1
-                self._changed.notify_all()
+            self._mine.depth -= 1
+            if outermost:
+                with self._changed:
+                    self._working -= 1
+                    self._changed.notify_all()
 
     @contextmanager
     def capturing(self) -> Iterator[None]:
