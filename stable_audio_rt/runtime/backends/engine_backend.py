@@ -10,7 +10,6 @@ conditioners (two tiny MLPs) stay in PyTorch and the tokenizer is the folder's o
 from __future__ import annotations
 
 import math
-import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -50,19 +49,21 @@ def export_again(folder: Path, manifest: Manifest, adding: Sequence[str]) -> str
     )
 
 
-def exported_as(manifest: Manifest) -> str:
+def exported_as(
+    manifest: Manifest, clips: int | None = None, frames: tuple[int, int, int] | None = None
+) -> str:
     """The sa-export options the folder was exported with (precision, clips, frames, opset,
     plugins), read from its entries: what an export must repeat to reuse its components. Every
-    component of a folder shares them; the clips are read where a run takes several."""
+    component of a folder shares them; the clips are read where a run takes several. `clips` and
+    `frames`, where given, in place of the folder's (the fix a refusal gives)."""
     specs = component_specs(manifest.model_config)
     entry = next(manifest.components[c] for c in COMPONENTS if c in manifest.components)
-    low, opt, high = entry.frames
+    low, opt, high = frames or entry.frames
     options = [f"--{entry.requested_precision}"]
     batched = [c for c in ("dit", "t5") if c in manifest.components]
     if batched:
-        options.append(
-            f"--max-batch {manifest.components[batched[0]].batch[2] // specs[batched[0]].rows_per_clip}"
-        )
+        exported = manifest.components[batched[0]].batch[2] // specs[batched[0]].rows_per_clip
+        options.append(f"--max-batch {clips or exported}")
     options += [f"--frames {low}:{opt}:{high}", f"--opset {manifest.opset}"]
     if any(e.plugins for e in manifest.components.values()):
         options.append("--trt-plugins")
@@ -95,11 +96,7 @@ class EngineGraph:
         float_type: torch.dtype,
     ) -> None:
         self.name, self.entry, self.device, self.float_type = name, entry, device, float_type
-        # The whole command a refusal gives: the folder's source, options and itself.
-        self.export_command = (
-            f"sa-export --model {shlex.quote(manifest.source)} --out {shlex.quote(str(folder))} "
-            f"{exported_as(manifest)}"
-        )
+        self.folder, self.manifest = folder, manifest
         self.ratio = manifest.model_config.vae.downsampling_ratio
         spec = component_specs(manifest.model_config)[name]
         if (spec.inputs, spec.outputs) != (tuple(entry.inputs), tuple(entry.outputs)):
@@ -122,7 +119,7 @@ class EngineGraph:
             fix = (
                 "it runs one clip at a time, so pass the clips one by one (vae_decode.one_clip_at_a_time)"
                 if self.one_clip_per_run
-                else f"re-export with `{self._exported_with('--max-batch', clips)}` "
+                else f"re-export with `{self._export_command(clips=clips)}` "
                 f"(clips with CFG, {self.rows_per_clip} rows each; the folder takes "
                 f"{high // self.rows_per_clip} with CFG, {high} without), or ask for fewer clips"
             )
@@ -130,7 +127,8 @@ class EngineGraph:
                 f"{self.name} engine takes batch {low}–{high} rows, this request needs {batch}: {fix}"
             )
         if frames is not None and not self.entry.frames[0] <= frames <= self.entry.frames[2]:
-            low, _, high = self.entry.frames
+            low, opt, high = self.entry.frames
+            covering = (min(low, frames), opt, max(high, frames))
             what, fix = (
                 (
                     f"a decode chunk of {frames} latent frames is",
@@ -139,19 +137,18 @@ class EngineGraph:
                 if is_chunk
                 else (
                     f"{frames} latent frames are",
-                    f"re-export with `{self._exported_with('--frames', self._frames_covering(frames))}`, "
-                    "or choose a window inside it",
+                    f"re-export with `{self._export_command(frames=covering)}`, or choose a window inside it",
                 )
             )
             raise ConfigError(f"{what} outside the {self.name} engine's profile {low}–{high}: {fix}")
 
-    def _exported_with(self, option: str, value: object) -> str:
-        """The folder's export command with `option` given `value` instead."""
-        return re.sub(rf"{option} \S+", f"{option} {value}", self.export_command)
-
-    def _frames_covering(self, frames: int) -> str:
-        low, opt, high = self.entry.frames
-        return f"{min(low, frames)}:{opt}:{max(high, frames)}"
+    def _export_command(self, **changed) -> str:
+        """The whole command a refusal gives: the folder's source, itself and its options, with
+        `changed` (`exported_as`'s clips or frames)."""
+        return (
+            f"sa-export --model {shlex.quote(self.manifest.source)} --out {shlex.quote(str(self.folder))} "
+            f"{exported_as(self.manifest, **changed)}"
+        )
 
     def element_type(self, kind: ElementKind) -> torch.dtype:
         """The torch type of a spec's element kind in this graph (`io_spec.element_dtype`)."""
