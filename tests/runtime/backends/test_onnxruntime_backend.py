@@ -13,6 +13,7 @@ import torch
 from checkpoints import build_reference, write_diffusers_checkpoint
 from reference_path import REFERENCE_PATH
 
+from stable_audio_rt.bench.quality import cosine_distance
 from stable_audio_rt.errors import ConfigError
 from stable_audio_rt.export import cli as export_cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
@@ -28,10 +29,6 @@ from stable_audio_rt.runtime.vae_decode import plan_windows
 
 RATE = 44100
 CPU = torch.device("cpu")
-
-
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    return 1 - torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
 
 @pytest.fixture(scope="module")
