@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stable_audio_rt.atomic import atomic_path, write_atomically
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:
@@ -104,6 +107,18 @@ def _precision_table(entries: list[dict[str, Any]]) -> list[str]:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Warm latency against frames, one line per backend/precision, with the GEMM floor."""
+    import matplotlib.pyplot as plt
+
+    figure = latency_figure(report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+
+
+def latency_figure(report: dict[str, Any]) -> Figure:
+    """The plot's figure: each series' GEMM floor is dashed in the series' own colour, so a
+    floor reads against its row (grey floors could not be told apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,11 +134,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for key, points in series.items():
         points.sort()
         frames = [p[0] for p in points]
-        axis.plot(frames, [p[1] for p in points], marker="o", label=key)
-        axis.plot(frames, [p[2] for p in points], linestyle="--", marker="x", color="grey")
+        (measured,) = axis.plot(frames, [p[1] for p in points], marker="o", label=key)
+        axis.plot(frames, [p[2] for p in points], linestyle="--", marker="x", color=measured.get_color())
     axis.plot(
-        [], [], linestyle="--", marker="x", color="grey", label="GEMM floor (FLOPs / measured GEMM rate)"
-    )
+        [], [], linestyle="--", marker="x", color="grey",
+        label="dashed, same colour: the row's GEMM floor (FLOPs / measured GEMM rate)",
+    )  # fmt: skip
     axis.set_ylim(bottom=0)
     axis.set_xlabel("latent frames")
     axis.set_ylabel("seconds per request (warm p50)")
@@ -131,7 +147,4 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
+    return figure

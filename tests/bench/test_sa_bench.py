@@ -126,6 +126,27 @@ def test_markdown_and_plot_are_written(bench_run):
     assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_each_rows_gemm_floor_is_drawn_in_the_rows_colour(bench_run):
+    import matplotlib.pyplot as plt
+
+    from stable_audio_rt.bench.report import latency_figure
+
+    _, report = bench_run
+    figure = latency_figure(report)
+    lines = figure.axes[0].get_lines()
+    plt.close(figure)
+    labels = {f"{r['backend']} {r['label']} (steps 2, batch 1)" for r in report["runs"]}
+    measured = [line for line in lines if line.get_label() in labels]
+    assert len(measured) == len(labels) == 2
+    for line in measured:
+        frames = line.get_xdata()
+        floors = [ln for ln in lines if ln.get_linestyle() == "--" and ln.get_color() == line.get_color()]
+        assert len(floors) == 1, "one dashed floor per row, in the row's colour"
+        assert list(floors[0].get_xdata()) == list(frames) == [4, 8]
+        assert all(0 < f for f in floors[0].get_ydata())
+    assert len({line.get_color() for line in measured}) == 2
+
+
 def test_a_floor_measured_low_is_flagged_in_the_markdown(bench_run):
     from stable_audio_rt.bench.report import markdown
 
