@@ -252,6 +252,12 @@ def _check(args: argparse.Namespace, window: int, manifest: Manifest | None) -> 
     ):
         if any(v < 1 for v in values):
             raise ConfigError(f"{name} values must be ≥ 1, got {values}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:  # each value is a row (or a row's point); a repeat would run it twice
+            raise ConfigError(
+                f"{name} gives {', '.join(map(str, repeated))} more than once: give each value once "
+                "(--repeats sets how often each row is timed)"
+            )
     if args.frames and max(args.frames) > window:
         raise ConfigError(f"--frames {max(args.frames)} exceeds the model's window of {window} frames")
     for flag, path, suffix in (("--json", args.json, ".json"), ("--markdown", args.markdown, ".md"),

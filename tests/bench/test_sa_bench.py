@@ -232,6 +232,8 @@ def test_on_a_gpu_the_peers_queued_work_is_timed_as_the_peers(monkeypatch):
         (["--backend", "tensorrt", "--engines", "."], "TensorRT is not usable here"),
         (["--frames", "0"], r"--frames values must be ≥ 1"),
         (["--frames", "65"], "exceeds the model's window of 64"),
+        (["--frames", "4", "8", "4"], "--frames gives 4 more than once: give each value once"),
+        (["--batch", "1", "2", "2", "1"], "--batch gives 1, 2 more than once"),
         (["--repeats", "0"], "--repeats must be ≥ 1"),
         (["--json", "out.txt"], "must name a .json file"),
         (["--plot", "/no/such/folder/p.png"], "does not exist"),
