@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -98,7 +97,8 @@ def tokenize(
     tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts → (input_ids, attention_mask), each (B, max_length): EOS appended, padded,
-    truncated as stable-audio-tools does, with a warning for each prompt that loses words."""
+    truncated as stable-audio-tools does (`Conditioner.prompt_warnings` names the prompts that
+    lose words; the pipeline warns of them at its caller's line)."""
 
     def encode(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = tokenizer(
@@ -112,8 +112,6 @@ def tokenize(
     ids, mask, longer = ids[:, :max_length], mask[:, :max_length], mask[:, max_length].bool()
     if longer.any():
         rows = longer.nonzero().flatten().tolist()
-        for row in rows:
-            warnings.warn(long_prompt_warning(prompts[row], max_length), UserWarning, stacklevel=2)
         # Truncated by the tokenizer itself, which keeps the EOS its template appends.
         ids[rows], mask[rows] = encode([prompts[r] for r in rows], max_length)
     return ids, mask

@@ -231,7 +231,8 @@ class StableAudio:
 
     def _run(self, request: GenerationRequest, progress: bool) -> GenerationResult:
         # Warnings point at the line that called generate or run: two frames above this one.
-        return self.run_resolved(resolve_request(request, self.config, stacklevel=3), progress)
+        resolved = resolve_request(request, self.config, stacklevel=3)
+        return self._run_batch([resolved], None, progress, stacklevel=3)[0]
 
     def run_resolved(
         self, resolved: ResolvedRequest, progress: bool = False, on_step: StepCallback | None = None
@@ -242,7 +243,7 @@ class StableAudio:
         replayed as a CUDA graph, the whole request is one call, so it is called once, with
         (total, total), after the replay. An exception it raises stops the request there (at a
         step boundary) and propagates."""
-        return self.run_batch([resolved], on_step, progress)[0]
+        return self._run_batch([resolved], on_step, progress, stacklevel=2)[0]
 
     def run_batch(
         self,
@@ -254,11 +255,24 @@ class StableAudio:
         what `run_resolved` gives it alone (its own prompts, seed, CFG scale, numbers and clip);
         the timings are the batch's. Requests that cannot share a batch are refused
         (RequestError). `on_step` as in `run_resolved`, for the whole batch."""
+        return self._run_batch(resolved, on_step, progress, stacklevel=2)
+
+    def _run_batch(
+        self,
+        resolved: Sequence[ResolvedRequest],
+        on_step: StepCallback | None,
+        progress: bool,
+        stacklevel: int,
+    ) -> list[GenerationResult]:
+        """`run_batch`, with its prompts' warnings pointing `stacklevel` frames up from this
+        call's caller (as `warnings.warn` counts): the user's line, not the tokenizer's."""
         if any(r.config != self.config for r in resolved):
             raise RequestError(
                 "a request resolved for another model: resolve it against this one's "
                 "(resolve_request(request, pipe.config)), or call generate"
             )
+        for text in dict.fromkeys(text for one in resolved for text in self.prompt_warnings(one)):
+            warnings.warn(text, UserWarning, stacklevel=stacklevel + 1)
         timings: dict[str, float] = {}
         shape = planning.batch_shape(resolved, lambda: self._auto_decode_chunk)
         self._check(shape, shape.decode_chunk)
@@ -307,6 +321,8 @@ class StableAudio:
         starts at the first piece asked for."""
         request = GenerationRequest(prompts=prompts_of(prompt), **options)
         resolved = resolve_request(request, self.config, stacklevel=2)  # warned at the caller's line
+        for text in self.prompt_warnings(resolved):
+            warnings.warn(text, UserWarning, stacklevel=2)
         shape = self.request_shape(resolved)
         overlap = overlap_or_field(self.config.vae, resolved.request.vae_overlap)
         # The request's chunk (checked with it), else pieces of the stream's size that its overlap

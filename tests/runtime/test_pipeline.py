@@ -4,6 +4,8 @@
 import dataclasses
 import itertools
 import math
+import random
+import warnings
 
 import numpy as np
 import pytest
@@ -77,6 +79,29 @@ def test_a_requests_warnings_point_at_the_callers_line(pipe):
         with pytest.warns(UserWarning, match="the negative prompt has no effect") as caught:
             call()
         assert [w.filename for w in caught] == [__file__]
+
+
+def test_a_prompt_over_t5s_length_is_warned_of_once_at_the_callers_line(pipe):
+    """Every public way to run warns of a truncated prompt at the line that called it, once however
+    many clips (the tokenizer's warning pointed into conditioners.py)."""
+    length = pipe.config.conditioning.t5_max_length
+    long = " ".join(random.choices(["rain", "wind", "sea", "bells"], k=length))
+    options = {"seconds_total": 0.5, "steps": 1, "num_outputs": 2}
+    resolved = resolve_request(GenerationRequest((long,), **options), pipe.config)
+    calls = [
+        lambda: pipe.generate(long, **options),
+        lambda: pipe.run(GenerationRequest((long,), **options)),
+        lambda: pipe.generate_stream(long, **options),
+        lambda: pipe.run_resolved(resolved),
+        lambda: pipe.run_batch([resolved, resolved]),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning, match=f"is over {length} T5 tokens") as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe.generate(long[: len(long) // 4], **options)
 
 
 def test_a_request_resolved_for_another_model_is_refused(pipe):
