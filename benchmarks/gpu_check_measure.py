@@ -16,7 +16,7 @@ from stable_audio_rt.bench.flops import dit_step_flops, dit_step_gemms
 from stable_audio_rt.bench.gemm import torch_gemm_rate
 from stable_audio_rt.bench.runner import NEGATIVE_PROMPT, PROMPT, Workload, interleave_with_peer, peak_rss_mb
 from stable_audio_rt.runtime import region
-from stable_audio_rt.runtime.pipeline import StableAudio
+from stable_audio_rt.runtime.pipeline import CAPTURE_FAILED, StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
 from stable_audio_rt.runtime.sampling.guidance import dit_rows
 
@@ -52,11 +52,9 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     captures, replays = pipe.graphs.captures, pipe.graphs.replays
-    # A pipeline warns of its first failed capture only: each row's own failure, said in the row
-    # (the trimmed window's graph row, after the full window's on the same pipeline, read 0/0).
-    pipe._capture_warned = False
+    failed_before = set(pipe.graphs.failed)
     times, result = [], None
-    with warnings.catch_warnings(record=True) as caught:  # a failed capture says why only here
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for seed in range(repeats + 1):
             if device.type == "cuda":
@@ -64,7 +62,12 @@ def timed_row(pipe: StableAudio, window: Window, steps: int, repeats: int, **ext
             began = time.perf_counter()
             result = pipe.generate(PROMPT, seed=seed, **options)
             times.append(time.perf_counter() - began)
-    said = list(dict.fromkeys(str(w.message) for w in caught))
+    # A pipeline warns of its first failed capture only; each row's own failures are said in the
+    # row (the trimmed window's graph row, after the full window's on one pipeline, read 0/0).
+    failures = [f"{CAPTURE_FAILED} ({why})" for shape, why in pipe.graphs.failed.items()
+                if shape not in failed_before]  # fmt: skip
+    others = [str(w.message) for w in caught if not str(w.message).startswith(CAPTURE_FAILED)]
+    said = list(dict.fromkeys([*failures, *others]))
     for line in said:  # in the log too, where they went before
         print(f"gpu_check: warning: {line}", file=sys.stderr)
     audio_s = result.audio.shape[-1] / result.sample_rate

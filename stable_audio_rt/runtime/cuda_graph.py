@@ -124,7 +124,7 @@ class CapturedRequest:
 class GraphCache:
     """LRU of captured requests by shape. Adding one evicts the least recently used until at most
     `max_graphs` remain and their pools hold at most `max_bytes` (the newest is always kept).
-    Shapes whose capture failed are remembered so they run eagerly without retrying.
+    Shapes whose capture failed are remembered, with why, so they run eagerly without retrying.
 
     `captures` counts the graphs added, `replays` the lookups that found one: the requests served
     by a graph an earlier request captured. N requests of one shape give 1 and N − 1."""
@@ -132,7 +132,7 @@ class GraphCache:
     max_graphs: int = DEFAULT_MAX_GRAPHS
     max_bytes: int | None = None
     entries: OrderedDict[RequestShape, CapturedRequest] = field(default_factory=OrderedDict)
-    failed: set[RequestShape] = field(default_factory=set)
+    failed: dict[RequestShape, str] = field(default_factory=dict)  # shape → "Error: message"
     captures: int = 0
     replays: int = 0
 

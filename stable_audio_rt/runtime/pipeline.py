@@ -51,6 +51,8 @@ from stable_audio_rt.runtime.vae_decode import (
 
 # What torch's CPU allocator says when an allocation fails (it raises a plain RuntimeError).
 CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator"
+# How a failed capture's warning begins (benchmarks/gpu_check_measure.py says each row's own).
+CAPTURE_FAILED = "CUDA graph capture failed"
 # Streaming needs pieces even where one decode call would fit: about 3 s of audio each.
 DEFAULT_STREAM_CHUNK_FRAMES = 64
 
@@ -143,7 +145,6 @@ class StableAudio:
         # A captured graph's buffers are shared by every request of its shape: calls from several
         # threads capture and replay one at a time (eager calls each have buffers of their own).
         self.replaying = threading.Lock()
-        self._capture_warned = False
 
     @property
     def config(self) -> StableAudioConfig:
@@ -456,15 +457,14 @@ class StableAudio:
                 with CAPTURE_GATE.capturing(), _stage(timings, "capture", self.device):
                     entry = capture_request(request, lambda r: region.run_region(r, self.components))
             except Exception as e:  # whatever broke the capture, the eager run raises it for real
-                self.graphs.failed.add(shape)
-                if not self._capture_warned:
+                self.graphs.failed[shape] = f"{type(e).__name__}: {e}"
+                if len(self.graphs.failed) == 1:  # the first only: the others' are in graphs.failed
                     warnings.warn(
-                        f"CUDA graph capture failed ({type(e).__name__}: {e}); running this request shape "
-                        f"eagerly. cuda_graph=False (sa-run --no-cuda-graph) skips capturing.",
+                        f"{CAPTURE_FAILED} ({self.graphs.failed[shape]}); running this request "
+                        f"shape eagerly. cuda_graph=False (sa-run --no-cuda-graph) skips capturing.",
                         RuntimeWarning,
                         stacklevel=3,
                     )
-                    self._capture_warned = True
                 # Its inputs are intact: only read.
                 with self._work():
                     return self._eager_region(request, timings, on_step=on_step)
