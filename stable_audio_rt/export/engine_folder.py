@@ -24,6 +24,7 @@ from safetensors.torch import save
 from stable_audio_rt import __version__
 from stable_audio_rt.atomic import OLD_INFIX, check_writable, new_folder_beside, writing, written_for
 from stable_audio_rt.errors import StableAudioError
+from stable_audio_rt.export.disk_space import check_free_space, graph_bytes_floor
 from stable_audio_rt.export.onnx_export import (
     BF16_MIN_OPSET,
     DEFAULT_OPSET,
@@ -52,6 +53,7 @@ from stable_audio_rt.manifest import (
     shared_file_records,
 )
 from stable_audio_rt.models.checkpoint import Layout
+from stable_audio_rt.models.config import StableAudioConfig
 from stable_audio_rt.models.io_spec import (
     COMPONENTS,
     REQUIRED_COMPONENTS,
@@ -138,9 +140,11 @@ class ExportSettings:
     def frame_range(self, latent_frames: int) -> tuple[int, int, int]:
         return self.frames or (1, latent_frames, latent_frames)
 
-    def profile(self, rows: int, latent_frames: int) -> Profile:
-        """The profile of a component whose runs take up to `rows` rows (`ComponentSpec.max_rows`)."""
-        return Profile(batch=(1, rows, rows), frames=self.frame_range(latent_frames))
+    def profile(self, config: StableAudioConfig, name: str) -> Profile:
+        """The profile component `name` is exported at: up to the rows its runs take for
+        requests of up to `max_batch` clips (`ComponentSpec.max_rows`)."""
+        rows = component_specs(config)[name].max_rows(self.max_batch)
+        return Profile(batch=(1, rows, rows), frames=self.frame_range(config.latent_frames))
 
 
 def _check_replaceable(out: Path) -> None:
@@ -200,23 +204,30 @@ def tool_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in TOOLS} | {"stable-audio-rt": __version__}
 
 
+def _exported_alike(
+    old: Manifest | None, name: str, new: Manifest, settings: ExportSettings, profile: Profile
+) -> bool:
+    """Whether `old` has `name` exported as this export would export it, the weights aside
+    (`new.weights_sha256` is not read): config, opset, tools, precision, plugins and profile."""
+    if old is None or name not in old.components:
+        return False
+
+    def key(m: Manifest) -> str:
+        return json.dumps([m.config, m.opset, m.tools], sort_keys=True)
+
+    entry = old.components[name]
+    plugged = settings.trt_plugins and name in KERNEL_COMPONENTS
+    if key(old) != key(new) or entry.requested_precision != settings.precision:
+        return False
+    return bool(entry.plugins) == plugged and (entry.batch, entry.frames) == (profile.batch, profile.frames)
+
+
 def _reusable(
     old: Manifest | None, folder: Path, name: str, new: Manifest, settings: ExportSettings, profile: Profile
 ):
-    precision = settings.precision
-    if old is None or name not in old.components:
+    if not _exported_alike(old, name, new, settings, profile) or old.weights_sha256 != new.weights_sha256:
         return None
-
-    def key(m: Manifest) -> str:
-        return json.dumps([m.weights_sha256, m.config, m.opset, m.tools], sort_keys=True)
-
-    same = key(old) == key(new)
     entry = old.components[name]
-    plugged = settings.trt_plugins and name in KERNEL_COMPONENTS
-    if not same or entry.requested_precision != precision or bool(entry.plugins) != plugged:
-        return None
-    if (entry.batch, entry.frames) != (profile.batch, profile.frames):
-        return None
     try:
         old.check_files(folder, name)
     except StableAudioError:
@@ -314,9 +325,12 @@ def export_engines(
         raise ExportError(f"cannot write {out}: {ancestor} is a file, not a folder")
     check_writable(ancestor)
     _check_replaceable(out)
-    settings.check(read_config(source, layout, token).latent_frames)
+    config = read_config(source, layout, token)
+    settings.check(config.latent_frames)
     old = _old_manifest(out, settings)
     _check_nothing_dropped(out, old, settings)
+    anew = _to_export(config, old, settings)
+    check_free_space(out, ancestor, graph_bytes_floor(config, anew, settings.precision))
     if on_loading is not None:  # everything is checked: the load (and a download) may take minutes
         on_loading()
     model = load_model(source, layout=layout, token=token)
@@ -335,8 +349,7 @@ def export_engines(
             for name in settings.components:
                 if on_component is not None:
                     on_component(name)
-                rows = component_specs(model.config)[name].max_rows(settings.max_batch)
-                profile = settings.profile(rows, model.config.latent_frames)
+                profile = settings.profile(model.config, name)
                 entry = _reusable(old, out, name, manifest, settings, profile)
                 if entry is not None:
                     entry = _with_its_plan(out, entry)
@@ -362,6 +375,20 @@ def export_engines(
             folder.rmdir()
         raise
     return manifest
+
+
+def _to_export(config: StableAudioConfig, old: Manifest | None, settings: ExportSettings) -> list[str]:
+    """The components an export will write anew, as far as the config tells before the load:
+    one the folder has exported alike is taken as reused (hard-linked: no new space), since
+    whether the weights changed takes hashing the checkpoint to know."""
+    if old is None:
+        return list(settings.components)
+    new = replace(old, config=config_to_dict(config), opset=settings.onnx_opset, tools=tool_versions())
+    return [
+        name
+        for name in settings.components
+        if not _exported_alike(old, name, new, settings, settings.profile(config, name))
+    ]
 
 
 def _recorded_source(source: str | Path) -> str:

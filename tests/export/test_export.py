@@ -226,6 +226,65 @@ def test_a_full_disk_mid_export_is_one_line_naming_the_folder_and_the_fix(
     assert list(tmp_path.iterdir()) == []  # nothing half-written left
 
 
+def _free_space(monkeypatch, free: int) -> None:
+    """Every filesystem reports `free` bytes free to `shutil.disk_usage`, which sa-export asks."""
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=free))
+
+
+def test_a_disk_too_full_for_the_graphs_is_refused_before_loading(
+    tiny_diffusers_dir, tmp_path, capsys, monkeypatch
+):
+    """A disk too full for the graphs was found only when a write failed, after the model's load
+    and trace (minutes, at real size)."""
+    _free_space(monkeypatch, 2**20)
+    monkeypatch.setattr(
+        "stable_audio_rt.export.engine_folder.load_model", lambda *a, **k: pytest.fail("loaded")
+    )
+    out = tmp_path / "a" / "engines"
+    assert cli.main(["--model", str(tiny_diffusers_dir), "--out", str(out), "--fp16"]) == 2
+    err = capsys.readouterr().err
+    refusal = (
+        rf"sa-export: error: cannot export into {re.escape(str(out))}: its filesystem \(mounted at /\S*\) "
+        r"has 1\.0 MiB \(1048576 bytes\) free, and the graphs need at least \d+\.\d MiB \((\d+) bytes\): "
+        r"free space on that disk, or give another --out\n"
+    )
+    found = re.search(refusal, err)
+    assert found and int(found[1]) > 2**20 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the folders above --out
+
+
+def test_a_reexport_needs_room_only_for_the_graphs_it_does_not_reuse(
+    engines, tiny_diffusers_dir, tmp_path, monkeypatch
+):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    _free_space(monkeypatch, 0)
+    reused: list[str] = []
+    settings = ExportSettings("fp32", max_batch=2, frames=(1, 16, 64))
+    export_engines(tiny_diffusers_dir, folder, settings, on_reused=reused.append)  # hard links: no room
+    assert reused == list(COMPONENTS)
+    monkeypatch.setattr(
+        "stable_audio_rt.export.engine_folder.load_model", lambda *a, **k: pytest.fail("loaded")
+    )
+    with pytest.raises(ExportError, match=r"free, and the graphs need at least"):  # every graph anew
+        export_engines(tiny_diffusers_dir, folder, replace(settings, precision="fp16"))
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_the_room_asked_for_is_no_more_than_the_graphs_take(engines):
+    """The check refuses only a disk sure to fill: its floor is at most what each graph's files
+    take, at either precision."""
+    from stable_audio_rt.export.disk_space import graph_bytes_floor
+
+    for precision in ("fp32", "fp16"):
+        folder, manifest = engines[precision]
+        for name, entry in manifest.components.items():
+            written = sum(record.bytes for record in entry.files.values())
+            floor = graph_bytes_floor(manifest.model_config, [name], precision)
+            assert 0 < floor <= written or (name == "t5" and floor == 0), (precision, name, floor, written)
+
+
 def _t5_alone(model: Path, out: Path) -> list[str]:
     """sa-export's arguments for the quickest export: T5 alone."""
     return ["--model", str(model), "--out", str(out), "--components", "t5", "--frames", "1:16:64"]
