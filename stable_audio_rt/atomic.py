@@ -125,6 +125,27 @@ def bytes_in(folder: Path) -> int:
     return total
 
 
+def remove_swapped_out(old: Path) -> None:
+    """Remove `old`, a folder swapped out for its new version (named with OLD_INFIX), to the end
+    even when a stop signal (Ctrl-C; SIGTERM as `errors.Terminated`) lands meanwhile; the signal
+    is passed on once the folder is gone. The new folder is in place by then and no process needs
+    the old one, so a removal cut short would leave it beside the new folder for good. Finishing
+    it here is simpler than a later run telling such a leftover from one another export is
+    removing now, and costs a moment (unlinks only), so further signals in it wait too. A
+    SIGKILL still leaves it: the next export names it (`left_beside`)."""
+    stop: KeyboardInterrupt | None = None
+    removed = False
+    while not removed:
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+            removed = True
+        except KeyboardInterrupt as e:
+            if stop is None:
+                stop = e
+    if stop is not None:
+        raise stop
+
+
 def _new_file(path: Path) -> None:
     os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, NEW_FILE_MODE))
 

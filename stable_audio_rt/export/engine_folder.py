@@ -22,7 +22,14 @@ import onnx
 from safetensors.torch import save
 
 from stable_audio_rt import __version__
-from stable_audio_rt.atomic import OLD_INFIX, check_writable, new_folder_beside, writing, written_for
+from stable_audio_rt.atomic import (
+    OLD_INFIX,
+    check_writable,
+    new_folder_beside,
+    remove_swapped_out,
+    writing,
+    written_for,
+)
 from stable_audio_rt.errors import StableAudioError
 from stable_audio_rt.export.disk_space import check_free_space, graph_bytes_floor
 from stable_audio_rt.export.onnx_export import (
@@ -446,6 +453,6 @@ def _swap_in(tmp: Path, out: Path) -> None:
         old = out.with_name(f".{out.name}{OLD_INFIX}{secrets.token_hex(4)}")
         out.rename(old)
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_swapped_out(old)
     else:
         tmp.rename(out)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from stable_audio_rt.atomic import OLD_INFIX
 from stable_audio_rt.export import cli
 from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines, tool_versions
 from stable_audio_rt.manifest import NUMBERS_FILE, FileRecord, Manifest, PlanRecord, file_record
@@ -283,6 +284,34 @@ def test_the_room_asked_for_is_no_more_than_the_graphs_take(engines):
             written = sum(record.bytes for record in entry.files.values())
             floor = graph_bytes_floor(manifest.model_config, [name], precision)
             assert 0 < floor <= written or (name == "t5" and floor == 0), (precision, name, floor, written)
+
+
+def test_a_signal_while_the_old_folder_is_removed_leaves_nothing_beside_the_new_one(
+    tiny_diffusers_dir, tmp_path, monkeypatch
+):
+    """Ctrl-C or SIGTERM after the swap, while the replaced folder was being removed, left it
+    half-removed as `.engines.old-*` beside the new folder, and nothing removed it after."""
+    out = tmp_path / "engines"
+    settings = ExportSettings("fp32", components=("t5",), max_batch=2, frames=(1, 16, 64))
+    export_engines(tiny_diffusers_dir, out, settings)
+    real_rmtree = shutil.rmtree
+    cut: list[Path] = []
+
+    def cut_short(path, *args, **kwargs):  # the signal lands once the removal has begun
+        if OLD_INFIX in Path(path).name and not cut:
+            cut.append(Path(path))
+            next(p for p in Path(path).iterdir() if p.is_file()).unlink()
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt):  # passed on once the old folder is gone
+        export_engines(tiny_diffusers_dir, out, replace(settings, max_batch=3))  # T5 exported anew
+    assert cut and sorted(p.name for p in tmp_path.iterdir()) == ["engines"]
+    manifest = Manifest.read(out)
+    assert manifest.components["t5"].batch == (1, 6, 6)  # the new folder, whole
+    manifest.check_files(out, "t5")
+    manifest.check_shared_files(out)
 
 
 def _t5_alone(model: Path, out: Path) -> list[str]:

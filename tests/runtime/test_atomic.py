@@ -188,3 +188,24 @@ def test_leftovers_beside_a_folder_that_cannot_be_listed_are_none(tmp_path, monk
 
     monkeypatch.setattr(type(tmp_path), "iterdir", unlistable)
     assert left_beside(tmp_path / "eng") == []
+
+
+def test_a_swapped_out_folder_is_removed_through_repeated_stop_signals(tmp_path, monkeypatch):
+    """Each stop signal cut the removal short again; the first is passed on once it is done."""
+    from stable_audio_rt.atomic import OLD_INFIX, remove_swapped_out
+
+    old = tmp_path / f".eng{OLD_INFIX}0a1b2c3d"
+    (old / "tokenizer").mkdir(parents=True)
+    (old / "dit.onnx").write_bytes(b"graph")
+    removal = atomic.shutil.rmtree
+    signals = [KeyboardInterrupt("first"), KeyboardInterrupt("second")]
+
+    def cut_short(path, *args, **kwargs):
+        if signals:
+            raise signals.pop(0)
+        removal(path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.shutil, "rmtree", cut_short)
+    with pytest.raises(KeyboardInterrupt, match="first"):
+        remove_swapped_out(old)
+    assert not signals and list(tmp_path.iterdir()) == []
