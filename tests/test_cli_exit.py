@@ -1,0 +1,60 @@
+"""The CLIs' exit (`cli_exit.exit_without_teardown`): what Python's exit does that someone relies on
+is kept, the teardown of every object the imports made is not. Each case runs in a process of its
+own: the exit ends the process it runs in. (How long the teardown took is in the module's doc.)"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # pyproject.toml, and the package a subprocess imports
+# Held in a global to the end: its __del__ runs only in the interpreter's teardown.
+HELD_TO_THE_END = """
+import sys
+from pathlib import Path
+
+class HeldToTheEnd:
+    def __init__(self, folder):
+        self.mark = (folder / "torn down").touch  # bound now: the teardown clears module globals
+
+    def __del__(self):
+        self.mark()
+
+out = Path(sys.argv[1])
+held = HeldToTheEnd(out)
+"""
+
+
+def _run(code: str, *argv: str) -> subprocess.CompletedProcess:
+    # Without PYTHONUNBUFFERED, Python's stdout and C's are block-buffered into the pipe, as a
+    # user's `sa-run ... | tee` has them: the exit must write them out.
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=ROOT, env=environment, capture_output=True, timeout=300
+    )
+
+
+# What Python's exit keeps: a thread still running, an atexit handler, a temporary folder outside
+# a `with` (removed by its weakref.finalize), lines left in Python's and C's stdout buffers.
+LEFT_AT_THE_EXIT = """
+import atexit, ctypes, tempfile, threading, time
+from stable_audio_rt.cli_exit import exit_without_teardown
+
+def late():
+    time.sleep(0.2)
+    (out / "thread finished").touch()
+
+threading.Thread(target=late).start()  # not a daemon: Python's exit waits for it
+atexit.register((out / "atexit ran").touch)
+left = tempfile.TemporaryDirectory(dir=out)
+print("Python's line", end=" ")
+ctypes.CDLL(None).printf(b"C's line")
+exit_without_teardown(3)
+"""
+
+
+def test_the_exit_keeps_threads_atexit_handlers_temporary_folders_and_buffered_output(tmp_path):
+    done = _run(HELD_TO_THE_END + LEFT_AT_THE_EXIT, str(tmp_path))
+    assert done.returncode == 3, done.stderr.decode()
+    assert done.stdout == b"Python's line C's line"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit ran", "thread finished"]
