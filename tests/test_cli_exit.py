@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]  # pyproject.toml, and the package a subprocess imports
 # Held in a global to the end: its __del__ runs only in the interpreter's teardown.
 HELD_TO_THE_END = """
@@ -58,3 +60,33 @@ def test_the_exit_keeps_threads_atexit_handlers_temporary_folders_and_buffered_o
     assert done.returncode == 3, done.stderr.decode()
     assert done.stdout == b"Python's line C's line"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atexit ran", "thread finished"]
+
+
+# A command run as pip's script for it runs it: the function pyproject names, its status the exit's.
+AS_ITS_SCRIPT = """
+import importlib, tomllib
+name = sys.argv[2]
+with open("pyproject.toml", "rb") as file:
+    module, function = tomllib.load(file)["project"]["scripts"][name].split(":")
+sys.argv = [name, *sys.argv[3:]]
+sys.exit(getattr(importlib.import_module(module), function)())
+"""
+
+
+@pytest.mark.parametrize(
+    "name,argv,refusal",
+    [
+        ("sa-run", ["x", "--model", "tiny-random", "--seconds", "0", "-o", "{out}/a.wav"], "--seconds must"),
+        ("sa-export", ["--model", "tiny-random", "--out", "{out}/a-file"], "a-file is a file: --out takes"),
+        ("sa-bench", ["--engines", "{out}/no-folder"], "no-folder is not an engine folder"),
+    ],
+)
+def test_each_command_exits_with_its_status_and_without_the_teardown(name, argv, refusal, tmp_path):
+    """A refusal, the quickest way to each command's end: its status (2) and its line stand, and
+    nothing held to the end is torn down."""
+    pytest.importorskip("tomllib")  # Python 3.11's; on 3.10 the scripts' table is not read here
+    (tmp_path / "a-file").touch()
+    done = _run(HELD_TO_THE_END + AS_ITS_SCRIPT, str(tmp_path), name, *(a.format(out=tmp_path) for a in argv))
+    err = done.stderr.decode()
+    assert done.returncode == 2 and f"{name}: error: " in err and refusal in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

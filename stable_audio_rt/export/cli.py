@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
 from stable_audio_rt.atomic import bytes_in, left_beside
+from stable_audio_rt.cli_exit import exit_without_teardown
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
@@ -169,5 +171,10 @@ def _engines_line(folder: Path, manifest) -> str:
     return f"wrote {folder}: ONNX and TensorRT engines for {gpu[0]}"
 
 
+def command() -> NoReturn:
+    """The `sa-export` command (pyproject's [project.scripts]): `main`, then `exit_without_teardown`."""
+    exit_without_teardown(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

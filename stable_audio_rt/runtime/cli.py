@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from stable_audio_rt import __version__
+from stable_audio_rt.cli_exit import exit_without_teardown
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
@@ -392,5 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def command() -> NoReturn:
+    """The `sa-run` command (pyproject's [project.scripts]): `main`, then `exit_without_teardown`."""
+    exit_without_teardown(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
