@@ -502,5 +502,8 @@ class StableAudio:
     @cached_property
     def _auto_decode_chunk(self) -> int | None:
         """`vae_chunk="auto"` resolved once for this pipeline: free GPU memory changes with every
-        capture, and a chunk read from it per request would make each request a new graph key."""
-        return auto_chunk_frames(self.config.vae, self.device, self.dtype)
+        capture, and a chunk read from it per request would make each request a new graph key.
+        Read inside the gate: cudaMemGetInfo during another thread's capture breaks that capture
+        (its first reader may be a request's check, `request_shape` or `batch_key`, outside work)."""
+        with self._work():
+            return auto_chunk_frames(self.config.vae, self.device, self.dtype)

@@ -419,3 +419,42 @@ def test_a_cpu_pipelines_requests_never_wait_for_a_capture(generator):
         resolve_request(request, pipe.config), on_step=lambda *_: held.append(CAPTURE_GATE.inside_work())
     )
     assert held == [False, False]
+
+
+def _order_around_a_capture(monkeypatch, owner, name, act) -> list[str]:
+    """What happens, in order, when `act` runs on another thread while this one holds a capture;
+    `owner.name`, the act's first device work, is wrapped to record when it begins. The capture
+    is held until that work has begun or HELD_CAPTURE_S has passed."""
+    from stable_audio_rt.runtime.cuda_graph import CAPTURE_GATE
+
+    events, began = [], threading.Event()
+    real = getattr(owner, name)
+
+    def recorded(*args, **kwargs):
+        if not began.is_set():
+            events.append("other begins")
+            began.set()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recorded)
+    other = threading.Thread(target=act, daemon=True)  # daemon: were it stuck
+    with CAPTURE_GATE.capturing():
+        events.append("capture begins")
+        other.start()
+        began.wait(HELD_CAPTURE_S)
+        events.append("capture ends")
+    other.join(timeout=60)
+    assert not other.is_alive()
+    return events
+
+
+def test_the_first_free_memory_read_waits_for_a_capture(graphed, monkeypatch):
+    """vae_chunk="auto" reads free GPU memory at the first request's shape: cudaMemGetInfo during
+    another thread's capture broke it (read outside the gate by `check`, `request_shape` or
+    `batch_key`, which a server's handler threads call while the model runs)."""
+    monkeypatch.setattr(pipeline_module, "auto_chunk_frames", lambda *args: 40)
+    request = resolve_request(GenerationRequest(("x",), seconds_total=1.0, steps=4), graphed.config)
+    events = _order_around_a_capture(
+        monkeypatch, pipeline_module, "auto_chunk_frames", lambda: graphed.request_shape(request)
+    )
+    assert events == ["capture begins", "capture ends", "other begins"]
