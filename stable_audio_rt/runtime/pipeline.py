@@ -373,7 +373,9 @@ class StableAudio:
 
     def prepare(self, resolved: ResolvedRequest) -> RequestBuffers:
         """Fresh buffers for the request, its inputs written: ready for `region.run_region`."""
-        return self._fresh(self.request_shape(resolved), [resolved])
+        shape = self.request_shape(resolved)
+        with self._work():  # buffers allocated and written: device work, gated as generate's is
+            return self._fresh(shape, [resolved])
 
     def _fresh(self, shape: RequestShape, resolved: Sequence[ResolvedRequest]) -> RequestBuffers:
         request = allocate_request(shape, self.components, planning.number_ids(self.components))
@@ -482,7 +484,10 @@ class StableAudio:
         """The host part of a request (or of a batch's requests, in row order) into its buffers
         (fresh ones, or a captured graph's)."""
         batch = [resolved] if isinstance(resolved, ResolvedRequest) else resolved
-        planning.write_inputs(request, batch, self.components, self.sampler)
+        # Copies from pageable host memory, which another thread's capture must not meet: gated
+        # when called alone (inside a request's own work, it goes on at once).
+        with self._work():
+            planning.write_inputs(request, batch, self.components, self.sampler)
 
     def check(self, resolved: ResolvedRequest) -> None:
         """Refuse, before any work, a request this pipeline's engines cannot run (their batch and

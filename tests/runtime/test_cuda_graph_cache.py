@@ -13,6 +13,7 @@ import torch
 from reference_path import REFERENCE_PATH
 
 from stable_audio_rt.runtime import pipeline as pipeline_module
+from stable_audio_rt.runtime import planning
 from stable_audio_rt.runtime.cuda_graph import CapturedRequest, GraphCache
 from stable_audio_rt.runtime.pipeline import StableAudio
 from stable_audio_rt.runtime.requests import GenerationRequest, resolve_request
@@ -457,4 +458,19 @@ def test_the_first_free_memory_read_waits_for_a_capture(graphed, monkeypatch):
     events = _order_around_a_capture(
         monkeypatch, pipeline_module, "auto_chunk_frames", lambda: graphed.request_shape(request)
     )
+    assert events == ["capture begins", "capture ends", "other begins"]
+
+
+@pytest.mark.parametrize("call", ["prepare", "write_inputs"])
+def test_buffers_prepared_or_written_alone_wait_for_a_capture(graphed, monkeypatch, call):
+    """`prepare` and `write_inputs` called alone, not through generate: buffers allocated, and a
+    request's host part copied into them from pageable memory, met another thread's capture."""
+    request = GenerationRequest(("x",), seconds_total=0.5, steps=2, seed=1, vae_chunk=None)
+    resolved = resolve_request(request, graphed.config)  # vae_chunk None: no free-memory read
+    if call == "prepare":
+        owner, name, act = pipeline_module, "allocate_request", lambda: graphed.prepare(resolved)
+    else:
+        buffers = graphed.prepare(resolved)
+        owner, name, act = planning, "write_inputs", lambda: graphed.write_inputs(buffers, resolved)
+    events = _order_around_a_capture(monkeypatch, owner, name, act)
     assert events == ["capture begins", "capture ends", "other begins"]
