@@ -200,7 +200,10 @@ class StableAudio:
     @classmethod
     def from_plan(cls, plan: LoadPlan, cuda_graph: bool = True) -> StableAudio:
         """Load what `load.plan_load` decided (the CLIs plan first, to check before loading)."""
-        return cls(plan.components(), cuda_graph)
+        # Weights allocated and copied onto a GPU (engines deserialised there) are device work
+        # that another thread's capture must not meet: a capture waits for a load under way.
+        with CAPTURE_GATE.working() if plan.device.type == "cuda" else nullcontext():
+            return cls(plan.components(), cuda_graph)
 
     @classmethod
     def from_pretrained(cls, model: str | Path = DEFAULT_REPO, **options) -> StableAudio:

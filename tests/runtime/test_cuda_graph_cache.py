@@ -474,3 +474,19 @@ def test_buffers_prepared_or_written_alone_wait_for_a_capture(graphed, monkeypat
         owner, name, act = planning, "write_inputs", lambda: graphed.write_inputs(buffers, resolved)
     events = _order_around_a_capture(monkeypatch, owner, name, act)
     assert events == ["capture begins", "capture ends", "other begins"]
+
+
+def test_a_pipeline_loaded_onto_a_gpu_waits_for_a_capture(graphed, monkeypatch):
+    """Loading onto a GPU allocates the weights there and copies them from pageable memory: it
+    met another thread's capture (a server loading a second model while the first captures)."""
+
+    class OnCuda:  # a plan for a GPU; its components, the CPU's already loaded, stand in
+        device = torch.device("cuda")
+
+        def components(self):
+            return graphed.components
+
+    events = _order_around_a_capture(
+        monkeypatch, OnCuda, "components", lambda: StableAudio.from_plan(OnCuda(), cuda_graph=False)
+    )
+    assert events == ["capture begins", "capture ends", "other begins"]
