@@ -144,7 +144,10 @@ class StableAudio:
         self.graphs = GraphCache(max_bytes=default_memory_cap(self.device) if self.uses_graphs else None)
         # A captured graph's buffers are shared by every request of its shape: calls from several
         # threads capture and replay one at a time (eager calls each have buffers of their own).
-        self.replaying = threading.Lock()
+        # Re-entrant: a request's `on_step` runs while it holds the lock, but never while it uses
+        # a graph's buffers (an eager run's are fresh; a replay's outputs are copied out first), so
+        # a request that the callback runs on this pipeline goes on (a plain lock: hung for ever).
+        self.replaying = threading.RLock()
 
     @property
     def config(self) -> StableAudioConfig:

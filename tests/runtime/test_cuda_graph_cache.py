@@ -490,3 +490,36 @@ def test_a_pipeline_loaded_onto_a_gpu_waits_for_a_capture(graphed, monkeypatch):
         monkeypatch, OnCuda, "components", lambda: StableAudio.from_plan(OnCuda(), cuda_graph=False)
     )
     assert events == ["capture begins", "capture ends", "other begins"]
+
+
+@pytest.mark.parametrize("outer_runs", ["eagerly", "as a replay"])
+def test_a_request_run_from_an_on_step_of_the_same_pipeline_ends(graphed, monkeypatch, outer_runs):
+    """An `on_step` runs while its request holds the pipeline's `replaying` (at every step of an
+    eager run of a graph pipeline, after a replay): a request it ran on the same pipeline waited
+    for that lock, held by its own thread (hung for ever). Neither request's buffers are the
+    other's, so each gets what it gets alone."""
+    # The lock is the pipeline's, not the process-wide gate's: kept off the gate, a request stuck
+    # here (as it was) does not hold off every later test's capture.
+    monkeypatch.setattr(StableAudio, "meets_captures", property(lambda self: False))
+    eager = StableAudio(graphed.components, cuda_graph=False)
+    options = dict(seconds_total=0.5, steps=2)
+    outer = resolve_request(GenerationRequest(prompts=("rain",), seed=1, **options), graphed.config)
+    if outer_runs == "eagerly":  # as after a failed capture
+        graphed.graphs.failed.add(graphed.request_shape(outer))
+    else:
+        graphed.run_resolved(outer)  # captured: the next request of its shape replays
+    inner: list[torch.Tensor] = []
+
+    def on_step(done: int, total: int) -> None:
+        if not inner:  # the same shape: eager too, or a replay of the same graph
+            inner.append(graphed.generate("hail", seed=2, **options).audio)
+
+    results = []
+    thread = threading.Thread(
+        target=lambda: results.append(graphed.run_resolved(outer, on_step=on_step)), daemon=True
+    )  # daemon: were it stuck
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive() and len(inner) == 1
+    assert torch.equal(results[0].audio, eager.run_resolved(outer).audio)
+    assert torch.equal(inner[0], eager.generate("hail", seed=2, **options).audio)
