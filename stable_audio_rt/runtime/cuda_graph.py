@@ -31,12 +31,12 @@ class CaptureGate:
     """torch.cuda.graph captures in CUDA's global mode: while one thread captures, a potentially
     unsafe CUDA call from any other thread (a cudaMalloc, a synchronising copy), on any device,
     fails and breaks the capture. So a capture has the process's device work to itself: requests'
-    work (eager runs, inputs written, replays; any pipeline's) waits while one runs, and a capture
-    waits for the work under way while new work waits behind it (a capture is once per shape; it
-    is never starved). Work entered again from inside a thread's own work (an `on_step` that runs
-    a request) goes on at once: no capture can be running then. A capture from inside it would
-    wait for that work, its own: `capturing` refuses it, and the pipeline runs such a request
-    eagerly (`inside_work`)."""
+    work (eager runs, inputs written, replays; any pipeline's) and loads onto a GPU wait while one
+    runs, and a capture waits for the work under way while new work waits behind it (a capture is
+    once per shape; it is never starved). Work entered again from inside a thread's own work (an
+    `on_step` that runs a request) goes on at once: no capture can be running then. A capture from
+    inside it would wait for that work, its own: `capturing` refuses it, and the pipeline runs
+    such a request eagerly (`inside_work`)."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
