@@ -63,12 +63,13 @@ class Outcome:
 @contextmanager
 def reported_errors(
     program: str,
-    interrupted: str,
+    interrupted: str | Callable[[], str],
     before_report: Callable[[], None] = lambda: None,
     worded: Callable[[str], str] = str,
 ) -> Iterator[Outcome]:
     """The CLIs' one policy: a StableAudioError becomes one line on stderr and exit status 2, Ctrl-C
-    one line saying what was (not) written (`interrupted`) and 130; anything else is a bug and keeps
+    one line saying what was (not) written (`interrupted`, or what it returns at the signal) and
+    130; anything else is a bug and keeps
     its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
     Warnings raised in the block print as one line too, `worded` (the program's names for the
     API's). SIGTERM and SIGHUP are taken as Ctrl-C (exit 143 and 129) while the block runs in the
@@ -96,7 +97,8 @@ def reported_errors(
         except KeyboardInterrupt as e:
             before_report()
             how = "terminated" if isinstance(e, Terminated) else "interrupted"
-            print(f"{program}: {how}; {interrupted}", file=sys.stderr)
+            left = interrupted if isinstance(interrupted, str) else interrupted()
+            print(f"{program}: {how}; {left}", file=sys.stderr)
             outcome.exit_status = EXIT_BY_SIGNAL + e.number if isinstance(e, Terminated) else EXIT_INTERRUPTED
         finally:
             for number, handler in previous.items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -20,7 +22,7 @@ from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 from stable_audio_rt.export.onnx_export import BF16_MIN_OPSET, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
-from stable_audio_rt.manifest import Verification
+from stable_audio_rt.manifest import Manifest, Verification
 from stable_audio_rt.models.checkpoint import DEFAULT_REPO
 from stable_audio_rt.models.io_spec import COMPONENTS
 from stable_audio_rt.models.source import MODEL_HELP
@@ -121,7 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         for bar in bars:
             bar.close()
 
-    with reported_errors("sa-export", "the engine folder was left as it was", close_bar) as failed:
+    stage = _Stage()
+    written = f"{args.out} holds the new export"
+    plans = (
+        f"{args.out} holds the new export's ONNX graphs, but not all its TensorRT plans: the same "
+        "command builds them, reusing the graphs"
+    )
+
+    with reported_errors("sa-export", lambda: stage.left, close_bar) as failed:
         for left in left_beside(args.out):
             print(
                 f"sa-export: note: {left} ({bytes_in(left) / 2**20:.0f} MiB) is what an export that was "
@@ -135,26 +144,43 @@ def main(argv: list[str] | None = None) -> int:
             on_component=on_component,
             on_reused=reused.append,
             on_loading=lambda: print(f"sa-export: loading {args.model}", file=sys.stderr),
+            on_written=lambda: setattr(stage, "left", written),
         )
+        bars[0].update(1)
+        close_bar()
+        with stdout_reader_may_leave():  # `sa-export ... | head`: the folder is written
+            for line in _summary(manifest, reused):
+                print(line)
+            # The plans' build (minutes on a GPU) is under the same policy: an error is one line.
+            print(_engines_line(args.out, manifest, on_building=lambda: setattr(stage, "left", plans)))
     if failed.exit_status is not None:
         return failed.exit_status
-    bars[0].update(1)
-    close_bar()
-    with stdout_reader_may_leave():  # `sa-export ... | head`: the folder is written
-        for name, entry in manifest.components.items():
-            check = entry.verification
-            detail = (
-                f"max rel {check.max_rel:.2e} ≤ {check.tolerance:.0e}"
-                if isinstance(check, Verification)
-                else check.reason
-            )
-            how = "reused, as verified when exported: " if name in reused else ""
-            print(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
-        print(_engines_line(args.out, manifest))
     return 0
 
 
-def _engines_line(folder: Path, manifest) -> str:
+@dataclass
+class _Stage:
+    """What a stop signal leaves, by how far the export got."""
+
+    left: str = "the engine folder was left as it was"
+
+
+def _summary(manifest: Manifest, reused: list[str]) -> list[str]:
+    """A line per component: its precision and how its verification went."""
+    lines = []
+    for name, entry in manifest.components.items():
+        check = entry.verification
+        detail = (
+            f"max rel {check.max_rel:.2e} ≤ {check.tolerance:.0e}"
+            if isinstance(check, Verification)
+            else check.reason
+        )
+        how = "reused, as verified when exported: " if name in reused else ""
+        lines.append(f"{name:12s} {entry.precision:5s} {check.status:8s} {how}{detail} {entry.note}".rstrip())
+    return lines
+
+
+def _engines_line(folder: Path, manifest: Manifest, on_building: Callable[[], None]) -> str:
     """Build TensorRT plans beside the graphs when TensorRT and a GPU are here; one line either way."""
     from stable_audio_rt.export.trt_build import build_folder_engines, build_gpu
     from stable_audio_rt.trt_import import TensorRTUnavailable, import_tensorrt
@@ -167,6 +193,7 @@ def _engines_line(folder: Path, manifest) -> str:
     gpu = build_gpu()
     if gpu is None:
         return f"wrote {folder}: ONNX only (no CUDA GPU to build TensorRT engines on)"
+    on_building()
     build_folder_engines(folder, manifest)
     return f"wrote {folder}: ONNX and TensorRT engines for {gpu[0]}"
 

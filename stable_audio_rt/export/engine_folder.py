@@ -304,9 +304,11 @@ def export_engines(
     on_component: Callable[[str], None] | None = None,
     on_reused: Callable[[str], None] | None = None,
     on_loading: Callable[[], None] | None = None,
+    on_written: Callable[[], None] | None = None,
 ) -> Manifest:
     """Export `settings.components` of the model `source` names (models/source.py) into `out`
-    (a symbolic link's target: the folder replaced is the one its readers see)."""
+    (a symbolic link's target: the folder replaced is the one its readers see). `on_written` is
+    called once the new folder is in place, before the one it replaced is removed."""
     out = Path(os.path.abspath(out))  # "." and ".." have no name to put a new folder beside
     if out.is_symlink():
         out = out.resolve()
@@ -375,7 +377,7 @@ def export_engines(
             (tmp / NUMBERS_FILE).write_bytes(save(numbers))
             manifest.shared_files = shared_file_records(tmp)
             manifest.write(tmp)
-            _swap_in(tmp, out)
+            _swap_in(tmp, out, on_written)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # deepest first: the folders made for this export go with it
@@ -447,12 +449,14 @@ def _failed(verification: Verification | VerificationSkipped) -> bool:
     return isinstance(verification, Verification) and not verification.passed
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def _swap_in(tmp: Path, out: Path, on_written: Callable[[], None] | None) -> None:
+    old = None
     if out.exists():
         shutil.copymode(out, tmp)  # a folder exported again keeps the permissions it was given
         old = out.with_name(f".{out.name}{OLD_INFIX}{secrets.token_hex(4)}")
         out.rename(old)
-        tmp.rename(out)
+    tmp.rename(out)
+    if on_written is not None:  # a stop signal from here on meets the new folder in place
+        on_written()
+    if old is not None:
         remove_swapped_out(old)
-    else:
-        tmp.rename(out)

@@ -314,6 +314,34 @@ def test_a_signal_while_the_old_folder_is_removed_leaves_nothing_beside_the_new_
     manifest.check_shared_files(out)
 
 
+def test_a_signal_after_the_swap_says_the_new_folder_is_in_place(
+    tiny_diffusers_dir, tmp_path, monkeypatch, capsys
+):
+    """Stopped while the replaced folder was removed, sa-export said "the engine folder was left
+    as it was", with the new one already in its place."""
+    from stable_audio_rt.export import cli
+
+    out = tmp_path / "engines"
+    assert cli.main(_t5_alone(tiny_diffusers_dir, out)) == 0
+    real_rmtree = shutil.rmtree
+
+    stops: list[Path] = []
+
+    def stopped(path, *args, **kwargs):
+        real_rmtree(path, *args, **kwargs)
+        if OLD_INFIX in Path(path).name and not stops:
+            stops.append(Path(path))
+            raise KeyboardInterrupt  # a signal as the old folder's removal ends
+
+    monkeypatch.setattr(shutil, "rmtree", stopped)
+    capsys.readouterr()
+    assert cli.main([*_t5_alone(tiny_diffusers_dir, out), "--max-batch", "3"]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"sa-export: interrupted; {out} holds the new export"
+    assert stops and Manifest.read(out).components["t5"].batch == (1, 6, 6)
+    assert [p.name for p in tmp_path.iterdir()] == ["engines"]
+
+
 def _t5_alone(model: Path, out: Path) -> list[str]:
     """sa-export's arguments for the quickest export: T5 alone."""
     return ["--model", str(model), "--out", str(out), "--components", "t5", "--frames", "1:16:64"]

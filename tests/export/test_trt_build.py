@@ -10,7 +10,7 @@ import fakes.tensorrt
 import fakes.tensorrt.plugin
 import pytest
 
-from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
+from stable_audio_rt.export.engine_folder import ExportError, ExportSettings, export_engines
 from stable_audio_rt.export.trt_build import (
     EngineBuildError,
     EngineBuildSettings,
@@ -136,3 +136,31 @@ def test_sa_export_builds_plans_and_records_them_with_tensorrt_and_a_gpu(
         gpu="Stand-in GPU",
         compute_capability="9.0",
     )
+
+
+@pytest.mark.parametrize(
+    "raised,status,said",
+    [
+        (KeyboardInterrupt(), 130, "interrupted; {out} holds the new export's ONNX graphs, but not all "
+         "its TensorRT plans: the same command builds them, reusing the graphs"),
+        (ExportError("the builder ran out of GPU memory"), 2, "error: the builder ran out of GPU memory"),
+    ],
+)  # fmt: skip
+def test_a_stop_or_an_error_while_the_plans_build_is_one_line_saying_what_is_written(
+    raised, status, said, tiny_diffusers_dir, tmp_path, capsys, fake_tensorrt, monkeypatch
+):
+    """The plans were built outside the CLI's error policy: Ctrl-C in the build (minutes on a GPU)
+    or a build error ended in a traceback, with nothing said of the graphs already in place."""
+    from stable_audio_rt.export import cli, trt_build
+    from stable_audio_rt.manifest import Manifest
+
+    def build(folder, manifest, settings=None):
+        raise raised
+
+    monkeypatch.setattr(trt_build, "build_gpu", lambda: ("Stand-in GPU", "9.0"))
+    monkeypatch.setattr(trt_build, "build_folder_engines", build)
+    out = tmp_path / "engines"
+    argv = ["--model", str(tiny_diffusers_dir), "--out", str(out), "--components", "vae_decoder"]
+    assert cli.main(argv) == status
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"sa-export: {said.format(out=out)}"
+    Manifest.read(out).check_files(out, "vae_decoder")  # the graphs, whole
