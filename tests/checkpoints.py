@@ -3,6 +3,9 @@
 The diffusers layout is written by diffusers' own classes (`save_pretrained`), so file names
 and keys are exactly the hub's. The single-file layout is written from the same weights
 through reference-spec §8's table, transcribed here independently of the library's loader.
+Stable Audio Open Small exists only in the single-file layout: its qk-norm LayerNorms ride on
+diffusers' DiT as the `norm_q`/`norm_k` its attention processor applies, and are written under
+stable-audio-tools' `q_norm`/`k_norm` names.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def rerandomize(module: torch.nn.Module, generator: torch.Generator) -> None:
                 value = normal(p.shape, 0.05, 0.5).abs()
             elif re.search(r"(alpha|beta)$", name):
                 value = normal(p.shape, 0.5)
-            elif re.search(r"norm\d?\.weight$|layer_norm\.weight$", name) and p.dim() == 1:
+            elif re.search(r"norm(\d|_[qk])?\.weight$|layer_norm\.weight$", name) and p.dim() == 1:
                 value = normal(p.shape, 0.1, 1.0)
             elif p.dim() >= 2:
                 value = normal(p.shape, p[0].numel() ** -0.5)
@@ -70,10 +73,26 @@ class ReferenceModules:
         )
 
 
+# stable-audio-tools' Attention(qk_norm="ln"): LayerNorm(dim_heads, eps=qk_norm_eps=1e-6).
+_QK_NORM_EPS = 1e-6
+
+
+def _add_qk_norm(transformer: StableAudioDiTModel, head_dim: int) -> None:
+    """Small's per-head LayerNorm on queries and keys, in every self- and cross-attention.
+    diffusers' StableAudioDiTModel cannot be configured with it, but its attention processor
+    applies `norm_q`/`norm_k` where stable-audio-tools does: per head, before RoPE."""
+    for block in transformer.transformer_blocks:
+        for attn in (block.attn1, block.attn2):
+            attn.norm_q = torch.nn.LayerNorm(head_dim, eps=_QK_NORM_EPS)
+            attn.norm_k = torch.nn.LayerNorm(head_dim, eps=_QK_NORM_EPS)
+
+
 def build_reference(config: StableAudioConfig, generator: torch.Generator) -> ReferenceModules:
     """diffusers' modules with the geometry of `config` and fresh random weights (fp32, eval)."""
     cond = config.conditioning
     transformer, vae, projection_model = diffusers_modules(config, config.latent_frames)
+    if config.dit.qk_norm:
+        _add_qk_norm(transformer, config.dit.head_dim)
     modules = ReferenceModules(
         transformer=transformer,
         vae=vae,
@@ -98,6 +117,9 @@ def build_reference(config: StableAudioConfig, generator: torch.Generator) -> Re
 
 
 def write_diffusers_checkpoint(reference: ReferenceModules, folder: Path) -> Path:
+    if reference.transformer.transformer_blocks[0].attn1.norm_q is not None:
+        # diffusers' config has no qk-norm: it would load such a folder without it.
+        raise ValueError("the diffusers layout cannot hold a qk-norm DiT (Small): write the single file")
     reference.pipeline().save_pretrained(folder, safe_serialization=True)
     return folder
 
@@ -167,6 +189,10 @@ def _sat_dit_state(sd: dict[str, torch.Tensor], rotary_dim: int) -> dict[str, to
         elif name.startswith(("attn1.to_out.0.", "attn2.to_out.0.")):
             attn = "self_attn" if name.startswith("attn1") else "cross_attn"
             out[layer + f"{attn}.to_out." + name.rsplit(".", 1)[1]] = value
+        elif m := re.fullmatch(r"attn([12])\.norm_([qk])\.(weight|bias)", name):
+            # stable-audio-tools' Attention names its qk-norm LayerNorms q_norm and k_norm.
+            attn = "self_attn" if m.group(1) == "1" else "cross_attn"
+            out[layer + f"{attn}.{m.group(2)}_norm.{m.group(3)}"] = value
         elif name.startswith("ff.net.0.proj."):
             out[layer + "ff.ff.0.proj." + name.rsplit(".", 1)[1]] = value
         elif name.startswith("ff.net.2."):
@@ -187,9 +213,12 @@ def sat_state_dict(reference: ReferenceModules, config: StableAudioConfig) -> di
         is_snake = key.endswith(("alpha", "beta"))
         state[_sat_vae_key(key, num_blocks)] = value.reshape(-1) if is_snake else value
     names = {"start_number_conditioner": "seconds_start", "end_number_conditioner": "seconds_total"}
+    # diffusers' projection always holds both; Small has seconds_total alone.
+    wanted = {n.id for n in config.conditioning.numbers}
     for key, value in reference.projection_model.state_dict().items():
         head, _, rest = key.partition(".time_positional_embedding.")
-        state[f"conditioner.conditioners.{names[head]}.embedder.embedding.{rest}"] = value
+        if names[head] in wanted:
+            state[f"conditioner.conditioners.{names[head]}.embedder.embedding.{rest}"] = value
     return {k: v.contiguous().clone() for k, v in state.items()}
 
 
