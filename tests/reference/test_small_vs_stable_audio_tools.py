@@ -2,7 +2,9 @@
 qk-norm and projected context tokens, rf_denoiser, the pingpong sampler on its LogSNR-shifted
 schedule, seconds_total-only conditioning. The reference model is built by stable-audio-tools
 from a Small-shaped config and filled with seeded random weights; its own state_dict is the
-checkpoint we load, so our key mapping is checked against its real parameter names.
+checkpoint we load, so our key mapping is checked against its real parameter names. A second
+checkpoint comes from the tests' single-file writer (tests/checkpoints.py), which
+stable-audio-tools must load strictly, as the 1.0 tests' checkpoint.
 
 Skipped unless stable-audio-tools 0.0.20 is importable (`bash scripts/test` installs it).
 """
@@ -20,7 +22,12 @@ from numerics import rel_error
 from reference_path import REFERENCE_PATH
 from safetensors.torch import save_file
 from seeding import SEED
-from test_vs_stable_audio_tools import REFERENCE_T5_NAME, _import_reference
+from test_vs_stable_audio_tools import (
+    REFERENCE_T5_NAME,
+    _import_reference,
+    load_reference_model,
+    write_reference_checkpoint,
+)
 
 from stable_audio_rt.models.config import TINY_SMALL
 from stable_audio_rt.models.random_init import random_model, randomize_
@@ -39,6 +46,7 @@ SMALL_CONFIG = dataclasses.replace(
 FRAMES = 16
 # fp32, T5 in fp16 on both sides; without CFG the sampler arithmetic is the reference's own, so
 # only the DiT's summation order differs. With CFG the guidance runs on D rather than v.
+# The 1.0 tests' bound; measured 4e-6 with CFG and a negative prompt on the written checkpoint.
 LATENT_REL_TOL = 1e-4
 
 
@@ -88,9 +96,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_latents_match_stable_audio_tools(case, checkpoint, ours, generator):
-    _, model, generate = checkpoint
+def _assert_latents_match(case, model, generate, ours, generator):
+    """`case` of CASES run by stable-audio-tools' `model` and by `ours` from the same seed."""
     spec = CASES[case]
     seed = int(torch.randint(0, 2**31, (), generator=generator))
     prompts, total, steps, level = ["rain on a tin roof", "warm synth pad"], 0.6, 8, 0.7
@@ -129,6 +136,31 @@ def test_latents_match_stable_audio_tools(case, checkpoint, ours, generator):
     )
     assert np.isfinite(result.latents.numpy()).all()
     assert rel_error(result.latents, expected.float()) <= LATENT_REL_TOL
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_latents_match_stable_audio_tools(case, checkpoint, ours, generator):
+    _, model, generate = checkpoint
+    _assert_latents_match(case, model, generate, ours, generator)
+
+
+@pytest.fixture(scope="module")
+def written_small(tmp_path_factory):
+    """Small written by the tests' own single-file writer, with fresh random weights each run,
+    and stable-audio-tools' model built from its model_config.json, the weights loaded strictly."""
+    folder = tmp_path_factory.mktemp("written_small")
+    reference = load_reference_model(folder, write_reference_checkpoint(SMALL_CONFIG, SEED + 2, folder))
+    return folder, reference
+
+
+def test_written_single_file_small_matches_stable_audio_tools(written_small, generator):
+    """The checkpoint above, loaded by us, against stable-audio-tools on the same weights: its
+    qk-norm names and seconds_total-only conditioner are ones both sides read. With CFG and a
+    negative prompt, so every DiT weight is used on both passes."""
+    folder, model = written_small
+    ours = StableAudio.from_pretrained(folder, device="cpu", t5_dtype=torch.float16, **REFERENCE_PATH)
+    assert ours.config.dit.qk_norm and [n.id for n in ours.config.conditioning.numbers] == ["seconds_total"]
+    _assert_latents_match("t2a-cfg-negative", model, _import_reference()[1], ours, generator)
 
 
 def test_exported_small_runs_in_onnxruntime_like_torch(checkpoint, tmp_path):

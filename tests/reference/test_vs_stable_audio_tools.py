@@ -18,6 +18,7 @@ import dataclasses
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from checkpoints import build_reference, write_single_file_checkpoint
 from numerics import rel_error
 from reference_path import REFERENCE_PATH
 
-from stable_audio_rt.models.config import TINY
+from stable_audio_rt.models.config import TINY, StableAudioConfig
 from stable_audio_rt.runtime.audio_io import to_model_audio
 from stable_audio_rt.runtime.pipeline import StableAudio
 
@@ -73,30 +74,41 @@ def _import_reference():
     return create_model_from_config, generate_diffusion_cond
 
 
+def write_reference_checkpoint(config: StableAudioConfig, seed: int, folder: Path) -> dict:
+    """`write_single_file_checkpoint` of `config` with random weights from `seed`, its T5 named
+    for the reference (REFERENCE_T5_NAME, read from the checkpoint's text_encoder/); returns
+    the model_config.json written."""
+    reference = build_reference(config, torch.Generator().manual_seed(seed))
+    write_single_file_checkpoint(reference, config, folder)
+    # stable-audio-tools loads T5 and its tokenizer from one folder (`model_path`).
+    reference.tokenizer.save_pretrained(folder / "text_encoder")
+    model_config = json.loads((folder / "model_config.json").read_text())
+    prompt_config = model_config["model"]["conditioning"]["configs"][0]["config"]
+    prompt_config.update(t5_model_name=REFERENCE_T5_NAME, model_path=str(folder / "text_encoder"))
+    (folder / "model_config.json").write_text(json.dumps(model_config))
+    return model_config
+
+
+def load_reference_model(folder: Path, model_config: dict) -> torch.nn.Module:
+    """stable-audio-tools' model built from `model_config`, the checkpoint's weights loaded strictly:
+    every key of the file is one of its parameters, and every parameter is in the file."""
+    create_model_from_config, _ = _import_reference()
+    from safetensors.torch import load_file
+
+    model = create_model_from_config(model_config)
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sat")
-    reference = build_reference(SAT_CONFIG, torch.Generator().manual_seed(1234))
-    write_single_file_checkpoint(reference, SAT_CONFIG, folder)
-    # stable-audio-tools loads T5 and its tokenizer from one folder (`model_path`).
-    reference.tokenizer.save_pretrained(folder / "text_encoder")
-    config = json.loads((folder / "model_config.json").read_text())
-    prompt_config = config["model"]["conditioning"]["configs"][0]["config"]
-    prompt_config.update(t5_model_name=REFERENCE_T5_NAME, model_path=str(folder / "text_encoder"))
-    (folder / "model_config.json").write_text(json.dumps(config))
-    return folder, config
+    return folder, write_reference_checkpoint(SAT_CONFIG, 1234, folder)
 
 
 @pytest.fixture(scope="module")
 def reference_model(checkpoint):
-    create_model_from_config, generate = _import_reference()
-    from safetensors.torch import load_file
-
-    folder, config = checkpoint
-    model = create_model_from_config(config)
-    missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
-    assert not unexpected and not missing, (missing, unexpected)
-    return model.eval(), generate
+    return load_reference_model(*checkpoint), _import_reference()[1]
 
 
 @pytest.fixture(scope="module")
