@@ -505,7 +505,7 @@ def test_a_request_run_from_an_on_step_of_the_same_pipeline_ends(graphed, monkey
     options = dict(seconds_total=0.5, steps=2)
     outer = resolve_request(GenerationRequest(prompts=("rain",), seed=1, **options), graphed.config)
     if outer_runs == "eagerly":  # as after a failed capture
-        graphed.graphs.failed.add(graphed.request_shape(outer))
+        graphed.graphs.failed[graphed.request_shape(outer)] = "RuntimeError: a stand-in failure"
     else:
         graphed.run_resolved(outer)  # captured: the next request of its shape replays
     inner: list[torch.Tensor] = []
