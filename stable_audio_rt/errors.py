@@ -69,11 +69,11 @@ def reported_errors(
 ) -> Iterator[Outcome]:
     """The CLIs' one policy: a StableAudioError becomes one line on stderr and exit status 2, Ctrl-C
     one line saying what was (not) written (`interrupted`, or what it returns at the signal) and
-    130; anything else is a bug and keeps
-    its traceback. `before_report` runs first (a progress bar closed so the line stands alone).
-    Warnings raised in the block print as one line too, `worded` (the program's names for the
-    API's). SIGTERM and SIGHUP are taken as Ctrl-C (exit 143 and 129) while the block runs in the
-    main thread. A reader of stderr that leaves ends nothing (`stderr_reader.py`)."""
+    130; anything else is a bug and keeps its traceback. `before_report` runs first (a progress bar
+    closed so the line stands alone). Warnings raised in the block print as one line too, `worded`
+    (the program's names for the API's). SIGTERM and SIGHUP are taken as Ctrl-C (exit 143 and 129)
+    while the block runs in the main thread. A reader of stderr that leaves ends nothing
+    (`stderr_reader.py`)."""
     outcome = Outcome()
 
     def terminate(number: int, _frame: object) -> None:
