@@ -17,6 +17,7 @@ import ctypes
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -45,3 +46,18 @@ def exit_without_teardown(status: int) -> NoReturn:
                 stream.flush()
     ctypes.CDLL(None).fflush(None)  # C code's buffered stdout (printf, std::cout); exit() flushes it
     os._exit(status)
+
+
+def run_without_teardown(main: Callable[[], int]) -> NoReturn:
+    """A command as pyproject's scripts run it: `main()`, then `exit_without_teardown` with its
+    status; an early `sys.exit` (argparse's --help, --version and usage errors) ends the same way,
+    with the status and message Python's exit gives it."""
+    try:
+        status = main()
+    except SystemExit as e:  # as the interpreter reads it: None is 0, a non-int is printed, 1
+        if e.code is None or isinstance(e.code, int):
+            status = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            status = 1
+    exit_without_teardown(status)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from stable_audio_rt import cli_exit
+
 ROOT = Path(__file__).resolve().parents[1]  # pyproject.toml, and the package a subprocess imports
 # Held in a global to the end: its __del__ runs only in the interpreter's teardown.
 HELD_TO_THE_END = """
@@ -79,6 +81,7 @@ sys.exit(getattr(importlib.import_module(module), function)())
         ("sa-run", ["x", "--model", "tiny-random", "--seconds", "0", "-o", "{out}/a.wav"], "--seconds must"),
         ("sa-export", ["--model", "tiny-random", "--out", "{out}/a-file"], "a-file is a file: --out takes"),
         ("sa-bench", ["--engines", "{out}/no-folder"], "no-folder is not an engine folder"),
+        ("sa-serve", ["--model", "tiny-random", "--max-queue", "0"], "--max-queue must be at least 1"),
     ],
 )
 def test_each_command_exits_with_its_status_and_without_the_teardown(name, argv, refusal, tmp_path):
@@ -90,3 +93,38 @@ def test_each_command_exits_with_its_status_and_without_the_teardown(name, argv,
     err = done.stderr.decode()
     assert done.returncode == 2 and f"{name}: error: " in err and refusal in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+# --help for each command; --version and a usage error once (the same path through argparse).
+ARGPARSE_EXITS = [*((name, "--help", 0) for name in ("sa-run", "sa-export", "sa-bench", "sa-serve")),
+                  ("sa-run", "--version", 0), ("sa-serve", "--no-such-option", 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,option,status", ARGPARSE_EXITS)
+def test_argparse_s_own_exits_skip_the_teardown_too(name, option, status, tmp_path):
+    """--help, --version and a usage error end inside argparse (`sys.exit`): the same exit, with
+    argparse's status and output."""
+    pytest.importorskip("tomllib")
+    done = _run(HELD_TO_THE_END + AS_ITS_SCRIPT, str(tmp_path), name, option)
+    assert done.returncode == status, done.stderr.decode()
+    shown = done.stdout.decode() if status == 0 else done.stderr.decode()
+    assert shown.startswith(f"usage: {name}") or shown.startswith(f"{name} "), shown[:300]
+    assert list(tmp_path.iterdir()) == []
+
+
+class Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize("code,status,err", [(None, 0, ""), (4, 4, ""), ("a message", 1, "a message\n")])
+def test_a_sys_exit_inside_main_keeps_python_s_status_and_message(code, status, err, monkeypatch, capsys):
+    def exit_with(status):
+        raise Exited(status)
+
+    def main():
+        sys.exit(code)
+
+    monkeypatch.setattr(cli_exit, "exit_without_teardown", exit_with)
+    with pytest.raises(Exited) as exited:
+        cli_exit.run_without_teardown(main)
+    assert exited.value.args == (status,) and capsys.readouterr().err == err

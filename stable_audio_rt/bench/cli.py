@@ -36,7 +36,7 @@ from stable_audio_rt.bench.precision_report import StageError, StageOutput, comp
 from stable_audio_rt.bench.quality import cosine_distance, snr_db
 from stable_audio_rt.bench.report import markdown, plot, write_json
 from stable_audio_rt.bench.runner import PROMPT, Workload, interleave_with_peer, run_workload
-from stable_audio_rt.cli_exit import exit_without_teardown
+from stable_audio_rt.cli_exit import run_without_teardown
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import ConfigError, reported_errors
 from stable_audio_rt.manifest import Manifest
@@ -649,8 +649,8 @@ def _gemm_rate(cache: dict, library: str, config, workload: Workload, device, dt
 
 
 def command() -> NoReturn:
-    """The `sa-bench` command (pyproject's [project.scripts]): `main`, then `exit_without_teardown`."""
-    exit_without_teardown(main())
+    """The `sa-bench` command (pyproject's [project.scripts]): `main`, without the interpreter's teardown."""
+    run_without_teardown(main)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from stable_audio_rt import __version__
 from stable_audio_rt.atomic import bytes_in, left_beside
-from stable_audio_rt.cli_exit import exit_without_teardown
+from stable_audio_rt.cli_exit import run_without_teardown
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
@@ -199,8 +199,8 @@ def _engines_line(folder: Path, manifest: Manifest, on_building: Callable[[], No
 
 
 def command() -> NoReturn:
-    """The `sa-export` command (pyproject's [project.scripts]): `main`, then `exit_without_teardown`."""
-    exit_without_teardown(main())
+    """The `sa-export` command (pyproject's [project.scripts]): `main`, without the interpreter's teardown."""
+    run_without_teardown(main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import NoReturn
 import numpy as np
 
 from stable_audio_rt import __version__
-from stable_audio_rt.cli_exit import exit_without_teardown
+from stable_audio_rt.cli_exit import run_without_teardown
 from stable_audio_rt.cli_types import folder_path
 from stable_audio_rt.errors import reported_errors
 from stable_audio_rt.kernels.switch import KERNEL_CHOICES
@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command() -> NoReturn:
-    """The `sa-run` command (pyproject's [project.scripts]): `main`, then `exit_without_teardown`."""
-    exit_without_teardown(main())
+    """The `sa-run` command (pyproject's [project.scripts]): `main`, without the interpreter's teardown."""
+    run_without_teardown(main)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ import signal
 import socket
 import sys
 from dataclasses import replace
+from typing import NoReturn
 
 from stable_audio_rt import __version__
+from stable_audio_rt.cli_exit import run_without_teardown
 from stable_audio_rt.errors import EXIT_BY_SIGNAL, ConfigError, reported_errors
 from stable_audio_rt.runtime.cli import add_load_arguments, plan_from_arguments
 from stable_audio_rt.runtime.pipeline import StableAudio
@@ -338,5 +340,11 @@ def serve(pipe: StableAudio, settings: ServeSettings, listening: socket.socket) 
     return EXIT_BY_SIGNAL + drain.signal
 
 
+def command() -> NoReturn:
+    """The `sa-serve` command (pyproject's [project.scripts]): `main`, without the interpreter's
+    teardown once the server has stopped (its atexit handlers, Ray's shutdown among them, run)."""
+    run_without_teardown(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
