@@ -27,10 +27,11 @@ def pytest_report_header() -> str:
     return f"stable-audio-rt test seed: {SEED} (rerun with SA_TEST_SEED={SEED})"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def seeded_global_rng() -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
     """torch's global generator (module inits, `torch.randn` without a generator) seeded from the
-    run's seed too: fresh each run, and replayed by SA_TEST_SEED with the same test selection."""
+    run's seed before each test and the fixtures set up for it: fresh each run, and replayed by
+    SA_TEST_SEED whichever tests ran before it in its process (pytest-xdist shares them out)."""
     torch.manual_seed(SEED)
 
 

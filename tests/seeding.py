@@ -5,3 +5,6 @@ import os
 import secrets
 
 SEED = int(os.environ.get("SA_TEST_SEED", secrets.randbelow(2**31)))
+# pytest-xdist's workers are started with this environment: every worker draws the run's seed
+# (and so collects the same parameters, RANDOM_STEPS and the like), as do the tests' subprocesses.
+os.environ["SA_TEST_SEED"] = str(SEED)
