@@ -276,7 +276,7 @@ def create_app(pipe: StableAudio, settings: ServeSettings, shared: SharedJobs | 
             await board.idle()
             working.cancel()
         else:  # the jobs this replica holds run to their end; the other replicas run the rest
-            worker.closing = True
+            worker.close()
             await working
 
     # /docs loads its scripts from this server, not a CDN: it works offline. No /redoc: its bundle

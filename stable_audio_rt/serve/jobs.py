@@ -37,6 +37,9 @@ MAX_ATTEMPTS = 3
 # Failed and cancelled jobs kept for their clients at most (a status of ~1 KB each; done ones are
 # bounded by the results' own cap): submitting and cancelling jobs in a loop cannot grow the board.
 MAX_SETTLED_JOBS = 10_000
+# A worker closing awaits the claim it has in flight this much longer than the claim's own waits
+# (seconds): a board that still serves answers by then; one stopped with its app never will.
+CLOSING_CLAIM_GRACE_S = 2.0
 
 
 class Stopped(Exception):
@@ -466,27 +469,52 @@ class JobWorker:
         self.running: dict[str, _Running] = {}
         self.queued = 0  # jobs queued on the board at its last answer (0 while this one idles)
         self.taking = True  # the board's word at its last answer: False once a stop has begun
-        self.closing = False  # set: claim no more; `work` returns once the group in hand is in
+        self.closed = asyncio.Event()  # `close()`: claim no more
+
+    def close(self) -> None:
+        """Claim no more: `work` returns once the group in hand is handed in."""
+        self.closed.set()
 
     async def work(self) -> None:
-        """Until cancelled, until the board is closed, or until `closing` is set and the group in
-        hand is handed in."""
+        """Until cancelled, until the board is closed, or until `close()` and the group in hand is
+        handed in."""
         reports = asyncio.create_task(self._report())
         try:
-            while not self.closing:
-                # A claim in flight is awaited even when closing (within its waits): cancelling
-                # a remote call here would not stop it taking jobs that nobody then runs.
+            while not self.closed.is_set():
                 try:
-                    group = await self.board.claim(self.owner, self.max_rows, self.claim_wait_s, self.fill_s)
+                    group = await self._claim()
                 except Exception:  # a shared board restarting: ask again
                     LOG.exception("claiming jobs failed")
                     await asyncio.sleep(self.claim_wait_s)
                     continue
-                if group is None:  # the board is closed: a stop has drained it
+                if group is None:  # the board is closed (a stop has drained it), or this worker
                     return
                 await asyncio.gather(*(self._run(claim) for claim in group))
         finally:
             reports.cancel()
+
+    async def _claim(self) -> list[Claim] | None:
+        """The board's next group; None once closed. A claim in flight at `close()` is awaited
+        within its waits and CLOSING_CLAIM_GRACE_S: cancelling a remote call at once would not stop
+        it taking jobs that nobody then runs. Past that the board is gone (a Serve app deletes its
+        board beside its replicas): the call is dropped, not waited on for BOARD_TIMEOUT_S; a job
+        it took anyway is queued again when its lease ends."""
+        claiming = asyncio.ensure_future(
+            self.board.claim(self.owner, self.max_rows, self.claim_wait_s, self.fill_s)
+        )
+        closed = asyncio.ensure_future(self.closed.wait())
+        try:
+            await asyncio.wait((claiming, closed), return_when=asyncio.FIRST_COMPLETED)
+            if not claiming.done():
+                await asyncio.wait(
+                    (claiming,), timeout=self.claim_wait_s + self.fill_s + CLOSING_CLAIM_GRACE_S
+                )
+            if not claiming.done():
+                claiming.cancel()
+                return None
+            return claiming.result()
+        finally:
+            closed.cancel()
 
     async def _run(self, claim: Claim) -> None:
         running = self.running[claim.id] = _Running(claim)
