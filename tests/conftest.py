@@ -24,16 +24,16 @@ FULL_DEVICE = Path("/dev/full")
 
 
 # The files that take longest, longest first (seconds alone on the 2-core EPYC, 2026-12-01: 185,
-# 178, 173, 139, 112, 100, 97), run before the rest: pytest-xdist hands each worker whole files in
+# 173, 145, 100, 97, 90, 69), run before the rest: pytest-xdist hands each worker whole files in
 # collection order, and a long file started last kept one worker busy minutes after the other.
 LONGEST_FILES = (
     "serve/test_ray_serve.py",
-    "export/test_real_size_dit.py",
     "export/test_export.py",
-    "runtime/test_capturability.py",
     "benchmarks/test_gpu_check_script.py",
     "benchmarks/test_serve_ray_script.py",
     "bench/test_sa_bench.py",
+    "runtime/test_capturability.py",
+    "export/test_real_size_dit.py",
 )
 
 
