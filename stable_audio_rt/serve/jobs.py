@@ -513,6 +513,9 @@ class JobWorker:
                 claiming.cancel()
                 return None
             return claiming.result()
+        except asyncio.CancelledError:  # the worker cancelled (sa-serve's own board): the claim too
+            claiming.cancel()
+            raise
         finally:
             closed.cancel()
 

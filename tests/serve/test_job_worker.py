@@ -62,3 +62,20 @@ def test_a_board_that_never_answers_is_given_up_on_after_the_claims_waits_and_th
     bound = CLAIM_WAIT_S + FILL_S + CLOSING_CLAIM_GRACE_S
     assert bound - 0.05 <= took <= bound + 1.0, took
     assert board.cancelled == 1 and board.finished == []
+
+
+def test_a_worker_cancelled_mid_claim_cancels_its_claim():
+    """sa-serve in one process stops its worker by cancelling it: the claim must not go on alone
+    and take jobs nobody runs."""
+
+    async def cancel_mid_claim(board: Board) -> None:
+        worker = JobWorker(board, None, "me", max_rows=1, report_s=60, claim_wait_s=CLAIM_WAIT_S)
+        working = asyncio.create_task(worker.work())
+        while board.claims == 0:
+            await asyncio.sleep(0.01)
+        working.cancel()
+        await asyncio.gather(working, return_exceptions=True)
+        await asyncio.sleep(0.1)  # the claim's cancellation lands (asyncio.run's end cancels all)
+        assert board.cancelled == 1
+
+    asyncio.run(cancel_mid_claim(Board(answer_s=None)))
