@@ -23,9 +23,10 @@ from stable_audio_rt.models.config import TINY
 FULL_DEVICE = Path("/dev/full")
 
 
-# The files that take longest, longest first (seconds alone on the 2-core EPYC, 2026-12-01: 185,
-# 173, 145, 100, 97, 90, 69), run before the rest: pytest-xdist hands each worker whole files in
-# collection order, and a long file started last kept one worker busy minutes after the other.
+# The files that take longest, longest first (70-185 s each on the 2-core EPYC, 2026-12-01, some
+# measured alone, some beside the other worker), run before the rest: pytest-xdist hands each
+# worker whole files in collection order, and a long file started last kept one worker busy
+# minutes after the other.
 LONGEST_FILES = (
     "serve/test_ray_serve.py",
     "export/test_export.py",
