@@ -5,8 +5,11 @@ engine folders exported from them once per session."""
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 # Triton decides at import whether kernels are compiled or interpreted: the kernel tests run
 # them on the CPU under the interpreter, so it is on before anything imports Triton.
@@ -15,9 +18,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 from checkpoints import build_reference, write_diffusers_checkpoint, write_single_file_checkpoint
+from filelock import FileLock
 from seeding import SEED
 
 from stable_audio_rt.models.config import TINY
+
+Built = TypeVar("Built")
 
 # Every write to it fails with ENOSPC, as on a full disk.
 FULL_DEVICE = Path("/dev/full")
@@ -90,9 +96,31 @@ def tiny_reference():
     return build_reference(TINY, torch.Generator().manual_seed(SEED + 1))
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Built]) -> Built:
+    """`build(folder)`'s result, built by one process for the whole run: with pytest-xdist, the
+    first worker to ask builds it in the run's shared temp folder (the workers' folders' parent)
+    under a file lock, and the others wait for it and read its result back (pickled). The
+    engines' export took each worker 90 s."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, result = root / name, root / f"{name}.pickle"
+    with FileLock(root / f"{name}.lock"):
+        if result.exists():
+            return pickle.loads(result.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)  # what a worker failing mid-build left
+        folder.mkdir()
+        built = build(folder)
+        result.write_bytes(pickle.dumps(built))
+        return built
+
+
 @pytest.fixture(scope="session")
 def tiny_diffusers_dir(tiny_reference, tmp_path_factory):
-    return write_diffusers_checkpoint(tiny_reference, tmp_path_factory.mktemp("diffusers"))
+    """One folder for every worker: the engine folders record the path they were exported from."""
+    return built_once(
+        tmp_path_factory, "diffusers", lambda folder: write_diffusers_checkpoint(tiny_reference, folder)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -115,17 +143,18 @@ ENGINE_PROFILE = dict(max_batch=2, frames=(1, 16, 64))
 
 @pytest.fixture(scope="session")
 def engines(tiny_diffusers_dir, tmp_path_factory):
-    """{precision: (folder, manifest)} for fp32 and fp16, exported from the tiny checkpoint."""
+    """{precision: (folder, manifest)} for fp32 and fp16, exported from the tiny checkpoint once
+    per run (`built_once`): the folders are shared, so a test that writes to one copies it first."""
     from stable_audio_rt.export.engine_folder import ExportSettings, export_engines
 
-    out = {}
-    for precision in ("fp32", "fp16"):
-        folder = tmp_path_factory.mktemp("engines") / precision
-        out[precision] = (
-            folder,
-            export_engines(tiny_diffusers_dir, folder, ExportSettings(precision, **ENGINE_PROFILE)),
-        )
-    return out
+    def export(root: Path) -> dict:
+        out = {}
+        for precision in ("fp32", "fp16"):
+            folder, settings = root / precision, ExportSettings(precision, **ENGINE_PROFILE)
+            out[precision] = (folder, export_engines(tiny_diffusers_dir, folder, settings))
+        return out
+
+    return built_once(tmp_path_factory, "engines", export)
 
 
 @pytest.fixture

@@ -103,8 +103,9 @@ def test_a_folder_exported_again_keeps_its_permissions(engines, tiny_diffusers_d
     assert stat.S_IMODE(folder.stat().st_mode) == 0o750 and Manifest.read(folder).components
 
 
-def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir):
-    folder, manifest = engines["fp32"]
+def test_reexport_reuses_unchanged_components(engines, tiny_diffusers_dir, tmp_path):
+    folder = shutil.copytree(engines["fp32"][0], tmp_path / "engines")
+    manifest = engines["fp32"][1]
     inode = os.stat(folder / "dit.onnx.data").st_ino
     exported, reused = [], []
     again = export_engines(
