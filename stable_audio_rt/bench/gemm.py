@@ -98,11 +98,10 @@ def onnxruntime_gemm_rate(
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from stable_audio_rt.runtime.backends.onnxruntime_backend import bound, provider_for
+    from stable_audio_rt.runtime.backends.onnxruntime_backend import bound, provider_for, session_options
 
     element, array_type = ONNX_FLOATS[dtype]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options()
     total = 0.0
     rng = np.random.default_rng(0)
     for g in gemms:

@@ -57,11 +57,9 @@ class OrtGraph(EngineGraph):
                 f"re-export without --trt-plugins for --backend onnxruntime"
             )
         super().__init__(folder, manifest, name, entry, device, DTYPES[entry.precision])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(
-                str(folder / entry.file), options, providers=[provider_for(device)]
+                str(folder / entry.file), session_options(), providers=[provider_for(device)]
             )
         except Exception as e:  # onnxruntime raises its own exception types
             raise EngineFolderError(
@@ -115,6 +113,19 @@ def bound(session, device: torch.device, inputs: dict[str, torch.Tensor], output
                 tensor.data_ptr(),
             )
     return binding
+
+
+def session_options():
+    """onnxruntime's options for this package's sessions: its warnings off, and its CPU threads
+    torch's (`torch.get_num_threads()`, set by OMP_NUM_THREADS or `torch.set_num_threads`), so one
+    setting sizes both backends. onnxruntime's own default is every physical core, whatever
+    the process was given."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = torch.get_num_threads()
+    return options
 
 
 def provider_for(device: torch.device) -> str | tuple[str, dict]:

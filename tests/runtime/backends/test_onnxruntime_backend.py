@@ -409,3 +409,16 @@ def test_a_precision_other_than_the_folders_is_refused_not_ignored(engines):
     # Its own precision, or none given, is what it runs.
     own = load.plan_load(engines=folder, options=load.WeightOptions(dtype=torch.float32))
     assert own.dtype_choice.dtype == load.plan_load(engines=folder).dtype_choice.dtype == torch.float32
+
+
+def test_onnxruntime_runs_on_as_many_threads_as_torch(engines):
+    """One setting (OMP_NUM_THREADS, torch.set_num_threads) sizes both backends: onnxruntime's
+    own default was every physical core, whatever the process was given."""
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            for graph in OrtComponents(engines["fp32"][0], CPU).graphs.values():
+                assert graph.session.get_session_options().intra_op_num_threads == threads
+    finally:
+        torch.set_num_threads(before)
