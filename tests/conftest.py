@@ -15,6 +15,16 @@ from typing import TypeVar
 # them on the CPU under the interpreter, so it is on before anything imports Triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Each pytest-xdist worker computes on its share of the cores, and the CLIs and scripts it starts
+# on theirs (OMP_NUM_THREADS, read by torch at import, and by onnxruntime's sessions through
+# torch): by default each process took every core, and two workers on the 2-core machines ran
+# four spinning OpenMP threads on two cores, twice as slow (measured: 200 s against 94 s for the
+# VAE-decode, reference, capturability and batching files). Set in the workers only: they inherit
+# the controller's environment.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    cores_each = len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores_each)))
+
 import pytest
 import torch
 from checkpoints import build_reference, write_diffusers_checkpoint, write_single_file_checkpoint
