@@ -22,6 +22,7 @@ from stable_audio_rt.models.config import STABLE_AUDIO_OPEN_1_0
 from stable_audio_rt.models.dit import DiT
 from stable_audio_rt.models.io_spec import axis_sizes, component_specs, sample_inputs
 from stable_audio_rt.models.random_init import randomize_
+from stable_audio_rt.runtime.backends.onnxruntime_backend import session_options
 
 CFG_ROWS = 2  # one clip: [cond; uncond]
 
@@ -50,7 +51,8 @@ def main() -> None:
         args.onnx_dir.mkdir(parents=True, exist_ok=True)
         profile = Profile((1, CFG_ROWS, CFG_ROWS), (1, config.latent_frames, config.latent_frames))
         export_component(dit, component_specs(config)["dit"], "fp32", profile, config, path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The onnxruntime backend's options: its threads are torch's, as for the torch rows.
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     spec = component_specs(config)["dit"]
 
     rows = []

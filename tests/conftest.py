@@ -1,6 +1,7 @@
 """Shared fixtures: one fresh random seed per run (printed, and settable with SA_TEST_SEED),
 random-weight tiny checkpoints in both layouts built from one set of reference modules, and
-engine folders exported from them once per session."""
+engine folders exported from them once per run; each pytest-xdist worker on its share of the
+cores."""
 
 from __future__ import annotations
 
@@ -39,18 +40,17 @@ Built = TypeVar("Built")
 FULL_DEVICE = Path("/dev/full")
 
 
-# The files that take longest, longest first (70-185 s each on the 2-core EPYC, 2026-12-01, some
-# measured alone, some beside the other worker), run before the rest: pytest-xdist hands each
-# worker whole files in collection order, and a long file started last kept one worker busy
-# minutes after the other.
+# The files that take longest, longest first (60-225 s each on the 2-core EPYC, 2026-12-01, each
+# beside the other worker), run before the rest: pytest-xdist hands each worker whole files in
+# collection order, and a long file started last kept one worker busy minutes after the other.
 LONGEST_FILES = (
     "serve/test_ray_serve.py",
     "export/test_export.py",
     "benchmarks/test_gpu_check_script.py",
     "benchmarks/test_serve_ray_script.py",
-    "bench/test_sa_bench.py",
-    "runtime/test_capturability.py",
     "export/test_real_size_dit.py",
+    "kernels/test_onnx_plugin_export.py",
+    "runtime/test_vae_decode.py",
 )
 
 

@@ -206,10 +206,12 @@ def verify_component(
     torch module; the worst output decides."""
     import onnxruntime as ort
 
+    from stable_audio_rt.runtime.backends.onnxruntime_backend import session_options
+
     dtype = DTYPES[precision]
     vocab = config_vocab(module)
     inputs = sample_inputs(spec, sizes, dtype, torch.Generator().manual_seed(seed), vocab)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     got = session.run(None, {t.name: x.numpy() for t, x in zip(spec.inputs, inputs, strict=True)})
     with torch.no_grad():
         expected = module(*(x.float() if x.is_floating_point() else x for x in inputs))

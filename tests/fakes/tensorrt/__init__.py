@@ -201,6 +201,8 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
+from stable_audio_rt.runtime.backends.onnxruntime_backend import session_options  # noqa: E402
+
 
 class TensorIOMode(enum.Enum):
     """Core/Engine.html: TensorIOMode: NONE, INPUT, OUTPUT."""
@@ -278,10 +280,10 @@ class ICudaEngine:
                 self._io[value.name] = (mode, _ONNX_TYPES[tensor.elem_type], dims)
         self._names = list(self._io)
         self._profiles: list[dict[str, list[list[int]]]] = plan["profiles"]
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
+        # The onnxruntime backend's options (its thread count among them): the outputs compared
+        # with that backend's are then bit-identical, not equal to the threads' summation order.
         self.session = onnxruntime.InferenceSession(
-            plan["onnx_path"], options, providers=["CPUExecutionProvider"]
+            plan["onnx_path"], session_options(), providers=["CPUExecutionProvider"]
         )
         self._output_shapes: dict[tuple, dict[str, list[int]]] = {}
         self.contexts: list[IExecutionContext] = []  # every context created, for tests to read
