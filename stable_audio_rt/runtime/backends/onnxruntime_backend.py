@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from stable_audio_rt.runtime.backends.engine_backend import (
     EngineGraph,
     require_same_weights,
 )
+
+if TYPE_CHECKING:  # imported where a session opens, as the rest of this module does
+    import onnxruntime
 
 __all__ = ["OrtComponents", "OrtGraph", "require_same_weights"]
 
@@ -115,7 +119,7 @@ def bound(session, device: torch.device, inputs: dict[str, torch.Tensor], output
     return binding
 
 
-def session_options():
+def session_options() -> onnxruntime.SessionOptions:
     """onnxruntime's options for this package's sessions: its warnings off, and its CPU threads
     torch's (`torch.get_num_threads()`, set by OMP_NUM_THREADS or `torch.set_num_threads`), so one
     setting sizes both backends. onnxruntime's own default is every physical core, whatever
