@@ -36,7 +36,10 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
                 return
         except httpx.TransportError:
             pass
-        assert process.poll() is None, f"{process.args} exited with {process.returncode}"
+        if process.poll() is not None:
+            # What it printed (stdout or stderr, whichever the test piped) says why it stopped.
+            printed = "".join(part or "" for part in process.communicate())
+            raise AssertionError(f"{process.args} exited with {process.returncode}:\n{printed[-4000:]}")
         assert time.monotonic() < deadline, f"{process.args} did not start in {timeout_s:g} s"
         time.sleep(HEALTH_POLL_S)
 
